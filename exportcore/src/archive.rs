@@ -1,0 +1,350 @@
+//! A streaming, deterministic tar writer (plain, gzip or zstd) and a matching reader.
+//!
+//! Built on the `tar`, `flate2` and `zstd` crates; what is ours is only the normalisation
+//! those crates leave to the caller: entries must arrive in strictly increasing path order
+//! (checked), parent directories are emitted once before their first child, every header is
+//! ustar with uid/gid 0, empty owner names, mode 0644 (files) or 0755 (directories and
+//! executables), and one pinned mtime; gzip has mtime 0, no file name and OS byte 255; zstd
+//! uses a fixed level with content checksums and a fixed worker count (output is identical
+//! for any worker count >= 1). Memory use is constant in the size of the data.
+//!
+//! ```
+//! use exportcore::archive::{ArchiveWriter, ArchiveOptions, FileMode};
+//! use exportcore::{ArtifactPath, Compression};
+//! let mut w = ArchiveWriter::new(Vec::new(), ArchiveOptions::new(Compression::Gzip, 0))?;
+//! w.append(&ArtifactPath::parse("data/a.txt")?, FileMode::Regular, 5, &b"hello"[..])?;
+//! let bytes = w.finish()?;
+//! assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
+//! # Ok::<(), exportcore::ExportError>(())
+//! ```
+
+use crate::error::{ExportError, Result};
+use crate::model::Compression;
+use crate::path::ArtifactPath;
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// Permission class of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// 0644.
+    Regular,
+    /// 0755 (scripts).
+    Executable,
+}
+
+impl FileMode {
+    fn bits(self) -> u32 {
+        match self {
+            FileMode::Regular => 0o644,
+            FileMode::Executable => 0o755,
+        }
+    }
+}
+
+/// Archive settings.
+#[derive(Clone, Debug)]
+pub struct ArchiveOptions {
+    /// Compression of the tar stream.
+    pub compression: Compression,
+    /// mtime of every entry, seconds since the epoch.
+    pub mtime: u64,
+    /// zstd level (default 3).
+    pub zstd_level: i32,
+    /// gzip level (default 6).
+    pub gzip_level: u32,
+    /// zstd worker threads, at least 1 (default: available cores, at most 4). Output does not
+    /// depend on it.
+    pub zstd_workers: u32,
+}
+
+impl ArchiveOptions {
+    /// Defaults for `compression` with a pinned `mtime`.
+    pub fn new(compression: Compression, mtime: u64) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        Self { compression, mtime, zstd_level: 3, gzip_level: 6, zstd_workers: cores.clamp(1, 4) }
+    }
+}
+
+/// File-name suffix for an archive with `compression` (`.tar`, `.tar.gz`, `.tar.zst`).
+pub fn archive_suffix(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => ".tar",
+        Compression::Gzip => ".tar.gz",
+        Compression::Zstd => ".tar.zst",
+    }
+}
+
+/// Media type for an archive with `compression`.
+pub fn archive_media_type(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => "application/x-tar",
+        Compression::Gzip => "application/gzip",
+        Compression::Zstd => "application/zstd",
+    }
+}
+
+/// Short format label (`tar`, `tar+gzip`, `tar+zstd`).
+pub fn archive_format(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => "tar",
+        Compression::Gzip => "tar+gzip",
+        Compression::Zstd => "tar+zstd",
+    }
+}
+
+enum Encoder<W: Write> {
+    Plain(W),
+    #[cfg(feature = "gzip")]
+    Gzip(flate2::write::GzEncoder<W>),
+    #[cfg(feature = "zstd")]
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            #[cfg(feature = "gzip")]
+            Encoder::Gzip(w) => w.write(buf),
+            #[cfg(feature = "zstd")]
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            #[cfg(feature = "gzip")]
+            Encoder::Gzip(w) => w.flush(),
+            #[cfg(feature = "zstd")]
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(w: W, o: &ArchiveOptions) -> Result<Self> {
+        match o.compression {
+            Compression::None => Ok(Encoder::Plain(w)),
+            #[cfg(feature = "gzip")]
+            Compression::Gzip => Ok(Encoder::Gzip(
+                flate2::GzBuilder::new().mtime(0).operating_system(255).write(w, flate2::Compression::new(o.gzip_level)),
+            )),
+            #[cfg(feature = "zstd")]
+            Compression::Zstd => {
+                let mk = || -> io::Result<_> {
+                    let mut e = zstd::stream::write::Encoder::new(w, o.zstd_level)?;
+                    e.include_checksum(true)?;
+                    e.multithread(o.zstd_workers.max(1))?;
+                    Ok(e)
+                };
+                mk().map(Encoder::Zstd).map_err(|e| ExportError::Internal { implementer: "zstd", message: e.to_string() })
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(ExportError::NotSupported { feature: format!("{other} compression (cargo feature disabled)") }),
+        }
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            #[cfg(feature = "gzip")]
+            Encoder::Gzip(w) => w.finish(),
+            #[cfg(feature = "zstd")]
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes a deterministic tar stream; see the module docs.
+pub struct ArchiveWriter<W: Write> {
+    builder: tar::Builder<Encoder<W>>,
+    mtime: u64,
+    last: Option<String>,
+    dirs: std::collections::BTreeSet<String>,
+}
+
+impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveWriter").field("last", &self.last).finish()
+    }
+}
+
+fn tar_err(path: &str, e: io::Error) -> ExportError {
+    ExportError::Internal { implementer: "archive writer", message: format!("{path}: {e}") }
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// Starts an archive on `w`.
+    pub fn new(w: W, options: ArchiveOptions) -> Result<Self> {
+        let enc = Encoder::new(w, &options)?;
+        let mut builder = tar::Builder::new(enc);
+        builder.mode(tar::HeaderMode::Deterministic);
+        builder.follow_symlinks(false);
+        Ok(Self { builder, mtime: options.mtime, last: None, dirs: Default::default() })
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(self.mtime);
+        h.set_size(size);
+        h.set_username("").map_err(|e| tar_err("", e))?;
+        h.set_groupname("").map_err(|e| tar_err("", e))?;
+        Ok(h)
+    }
+
+    /// Appends a file of exactly `size` bytes read from `data`. Paths must arrive in strictly
+    /// increasing order; missing parent directory entries are written first.
+    pub fn append<R: Read>(&mut self, path: &ArtifactPath, mode: FileMode, size: u64, data: R) -> Result<()> {
+        let p = path.as_str();
+        if let Some(last) = &self.last {
+            if p <= last.as_str() {
+                return Err(ExportError::Internal {
+                    implementer: "archive writer",
+                    message: format!("entries out of order: {p:?} after {last:?}"),
+                });
+            }
+        }
+        // Parent directories, outermost first.
+        let segs: Vec<&str> = p.split('/').collect();
+        for depth in 1..segs.len() {
+            let dir = format!("{}/", segs[..depth].join("/"));
+            if !self.dirs.contains(&dir) {
+                let mut h = self.header(tar::EntryType::Directory, 0o755, 0)?;
+                self.builder.append_data(&mut h, &dir, io::empty()).map_err(|e| tar_err(&dir, e))?;
+                self.dirs.insert(dir);
+            }
+        }
+        let mut h = self.header(tar::EntryType::Regular, mode.bits(), size)?;
+        let mut counted = CountingReader { inner: data.take(size), count: 0 };
+        self.builder.append_data(&mut h, p, &mut counted).map_err(|e| tar_err(p, e))?;
+        if counted.count != size {
+            return Err(ExportError::Internal {
+                implementer: "archive writer",
+                message: format!("{p}: declared {size} bytes but the data had {}", counted.count),
+            });
+        }
+        self.last = Some(p.to_owned());
+        Ok(())
+    }
+
+    /// Writes the tar trailer, finishes compression and returns the inner writer.
+    pub fn finish(self) -> Result<W> {
+        let enc = self.builder.into_inner().map_err(|e| tar_err("trailer", e))?;
+        enc.finish().map_err(|e| tar_err("compression trailer", e))
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Opens a tar stream, detecting gzip or zstd compression from its magic bytes.
+pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn Read>>> {
+    let mut r = BufReader::new(r);
+    let head = r.fill_buf()?;
+    let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        #[cfg(feature = "gzip")]
+        {
+            Box::new(flate2::read::GzDecoder::new(r))
+        }
+        #[cfg(not(feature = "gzip"))]
+        {
+            return Err(io::Error::other("gzip support is disabled"));
+        }
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        #[cfg(feature = "zstd")]
+        {
+            Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+        }
+        #[cfg(not(feature = "zstd"))]
+        {
+            return Err(io::Error::other("zstd support is disabled"));
+        }
+    } else {
+        Box::new(r)
+    };
+    Ok(tar::Archive::new(inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ArtifactPath {
+        ArtifactPath::parse(s).unwrap()
+    }
+
+    fn build(c: Compression, workers: u32) -> Vec<u8> {
+        let mut o = ArchiveOptions::new(c, 1_700_000_000);
+        o.zstd_workers = workers;
+        let mut w = ArchiveWriter::new(Vec::new(), o).unwrap();
+        let big = vec![7u8; 3 << 20];
+        w.append(&p("a.txt"), FileMode::Regular, 1, &b"a"[..]).unwrap();
+        w.append(&p("d/big.bin"), FileMode::Regular, big.len() as u64, &big[..]).unwrap();
+        w.append(&p("d/e/run.sh"), FileMode::Executable, 2, &b"#!"[..]).unwrap();
+        w.append(&p("d/f.txt"), FileMode::Regular, 0, &b""[..]).unwrap();
+        w.append(&p(&format!("long/{}", "x".repeat(150))), FileMode::Regular, 1, &b"l"[..]).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn deterministic_and_normalised() {
+        for c in Compression::ALL {
+            assert_eq!(build(*c, 1), build(*c, 1), "{c}");
+        }
+        assert_eq!(build(Compression::Zstd, 1), build(Compression::Zstd, 3), "zstd output depends on workers");
+        let bytes = build(Compression::Gzip, 1);
+        assert_eq!(&bytes[4..8], &[0, 0, 0, 0], "gzip mtime");
+        assert_eq!(bytes[9], 255, "gzip OS byte");
+        let mut ar = open_archive(std::io::Cursor::new(bytes)).unwrap();
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!(h.uid().unwrap(), 0);
+            assert_eq!(h.gid().unwrap(), 0);
+            assert_eq!(h.mtime().unwrap(), 1_700_000_000);
+            assert_eq!(h.username().unwrap(), Some(""));
+            seen.push((e.path().unwrap().display().to_string(), h.mode().unwrap()));
+        }
+        let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(&names[..6], &["a.txt", "d/", "d/big.bin", "d/e/", "d/e/run.sh", "d/f.txt"]);
+        assert_eq!(names[6], "long/");
+        assert!(names[7].starts_with("long/xxx") && names[7].len() == 155, "{}", names[7]);
+        let modes: Vec<u32> = seen.iter().map(|(_, m)| *m).collect();
+        assert_eq!(modes, [0o644, 0o755, 0o644, 0o755, 0o755, 0o644, 0o755, 0o644]);
+    }
+
+    #[test]
+    fn out_of_order_and_short_data_are_errors() {
+        let mut w = ArchiveWriter::new(Vec::new(), ArchiveOptions::new(Compression::None, 0)).unwrap();
+        w.append(&p("b"), FileMode::Regular, 0, &b""[..]).unwrap();
+        assert!(w.append(&p("a"), FileMode::Regular, 0, &b""[..]).is_err());
+        assert!(w.append(&p("c"), FileMode::Regular, 5, &b"abc"[..]).is_err());
+    }
+
+    #[test]
+    fn gnu_tar_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.tar.gz");
+        std::fs::write(&file, build(Compression::Gzip, 1)).unwrap();
+        let out = std::process::Command::new("tar").arg("-tvzf").arg(&file).output().unwrap();
+        assert!(out.status.success());
+        let listing = String::from_utf8(out.stdout).unwrap();
+        assert!(listing.contains("d/e/run.sh"), "{listing}");
+        assert!(listing.lines().all(|l| l.contains(" 0/0 ")), "{listing}");
+    }
+}

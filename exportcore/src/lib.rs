@@ -1,0 +1,80 @@
+//! # exportcore
+//!
+//! The core of an export center: it turns security evidence (OSV advisories, OpenVEX
+//! statements, policy findings, ...) into reproducible, verifiable export bundles.
+//!
+//! - [`model`]: the gateway contract's types — [`RunRequest`] (validated, with the seed's
+//!   limits), [`Run`], [`RunStatus`], [`Progress`], [`Output`], [`RunEvent`].
+//! - [`Profile`]: the one trait a format adapter implements; [`Profiles`] registry.
+//! - [`Sink`]: where artifacts go; [`InMemorySink`] and [`FsSink`] (atomic) ship here.
+//! - [`EvidenceSource`]: where records come from; [`DirEvidence`] and [`MemoryEvidence`].
+//! - [`manifest`]: the deterministic manifest builder (RFC 8785, [`canonical`]).
+//! - [`archive`]: the streaming deterministic tar / tar.gz / tar.zst writer.
+//! - [`run::execute`]: runs one export end to end; [`verify`]: offline verification.
+//! - [`conformance`] (feature `conformance`): the checks every sink and profile runs.
+//! - [`ExportError`]: one error type with stable `ERR_EXPORT_*` codes.
+//!
+//! ## Example: a custom profile, run into memory
+//!
+//! ```
+//! use exportcore::*;
+//! use std::sync::Arc;
+//!
+//! #[derive(Debug)]
+//! struct Hello;
+//! impl Profile for Hello {
+//!     fn descriptor(&self) -> ProfileDescriptor {
+//!         ProfileDescriptor { id: "hello:txt".into(), description: "says hello".into(), targets: vec![], formats: vec![] }
+//!     }
+//!     fn validate(&self, _: &RunRequest) -> Result<()> { Ok(()) }
+//!     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+//!         let spec = ArtifactSpec::new("hello.txt", ArtifactType::Data, "text", "text/plain")?;
+//!         ctx.write_artifact(spec, |w| w.write_all(b"hello\n").map_err(|e| ExportError::io("hello.txt", e)))?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let sink = InMemorySink::new();
+//! let run = run::execute(Arc::new(Hello), Arc::new(MemoryEvidence::new()), Arc::new(sink.clone()),
+//!     RunRequest::new("hello:txt"), run::RunOptions::new("tenant-a"), Arc::new(|_| {})).await;
+//! assert_eq!(run.status, RunStatus::Succeeded);
+//! assert_eq!(sink.snapshot().len(), 2); // hello.txt + manifest.json
+//! # });
+//! ```
+//!
+//! ## Features
+//! - `gzip` (default): tar.gz archives via `flate2`.
+//! - `zstd` (default): tar.zst archives via `zstd` (C library, multithreaded).
+//! - `conformance`: the public conformance suite.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod archive;
+pub mod canonical;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod error;
+pub mod evidence;
+pub mod hashing;
+pub mod manifest;
+pub mod model;
+mod path;
+pub mod profile;
+pub mod run;
+pub mod sink;
+pub mod verify;
+
+pub use error::{ExportError, Location, Result};
+pub use evidence::{DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, MemoryEvidence, Record, Records};
+pub use hashing::{HashingWriter, Sha256Digest};
+pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
+pub use model::{
+    ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress, Run,
+    RunError, RunEvent, RunRequest, RunStatus, Signing, Target, Timestamp,
+};
+pub use path::ArtifactPath;
+pub use profile::{
+    check_supported, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles, StagedArtifact,
+};
+pub use sink::{ByteStream, FsSink, InMemorySink, ObjectMeta, PutReceipt, Sink, SinkExt};

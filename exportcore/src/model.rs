@@ -1,0 +1,697 @@
+//! The gateway contract's types (seed 000): run requests, run records, outputs and events.
+//!
+//! Wire shapes are camelCase JSON. Requests reject unknown fields; every field is parsed into
+//! a typed value at the edge ([`RunRequest::from_json`]), and errors name the JSON path of the
+//! offending field.
+
+use crate::error::{ExportError, Result};
+use crate::hashing::Sha256Digest;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// A point in time, always UTC, printed as RFC 3339 with a `Z` suffix.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(OffsetDateTime);
+
+impl Timestamp {
+    /// The current wall-clock time. Only run records use it; outputs never do.
+    pub fn now() -> Self {
+        Self(OffsetDateTime::now_utc())
+    }
+    /// Seconds since the Unix epoch.
+    pub fn from_unix(secs: i64) -> Result<Self> {
+        OffsetDateTime::from_unix_timestamp(secs)
+            .map(Self)
+            .map_err(|e| ExportError::invalid("createdAt", e.to_string()))
+    }
+    /// Seconds since the Unix epoch.
+    pub fn unix(&self) -> i64 {
+        self.0.unix_timestamp()
+    }
+    /// Parses RFC 3339 (any offset; converted to UTC).
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
+            .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))
+    }
+    /// This time plus whole days.
+    pub fn plus_days(&self, days: u32) -> Self {
+        Self(self.0 + time::Duration::days(i64::from(days)))
+    }
+    /// The underlying `time` value.
+    pub fn as_offset_date_time(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.format(&Rfc3339) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "@{}", self.0.unix_timestamp()),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $text)] $variant),+
+        }
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// The wire spelling.
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!("unknown {} {s:?}, expected one of: {}", stringify!($name),
+                        [$($text),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// What evidence a run exports.
+    Target {
+        /// OSV advisories.
+        Advisory = "advisory",
+        /// OpenVEX statements.
+        Vex = "vex",
+        /// Policy findings.
+        Policy = "policy",
+    }
+);
+
+wire_enum!(
+    /// Record serialisation of JSON outputs.
+    Format {
+        /// One JSON document (an array of records).
+        Json = "json",
+        /// One record per line.
+        Ndjson = "ndjson",
+    }
+);
+
+wire_enum!(
+    /// Compression of bundle archives.
+    Compression {
+        /// Plain tar.
+        None = "none",
+        /// tar.gz (fixed header: mtime 0, no name).
+        Gzip = "gzip",
+        /// tar.zst (level 3, content checksum).
+        Zstd = "zstd",
+    }
+);
+
+wire_enum!(
+    /// Queue priority.
+    Priority {
+        /// Runs before normal and low.
+        High = "high",
+        /// The default.
+        Normal = "normal",
+        /// Runs last.
+        Low = "low",
+    }
+);
+
+wire_enum!(
+    /// Where artifacts are distributed.
+    DistributionType {
+        /// Streamed download from the gateway.
+        Http = "http",
+        /// Pushed to an OCI registry (`ref` names the repository).
+        Oci = "oci",
+        /// Written to object storage (`ref` names bucket/prefix).
+        Object = "object",
+        /// Written to a local directory.
+        Filesystem = "filesystem",
+    }
+);
+
+wire_enum!(
+    /// Lifecycle state of a run.
+    RunStatus {
+        /// Accepted, waiting for a worker.
+        Queued = "queued",
+        /// A worker is exporting.
+        Running = "running",
+        /// All artifacts are published and verified.
+        Succeeded = "succeeded",
+        /// Stopped with an error; no artifact of it is reported ready.
+        Failed = "failed",
+        /// Retention elapsed; artifacts deleted.
+        Expired = "expired",
+    }
+);
+
+impl RunStatus {
+    /// True for states a run never leaves by itself (`expired` only follows `succeeded`/`failed`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Expired)
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::Normal
+    }
+}
+
+/// `distribution.signing`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Signing {
+    /// Sign the run's manifest and provenance.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Key reference (`file:PATH`, `env:VAR`, `kms://...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<String>,
+}
+
+/// `distribution`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Distribution {
+    /// Driver.
+    #[serde(rename = "type")]
+    pub kind: DistributionType,
+    /// Destination reference (registry repository, bucket prefix, directory).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Signing options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
+}
+
+/// `encryption`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Encryption {
+    /// Encrypt the payload.
+    #[serde(default)]
+    pub enabled: bool,
+    /// KMS key or age recipient reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+}
+
+/// The body of `POST /export-center/runs`, plus two optional extensions of ours
+/// (`createdAt` to pin output time, `compression`), documented in `docs/decisions.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunRequest {
+    /// Profile to run (`json:raw`, ...).
+    pub profile_id: String,
+    /// Evidence kinds to export; empty = the profile's default.
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// Output serialisations; empty = the profile's default.
+    #[serde(default)]
+    pub formats: Vec<Format>,
+    /// Where the artifacts go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    /// Days until the run and its artifacts expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// Payload encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Queue priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Extension: the time written into every output (else `SOURCE_DATE_EPOCH`, else the newest
+    /// evidence timestamp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// Extension: bundle compression (profile default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// Limits enforced on requests (seed 000 "Limits").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted request body (256 KiB).
+    pub max_body_bytes: u64,
+    /// Most targets in one request (50).
+    pub max_targets: usize,
+    /// Accepted `retentionDays` range.
+    pub retention_days: std::ops::RangeInclusive<u32>,
+    /// Default run timeout (60 minutes).
+    pub default_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_targets: 50,
+            retention_days: 1..=3650,
+            default_timeout: std::time::Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl RunRequest {
+    /// A request for `profile_id` with every other field at its default.
+    pub fn new(profile_id: impl Into<String>) -> Self {
+        Self {
+            profile_id: profile_id.into(),
+            targets: Vec::new(),
+            formats: Vec::new(),
+            distribution: None,
+            retention_days: None,
+            encryption: None,
+            priority: Priority::Normal,
+            created_at: None,
+            compression: None,
+        }
+    }
+
+    /// Parses and validates a request body.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_TOO_LARGE` for a body over the limit; `ERR_EXPORT_REQUEST_INVALID` naming the
+    /// JSON path for malformed JSON, unknown fields or values, and broken rules.
+    pub fn from_json(body: &[u8], limits: &Limits) -> Result<Self> {
+        if body.len() as u64 > limits.max_body_bytes {
+            return Err(ExportError::TooLarge {
+                what: "request body".into(),
+                limit: limits.max_body_bytes,
+                actual: body.len() as u64,
+            });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let req: RunRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ExportError::invalid(field, e.into_inner().to_string())
+        })?;
+        req.validate(limits)?;
+        Ok(req)
+    }
+
+    /// Checks the rules serde cannot express.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        if self.profile_id.trim().is_empty() {
+            return Err(ExportError::invalid("profileId", "must not be empty"));
+        }
+        if self.targets.len() > limits.max_targets {
+            return Err(ExportError::invalid(
+                "targets",
+                format!("{} targets, at most {} allowed", self.targets.len(), limits.max_targets),
+            ));
+        }
+        if let Some(i) = first_duplicate(&self.targets) {
+            return Err(ExportError::invalid(format!("targets[{i}]"), "duplicate target"));
+        }
+        if let Some(i) = first_duplicate(&self.formats) {
+            return Err(ExportError::invalid(format!("formats[{i}]"), "duplicate format"));
+        }
+        if let Some(days) = self.retention_days {
+            if !limits.retention_days.contains(&days) {
+                return Err(ExportError::invalid(
+                    "retentionDays",
+                    format!(
+                        "{days} is out of range {}..={}",
+                        limits.retention_days.start(),
+                        limits.retention_days.end()
+                    ),
+                ));
+            }
+        }
+        if let Some(d) = &self.distribution {
+            let needs_ref = matches!(d.kind, DistributionType::Oci | DistributionType::Object);
+            match &d.reference {
+                None if needs_ref => {
+                    return Err(ExportError::invalid("distribution.ref", format!("required for type {}", d.kind)))
+                }
+                Some(r) if r.trim().is_empty() => {
+                    return Err(ExportError::invalid("distribution.ref", "must not be empty"))
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = &self.encryption {
+            if e.enabled && e.kms_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+                return Err(ExportError::invalid("encryption.kmsKey", "required when encryption is enabled"));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the request asks for signed outputs.
+    pub fn signing_enabled(&self) -> bool {
+        self.distribution.as_ref().and_then(|d| d.signing.as_ref()).is_some_and(|s| s.enabled)
+    }
+}
+
+fn first_duplicate<T: Ord + Copy>(items: &[T]) -> Option<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    items.iter().position(|t| !seen.insert(*t))
+}
+
+/// Progress of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// 0..=100.
+    pub percent: u8,
+    /// Items done.
+    pub items_completed: u64,
+    /// Items known in all (0 when unknown).
+    pub items_total: u64,
+}
+
+impl Progress {
+    /// Progress from counts; percent is clamped to 0..=100.
+    pub fn of(completed: u64, total: u64) -> Self {
+        let percent = if total == 0 { 0 } else { (completed.min(total) * 100 / total) as u8 };
+        Self { percent, items_completed: completed, items_total: total }
+    }
+}
+
+/// What kind of thing an artifact is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactType {
+    /// An archive of several files.
+    Bundle,
+    /// A manifest describing other artifacts.
+    Manifest,
+    /// A database file (trivy.db, ...).
+    Database,
+    /// Loose data (one records file).
+    Data,
+    /// A signature or signed envelope.
+    Signature,
+    /// A provenance attestation.
+    Provenance,
+    /// Metadata (metadata.json, checksums).
+    Metadata,
+}
+
+/// One output of a run, as the run record shows it (seed: `outputs[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Kind of artifact.
+    #[serde(rename = "type")]
+    pub kind: ArtifactType,
+    /// Serialisation (`tar+zstd`, `json`, ...).
+    pub format: String,
+    /// Where to fetch it (sink URL).
+    pub url: String,
+    /// Digest of the bytes at `url`.
+    pub sha256: Sha256Digest,
+    /// When it is deleted by retention.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Path within the run's output.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// IANA media type.
+    pub media_type: String,
+}
+
+/// One error of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    /// `ERR_EXPORT_*`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl From<&ExportError> for RunError {
+    fn from(e: &ExportError) -> Self {
+        Self { code: e.code().to_owned(), message: e.report() }
+    }
+}
+
+/// A run record (seed: `GET /export-center/runs/{runId}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    /// Unique id.
+    pub run_id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Optional project within the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Profile that ran.
+    pub profile_id: String,
+    /// Lifecycle state.
+    pub status: RunStatus,
+    /// When it was accepted.
+    pub submitted_at: Timestamp,
+    /// When a worker started it.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    /// When retention expires it.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Progress.
+    pub progress: Progress,
+    /// Published artifacts (only complete, verified ones).
+    pub outputs: Vec<Output>,
+    /// Errors (empty unless failed).
+    pub errors: Vec<RunError>,
+}
+
+/// An event of a run (seed: SSE `started`, `progress`, `artifact_ready`, `completed`, `failed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A worker started the run.
+    #[serde(rename_all = "camelCase")]
+    Started {
+        /// The run.
+        run_id: String,
+        /// Its profile.
+        profile_id: String,
+    },
+    /// Progress changed.
+    #[serde(rename_all = "camelCase")]
+    Progress {
+        /// The run.
+        run_id: String,
+        /// New progress.
+        #[serde(flatten)]
+        progress: Progress,
+    },
+    /// An artifact is complete, durable and its digest known.
+    #[serde(rename_all = "camelCase")]
+    ArtifactReady {
+        /// The run.
+        run_id: String,
+        /// Where it is.
+        url: String,
+        /// Its digest.
+        sha256: Sha256Digest,
+        /// Its kind.
+        #[serde(rename = "type")]
+        kind: ArtifactType,
+        /// Path within the output.
+        path: String,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// The run succeeded.
+    #[serde(rename_all = "camelCase")]
+    Completed {
+        /// The run.
+        run_id: String,
+        /// Final status (`succeeded`).
+        status: RunStatus,
+    },
+    /// The run failed.
+    #[serde(rename_all = "camelCase")]
+    Failed {
+        /// The run.
+        run_id: String,
+        /// `ERR_EXPORT_*`.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+impl RunEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunEvent::Started { .. } => "started",
+            RunEvent::Progress { .. } => "progress",
+            RunEvent::ArtifactReady { .. } => "artifact_ready",
+            RunEvent::Completed { .. } => "completed",
+            RunEvent::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{
+      "profileId": "export-profile::tenant-default::daily-vex",
+      "targets": ["vex", "advisory", "policy"],
+      "formats": ["json", "ndjson"],
+      "distribution": {
+        "type": "oci",
+        "ref": "registry.local/exports/daily",
+        "signing": { "enabled": true, "keyRef": "k8s://secrets/eks/oci-signer" }
+      },
+      "retentionDays": 30,
+      "encryption": { "enabled": true, "kmsKey": "kms://tenant-default/key1" },
+      "priority": "normal"
+    }"#;
+
+    fn parse(s: &str) -> Result<RunRequest> {
+        RunRequest::from_json(s.as_bytes(), &Limits::default())
+    }
+
+    fn field_of(e: ExportError) -> String {
+        match e {
+            ExportError::RequestInvalid { field, .. } => field,
+            other => panic!("expected RequestInvalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_request_round_trips() {
+        let req = parse(SEED).unwrap();
+        assert_eq!(req.targets, vec![Target::Vex, Target::Advisory, Target::Policy]);
+        assert_eq!(req.distribution.as_ref().unwrap().kind, DistributionType::Oci);
+        assert!(req.signing_enabled());
+        let back = serde_json::to_value(&req).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(SEED).unwrap();
+        assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"profileId":"p","targets":["vex","sbom"]}"#, "targets[1]"),
+            (r#"{"profileId":"p","formats":["xml"]}"#, "formats[0]"),
+            (r#"{"profileId":"p","priority":"urgent"}"#, "priority"),
+            (r#"{"profileId":"p","distribution":{"type":"ftp"}}"#, "distribution.type"),
+            (r#"{"profileId":"p","retentionDays":0}"#, "retentionDays"),
+            (r#"{"profileId":"p","retentionDays":99999}"#, "retentionDays"),
+            (r#"{"profileId":"p","retentionDays":-1}"#, "retentionDays"),
+            (r#"{"profileId":"p","bogus":1}"#, "bogus"),
+            (r#"{"profileId":"p","distribution":{"type":"oci","extra":1}}"#, "distribution.extra"),
+            (r#"{"profileId":"p","distribution":{"type":"oci"}}"#, "distribution.ref"),
+            (r#"{"profileId":"p","targets":["vex","vex"]}"#, "targets[1]"),
+            (r#"{"profileId":"p","encryption":{"enabled":true}}"#, "encryption.kmsKey"),
+            (r#"{"profileId":"p","createdAt":"yesterday"}"#, "createdAt"),
+            (r#"{"profileId":""}"#, "profileId"),
+        ];
+        for (body, field) in cases {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID", "{body}");
+            assert_eq!(field_of(err), field, "{body}");
+        }
+        // Unknown top-level field: the message names it.
+        let msg = parse(r#"{"profileId":"p","bogus":1}"#).unwrap_err().to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn too_many_targets() {
+        let targets: Vec<&str> = std::iter::repeat_n("\"vex\"", 51).collect();
+        let body = format!(r#"{{"profileId":"p","targets":[{}]}}"#, targets.join(","));
+        let err = parse(&body).unwrap_err();
+        assert_eq!(field_of(err), "targets");
+    }
+
+    #[test]
+    fn body_over_limit() {
+        let pad = " ".repeat(256 * 1024);
+        let body = format!(r#"{{"profileId":"p"}}{pad}"#);
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_TOO_LARGE");
+        // Exactly at the limit is fine.
+        let head = r#"{"profileId":"p"}"#;
+        let body = format!("{head}{}", " ".repeat(256 * 1024 - head.len()));
+        assert_eq!(body.len(), 256 * 1024);
+        parse(&body).unwrap();
+    }
+
+    #[test]
+    fn malformed_json_is_invalid_not_panic() {
+        for body in ["", "{", "[]", "null", "{\"profileId\": 3}", "\u{0}"] {
+            assert_eq!(parse(body).unwrap_err().code(), "ERR_EXPORT_REQUEST_INVALID", "{body:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_print_utc_z() {
+        let t = Timestamp::parse("2025-01-01T02:00:00+02:00").unwrap();
+        assert_eq!(t.to_string(), "2025-01-01T00:00:00Z");
+        assert_eq!(Timestamp::from_unix(0).unwrap().to_string(), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn event_shapes() {
+        let e = RunEvent::Progress { run_id: "r".into(), progress: Progress::of(70, 200) };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"progress","runId":"r","percent":35,"itemsCompleted":70,"itemsTotal":200}"#
+        );
+        assert_eq!(e.name(), "progress");
+    }
+}

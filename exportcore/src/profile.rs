@@ -1,0 +1,266 @@
+//! The [`Profile`] trait an adapter author implements, the [`ExportContext`] it works
+//! through, and the [`Profiles`] registry.
+
+use crate::error::{ExportError, IoContext, Result};
+use crate::evidence::EvidenceSource;
+use crate::hashing::{HashingWriter, Sha256Digest};
+use crate::manifest::{TimeAnchor, MANIFEST_FILE};
+use crate::model::{ArtifactType, Compression, Format, Progress, RunRequest, Target, Timestamp};
+use crate::path::ArtifactPath;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What `GET /export-center/profiles` shows for a profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileDescriptor {
+    /// Id (`json:raw`, `trivy:db`, ...), `kind:variant` by convention.
+    pub id: String,
+    /// One-line description.
+    pub description: String,
+    /// Targets it understands (empty: it ignores `targets`).
+    pub targets: Vec<Target>,
+    /// Formats it understands (empty: it ignores `formats`).
+    pub formats: Vec<Format>,
+}
+
+/// A format adapter.
+///
+/// # Contract
+/// - `export` reads evidence through `ctx.evidence()` and writes every artifact through
+///   [`ExportContext::write_artifact`]; it never touches the sink. The engine publishes the
+///   artifacts, and a `manifest.json` describing them, only after `export` returned `Ok`.
+/// - Output bytes depend only on the evidence and the request: every timestamp written comes
+///   from [`ExportContext::time_anchor`], collections are sorted.
+/// - `export` is blocking; the engine runs it on a blocking thread. Long loops call
+///   [`ExportContext::check_cancelled`] and report [`ExportContext::progress`].
+/// - Errors are [`ExportError`]s naming the input that caused them.
+///
+/// Run [`crate::conformance`]'s profile checks against any implementation.
+pub trait Profile: Debug + Send + Sync + 'static {
+    /// Id, description and capabilities.
+    fn descriptor(&self) -> ProfileDescriptor;
+    /// Rejects requests this profile cannot serve (before any work starts).
+    fn validate(&self, request: &RunRequest) -> Result<()>;
+    /// Produces the artifacts.
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()>;
+}
+
+impl<P: Profile + ?Sized> Profile for Arc<P> {
+    fn descriptor(&self) -> ProfileDescriptor {
+        (**self).descriptor()
+    }
+    fn validate(&self, request: &RunRequest) -> Result<()> {
+        (**self).validate(request)
+    }
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        (**self).export(ctx)
+    }
+}
+
+/// Checks `request.targets`/`formats` against what a descriptor supports; a helper for
+/// [`Profile::validate`].
+pub fn check_supported(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
+    for (i, t) in request.targets.iter().enumerate() {
+        if !d.targets.contains(t) {
+            return Err(ExportError::invalid(format!("targets[{i}]"), format!("profile {} does not export {t}", d.id)));
+        }
+    }
+    for (i, f) in request.formats.iter().enumerate() {
+        if !d.formats.contains(f) {
+            return Err(ExportError::invalid(format!("formats[{i}]"), format!("profile {} does not write {f}", d.id)));
+        }
+    }
+    Ok(())
+}
+
+/// A registry of profiles by id.
+#[derive(Clone, Debug, Default)]
+pub struct Profiles {
+    map: BTreeMap<String, Arc<dyn Profile>>,
+}
+
+impl Profiles {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a profile (replacing one with the same id).
+    pub fn with(mut self, profile: impl Profile) -> Self {
+        self.register(Arc::new(profile));
+        self
+    }
+    /// Adds a profile (replacing one with the same id).
+    pub fn register(&mut self, profile: Arc<dyn Profile>) {
+        self.map.insert(profile.descriptor().id, profile);
+    }
+    /// Looks a profile up; `ERR_EXPORT_PROFILE_NOT_FOUND` when absent.
+    pub fn get(&self, id: &str) -> Result<Arc<dyn Profile>> {
+        self.map.get(id).cloned().ok_or_else(|| ExportError::ProfileNotFound { profile: id.to_owned() })
+    }
+    /// Descriptors of all profiles, sorted by id.
+    pub fn descriptors(&self) -> Vec<ProfileDescriptor> {
+        self.map.values().map(|p| p.descriptor()).collect()
+    }
+}
+
+/// A cancellation flag shared between the engine and a running profile.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A fresh, unset flag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Describes an artifact a profile is about to write.
+#[derive(Clone, Debug)]
+pub struct ArtifactSpec {
+    /// Path within the run output.
+    pub path: ArtifactPath,
+    /// Artifact type.
+    pub kind: ArtifactType,
+    /// Format label.
+    pub format: String,
+    /// Media type.
+    pub media_type: String,
+}
+
+impl ArtifactSpec {
+    /// A spec; `path` is checked.
+    pub fn new(path: &str, kind: ArtifactType, format: impl Into<String>, media_type: impl Into<String>) -> Result<Self> {
+        Ok(Self { path: ArtifactPath::parse(path)?, kind, format: format.into(), media_type: media_type.into() })
+    }
+}
+
+/// An artifact written to staging, complete, with its digest.
+#[derive(Clone, Debug)]
+pub struct StagedArtifact {
+    /// What it is.
+    pub spec: ArtifactSpec,
+    /// Local staging file.
+    pub local: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Digest.
+    pub sha256: Sha256Digest,
+}
+
+/// What a profile sees of its run.
+pub struct ExportContext<'a> {
+    pub(crate) request: &'a RunRequest,
+    pub(crate) evidence: &'a dyn EvidenceSource,
+    pub(crate) staging: &'a Path,
+    pub(crate) pinned: Option<TimeAnchor>,
+    pub(crate) anchor: Option<TimeAnchor>,
+    pub(crate) artifacts: Vec<StagedArtifact>,
+    pub(crate) progress: &'a (dyn Fn(Progress) + Send + Sync),
+    pub(crate) cancel: &'a CancelFlag,
+    pub(crate) scratch_seq: u64,
+}
+
+impl Debug for ExportContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportContext")
+            .field("profile", &self.request.profile_id)
+            .field("staging", &self.staging)
+            .field("artifacts", &self.artifacts.len())
+            .finish()
+    }
+}
+
+impl<'a> ExportContext<'a> {
+    /// The validated request.
+    pub fn request(&self) -> &RunRequest {
+        self.request
+    }
+
+    /// The evidence to read.
+    pub fn evidence(&self) -> &'a dyn EvidenceSource {
+        self.evidence
+    }
+
+    /// The request's targets, or `default` when it names none.
+    pub fn targets_or(&self, default: &[Target]) -> Vec<Target> {
+        if self.request.targets.is_empty() { default.to_vec() } else { self.request.targets.clone() }
+    }
+
+    /// The request's formats, or `default` when it names none.
+    pub fn formats_or(&self, default: &[Format]) -> Vec<Format> {
+        if self.request.formats.is_empty() { default.to_vec() } else { self.request.formats.clone() }
+    }
+
+    /// The request's compression, or `default`.
+    pub fn compression_or(&self, default: Compression) -> Compression {
+        self.request.compression.unwrap_or(default)
+    }
+
+    /// The pinned time if the request or the embedder pinned one.
+    pub fn pinned_time(&self) -> Option<TimeAnchor> {
+        self.pinned
+    }
+
+    /// The time to write into outputs: the pinned time, else `newest_evidence`, else the epoch.
+    /// The first call fixes the anchor for the run (it is recorded in the run manifest).
+    pub fn time_anchor(&mut self, newest_evidence: Option<Timestamp>) -> TimeAnchor {
+        *self.anchor.get_or_insert_with(|| TimeAnchor::resolve(self.pinned, newest_evidence))
+    }
+
+    /// Reports progress.
+    pub fn progress(&self, p: Progress) {
+        (self.progress)(p);
+    }
+
+    /// `Err(Cancelled)` once the run was cancelled.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.cancel.is_cancelled() { Err(ExportError::Cancelled) } else { Ok(()) }
+    }
+
+    /// A new scratch file in the run's staging area (deleted with it), for spooling.
+    pub fn scratch_file(&mut self) -> Result<(PathBuf, File)> {
+        self.scratch_seq += 1;
+        let path = self.staging.join(format!("scratch-{}", self.scratch_seq));
+        let f = File::options().read(true).write(true).create_new(true).open(&path).at(&path)?;
+        Ok((path, f))
+    }
+
+    /// Writes one artifact: `write` streams its bytes into the given writer; the bytes are
+    /// hashed as they pass. The artifact counts only if `write` returns `Ok`.
+    pub fn write_artifact<T>(
+        &mut self,
+        spec: ArtifactSpec,
+        write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    ) -> Result<(StagedArtifact, T)> {
+        if spec.path.as_str() == MANIFEST_FILE {
+            return Err(ExportError::PathUnsafe { path: MANIFEST_FILE.into(), reason: "reserved for the run manifest".into() });
+        }
+        if self.artifacts.iter().any(|a| a.spec.path == spec.path) {
+            return Err(ExportError::PathUnsafe { path: spec.path.to_string(), reason: "artifact written twice".into() });
+        }
+        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
+        let file = File::create(&local).at(&local)?;
+        let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+        let out = write(&mut w)?;
+        w.flush().at(&local)?;
+        let (_, size, sha256) = w.finish();
+        let staged = StagedArtifact { spec, local, size, sha256 };
+        self.artifacts.push(staged.clone());
+        Ok((staged, out))
+    }
+}

@@ -1,0 +1,3 @@
+//! Facade: re-exports the core and the bundled adapters.
+pub use exportcore;
+pub use exportcore_json;
