@@ -12,7 +12,7 @@
 //! ```
 //! let text = r#"{"b": [1E30, 4.50, 2e-3], "a": "\u20ac"}"#;
 //! let bytes = exportcore::canonical::canonicalize_str(text)?;
-//! assert_eq!(bytes, br#"{"a":"€","b":[1e+30,4.5,0.002]}"#);
+//! assert_eq!(bytes, r#"{"a":"€","b":[1e+30,4.5,0.002]}"#.as_bytes());
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 

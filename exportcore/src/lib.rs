@@ -51,6 +51,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
+pub mod bundle;
 pub mod canonical;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -1,1 +1,46 @@
-//! placeholder
+//! # exportcore-json
+//!
+//! Two export profiles for [`exportcore`]:
+//!
+//! - **`json:raw`** ([`JsonRaw`]): the evidence selected by `targets` (`advisory` = OSV
+//!   records, `vex` = OpenVEX documents, `policy` = policy findings), one file per target in
+//!   each requested format (`json`: one array document; `ndjson`: one record per line), every
+//!   record in RFC 8785 canonical form, in a stable order (evidence files by path, records in
+//!   file order), packed in a deterministic bundle `json-raw.tar[.gz|.zst]` whose
+//!   `manifest.json` lists each file's path, size, sha256, media type and record count.
+//! - **`json:policy`** ([`JsonPolicy`]): the same raw files plus the policy overlay
+//!   `policy/overlay.<fmt>`: each finding joined with its advisory and the VEX status for its
+//!   product and vulnerability into an effective verdict with reasons.
+//!
+//! Record schemas are documented in `docs/records.md`.
+//!
+//! ```
+//! use exportcore::{run, InMemorySink, MemoryEvidence, RunRequest, RunStatus, Target};
+//! use std::sync::Arc;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut evidence = MemoryEvidence::new();
+//! evidence.insert("advisories/a.json", r#"{"id":"GHSA-1","modified":"2024-05-01T00:00:00Z"}"#)?;
+//! let mut request = RunRequest::new("json:raw");
+//! request.targets = vec![Target::Advisory];
+//! let sink = InMemorySink::new();
+//! let run = run::execute(Arc::new(exportcore_json::JsonRaw), Arc::new(evidence), Arc::new(sink.clone()),
+//!     request, run::RunOptions::new("tenant-a"), Arc::new(|_| {})).await;
+//! assert_eq!(run.status, RunStatus::Succeeded);
+//! assert_eq!(run.outputs[0].path, "json-raw.tar.zst");
+//! # Ok::<(), exportcore::ExportError>(())
+//! # }).unwrap();
+//! ```
+
+mod policy;
+mod purl;
+mod raw;
+
+pub use policy::JsonPolicy;
+pub use raw::JsonRaw;
+
+use exportcore::Profiles;
+
+/// A registry holding `json:raw` and `json:policy`.
+pub fn profiles() -> Profiles {
+    Profiles::new().with(JsonRaw).with(JsonPolicy)
+}

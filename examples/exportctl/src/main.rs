@@ -1,1 +1,355 @@
-fn main() {}
+//! `exportctl`: the command-line front end of exportcore.
+//!
+//! The command contract is fixed (see `docs/cli.md`). Exit codes: 0 success; 1 the run failed
+//! or verification failed; 2 usage, I/O or "not supported yet" errors. Every error prints its
+//! `ERR_EXPORT_*` code.
+
+use clap::{Parser, Subcommand};
+use exportcore::run::{execute, EventFn, RunOptions};
+use exportcore::{
+    Compression, DirEvidence, ExportError, Format, FsSink, Limits, Profiles, RunEvent, RunRequest, RunStatus, Target,
+    TimeAnchor, Timestamp,
+};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "exportctl", version, about = "Build, verify and inspect reproducible evidence export bundles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the available export profiles.
+    Profiles {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an export profile on an evidence directory into an output directory.
+    Run(RunArgs),
+    /// Verify a run's output directory or a bundle file.
+    Verify {
+        /// Output directory or bundle archive.
+        path: PathBuf,
+        /// Public key to check signatures with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Inspect stored runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+        /// Run store (SQLite file).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Mirror bundle operations.
+    Mirror {
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
+    /// Generate a signing key pair.
+    Keygen {
+        /// ed25519, ecdsa-p256 or sm2.
+        #[arg(long)]
+        algorithm: String,
+        /// Output prefix (PREFIX.key, PREFIX.pub).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve the gateway HTTP contract.
+    Serve {
+        /// Address to listen on (127.0.0.1:PORT).
+        #[arg(long)]
+        listen: String,
+        /// Run store.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List,
+    /// Show one run.
+    Show { run_id: String },
+    /// Print a run's events, one JSON object per line.
+    Events { run_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum MirrorCommand {
+    /// Apply a delta bundle to a base.
+    Apply {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        delta: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Profile id (see `exportctl profiles`).
+    #[arg(long)]
+    profile: String,
+    /// Evidence directory.
+    #[arg(long)]
+    evidence: PathBuf,
+    /// Output directory (created; must be empty if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Time written into every output (RFC 3339). Default: SOURCE_DATE_EPOCH, else the newest
+    /// evidence timestamp.
+    #[arg(long)]
+    created_at: Option<String>,
+    /// Output format (repeatable): json or ndjson.
+    #[arg(long = "format")]
+    formats: Vec<String>,
+    /// Evidence targets (repeatable): advisory, vex, policy. Default: all the profile supports.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Bundle compression: none, gzip or zstd.
+    #[arg(long)]
+    compression: Option<String>,
+    /// Signing key file.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
+    /// Output directory of an earlier run (mirror:delta).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Tenant.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Run store (SQLite file).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Print the final run record as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Retention in days (sets expiresAt).
+    #[arg(long)]
+    retention_days: Option<u32>,
+}
+
+/// An error plus the exit code it maps to.
+struct Failure {
+    err: ExportError,
+    exit: u8,
+}
+
+impl From<ExportError> for Failure {
+    fn from(err: ExportError) -> Self {
+        Failure { err, exit: 2 }
+    }
+}
+
+fn not_supported(feature: &str) -> Failure {
+    ExportError::NotSupported { feature: feature.to_owned() }.into()
+}
+
+fn profiles() -> Profiles {
+    exportcore_json::profiles()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: ERR_EXPORT_INTERNAL: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("error: {}: {}", f.err.code(), f.err.report());
+            ExitCode::from(f.exit)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Profiles { json } => {
+            let list = profiles().descriptors();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                for d in list {
+                    println!("{:<16} {}", d.id, d.description);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(args).await,
+        Command::Verify { path, key } => {
+            if key.is_some() {
+                return Err(not_supported("verify --key (signature verification)"));
+            }
+            verify(&path)
+        }
+        Command::Runs { .. } => Err(not_supported("runs (run store)")),
+        Command::Mirror { .. } => Err(not_supported("mirror apply")),
+        Command::Keygen { .. } => Err(not_supported("keygen")),
+        Command::Serve { .. } => Err(not_supported("serve (gateway)")),
+    }
+}
+
+fn parse_list<T: std::str::FromStr<Err = String>>(flag: &str, values: &[String]) -> Result<Vec<T>, Failure> {
+    values
+        .iter()
+        .map(|v| v.parse::<T>().map_err(|e| ExportError::invalid(flag, e).into()))
+        .collect()
+}
+
+fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
+    let mut req = RunRequest::new(&args.profile);
+    req.formats = parse_list::<Format>("--format", &args.formats)?;
+    req.targets = parse_list::<Target>("--target", &args.targets)?;
+    req.compression = args
+        .compression
+        .as_deref()
+        .map(|c| c.parse::<Compression>().map_err(|e| ExportError::invalid("--compression", e)))
+        .transpose()?;
+    req.created_at = args
+        .created_at
+        .as_deref()
+        .map(|t| Timestamp::parse(t).map_err(|e| ExportError::invalid("--created-at", e)))
+        .transpose()?;
+    req.retention_days = args.retention_days;
+    req.validate(&Limits::default())?;
+    Ok(req)
+}
+
+fn check_out_dir(out: &Path) -> Result<bool, Failure> {
+    match std::fs::read_dir(out) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(ExportError::invalid("--out", format!("{} exists and is not empty", out.display())).into());
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(ExportError::io(out, e).into()),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    if args.store.is_some() {
+        return Err(not_supported("--store (run store)"));
+    }
+    if args.sign_key.is_some() {
+        return Err(not_supported("--sign-key (signing)"));
+    }
+    if args.base.is_some() {
+        return Err(not_supported("--base (mirror:delta)"));
+    }
+    let request = build_request(&args)?;
+    let profile = profiles().get(&request.profile_id)?;
+    profile.validate(&request)?;
+    let evidence = DirEvidence::new(&args.evidence)?;
+    let created_out = check_out_dir(&args.out)?;
+    let sink = FsSink::new(&args.out)?;
+
+    let mut options = RunOptions::new(&args.tenant);
+    if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
+        options.pinned_time = Some(TimeAnchor::from_source_date_epoch(&sde)?);
+    }
+    let progress = ProgressDisplay::new();
+    let on_event: EventFn = {
+        let progress = progress.clone();
+        Arc::new(move |e: &RunEvent| progress.event(e))
+    };
+    let run = execute(profile, Arc::new(evidence), Arc::new(sink), request, options, on_event).await;
+    progress.finish();
+    if run.status != RunStatus::Succeeded && created_out {
+        // Leave nothing behind: the directory we created holds nothing of a failed run.
+        let _ = std::fs::remove_dir(&args.out);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+    } else {
+        println!("run {} {}", run.run_id, run.status);
+        for o in &run.outputs {
+            println!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
+        }
+    }
+    match run.errors.first() {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => {
+            eprintln!("error: {}: {}", e.code, e.message);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn verify(path: &Path) -> Result<ExitCode, Failure> {
+    let report = exportcore::verify::verify_path(path)?;
+    if report.is_ok() {
+        println!("OK {}: {} entries verified", report.target, report.verified);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.failures {
+        println!("FAIL {}: {}", f.path, f.problem);
+    }
+    eprintln!("error: ERR_EXPORT_VERIFY_FAILED: {} problem(s) in {}", report.failures.len(), report.target);
+    Ok(ExitCode::from(1))
+}
+
+/// Progress on stderr: a bar on a terminal, plain lines otherwise.
+#[derive(Clone)]
+struct ProgressDisplay {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressDisplay {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(100);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Self { bar }
+    }
+
+    fn event(&self, e: &RunEvent) {
+        match (&self.bar, e) {
+            (Some(bar), RunEvent::Progress { progress, .. }) => {
+                bar.set_position(u64::from(progress.percent));
+                bar.set_message(format!("{} records", progress.items_completed));
+            }
+            (Some(bar), RunEvent::ArtifactReady { path, .. }) => bar.set_message(format!("published {path}")),
+            (Some(_), _) => {}
+            (None, RunEvent::Progress { progress, .. }) => {
+                eprintln!("progress {}% ({} records)", progress.percent, progress.items_completed)
+            }
+            (None, RunEvent::ArtifactReady { path, size, .. }) => eprintln!("artifact_ready {path} ({size} bytes)"),
+            (None, RunEvent::Started { run_id, profile_id }) => eprintln!("started {run_id} ({profile_id})"),
+            (None, _) => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
