@@ -1,0 +1,139 @@
+//! What the json profiles write: bundle layout, canonical records, stable order, counts,
+//! the overlay's verdicts on the samples, and the empty-evidence error.
+
+use exportcore::archive::open_archive;
+use exportcore::run::{execute, RunOptions};
+use exportcore::{
+    Format, InMemorySink, Manifest, MemoryEvidence, RunRequest, RunStatus, SinkExt, Target, Timestamp,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+async fn bundle_files(profile: Arc<dyn exportcore::Profile>, ev: MemoryEvidence, req: RunRequest) -> (exportcore::Run, BTreeMap<String, Vec<u8>>) {
+    let sink = InMemorySink::new();
+    let run = execute(profile, Arc::new(ev), Arc::new(sink.clone()), req, RunOptions::new("t"), Arc::new(|_| {})).await;
+    let mut files = BTreeMap::new();
+    if let Some(bundle) = run.outputs.iter().find(|o| o.path.contains(".tar")) {
+        let bytes = sink.get_bytes(&exportcore::ArtifactPath::parse(&bundle.path).unwrap()).await.unwrap();
+        let mut ar = open_archive(std::io::Cursor::new(bytes.to_vec())).unwrap();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.header().entry_type().is_file() {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf).unwrap();
+                files.insert(e.path().unwrap().display().to_string(), buf);
+            }
+        }
+    }
+    (run, files)
+}
+
+fn osv(id: &str, modified: &str) -> String {
+    format!("{{\n  \"modified\": \"{modified}\",\n  \"id\": \"{id}\",\n  \"summary\": \"x\"\n}}")
+}
+
+#[tokio::test]
+async fn raw_records_are_canonical_in_path_order_with_counts() {
+    let mut ev = MemoryEvidence::new();
+    ev.insert("advisories/b/2.json", osv("B2", "2024-03-01T00:00:00Z")).unwrap();
+    ev.insert("advisories/a.ndjson", format!("{}\n{}\n", osv("A1", "2024-01-01T00:00:00Z").replace('\n', ""), osv("A2", "2024-06-01T00:00:00Z").replace('\n', ""))).unwrap();
+    let mut req = RunRequest::new("json:raw");
+    req.targets = vec![Target::Advisory];
+    req.formats = vec![Format::Ndjson, Format::Json];
+    let (run, files) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev, req).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let nd = String::from_utf8(files["raw/advisory.ndjson"].clone()).unwrap();
+    assert_eq!(
+        nd,
+        "{\"id\":\"A1\",\"modified\":\"2024-01-01T00:00:00Z\",\"summary\":\"x\"}\n\
+         {\"id\":\"A2\",\"modified\":\"2024-06-01T00:00:00Z\",\"summary\":\"x\"}\n\
+         {\"id\":\"B2\",\"modified\":\"2024-03-01T00:00:00Z\",\"summary\":\"x\"}\n"
+    );
+    let js: Value = serde_json::from_slice(&files["raw/advisory.json"]).unwrap();
+    assert_eq!(js.as_array().unwrap().len(), 3);
+    let m = Manifest::parse(&files["manifest.json"]).unwrap();
+    assert_eq!(m.entry("raw/advisory.ndjson").unwrap().records, Some(3));
+    assert_eq!(m.entry("raw/advisory.ndjson").unwrap().media_type, "application/x-ndjson");
+    assert_eq!(m.totals.records, 6);
+    // No pinned time: the newest evidence timestamp is used and recorded.
+    assert_eq!(m.created_at, Timestamp::parse("2024-06-01T00:00:00Z").unwrap());
+    assert_eq!(serde_json::to_value(m.created_at_source).unwrap(), "evidence");
+}
+
+#[tokio::test]
+async fn request_order_does_not_change_bytes() {
+    let ev = || {
+        let mut ev = MemoryEvidence::new();
+        ev.insert("advisories/a.json", osv("A", "2024-01-01T00:00:00Z")).unwrap();
+        ev
+    };
+    let mut r1 = RunRequest::new("json:raw");
+    r1.targets = vec![Target::Advisory, Target::Vex];
+    r1.formats = vec![Format::Json, Format::Ndjson];
+    let mut r2 = r1.clone();
+    r2.targets.reverse();
+    r2.formats.reverse();
+    let (a, fa) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev(), r1).await;
+    let (b, fb) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev(), r2).await;
+    assert_eq!(fa, fb);
+    assert_eq!(a.outputs[0].sha256, b.outputs[0].sha256);
+}
+
+#[tokio::test]
+async fn empty_evidence_is_a_typed_error() {
+    for profile in [Arc::new(exportcore_json::JsonRaw) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_json::JsonPolicy)] {
+        let (run, _) = bundle_files(profile, MemoryEvidence::new(), RunRequest::new("x")).await;
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_EMPTY");
+    }
+}
+
+#[tokio::test]
+async fn overlay_on_samples() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let sink = InMemorySink::new();
+    let run = execute(
+        Arc::new(exportcore_json::JsonPolicy),
+        Arc::new(exportcore::DirEvidence::new(dir).unwrap()),
+        Arc::new(sink.clone()),
+        RunRequest::new("json:policy"),
+        RunOptions::new("t"),
+        Arc::new(|_| {}),
+    )
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let bytes = sink.get_bytes(&exportcore::ArtifactPath::parse("json-policy.tar.zst").unwrap()).await.unwrap();
+    let mut ar = open_archive(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut overlay = String::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("policy/overlay.ndjson") {
+            e.read_to_string(&mut overlay).unwrap();
+        }
+    }
+    let recs: Vec<Value> = overlay.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(recs.len() >= 20);
+    let by_id = |id: &str| recs.iter().find(|r| r["findingId"] == id).unwrap().clone();
+    // log4j: denied by policy, VEX not_affected -> allow.
+    let f1 = by_id("F-0001");
+    assert_eq!((f1["decision"].as_str(), f1["verdict"].as_str()), (Some("deny"), Some("allow")));
+    assert_eq!(f1["vex"]["status"], "not_affected");
+    // Two VEX documents disagree on CVE-2023-44487 for x/net; the later one (not_affected) wins.
+    let f5 = by_id("F-0005");
+    assert_eq!(f5["vex"]["status"], "not_affected");
+    assert!(f5["vex"]["document"].as_str().unwrap().contains("2025-q1"), "{f5}");
+    // Withdrawn advisory.
+    let f20 = by_id("F-0020");
+    assert_eq!(f20["verdict"], "allow");
+    // No advisory in the set.
+    let f21 = by_id("F-0021");
+    assert_eq!(f21["advisory"], Value::Null);
+    assert_eq!(f21["verdict"], f21["decision"]);
+    // Every status appears, every record has reasons.
+    for status in ["not_affected", "affected", "fixed", "under_investigation"] {
+        assert!(recs.iter().any(|r| r["vex"]["status"] == status), "{status}");
+    }
+    assert!(recs.iter().all(|r| !r["reasons"].as_array().unwrap().is_empty()));
+}

@@ -1,0 +1,314 @@
+//! `exportctl` end to end: the README's main command, determinism of every profile and
+//! compression, `verify` on good and tampered output, and every bad input of the contract
+//! (typed error, code, exit status, nothing left under --out).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn exportctl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exportctl"));
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence")
+}
+
+fn run(args: &[&str]) -> Output {
+    exportctl().args(args).output().expect("spawn exportctl")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn export(profile: &str, evidence: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "--profile", profile, "--evidence", evidence.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_main_command_and_json_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = export("json:raw", &samples(), &out, &["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints one JSON object");
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["profileId"], "json:raw");
+    assert!(run["runId"].as_str().unwrap().starts_with("export-run::default::"));
+    let outputs = run["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2);
+    for o in outputs {
+        let path = out.join(o["path"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), o["sha256"].as_str().unwrap());
+        assert!(o["url"].as_str().unwrap().starts_with("file://"));
+    }
+    assert_eq!(run["progress"]["percent"], 100);
+    // Progress went to stderr, not stdout.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("progress"));
+    let v = run_verify(&out);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
+fn run_verify(path: &Path) -> Output {
+    run(&["verify", path.to_str().unwrap()])
+}
+
+#[test]
+fn every_profile_and_compression_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    for profile in ["json:raw", "json:policy"] {
+        for comp in ["none", "gzip", "zstd"] {
+            for (i, fmt) in [["--format", "ndjson"], ["--format", "json"]].iter().enumerate() {
+                let a = tmp.path().join(format!("{profile}-{comp}-{i}-a").replace(':', "_"));
+                let b = tmp.path().join(format!("{profile}-{comp}-{i}-b").replace(':', "_"));
+                for out in [&a, &b] {
+                    let o = export(profile, &samples(), out, &["--compression", comp, fmt[0], fmt[1]]);
+                    assert!(o.status.success(), "{}", text(&o));
+                }
+                let (ta, tb) = (tree(&a), tree(&b));
+                assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+                for (k, v) in &ta {
+                    assert!(v == &tb[k], "{profile} {comp}: {k} differs between two runs");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn source_date_epoch_and_created_at_pin_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let o = exportctl()
+        .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap(), "--out", a.to_str().unwrap()])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["createdAt"], "2023-11-14T22:13:20Z");
+    assert_eq!(m["createdAtSource"], "source-date-epoch");
+    let b = tmp.path().join("b");
+    let o = exportctl()
+        .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap(), "--out", b.to_str().unwrap()])
+        .args(["--created-at", "2025-01-01T00:00:00Z"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["createdAt"], "2025-01-01T00:00:00Z");
+    assert_eq!(m["createdAtSource"], "request");
+    let listing = Command::new("tar").arg("--zstd").arg("-tvf").arg(b.join("json-raw.tar.zst")).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().all(|l| l.contains(" 0/0 ") && l.contains("2025-01-01 00:00")), "{listing}");
+}
+
+fn fresh(tmp: &Path, name: &str) -> PathBuf {
+    let out = tmp.join(name);
+    let o = export("json:policy", &samples(), &out, &["--compression", "gzip"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run_verify(&out).status.success());
+    out
+}
+
+fn assert_verify_fails(path: &Path, naming: &str) {
+    let o = run_verify(path);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains(naming), "expected the failure to name {naming}: {t}");
+    assert!(t.contains("ERR_EXPORT_VERIFY_FAILED"), "{t}");
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = at.min(bytes.len() - 1);
+    bytes[i] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn verify_detects_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One flipped byte in the bundle.
+    let out = fresh(tmp.path(), "flip");
+    flip_byte(&out.join("json-policy.tar.gz"), 300);
+    assert_verify_fails(&out, "json-policy.tar.gz");
+    // A missing file.
+    let out = fresh(tmp.path(), "missing");
+    std::fs::remove_file(out.join("json-policy.tar.gz")).unwrap();
+    assert_verify_fails(&out, "json-policy.tar.gz");
+    // An extra file.
+    let out = fresh(tmp.path(), "extra");
+    std::fs::write(out.join("notes.txt"), "hello").unwrap();
+    assert_verify_fails(&out, "notes.txt");
+    // An edited manifest.
+    let out = fresh(tmp.path(), "manifest");
+    let m = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    std::fs::write(out.join("manifest.json"), m.replace("\"size\":", "\"size\": ")).unwrap();
+    assert_verify_fails(&out, "manifest.json");
+    // Verifying the bundle file on its own, after changing one member.
+    let out = fresh(tmp.path(), "member");
+    let x = tmp.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    assert!(Command::new("tar").arg("-xzf").arg(out.join("json-policy.tar.gz")).arg("-C").arg(&x).status().unwrap().success());
+    flip_byte(&x.join("raw/vex.ndjson"), 10);
+    let rebuilt = tmp.path().join("rebuilt.tar.gz");
+    assert!(Command::new("tar").arg("-czf").arg(&rebuilt).arg("-C").arg(&x).arg(".").status().unwrap().success());
+    assert_verify_fails(&rebuilt, "raw/vex.ndjson");
+    // A bundle with an extra member.
+    std::fs::write(x.join("raw/extra.ndjson"), "{}\n").unwrap();
+    flip_byte(&x.join("raw/vex.ndjson"), 10);
+    let rebuilt = tmp.path().join("extra.tar.gz");
+    assert!(Command::new("tar").arg("-czf").arg(&rebuilt).arg("-C").arg(&x).arg(".").status().unwrap().success());
+    assert_verify_fails(&rebuilt, "raw/extra.ndjson");
+    // A truncated archive.
+    let out = fresh(tmp.path(), "trunc");
+    let f = out.join("json-policy.tar.gz");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    assert_verify_fails(&f, "json-policy.tar.gz");
+    // Usage error: no such path.
+    let o = run_verify(&tmp.path().join("nope"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_IO"));
+}
+
+/// Runs an export expected to fail; checks code, exit status and that --out holds nothing.
+fn assert_run_fails(evidence: &Path, extra: &[&str], code: &str, mentions: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let profile = extra.iter().position(|a| *a == "--profile").map(|i| extra[i + 1]).unwrap_or("json:raw");
+    let rest: Vec<&str> = extra.iter().copied().filter(|a| *a != "--profile" && *a != profile).collect();
+    let o = export(profile, evidence, &out, &rest);
+    let t = text(&o);
+    assert!(!o.status.success(), "expected failure: {t}");
+    assert!(t.contains(code), "expected {code}: {t}");
+    assert!(t.contains(mentions), "expected the error to mention {mentions:?}: {t}");
+    assert!(!t.contains("panicked"), "{t}");
+    let left = std::fs::read_dir(&out).map(|rd| rd.count()).unwrap_or(0);
+    assert_eq!(left, 0, "partial output left under --out");
+}
+
+fn evidence_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, body) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    dir
+}
+
+const GOOD: &str = r#"{"id":"GHSA-1","modified":"2024-01-01T00:00:00Z"}"#;
+
+#[test]
+fn bad_evidence_gives_typed_errors_and_no_output() {
+    // Malformed JSON: names file and line.
+    let ev = evidence_with(&[("advisories/a.ndjson", &format!("{GOOD}\n{GOOD}\n{{\"id\": oops}}\n"))]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_INVALID", "advisories/a.ndjson:3");
+    let ev = evidence_with(&[("vex/doc.json", "{\n  \"@context\": \"https://openvex.dev/ns/v0.2.0\",\n  oops\n}")]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_INVALID", "vex/doc.json:3");
+    // OSV missing required fields.
+    let ev = evidence_with(&[("advisories/x.json", r#"{"id":"GHSA-2","summary":"no modified"}"#)]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_INVALID", "missing required field \"modified\"");
+    let ev = evidence_with(&[("advisories/x.json", r#"{"modified":"2024-01-01T00:00:00Z"}"#)]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_INVALID", "advisories/x.json");
+    // A file of an unknown type.
+    let ev = evidence_with(&[("advisories/notes.txt", "hi")]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_INVALID", "advisories/notes.txt");
+    // A symlink escaping the evidence directory.
+    let ev = evidence_with(&[("advisories/ok.json", GOOD)]);
+    let outside = evidence_with(&[("secret.json", GOOD)]);
+    std::os::unix::fs::symlink(outside.path().join("secret.json"), ev.path().join("advisories/leak.json")).unwrap();
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_PATH_UNSAFE", "leak.json");
+    // A symlinked directory escaping through `..`.
+    let ev = evidence_with(&[("advisories/ok.json", GOOD)]);
+    std::os::unix::fs::symlink("../..", ev.path().join("vex")).unwrap();
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_PATH_UNSAFE", "outside the evidence directory");
+    // An empty evidence directory.
+    let ev = evidence_with(&[]);
+    assert_run_fails(ev.path(), &[], "ERR_EXPORT_EVIDENCE_EMPTY", "advisory");
+    assert_run_fails(ev.path(), &["--profile", "json:policy"], "ERR_EXPORT_EVIDENCE_EMPTY", "policy");
+    // A missing evidence directory.
+    assert_run_fails(&ev.path().join("nope"), &[], "ERR_EXPORT_IO", "nope");
+}
+
+#[test]
+fn bad_requests_give_typed_errors_and_no_output() {
+    let s = samples();
+    assert_run_fails(&s, &["--profile", "json:nope"], "ERR_EXPORT_PROFILE_NOT_FOUND", "json:nope");
+    assert_run_fails(&s, &["--format", "xml"], "ERR_EXPORT_REQUEST_INVALID", "--format");
+    assert_run_fails(&s, &["--target", "sbom"], "ERR_EXPORT_REQUEST_INVALID", "--target");
+    assert_run_fails(&s, &["--target", "vex", "--target", "vex"], "ERR_EXPORT_REQUEST_INVALID", "targets[1]");
+    assert_run_fails(&s, &["--compression", "lz4"], "ERR_EXPORT_REQUEST_INVALID", "--compression");
+    assert_run_fails(&s, &["--created-at", "yesterday"], "ERR_EXPORT_REQUEST_INVALID", "--created-at");
+    assert_run_fails(&s, &["--retention-days", "0"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
+    assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
+    // Later issues' flags: a clear "not supported yet", not a panic.
+    assert_run_fails(&s, &["--sign-key", "k.pem"], "ERR_EXPORT_NOT_SUPPORTED", "signing");
+    assert_run_fails(&s, &["--store", "x.sqlite"], "ERR_EXPORT_NOT_SUPPORTED", "store");
+    assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_NOT_SUPPORTED", "mirror:delta");
+    for args in [vec!["keygen", "--algorithm", "ed25519", "--out", "k"], vec!["serve", "--listen", "127.0.0.1:0"], vec!["runs", "list"]] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn out_dir_must_be_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("old.txt"), "x").unwrap();
+    let o = export("json:raw", &samples(), tmp.path(), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID"), "{}", text(&o));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn profiles_lists_json_profiles() {
+    let o = run(&["profiles", "--json"]);
+    assert!(o.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["json:policy", "json:raw"]);
+}
+
+#[test]
+fn large_generated_set_streams_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev = tmp.path().join("ev");
+    let opts = evidence_gen::GenOptions { advisories: 20_000, advisories_per_file: 7_000, findings: 500, vex_documents: 20, ..Default::default() };
+    evidence_gen::generate(&ev, &opts).unwrap();
+    let out = tmp.path().join("out");
+    let o = export("json:policy", &ev, &out, &["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(run["progress"]["itemsCompleted"], 20_000 + 20 + 500 + 500);
+    assert!(run_verify(&out).status.success());
+}
