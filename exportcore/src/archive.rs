@@ -127,7 +127,10 @@ impl<W: Write> Encoder<W> {
             Compression::None => Ok(Encoder::Plain(w)),
             #[cfg(feature = "gzip")]
             Compression::Gzip => Ok(Encoder::Gzip(
-                flate2::GzBuilder::new().mtime(0).operating_system(255).write(w, flate2::Compression::new(o.gzip_level)),
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(w, flate2::Compression::new(o.gzip_level)),
             )),
             #[cfg(feature = "zstd")]
             Compression::Zstd => {
@@ -137,10 +140,13 @@ impl<W: Write> Encoder<W> {
                     e.multithread(o.zstd_workers.max(1))?;
                     Ok(e)
                 };
-                mk().map(Encoder::Zstd).map_err(|e| ExportError::Internal { implementer: "zstd", message: e.to_string() })
+                mk().map(Encoder::Zstd)
+                    .map_err(|e| ExportError::Internal { implementer: "zstd", message: e.to_string() })
             }
             #[allow(unreachable_patterns)]
-            other => Err(ExportError::NotSupported { feature: format!("{other} compression (cargo feature disabled)") }),
+            other => {
+                Err(ExportError::NotSupported { feature: format!("{other} compression (cargo feature disabled)") })
+            }
         }
     }
 

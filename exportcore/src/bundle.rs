@@ -110,10 +110,12 @@ pub fn write_bundle(
     let mtime = manifest.created_at.unix().max(0) as u64;
     let manifest_bytes = manifest.to_canonical_bytes();
     let manifest_path = ArtifactPath::parse(MANIFEST_FILE)?;
-    let mut entries: Vec<(ArtifactPath, Option<&SpooledFile>)> = files.iter().map(|f| (f.path.clone(), Some(f))).collect();
+    let mut entries: Vec<(ArtifactPath, Option<&SpooledFile>)> =
+        files.iter().map(|f| (f.path.clone(), Some(f))).collect();
     entries.push((manifest_path, None));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let spec = ArtifactSpec::new(name, ArtifactType::Bundle, archive_format(compression), archive_media_type(compression))?;
+    let spec =
+        ArtifactSpec::new(name, ArtifactType::Bundle, archive_format(compression), archive_media_type(compression))?;
     let (staged, ()) = ctx.write_artifact(spec, |w| {
         let mut ar = ArchiveWriter::new(w, ArchiveOptions::new(compression, mtime))?;
         for (path, file) in &entries {

@@ -55,16 +55,37 @@ pub fn write_value<W: Write + ?Sized>(w: &mut W, value: &Value) -> io::Result<()
             w.write_all(b"]")
         }
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
             w.write_all(b"{")?;
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    w.write_all(b",")?;
+            // Fast path: keys already iterate in UTF-8 byte order (serde_json's default map) and
+            // none holds a character at or above U+E000, so UTF-8 order equals the UTF-16 code
+            // unit order JCS requires. Otherwise sort explicitly (e.g. under serde_json's
+            // `preserve_order` feature, or for keys with astral-plane characters).
+            let mut prev: Option<&String> = None;
+            let in_order = map.keys().all(|k| {
+                let ok = prev.is_none_or(|p| p.as_bytes() < k.as_bytes()) && k.chars().all(|c| (c as u32) < 0xE000);
+                prev = Some(k);
+                ok
+            });
+            if in_order {
+                for (i, (key, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        w.write_all(b",")?;
+                    }
+                    write_string(w, key)?;
+                    w.write_all(b":")?;
+                    write_value(w, v)?;
                 }
-                write_string(w, key)?;
-                w.write_all(b":")?;
-                write_value(w, &map[key])?;
+            } else {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        w.write_all(b",")?;
+                    }
+                    write_string(w, key)?;
+                    w.write_all(b":")?;
+                    write_value(w, &map[key])?;
+                }
             }
             w.write_all(b"}")
         }
@@ -133,7 +154,7 @@ pub fn format_es_number(x: f64) -> String {
             out.push_str(&digits[1..]);
         }
         out.push('e');
-        out.push(if n - 1 >= 0 { '+' } else { '-' });
+        out.push(if n > 0 { '+' } else { '-' });
         out.push_str(&(n - 1).abs().to_string());
     }
     out
@@ -162,16 +183,8 @@ mod tests {
     fn rfc8785_sorting_uses_utf16() {
         let input = r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#;
         let out = String::from_utf8(canonicalize_str(input).unwrap()).unwrap();
-        let order: Vec<&str> = [
-            "Carriage Return",
-            "One",
-            "Control",
-            "Latin Small",
-            "Euro Sign",
-            "Emoji",
-            "Hebrew",
-        ]
-        .to_vec();
+        let order: Vec<&str> =
+            ["Carriage Return", "One", "Control", "Latin Small", "Euro Sign", "Emoji", "Hebrew"].to_vec();
         let positions: Vec<usize> = order.iter().map(|s| out.find(s).unwrap()).collect();
         let mut sorted = positions.clone();
         sorted.sort_unstable();

@@ -59,8 +59,13 @@ pub async fn sink_put_get_list_delete(sink: &dyn Sink) {
     for (path, body) in items {
         assert_eq!(sink.get_bytes(&p(path)).await.expect("get"), body.as_bytes(), "content of {path}");
     }
-    let listed: Vec<String> = sink.list(Some(&p("conf"))).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
-    assert_eq!(listed, ["conf/a.txt", "conf/a/x.json", "conf/b.txt"], "list must be sorted and prefix-filtered segment-wise");
+    let listed: Vec<String> =
+        sink.list(Some(&p("conf"))).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
+    assert_eq!(
+        listed,
+        ["conf/a.txt", "conf/a/x.json", "conf/b.txt"],
+        "list must be sorted and prefix-filtered segment-wise"
+    );
     let all = sink.list(None).await.expect("list all");
     assert!(all.windows(2).all(|w| w[0].path < w[1].path), "list(None) must be sorted");
     assert_eq!(all.iter().find(|m| m.path.as_str() == "conf/b.txt").map(|m| m.size), Some(3));
@@ -83,7 +88,8 @@ pub async fn sink_put_is_atomic(sink: &dyn Sink) {
     let fresh = p("atomic/new.bin");
     sink.put(&fresh, failing_body(b"partial")).await.expect_err("must fail");
     assert!(sink.get(&fresh).await.is_err(), "a failed put must not create the artifact");
-    let listed: Vec<String> = sink.list(Some(&p("atomic"))).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
+    let listed: Vec<String> =
+        sink.list(Some(&p("atomic"))).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
     assert_eq!(listed, ["atomic/obj.bin"], "no partial artifact may be listed");
     sink.delete(&path).await.expect("cleanup");
 }
@@ -121,7 +127,12 @@ fn no_events() -> EventFn {
     Arc::new(|_| {})
 }
 
-async fn run_into(profile: &Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, sink: Arc<dyn Sink>, request: &RunRequest) -> crate::Run {
+async fn run_into(
+    profile: &Arc<dyn Profile>,
+    evidence: Arc<dyn EvidenceSource>,
+    sink: Arc<dyn Sink>,
+    request: &RunRequest,
+) -> crate::Run {
     execute(Arc::clone(profile), evidence, sink, request.clone(), RunOptions::new("conformance"), no_events()).await
 }
 
@@ -143,7 +154,11 @@ pub fn profile_descriptor_is_valid(profile: &dyn Profile) {
 }
 
 /// Two runs on the same input give byte-identical artifacts.
-pub async fn profile_is_deterministic(profile: &Arc<dyn Profile>, evidence: &Arc<dyn EvidenceSource>, request: &RunRequest) {
+pub async fn profile_is_deterministic(
+    profile: &Arc<dyn Profile>,
+    evidence: &Arc<dyn EvidenceSource>,
+    request: &RunRequest,
+) {
     let (a, b) = (InMemorySink::new(), InMemorySink::new());
     let ra = run_into(profile, Arc::clone(evidence), Arc::new(a.clone()), request).await;
     assert_eq!(ra.status, RunStatus::Succeeded, "first run failed: {:?}", ra.errors);
@@ -162,7 +177,11 @@ pub async fn profile_is_deterministic(profile: &Arc<dyn Profile>, evidence: &Arc
 
 /// Outputs are complete: what the run record reports matches the sink byte for byte, the
 /// run manifest lists every artifact, and `verify` finds nothing wrong.
-pub async fn profile_outputs_verify(profile: &Arc<dyn Profile>, evidence: &Arc<dyn EvidenceSource>, request: &RunRequest) {
+pub async fn profile_outputs_verify(
+    profile: &Arc<dyn Profile>,
+    evidence: &Arc<dyn EvidenceSource>,
+    request: &RunRequest,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = FsSink::new(dir.path()).expect("fs sink");
     let run = run_into(profile, Arc::clone(evidence), Arc::new(sink.clone()), request).await;
@@ -222,7 +241,11 @@ pub async fn profile_failure_leaves_no_output(profile: &Arc<dyn Profile>, reques
 }
 
 /// A cancelled run fails with `ERR_EXPORT_CANCELLED` and publishes nothing.
-pub async fn profile_honours_cancel(profile: &Arc<dyn Profile>, evidence: &Arc<dyn EvidenceSource>, request: &RunRequest) {
+pub async fn profile_honours_cancel(
+    profile: &Arc<dyn Profile>,
+    evidence: &Arc<dyn EvidenceSource>,
+    request: &RunRequest,
+) {
     let sink = InMemorySink::new();
     let cancel = CancelFlag::new();
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -235,7 +258,9 @@ pub async fn profile_honours_cancel(profile: &Arc<dyn Profile>, evidence: &Arc<d
     });
     let mut opts = RunOptions::new("conformance");
     opts.cancel = cancel;
-    let run = execute(Arc::clone(profile), Arc::clone(evidence), Arc::new(sink.clone()), request.clone(), opts, on_event).await;
+    let run =
+        execute(Arc::clone(profile), Arc::clone(evidence), Arc::new(sink.clone()), request.clone(), opts, on_event)
+            .await;
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.errors.first().map(|e| e.code.as_str()), Some(ExportError::Cancelled.code()));
     assert!(sink.snapshot().is_empty(), "a cancelled run must leave nothing in the sink");

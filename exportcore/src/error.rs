@@ -216,29 +216,17 @@ mod tests {
         let cases: Vec<(ExportError, &str)> = vec![
             (ExportError::ProfileNotFound { profile: "x".into() }, "ERR_EXPORT_PROFILE_NOT_FOUND"),
             (ExportError::invalid("targets", "bad"), "ERR_EXPORT_REQUEST_INVALID"),
-            (
-                ExportError::TooLarge { what: "body".into(), limit: 1, actual: 2 },
-                "ERR_EXPORT_TOO_LARGE",
-            ),
+            (ExportError::TooLarge { what: "body".into(), limit: 1, actual: 2 }, "ERR_EXPORT_TOO_LARGE"),
             (ExportError::RateLimit { retry_after_secs: 3 }, "ERR_EXPORT_RATE_LIMIT"),
             (
                 ExportError::DistributionFailed { target: "fs".into(), source: "x".into() },
                 "ERR_EXPORT_DISTRIBUTION_FAILED",
             ),
             (ExportError::evidence(Location::line("a.json", 3), "bad"), "ERR_EXPORT_EVIDENCE_INVALID"),
-            (
-                ExportError::EvidenceEmpty { root: "d".into(), what: "advisory".into() },
-                "ERR_EXPORT_EVIDENCE_EMPTY",
-            ),
-            (
-                ExportError::PathUnsafe { path: "../x".into(), reason: "r".into() },
-                "ERR_EXPORT_PATH_UNSAFE",
-            ),
+            (ExportError::EvidenceEmpty { root: "d".into(), what: "advisory".into() }, "ERR_EXPORT_EVIDENCE_EMPTY"),
+            (ExportError::PathUnsafe { path: "../x".into(), reason: "r".into() }, "ERR_EXPORT_PATH_UNSAFE"),
             (ExportError::NotFound { path: "p".into() }, "ERR_EXPORT_NOT_FOUND"),
-            (
-                ExportError::VerificationFailed { path: "p".into(), reason: "r".into() },
-                "ERR_EXPORT_VERIFY_FAILED",
-            ),
+            (ExportError::VerificationFailed { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_VERIFY_FAILED"),
             (ExportError::Cancelled, "ERR_EXPORT_CANCELLED"),
             (ExportError::NotSupported { feature: "f".into() }, "ERR_EXPORT_NOT_SUPPORTED"),
             (ExportError::io("/x", std::io::Error::other("e")), "ERR_EXPORT_IO"),

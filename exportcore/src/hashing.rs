@@ -177,10 +177,7 @@ mod tests {
         let (inner, len, digest) = w.finish();
         assert_eq!(inner, b"abc");
         assert_eq!(len, 3);
-        assert_eq!(
-            digest.to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(digest.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(hash_reader(&b"abc"[..]).unwrap().1, digest);
     }
 

@@ -60,6 +60,7 @@ pub mod evidence;
 pub mod hashing;
 pub mod manifest;
 pub mod model;
+pub mod parallel;
 mod path;
 pub mod profile;
 pub mod run;
@@ -71,11 +72,15 @@ pub use evidence::{DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, Memo
 pub use hashing::{HashingWriter, Sha256Digest};
 pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
 pub use model::{
-    ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress, Run,
-    RunError, RunEvent, RunRequest, RunStatus, Signing, Target, Timestamp,
+    ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress,
+    Run, RunError, RunEvent, RunRequest, RunStatus, Signing, Target, Timestamp,
 };
 pub use path::ArtifactPath;
 pub use profile::{
     check_supported, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles, StagedArtifact,
 };
 pub use sink::{ByteStream, FsSink, InMemorySink, ObjectMeta, PutReceipt, Sink, SinkExt};
+
+/// How to write a profile (the text of `docs/adapter-guide.md`; its examples are doc-tested).
+#[doc = include_str!("../../docs/adapter-guide.md")]
+pub mod adapter_guide {}

@@ -66,7 +66,10 @@ impl TimeAnchor {
     pub fn resolve(pinned: Option<TimeAnchor>, newest_evidence: Option<Timestamp>) -> Self {
         pinned.unwrap_or_else(|| match newest_evidence {
             Some(t) => Self { created_at: t, source: TimeSource::Evidence },
-            None => Self { created_at: Timestamp::from_unix(0).unwrap_or_else(|_| Timestamp::now()), source: TimeSource::Epoch },
+            None => Self {
+                created_at: Timestamp::from_unix(0).unwrap_or_else(|_| Timestamp::now()),
+                source: TimeSource::Epoch,
+            },
         })
     }
 
@@ -205,7 +208,10 @@ impl ManifestBuilder {
     /// Adds an entry; a second entry with the same path is an error.
     pub fn add(&mut self, entry: ManifestEntry) -> Result<&mut Self> {
         if entry.path.as_str() == MANIFEST_FILE {
-            return Err(ExportError::PathUnsafe { path: MANIFEST_FILE.into(), reason: "reserved for the manifest".into() });
+            return Err(ExportError::PathUnsafe {
+                path: MANIFEST_FILE.into(),
+                reason: "reserved for the manifest".into(),
+            });
         }
         if self.entries.contains_key(&entry.path) {
             return Err(ExportError::PathUnsafe { path: entry.path.to_string(), reason: "duplicate entry".into() });

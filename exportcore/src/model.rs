@@ -196,6 +196,7 @@ impl RunStatus {
     }
 }
 
+#[allow(clippy::derivable_impls)] // the enum comes from a macro
 impl Default for Priority {
     fn default() -> Self {
         Priority::Normal
@@ -413,7 +414,7 @@ pub struct Progress {
 impl Progress {
     /// Progress from counts; percent is clamped to 0..=100.
     pub fn of(completed: u64, total: u64) -> Self {
-        let percent = if total == 0 { 0 } else { (completed.min(total) * 100 / total) as u8 };
+        let percent = (completed.min(total) * 100).checked_div(total).unwrap_or(0) as u8;
         Self { percent, items_completed: completed, items_total: total }
     }
 }

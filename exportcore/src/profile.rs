@@ -144,7 +144,12 @@ pub struct ArtifactSpec {
 
 impl ArtifactSpec {
     /// A spec; `path` is checked.
-    pub fn new(path: &str, kind: ArtifactType, format: impl Into<String>, media_type: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        path: &str,
+        kind: ArtifactType,
+        format: impl Into<String>,
+        media_type: impl Into<String>,
+    ) -> Result<Self> {
         Ok(Self { path: ArtifactPath::parse(path)?, kind, format: format.into(), media_type: media_type.into() })
     }
 }
@@ -198,12 +203,20 @@ impl<'a> ExportContext<'a> {
 
     /// The request's targets, or `default` when it names none.
     pub fn targets_or(&self, default: &[Target]) -> Vec<Target> {
-        if self.request.targets.is_empty() { default.to_vec() } else { self.request.targets.clone() }
+        if self.request.targets.is_empty() {
+            default.to_vec()
+        } else {
+            self.request.targets.clone()
+        }
     }
 
     /// The request's formats, or `default` when it names none.
     pub fn formats_or(&self, default: &[Format]) -> Vec<Format> {
-        if self.request.formats.is_empty() { default.to_vec() } else { self.request.formats.clone() }
+        if self.request.formats.is_empty() {
+            default.to_vec()
+        } else {
+            self.request.formats.clone()
+        }
     }
 
     /// The request's compression, or `default`.
@@ -229,7 +242,11 @@ impl<'a> ExportContext<'a> {
 
     /// `Err(Cancelled)` once the run was cancelled.
     pub fn check_cancelled(&self) -> Result<()> {
-        if self.cancel.is_cancelled() { Err(ExportError::Cancelled) } else { Ok(()) }
+        if self.cancel.is_cancelled() {
+            Err(ExportError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 
     /// A new scratch file in the run's staging area (deleted with it), for spooling.
@@ -248,10 +265,16 @@ impl<'a> ExportContext<'a> {
         write: impl FnOnce(&mut dyn Write) -> Result<T>,
     ) -> Result<(StagedArtifact, T)> {
         if spec.path.as_str() == MANIFEST_FILE {
-            return Err(ExportError::PathUnsafe { path: MANIFEST_FILE.into(), reason: "reserved for the run manifest".into() });
+            return Err(ExportError::PathUnsafe {
+                path: MANIFEST_FILE.into(),
+                reason: "reserved for the run manifest".into(),
+            });
         }
         if self.artifacts.iter().any(|a| a.spec.path == spec.path) {
-            return Err(ExportError::PathUnsafe { path: spec.path.to_string(), reason: "artifact written twice".into() });
+            return Err(ExportError::PathUnsafe {
+                path: spec.path.to_string(),
+                reason: "artifact written twice".into(),
+            });
         }
         let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
         let file = File::create(&local).at(&local)?;

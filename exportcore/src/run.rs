@@ -40,7 +40,14 @@ pub struct RunOptions {
 impl RunOptions {
     /// Options for `tenant` with everything else at its default.
     pub fn new(tenant: impl Into<String>) -> Self {
-        Self { tenant: tenant.into(), project: None, run_id: None, pinned_time: None, staging_dir: None, cancel: CancelFlag::new() }
+        Self {
+            tenant: tenant.into(),
+            project: None,
+            run_id: None,
+            pinned_time: None,
+            staging_dir: None,
+            cancel: CancelFlag::new(),
+        }
     }
 }
 
@@ -79,7 +86,9 @@ pub async fn execute(
     on_event(&RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
     let progress = Arc::new(Mutex::new(Progress::default()));
     let mut published = Vec::new();
-    let result = stage_and_publish(&profile, evidence, &sink, &request, &options, &run_id, &on_event, &progress, &mut published).await;
+    let result =
+        stage_and_publish(&profile, evidence, &sink, &request, &options, &run_id, &on_event, &progress, &mut published)
+            .await;
     let finished = Timestamp::now();
     run.finished_at = Some(finished);
     run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,7 +132,8 @@ async fn stage_and_publish(
 ) -> Result<Vec<Output>> {
     options.cancel.check()?;
     profile.validate(request)?;
-    let pinned = request.created_at.map(|t| TimeAnchor { created_at: t, source: TimeSource::Request }).or(options.pinned_time);
+    let pinned =
+        request.created_at.map(|t| TimeAnchor { created_at: t, source: TimeSource::Request }).or(options.pinned_time);
     let staging_root = options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
     let staging = tempfile::Builder::new()
         .prefix("exportcore-run-")
@@ -234,6 +244,10 @@ async fn stage_and_publish(
 impl CancelFlag {
     /// `Err(Cancelled)` once cancelled.
     pub fn check(&self) -> Result<()> {
-        if self.is_cancelled() { Err(ExportError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(ExportError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }

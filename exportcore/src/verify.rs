@@ -95,7 +95,12 @@ fn read_manifest(bytes: &[u8], label: &str, report: &mut VerifyReport) -> Option
     }
 }
 
-fn compare(manifest: &Manifest, found: &BTreeMap<String, (u64, Sha256Digest)>, prefix: &str, report: &mut VerifyReport) {
+fn compare(
+    manifest: &Manifest,
+    found: &BTreeMap<String, (u64, Sha256Digest)>,
+    prefix: &str,
+    report: &mut VerifyReport,
+) {
     for e in &manifest.entries {
         let label = format!("{prefix}{}", e.path);
         match found.get(e.path.as_str()) {
@@ -143,7 +148,9 @@ fn verify_dir(dir: &Path, report: &mut VerifyReport) -> Result<()> {
     let Some(manifest) = read_manifest(&bytes, MANIFEST_FILE, report) else { return Ok(()) };
     compare(&manifest, &found, "", report);
     for e in &manifest.entries {
-        if (e.kind == Some(ArtifactType::Bundle) || is_archive_name(e.path.as_str())) && found.contains_key(e.path.as_str()) {
+        if (e.kind == Some(ArtifactType::Bundle) || is_archive_name(e.path.as_str()))
+            && found.contains_key(e.path.as_str())
+        {
             let local = dir.join(e.path.as_str());
             let f = std::fs::File::open(&local).at(&local)?;
             verify_archive(f, &format!("{}!", e.path), report);

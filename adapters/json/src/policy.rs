@@ -3,8 +3,8 @@ use crate::raw::{base_manifest, export_raw, sorted, span_progress, RecordWriter,
 use exportcore::bundle::write_bundle;
 use exportcore::evidence::schema::{vex_product_id, vex_vulnerability_name};
 use exportcore::{
-    check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, Profile, ProfileDescriptor, Progress,
-    Records, Result, RunRequest, Timestamp,
+    check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, Profile, ProfileDescriptor,
+    Progress, Records, Result, RunRequest, Timestamp,
 };
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,7 +34,9 @@ impl AdvisoryInfo {
     fn from_osv(v: &Value) -> Self {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let strings = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
+            v.and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
         };
         let severity = v
             .pointer("/database_specific/severity")
@@ -149,7 +151,8 @@ impl Join {
             let rec = rec?;
             join.newest = join.newest.max(rec.timestamp);
             let info = AdvisoryInfo::from_osv(&rec.value);
-            let keys: BTreeSet<&String> = std::iter::once(&info.id).chain(&info.aliases).filter(|k| wanted.contains(*k)).collect();
+            let keys: BTreeSet<&String> =
+                std::iter::once(&info.id).chain(&info.aliases).filter(|k| wanted.contains(*k)).collect();
             for k in keys {
                 join.advisories.entry(k.clone()).or_default().push(info.clone());
             }
@@ -163,7 +166,11 @@ impl Join {
             let doc_id = str_field(&rec.value, "@id").to_owned();
             for (i, st) in rec.value.get("statements").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let Some(st) = st.as_object() else { continue };
-                let ts = st.get("timestamp").and_then(Value::as_str).and_then(|t| Timestamp::parse(t).ok()).unwrap_or(doc_ts);
+                let ts = st
+                    .get("timestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|t| Timestamp::parse(t).ok())
+                    .unwrap_or(doc_ts);
                 let info = VexInfo {
                     when: (ts, doc_id.clone(), i),
                     status: st.get("status").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -175,7 +182,8 @@ impl Join {
                     document: doc_id.clone(),
                 };
                 let mut vulns: Vec<String> = vex_vulnerability_name(st).map(str::to_owned).into_iter().collect();
-                if let Some(aliases) = st.get("vulnerability").and_then(|v| v.get("aliases")).and_then(Value::as_array) {
+                if let Some(aliases) = st.get("vulnerability").and_then(|v| v.get("aliases")).and_then(Value::as_array)
+                {
                     vulns.extend(aliases.iter().filter_map(Value::as_str).map(str::to_owned));
                 }
                 for p in st.get("products").and_then(Value::as_array).into_iter().flatten() {
@@ -231,7 +239,8 @@ impl Join {
 
         let mut verdict = decision;
         let mut reasons = Vec::new();
-        let mut r = format!("policy {} rule {}: {decision}", str_field(finding, "policyId"), str_field(finding, "ruleId"));
+        let mut r =
+            format!("policy {} rule {}: {decision}", str_field(finding, "policyId"), str_field(finding, "ruleId"));
         if let Some(why) = finding.get("reason").and_then(Value::as_str) {
             r.push_str(&format!(" ({why})"));
         }
@@ -252,7 +261,8 @@ impl Join {
         match vex {
             None => reasons.push(format!("no VEX statement for {vuln} on {product}")),
             Some(v) => {
-                let detail = v.justification.as_deref().or(v.statement.as_deref()).map(|d| format!(": {d}")).unwrap_or_default();
+                let detail =
+                    v.justification.as_deref().or(v.statement.as_deref()).map(|d| format!(": {d}")).unwrap_or_default();
                 reasons.push(format!("VEX {}{detail} ({} at {})", v.status, v.document, v.when.0));
                 if matches!(v.status.as_str(), "not_affected" | "fixed") {
                     verdict = "allow";
@@ -278,7 +288,9 @@ impl Profile for JsonPolicy {
     fn descriptor(&self) -> ProfileDescriptor {
         ProfileDescriptor {
             id: "json:policy".into(),
-            description: "json:raw plus the policy overlay: findings joined with advisories and VEX into effective verdicts".into(),
+            description:
+                "json:raw plus the policy overlay: findings joined with advisories and VEX into effective verdicts"
+                    .into(),
             targets: ALL_TARGETS.to_vec(),
             formats: vec![Format::Json, Format::Ndjson],
         }
@@ -347,7 +359,10 @@ mod tests {
                     statement: None,
                     document: format!("doc{d}"),
                 };
-                let key = (st["vulnerability"]["name"].as_str().unwrap().to_owned(), st["products"][0]["@id"].as_str().unwrap().to_owned());
+                let key = (
+                    st["vulnerability"]["name"].as_str().unwrap().to_owned(),
+                    st["products"][0]["@id"].as_str().unwrap().to_owned(),
+                );
                 if j.vex.get(&key).is_none_or(|o| o.when < info.when) {
                     j.vex.insert(key, info);
                 }

@@ -1,7 +1,9 @@
-use exportcore::bundle::{write_bundle, SpooledFile, Spool};
+use exportcore::bundle::{write_bundle, Spool, SpooledFile};
+use exportcore::evidence::RecordBatch;
+use exportcore::parallel;
 use exportcore::{
-    check_supported, canonical, Compression, EvidenceKind, ExportContext, ExportError, Format, ManifestBuilder, Profile,
-    ProfileDescriptor, Progress, Records, Result, RunRequest, Target, Timestamp,
+    canonical, check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, ManifestBuilder,
+    Profile, ProfileDescriptor, Progress, Records, Result, RunRequest, Target, Timestamp,
 };
 use serde_json::Value;
 use std::io::Write;
@@ -45,17 +47,28 @@ impl RecordWriter {
     }
 
     pub(crate) fn push(&mut self, value: &Value) -> Result<()> {
-        let r = (|| {
-            if self.format == Format::Json {
-                self.spool.write_all(if self.count == 0 { b"[" } else { b"," })?;
+        let mut line = Vec::with_capacity(512);
+        canonical::write_value(&mut line, value).map_err(|e| self.io(e))?;
+        line.push(b'\n');
+        self.push_lines(&line)
+    }
+
+    /// Writes canonical records given as `record\n` lines.
+    pub(crate) fn push_lines(&mut self, lines: &[u8]) -> Result<()> {
+        let r = match self.format {
+            Format::Ndjson => {
+                self.count += lines.iter().filter(|b| **b == b'\n').count() as u64;
+                self.spool.write_all(lines)
             }
-            canonical::write_value(&mut self.spool, value)?;
-            if self.format == Format::Ndjson {
-                self.spool.write_all(b"\n")?;
-            }
-            Ok(())
-        })();
-        self.count += 1;
+            Format::Json => (|| {
+                for rec in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    self.spool.write_all(if self.count == 0 { b"[" } else { b"," })?;
+                    self.spool.write_all(rec)?;
+                    self.count += 1;
+                }
+                Ok(())
+            })(),
+        };
         r.map_err(|e| self.io(e))
     }
 
@@ -82,35 +95,56 @@ pub(crate) fn export_raw(
         readers.push((*t, Records::new(evidence, EvidenceKind::from(*t))?));
     }
     let total_bytes: u64 = readers.iter().map(|(_, r)| r.bytes_total()).sum();
-    let mut done_before = 0u64;
+    let mut done = 0u64;
     let mut records_done = 0u64;
     let mut newest: Option<Timestamp> = None;
     let mut files = Vec::new();
     for (target, mut records) in readers {
-        let mut writers = formats
-            .iter()
-            .map(|f| RecordWriter::new(ctx, &format!("raw/{target}"), *f))
-            .collect::<Result<Vec<_>>>()?;
-        while let Some(rec) = records.next() {
-            let rec = rec?;
+        let mut writers =
+            formats.iter().map(|f| RecordWriter::new(ctx, &format!("raw/{target}"), *f)).collect::<Result<Vec<_>>>()?;
+        let batches = std::iter::from_fn(|| records.next_batch(BATCH_BYTES).transpose());
+        let ctx_ref = &*ctx;
+        parallel::ordered_map(batches, parallel::default_workers(), canonicalise, |c: Canonical| {
             for w in &mut writers {
-                w.push(&rec.value)?;
+                w.push_lines(&c.lines)?;
             }
-            newest = newest.max(rec.timestamp);
-            records_done += 1;
-            if records_done % 1024 == 0 {
-                ctx.check_cancelled()?;
-                let done = done_before + records.bytes_done();
-                ctx.progress(span_progress(progress_span, done, total_bytes, records_done));
-            }
-        }
-        done_before += records.bytes_done();
+            newest = newest.max(c.newest);
+            records_done += c.count;
+            done += c.raw_bytes as u64;
+            ctx_ref.check_cancelled()?;
+            ctx_ref.progress(span_progress(progress_span, done, total_bytes, records_done));
+            Ok(())
+        })?;
         for w in writers {
             files.push(w.finish()?);
         }
     }
     ctx.progress(span_progress(progress_span, total_bytes, total_bytes, records_done));
     Ok((files, records_done, newest))
+}
+
+/// Raw bytes per batch handed to a worker.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A batch of records in canonical form, one per line.
+struct Canonical {
+    lines: Vec<u8>,
+    count: u64,
+    newest: Option<Timestamp>,
+    raw_bytes: usize,
+}
+
+fn canonicalise(batch: RecordBatch) -> Result<Canonical> {
+    let mut lines = Vec::with_capacity(batch.raw_bytes() + batch.len());
+    let mut newest = None;
+    for rec in batch.records() {
+        let rec = rec?;
+        newest = newest.max(rec.timestamp);
+        // Writing into a Vec cannot fail.
+        let _ = canonical::write_value(&mut lines, &rec.value);
+        lines.push(b'\n');
+    }
+    Ok(Canonical { lines, count: batch.len() as u64, newest, raw_bytes: batch.raw_bytes() })
 }
 
 /// Progress whose percent runs within `span` as `done` goes to `total` bytes.
@@ -146,7 +180,9 @@ impl Profile for JsonRaw {
     fn descriptor(&self) -> ProfileDescriptor {
         ProfileDescriptor {
             id: "json:raw".into(),
-            description: "Evidence (OSV advisories, OpenVEX, policy findings) as canonical JSON/NDJSON in a deterministic bundle".into(),
+            description:
+                "Evidence (OSV advisories, OpenVEX, policy findings) as canonical JSON/NDJSON in a deterministic bundle"
+                    .into(),
             targets: ALL_TARGETS.to_vec(),
             formats: vec![Format::Json, Format::Ndjson],
         }

@@ -1,7 +1,11 @@
 //! json:raw and json:policy run the shared profile conformance suite on the bundled samples
 //! and on a generated evidence set, with several request shapes.
 
-use exportcore::{conformance, Compression, DirEvidence, EvidenceSource, Format, Profile, RunRequest, Target, Timestamp};
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use exportcore::{
+    conformance, Compression, DirEvidence, EvidenceSource, Format, Profile, RunRequest, Target, Timestamp,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 

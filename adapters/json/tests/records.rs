@@ -1,17 +1,21 @@
 //! What the json profiles write: bundle layout, canonical records, stable order, counts,
 //! the overlay's verdicts on the samples, and the empty-evidence error.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use exportcore::archive::open_archive;
 use exportcore::run::{execute, RunOptions};
-use exportcore::{
-    Format, InMemorySink, Manifest, MemoryEvidence, RunRequest, RunStatus, SinkExt, Target, Timestamp,
-};
+use exportcore::{Format, InMemorySink, Manifest, MemoryEvidence, RunRequest, RunStatus, SinkExt, Target, Timestamp};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
-async fn bundle_files(profile: Arc<dyn exportcore::Profile>, ev: MemoryEvidence, req: RunRequest) -> (exportcore::Run, BTreeMap<String, Vec<u8>>) {
+async fn bundle_files(
+    profile: Arc<dyn exportcore::Profile>,
+    ev: MemoryEvidence,
+    req: RunRequest,
+) -> (exportcore::Run, BTreeMap<String, Vec<u8>>) {
     let sink = InMemorySink::new();
     let run = execute(profile, Arc::new(ev), Arc::new(sink.clone()), req, RunOptions::new("t"), Arc::new(|_| {})).await;
     let mut files = BTreeMap::new();
@@ -38,7 +42,15 @@ fn osv(id: &str, modified: &str) -> String {
 async fn raw_records_are_canonical_in_path_order_with_counts() {
     let mut ev = MemoryEvidence::new();
     ev.insert("advisories/b/2.json", osv("B2", "2024-03-01T00:00:00Z")).unwrap();
-    ev.insert("advisories/a.ndjson", format!("{}\n{}\n", osv("A1", "2024-01-01T00:00:00Z").replace('\n', ""), osv("A2", "2024-06-01T00:00:00Z").replace('\n', ""))).unwrap();
+    ev.insert(
+        "advisories/a.ndjson",
+        format!(
+            "{}\n{}\n",
+            osv("A1", "2024-01-01T00:00:00Z").replace('\n', ""),
+            osv("A2", "2024-06-01T00:00:00Z").replace('\n', "")
+        ),
+    )
+    .unwrap();
     let mut req = RunRequest::new("json:raw");
     req.targets = vec![Target::Advisory];
     req.formats = vec![Format::Ndjson, Format::Json];
@@ -83,7 +95,9 @@ async fn request_order_does_not_change_bytes() {
 
 #[tokio::test]
 async fn empty_evidence_is_a_typed_error() {
-    for profile in [Arc::new(exportcore_json::JsonRaw) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_json::JsonPolicy)] {
+    for profile in
+        [Arc::new(exportcore_json::JsonRaw) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_json::JsonPolicy)]
+    {
         let (run, _) = bundle_files(profile, MemoryEvidence::new(), RunRequest::new("x")).await;
         assert_eq!(run.status, RunStatus::Failed);
         assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_EMPTY");

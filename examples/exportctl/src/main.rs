@@ -31,7 +31,7 @@ enum Command {
         json: bool,
     },
     /// Run an export profile on an evidence directory into an output directory.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Verify a run's output directory or a bundle file.
     Verify {
         /// Output directory or bundle archive.
@@ -197,7 +197,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Verify { path, key } => {
             if key.is_some() {
                 return Err(not_supported("verify --key (signature verification)"));
@@ -212,10 +212,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 fn parse_list<T: std::str::FromStr<Err = String>>(flag: &str, values: &[String]) -> Result<Vec<T>, Failure> {
-    values
-        .iter()
-        .map(|v| v.parse::<T>().map_err(|e| ExportError::invalid(flag, e).into()))
-        .collect()
+    values.iter().map(|v| v.parse::<T>().map_err(|e| ExportError::invalid(flag, e).into())).collect()
 }
 
 fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {

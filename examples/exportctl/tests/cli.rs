@@ -2,6 +2,8 @@
 //! compression, `verify` on good and tampered output, and every bad input of the contract
 //! (typed error, code, exit status, nothing left under --out).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,7 +27,8 @@ fn text(o: &Output) -> String {
 }
 
 fn export(profile: &str, evidence: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["run", "--profile", profile, "--evidence", evidence.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args =
+        vec!["run", "--profile", profile, "--evidence", evidence.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -175,7 +178,14 @@ fn verify_detects_tampering() {
     let out = fresh(tmp.path(), "member");
     let x = tmp.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    assert!(Command::new("tar").arg("-xzf").arg(out.join("json-policy.tar.gz")).arg("-C").arg(&x).status().unwrap().success());
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(out.join("json-policy.tar.gz"))
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
     flip_byte(&x.join("raw/vex.ndjson"), 10);
     let rebuilt = tmp.path().join("rebuilt.tar.gz");
     assert!(Command::new("tar").arg("-czf").arg(&rebuilt).arg("-C").arg(&x).arg(".").status().unwrap().success());
@@ -273,7 +283,11 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--sign-key", "k.pem"], "ERR_EXPORT_NOT_SUPPORTED", "signing");
     assert_run_fails(&s, &["--store", "x.sqlite"], "ERR_EXPORT_NOT_SUPPORTED", "store");
     assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_NOT_SUPPORTED", "mirror:delta");
-    for args in [vec!["keygen", "--algorithm", "ed25519", "--out", "k"], vec!["serve", "--listen", "127.0.0.1:0"], vec!["runs", "list"]] {
+    for args in [
+        vec!["keygen", "--algorithm", "ed25519", "--out", "k"],
+        vec!["serve", "--listen", "127.0.0.1:0"],
+        vec!["runs", "list"],
+    ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
@@ -303,7 +317,13 @@ fn profiles_lists_json_profiles() {
 fn large_generated_set_streams_through() {
     let tmp = tempfile::tempdir().unwrap();
     let ev = tmp.path().join("ev");
-    let opts = evidence_gen::GenOptions { advisories: 20_000, advisories_per_file: 7_000, findings: 500, vex_documents: 20, ..Default::default() };
+    let opts = evidence_gen::GenOptions {
+        advisories: 20_000,
+        advisories_per_file: 7_000,
+        findings: 500,
+        vex_documents: 20,
+        ..Default::default()
+    };
     evidence_gen::generate(&ev, &opts).unwrap();
     let out = tmp.path().join("out");
     let o = export("json:policy", &ev, &out, &["--json"]);

@@ -39,7 +39,9 @@ impl DirEvidence {
     fn contained(&self, p: &Path) -> Result<PathBuf> {
         let canon = std::fs::canonicalize(p).at(p)?;
         if !canon.starts_with(&self.root) {
-            return Err(self.unsafe_path(p, &format!("resolves to {}, outside the evidence directory", canon.display())));
+            return Err(
+                self.unsafe_path(p, &format!("resolves to {}, outside the evidence directory", canon.display()))
+            );
         }
         Ok(canon)
     }
@@ -123,7 +125,8 @@ mod tests {
         std::fs::write(adv.join("a.json"), "{}").unwrap();
         std::fs::write(adv.join(".gitkeep"), "").unwrap();
         let ev = DirEvidence::new(dir.path()).unwrap();
-        let paths: Vec<String> = ev.list(EvidenceKind::Advisory).unwrap().into_iter().map(|i| i.path.to_string()).collect();
+        let paths: Vec<String> =
+            ev.list(EvidenceKind::Advisory).unwrap().into_iter().map(|i| i.path.to_string()).collect();
         assert_eq!(paths, ["advisories/npm/a.json", "advisories/npm/b.json"]);
         assert!(ev.list(EvidenceKind::Vex).unwrap().is_empty());
     }

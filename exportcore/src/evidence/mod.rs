@@ -28,6 +28,7 @@ use crate::path::ArtifactPath;
 use serde_json::Value;
 use std::fmt::Debug;
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
 
 /// A kind of evidence, i.e. a top-level directory of the evidence layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,15 +139,71 @@ pub struct Record {
 /// Largest single `.json` document or `.ndjson` line accepted (64 MiB).
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where a raw record sits in its batch.
+#[derive(Clone, Debug)]
+struct RawEntry {
+    path: Arc<str>,
+    line: u64,
+    whole_file: bool,
+    range: std::ops::Range<usize>,
+}
+
+/// A batch of unparsed records, read sequentially and parsed anywhere (e.g. on worker
+/// threads): [`RecordBatch::parse`] checks each record exactly as [`Records`] does.
+#[derive(Clone, Debug)]
+pub struct RecordBatch {
+    kind: EvidenceKind,
+    buf: Vec<u8>,
+    entries: Vec<RawEntry>,
+}
+
+impl RecordBatch {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Raw bytes read for this batch.
+    pub fn raw_bytes(&self) -> usize {
+        self.buf.len()
+    }
+    /// Parses and checks record `i`.
+    pub fn parse(&self, i: usize) -> Result<Record> {
+        let e = &self.entries[i];
+        parse_record(self.kind, e, &self.buf[e.range.clone()])
+    }
+    /// Parses and checks every record, in order.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record>> + '_ {
+        (0..self.len()).map(|i| self.parse(i))
+    }
+}
+
+fn parse_record(kind: EvidenceKind, e: &RawEntry, bytes: &[u8]) -> Result<Record> {
+    let location = Location::line(&*e.path, e.line);
+    let value: Value = serde_json::from_slice(bytes).map_err(|err| {
+        let loc = if e.whole_file { Location::line(&*e.path, err.line() as u64) } else { location.clone() };
+        ExportError::evidence(loc, format!("malformed JSON: {err}"))
+    })?;
+    let timestamp = schema::check(kind, &value).map_err(|reason| ExportError::evidence(location.clone(), reason))?;
+    Ok(Record { location: if e.whole_file { Location::file(&*e.path) } else { location }, value, timestamp })
+}
+
+/// An `.ndjson` file being read: its path, reader and the last line number read.
+type OpenFile = (Arc<str>, BufReader<Box<dyn Read + Send>>, u64);
+
 /// Streams the records of one kind, file by file in path order, line by line.
 ///
-/// Memory use is bounded by the largest record, not the input size.
+/// Memory use is bounded by the largest record, not the input size. Use it as an iterator of
+/// parsed records, or take [`RecordBatch`]es with [`Records::next_batch`] to parse in parallel.
 pub struct Records<'a> {
     source: &'a dyn EvidenceSource,
     kind: EvidenceKind,
     items: std::vec::IntoIter<EvidenceItem>,
-    current: Option<(ArtifactPath, BufReader<Box<dyn Read + Send>>, u64)>,
-    line_buf: Vec<u8>,
+    current: Option<OpenFile>,
+    batch: RecordBatch,
     bytes_total: u64,
     bytes_done: u64,
     failed: bool,
@@ -168,7 +225,7 @@ impl<'a> Records<'a> {
             kind,
             items: items.into_iter(),
             current: None,
-            line_buf: Vec::new(),
+            batch: RecordBatch { kind, buf: Vec::new(), entries: Vec::new() },
             bytes_total,
             bytes_done: 0,
             failed: false,
@@ -185,92 +242,110 @@ impl<'a> Records<'a> {
         self.bytes_done
     }
 
-    fn parse(&self, path: &ArtifactPath, line: u64, bytes: &[u8], whole_file: bool) -> Result<Record> {
-        let location = Location::line(path.as_str(), line);
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            let loc = if whole_file { Location::line(path.as_str(), e.line() as u64) } else { location.clone() };
-            ExportError::evidence(loc, format!("malformed JSON: {e}"))
-        })?;
-        let timestamp = schema::check(self.kind, &value)
-            .map_err(|reason| ExportError::evidence(location.clone(), reason))?;
-        Ok(Record { location: if whole_file { Location::file(path.as_str()) } else { location }, value, timestamp })
-    }
-
-    fn next_record(&mut self) -> Result<Option<Record>> {
+    /// Reads the next raw record into `self.batch`; false at the end.
+    fn read_raw(&mut self) -> Result<bool> {
         loop {
             if let Some((path, reader, line)) = self.current.as_mut() {
-                self.line_buf.clear();
-                let n = reader
-                    .by_ref()
-                    .take(MAX_RECORD_BYTES + 1)
-                    .read_until(b'\n', &mut self.line_buf)
-                    .map_err(|e| ExportError::evidence(Location::line(path.as_str(), *line + 1), format!("read failed: {e}")))?;
+                let buf = &mut self.batch.buf;
+                let start = buf.len();
+                let n = reader.by_ref().take(MAX_RECORD_BYTES + 1).read_until(b'\n', buf).map_err(|e| {
+                    ExportError::evidence(Location::line(&**path, *line + 1), format!("read failed: {e}"))
+                })?;
                 if n == 0 {
                     self.current = None;
                     continue;
                 }
                 *line += 1;
                 self.bytes_done += n as u64;
-                let (path, line) = (path.clone(), *line);
                 if n as u64 > MAX_RECORD_BYTES {
-                    return Err(ExportError::evidence(Location::line(path.as_str(), line), "line longer than 64 MiB"));
+                    return Err(ExportError::evidence(Location::line(&**path, *line), "line longer than 64 MiB"));
                 }
-                let text = trim_ascii(&self.line_buf);
-                if text.is_empty() {
+                let (a, b) = trim_range(&buf[start..]);
+                if a == b {
+                    buf.truncate(start);
                     continue;
                 }
-                let buf = std::mem::take(&mut self.line_buf);
-                let rec = self.parse(&path, line, trim_ascii(&buf), false);
-                self.line_buf = buf;
-                return rec.map(Some);
+                let entry =
+                    RawEntry { path: Arc::clone(path), line: *line, whole_file: false, range: start + a..start + b };
+                self.batch.entries.push(entry);
+                return Ok(true);
             }
-            let Some(item) = self.items.next() else { return Ok(None) };
+            let Some(item) = self.items.next() else { return Ok(false) };
             let name = item.path.file_name().to_ascii_lowercase();
+            let path: Arc<str> = Arc::from(item.path.as_str());
             if name.ends_with(".ndjson") || name.ends_with(".jsonl") {
                 let reader = self.source.open(&item.path)?;
-                self.current = Some((item.path, BufReader::with_capacity(256 * 1024, reader), 0));
+                self.current = Some((path, BufReader::with_capacity(256 * 1024, reader), 0));
             } else if name.ends_with(".json") {
                 if item.size > MAX_RECORD_BYTES {
-                    return Err(ExportError::evidence(Location::file(item.path.as_str()), "document larger than 64 MiB"));
+                    return Err(ExportError::evidence(Location::file(&*path), "document larger than 64 MiB"));
                 }
-                let mut buf = Vec::with_capacity(item.size as usize);
-                self.source
+                let buf = &mut self.batch.buf;
+                let start = buf.len();
+                let n = self
+                    .source
                     .open(&item.path)?
                     .take(MAX_RECORD_BYTES + 1)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| ExportError::evidence(Location::file(item.path.as_str()), format!("read failed: {e}")))?;
-                self.bytes_done += buf.len() as u64;
-                return self.parse(&item.path, 1, &buf, true).map(Some);
+                    .read_to_end(buf)
+                    .map_err(|e| ExportError::evidence(Location::file(&*path), format!("read failed: {e}")))?;
+                self.bytes_done += n as u64;
+                self.batch.entries.push(RawEntry { path, line: 1, whole_file: true, range: start..start + n });
+                return Ok(true);
             } else {
                 return Err(ExportError::evidence(
-                    Location::file(item.path.as_str()),
+                    Location::file(&*path),
                     format!("unsupported {} evidence file (expected .json or .ndjson)", self.kind.as_str()),
                 ));
             }
         }
+    }
+
+    /// The next batch of at least one and up to about `max_bytes` raw records; `None` at the end.
+    pub fn next_batch(&mut self, max_bytes: usize) -> Result<Option<RecordBatch>> {
+        if self.failed {
+            return Ok(None);
+        }
+        self.batch.buf.clear();
+        self.batch.entries.clear();
+        loop {
+            match self.read_raw() {
+                Ok(true) if self.batch.buf.len() >= max_bytes => break,
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        if self.batch.entries.is_empty() {
+            return Ok(None);
+        }
+        let kind = self.kind;
+        Ok(Some(std::mem::replace(&mut self.batch, RecordBatch { kind, buf: Vec::new(), entries: Vec::new() })))
     }
 }
 
 impl Iterator for Records<'_> {
     type Item = Result<Record>;
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
+        match self.next_batch(0) {
+            Ok(Some(batch)) => Some(batch.parse(0)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
         }
-        match self.next_record() {
-            Ok(r) => r.map(Ok),
-            Err(e) => {
+        .inspect(|r| {
+            if r.is_err() {
                 self.failed = true;
-                Some(Err(e))
             }
-        }
+        })
     }
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
+fn trim_range(b: &[u8]) -> (usize, usize) {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
-    &b[start..end]
+    (start, end)
 }
 
 #[cfg(test)]

@@ -93,8 +93,10 @@ pub fn check_osv(v: &Value) -> Check<Timestamp> {
             for (k, e) in events.iter().enumerate() {
                 let we = format!("{wr}.events[{k}]");
                 let e = obj(e, &we)?;
-                let keys: Vec<&String> =
-                    e.keys().filter(|k| matches!(k.as_str(), "introduced" | "fixed" | "last_affected" | "limit")).collect();
+                let keys: Vec<&String> = e
+                    .keys()
+                    .filter(|k| matches!(k.as_str(), "introduced" | "fixed" | "last_affected" | "limit"))
+                    .collect();
                 if keys.len() != 1 {
                     return Err(format!("{we}: needs exactly one of introduced, fixed, last_affected, limit"));
                 }
@@ -263,7 +265,7 @@ mod tests {
             "timestamp": "2024-01-01T00:00:00Z", "version": 1,
             "statements": [{"vulnerability": {"name": "CVE-1"}, "products": [{"@id": "pkg:npm/a@1"}], "status": "fixed"}]});
         assert!(check_openvex(&good).is_ok());
-        let mut bad = good.clone();
+        let mut bad = good;
         bad["statements"][0]["status"] = json!("not_affected");
         assert!(check_openvex(&bad).unwrap_err().contains("justification"));
         bad["statements"][0]["status"] = json!("maybe");
@@ -275,10 +277,12 @@ mod tests {
         let f = json!({"findingId": "F1", "policyId": "p", "ruleId": "r", "product": "pkg:npm/a@1",
             "vulnerability": "CVE-1", "decision": "deny", "evaluatedAt": "2024-01-01T00:00:00Z"});
         assert!(check_finding(&f).is_ok());
-        let mut bad = f.clone();
+        let mut bad = f;
         bad["decision"] = json!("block");
         assert!(check_finding(&bad).is_err());
         assert!(check_maven(&json!({"groupId": "g", "artifactId": "a", "version": "1", "sha1": "zz"})).is_err());
-        assert!(check_maven(&json!({"groupId": "g", "artifactId": "a", "version": "1", "sha1": "a".repeat(40)})).is_ok());
+        assert!(
+            check_maven(&json!({"groupId": "g", "artifactId": "a", "version": "1", "sha1": "a".repeat(40)})).is_ok()
+        );
     }
 }

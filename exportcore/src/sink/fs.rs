@@ -66,9 +66,9 @@ impl FsSink {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                    std::fs::create_dir(&dir).or_else(|e| {
-                        if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
-                    }).at(&dir)?;
+                    std::fs::create_dir(&dir)
+                        .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                        .at(&dir)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ExportError::NotFound { path: path.to_string() })
@@ -253,7 +253,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = FsSink::new(dir.path()).unwrap();
         let p = ArtifactPath::parse("a/b.bin").unwrap();
-        let body = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"part")), Err(std::io::Error::other("boom"))]).boxed();
+        let body =
+            futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"part")), Err(std::io::Error::other("boom"))])
+                .boxed();
         sink.put(&p, body).await.unwrap_err();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().collect();
         assert!(names.is_empty(), "{names:?}");

@@ -101,8 +101,21 @@ const ECOSYSTEMS: [(&str, &str, &[&str]); 10] = [
     ("Debian:12", "deb", &["openssl", "curl", "glibc", "nghttp2", "libxml2", "zlib", "bind9", "perl"]),
     ("PyPI", "pypi", &["django", "requests", "jinja2", "urllib3", "pillow", "flask", "pyyaml", "cryptography"]),
     ("npm", "npm", &["lodash", "axios", "semver", "express", "minimist", "jsonwebtoken", "ws", "tar"]),
-    ("Maven", "maven", &["org.apache.logging.log4j:log4j-core", "com.fasterxml.jackson.core:jackson-databind", "org.yaml:snakeyaml", "org.springframework:spring-web"]),
-    ("Go", "golang", &["golang.org/x/net", "golang.org/x/crypto", "google.golang.org/protobuf", "github.com/gin-gonic/gin"]),
+    (
+        "Maven",
+        "maven",
+        &[
+            "org.apache.logging.log4j:log4j-core",
+            "com.fasterxml.jackson.core:jackson-databind",
+            "org.yaml:snakeyaml",
+            "org.springframework:spring-web",
+        ],
+    ),
+    (
+        "Go",
+        "golang",
+        &["golang.org/x/net", "golang.org/x/crypto", "google.golang.org/protobuf", "github.com/gin-gonic/gin"],
+    ),
     ("crates.io", "cargo", &["rsa", "hyper", "openssl", "time", "regex"]),
     ("RubyGems", "gem", &["rack", "nokogiri", "rails", "puma"]),
     ("NuGet", "nuget", &["Newtonsoft.Json", "System.Text.Json", "Microsoft.Data.SqlClient"]),
@@ -110,8 +123,22 @@ const ECOSYSTEMS: [(&str, &str, &[&str]); 10] = [
 ];
 
 const WORDS: [&str; 16] = [
-    "buffer", "overflow", "remote", "attacker", "crafted", "request", "denial", "service", "memory", "parsing",
-    "header", "validation", "allows", "via", "input", "certificate",
+    "buffer",
+    "overflow",
+    "remote",
+    "attacker",
+    "crafted",
+    "request",
+    "denial",
+    "service",
+    "memory",
+    "parsing",
+    "header",
+    "validation",
+    "allows",
+    "via",
+    "input",
+    "certificate",
 ];
 
 fn version(rng: &mut Rng, eco: &str) -> String {
@@ -160,7 +187,8 @@ pub fn advisory(seed: u64, i: u64, details_bytes: usize) -> Value {
     let fixed = version(&mut rng, eco);
     let mut details = String::with_capacity(details_bytes + 16);
     while details.len() < details_bytes {
-        details.push_str(*rng.pick(&WORDS[..]));
+        let word: &str = rng.pick::<&str>(&WORDS);
+        details.push_str(word);
         details.push(' ');
     }
     let sev = *rng.pick(&["CRITICAL", "HIGH", "MODERATE", "LOW"]);
@@ -224,7 +252,8 @@ pub fn generate(dir: &Path, o: &GenOptions) -> io::Result<GenSummary> {
             let pkg = &adv["affected"][0]["package"];
             let product = format!("{}@1.0.{k}", pkg["purl"].as_str().unwrap_or("pkg:generic/x"));
             let status = statuses[((d + k) % 4) as usize];
-            let mut st = json!({"vulnerability": {"name": adv["aliases"][0]}, "products": [{"@id": product}], "status": status});
+            let mut st =
+                json!({"vulnerability": {"name": adv["aliases"][0]}, "products": [{"@id": product}], "status": status});
             match status {
                 "not_affected" => st["justification"] = json!("vulnerable_code_not_in_execute_path"),
                 "affected" => st["action_statement"] = json!("Upgrade to the fixed version."),
@@ -297,7 +326,12 @@ mod tests {
         let sa = generate(&a, &o).unwrap();
         let sb = generate(&b, &o).unwrap();
         assert_eq!(sa, sb);
-        for f in ["advisories/gen-00000.ndjson", "advisories/gen-00002.ndjson", "vex/generated-0001.json", "policy/findings.ndjson"] {
+        for f in [
+            "advisories/gen-00000.ndjson",
+            "advisories/gen-00002.ndjson",
+            "vex/generated-0001.json",
+            "policy/findings.ndjson",
+        ] {
             assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
         }
         assert_ne!(advisory(1, 5, 10), advisory(2, 5, 10));

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
                 true
             }
             "--advisories" => num().map(|n| o.advisories = n).is_ok(),
-            "--bytes" => num().map(|n| o = evidence_gen::GenOptions { seed: o.seed, ..evidence_gen::GenOptions::with_volume(n) }).is_ok(),
+            "--bytes" => num()
+                .map(|n| o = evidence_gen::GenOptions { seed: o.seed, ..evidence_gen::GenOptions::with_volume(n) })
+                .is_ok(),
             "--seed" => num().map(|n| o.seed = n).is_ok(),
             "--findings" => num().map(|n| o.findings = n).is_ok(),
             "--vex" => num().map(|n| o.vex_documents = n).is_ok(),
@@ -34,7 +36,10 @@ fn main() -> ExitCode {
     };
     match evidence_gen::generate(&out, &o) {
         Ok(s) => {
-            println!("{} advisories, {} VEX statements, {} findings, {} bytes", s.advisories, s.vex_statements, s.findings, s.bytes);
+            println!(
+                "{} advisories, {} VEX statements, {} findings, {} bytes",
+                s.advisories, s.vex_statements, s.findings, s.bytes
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,0 +1,138 @@
+//! Side-by-side: our `json:raw` bundle build (parse + canonicalise every record, tar, zstd -3,
+//! sha256) against `tar -c | zstd -3 | sha256sum` on the same generated NDJSON evidence.
+//!
+//! ```text
+//! cargo run --release -p exportcore-benches --bin bundle-vs-tar -- [--sizes 100M,1G] [--dir DIR]
+//! ```
+//! For each size it prints both wall-clock times, the ratio (ours / reference) and the peak
+//! RSS of our build, measured in a child process (VmHWM) so sizes do not contaminate each
+//! other.
+
+use exportcore::run::{execute, RunOptions};
+use exportcore::{Compression, DirEvidence, FsSink, RunRequest, RunStatus, Target, Timestamp};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_uppercase();
+    let (num, mul) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (&s[..], 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul)
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Child mode: build the bundle, print "<seconds> <peak_rss_kib> <bundle_bytes>".
+fn child(evidence: &Path, out: &Path) -> ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let start = Instant::now();
+    let run = rt.block_on(async {
+        let mut req = RunRequest::new("json:raw");
+        req.targets = vec![Target::Advisory];
+        req.compression = Some(Compression::Zstd);
+        req.created_at = Timestamp::parse("2025-01-01T00:00:00Z").ok();
+        let mut opts = RunOptions::new("bench");
+        opts.staging_dir = Some(out.parent().unwrap_or(out).to_path_buf());
+        execute(
+            Arc::new(exportcore_json::JsonRaw),
+            Arc::new(DirEvidence::new(evidence).expect("evidence")),
+            Arc::new(FsSink::new(out).expect("sink")),
+            req,
+            opts,
+            Arc::new(|_| {}),
+        )
+        .await
+    });
+    let secs = start.elapsed().as_secs_f64();
+    if run.status != RunStatus::Succeeded {
+        eprintln!("run failed: {:?}", run.errors);
+        return ExitCode::from(1);
+    }
+    let size = run.outputs.iter().find(|o| o.path.ends_with(".tar.zst")).map_or(0, |o| o.size);
+    println!("{secs:.3} {} {size}", vm_hwm_kib());
+    ExitCode::SUCCESS
+}
+
+fn reference(evidence: &Path) -> f64 {
+    let start = Instant::now();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("tar -c advisories | zstd -3 -q -c | sha256sum > /dev/null")
+        .current_dir(evidence)
+        .status()
+        .expect("sh");
+    assert!(status.success(), "reference pipeline failed (are tar, zstd and sha256sum installed?)");
+    start.elapsed().as_secs_f64()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        return child(Path::new(&args[2]), Path::new(&args[3]));
+    }
+    let mut sizes = vec![100 << 20, 1 << 30];
+    let mut base: Option<PathBuf> = None;
+    let mut i = 1;
+    while i < args.len() {
+        match (args[i].as_str(), args.get(i + 1)) {
+            ("--sizes", Some(v)) => sizes = v.split(',').filter_map(parse_size).collect(),
+            ("--dir", Some(v)) => base = Some(PathBuf::from(v)),
+            ("--bench", _) => {
+                i += 1;
+                continue;
+            }
+            _ => {
+                eprintln!("usage: bundle-vs-tar [--sizes 100M,1G] [--dir DIR]");
+                return ExitCode::from(2);
+            }
+        }
+        i += 2;
+    }
+    let tmp = tempfile::tempdir_in(base.unwrap_or_else(std::env::temp_dir)).expect("tempdir");
+    println!(
+        "{:>8} {:>10} {:>10} {:>7} {:>12} {:>12}",
+        "input", "ours_s", "tar|zstd_s", "ratio", "peak_rss_MiB", "bundle_MiB"
+    );
+    for size in sizes {
+        let ev = tmp.path().join(format!("ev-{size}"));
+        let summary = evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size)).expect("generate");
+        // Warm the page cache for both contenders alike.
+        reference(&ev);
+        let out = tmp.path().join(format!("out-{size}"));
+        let exe = std::env::current_exe().expect("exe");
+        let o = Command::new(exe).arg("--child").arg(&ev).arg(&out).output().expect("child");
+        if !o.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+            return ExitCode::from(1);
+        }
+        let line = String::from_utf8_lossy(&o.stdout);
+        let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let (ours, rss_kib, bundle) = (f[0], f[1], f[2]);
+        let reference_s = reference(&ev);
+        println!(
+            "{:>7}M {:>10.2} {:>10.2} {:>7.2} {:>12.1} {:>12.1}",
+            summary.bytes >> 20,
+            ours,
+            reference_s,
+            ours / reference_s,
+            rss_kib / 1024.0,
+            bundle / (1u64 << 20) as f64
+        );
+        let _ = std::fs::remove_dir_all(&ev);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    ExitCode::SUCCESS
+}
