@@ -64,6 +64,7 @@ pub mod parallel;
 mod path;
 pub mod profile;
 pub mod run;
+pub mod sign;
 pub mod sink;
 pub mod verify;
 
