@@ -118,6 +118,14 @@ pub enum ExportError {
         /// What failed.
         reason: String,
     },
+    /// A bundle is older than the staleness policy allows, or dated in the future.
+    #[error("stale: {path}: {reason}")]
+    Stale {
+        /// The manifest whose time failed.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The run was cancelled.
     #[error("run cancelled")]
     Cancelled,
@@ -161,6 +169,7 @@ impl ExportError {
             ExportError::PathUnsafe { .. } => "ERR_EXPORT_PATH_UNSAFE",
             ExportError::NotFound { .. } => "ERR_EXPORT_NOT_FOUND",
             ExportError::VerificationFailed { .. } => "ERR_EXPORT_VERIFY_FAILED",
+            ExportError::Stale { .. } => "ERR_EXPORT_STALE",
             ExportError::Cancelled => "ERR_EXPORT_CANCELLED",
             ExportError::NotSupported { .. } => "ERR_EXPORT_NOT_SUPPORTED",
             ExportError::Io { .. } => "ERR_EXPORT_IO",
@@ -227,6 +236,7 @@ mod tests {
             (ExportError::PathUnsafe { path: "../x".into(), reason: "r".into() }, "ERR_EXPORT_PATH_UNSAFE"),
             (ExportError::NotFound { path: "p".into() }, "ERR_EXPORT_NOT_FOUND"),
             (ExportError::VerificationFailed { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_VERIFY_FAILED"),
+            (ExportError::Stale { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_STALE"),
             (ExportError::Cancelled, "ERR_EXPORT_CANCELLED"),
             (ExportError::NotSupported { feature: "f".into() }, "ERR_EXPORT_NOT_SUPPORTED"),
             (ExportError::io("/x", std::io::Error::other("e")), "ERR_EXPORT_IO"),

@@ -264,10 +264,11 @@ impl<'a> ExportContext<'a> {
         spec: ArtifactSpec,
         write: impl FnOnce(&mut dyn Write) -> Result<T>,
     ) -> Result<(StagedArtifact, T)> {
-        if spec.path.as_str() == MANIFEST_FILE {
+        if [MANIFEST_FILE, crate::run::SIGNED_MANIFEST_FILE, crate::run::PROVENANCE_FILE].contains(&spec.path.as_str())
+        {
             return Err(ExportError::PathUnsafe {
-                path: MANIFEST_FILE.into(),
-                reason: "reserved for the run manifest".into(),
+                path: spec.path.to_string(),
+                reason: "reserved for the run's own manifest and signatures".into(),
             });
         }
         if self.artifacts.iter().any(|a| a.spec.path == spec.path) {

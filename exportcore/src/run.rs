@@ -7,11 +7,14 @@
 //! `manifest.json` therefore sees a complete run.
 
 use crate::error::{ExportError, Result};
-use crate::evidence::EvidenceSource;
+use crate::evidence::{EvidenceSource, RecordingEvidence};
+use crate::hashing::Sha256Digest;
 use crate::manifest::{ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource, MANIFEST_FILE};
 use crate::model::{ArtifactType, Output, Progress, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::path::ArtifactPath;
 use crate::profile::{ArtifactSpec, CancelFlag, ExportContext, Profile, StagedArtifact};
+use crate::sign::provenance::{self, ProvenanceInput, Resource};
+use crate::sign::{dsse, Signer};
 use crate::sink::{Sink, SinkExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,9 @@ pub struct RunOptions {
     pub staging_dir: Option<PathBuf>,
     /// Cancellation.
     pub cancel: CancelFlag,
+    /// The signer used when the request enables `distribution.signing` (the embedder resolves
+    /// the request's `keyRef` to it).
+    pub signer: Option<Arc<dyn Signer>>,
 }
 
 impl RunOptions {
@@ -47,6 +53,7 @@ impl RunOptions {
             pinned_time: None,
             staging_dir: None,
             cancel: CancelFlag::new(),
+            signer: None,
         }
     }
 }
@@ -132,6 +139,22 @@ async fn stage_and_publish(
 ) -> Result<Vec<Output>> {
     options.cancel.check()?;
     profile.validate(request)?;
+    let signer = match (request.signing_enabled(), &options.signer) {
+        (false, _) => None,
+        (true, Some(s)) => Some(Arc::clone(s)),
+        (true, None) => {
+            return Err(ExportError::invalid(
+                "distribution.signing.keyRef",
+                "signing is enabled but no signer is configured for this run",
+            ))
+        }
+    };
+    // With signing, record the digest of every evidence file read, for provenance.
+    let recording = signer.as_ref().map(|_| Arc::new(RecordingEvidence::new(Arc::clone(&evidence))));
+    let evidence: Arc<dyn EvidenceSource> = match &recording {
+        Some(r) => Arc::clone(r) as Arc<dyn EvidenceSource>,
+        None => evidence,
+    };
     let pinned =
         request.created_at.map(|t| TimeAnchor { created_at: t, source: TimeSource::Request }).or(options.pinned_time);
     let staging_root = options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -198,11 +221,36 @@ async fn stage_and_publish(
         spec: ArtifactSpec::new(MANIFEST_FILE, ArtifactType::Manifest, "json", "application/json")?,
         local: manifest_local,
         size: manifest_bytes.len() as u64,
-        sha256: crate::hashing::Sha256Digest::of(&manifest_bytes),
+        sha256: Sha256Digest::of(&manifest_bytes),
     };
 
     let mut ordered = artifacts;
     ordered.sort_by(|a, b| a.spec.path.cmp(&b.spec.path));
+    if let (Some(signer), Some(recording)) = (&signer, &recording) {
+        let mut subjects: Vec<Resource> =
+            ordered.iter().map(|a| Resource { name: a.spec.path.to_string(), sha256: a.sha256 }).collect();
+        subjects.push(Resource { name: MANIFEST_FILE.into(), sha256: manifest.sha256 });
+        let dependencies = recording
+            .read_files()
+            .into_iter()
+            .map(|(path, sha256)| Resource { name: path.to_string(), sha256 })
+            .collect();
+        let statement = provenance::statement(&ProvenanceInput {
+            run_id,
+            request,
+            subjects,
+            dependencies,
+            time: anchor.created_at,
+            tenant: &options.tenant,
+        });
+        let statement_bytes = crate::canonical::to_vec(&statement)
+            .map_err(|e| ExportError::Internal { implementer: "provenance", message: e.to_string() })?;
+        let signers: [&dyn Signer; 1] = [&**signer];
+        let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
+        ordered.push(stage_bytes(staging.path(), PROVENANCE_FILE, ArtifactType::Provenance, &prov.to_bytes())?);
+        let signed = dsse::sign(dsse::MANIFEST_PAYLOAD_TYPE, &manifest_bytes, &signers)?;
+        ordered.push(stage_bytes(staging.path(), SIGNED_MANIFEST_FILE, ArtifactType::Signature, &signed.to_bytes())?);
+    }
     ordered.push(manifest);
     let mut outputs = Vec::with_capacity(ordered.len());
     for a in ordered {
@@ -239,6 +287,24 @@ async fn stage_and_publish(
         });
     }
     Ok(outputs)
+}
+
+/// Name of the DSSE envelope over `manifest.json` in a signed run.
+pub const SIGNED_MANIFEST_FILE: &str = "manifest.dsse.json";
+/// Name of the DSSE envelope holding the in-toto/SLSA provenance of a signed run.
+pub const PROVENANCE_FILE: &str = "provenance.dsse.json";
+/// Media type of DSSE envelopes.
+pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+
+fn stage_bytes(dir: &std::path::Path, name: &str, kind: ArtifactType, bytes: &[u8]) -> Result<StagedArtifact> {
+    let local = dir.join(format!("run-{name}"));
+    std::fs::write(&local, bytes).map_err(|e| ExportError::io(&local, e))?;
+    Ok(StagedArtifact {
+        spec: ArtifactSpec::new(name, kind, "dsse", DSSE_MEDIA_TYPE)?,
+        local,
+        size: bytes.len() as u64,
+        sha256: Sha256Digest::of(bytes),
+    })
 }
 
 impl CancelFlag {

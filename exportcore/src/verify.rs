@@ -14,13 +14,18 @@
 use crate::archive::open_archive;
 use crate::error::{ExportError, IoContext, Result};
 use crate::hashing::{hash_reader, Hasher, Sha256Digest};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, TimeSource, MANIFEST_FILE};
 use crate::model::ArtifactType;
+use crate::model::Timestamp;
 use crate::path::ArtifactPath;
+use crate::run::{PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
+use crate::sign::dsse::{self, Envelope};
+use crate::sign::{provenance, Verifier};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One verification failure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -29,6 +34,53 @@ pub struct VerifyFailure {
     pub path: String,
     /// What is wrong.
     pub problem: String,
+    /// `ERR_EXPORT_VERIFY_FAILED`, or `ERR_EXPORT_STALE` for a staleness failure.
+    pub code: &'static str,
+}
+
+/// How old a bundle may be: `createdAt` must lie within `[now - max_age, now + max_drift]`.
+#[derive(Clone, Copy, Debug)]
+pub struct StalenessPolicy {
+    /// Oldest acceptable age.
+    pub max_age: std::time::Duration,
+    /// Allowed clock drift into the future.
+    pub max_drift: std::time::Duration,
+    /// The verifier's "now".
+    pub now: Timestamp,
+}
+
+impl StalenessPolicy {
+    /// Checks a manifest time.
+    pub fn check(&self, created_at: Timestamp, source: TimeSource) -> std::result::Result<(), String> {
+        let age = self.now.unix() - created_at.unix();
+        if age < 0 && age.unsigned_abs() > self.max_drift.as_secs() {
+            return Err(format!(
+                "created at {created_at}, {}s after now ({}); allowed drift {}s",
+                age.unsigned_abs(),
+                self.now,
+                self.max_drift.as_secs()
+            ));
+        }
+        if age > 0 && age.unsigned_abs() > self.max_age.as_secs() {
+            return Err(format!(
+                "created at {created_at} (time source: {}), {}s old; maximum age {}s",
+                serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                age,
+                self.max_age.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What to check beyond digests.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Trusted keys: when non-empty, `manifest.dsse.json` and `provenance.dsse.json` must
+    /// exist and carry a valid signature by one of them.
+    pub verifiers: Vec<Arc<dyn Verifier>>,
+    /// Refuse bundles outside this time window.
+    pub staleness: Option<StalenessPolicy>,
 }
 
 /// The outcome of a verification.
@@ -48,12 +100,23 @@ impl VerifyReport {
         self.failures.is_empty()
     }
     fn fail(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.failures.push(VerifyFailure { path: path.into(), problem: problem.into() });
+        self.failures.push(VerifyFailure {
+            path: path.into(),
+            problem: problem.into(),
+            code: "ERR_EXPORT_VERIFY_FAILED",
+        });
     }
-    /// Converts a failed report into [`ExportError::VerificationFailed`] naming the first failure.
+    fn stale(&mut self, path: impl Into<String>, problem: impl Into<String>) {
+        self.failures.push(VerifyFailure { path: path.into(), problem: problem.into(), code: "ERR_EXPORT_STALE" });
+    }
+    /// Converts a failed report into an error naming the first failure
+    /// ([`ExportError::VerificationFailed`], or [`ExportError::Stale`]).
     pub fn into_result(self) -> Result<Self> {
         match self.failures.first() {
             None => Ok(self),
+            Some(f) if f.code == "ERR_EXPORT_STALE" => {
+                Err(ExportError::Stale { path: f.path.clone(), reason: f.problem.clone() })
+            }
             Some(f) => Err(ExportError::VerificationFailed { path: f.path.clone(), reason: f.problem.clone() }),
         }
     }
@@ -65,15 +128,36 @@ impl VerifyReport {
 /// Only I/O errors on `path` itself (missing, unreadable); everything else is a failure in
 /// the report.
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
+    verify_path_with(path, &VerifyOptions::default())
+}
+
+/// [`verify_path`] with signature and staleness checks.
+pub fn verify_path_with(path: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
     let meta = std::fs::metadata(path).at(path)?;
     let mut report = VerifyReport { target: path.display().to_string(), ..Default::default() };
     if meta.is_dir() {
-        verify_dir(path, &mut report)?;
+        verify_dir(path, options, &mut report)?;
     } else {
+        if !options.verifiers.is_empty() {
+            report.fail(
+                report.target.clone(),
+                "a lone bundle carries no signature; verify the run's output directory with --key",
+            );
+        }
         let f = std::fs::File::open(path).at(path)?;
-        verify_archive(f, "", &mut report);
+        if let Some(m) = verify_archive(f, "", &mut report) {
+            check_time(&m, options, MANIFEST_FILE, &mut report);
+        }
     }
     Ok(report)
+}
+
+fn check_time(m: &Manifest, options: &VerifyOptions, label: &str, report: &mut VerifyReport) {
+    if let Some(policy) = &options.staleness {
+        if let Err(e) = policy.check(m.created_at, m.created_at_source) {
+            report.stale(label, e);
+        }
+    }
 }
 
 fn is_archive_name(name: &str) -> bool {
@@ -119,7 +203,7 @@ fn compare(
     }
 }
 
-fn verify_dir(dir: &Path, report: &mut VerifyReport) -> Result<()> {
+fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
     let mut found = BTreeMap::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
@@ -146,7 +230,12 @@ fn verify_dir(dir: &Path, report: &mut VerifyReport) -> Result<()> {
     }
     let bytes = std::fs::read(&manifest_path).at(&manifest_path)?;
     let Some(manifest) = read_manifest(&bytes, MANIFEST_FILE, report) else { return Ok(()) };
+    for sidecar in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE] {
+        found.remove(sidecar);
+    }
     compare(&manifest, &found, "", report);
+    check_time(&manifest, options, MANIFEST_FILE, report);
+    check_signatures(dir, &bytes, &found, options, report)?;
     for e in &manifest.entries {
         if (e.kind == Some(ArtifactType::Bundle) || is_archive_name(e.path.as_str()))
             && found.contains_key(e.path.as_str())
@@ -159,23 +248,136 @@ fn verify_dir(dir: &Path, report: &mut VerifyReport) -> Result<()> {
     Ok(())
 }
 
-/// Verifies an archive stream; failures are prefixed with `prefix`.
-pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut VerifyReport) {
+/// Checks `manifest.dsse.json` and `provenance.dsse.json` of a run directory: with trusted
+/// keys both must be present and validly signed; without, a present signed manifest must at
+/// least carry exactly `manifest.json`.
+fn check_signatures(
+    dir: &Path,
+    manifest_bytes: &[u8],
+    found: &BTreeMap<String, (u64, Sha256Digest)>,
+    options: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let verifiers: Vec<&dyn Verifier> = options.verifiers.iter().map(|v| &**v as &dyn Verifier).collect();
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ExportError::io(&p, e)),
+        }
+    };
+    match read(SIGNED_MANIFEST_FILE)? {
+        None if !verifiers.is_empty() => report.fail(SIGNED_MANIFEST_FILE, "missing (a signature was required)"),
+        None => {}
+        Some(b) => {
+            let payload = Envelope::parse(&b, SIGNED_MANIFEST_FILE).and_then(|env| {
+                if verifiers.is_empty() {
+                    env.payload_bytes()
+                } else {
+                    env.verify(dsse::MANIFEST_PAYLOAD_TYPE, &verifiers, SIGNED_MANIFEST_FILE)
+                }
+            });
+            match payload {
+                Err(e) => report.fail(SIGNED_MANIFEST_FILE, reason_of(e)),
+                Ok(p) if p != manifest_bytes => {
+                    report.fail(SIGNED_MANIFEST_FILE, "signed payload differs from manifest.json")
+                }
+                Ok(_) => report.verified += 1,
+            }
+        }
+    }
+    match read(PROVENANCE_FILE)? {
+        None if !verifiers.is_empty() => report.fail(PROVENANCE_FILE, "missing (a signature was required)"),
+        None => {}
+        Some(b) => {
+            let statement = Envelope::parse(&b, PROVENANCE_FILE).and_then(|env| {
+                if verifiers.is_empty() {
+                    env.payload_bytes()
+                } else {
+                    env.verify(dsse::INTOTO_PAYLOAD_TYPE, &verifiers, PROVENANCE_FILE)
+                }
+            });
+            match statement {
+                Err(e) => report.fail(PROVENANCE_FILE, reason_of(e)),
+                Ok(p) => check_subjects(&p, manifest_bytes, found, report),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reason_of(e: ExportError) -> String {
+    match e {
+        ExportError::VerificationFailed { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+fn check_subjects(
+    statement: &[u8],
+    manifest_bytes: &[u8],
+    found: &BTreeMap<String, (u64, Sha256Digest)>,
+    report: &mut VerifyReport,
+) {
+    let v: serde_json::Value = match serde_json::from_slice(statement) {
+        Ok(v) => v,
+        Err(e) => return report.fail(PROVENANCE_FILE, format!("statement is not JSON: {e}")),
+    };
+    if v["_type"] != provenance::STATEMENT_TYPE {
+        return report.fail(PROVENANCE_FILE, format!("not an in-toto Statement v1: {}", v["_type"]));
+    }
+    let mut subjects = BTreeMap::new();
+    for s in v["subject"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or_default().to_owned();
+        subjects.insert(name, s["digest"]["sha256"].as_str().unwrap_or_default().to_owned());
+    }
+    let manifest_digest = Sha256Digest::of(manifest_bytes).to_hex();
+    let mut expected: BTreeMap<String, String> = found.iter().map(|(p, (_, d))| (p.clone(), d.to_hex())).collect();
+    expected.insert(MANIFEST_FILE.into(), manifest_digest);
+    if subjects == expected {
+        report.verified += 1;
+    } else {
+        for (name, d) in &expected {
+            match subjects.get(name) {
+                None => report.fail(PROVENANCE_FILE, format!("{name} is not a subject")),
+                Some(s) if s != d => report.fail(PROVENANCE_FILE, format!("subject {name} digest {s} != file {d}")),
+                Some(_) => {}
+            }
+        }
+        for name in subjects.keys().filter(|n| !expected.contains_key(*n)) {
+            report.fail(PROVENANCE_FILE, format!("subject {name} has no file"));
+        }
+    }
+}
+
+/// Verifies an archive stream; failures are prefixed with `prefix`. Returns the archive's
+/// manifest when it could be read.
+pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut VerifyReport) -> Option<Manifest> {
     let label = if prefix.is_empty() { report.target.clone() } else { prefix.trim_end_matches('!').to_owned() };
     let mut ar = match open_archive(r) {
         Ok(a) => a,
-        Err(e) => return report.fail(label, format!("cannot read archive: {e}")),
+        Err(e) => {
+            report.fail(label, format!("cannot read archive: {e}"));
+            return None;
+        }
     };
     let entries = match ar.entries() {
         Ok(e) => e,
-        Err(e) => return report.fail(label, format!("cannot read archive: {e}")),
+        Err(e) => {
+            report.fail(label, format!("cannot read archive: {e}"));
+            return None;
+        }
     };
     let mut found = BTreeMap::new();
     let mut manifest_bytes = None;
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
-            Err(e) => return report.fail(label, format!("archive is corrupt: {e}")),
+            Err(e) => {
+                report.fail(label, format!("archive is corrupt: {e}"));
+                return None;
+            }
         };
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let name = raw.trim_end_matches('/').to_owned();
@@ -205,7 +407,10 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
                         }
                     }
                 }
-                Err(e) => return report.fail(format!("{prefix}{name}"), format!("archive is corrupt: {e}")),
+                Err(e) => {
+                    report.fail(format!("{prefix}{name}"), format!("archive is corrupt: {e}"));
+                    return None;
+                }
             }
         }
         if let Some(k) = keep {
@@ -216,9 +421,10 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
         }
     }
     let Some(bytes) = manifest_bytes else {
-        return report.fail(format!("{prefix}{MANIFEST_FILE}"), "missing");
+        report.fail(format!("{prefix}{MANIFEST_FILE}"), "missing");
+        return None;
     };
-    if let Some(m) = read_manifest(&bytes, &format!("{prefix}{MANIFEST_FILE}"), report) {
-        compare(&m, &found, prefix, report);
-    }
+    let m = read_manifest(&bytes, &format!("{prefix}{MANIFEST_FILE}"), report)?;
+    compare(&m, &found, prefix, report);
+    Some(m)
 }

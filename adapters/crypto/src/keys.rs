@@ -23,7 +23,10 @@ impl FromStr for Algorithm {
             "ed25519" => Ok(Algorithm::Ed25519),
             "ecdsa-p256" | "p256" => Ok(Algorithm::EcdsaP256),
             "sm2" => Ok(Algorithm::Sm2),
-            other => Err(ExportError::invalid("algorithm", format!("unknown algorithm {other:?} (ed25519, ecdsa-p256, sm2)"))),
+            other => Err(ExportError::invalid(
+                "algorithm",
+                format!("unknown algorithm {other:?} (ed25519, ecdsa-p256, sm2)"),
+            )),
         }
     }
 }
@@ -87,9 +90,12 @@ fn classify(alg: &spki::AlgorithmIdentifierRef<'_>) -> Result<Algorithm> {
 }
 
 fn pem_der(pem: &str, want: &str) -> Result<Vec<u8>> {
-    let (label, der) = pkcs8::der::pem::decode_vec(pem.trim().as_bytes()).map_err(|e| key_err(format!("malformed PEM: {e}")))?;
+    let (label, der) =
+        pkcs8::der::pem::decode_vec(pem.trim().as_bytes()).map_err(|e| key_err(format!("malformed PEM: {e}")))?;
     if label == "ENCRYPTED PRIVATE KEY" {
-        return Err(key_err("encrypted private keys are not supported; decrypt with `openssl pkcs8 -in KEY -out PLAIN` first"));
+        return Err(key_err(
+            "encrypted private keys are not supported; decrypt with `openssl pkcs8 -in KEY -out PLAIN` first",
+        ));
     }
     if label != want {
         return Err(key_err(format!("expected a PEM \"{want}\", found \"{label}\"")));
@@ -105,14 +111,16 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
         #[cfg(feature = "ed25519")]
         Algorithm::Ed25519 => {
             use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePublicKey};
-            let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der).map_err(|e| key_err(format!("bad Ed25519 key: {e}")))?;
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                .map_err(|e| key_err(format!("bad Ed25519 key: {e}")))?;
             let spki = key.verifying_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
             Ok(Arc::new(Ed25519Signer { id: key_id(spki.as_bytes()), key }))
         }
         #[cfg(feature = "p256")]
         Algorithm::EcdsaP256 => {
             use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
-            let key = p256::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| key_err(format!("bad P-256 key: {e}")))?;
+            let key =
+                p256::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| key_err(format!("bad P-256 key: {e}")))?;
             let spki = key.verifying_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
             Ok(Arc::new(P256Signer { id: key_id(spki.as_bytes()), key }))
         }
@@ -121,7 +129,8 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
             use sm2::pkcs8::{DecodePrivateKey, EncodePublicKey};
             let secret = sm2::SecretKey::from_pkcs8_der(&der).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
             let spki = secret.public_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
-            let key = sm2::dsa::SigningKey::new(SM2_DISTID, &secret).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
+            let key =
+                sm2::dsa::SigningKey::new(SM2_DISTID, &secret).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
             Ok(Arc::new(Sm2Signer { id: key_id(spki.as_bytes()), key }))
         }
         #[allow(unreachable_patterns)]
@@ -132,26 +141,30 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
 /// Loads a SubjectPublicKeyInfo PEM public key of any supported algorithm.
 pub fn verifier_from_pem(pem: &str) -> Result<Arc<dyn Verifier>> {
     let der = pem_der(pem, "PUBLIC KEY")?;
-    let info = spki::SubjectPublicKeyInfoRef::from_der(&der).map_err(|e| key_err(format!("malformed public key: {e}")))?;
+    let info =
+        spki::SubjectPublicKeyInfoRef::from_der(&der).map_err(|e| key_err(format!("malformed public key: {e}")))?;
     let id = key_id(&der);
     match classify(&info.algorithm)? {
         #[cfg(feature = "ed25519")]
         Algorithm::Ed25519 => {
             use ed25519_dalek::pkcs8::DecodePublicKey;
-            let key = ed25519_dalek::VerifyingKey::from_public_key_der(&der).map_err(|e| key_err(format!("bad Ed25519 key: {e}")))?;
+            let key = ed25519_dalek::VerifyingKey::from_public_key_der(&der)
+                .map_err(|e| key_err(format!("bad Ed25519 key: {e}")))?;
             Ok(Arc::new(Ed25519Verifier { id, key }))
         }
         #[cfg(feature = "p256")]
         Algorithm::EcdsaP256 => {
             use p256::pkcs8::DecodePublicKey;
-            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| key_err(format!("bad P-256 key: {e}")))?;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+                .map_err(|e| key_err(format!("bad P-256 key: {e}")))?;
             Ok(Arc::new(P256Verifier { id, key }))
         }
         #[cfg(feature = "sm2")]
         Algorithm::Sm2 => {
             use sm2::pkcs8::DecodePublicKey;
             let public = sm2::PublicKey::from_public_key_der(&der).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
-            let key = sm2::dsa::VerifyingKey::new(SM2_DISTID, public).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
+            let key =
+                sm2::dsa::VerifyingKey::new(SM2_DISTID, public).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
             Ok(Arc::new(Sm2Verifier { id, key }))
         }
         #[allow(unreachable_patterns)]
@@ -161,7 +174,8 @@ pub fn verifier_from_pem(pem: &str) -> Result<Arc<dyn Verifier>> {
 
 /// Generates a key pair with the OS random number generator.
 pub fn generate(alg: Algorithm) -> Result<KeyPair> {
-    let enc = |e: &dyn std::fmt::Display| ExportError::Internal { implementer: "key generation", message: e.to_string() };
+    let enc =
+        |e: &dyn std::fmt::Display| ExportError::Internal { implementer: "key generation", message: e.to_string() };
     let lf = pkcs8::LineEnding::LF;
     match alg {
         #[cfg(feature = "ed25519")]
@@ -273,7 +287,8 @@ impl Verifier for P256Verifier {
     }
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
         use p256::ecdsa::signature::Verifier as _;
-        let sig = p256::ecdsa::Signature::from_der(signature).map_err(|e| bad_sig(self.algorithm(), format!("not DER: {e}")))?;
+        let sig = p256::ecdsa::Signature::from_der(signature)
+            .map_err(|e| bad_sig(self.algorithm(), format!("not DER: {e}")))?;
         self.key.verify(message, &sig).map_err(|e| bad_sig(self.algorithm(), e))
     }
 }
@@ -319,7 +334,8 @@ impl Verifier for Sm2Verifier {
     }
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
         use sm2::dsa::signature::Verifier as _;
-        let der = ecdsa::Signature::<sm2::Sm2>::from_der(signature).map_err(|e| bad_sig(self.algorithm(), format!("not DER: {e}")))?;
+        let der = ecdsa::Signature::<sm2::Sm2>::from_der(signature)
+            .map_err(|e| bad_sig(self.algorithm(), format!("not DER: {e}")))?;
         let (r, s) = der.split_bytes();
         let sig = sm2::dsa::Signature::from_scalars(r, s).map_err(|e| bad_sig(self.algorithm(), e))?;
         self.key.verify(message, &sig).map_err(|e| bad_sig(self.algorithm(), e))

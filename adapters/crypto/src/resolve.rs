@@ -43,7 +43,10 @@ impl KeyResolvers {
             }
             KeyRef::Env(var) => {
                 let pem = std::env::var(&var).map_err(|_| {
-                    ExportError::invalid("distribution.signing.keyRef", format!("environment variable {var} is not set"))
+                    ExportError::invalid(
+                        "distribution.signing.keyRef",
+                        format!("environment variable {var} is not set"),
+                    )
                 })?;
                 signer_from_pem(&pem)
             }

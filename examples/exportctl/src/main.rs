@@ -6,9 +6,11 @@
 
 use clap::{Parser, Subcommand};
 use exportcore::run::{execute, EventFn, RunOptions};
+use exportcore::sign::Verifier as _;
+use exportcore::verify::{StalenessPolicy, VerifyOptions};
 use exportcore::{
-    Compression, DirEvidence, ExportError, Format, FsSink, Limits, Profiles, RunEvent, RunRequest, RunStatus, Target,
-    TimeAnchor, Timestamp,
+    Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, Profiles, RunEvent,
+    RunRequest, RunStatus, Signing, Target, TimeAnchor, Timestamp,
 };
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,18 @@ enum Command {
     Verify {
         /// Output directory or bundle archive.
         path: PathBuf,
-        /// Public key to check signatures with.
+        /// Public key (PEM) to check signatures with; repeat to trust several.
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
+        /// Refuse bundles whose createdAt is older than this (e.g. 30d, 12h, 90m, 3600s).
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Allowed clock drift for bundles dated in the future (default 5m with --max-age).
+        #[arg(long)]
+        max_drift: Option<String>,
+        /// "Now" for the staleness check (RFC 3339; default: the system clock).
+        #[arg(long)]
+        now: Option<String>,
     },
     /// Inspect stored runs.
     Runs {
@@ -198,15 +209,30 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(*args).await,
-        Command::Verify { path, key } => {
-            if key.is_some() {
-                return Err(not_supported("verify --key (signature verification)"));
+        Command::Verify { path, key, max_age, max_drift, now } => {
+            let mut options = VerifyOptions::default();
+            for k in &key {
+                let pem = std::fs::read_to_string(k).map_err(|e| ExportError::io(k, e))?;
+                options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
             }
-            verify(&path)
+            if max_age.is_some() || max_drift.is_some() {
+                let now = match now {
+                    Some(t) => Timestamp::parse(&t).map_err(|e| ExportError::invalid("--now", e))?,
+                    None => Timestamp::now(),
+                };
+                let max_age = max_age.as_deref().map(|d| parse_duration("--max-age", d)).transpose()?;
+                let max_drift = max_drift.as_deref().map(|d| parse_duration("--max-drift", d)).transpose()?;
+                options.staleness = Some(StalenessPolicy {
+                    max_age: max_age.unwrap_or(std::time::Duration::MAX),
+                    max_drift: max_drift.unwrap_or(std::time::Duration::from_secs(300)),
+                    now,
+                });
+            }
+            verify(&path, &options)
         }
         Command::Runs { .. } => Err(not_supported("runs (run store)")),
         Command::Mirror { .. } => Err(not_supported("mirror apply")),
-        Command::Keygen { .. } => Err(not_supported("keygen")),
+        Command::Keygen { algorithm, out } => keygen(&algorithm, &out),
         Command::Serve { .. } => Err(not_supported("serve (gateway)")),
     }
 }
@@ -251,13 +277,22 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if args.store.is_some() {
         return Err(not_supported("--store (run store)"));
     }
-    if args.sign_key.is_some() {
-        return Err(not_supported("--sign-key (signing)"));
-    }
     if args.base.is_some() {
         return Err(not_supported("--base (mirror:delta)"));
     }
-    let request = build_request(&args)?;
+    let mut request = build_request(&args)?;
+    let signer = match &args.sign_key {
+        None => None,
+        Some(key) => {
+            let key_ref = format!("file:{}", key.display());
+            request.distribution = Some(Distribution {
+                kind: DistributionType::Filesystem,
+                reference: Some(args.out.display().to_string()),
+                signing: Some(Signing { enabled: true, key_ref: Some(key_ref.clone()) }),
+            });
+            Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
+        }
+    };
     let profile = profiles().get(&request.profile_id)?;
     profile.validate(&request)?;
     let evidence = DirEvidence::new(&args.evidence)?;
@@ -265,6 +300,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let sink = FsSink::new(&args.out)?;
 
     let mut options = RunOptions::new(&args.tenant);
+    options.signer = signer;
     if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
         options.pinned_time = Some(TimeAnchor::from_source_date_epoch(&sde)?);
     }
@@ -296,17 +332,76 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-fn verify(path: &Path) -> Result<ExitCode, Failure> {
-    let report = exportcore::verify::verify_path(path)?;
+fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
+    let report = exportcore::verify::verify_path_with(path, options)?;
     if report.is_ok() {
-        println!("OK {}: {} entries verified", report.target, report.verified);
+        let signed = if options.verifiers.is_empty() { "" } else { ", signatures valid" };
+        println!("OK {}: {} entries verified{signed}", report.target, report.verified);
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {
-        println!("FAIL {}: {}", f.path, f.problem);
+        println!("FAIL {} {}: {}", f.code, f.path, f.problem);
     }
-    eprintln!("error: ERR_EXPORT_VERIFY_FAILED: {} problem(s) in {}", report.failures.len(), report.target);
+    let code = report.failures.first().map_or("ERR_EXPORT_VERIFY_FAILED", |f| f.code);
+    eprintln!("error: {code}: {} problem(s) in {}", report.failures.len(), report.target);
     Ok(ExitCode::from(1))
+}
+
+/// `30d`, `12h`, `90m`, `3600s` or plain seconds.
+fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, Failure> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| ExportError::invalid(flag, format!("not a duration: {s:?}")))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(ExportError::invalid(flag, format!("unknown duration unit {unit:?} (s, m, h, d)")).into()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn keygen(algorithm: &str, prefix: &Path) -> Result<ExitCode, Failure> {
+    let alg: exportcore_crypto::Algorithm = algorithm.parse()?;
+    let pair = exportcore_crypto::generate(alg)?;
+    let key_path = PathBuf::from(format!("{}.key", prefix.display()));
+    let pub_path = PathBuf::from(format!("{}.pub", prefix.display()));
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            return Err(
+                ExportError::invalid("--out", format!("{} exists; refusing to overwrite a key", p.display())).into()
+            );
+        }
+    }
+    write_new(&key_path, pair.private_pem.as_bytes(), 0o600)?;
+    write_new(&pub_path, pair.public_pem.as_bytes(), 0o644)?;
+    let verifier = exportcore_crypto::verifier_from_pem(&pair.public_pem)?;
+    println!("{} key id {}", alg_name(alg), verifier.key_id());
+    println!("private key: {}", key_path.display());
+    println!("public key:  {}", pub_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn alg_name(alg: exportcore_crypto::Algorithm) -> &'static str {
+    match alg {
+        exportcore_crypto::Algorithm::Ed25519 => "ed25519",
+        exportcore_crypto::Algorithm::EcdsaP256 => "ecdsa-p256",
+        exportcore_crypto::Algorithm::Sm2 => "sm2",
+    }
+}
+
+/// Writes a new file with `mode`, atomically (temp file, fsync, rename).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ExportError::io(dir, e))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| ExportError::io(path, e))?;
+    tmp.write_all(bytes).map_err(|e| ExportError::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| ExportError::io(path, e))?;
+    tmp.persist_noclobber(path).map_err(|e| ExportError::io(path, e.error))?;
+    Ok(())
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines otherwise.

@@ -280,14 +280,10 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--retention-days", "0"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     // Later issues' flags: a clear "not supported yet", not a panic.
-    assert_run_fails(&s, &["--sign-key", "k.pem"], "ERR_EXPORT_NOT_SUPPORTED", "signing");
+    assert_run_fails(&s, &["--sign-key", "/nonexistent/k.pem"], "ERR_EXPORT_IO", "k.pem");
     assert_run_fails(&s, &["--store", "x.sqlite"], "ERR_EXPORT_NOT_SUPPORTED", "store");
     assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_NOT_SUPPORTED", "mirror:delta");
-    for args in [
-        vec!["keygen", "--algorithm", "ed25519", "--out", "k"],
-        vec!["serve", "--listen", "127.0.0.1:0"],
-        vec!["runs", "list"],
-    ] {
+    for args in [vec!["serve", "--listen", "127.0.0.1:0"], vec!["runs", "list"]] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
@@ -331,4 +327,50 @@ fn large_generated_set_streams_through() {
     let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(run["progress"]["itemsCompleted"], 20_000 + 20 + 500 + 500);
     assert!(run_verify(&out).status.success());
+}
+
+#[test]
+fn keygen_sign_and_verify_with_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = |a: &str| tmp.path().join(a).to_str().unwrap().to_owned();
+    for alg in ["ed25519", "ecdsa-p256", "sm2"] {
+        let o = run(&["keygen", "--algorithm", alg, "--out", &prefix(alg)]);
+        assert!(o.status.success(), "{}", text(&o));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(format!("{}.key", prefix(alg))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "private key must be 0600");
+        // Refuses to overwrite.
+        let o = run(&["keygen", "--algorithm", alg, "--out", &prefix(alg)]);
+        assert_eq!(o.status.code(), Some(2));
+        let out = tmp.path().join(format!("out-{alg}"));
+        let key = format!("{}.key", prefix(alg));
+        let o = export("json:raw", &samples(), &out, &["--sign-key", &key]);
+        assert!(o.status.success(), "{}", text(&o));
+        let pubkey = format!("{}.pub", prefix(alg));
+        let o = run(&["verify", out.to_str().unwrap(), "--key", &pubkey]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("signatures valid"));
+    }
+    // Wrong key type for the signature (P-256 key, Ed25519 signature).
+    let out = tmp.path().join("out-ed25519");
+    let o = run(&["verify", out.to_str().unwrap(), "--key", &format!("{}.pub", prefix("ecdsa-p256"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("manifest.dsse.json"), "{}", text(&o));
+    // A private key where a public key belongs; an unknown algorithm; a malformed key file.
+    let o = run(&["verify", out.to_str().unwrap(), "--key", &format!("{}.key", prefix("ed25519"))]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID") && text(&o).contains("PUBLIC KEY"), "{}", text(&o));
+    let o = run(&["keygen", "--algorithm", "rsa", "--out", &prefix("rsa")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("unknown algorithm"), "{}", text(&o));
+    let junk = tmp.path().join("junk.key");
+    std::fs::write(&junk, "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n").unwrap();
+    assert_run_fails(&samples(), &["--sign-key", junk.to_str().unwrap()], "ERR_EXPORT_REQUEST_INVALID", "PEM");
+    // Staleness: its own code.
+    let out = tmp.path().join("out-sm2");
+    let o = run(&["verify", out.to_str().unwrap(), "--max-age", "1d", "--now", "2030-01-01T00:00:00Z"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("ERR_EXPORT_STALE"), "{}", text(&o));
+    let o = run(&["verify", out.to_str().unwrap(), "--max-age", "1x"]);
+    assert_eq!(o.status.code(), Some(2));
 }

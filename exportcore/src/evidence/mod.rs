@@ -17,10 +17,12 @@
 
 mod dir;
 mod memory;
+mod recording;
 pub mod schema;
 
 pub use dir::DirEvidence;
 pub use memory::MemoryEvidence;
+pub use recording::RecordingEvidence;
 
 use crate::error::{ExportError, Location, Result};
 use crate::model::Timestamp;

@@ -1,0 +1,92 @@
+//! Helpers shared by the workspace tests: signed runs into a temp dir, and the third-party
+//! interop tools of `../shared/interop` (installed by `scripts/test-all`).
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use exportcore::run::{execute, RunOptions};
+use exportcore::sign::{Signer, Verifier};
+use exportcore::{DirEvidence, Distribution, DistributionType, FsSink, Run, RunRequest, Signing, Timestamp};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+pub fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/evidence")
+}
+
+pub fn signed_request(profile: &str) -> RunRequest {
+    let mut req = RunRequest::new(profile);
+    req.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    req.distribution = Some(Distribution {
+        kind: DistributionType::Filesystem,
+        reference: None,
+        signing: Some(Signing { enabled: true, key_ref: Some("test".into()) }),
+    });
+    req
+}
+
+pub struct Keys {
+    pub signer: Arc<dyn Signer>,
+    pub verifier: Arc<dyn Verifier>,
+    pub public_pem: PathBuf,
+    pub private_pem: PathBuf,
+}
+
+pub fn keys(alg: exportcore_crypto::Algorithm, dir: &Path, name: &str) -> Keys {
+    let pair = exportcore_crypto::generate(alg).unwrap();
+    let public_pem = dir.join(format!("{name}.pub"));
+    let private_pem = dir.join(format!("{name}.key"));
+    std::fs::write(&public_pem, &pair.public_pem).unwrap();
+    std::fs::write(&private_pem, &pair.private_pem).unwrap();
+    Keys {
+        signer: exportcore_crypto::signer_from_pem(&pair.private_pem).unwrap(),
+        verifier: exportcore_crypto::verifier_from_pem(&pair.public_pem).unwrap(),
+        public_pem,
+        private_pem,
+    }
+}
+
+pub async fn signed_run(out: &Path, signer: Arc<dyn Signer>, profile: &str) -> Run {
+    let mut opts = RunOptions::new("tenant-a");
+    opts.signer = Some(signer);
+    let profile_impl = exportcore_json::profiles().get(profile).unwrap();
+    let run = execute(
+        profile_impl,
+        Arc::new(DirEvidence::new(samples()).unwrap()),
+        Arc::new(FsSink::new(out).unwrap()),
+        signed_request(profile),
+        opts,
+        Arc::new(|_| {}),
+    )
+    .await;
+    assert_eq!(run.status, exportcore::RunStatus::Succeeded, "{:?}", run.errors);
+    run
+}
+
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/interop")
+}
+
+/// The interop venv's python. Fails loudly if `scripts/test-all` did not install it.
+pub fn interop_python() -> PathBuf {
+    let venv = std::env::var_os("EXPORTCORE_INTEROP_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/exportcore/interop-venv")
+    });
+    let py = venv.join("bin/python");
+    assert!(
+        py.exists(),
+        "interop venv missing at {}: run scripts/test-all (it runs ../shared/interop/install.sh)",
+        venv.display()
+    );
+    py
+}
+
+/// Runs an interop python script; returns its output.
+pub fn interop_py(script: &str, args: &[&Path]) -> Output {
+    let out = Command::new(interop_python()).arg(interop_dir().join(script)).args(args).output().expect("run python");
+    out
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
