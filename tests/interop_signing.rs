@@ -210,3 +210,26 @@ fn openssl_generated_keys_load_and_openssl_verifies_our_signatures() {
         assert!(o.status.success(), "openssl verify {alg}: {}", text(&o));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_and_python_walkthrough_verifies_signed_runs() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify-signed-run.sh");
+    let tmp = tempfile::tempdir().unwrap();
+    let walk = |out: &Path, key: &Path| Command::new("sh").arg(&script).arg(out).arg(key).output().unwrap();
+    for (i, alg) in [Algorithm::Ed25519, Algorithm::EcdsaP256, Algorithm::Sm2].into_iter().enumerate() {
+        let k = keys(alg, tmp.path(), &format!("k{i}"));
+        let out = tmp.path().join(format!("out{i}"));
+        signed_run(&out, k.signer.clone(), "json:policy").await;
+        let o = walk(&out, &k.public_pem);
+        assert!(o.status.success(), "{alg:?}: {}", text(&o));
+        let wrong = keys(alg, tmp.path(), &format!("w{i}"));
+        assert!(!walk(&out, &wrong.public_pem).status.success(), "{alg:?} wrong key");
+        let bundle = out.join("json-policy.tar.zst");
+        let mut bytes = std::fs::read(&bundle).unwrap();
+        bytes[50] ^= 0x01;
+        std::fs::write(&bundle, bytes).unwrap();
+        let o = walk(&out, &k.public_pem);
+        assert!(!o.status.success(), "{alg:?} tampered bundle accepted");
+        assert!(text(&o).contains("FAIL"), "{}", text(&o));
+    }
+}
