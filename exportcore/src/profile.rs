@@ -178,6 +178,7 @@ pub struct ExportContext<'a> {
     pub(crate) progress: &'a (dyn Fn(Progress) + Send + Sync),
     pub(crate) cancel: &'a CancelFlag,
     pub(crate) scratch_seq: u64,
+    pub(crate) signer: Option<Arc<dyn crate::sign::Signer>>,
 }
 
 impl Debug for ExportContext<'_> {
@@ -222,6 +223,13 @@ impl<'a> ExportContext<'a> {
     /// The request's compression, or `default`.
     pub fn compression_or(&self, default: Compression) -> Compression {
         self.request.compression.unwrap_or(default)
+    }
+
+    /// The run's signer, when the request enables signing. The engine signs the run manifest
+    /// and provenance itself; a profile uses this only for signatures that live inside its
+    /// own artifacts (e.g. a DSSE envelope inside a bundle).
+    pub fn signer(&self) -> Option<&dyn crate::sign::Signer> {
+        self.signer.as_deref()
     }
 
     /// The pinned time if the request or the embedder pinned one.

@@ -171,6 +171,7 @@ async fn stage_and_publish(
         let run_id = run_id.to_owned();
         let on_event = Arc::clone(on_event);
         let progress = Arc::clone(progress);
+        let profile_signer = signer.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor)> {
             let report = move |p: Progress| {
                 let changed = {
@@ -193,6 +194,7 @@ async fn stage_and_publish(
                 progress: &report,
                 cancel: &cancel,
                 scratch_seq: 0,
+                signer: profile_signer,
             };
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;
