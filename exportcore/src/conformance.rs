@@ -268,3 +268,187 @@ pub async fn profile_honours_cancel(
     assert_eq!(names.first(), Some(&"started"));
     assert_eq!(names.last(), Some(&"failed"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Run stores
+
+use crate::model::{Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
+use crate::store::{Created, IdempotencyKey, NewRun, RunFilter, RunStore};
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_unix(1_700_000_000 + secs).expect("time")
+}
+
+fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, body: &str) -> NewRun {
+    let request = RunRequest::new(profile);
+    let mut req = request.clone();
+    req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
+    NewRun {
+        run: Run {
+            run_id: id.into(),
+            tenant: tenant.into(),
+            project: Some("p1".into()),
+            profile_id: profile.into(),
+            status: Status::Queued,
+            submitted_at: at(0),
+            started_at: None,
+            finished_at: None,
+            expires_at: None,
+            progress: Progress::default(),
+            outputs: vec![],
+            errors: vec![],
+            attempts: 0,
+        },
+        request_hash: Sha256Digest::of(&crate::canonical::to_vec(&req).expect("json")),
+        request: req,
+        rank,
+        idempotency: key.map(|k| IdempotencyKey { key: k.into(), expires_at: at(3600) }),
+    }
+}
+
+/// Runs every store check. The store must start empty.
+pub async fn store_suite(store: &dyn RunStore) {
+    store_create_get_list_and_tenancy(store).await;
+    store_idempotency(store).await;
+    store_queue_order_and_claim(store).await;
+    store_events(store).await;
+    store_expiry_running_and_durations(store).await;
+}
+
+/// Create, get, list (newest first, filters, paging) and tenant isolation.
+pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
+    for i in 0..5 {
+        let c = store.create(new_run("t-a", &format!("a{i}"), "json:raw", i, None, "adv"), at(0)).await.expect("create");
+        assert!(matches!(c, Created::New(_)));
+    }
+    store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
+    assert_eq!(store.get("t-a", "a3").await.expect("get").run_id, "a3");
+    let err = store.get("t-b", "a3").await.expect_err("another tenant's run must be invisible");
+    assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
+    let page = store.list("t-a", &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
+    assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
+    let page2 = store.list("t-a", &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() }).await.expect("list");
+    assert_eq!(page2.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a2", "a1"]);
+    let b = store.list("t-b", &RunFilter::default()).await.expect("list");
+    assert_eq!(b.runs.len(), 1);
+    assert!(b.next_cursor.is_none());
+    let f = store.list("t-a", &RunFilter { profile_id: Some("json:policy".into()), ..Default::default() }).await.expect("list");
+    assert!(f.runs.is_empty());
+    let f = store.list("t-a", &RunFilter { status: Some(Status::Queued), ..Default::default() }).await.expect("list");
+    assert_eq!(f.runs.len(), 5);
+    assert!(store.events("t-b", "a1", 0, 10).await.is_err(), "events of another tenant's run must be refused");
+    assert!(store.fail_if_queued("t-b", "a1", RunError { code: "X".into(), message: "m".into() }, at(1)).await.is_err());
+    // Drain the queue for the next checks.
+    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        let mut run = c.run;
+        run.status = Status::Failed;
+        store.save(&run).await.expect("save");
+    }
+}
+
+/// Same key + same request → same run; same key + different request → conflict.
+pub async fn store_idempotency(store: &dyn RunStore) {
+    let first = store.create(new_run("t-i", "i1", "json:raw", 0, Some("k1"), "adv"), at(10)).await.expect("create");
+    let again = store.create(new_run("t-i", "i2", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create again");
+    assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
+    let err = store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
+    assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+    // Keys are per tenant.
+    let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
+    assert!(matches!(other, Created::New(_)));
+    // After expiry the key is free again.
+    let later = store.create(new_run("t-i", "i4", "json:raw", 0, Some("k1"), "vex"), at(4000)).await.expect("create");
+    assert!(matches!(later, Created::New(_)));
+    assert!(store.purge_idempotency(at(1_000_000)).await.expect("purge") >= 1);
+    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        let mut run = c.run;
+        run.status = Status::Failed;
+        store.save(&run).await.expect("save");
+    }
+}
+
+/// Lowest rank first, then submission order; claim marks running and counts attempts;
+/// a queued run can be failed atomically, a running one not.
+pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
+    for (id, rank) in [("q1", 50), ("q2", 10), ("q3", 50), ("q4", 10)] {
+        store.create(new_run("t-q", id, "json:raw", rank, None, "adv"), at(0)).await.expect("create");
+    }
+    assert_eq!(store.queued_count().await.expect("count"), 4);
+    let cancelled = store
+        .fail_if_queued("t-q", "q3", RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() }, at(5))
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.expect("was queued").status, Status::Failed);
+    let mut order = Vec::new();
+    while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
+        assert_eq!(c.run.status, Status::Running);
+        assert_eq!(c.run.attempts, 1);
+        assert_eq!(c.run.started_at, Some(at(7)));
+        assert_eq!(c.request.profile_id, "json:raw");
+        order.push(c.run.run_id.clone());
+    }
+    assert_eq!(order, ["q2", "q4", "q1"]);
+    assert!(store.fail_if_queued("t-q", "q1", RunError { code: "X".into(), message: "m".into() }, at(8)).await.expect("ok").is_none());
+    // A requeued run (retry) is claimed again, attempts counted.
+    let mut r = store.get("t-q", "q1").await.expect("get");
+    r.status = Status::Queued;
+    store.save(&r).await.expect("save");
+    let again = store.claim_next(at(9)).await.expect("claim").expect("requeued run");
+    assert_eq!((again.run.run_id.as_str(), again.run.attempts, again.run.started_at), ("q1", 2, Some(at(7))));
+    for id in ["q1", "q2", "q4"] {
+        let mut r = store.get("t-q", id).await.expect("get");
+        r.status = Status::Succeeded;
+        store.save(&r).await.expect("save");
+    }
+}
+
+/// Event ids increase from 1 per run; `after` pages.
+pub async fn store_events(store: &dyn RunStore) {
+    store.create(new_run("t-e", "e1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+    store.create(new_run("t-e", "e2", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+    for i in 0..5u8 {
+        let ev = Event::Progress { run_id: "e1".into(), progress: Progress::of(u64::from(i), 5) };
+        assert_eq!(store.append_event("e1", at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
+    }
+    let ev = Event::Started { run_id: "e2".into(), profile_id: "json:raw".into() };
+    assert_eq!(store.append_event("e2", at(0), &ev).await.expect("append"), 1);
+    let after2 = store.events("t-e", "e1", 2, 100).await.expect("events");
+    assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(after2[0].event, Event::Progress { run_id: "e1".into(), progress: Progress::of(2, 5) });
+    assert_eq!(store.events("t-e", "e1", 0, 2).await.expect("events").len(), 2);
+    assert!(store.append_event("nope", at(0), &ev).await.is_err());
+    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        let mut run = c.run;
+        run.status = Status::Failed;
+        store.save(&run).await.expect("save");
+    }
+}
+
+/// Expiry candidates, interrupted (`running`) runs and recent durations.
+pub async fn store_expiry_running_and_durations(store: &dyn RunStore) {
+    store.create(new_run("t-x", "x1", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+    store.create(new_run("t-x", "x2", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+    store.create(new_run("t-x", "x3", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+    let mut a = store.claim_next(at(100)).await.expect("claim").expect("x1").run;
+    a.status = Status::Succeeded;
+    a.finished_at = Some(at(130));
+    a.expires_at = Some(at(1000));
+    store.save(&a).await.expect("save");
+    let b = store.claim_next(at(200)).await.expect("claim").expect("x2").run;
+    assert_eq!(store.running().await.expect("running").iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x2"]);
+    assert!(store.due_for_expiry(at(999), 10).await.expect("due").is_empty());
+    let due = store.due_for_expiry(at(1000), 10).await.expect("due");
+    assert_eq!(due.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x1"]);
+    assert_eq!(store.recent_durations("json:x", 10).await.expect("durations"), [30.0]);
+    let mut e = due[0].clone();
+    e.status = Status::Expired;
+    store.save(&e).await.expect("save");
+    assert!(store.due_for_expiry(at(5000), 10).await.expect("due").is_empty(), "expired runs are not due again");
+    let mut b = b;
+    b.status = Status::Failed;
+    store.save(&b).await.expect("save");
+    let c = store.claim_next(at(300)).await.expect("claim").expect("x3");
+    let mut c = c.run;
+    c.status = Status::Failed;
+    store.save(&c).await.expect("save");
+}

@@ -129,6 +129,26 @@ pub enum ExportError {
     /// The run was cancelled.
     #[error("run cancelled")]
     Cancelled,
+    /// The run exceeded its timeout.
+    #[error("run timed out after {after_secs}s")]
+    Timeout {
+        /// The timeout that elapsed.
+        after_secs: u64,
+    },
+    /// The process running the run stopped before it finished (found on restart).
+    #[error("run interrupted: {reason}")]
+    Interrupted {
+        /// What was found.
+        reason: String,
+    },
+    /// A run store is unusable: corrupt, foreign, or from a newer schema. Nothing was changed.
+    #[error("run store {path}: {reason}")]
+    StoreInvalid {
+        /// The store (file path or name).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A feature exists in the contract but is not available in this build.
     #[error("not supported yet: {feature}")]
     NotSupported {
@@ -171,10 +191,18 @@ impl ExportError {
             ExportError::VerificationFailed { .. } => "ERR_EXPORT_VERIFY_FAILED",
             ExportError::Stale { .. } => "ERR_EXPORT_STALE",
             ExportError::Cancelled => "ERR_EXPORT_CANCELLED",
+            ExportError::Timeout { .. } => "ERR_EXPORT_TIMEOUT",
+            ExportError::Interrupted { .. } => "ERR_EXPORT_INTERRUPTED",
+            ExportError::StoreInvalid { .. } => "ERR_EXPORT_STORE_INVALID",
             ExportError::NotSupported { .. } => "ERR_EXPORT_NOT_SUPPORTED",
             ExportError::Io { .. } => "ERR_EXPORT_IO",
             ExportError::Internal { .. } => "ERR_EXPORT_INTERNAL",
         }
+    }
+
+    /// True for failures worth retrying with backoff (distribution and rate limits).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ExportError::DistributionFailed { .. } | ExportError::RateLimit { .. })
     }
 
     /// Shorthand for [`ExportError::RequestInvalid`].
@@ -238,6 +266,9 @@ mod tests {
             (ExportError::VerificationFailed { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_VERIFY_FAILED"),
             (ExportError::Stale { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_STALE"),
             (ExportError::Cancelled, "ERR_EXPORT_CANCELLED"),
+            (ExportError::Timeout { after_secs: 1 }, "ERR_EXPORT_TIMEOUT"),
+            (ExportError::Interrupted { reason: "r".into() }, "ERR_EXPORT_INTERRUPTED"),
+            (ExportError::StoreInvalid { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_STORE_INVALID"),
             (ExportError::NotSupported { feature: "f".into() }, "ERR_EXPORT_NOT_SUPPORTED"),
             (ExportError::io("/x", std::io::Error::other("e")), "ERR_EXPORT_IO"),
             (ExportError::Internal { implementer: "t", message: "m".into() }, "ERR_EXPORT_INTERNAL"),

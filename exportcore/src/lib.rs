@@ -66,6 +66,7 @@ pub mod profile;
 pub mod run;
 pub mod sign;
 pub mod sink;
+pub mod store;
 pub mod verify;
 
 pub use error::{ExportError, Location, Result};

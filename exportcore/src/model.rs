@@ -274,6 +274,9 @@ pub struct RunRequest {
     /// Extension: bundle compression (profile default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Extension: run timeout in seconds (default: the engine's, 60 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// Limits enforced on requests (seed 000 "Limits").
@@ -313,6 +316,7 @@ impl RunRequest {
             priority: Priority::Normal,
             created_at: None,
             compression: None,
+            timeout_seconds: None,
         }
     }
 
@@ -378,6 +382,11 @@ impl RunRequest {
                     return Err(ExportError::invalid("distribution.ref", "must not be empty"))
                 }
                 _ => {}
+            }
+        }
+        if let Some(t) = self.timeout_seconds {
+            if t == 0 || t > 7 * 24 * 3600 {
+                return Err(ExportError::invalid("timeoutSeconds", format!("{t} is out of range 1..=604800")));
             }
         }
         if let Some(e) = &self.encryption {
@@ -510,6 +519,9 @@ pub struct Run {
     pub outputs: Vec<Output>,
     /// Errors (empty unless failed).
     pub errors: Vec<RunError>,
+    /// Attempts made (retries of transient failures count).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// An event of a run (seed: SSE `started`, `progress`, `artifact_ready`, `completed`, `failed`).

@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What `GET /export-center/profiles` shows for a profile.
@@ -110,9 +110,12 @@ impl Profiles {
     }
 }
 
-/// A cancellation flag shared between the engine and a running profile.
+/// A cancellation flag shared between the engine and a running profile. It remembers why:
+/// a user's cancel or a timeout.
 #[derive(Clone, Debug, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag(Arc<AtomicU64>);
+
+const TIMEOUT_BIT: u64 = 1 << 63;
 
 impl CancelFlag {
     /// A fresh, unset flag.
@@ -121,11 +124,23 @@ impl CancelFlag {
     }
     /// Requests cancellation.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        let _ = self.0.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
     }
-    /// True once cancelled.
+    /// Cancels because the run exceeded `after_secs`.
+    pub fn time_out(&self, after_secs: u64) {
+        let _ = self.0.compare_exchange(0, TIMEOUT_BIT | after_secs.min(TIMEOUT_BIT - 1), Ordering::SeqCst, Ordering::SeqCst);
+    }
+    /// True once cancelled (for any reason).
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(Ordering::SeqCst) != 0
+    }
+    /// `Err(Cancelled)` or `Err(Timeout)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            v if v & TIMEOUT_BIT != 0 => Err(ExportError::Timeout { after_secs: v & !TIMEOUT_BIT }),
+            _ => Err(ExportError::Cancelled),
+        }
     }
 }
 

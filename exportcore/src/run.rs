@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// The signer used when the request enables `distribution.signing` (the embedder resolves
     /// the request's `keyRef` to it).
     pub signer: Option<Arc<dyn Signer>>,
+    /// Publish under this sink prefix (e.g. one directory per run) instead of the sink root.
+    pub prefix: Option<ArtifactPath>,
 }
 
 impl RunOptions {
@@ -54,6 +56,7 @@ impl RunOptions {
             staging_dir: None,
             cancel: CancelFlag::new(),
             signer: None,
+            prefix: None,
         }
     }
 }
@@ -89,6 +92,7 @@ pub async fn execute(
         progress: Progress::default(),
         outputs: Vec::new(),
         errors: Vec::new(),
+        attempts: 1,
     };
     on_event(&RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -257,8 +261,12 @@ async fn stage_and_publish(
     let mut outputs = Vec::with_capacity(ordered.len());
     for a in ordered {
         options.cancel.check()?;
-        published.push(a.spec.path.clone());
-        let receipt = sink.put_file(&a.spec.path, &a.local).await?;
+        let target = match &options.prefix {
+            Some(p) => p.join(a.spec.path.as_str())?,
+            None => a.spec.path.clone(),
+        };
+        published.push(target.clone());
+        let receipt = sink.put_file(&target, &a.local).await?;
         if receipt.sha256 != a.sha256 || receipt.size != a.size {
             return Err(ExportError::DistributionFailed {
                 target: sink.name().to_owned(),
@@ -307,15 +315,4 @@ fn stage_bytes(dir: &std::path::Path, name: &str, kind: ArtifactType, bytes: &[u
         size: bytes.len() as u64,
         sha256: Sha256Digest::of(bytes),
     })
-}
-
-impl CancelFlag {
-    /// `Err(Cancelled)` once cancelled.
-    pub fn check(&self) -> Result<()> {
-        if self.is_cancelled() {
-            Err(ExportError::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
 }

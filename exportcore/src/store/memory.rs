@@ -1,0 +1,225 @@
+use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use crate::error::{ExportError, Result};
+use crate::hashing::Sha256Digest;
+use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Debug)]
+struct Entry {
+    run: Run,
+    request: RunRequest,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    runs: HashMap<String, Entry>,
+    by_seq: BTreeMap<u64, String>,
+    queue: BTreeSet<(i64, u64, String)>,
+    ranks: HashMap<String, i64>,
+    events: HashMap<String, Vec<StoredEvent>>,
+    idempotency: HashMap<(String, String), (Sha256Digest, String, Timestamp)>,
+    next_seq: u64,
+}
+
+/// A run store in memory: for tests and embedders that need no durability.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn not_found(run_id: &str) -> ExportError {
+    ExportError::NotFound { path: format!("run {run_id}") }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created> {
+        let mut st = self.lock();
+        let tenant = new.run.tenant.clone();
+        if let Some(k) = &new.idempotency {
+            let slot = (tenant.clone(), k.key.clone());
+            if let Some((hash, run_id, expires)) = st.idempotency.get(&slot).cloned() {
+                if expires > now {
+                    if hash != new.request_hash {
+                        return Err(ExportError::invalid(
+                            "Idempotency-Key",
+                            format!("key {:?} was used for a different request (run {run_id})", k.key),
+                        ));
+                    }
+                    if let Some(e) = st.runs.get(&run_id) {
+                        return Ok(Created::Existing(e.run.clone()));
+                    }
+                }
+                st.idempotency.remove(&slot);
+            }
+            st.idempotency.insert(slot, (new.request_hash, new.run.run_id.clone(), k.expires_at));
+        }
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let id = new.run.run_id.clone();
+        st.by_seq.insert(seq, id.clone());
+        st.queue.insert((new.rank, seq, id.clone()));
+        st.ranks.insert(id.clone(), new.rank);
+        st.runs.insert(id, Entry { run: new.run.clone(), request: new.request, seq });
+        Ok(Created::New(new.run))
+    }
+
+    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run> {
+        let st = self.lock();
+        st.runs.get(run_id).filter(|e| e.run.tenant == tenant).map(|e| e.run.clone()).ok_or_else(|| not_found(run_id))
+    }
+
+    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page> {
+        let st = self.lock();
+        let start = match &filter.cursor {
+            Some(c) => c.parse::<u64>().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
+            None => u64::MAX,
+        };
+        let mut runs = Vec::new();
+        let mut next_cursor = None;
+        for (seq, id) in st.by_seq.range(..start).rev() {
+            let e = &st.runs[id];
+            let r = &e.run;
+            if r.tenant != tenant
+                || filter.status.is_some_and(|s| s != r.status)
+                || filter.profile_id.as_ref().is_some_and(|p| *p != r.profile_id)
+                || filter.project.as_ref().is_some_and(|p| Some(p) != r.project.as_ref())
+            {
+                continue;
+            }
+            if runs.len() == filter.page_size() {
+                next_cursor = Some((seq + 1).to_string());
+                break;
+            }
+            runs.push(r.clone());
+        }
+        Ok(Page { runs, next_cursor })
+    }
+
+    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        let mut st = self.lock();
+        let Some(first) = st.queue.iter().next().cloned() else { return Ok(None) };
+        st.queue.remove(&first);
+        let e = st.runs.get_mut(&first.2).ok_or_else(|| not_found(&first.2))?;
+        e.run.status = RunStatus::Running;
+        e.run.started_at.get_or_insert(now);
+        e.run.attempts += 1;
+        Ok(Some(ClaimedRun { run: e.run.clone(), request: e.request.clone() }))
+    }
+
+    async fn save(&self, run: &Run) -> Result<()> {
+        let mut st = self.lock();
+        let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;
+        let seq = e.seq;
+        e.run = run.clone();
+        let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();
+        let key = (rank, seq, run.run_id.clone());
+        if run.status == RunStatus::Queued {
+            st.queue.insert(key);
+        } else {
+            st.queue.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: RunError, now: Timestamp) -> Result<Option<Run>> {
+        let mut st = self.lock();
+        let e = st.runs.get_mut(run_id).filter(|e| e.run.tenant == tenant).ok_or_else(|| not_found(run_id))?;
+        if e.run.status != RunStatus::Queued {
+            return Ok(None);
+        }
+        e.run.status = RunStatus::Failed;
+        e.run.finished_at = Some(now);
+        e.run.errors.push(error);
+        let (seq, run) = (e.seq, e.run.clone());
+        let rank = st.ranks.get(run_id).copied().unwrap_or_default();
+        st.queue.remove(&(rank, seq, run_id.to_owned()));
+        Ok(Some(run))
+    }
+
+    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64> {
+        let mut st = self.lock();
+        if !st.runs.contains_key(run_id) {
+            return Err(not_found(run_id));
+        }
+        let list = st.events.entry(run_id.to_owned()).or_default();
+        let id = list.len() as u64 + 1;
+        list.push(StoredEvent { id, run_id: run_id.to_owned(), at, event: event.clone() });
+        Ok(id)
+    }
+
+    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let st = self.lock();
+        st.runs.get(run_id).filter(|e| e.run.tenant == tenant).ok_or_else(|| not_found(run_id))?;
+        Ok(st
+            .events
+            .get(run_id)
+            .map(|l| l.iter().filter(|e| e.id > after).take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let st = self.lock();
+        let mut due: Vec<&Entry> = st
+            .runs
+            .values()
+            .filter(|e| matches!(e.run.status, RunStatus::Succeeded | RunStatus::Failed))
+            .filter(|e| e.run.expires_at.is_some_and(|x| x <= now))
+            .collect();
+        due.sort_by_key(|e| e.seq);
+        Ok(due.into_iter().take(limit).map(|e| e.run.clone()).collect())
+    }
+
+    async fn running(&self) -> Result<Vec<Run>> {
+        let st = self.lock();
+        let mut v: Vec<&Entry> = st.runs.values().filter(|e| e.run.status == RunStatus::Running).collect();
+        v.sort_by_key(|e| e.seq);
+        Ok(v.into_iter().map(|e| e.run.clone()).collect())
+    }
+
+    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>> {
+        let st = self.lock();
+        Ok(st
+            .by_seq
+            .values()
+            .rev()
+            .filter_map(|id| st.runs.get(id))
+            .filter(|e| e.run.profile_id == profile_id && e.run.status == RunStatus::Succeeded)
+            .filter_map(|e| Some(seconds_between(e.run.started_at?, e.run.finished_at?)))
+            .take(limit)
+            .collect())
+    }
+
+    async fn queued_count(&self) -> Result<u64> {
+        Ok(self.lock().queue.len() as u64)
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let mut st = self.lock();
+        let before = st.idempotency.len();
+        st.idempotency.retain(|_, (_, _, exp)| *exp > now);
+        Ok((before - st.idempotency.len()) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conforms() {
+        crate::conformance::store_suite(&super::MemoryStore::new()).await;
+    }
+}

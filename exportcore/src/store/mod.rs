@@ -1,0 +1,166 @@
+//! Durable runs: the [`RunStore`] trait and its two implementations, [`MemoryStore`] and (feature
+//! `sqlite`) [`SqliteStore`]. Both run the shared store conformance suite
+//! ([`crate::conformance::store_suite`]).
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+use crate::hashing::Sha256Digest;
+use crate::model::{Run, RunEvent, RunRequest, RunStatus, Timestamp};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::fmt::Debug;
+
+/// An idempotency key bound to a new run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The caller's key (`Idempotency-Key` header).
+    pub key: String,
+    /// When the binding lapses.
+    pub expires_at: Timestamp,
+}
+
+/// A run to insert.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    /// The record, `queued`.
+    pub run: Run,
+    /// Its request.
+    pub request: RunRequest,
+    /// SHA-256 of the request's canonical JSON (idempotency comparisons).
+    pub request_hash: Sha256Digest,
+    /// Queue rank: lower runs first (the engine derives it from priority and submission time).
+    pub rank: i64,
+    /// Optional idempotency key.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// The outcome of [`RunStore::create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new run was stored.
+    New(Run),
+    /// The idempotency key already named this run (same request); nothing was stored.
+    Existing(Run),
+}
+
+impl Created {
+    /// The run either way.
+    pub fn run(&self) -> &Run {
+        match self {
+            Created::New(r) | Created::Existing(r) => r,
+        }
+    }
+}
+
+/// A run claimed by a worker.
+#[derive(Clone, Debug)]
+pub struct ClaimedRun {
+    /// The record, now `running`, attempts incremented.
+    pub run: Run,
+    /// Its request.
+    pub request: RunRequest,
+}
+
+/// Filter and page for [`RunStore::list`].
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only runs in this state.
+    pub status: Option<RunStatus>,
+    /// Only runs of this profile.
+    pub profile_id: Option<String>,
+    /// Only runs of this project.
+    pub project: Option<String>,
+    /// Page size (default 50, at most 200).
+    pub limit: Option<usize>,
+    /// Continue after this cursor (from a previous page).
+    pub cursor: Option<String>,
+}
+
+impl RunFilter {
+    /// The effective page size.
+    pub fn page_size(&self) -> usize {
+        self.limit.unwrap_or(50).clamp(1, 200)
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    /// The runs.
+    pub runs: Vec<Run>,
+    /// Cursor of the next page, if any.
+    pub next_cursor: Option<String>,
+}
+
+/// A persisted event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    /// Increasing per run, from 1.
+    pub id: u64,
+    /// The run.
+    pub run_id: String,
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// The event.
+    #[serde(flatten)]
+    pub event: RunEvent,
+}
+
+/// Where runs, their events and idempotency keys live.
+///
+/// # Contract
+/// - Every tenant-facing call takes the tenant and never returns, lists or changes another
+///   tenant's run: a foreign run id is [`crate::ExportError::NotFound`].
+/// - `create` is atomic with its idempotency check: same tenant + live key + same request hash
+///   → `Existing` (nothing stored); same key + different request → `RequestInvalid`.
+/// - `claim_next` atomically moves the queued run with the lowest `(rank, submission order)`
+///   to `running`, sets `startedAt` (first attempt) and increments `attempts`.
+/// - Event ids increase by one per run, from 1.
+/// - `list` is newest first.
+///
+/// Run [`crate::conformance::store_suite`] against any implementation.
+#[async_trait]
+pub trait RunStore: Debug + Send + Sync + 'static {
+    /// Stores a new run (or returns the one its idempotency key names).
+    async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created>;
+    /// One run of `tenant`.
+    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run>;
+    /// Runs of `tenant`, newest first.
+    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page>;
+    /// Claims the next queued run, if any.
+    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>>;
+    /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts).
+    async fn save(&self, run: &Run) -> Result<()>;
+    /// Moves a still-queued run of `tenant` to `failed` with `error`; `None` if it is not queued.
+    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: crate::model::RunError, now: Timestamp)
+        -> Result<Option<Run>>;
+    /// Appends an event; returns its id.
+    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64>;
+    /// Events of a run of `tenant` with id > `after`, oldest first, at most `limit`.
+    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// Succeeded or failed runs whose `expiresAt` is at or before `now`.
+    async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
+    /// Runs in state `running` (on start-up: left by a process that died).
+    async fn running(&self) -> Result<Vec<Run>>;
+    /// Durations in seconds of the latest succeeded runs of a profile, newest first.
+    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>>;
+    /// Number of queued runs.
+    async fn queued_count(&self) -> Result<u64>;
+    /// Drops idempotency keys that lapsed before `now`; returns how many.
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
+}
+
+/// Seconds between two timestamps (0 when reversed).
+pub(crate) fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
+    let d = b.as_offset_date_time() - a.as_offset_date_time();
+    d.as_seconds_f64().max(0.0)
+}

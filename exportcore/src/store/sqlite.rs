@@ -1,0 +1,553 @@
+use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use crate::error::{ExportError, Result};
+use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// `PRAGMA application_id` of our stores ("EXC1"): tells our files from foreign SQLite files.
+const APPLICATION_ID: i64 = 0x4558_4331;
+/// The newest schema this build knows. `PRAGMA user_version` holds a store's version.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Forward migrations; entry `i` takes a store from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id     TEXT NOT NULL UNIQUE,
+    tenant     TEXT NOT NULL,
+    project    TEXT,
+    profile_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    rank       INTEGER NOT NULL,
+    expires_ms INTEGER,
+    duration_s REAL,
+    record     TEXT NOT NULL,
+    request    TEXT NOT NULL
+);
+CREATE INDEX runs_queue   ON runs(rank, seq) WHERE status = 'queued';
+CREATE INDEX runs_tenant  ON runs(tenant, seq);
+CREATE INDEX runs_status  ON runs(status);
+CREATE INDEX runs_profile ON runs(profile_id, seq);
+CREATE INDEX runs_expiry  ON runs(expires_ms) WHERE status IN ('succeeded', 'failed');
+CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    id     INTEGER NOT NULL,
+    at     TEXT NOT NULL,
+    event  TEXT NOT NULL,
+    PRIMARY KEY (run_id, id)
+) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    tenant       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    expires_ms   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+"#];
+
+/// A run store in a SQLite file (WAL journal, `synchronous=NORMAL`: a committed change
+/// survives a crash of the process; a power loss may lose the last commits but never corrupts
+/// the file). The schema is versioned with `PRAGMA user_version` and migrated forward on open;
+/// a corrupt file, a foreign database or a store from a newer version is refused with
+/// `ERR_EXPORT_STORE_INVALID` and left untouched.
+///
+/// One engine process should own a store at a time (runs found `running` on start are
+/// reported interrupted); any number of readers (`exportctl runs`) may open it alongside.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: String,
+    conn: Mutex<Connection>,
+}
+
+fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => {
+            ExportError::StoreInvalid { path: path.to_owned(), reason: format!("corrupt or not a SQLite database: {e}") }
+        }
+        _ => ExportError::Internal { implementer: "sqlite store", message: format!("{path}: {e}") },
+    }
+}
+
+fn json_err(path: &str, e: serde_json::Error) -> ExportError {
+    ExportError::StoreInvalid { path: path.to_owned(), reason: format!("unreadable record: {e}") }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    (t.as_offset_date_time().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the store at `path`.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_STORE_INVALID` for a corrupt or foreign file or a newer schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let label = path.display().to_string();
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.len() > 0 {
+                let mut head = [0u8; 16];
+                use std::io::Read;
+                let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok();
+                if !ok || &head != b"SQLite format 3\0" {
+                    return Err(ExportError::StoreInvalid { path: label, reason: "not a SQLite database".into() });
+                }
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| store_err(&label, e))?;
+        Self::init(conn, label)
+    }
+
+    /// A private in-memory SQLite store (tests, benches).
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(|e| store_err(":memory:", e))?;
+        Self::init(conn, ":memory:".into())
+    }
+
+    fn init(mut conn: Connection, label: String) -> Result<Self> {
+        let e = |err| store_err(&label, err);
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(e)?;
+        let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(e)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e)?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(e)?;
+        let fresh = tables == 0 && version == 0 && app_id == 0;
+        if !fresh && app_id != APPLICATION_ID {
+            return Err(ExportError::StoreInvalid {
+                path: label,
+                reason: format!("a foreign SQLite database (application_id {app_id:#x}), not an exportcore run store"),
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(ExportError::StoreInvalid {
+                path: label,
+                reason: format!("schema version {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade"),
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        if version < SCHEMA_VERSION {
+            let tx = conn.transaction().map_err(e)?;
+            for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(sql).map_err(e)?;
+                tx.pragma_update(None, "user_version", v as i64 + 1).map_err(e)?;
+            }
+            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(e)?;
+            tx.commit().map_err(e)?;
+        }
+        Ok(Self { inner: Arc::new(Inner { path: label, conn: Mutex::new(conn) }) })
+    }
+
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when the file is sound.
+    pub fn integrity_check(&self) -> Result<()> {
+        let conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let res: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| store_err(&self.inner.path, e))?;
+        if res == "ok" {
+            Ok(())
+        } else {
+            Err(ExportError::StoreInvalid { path: self.inner.path.clone(), reason: format!("integrity check: {res}") })
+        }
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn, &inner.path)
+        })
+        .await
+        .map_err(|e| ExportError::Internal { implementer: "sqlite store", message: e.to_string() })?
+    }
+}
+
+fn read_run(path: &str, record: &str) -> Result<Run> {
+    serde_json::from_str(record).map_err(|e| json_err(path, e))
+}
+
+fn write_run(run: &Run) -> String {
+    serde_json::to_string(run).unwrap_or_default()
+}
+
+fn duration(run: &Run) -> Option<f64> {
+    Some(seconds_between(run.started_at?, run.finished_at?))
+}
+
+fn not_found(run_id: &str) -> ExportError {
+    ExportError::NotFound { path: format!("run {run_id}") }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created> {
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let tenant = new.run.tenant.clone();
+            if let Some(k) = &new.idempotency {
+                let existing: Option<(String, String, i64)> = tx
+                    .query_row(
+                        "SELECT request_hash, run_id, expires_ms FROM idempotency WHERE tenant = ?1 AND key = ?2",
+                        params![tenant, k.key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(e)?;
+                if let Some((hash, run_id, expires)) = existing {
+                    if expires > millis(now) {
+                        if hash != new.request_hash.to_hex() {
+                            return Err(ExportError::invalid(
+                                "Idempotency-Key",
+                                format!("key {:?} was used for a different request (run {run_id})", k.key),
+                            ));
+                        }
+                        let record: Option<String> = tx
+                            .query_row("SELECT record FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0))
+                            .optional()
+                            .map_err(e)?;
+                        if let Some(record) = record {
+                            return Ok(Created::Existing(read_run(path, &record)?));
+                        }
+                    }
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![tenant, k.key, new.request_hash.to_hex(), new.run.run_id, millis(k.expires_at)],
+                )
+                .map_err(e)?;
+            }
+            let request = serde_json::to_string(&new.request).map_err(|err| json_err(path, err))?;
+            tx.execute(
+                "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    new.run.run_id,
+                    tenant,
+                    new.run.project,
+                    new.run.profile_id,
+                    new.run.status.as_str(),
+                    new.rank,
+                    new.run.expires_at.map(millis),
+                    write_run(&new.run),
+                    request
+                ],
+            )
+            .map_err(e)?;
+            tx.commit().map_err(e)?;
+            Ok(Created::New(new.run))
+        })
+        .await
+    }
+
+    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run> {
+        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+        self.with(move |conn, path| {
+            let record: Option<String> = conn
+                .query_row("SELECT record FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |r| r.get(0))
+                .optional()
+                .map_err(|e| store_err(path, e))?;
+            read_run(path, &record.ok_or_else(|| not_found(&run_id))?)
+        })
+        .await
+    }
+
+    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page> {
+        let tenant = tenant.to_owned();
+        let filter = filter.clone();
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let start: i64 = match &filter.cursor {
+                Some(c) => c.parse().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
+                None => i64::MAX,
+            };
+            let limit = filter.page_size();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, record FROM runs WHERE tenant = ?1 AND seq < ?2
+                       AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR profile_id = ?4) AND (?5 IS NULL OR project = ?5)
+                     ORDER BY seq DESC LIMIT ?6",
+                )
+                .map_err(e)?;
+            let rows = stmt
+                .query_map(
+                    params![tenant, start, filter.status.map(|s| s.as_str()), filter.profile_id, filter.project, limit as i64 + 1],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
+                .map_err(e)?;
+            let mut runs = Vec::new();
+            let mut next_cursor = None;
+            for row in rows {
+                let (seq, record) = row.map_err(e)?;
+                if runs.len() == limit {
+                    next_cursor = Some((seq + 1).to_string());
+                    break;
+                }
+                runs.push(read_run(path, &record)?);
+            }
+            Ok(Page { runs, next_cursor })
+        })
+        .await
+    }
+
+    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let row: Option<(i64, String, String)> = tx
+                .query_row(
+                    "SELECT seq, record, request FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(e)?;
+            let Some((seq, record, request)) = row else { return Ok(None) };
+            let mut run = read_run(path, &record)?;
+            let request: RunRequest = serde_json::from_str(&request).map_err(|err| json_err(path, err))?;
+            run.status = RunStatus::Running;
+            run.started_at.get_or_insert(now);
+            run.attempts += 1;
+            tx.execute("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2", params![write_run(&run), seq])
+                .map_err(e)?;
+            tx.commit().map_err(e)?;
+            Ok(Some(ClaimedRun { run, request }))
+        })
+        .await
+    }
+
+    async fn save(&self, run: &Run) -> Result<()> {
+        let run = run.clone();
+        self.with(move |conn, path| {
+            let n = conn
+                .prepare_cached("UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5")
+                .and_then(|mut s| {
+                    s.execute(params![
+                        run.status.as_str(),
+                        run.expires_at.map(millis),
+                        duration(&run),
+                        write_run(&run),
+                        run.run_id
+                    ])
+                })
+                .map_err(|e| store_err(path, e))?;
+            if n == 0 {
+                return Err(not_found(&run.run_id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: RunError, now: Timestamp) -> Result<Option<Run>> {
+        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let row: Option<(String, String)> = tx
+                .query_row("SELECT status, record FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(e)?;
+            let (status, record) = row.ok_or_else(|| not_found(&run_id))?;
+            if status != "queued" {
+                return Ok(None);
+            }
+            let mut run = read_run(path, &record)?;
+            run.status = RunStatus::Failed;
+            run.finished_at = Some(now);
+            run.errors.push(error);
+            tx.execute("UPDATE runs SET status = 'failed', record = ?1 WHERE run_id = ?2", params![write_run(&run), run_id])
+                .map_err(e)?;
+            tx.commit().map_err(e)?;
+            Ok(Some(run))
+        })
+        .await
+    }
+
+    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64> {
+        let run_id = run_id.to_owned();
+        let body = serde_json::to_string(event).unwrap_or_default();
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM runs WHERE run_id = ?1", params![run_id], |_| Ok(true))
+                .optional()
+                .map_err(e)?
+                .unwrap_or(false);
+            if !exists {
+                return Err(not_found(&run_id));
+            }
+            let id: i64 = tx
+                .query_row("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1", params![run_id], |r| r.get(0))
+                .map_err(e)?;
+            tx.execute("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)", params![run_id, id, at.to_string(), body])
+                .map_err(e)?;
+            tx.commit().map_err(e)?;
+            Ok(id as u64)
+        })
+        .await
+    }
+
+    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let owned: bool = conn
+                .query_row("SELECT 1 FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |_| Ok(true))
+                .optional()
+                .map_err(e)?
+                .unwrap_or(false);
+            if !owned {
+                return Err(not_found(&run_id));
+            }
+            let mut stmt = conn
+                .prepare_cached("SELECT id, at, event FROM events WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+                .map_err(e)?;
+            let rows = stmt
+                .query_map(params![run_id, after as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })
+                .map_err(e)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at, body) = row.map_err(e)?;
+                out.push(StoredEvent {
+                    id: id as u64,
+                    run_id: run_id.clone(),
+                    at: Timestamp::parse(&at)
+                        .map_err(|reason| ExportError::StoreInvalid { path: path.to_owned(), reason })?,
+                    event: serde_json::from_str(&body).map_err(|err| json_err(path, err))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(e)?;
+            let rows = stmt.query_map(params![millis(now), limit as i64], |r| r.get::<_, String>(0)).map_err(e)?;
+            rows.map(|r| read_run(path, &r.map_err(e)?)).collect()
+        })
+        .await
+    }
+
+    async fn running(&self) -> Result<Vec<Run>> {
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let mut stmt = conn.prepare_cached("SELECT record FROM runs WHERE status = 'running' ORDER BY seq").map_err(e)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e)?;
+            rows.map(|r| read_run(path, &r.map_err(e)?)).collect()
+        })
+        .await
+    }
+
+    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>> {
+        let profile_id = profile_id.to_owned();
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT duration_s FROM runs WHERE profile_id = ?1 AND status = 'succeeded' AND duration_s IS NOT NULL
+                     ORDER BY seq DESC LIMIT ?2",
+                )
+                .map_err(e)?;
+            let rows = stmt.query_map(params![profile_id, limit as i64], |r| r.get::<_, f64>(0)).map_err(e)?;
+            rows.map(|r| r.map_err(e)).collect()
+        })
+        .await
+    }
+
+    async fn queued_count(&self) -> Result<u64> {
+        self.with(move |conn, path| {
+            conn.query_row("SELECT count(*) FROM runs WHERE status = 'queued'", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| store_err(path, e))
+        })
+        .await
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        self.with(move |conn, path| {
+            conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?1", params![millis(now)])
+                .map(|n| n as u64)
+                .map_err(|e| store_err(path, e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conforms_in_memory_and_on_disk() {
+        crate::conformance::store_suite(&SqliteStore::open_in_memory().unwrap()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        crate::conformance::store_suite(&store).await;
+        store.integrity_check().unwrap();
+        drop(store);
+        // Reopening keeps everything.
+        SqliteStore::open(&path).unwrap().integrity_check().unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_files_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a database.
+        let junk = dir.path().join("junk.sqlite");
+        std::fs::write(&junk, b"this is not a database at all, just text").unwrap();
+        let err = SqliteStore::open(&junk).unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_STORE_INVALID");
+        assert_eq!(std::fs::read(&junk).unwrap(), b"this is not a database at all, just text");
+        // A foreign SQLite database.
+        let foreign = dir.path().join("foreign.sqlite");
+        {
+            let c = Connection::open(&foreign).unwrap();
+            c.execute_batch("CREATE TABLE customers (id INTEGER); INSERT INTO customers VALUES (1);").unwrap();
+        }
+        let before = std::fs::read(&foreign).unwrap();
+        let err = SqliteStore::open(&foreign).unwrap_err();
+        assert!(err.to_string().contains("foreign"), "{err}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), before);
+        // A store from a newer schema.
+        let newer = dir.path().join("newer.sqlite");
+        drop(SqliteStore::open(&newer).unwrap());
+        {
+            let c = Connection::open(&newer).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        }
+        let err = SqliteStore::open(&newer).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+        // A truncated / corrupted store.
+        let corrupt = dir.path().join("corrupt.sqlite");
+        drop(SqliteStore::open(&corrupt).unwrap());
+        let mut bytes = std::fs::read(&corrupt).unwrap();
+        for b in bytes.iter_mut().skip(100).take(3000) {
+            *b = 0xAB;
+        }
+        std::fs::write(&corrupt, &bytes).unwrap();
+        let _ = std::fs::remove_file(corrupt.with_extension("sqlite-wal"));
+        let res = SqliteStore::open(&corrupt).and_then(|s| s.integrity_check());
+        assert_eq!(res.unwrap_err().code(), "ERR_EXPORT_STORE_INVALID");
+    }
+}
