@@ -280,8 +280,7 @@ fn at(secs: i64) -> Timestamp {
 }
 
 fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, body: &str) -> NewRun {
-    let request = RunRequest::new(profile);
-    let mut req = request.clone();
+    let mut req = RunRequest::new(profile);
     req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
     NewRun {
         run: Run {
@@ -318,7 +317,8 @@ pub async fn store_suite(store: &dyn RunStore) {
 /// Create, get, list (newest first, filters, paging) and tenant isolation.
 pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
     for i in 0..5 {
-        let c = store.create(new_run("t-a", &format!("a{i}"), "json:raw", i, None, "adv"), at(0)).await.expect("create");
+        let c =
+            store.create(new_run("t-a", &format!("a{i}"), "json:raw", i, None, "adv"), at(0)).await.expect("create");
         assert!(matches!(c, Created::New(_)));
     }
     store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
@@ -327,17 +327,26 @@ pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
     assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
     let page = store.list("t-a", &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
     assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
-    let page2 = store.list("t-a", &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() }).await.expect("list");
+    let page2 = store
+        .list("t-a", &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
+        .await
+        .expect("list");
     assert_eq!(page2.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a2", "a1"]);
     let b = store.list("t-b", &RunFilter::default()).await.expect("list");
     assert_eq!(b.runs.len(), 1);
     assert!(b.next_cursor.is_none());
-    let f = store.list("t-a", &RunFilter { profile_id: Some("json:policy".into()), ..Default::default() }).await.expect("list");
+    let f = store
+        .list("t-a", &RunFilter { profile_id: Some("json:policy".into()), ..Default::default() })
+        .await
+        .expect("list");
     assert!(f.runs.is_empty());
     let f = store.list("t-a", &RunFilter { status: Some(Status::Queued), ..Default::default() }).await.expect("list");
     assert_eq!(f.runs.len(), 5);
     assert!(store.events("t-b", "a1", 0, 10).await.is_err(), "events of another tenant's run must be refused");
-    assert!(store.fail_if_queued("t-b", "a1", RunError { code: "X".into(), message: "m".into() }, at(1)).await.is_err());
+    assert!(store
+        .fail_if_queued("t-b", "a1", RunError { code: "X".into(), message: "m".into() }, at(1))
+        .await
+        .is_err());
     // Drain the queue for the next checks.
     while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
         let mut run = c.run;
@@ -349,7 +358,8 @@ pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
 /// Same key + same request → same run; same key + different request → conflict.
 pub async fn store_idempotency(store: &dyn RunStore) {
     let first = store.create(new_run("t-i", "i1", "json:raw", 0, Some("k1"), "adv"), at(10)).await.expect("create");
-    let again = store.create(new_run("t-i", "i2", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create again");
+    let again =
+        store.create(new_run("t-i", "i2", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create again");
     assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
     let err = store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
     assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
@@ -375,7 +385,12 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
     }
     assert_eq!(store.queued_count().await.expect("count"), 4);
     let cancelled = store
-        .fail_if_queued("t-q", "q3", RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() }, at(5))
+        .fail_if_queued(
+            "t-q",
+            "q3",
+            RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() },
+            at(5),
+        )
         .await
         .expect("cancel");
     assert_eq!(cancelled.expect("was queued").status, Status::Failed);
@@ -388,7 +403,11 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
         order.push(c.run.run_id.clone());
     }
     assert_eq!(order, ["q2", "q4", "q1"]);
-    assert!(store.fail_if_queued("t-q", "q1", RunError { code: "X".into(), message: "m".into() }, at(8)).await.expect("ok").is_none());
+    assert!(store
+        .fail_if_queued("t-q", "q1", RunError { code: "X".into(), message: "m".into() }, at(8))
+        .await
+        .expect("ok")
+        .is_none());
     // A requeued run (retry) is claimed again, attempts counted.
     let mut r = store.get("t-q", "q1").await.expect("get");
     r.status = Status::Queued;

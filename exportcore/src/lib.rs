@@ -55,6 +55,7 @@ pub mod bundle;
 pub mod canonical;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod engine;
 pub mod error;
 pub mod evidence;
 pub mod hashing;

@@ -128,7 +128,12 @@ impl CancelFlag {
     }
     /// Cancels because the run exceeded `after_secs`.
     pub fn time_out(&self, after_secs: u64) {
-        let _ = self.0.compare_exchange(0, TIMEOUT_BIT | after_secs.min(TIMEOUT_BIT - 1), Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.0.compare_exchange(
+            0,
+            TIMEOUT_BIT | after_secs.min(TIMEOUT_BIT - 1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
     /// True once cancelled (for any reason).
     pub fn is_cancelled(&self) -> bool {
@@ -265,11 +270,7 @@ impl<'a> ExportContext<'a> {
 
     /// `Err(Cancelled)` once the run was cancelled.
     pub fn check_cancelled(&self) -> Result<()> {
-        if self.cancel.is_cancelled() {
-            Err(ExportError::Cancelled)
-        } else {
-            Ok(())
-        }
+        self.cancel.check()
     }
 
     /// A new scratch file in the run's staging area (deleted with it), for spooling.

@@ -49,9 +49,8 @@ fn not_found(run_id: &str) -> ExportError {
 impl RunStore for MemoryStore {
     async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created> {
         let mut st = self.lock();
-        let tenant = new.run.tenant.clone();
         if let Some(k) = &new.idempotency {
-            let slot = (tenant.clone(), k.key.clone());
+            let slot = (new.run.tenant.clone(), k.key.clone());
             if let Some((hash, run_id, expires)) = st.idempotency.get(&slot).cloned() {
                 if expires > now {
                     if hash != new.request_hash {

@@ -1,0 +1,495 @@
+//! The run engine end to end, on both stores: lifecycle and events, the bounded pool, priority
+//! order without starvation, idempotency, timeouts, cancellation, retries with backoff,
+//! estimates and rate limits, retention, tenancy and recovery after a crash.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use exportcore::engine::Exporter;
+use exportcore::store::{MemoryStore, RunFilter, RunStore, SqliteStore};
+use exportcore::{
+    ArtifactSpec, ArtifactType, ByteStream, ExportContext, ExportError, InMemorySink, MemoryEvidence, ObjectMeta,
+    Priority, Profile, ProfileDescriptor, Profiles, Progress, PutReceipt, RunRequest, RunStatus, Sink, SinkExt,
+    Timestamp,
+};
+use futures::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A profile that sleeps (checking for cancellation), tracks how many run at once and the
+/// order runs start in, and writes one artifact.
+#[derive(Debug, Default)]
+struct Sleepy {
+    sleep_ms: u64,
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+    started: Mutex<Vec<String>>,
+}
+
+impl Profile for Sleepy {
+    fn descriptor(&self) -> ProfileDescriptor {
+        ProfileDescriptor { id: "test:sleepy".into(), description: "sleeps".into(), targets: vec![], formats: vec![] }
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut ExportContext<'_>) -> exportcore::Result<()> {
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_active.fetch_max(now, Ordering::SeqCst);
+        let label = format!("{:?}", ctx.request().priority);
+        self.started.lock().unwrap().push(label);
+        let steps = self.sleep_ms / 10;
+        let mut result = Ok(());
+        for i in 0..steps {
+            if let Err(e) = ctx.check_cancelled() {
+                result = Err(e);
+                break;
+            }
+            ctx.progress(Progress::of(i + 1, steps));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        result?;
+        let spec = ArtifactSpec::new("out.txt", ArtifactType::Data, "text", "text/plain")?;
+        ctx.write_artifact(spec, |w| w.write_all(b"done").map_err(|e| ExportError::io("out.txt", e)))?;
+        Ok(())
+    }
+}
+
+fn exporter(profile: Arc<Sleepy>, store: Arc<dyn RunStore>, sink: Arc<dyn Sink>, concurrency: usize) -> Exporter {
+    let mut profiles = Profiles::new();
+    profiles.register(profile);
+    Exporter::builder()
+        .profiles(profiles)
+        .sink_arc(sink)
+        .store(ArcStore(store))
+        .evidence(MemoryEvidence::new())
+        .concurrency(concurrency)
+        .poll_interval(Duration::from_millis(20))
+        .retries(3, Duration::from_millis(10))
+        .build()
+        .unwrap()
+}
+
+/// Lets a test keep a handle on the store it gives the exporter.
+#[derive(Debug)]
+struct ArcStore(Arc<dyn RunStore>);
+
+#[async_trait::async_trait]
+impl RunStore for ArcStore {
+    async fn create(
+        &self,
+        n: exportcore::store::NewRun,
+        now: Timestamp,
+    ) -> exportcore::Result<exportcore::store::Created> {
+        self.0.create(n, now).await
+    }
+    async fn get(&self, t: &str, id: &str) -> exportcore::Result<exportcore::Run> {
+        self.0.get(t, id).await
+    }
+    async fn list(&self, t: &str, f: &RunFilter) -> exportcore::Result<exportcore::store::Page> {
+        self.0.list(t, f).await
+    }
+    async fn claim_next(&self, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
+        self.0.claim_next(now).await
+    }
+    async fn save(&self, r: &exportcore::Run) -> exportcore::Result<()> {
+        self.0.save(r).await
+    }
+    async fn fail_if_queued(
+        &self,
+        t: &str,
+        id: &str,
+        e: exportcore::RunError,
+        now: Timestamp,
+    ) -> exportcore::Result<Option<exportcore::Run>> {
+        self.0.fail_if_queued(t, id, e, now).await
+    }
+    async fn append_event(&self, id: &str, at: Timestamp, e: &exportcore::RunEvent) -> exportcore::Result<u64> {
+        self.0.append_event(id, at, e).await
+    }
+    async fn events(
+        &self,
+        t: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> exportcore::Result<Vec<exportcore::store::StoredEvent>> {
+        self.0.events(t, id, after, limit).await
+    }
+    async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> exportcore::Result<Vec<exportcore::Run>> {
+        self.0.due_for_expiry(now, limit).await
+    }
+    async fn running(&self) -> exportcore::Result<Vec<exportcore::Run>> {
+        self.0.running().await
+    }
+    async fn recent_durations(&self, p: &str, limit: usize) -> exportcore::Result<Vec<f64>> {
+        self.0.recent_durations(p, limit).await
+    }
+    async fn queued_count(&self) -> exportcore::Result<u64> {
+        self.0.queued_count().await
+    }
+    async fn purge_idempotency(&self, now: Timestamp) -> exportcore::Result<u64> {
+        self.0.purge_idempotency(now).await
+    }
+}
+
+fn stores() -> Vec<(&'static str, Arc<dyn RunStore>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path().join("runs.sqlite")).unwrap();
+    vec![("memory", Arc::new(MemoryStore::new()), None), ("sqlite", Arc::new(sqlite), Some(dir))]
+}
+
+fn req(priority: Priority) -> RunRequest {
+    let mut r = RunRequest::new("test:sleepy");
+    r.priority = priority;
+    r
+}
+
+async fn wait_terminal(ex: &Exporter, tenant: &str, id: &str) -> exportcore::Run {
+    let events: Vec<_> = ex.events(tenant, id, 0).collect().await;
+    assert!(events.iter().all(|e| e.is_ok()), "{events:?}");
+    ex.get(tenant, id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_events_and_tenancy() {
+    for (name, store, _dir) in stores() {
+        let sink = InMemorySink::new();
+        let ex = exporter(Arc::new(Sleepy { sleep_ms: 50, ..Default::default() }), store, Arc::new(sink.clone()), 2);
+        let accepted = ex.submit("t-a", Some("proj"), req(Priority::Normal), None).await.unwrap();
+        assert_eq!(accepted.status, RunStatus::Queued, "{name}");
+        assert!(accepted.estimate_seconds > 0);
+        assert_eq!(ex.get("t-a", &accepted.run_id).await.unwrap().status, RunStatus::Queued);
+        let workers = ex.start();
+        let events: Vec<_> = ex.events("t-a", &accepted.run_id, 0).map(|e| e.unwrap()).collect().await;
+        let names: Vec<&str> = events.iter().map(|e| e.event.name()).collect();
+        assert_eq!(names.first(), Some(&"started"), "{name}: {names:?}");
+        assert!(names.contains(&"progress"), "{name}: {names:?}");
+        assert_eq!(names.iter().filter(|n| **n == "artifact_ready").count(), 2, "{name}: {names:?}");
+        assert_eq!(names.last(), Some(&"completed"));
+        assert!(events.windows(2).all(|w| w[1].id == w[0].id + 1), "ids increase by one");
+        // Replay from the middle, after completion: the tail only, then the stream ends.
+        let tail: Vec<_> = ex.events("t-a", &accepted.run_id, events[2].id).map(|e| e.unwrap().id).collect().await;
+        assert_eq!(tail, events[3..].iter().map(|e| e.id).collect::<Vec<_>>());
+        let run = ex.get("t-a", &accepted.run_id).await.unwrap();
+        assert_eq!((run.status, run.progress.percent, run.attempts), (RunStatus::Succeeded, 100, 1));
+        assert!(run.started_at.is_some() && run.finished_at.is_some());
+        // Artifacts live under the run's prefix.
+        let prefix = exportcore::engine::run_prefix(&run.run_id).unwrap();
+        let stored = sink.list(Some(&prefix)).await.unwrap();
+        assert_eq!(stored.len(), 2, "{name}");
+        // Tenancy: another tenant sees nothing of it.
+        assert_eq!(ex.get("t-b", &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        assert!(ex.list("t-b", &RunFilter::default()).await.unwrap().runs.is_empty());
+        let foreign: Vec<_> = ex.events("t-b", &run.run_id, 0).collect().await;
+        assert_eq!(foreign.len(), 1);
+        assert_eq!(foreign[0].as_ref().unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        assert_eq!(ex.cancel("t-b", &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        assert_eq!(ex.list("t-a", &RunFilter::default()).await.unwrap().runs.len(), 1);
+        // Unknown ids and profiles.
+        assert_eq!(ex.get("t-a", "export-run::t-a::nope").await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        let err = ex.submit("t-a", None, RunRequest::new("json:nope"), None).await.unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_PROFILE_NOT_FOUND");
+        workers.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_is_bounded_and_priority_ordered() {
+    for (name, store, _dir) in stores() {
+        let profile = Arc::new(Sleepy { sleep_ms: 40, ..Default::default() });
+        let ex = exporter(Arc::clone(&profile), store, Arc::new(InMemorySink::new()), 3);
+        let mut ids = Vec::new();
+        for _ in 0..9 {
+            ids.push(ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id);
+        }
+        ex.run_until_idle().await;
+        assert_eq!(profile.max_active.load(Ordering::SeqCst), 3, "{name}: at most 3 at once, and the pool was used");
+        for id in &ids {
+            assert_eq!(ex.get("t", id).await.unwrap().status, RunStatus::Succeeded);
+        }
+        // Priority order with one worker: high, normal, low regardless of submission order.
+        let profile = Arc::new(Sleepy { sleep_ms: 0, ..Default::default() });
+        let ex = exporter(Arc::clone(&profile), Arc::new(MemoryStore::new()), Arc::new(InMemorySink::new()), 1);
+        for p in [Priority::Low, Priority::Normal, Priority::High, Priority::Low, Priority::High] {
+            ex.submit("t", None, req(p), None).await.unwrap();
+        }
+        ex.run_until_idle().await;
+        assert_eq!(*profile.started.lock().unwrap(), ["High", "High", "Normal", "Low", "Low"], "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn low_priority_does_not_starve() {
+    let profile = Arc::new(Sleepy { sleep_ms: 20, ..Default::default() });
+    let mut profiles = Profiles::new();
+    profiles.register(Arc::clone(&profile) as Arc<dyn Profile>);
+    let ex = Exporter::builder()
+        .profiles(profiles)
+        .sink(InMemorySink::new())
+        .evidence(MemoryEvidence::new())
+        .concurrency(1)
+        .priority_aging(Duration::from_millis(150))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let workers = ex.start();
+    let low = ex.submit("t", None, req(Priority::Low), None).await.unwrap().run_id;
+    // A steady stream of high-priority work that alone would keep the worker busy forever.
+    let start = Instant::now();
+    let mut submitted_high = 0;
+    while start.elapsed() < Duration::from_millis(1200) {
+        ex.submit("t", None, req(Priority::High), None).await.unwrap();
+        submitted_high += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if ex.get("t", &low).await.unwrap().status != RunStatus::Queued {
+            break;
+        }
+    }
+    let waited = start.elapsed();
+    assert_ne!(
+        ex.get("t", &low).await.unwrap().status,
+        RunStatus::Queued,
+        "low-priority run starved ({submitted_high} high runs)"
+    );
+    assert!(waited < Duration::from_millis(1000), "low run waited {waited:?}; aging bounds it near 2 x 150 ms");
+    workers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_keys() {
+    for (name, store, _dir) in stores() {
+        let ex = Exporter::builder()
+            .profiles(Profiles::new().with(Sleepy::default()))
+            .sink(InMemorySink::new())
+            .store(ArcStore(Arc::clone(&store)))
+            .evidence(MemoryEvidence::new())
+            .idempotency_ttl(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let a = ex.submit("t", None, req(Priority::Normal), Some("k")).await.unwrap();
+        let b = ex.submit("t", None, req(Priority::Normal), Some("k")).await.unwrap();
+        assert_eq!(a.run_id, b.run_id, "{name}");
+        assert_eq!(ex.list("t", &RunFilter::default()).await.unwrap().runs.len(), 1, "no second run");
+        let err = ex.submit("t", None, req(Priority::High), Some("k")).await.unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+        assert!(err.to_string().contains("different request"), "{err}");
+        // Another tenant may use the same key.
+        let c = ex.submit("other", None, req(Priority::Normal), Some("k")).await.unwrap();
+        assert_ne!(c.run_id, a.run_id);
+        // Keys expire.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let d = ex.submit("t", None, req(Priority::High), Some("k")).await.unwrap();
+        assert_ne!(d.run_id, a.run_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timeout_and_cancel() {
+    for (name, store, _dir) in stores() {
+        let ex = exporter(
+            Arc::new(Sleepy { sleep_ms: 5000, ..Default::default() }),
+            store,
+            Arc::new(InMemorySink::new()),
+            2,
+        );
+        let mut r = req(Priority::Normal);
+        r.timeout_seconds = Some(1);
+        let timed = ex.submit("t", None, r, None).await.unwrap().run_id;
+        let queued = ex.submit("t", None, req(Priority::Low), None).await.unwrap().run_id;
+        // Cancel a queued run before any worker starts: it fails at once.
+        let c = ex.cancel("t", &queued).await.unwrap();
+        assert_eq!(c.status, RunStatus::Failed);
+        assert_eq!(c.errors[0].code, "ERR_EXPORT_CANCELLED");
+        let running = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let workers = ex.start();
+        // Wait until the third run is running, then cancel it.
+        loop {
+            if ex.get("t", &running).await.unwrap().status == RunStatus::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        ex.cancel("t", &running).await.unwrap();
+        let run = wait_terminal(&ex, "t", &running).await;
+        assert_eq!(run.errors[0].code, "ERR_EXPORT_CANCELLED", "{name}");
+        assert!(started.elapsed() < Duration::from_secs(2), "cancel must be prompt");
+        let run = wait_terminal(&ex, "t", &timed).await;
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(run.errors[0].code, "ERR_EXPORT_TIMEOUT", "{name}: {run:?}");
+        let events: Vec<_> = ex.events("t", &timed, 0).map(|e| e.unwrap()).collect().await;
+        match &events.last().unwrap().event {
+            exportcore::RunEvent::Failed { code, .. } => assert_eq!(code, "ERR_EXPORT_TIMEOUT"),
+            other => panic!("{other:?}"),
+        }
+        assert!(ex.cancel("t", &timed).await.is_err(), "finished runs cannot be cancelled");
+        workers.shutdown().await;
+    }
+}
+
+/// A sink that fails the first `fail_puts` puts, then delegates.
+#[derive(Debug)]
+struct Flaky {
+    inner: InMemorySink,
+    fail_puts: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Sink for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    fn url(&self, p: &exportcore::ArtifactPath) -> String {
+        self.inner.url(p)
+    }
+    async fn put(&self, p: &exportcore::ArtifactPath, body: ByteStream) -> exportcore::Result<PutReceipt> {
+        if self.fail_puts.load(Ordering::SeqCst) > 0 {
+            self.fail_puts.fetch_sub(1, Ordering::SeqCst);
+            return Err(ExportError::DistributionFailed { target: "flaky".into(), source: "connection reset".into() });
+        }
+        self.inner.put(p, body).await
+    }
+    async fn get(&self, p: &exportcore::ArtifactPath) -> exportcore::Result<ByteStream> {
+        self.inner.get(p).await
+    }
+    async fn list(&self, p: Option<&exportcore::ArtifactPath>) -> exportcore::Result<Vec<ObjectMeta>> {
+        self.inner.list(p).await
+    }
+    async fn delete(&self, p: &exportcore::ArtifactPath) -> exportcore::Result<()> {
+        self.inner.delete(p).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_failures_retry_with_backoff() {
+    for (name, store, _dir) in stores() {
+        let flaky = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(2) });
+        let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), flaky.clone(), 1);
+        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        ex.run_until_idle().await;
+        let run = ex.get("t", &id).await.unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 3), "{name}: {:?}", run.errors);
+        assert_eq!(flaky.inner.snapshot().len(), 2);
+        // Always failing: gives up after the attempts, with the distribution code.
+        let broken = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(usize::MAX) });
+        let ex = exporter(Arc::new(Sleepy::default()), store, broken.clone(), 1);
+        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        ex.run_until_idle().await;
+        let run = ex.get("t", &id).await.unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Failed, 3));
+        assert_eq!(run.errors[0].code, "ERR_EXPORT_DISTRIBUTION_FAILED");
+        assert!(broken.inner.snapshot().is_empty());
+        // Exactly one terminal event despite three attempts.
+        let events: Vec<_> = ex.events("t", &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+        assert_eq!(events.iter().filter(|n| **n == "failed").count(), 1, "{events:?}");
+        assert_eq!(events.iter().filter(|n| **n == "started").count(), 3, "{events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn estimates_and_rate_limit() {
+    let ex = Exporter::builder()
+        .profiles(Profiles::new().with(Sleepy { sleep_ms: 1100, ..Default::default() }))
+        .sink(InMemorySink::new())
+        .evidence(MemoryEvidence::new())
+        .max_queued(2)
+        .build()
+        .unwrap();
+    let first = ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
+    assert_eq!(first.estimate_seconds, 30, "no history: the default estimate");
+    ex.run_until_idle().await;
+    let second = ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
+    assert!((1..=3).contains(&second.estimate_seconds), "from the last run's ~1.1 s: {}", second.estimate_seconds);
+    ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
+    let err = ex.submit("t", None, req(Priority::Normal), None).await.unwrap_err();
+    assert_eq!(err.code(), "ERR_EXPORT_RATE_LIMIT");
+    match err {
+        ExportError::RateLimit { retry_after_secs } => assert!(retry_after_secs >= 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_expires_runs_and_deletes_artifacts() {
+    for (name, store, _dir) in stores() {
+        let sink = InMemorySink::new();
+        let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(sink.clone()), 1);
+        let mut r = req(Priority::Normal);
+        r.retention_days = Some(1);
+        let id = ex.submit("t", None, r, None).await.unwrap().run_id;
+        let keep = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        ex.run_until_idle().await;
+        let run = ex.get("t", &id).await.unwrap();
+        let exp = run.expires_at.expect("expiresAt set from retentionDays");
+        assert!(run.outputs.iter().all(|o| o.expires_at == Some(exp)));
+        assert_eq!(sink.snapshot().len(), 4);
+        // Not yet due.
+        let report = ex.sweep(Timestamp::now()).await.unwrap();
+        assert_eq!(report.expired, 0, "{name}");
+        let report = ex.sweep(Timestamp::from_unix(exp.unix() + 1).unwrap()).await.unwrap();
+        assert_eq!((report.expired, report.artifacts_deleted), (1, 2), "{name}");
+        assert_eq!(ex.get("t", &id).await.unwrap().status, RunStatus::Expired);
+        assert_eq!(ex.get("t", &keep).await.unwrap().status, RunStatus::Succeeded);
+        let left: Vec<String> = sink.snapshot().into_iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.iter().all(|p| p.contains(&keep.replace(':', "_"))), "{left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interrupted_runs_are_reported_failed_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.sqlite");
+    let id = {
+        let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1);
+        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        // A worker claims it and then the process "dies" before finishing.
+        let claimed = store.claim_next(Timestamp::now()).await.unwrap().unwrap();
+        assert_eq!(claimed.run.run_id, id);
+        id
+    };
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path).unwrap());
+    let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(InMemorySink::new()), 1);
+    assert_eq!(ex.recover_interrupted().await.unwrap(), vec![id.clone()]);
+    let run = ex.get("t", &id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
+    let events: Vec<_> = ex.events("t", &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+    assert_eq!(events, ["failed"]);
+    assert!(ex.recover_interrupted().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_follow_a_live_run() {
+    let ex = exporter(
+        Arc::new(Sleepy { sleep_ms: 300, ..Default::default() }),
+        Arc::new(MemoryStore::new()),
+        Arc::new(InMemorySink::new()),
+        1,
+    );
+    let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+    // Subscribe before any worker runs: the stream must wait, then follow, then end.
+    let stream = ex.events("t", &id, 0);
+    let collector = tokio::spawn(async move { stream.map(|e| e.unwrap().event.name()).collect::<Vec<_>>().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!collector.is_finished());
+    let workers = ex.start();
+    let names = tokio::time::timeout(Duration::from_secs(10), collector).await.unwrap().unwrap();
+    assert_eq!(names.first(), Some(&"started"));
+    assert_eq!(names.last(), Some(&"completed"));
+    assert!(names.iter().filter(|n| **n == "progress").count() >= 3, "{names:?}");
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn builder_reports_missing_parts() {
+    let err = Exporter::builder().evidence(MemoryEvidence::new()).build().unwrap_err();
+    assert!(err.to_string().contains("sink"), "{err}");
+    let err = Exporter::builder().sink(InMemorySink::new()).build().unwrap_err();
+    assert!(err.to_string().contains("evidence"), "{err}");
+    let sink = InMemorySink::new();
+    sink.put_bytes(&"x".parse().unwrap(), "y".into()).await.unwrap();
+}
