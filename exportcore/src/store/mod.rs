@@ -141,8 +141,13 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts).
     async fn save(&self, run: &Run) -> Result<()>;
     /// Moves a still-queued run of `tenant` to `failed` with `error`; `None` if it is not queued.
-    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: crate::model::RunError, now: Timestamp)
-        -> Result<Option<Run>>;
+    async fn fail_if_queued(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        error: crate::model::RunError,
+        now: Timestamp,
+    ) -> Result<Option<Run>>;
     /// Appends an event; returns its id.
     async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64>;
     /// Events of a run of `tenant` with id > `after`, oldest first, at most `limit`.

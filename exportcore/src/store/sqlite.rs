@@ -70,9 +70,10 @@ struct Inner {
 fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
     use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
     match e.sqlite_error_code() {
-        Some(DatabaseCorrupt | NotADatabase) => {
-            ExportError::StoreInvalid { path: path.to_owned(), reason: format!("corrupt or not a SQLite database: {e}") }
-        }
+        Some(DatabaseCorrupt | NotADatabase) => ExportError::StoreInvalid {
+            path: path.to_owned(),
+            reason: format!("corrupt or not a SQLite database: {e}"),
+        },
         _ => ExportError::Internal { implementer: "sqlite store", message: format!("{path}: {e}") },
     }
 }
@@ -129,7 +130,9 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(ExportError::StoreInvalid {
                 path: label,
-                reason: format!("schema version {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade"),
+                reason: format!(
+                    "schema version {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade"
+                ),
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
@@ -149,7 +152,8 @@ impl SqliteStore {
     /// Runs `PRAGMA integrity_check`; `Ok(())` when the file is sound.
     pub fn integrity_check(&self) -> Result<()> {
         let conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let res: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| store_err(&self.inner.path, e))?;
+        let res: String =
+            conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| store_err(&self.inner.path, e))?;
         if res == "ok" {
             Ok(())
         } else {
@@ -158,7 +162,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on a blocking thread.
-    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,7 +258,9 @@ impl RunStore for SqliteStore {
         let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
         self.with(move |conn, path| {
             let record: Option<String> = conn
-                .query_row("SELECT record FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |r| r.get(0))
+                .query_row("SELECT record FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(|e| store_err(path, e))?;
             read_run(path, &record.ok_or_else(|| not_found(&run_id))?)
@@ -327,7 +336,9 @@ impl RunStore for SqliteStore {
         let run = run.clone();
         self.with(move |conn, path| {
             let n = conn
-                .prepare_cached("UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5")
+                .prepare_cached(
+                    "UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5",
+                )
                 .and_then(|mut s| {
                     s.execute(params![
                         run.status.as_str(),
@@ -352,9 +363,11 @@ impl RunStore for SqliteStore {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
             let row: Option<(String, String)> = tx
-                .query_row("SELECT status, record FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT status, record FROM runs WHERE run_id = ?1 AND tenant = ?2",
+                    params![run_id, tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()
                 .map_err(e)?;
             let (status, record) = row.ok_or_else(|| not_found(&run_id))?;
@@ -365,8 +378,11 @@ impl RunStore for SqliteStore {
             run.status = RunStatus::Failed;
             run.finished_at = Some(now);
             run.errors.push(error);
-            tx.execute("UPDATE runs SET status = 'failed', record = ?1 WHERE run_id = ?2", params![write_run(&run), run_id])
-                .map_err(e)?;
+            tx.execute(
+                "UPDATE runs SET status = 'failed', record = ?1 WHERE run_id = ?2",
+                params![write_run(&run), run_id],
+            )
+            .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(Some(run))
         })
@@ -388,10 +404,15 @@ impl RunStore for SqliteStore {
                 return Err(not_found(&run_id));
             }
             let id: i64 = tx
-                .query_row("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1", params![run_id], |r| r.get(0))
+                .query_row("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1", params![run_id], |r| {
+                    r.get(0)
+                })
                 .map_err(e)?;
-            tx.execute("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)", params![run_id, id, at.to_string(), body])
-                .map_err(e)?;
+            tx.execute(
+                "INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)",
+                params![run_id, id, at.to_string(), body],
+            )
+            .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(id as u64)
         })
@@ -403,7 +424,9 @@ impl RunStore for SqliteStore {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let owned: bool = conn
-                .query_row("SELECT 1 FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |_| Ok(true))
+                .query_row("SELECT 1 FROM runs WHERE run_id = ?1 AND tenant = ?2", params![run_id, tenant], |_| {
+                    Ok(true)
+                })
                 .optional()
                 .map_err(e)?
                 .unwrap_or(false);
@@ -451,7 +474,8 @@ impl RunStore for SqliteStore {
     async fn running(&self) -> Result<Vec<Run>> {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let mut stmt = conn.prepare_cached("SELECT record FROM runs WHERE status = 'running' ORDER BY seq").map_err(e)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT record FROM runs WHERE status = 'running' ORDER BY seq").map_err(e)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e)?;
             rows.map(|r| read_run(path, &r.map_err(e)?)).collect()
         })
