@@ -93,6 +93,9 @@ impl RunStore for ArcStore {
     async fn claim_next(&self, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
         self.0.claim_next(now).await
     }
+    async fn claim_run(&self, id: &str, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
+        self.0.claim_run(id, now).await
+    }
     async fn save(&self, r: &exportcore::Run) -> exportcore::Result<()> {
         self.0.save(r).await
     }

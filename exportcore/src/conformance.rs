@@ -394,6 +394,15 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
         .await
         .expect("cancel");
     assert_eq!(cancelled.expect("was queued").status, Status::Failed);
+    // Claiming one run by id, out of queue order; a second claim of it gets nothing.
+    store.create(new_run("t-q", "q5", "json:raw", 99, None, "adv"), at(0)).await.expect("create");
+    let c = store.claim_run("q5", at(6)).await.expect("claim").expect("q5 is queued");
+    assert_eq!((c.run.run_id.as_str(), c.run.status, c.run.attempts), ("q5", Status::Running, 1));
+    assert!(store.claim_run("q5", at(6)).await.expect("claim").is_none());
+    assert!(store.claim_run("q3", at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
+    let mut r = c.run;
+    r.status = Status::Succeeded;
+    store.save(&r).await.expect("save");
     let mut order = Vec::new();
     while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
         assert_eq!(c.run.status, Status::Running);

@@ -527,7 +527,9 @@ impl Exporter {
     /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`).
     /// Call it once at start-up, while no other engine uses the store.
     pub async fn recover_interrupted(&self) -> Result<Vec<String>> {
-        recover_interrupted(&*self.inner.cfg.store, &self.inner.events_tx).await
+        let ids = recover_interrupted(&*self.inner.cfg.store).await?;
+        self.inner.events_tx.send_modify(|n| *n += 1);
+        Ok(ids)
     }
 
     /// Expires runs whose retention has elapsed and deletes their artifacts; drops lapsed
@@ -622,6 +624,28 @@ impl Exporter {
             self.fill_slots(&mut running).await;
             if running.join_next().await.is_none() {
                 break;
+            }
+        }
+    }
+
+    /// Runs one queued run of `tenant` now, on the calling task, outside the pool (one-shot
+    /// callers such as a CLI, which must not pick up other queued work). Returns the final
+    /// record; a run that is no longer queued is returned as it is.
+    pub async fn execute_now(&self, tenant: &str, run_id: &str) -> Result<Run> {
+        let store = &self.inner.cfg.store;
+        store.get(tenant, run_id).await?;
+        if let Some(claimed) = store.claim_run(run_id, Timestamp::now()).await? {
+            self.run_claimed(claimed).await;
+        }
+        // Transient failures requeue the run; keep going until it is final.
+        loop {
+            let run = store.get(tenant, run_id).await?;
+            if run.status != RunStatus::Queued {
+                return Ok(run);
+            }
+            match store.claim_run(run_id, Timestamp::now()).await? {
+                Some(claimed) => self.run_claimed(claimed).await,
+                None => return store.get(tenant, run_id).await,
             }
         }
     }
@@ -787,7 +811,9 @@ impl Exporter {
     }
 }
 
-async fn recover_interrupted(store: &dyn RunStore, events: &watch::Sender<u64>) -> Result<Vec<String>> {
+/// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`) and
+/// appends their `failed` event. Only call it while no engine is running on `store`.
+pub async fn recover_interrupted(store: &dyn RunStore) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for mut run in store.running().await? {
         let err = ExportError::Interrupted { reason: "the process running it stopped before it finished".into() };
@@ -796,8 +822,7 @@ async fn recover_interrupted(store: &dyn RunStore, events: &watch::Sender<u64>) 
         run.errors.push(RunError::from(&err));
         store.save(&run).await?;
         let ev = RunEvent::Failed { run_id: run.run_id.clone(), code: err.code().into(), message: err.report() };
-        let id = store.append_event(&run.run_id, Timestamp::now(), &ev).await?;
-        events.send_replace(id);
+        store.append_event(&run.run_id, Timestamp::now(), &ev).await?;
         metrics::counter!("exporter_runs_total", "profile" => run.profile_id.clone(), "status" => "failed")
             .increment(1);
         ids.push(run.run_id);

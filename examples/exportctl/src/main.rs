@@ -5,13 +5,15 @@
 //! `ERR_EXPORT_*` code.
 
 use clap::{Parser, Subcommand};
-use exportcore::run::{execute, EventFn, RunOptions};
+use exportcore::engine::Exporter;
 use exportcore::sign::Verifier as _;
+use exportcore::store::{RunFilter, RunStore, SqliteStore};
 use exportcore::verify::{StalenessPolicy, VerifyOptions};
 use exportcore::{
     Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, Profiles, RunEvent,
     RunRequest, RunStatus, Signing, Target, TimeAnchor, Timestamp,
 };
+use futures::StreamExt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,12 +57,15 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
-        /// Run store (SQLite file).
+        /// Run store (SQLite file; default ./exports.sqlite).
         #[arg(long, global = true)]
         store: Option<PathBuf>,
         /// Print JSON.
         #[arg(long, global = true)]
         json: bool,
+        /// Tenant whose runs to show.
+        #[arg(long, global = true, default_value = "default")]
+        tenant: String,
     },
     /// Mirror bundle operations.
     Mirror {
@@ -93,7 +98,17 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum RunsCommand {
     /// List runs, newest first.
-    List,
+    List {
+        /// Only runs in this state (queued, running, succeeded, failed, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// At most this many runs (default 50, at most 200).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Show one run.
     Show { run_id: String },
     /// Print a run's events, one JSON object per line.
@@ -230,7 +245,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             verify(&path, &options)
         }
-        Command::Runs { .. } => Err(not_supported("runs (run store)")),
+        Command::Runs { command, store, json, tenant } => runs(command, store, json, &tenant).await,
         Command::Mirror { .. } => Err(not_supported("mirror apply")),
         Command::Keygen { algorithm, out } => keygen(&algorithm, &out),
         Command::Serve { .. } => Err(not_supported("serve (gateway)")),
@@ -274,9 +289,6 @@ fn check_out_dir(out: &Path) -> Result<bool, Failure> {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    if args.store.is_some() {
-        return Err(not_supported("--store (run store)"));
-    }
     if args.base.is_some() {
         return Err(not_supported("--base (mirror:delta)"));
     }
@@ -293,28 +305,58 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
         }
     };
-    let profile = profiles().get(&request.profile_id)?;
-    profile.validate(&request)?;
+    profiles().get(&request.profile_id)?.validate(&request)?;
     let evidence = DirEvidence::new(&args.evidence)?;
+    let pinned = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(sde) => Some(TimeAnchor::from_source_date_epoch(&sde)?),
+        Err(_) => None,
+    };
+    let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    let store = SqliteStore::open(&store_path)?;
+    let lock = EngineLock::open(&store_path)?;
     let created_out = check_out_dir(&args.out)?;
     let sink = FsSink::new(&args.out)?;
+    let mut builder = Exporter::builder()
+        .profiles(profiles())
+        .sink(sink)
+        .store(store)
+        .evidence(evidence)
+        .per_run_prefix(false)
+        .concurrency(1)
+        .pinned_time(pinned)
+        .poll_interval(std::time::Duration::from_millis(200));
+    if let Some(signer) = signer {
+        builder = builder.signer_resolver(Arc::new(move |_| Ok(Arc::clone(&signer))));
+    }
+    let exporter = builder.build()?;
+    lock.recover_then_share(&exporter).await?;
 
-    let mut options = RunOptions::new(&args.tenant);
-    options.signer = signer;
-    if let Ok(sde) = std::env::var("SOURCE_DATE_EPOCH") {
-        options.pinned_time = Some(TimeAnchor::from_source_date_epoch(&sde)?);
-    }
-    let progress = ProgressDisplay::new();
-    let on_event: EventFn = {
-        let progress = progress.clone();
-        Arc::new(move |e: &RunEvent| progress.event(e))
+    let accepted = match exporter.submit(&args.tenant, None, request, None).await {
+        Ok(a) => a,
+        Err(e) => {
+            remove_if_created(created_out, &args.out);
+            return Err(e.into());
+        }
     };
-    let run = execute(profile, Arc::new(evidence), Arc::new(sink), request, options, on_event).await;
-    progress.finish();
-    if run.status != RunStatus::Succeeded && created_out {
-        // Leave nothing behind: the directory we created holds nothing of a failed run.
-        let _ = std::fs::remove_dir(&args.out);
+    let progress = ProgressDisplay::new();
+    let exec = {
+        let exporter = exporter.clone();
+        let (tenant, run_id) = (args.tenant.clone(), accepted.run_id.clone());
+        tokio::spawn(async move { exporter.execute_now(&tenant, &run_id).await })
+    };
+    let mut events = exporter.events(&args.tenant, &accepted.run_id, 0);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(ev) => progress.event(&ev.event),
+            Err(e) => eprintln!("warning: event stream: {}", e.report()),
+        }
     }
+    let run = exec.await.map_err(|e| ExportError::Internal { implementer: "exportctl", message: e.to_string() })??;
+    progress.finish();
+    if run.status != RunStatus::Succeeded {
+        remove_if_created(created_out, &args.out);
+    }
+    drop(lock);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
     } else {
@@ -330,6 +372,120 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The default run store.
+const DEFAULT_STORE: &str = "exports.sqlite";
+
+/// Leave nothing behind: a directory we created holds nothing of a failed run.
+fn remove_if_created(created: bool, out: &Path) {
+    if created {
+        let _ = std::fs::remove_dir(out);
+    }
+}
+
+/// `<store>.lock`: every engine process (`exportctl run`) holds it shared while it runs; the
+/// recovery of runs left `running` by a dead process happens only under the exclusive lock,
+/// i.e. when no engine is alive.
+struct EngineLock {
+    file: std::fs::File,
+}
+
+impl EngineLock {
+    fn open(store: &Path) -> Result<Self, Failure> {
+        let path = PathBuf::from(format!("{}.lock", store.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ExportError::io(&path, e))?;
+        Ok(Self { file })
+    }
+
+    /// Recovers interrupted runs if no other engine is alive.
+    async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<String>, Failure> {
+        if self.file.try_lock().is_err() {
+            return Ok(Vec::new());
+        }
+        let ids = exportcore::engine::recover_interrupted(store).await?;
+        let _ = self.file.unlock();
+        for id in &ids {
+            eprintln!(
+                "note: run {id} was interrupted (its process stopped); marked failed with ERR_EXPORT_INTERRUPTED"
+            );
+        }
+        Ok(ids)
+    }
+
+    async fn recover_then_share(&self, exporter: &Exporter) -> Result<(), Failure> {
+        self.recover_if_alone(&**exporter.store()).await?;
+        self.file.lock_shared().map_err(|e| ExportError::io("engine lock", e))?;
+        Ok(())
+    }
+}
+
+async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: &str) -> Result<ExitCode, Failure> {
+    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    if !store_path.exists() {
+        return Err(
+            ExportError::io(&store_path, std::io::Error::new(std::io::ErrorKind::NotFound, "no run store")).into()
+        );
+    }
+    let store = SqliteStore::open(&store_path)?;
+    EngineLock::open(&store_path)?.recover_if_alone(&store).await?;
+    match command {
+        RunsCommand::List { status, profile, limit } => {
+            let status = status
+                .as_deref()
+                .map(|s| s.parse::<RunStatus>().map_err(|e| ExportError::invalid("--status", e)))
+                .transpose()?;
+            let filter = RunFilter { status, profile_id: profile, limit, ..Default::default() };
+            let page = store.list(tenant, &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page.runs).unwrap_or_default());
+            } else {
+                for r in &page.runs {
+                    let code = r.errors.first().map(|e| e.code.as_str()).unwrap_or("");
+                    println!(
+                        "{:<58} {:<12} {:<10} {} {code}",
+                        r.run_id,
+                        r.profile_id,
+                        r.status.as_str(),
+                        r.submitted_at
+                    );
+                }
+            }
+        }
+        RunsCommand::Show { run_id } => {
+            let run = store.get(tenant, &run_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+            } else {
+                println!("run {} {} ({})", run.run_id, run.status, run.profile_id);
+                for o in &run.outputs {
+                    println!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
+                }
+                for e in &run.errors {
+                    println!("  error {}: {}", e.code, e.message);
+                }
+            }
+        }
+        RunsCommand::Events { run_id } => {
+            let mut after = 0;
+            loop {
+                let batch = store.events(tenant, &run_id, after, 1000).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for e in &batch {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    after = e.id;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {

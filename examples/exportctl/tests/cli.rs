@@ -26,9 +26,18 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// The run store used next to an output directory.
+fn store_of(out: &Path) -> String {
+    format!("{}.sqlite", out.display())
+}
+
 fn export(profile: &str, evidence: &Path, out: &Path, extra: &[&str]) -> Output {
+    let store = store_of(out);
     let mut args =
         vec!["run", "--profile", profile, "--evidence", evidence.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    if !extra.contains(&"--store") {
+        args.extend_from_slice(&["--store", &store]);
+    }
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -108,6 +117,7 @@ fn source_date_epoch_and_created_at_pin_time() {
     let a = tmp.path().join("a");
     let o = exportctl()
         .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap(), "--out", a.to_str().unwrap()])
+        .args(["--store", &store_of(&a)])
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
@@ -118,6 +128,7 @@ fn source_date_epoch_and_created_at_pin_time() {
     let b = tmp.path().join("b");
     let o = exportctl()
         .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap(), "--out", b.to_str().unwrap()])
+        .args(["--store", &store_of(&b)])
         .args(["--created-at", "2025-01-01T00:00:00Z"])
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
@@ -281,13 +292,10 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     // Later issues' flags: a clear "not supported yet", not a panic.
     assert_run_fails(&s, &["--sign-key", "/nonexistent/k.pem"], "ERR_EXPORT_IO", "k.pem");
-    assert_run_fails(&s, &["--store", "x.sqlite"], "ERR_EXPORT_NOT_SUPPORTED", "store");
     assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_NOT_SUPPORTED", "mirror:delta");
-    for args in [vec!["serve", "--listen", "127.0.0.1:0"], vec!["runs", "list"]] {
-        let o = run(&args);
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
-    }
+    let o = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
 }
 
 #[test]
@@ -373,4 +381,68 @@ fn keygen_sign_and_verify_with_key() {
     assert!(text(&o).contains("ERR_EXPORT_STALE"), "{}", text(&o));
     let o = run(&["verify", out.to_str().unwrap(), "--max-age", "1x"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn runs_list_show_events_read_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("runs.sqlite");
+    let s = store.to_str().unwrap();
+    let mut ids = Vec::new();
+    for (i, profile) in ["json:raw", "json:policy"].iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let o = export(profile, &samples(), &out, &["--store", s, "--json", "--tenant", "acme"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        ids.push(run["runId"].as_str().unwrap().to_owned());
+    }
+    // A failed run is recorded too.
+    let o = export(
+        "json:raw",
+        &tmp.path().join("empty-ev"),
+        &tmp.path().join("out-x"),
+        &["--store", s, "--tenant", "acme"],
+    );
+    assert!(!o.status.success());
+    let o = run(&["runs", "list", "--store", s, "--tenant", "acme", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.len(), 2, "newest first, failed submission rejected before queueing");
+    assert_eq!(list[0]["runId"], ids[1].as_str());
+    assert_eq!(list[1]["runId"], ids[0].as_str());
+    assert!(list.iter().all(|r| r["status"] == "succeeded"));
+    let o = run(&["runs", "list", "--store", s, "--tenant", "acme", "--json", "--profile", "json:raw"]);
+    let only: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(only.len(), 1);
+    // Another tenant sees nothing, and cannot read the run.
+    let o = run(&["runs", "list", "--store", s, "--json"]);
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap().len(), 0);
+    let o = run(&["runs", "show", &ids[0], "--store", s]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_NOT_FOUND"), "{}", text(&o));
+    // show and events.
+    let o = run(&["runs", "show", &ids[0], "--store", s, "--tenant", "acme", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["status"], "succeeded");
+    assert_eq!(shown["outputs"].as_array().unwrap().len(), 2);
+    let o = run(&["runs", "events", &ids[0], "--store", s, "--tenant", "acme"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.first().unwrap()["event"], "started");
+    assert_eq!(lines.last().unwrap()["event"], "completed");
+    assert!(lines.windows(2).all(|w| w[1]["id"].as_u64().unwrap() == w[0]["id"].as_u64().unwrap() + 1));
+    // Bad stores: a foreign SQLite-looking file and a missing one.
+    let junk = tmp.path().join("junk.sqlite");
+    std::fs::write(&junk, "not sqlite").unwrap();
+    let o = run(&["runs", "list", "--store", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_STORE_INVALID"), "{}", text(&o));
+    assert_eq!(std::fs::read(&junk).unwrap(), b"not sqlite", "nothing changed");
+    let o = run(&["runs", "list", "--store", tmp.path().join("nope.sqlite").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let out = tmp.path().join("out-junk");
+    let o = export("json:raw", &samples(), &out, &["--store", junk.to_str().unwrap()]);
+    assert!(text(&o).contains("ERR_EXPORT_STORE_INVALID"), "{}", text(&o));
+    assert!(!out.exists(), "no output without a usable store");
 }

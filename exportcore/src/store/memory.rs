@@ -120,6 +120,22 @@ impl RunStore for MemoryStore {
         Ok(Some(ClaimedRun { run: e.run.clone(), request: e.request.clone() }))
     }
 
+    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        let mut st = self.lock();
+        let Some(e) = st.runs.get_mut(run_id) else { return Err(not_found(run_id)) };
+        if e.run.status != RunStatus::Queued {
+            return Ok(None);
+        }
+        e.run.status = RunStatus::Running;
+        e.run.started_at.get_or_insert(now);
+        e.run.attempts += 1;
+        let claimed = ClaimedRun { run: e.run.clone(), request: e.request.clone() };
+        let seq = e.seq;
+        let rank = st.ranks.get(run_id).copied().unwrap_or_default();
+        st.queue.remove(&(rank, seq, run_id.to_owned()));
+        Ok(Some(claimed))
+    }
+
     async fn save(&self, run: &Run) -> Result<()> {
         let mut st = self.lock();
         let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;

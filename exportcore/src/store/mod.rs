@@ -138,6 +138,8 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page>;
     /// Claims the next queued run, if any.
     async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>>;
+    /// Claims one specific run if it is still queued (`None` otherwise).
+    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>>;
     /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts).
     async fn save(&self, run: &Run) -> Result<()>;
     /// Moves a still-queued run of `tenant` to `failed` with `error`; `None` if it is not queued.

@@ -174,6 +174,34 @@ impl SqliteStore {
         .await
         .map_err(|e| ExportError::Internal { implementer: "sqlite store", message: e.to_string() })?
     }
+
+    /// Claims the first queued run (or `run_id` if given and queued).
+    async fn claim(&self, run_id: Option<String>, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let row: Option<(i64, String, String)> = tx
+                .query_row(
+                    "SELECT seq, record, request FROM runs WHERE status = 'queued' AND (?1 IS NULL OR run_id = ?1)
+                     ORDER BY rank, seq LIMIT 1",
+                    params![run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(e)?;
+            let Some((seq, record, request)) = row else { return Ok(None) };
+            let mut run = read_run(path, &record)?;
+            let request: RunRequest = serde_json::from_str(&request).map_err(|err| json_err(path, err))?;
+            run.status = RunStatus::Running;
+            run.started_at.get_or_insert(now);
+            run.attempts += 1;
+            tx.execute("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2", params![write_run(&run), seq])
+                .map_err(e)?;
+            tx.commit().map_err(e)?;
+            Ok(Some(ClaimedRun { run, request }))
+        })
+        .await
+    }
 }
 
 fn read_run(path: &str, record: &str) -> Result<Run> {
@@ -307,29 +335,11 @@ impl RunStore for SqliteStore {
     }
 
     async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.with(move |conn, path| {
-            let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
-            let row: Option<(i64, String, String)> = tx
-                .query_row(
-                    "SELECT seq, record, request FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(e)?;
-            let Some((seq, record, request)) = row else { return Ok(None) };
-            let mut run = read_run(path, &record)?;
-            let request: RunRequest = serde_json::from_str(&request).map_err(|err| json_err(path, err))?;
-            run.status = RunStatus::Running;
-            run.started_at.get_or_insert(now);
-            run.attempts += 1;
-            tx.execute("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2", params![write_run(&run), seq])
-                .map_err(e)?;
-            tx.commit().map_err(e)?;
-            Ok(Some(ClaimedRun { run, request }))
-        })
-        .await
+        self.claim(None, now).await
+    }
+
+    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.claim(Some(run_id.to_owned()), now).await
     }
 
     async fn save(&self, run: &Run) -> Result<()> {

@@ -1,0 +1,122 @@
+//! Crash safety: `exportctl run` is killed with SIGKILL at several points of a long run and
+//! restarted. The run is then reported failed with `ERR_EXPORT_INTERRUPTED` (or it had
+//! finished), no artifact reported ready is incomplete, no partial file sits under a final
+//! name, and the SQLite store passes `PRAGMA integrity_check`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use exportcore::store::{RunStore, SqliteStore};
+use exportcore::verify::{verify_archive, VerifyReport};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn exportctl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exportctl"));
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// Final-named files of an output directory must each be complete.
+fn assert_no_partial_files(out: &Path) {
+    let Ok(rd) = std::fs::read_dir(out) else { return };
+    for e in rd {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".exportcore-tmp-") {
+            continue; // temporary files are never final names
+        }
+        let path = e.path();
+        if name.ends_with(".tar.zst") {
+            let mut report = VerifyReport::default();
+            verify_archive(std::fs::File::open(&path).unwrap(), "", &mut report);
+            assert!(report.is_ok(), "partial bundle under a final name: {name}: {:?}", report.failures);
+        } else if name == "manifest.json" {
+            let r = exportcore::verify::verify_path(out).unwrap();
+            assert!(r.is_ok(), "manifest.json present but the run output does not verify: {:?}", r.failures);
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_several_points_then_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev = tmp.path().join("evidence");
+    let opts = evidence_gen::GenOptions { advisories: 60_000, advisories_per_file: 20_000, ..Default::default() };
+    evidence_gen::generate(&ev, &opts).unwrap();
+    let store = tmp.path().join("runs.sqlite");
+    let mut outcomes = Vec::new();
+    for (i, delay_ms) in [0u64, 150, 500, 1200, 2500].into_iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let mut child = exportctl()
+            .args(["run", "--profile", "json:policy", "--tenant", "crash"])
+            .arg("--evidence")
+            .arg(&ev)
+            .arg("--out")
+            .arg(&out)
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for "started <run id>" on stderr, then kill after the delay.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let run_id = loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "exportctl ended before starting");
+            if let Some(rest) = line.strip_prefix("started ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline);
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        // Restart: any exportctl on the store recovers interrupted runs.
+        let o = exportctl()
+            .args(["runs", "show", &run_id, "--json", "--tenant", "crash"])
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let state = run["status"].as_str().unwrap().to_owned();
+        match state.as_str() {
+            "failed" => assert_eq!(run["errors"][0]["code"], "ERR_EXPORT_INTERRUPTED", "kill at {delay_ms} ms: {run}"),
+            "succeeded" => assert!(exportcore::verify::verify_path(&out).unwrap().is_ok()),
+            other => panic!("run left {other} after a restart: {run}"),
+        }
+        outcomes.push((delay_ms, state, status.success()));
+        // Every artifact the store reported ready is complete and matches its digest.
+        let events = exportctl()
+            .args(["runs", "events", &run_id, "--tenant", "crash"])
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        for l in String::from_utf8_lossy(&events.stdout).lines() {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            if e["event"] == "artifact_ready" {
+                let bytes = std::fs::read(out.join(e["path"].as_str().unwrap())).expect("reported artifact exists");
+                use sha2::Digest;
+                assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), e["sha256"].as_str().unwrap());
+            }
+        }
+        assert_no_partial_files(&out);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let s = SqliteStore::open(&store).unwrap();
+            s.integrity_check().unwrap();
+            assert!(s.running().await.unwrap().is_empty(), "no run stays 'running' after a restart");
+        });
+    }
+    eprintln!("kill outcomes (delay ms, final status, exit ok): {outcomes:?}");
+    // At least one kill landed mid-run (the run takes seconds in a debug build).
+    assert!(outcomes.iter().any(|(_, s, _)| s == "failed"), "{outcomes:?}");
+}
