@@ -167,12 +167,18 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let call = move || {
             let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn, &inner.path)
-        })
-        .await
-        .map_err(|e| ExportError::Internal { implementer: "sqlite store", message: e.to_string() })?
+        };
+        // On a multi-threaded runtime, run in place (cheaper than a hop to the blocking pool;
+        // statements take microseconds); elsewhere use the blocking pool.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+            _ => tokio::task::spawn_blocking(call)
+                .await
+                .map_err(|e| ExportError::Internal { implementer: "sqlite store", message: e.to_string() })?,
+        }
     }
 
     /// Claims the first queued run (or `run_id` if given and queued).
@@ -180,14 +186,15 @@ impl SqliteStore {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
+            // Two statements so each uses its index (the queue's partial index, or the run id).
+            let sql = if run_id.is_some() {
+                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = ?1"
+            } else {
+                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND ?1 IS NULL ORDER BY rank, seq LIMIT 1"
+            };
             let row: Option<(i64, String, String)> = tx
-                .query_row(
-                    "SELECT seq, record, request FROM runs WHERE status = 'queued' AND (?1 IS NULL OR run_id = ?1)
-                     ORDER BY rank, seq LIMIT 1",
-                    params![run_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
+                .prepare_cached(sql)
+                .and_then(|mut st| st.query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
                 .map_err(e)?;
             let Some((seq, record, request)) = row else { return Ok(None) };
             let mut run = read_run(path, &record)?;
@@ -195,7 +202,8 @@ impl SqliteStore {
             run.status = RunStatus::Running;
             run.started_at.get_or_insert(now);
             run.attempts += 1;
-            tx.execute("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2", params![write_run(&run), seq])
+            tx.prepare_cached("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2")
+                .and_then(|mut st| st.execute(params![write_run(&run), seq]))
                 .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(Some(ClaimedRun { run, request }))
@@ -229,12 +237,10 @@ impl RunStore for SqliteStore {
             let tenant = new.run.tenant.clone();
             if let Some(k) = &new.idempotency {
                 let existing: Option<(String, String, i64)> = tx
-                    .query_row(
-                        "SELECT request_hash, run_id, expires_ms FROM idempotency WHERE tenant = ?1 AND key = ?2",
-                        params![tenant, k.key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
+                    .prepare_cached("SELECT request_hash, run_id, expires_ms FROM idempotency WHERE tenant = ?1 AND key = ?2")
+                    .and_then(|mut st| {
+                        st.query_row(params![tenant, k.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+                    })
                     .map_err(e)?;
                 if let Some((hash, run_id, expires)) = existing {
                     if expires > millis(now) {
@@ -253,17 +259,18 @@ impl RunStore for SqliteStore {
                         }
                     }
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![tenant, k.key, new.request_hash.to_hex(), new.run.run_id, millis(k.expires_at)],
                 )
+                .and_then(|mut st| st.execute(params![tenant, k.key, new.request_hash.to_hex(), new.run.run_id, millis(k.expires_at)]))
                 .map_err(e)?;
             }
             let request = serde_json::to_string(&new.request).map_err(|err| json_err(path, err))?;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+            )
+            .and_then(|mut st| st.execute(params![
                     new.run.run_id,
                     tenant,
                     new.run.project,
@@ -273,8 +280,7 @@ impl RunStore for SqliteStore {
                     new.run.expires_at.map(millis),
                     write_run(&new.run),
                     request
-                ],
-            )
+                ]))
             .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(Created::New(new.run))
@@ -406,23 +412,20 @@ impl RunStore for SqliteStore {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
             let exists: bool = tx
-                .query_row("SELECT 1 FROM runs WHERE run_id = ?1", params![run_id], |_| Ok(true))
-                .optional()
+                .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
+                .and_then(|mut st| st.query_row(params![run_id], |_| Ok(true)).optional())
                 .map_err(e)?
                 .unwrap_or(false);
             if !exists {
                 return Err(not_found(&run_id));
             }
             let id: i64 = tx
-                .query_row("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1", params![run_id], |r| {
-                    r.get(0)
-                })
+                .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1")
+                .and_then(|mut st| st.query_row(params![run_id], |r| r.get(0)))
                 .map_err(e)?;
-            tx.execute(
-                "INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)",
-                params![run_id, id, at.to_string(), body],
-            )
-            .map_err(e)?;
+            tx.prepare_cached("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)")
+                .and_then(|mut st| st.execute(params![run_id, id, at.to_string(), body]))
+                .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(id as u64)
         })
