@@ -1,0 +1,506 @@
+//! `verify-offline.sh` under dash and bash, and `verify_bundle` agreeing with it: a fresh
+//! bundle passes (in the extracted directory with no argument, given the .tgz, given a
+//! directory, with `shasum` instead of `sha256sum`); a flipped byte in any file, a missing
+//! file, an extra file, an edited manifest, a signature by another key, and unsafe archives
+//! fail with a message naming the problem. Signatures of every algorithm verify with openssl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use exportcore::sign::{dsse, Verifier};
+use exportcore::Sha256Digest;
+use exportcore_crypto::Algorithm;
+use exportcore_devportal::checksums::Checksums;
+use exportcore_devportal::{verify_bundle, verify_bundle_with, BundleVerifyOptions, PAYLOAD_TYPE};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+
+/// A signed (Ed25519) sample bundle, extracted; the public key; a trusted copy of the script.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    tgz: PathBuf,
+    dir: PathBuf,
+    key: Keys,
+    script: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let key = keys(Algorithm::Ed25519, &root, "publisher");
+    let tgz = build_samples(&root.join("out"), Some(key.signer.clone()));
+    let dir = root.join("bundle");
+    extract(&tgz, &dir);
+    let script = trusted_script(&root);
+    Fixture { _tmp: tmp, root, tgz, dir, key, script }
+}
+
+impl Fixture {
+    /// A fresh copy of the extracted bundle to tamper with.
+    fn copy(&self, name: &str) -> PathBuf {
+        let d = self.root.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        copy_dir(&self.dir, &d);
+        d
+    }
+}
+
+fn sh(shell: &str, script: &Path, dir: &Path, args: &[&str]) -> Output {
+    run_script(shell, script, dir, args, &[])
+}
+
+/// The script and `verify_bundle` agree: both pass or both fail. Returns the script's output.
+fn agree(shell: &str, script: &Path, dir: &Path, args: &[&str], verifiers: &[Arc<dyn Verifier>], ok: bool) -> String {
+    let o = sh(shell, script, dir, args);
+    let t = text(&o);
+    assert_eq!(o.status.success(), ok, "{shell} verify-offline.sh {args:?} in {}: {t}", dir.display());
+    let report = verify_bundle(dir, verifiers).unwrap();
+    assert_eq!(report.is_ok(), ok, "verify_bundle disagrees with verify-offline.sh ({t}): {:?}", report.failures);
+    if !ok {
+        assert!(t.contains("FAIL"), "{t}");
+    }
+    t
+}
+
+fn rewrite_checksum(dir: &Path, path: &str) {
+    let text = std::fs::read_to_string(dir.join("checksums.txt")).unwrap();
+    let mut c = Checksums::parse(&text).unwrap();
+    let digest = Sha256Digest::of(&std::fs::read(dir.join(path)).unwrap());
+    for (p, d) in &mut c.files {
+        if p.as_str() == path {
+            *d = digest;
+        }
+    }
+    if path == "manifest.json" {
+        c.root = digest;
+    }
+    std::fs::write(dir.join("checksums.txt"), c.render()).unwrap();
+}
+
+#[test]
+fn fresh_bundle_passes() {
+    let f = fixture();
+    let root = std::fs::read_to_string(f.dir.join("checksums.txt")).unwrap()[5..69].to_owned();
+    let key = f.key.public_pem.to_str().unwrap().to_owned();
+    let other = tempfile::tempdir().unwrap();
+    for shell in shells() {
+        // In the extracted bundle, with its own script and no argument.
+        let o = sh(shell, Path::new("verify-offline.sh"), &f.dir, &[]);
+        let t = text(&o);
+        assert!(o.status.success(), "{shell}: {t}");
+        assert!(t.contains("OK: bundle ") && t.contains(&root), "{shell}: {t}");
+        assert!(t.contains("signature was not checked"), "{shell}: {t}");
+        // With the key, the announced root, and both.
+        let t = agree(
+            shell,
+            Path::new("verify-offline.sh"),
+            &f.dir,
+            &["--key", &key],
+            std::slice::from_ref(&f.key.verifier),
+            true,
+        );
+        assert!(t.contains("signature (ed25519) valid"), "{t}");
+        let o = sh(shell, Path::new("verify-offline.sh"), &f.dir, &["--root", &root, "--key", &key]);
+        assert!(o.status.success(), "{shell}: {}", text(&o));
+        // Given the .tgz (extracted to a temp dir) or the directory, from elsewhere.
+        for target in [f.tgz.to_str().unwrap(), f.dir.to_str().unwrap()] {
+            let o = sh(shell, &f.script, other.path(), &["--key", &key, target]);
+            assert!(o.status.success(), "{shell} {target}: {}", text(&o));
+        }
+        // Environment variables instead of options.
+        let o = run_script(
+            shell,
+            &f.script,
+            other.path(),
+            &[f.tgz.to_str().unwrap()],
+            &[("DEVPORTAL_VERIFY_KEY", &key), ("DEVPORTAL_EXPECTED_ROOT", &root)],
+        );
+        assert!(o.status.success(), "{shell}: {}", text(&o));
+        // A root nobody announced.
+        let o = sh(shell, &f.script, &f.dir, &["--root", &"0".repeat(64)]);
+        assert_eq!(o.status.code(), Some(2), "{shell}: {}", text(&o));
+        assert!(text(&o).contains("is not the expected root"), "{}", text(&o));
+        // Usage errors.
+        let o = sh(shell, &f.script, &f.dir, &["--bogus"]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        let o = sh(shell, &f.script, &f.dir, &["--key", "/nonexistent.pem"]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    }
+    let opts =
+        BundleVerifyOptions { verifiers: vec![f.key.verifier.clone()], expected_root: Some(root.parse().unwrap()) };
+    assert!(verify_bundle_with(&f.tgz, &opts).unwrap().is_ok());
+    let bad = BundleVerifyOptions { verifiers: vec![], expected_root: Some(Sha256Digest::of(b"x")) };
+    assert!(!verify_bundle_with(&f.tgz, &bad).unwrap().is_ok());
+}
+
+#[test]
+fn works_with_shasum_when_sha256sum_is_absent() {
+    let f = fixture();
+    // A PATH holding every tool of /usr/bin and /bin except sha256sum.
+    let bin = f.root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["/usr/bin", "/bin"] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            if name != "sha256sum" && !bin.join(&name).exists() {
+                std::os::unix::fs::symlink(e.path(), bin.join(&name)).unwrap();
+            }
+        }
+    }
+    assert!(bin.join("shasum").exists(), "shasum (perl) is needed for this test");
+    for shell in shells() {
+        let mut cmd = std::process::Command::new(bin.join(shell));
+        cmd.arg(&f.script).arg("--key").arg(&f.key.public_pem).current_dir(&f.dir).env("PATH", &bin);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{shell}: {}", text(&o));
+        let d = f.copy("tampered");
+        let mut b = std::fs::read(d.join("portal/index.html")).unwrap();
+        b[3] ^= 1;
+        std::fs::write(d.join("portal/index.html"), b).unwrap();
+        let o = std::process::Command::new(bin.join(shell))
+            .arg(&f.script)
+            .current_dir(&d)
+            .env("PATH", &bin)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{shell}: {}", text(&o));
+        assert!(text(&o).contains("portal/index.html: sha256 does not match"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_any_file_fails() {
+    let f = fixture();
+    let files = files_of(&f.dir);
+    assert_eq!(files.len(), 16, "{files:?}"); // 11 assets + 5 fixed files (signed bundle)
+    let shells = shells();
+    for file in &files {
+        let d = f.copy("flip");
+        let p = d.join(file);
+        let mut b = std::fs::read(&p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x01;
+        std::fs::write(&p, b).unwrap();
+        // The failure names the file; a flip in checksums.txt names the line it broke.
+        let named = |msg: &str| {
+            if file == "checksums.txt" {
+                msg.contains("checksums.txt")
+            } else {
+                msg.contains(&format!("FAIL: {file}:"))
+            }
+        };
+        for shell in &shells {
+            let t = agree(shell, &f.script, &d, &[], &[], false);
+            assert!(named(&t), "{shell} {file}: {t}");
+        }
+        let report = verify_bundle(&d, &[]).unwrap();
+        assert!(
+            report.failures.iter().any(|x| named(&format!("FAIL: {}: {}", x.path, x.problem))),
+            "{file}: {:?}",
+            report.failures
+        );
+    }
+    // A flipped byte inside the compressed archive.
+    let mut b = std::fs::read(&f.tgz).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x01;
+    let bad = f.root.join("flipped.tgz");
+    std::fs::write(&bad, b).unwrap();
+    for shell in &shells {
+        let o = sh(shell, &f.script, &f.root, &[bad.to_str().unwrap()]);
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains("flipped.tgz"), "{}", text(&o));
+    }
+    assert!(!verify_bundle(&bad, &[]).unwrap().is_ok());
+}
+
+#[test]
+fn a_missing_file_fails() {
+    let f = fixture();
+    for file in ["specs/events.schema.json", "portal/index.html", "manifest.json", "verify-offline.sh", "checksums.txt"]
+    {
+        let d = f.copy("missing");
+        std::fs::remove_file(d.join(file)).unwrap();
+        for shell in shells() {
+            let t = agree(shell, &f.script, &d, &[], &[], false);
+            assert!(t.contains(&format!("FAIL: {file}: missing")), "{shell} {file}: {t}");
+        }
+    }
+    // A file missing from checksums.txt and from the bundle alike.
+    let d = f.copy("unlisted");
+    std::fs::remove_file(d.join("instructions-portable.txt")).unwrap();
+    let text = std::fs::read_to_string(d.join("checksums.txt")).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.ends_with("  instructions-portable.txt")).collect();
+    std::fs::write(d.join("checksums.txt"), format!("{}\n", kept.join("\n"))).unwrap();
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &[], &[], false);
+        assert!(t.contains("does not list instructions-portable.txt"), "{t}");
+    }
+}
+
+#[test]
+fn an_extra_file_fails() {
+    let f = fixture();
+    for file in ["portal/extra.html", ".DS_Store", "sdks/go/client.go", "notes.txt"] {
+        let d = f.copy("extra");
+        std::fs::create_dir_all(d.join(file).parent().unwrap()).unwrap();
+        std::fs::write(d.join(file), "surprise").unwrap();
+        for shell in shells() {
+            let t = agree(shell, &f.script, &d, &[], &[], false);
+            assert!(t.contains(&format!("FAIL: {file}: extra file")), "{shell} {file}: {t}");
+        }
+    }
+    // An extra asset also added to checksums.txt is still not in the (signed) manifest.
+    let d = f.copy("extra-listed");
+    std::fs::write(d.join("portal/extra.html"), "surprise").unwrap();
+    let mut c = Checksums::parse(&std::fs::read_to_string(d.join("checksums.txt")).unwrap()).unwrap();
+    c.files.push(("portal/extra.html".parse().unwrap(), Sha256Digest::of(b"surprise")));
+    c.files.sort();
+    std::fs::write(d.join("checksums.txt"), c.render()).unwrap();
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &[], &[], false);
+        assert!(t.contains("portal/extra.html: checksums.txt and manifest.json disagree"), "{t}");
+    }
+    // A symlink is never a bundle file.
+    let d = f.copy("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", d.join("portal/passwd")).unwrap();
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &[], &[], false);
+        assert!(t.contains("portal/passwd: not a regular file"), "{t}");
+    }
+}
+
+#[test]
+fn an_edited_manifest_fails() {
+    let f = fixture();
+    let key = f.key.public_pem.to_str().unwrap().to_owned();
+    let root = std::fs::read_to_string(f.dir.join("checksums.txt")).unwrap()[5..69].to_owned();
+    let verifier = vec![f.key.verifier.clone()];
+
+    // Edited alone: the root and the manifest's checksum line catch it.
+    let d = f.copy("edited");
+    let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
+    std::fs::write(d.join("manifest.json"), m.replacen("text/css", "text/plain", 1)).unwrap();
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &[], &[], false);
+        assert!(t.contains("root") && t.contains("is not the sha256 of manifest.json"), "{t}");
+        assert!(t.contains("FAIL: manifest.json: sha256 does not match"), "{t}");
+    }
+
+    // Edited, checksums.txt and the root rewritten to match, the envelope kept: the signed
+    // payload no longer is the manifest, even without a key.
+    let d = f.copy("edited-rehashed");
+    std::fs::write(d.join("manifest.json"), m.replacen("text/css", "text/plain", 1)).unwrap();
+    rewrite_checksum(&d, "manifest.json");
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &[], &[], false);
+        assert!(t.contains("manifest.dsse.json: the signed payload is not this manifest.json"), "{t}");
+    }
+
+    // An asset and its manifest entry changed together, the signature dropped, checksums.txt
+    // and the root rewritten: self-consistent, so only the announced root or a required
+    // signature can tell (the Rust verifier also sees that the bundle id no longer derives
+    // from the entries; the script does not canonicalise JSON).
+    let d = f.copy("forged");
+    std::fs::write(d.join("portal/index.html"), "<h1>phish</h1>").unwrap();
+    let old = Sha256Digest::of(&std::fs::read(f.dir.join("portal/index.html")).unwrap()).to_hex();
+    let new = Sha256Digest::of(b"<h1>phish</h1>").to_hex();
+    let edited = m.replacen(&old, &new, 1);
+    std::fs::write(d.join("manifest.json"), &edited).unwrap();
+    drop_signature(&d);
+    rewrite_checksum(&d, "portal/index.html");
+    rewrite_checksum(&d, "manifest.json");
+    for shell in shells() {
+        let o = sh(shell, &f.script, &d, &[]);
+        assert!(o.status.success(), "{shell}: the script checks consistency only: {}", text(&o));
+        let t = agree(shell, &f.script, &d, &["--key", &key], &verifier, false);
+        assert!(t.contains("manifest.dsse.json: missing (a signature was required)"), "{t}");
+        let o = sh(shell, &f.script, &d, &["--root", &root]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("is not the expected root"), "{}", text(&o));
+    }
+    let report = verify_bundle(&d, &[]).unwrap();
+    assert!(report.failures.iter().any(|x| x.problem.contains("bundleId")), "{:?}", report.failures);
+
+    // Metadata added the same way: consistent and id-preserving, so both verifiers accept it
+    // without a key or root and both refuse it with either.
+    let d = f.copy("metadata");
+    std::fs::write(d.join("manifest.json"), m.replacen("\"metadata\":{}", "\"metadata\":{\"x\":\"y\"}", 1)).unwrap();
+    drop_signature(&d);
+    rewrite_checksum(&d, "manifest.json");
+    let opts = BundleVerifyOptions { verifiers: vec![], expected_root: Some(root.parse().unwrap()) };
+    assert!(!verify_bundle_with(&d, &opts).unwrap().is_ok());
+    for shell in shells() {
+        agree(shell, &f.script, &d, &[], &[], true);
+        agree(shell, &f.script, &d, &["--key", &key], &verifier, false);
+        assert_eq!(sh(shell, &f.script, &d, &["--root", &root]).status.code(), Some(2));
+    }
+}
+
+/// Removes manifest.dsse.json and its checksums line.
+fn drop_signature(d: &Path) {
+    std::fs::remove_file(d.join("manifest.dsse.json")).unwrap();
+    let text_c = std::fs::read_to_string(d.join("checksums.txt")).unwrap();
+    let kept: Vec<&str> = text_c.lines().filter(|l| !l.ends_with("  manifest.dsse.json")).collect();
+    std::fs::write(d.join("checksums.txt"), format!("{}\n", kept.join("\n"))).unwrap();
+}
+
+#[test]
+fn a_signature_by_another_key_fails() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let other = keys(Algorithm::Ed25519, tmp.path(), "attacker");
+    let p256 = keys(Algorithm::EcdsaP256, tmp.path(), "p256");
+    for shell in shells() {
+        // The genuine signature, checked against a key that did not make it.
+        for k in [&other, &p256] {
+            let t = agree(
+                shell,
+                &f.script,
+                &f.dir,
+                &["--key", k.public_pem.to_str().unwrap()],
+                std::slice::from_ref(&k.verifier),
+                false,
+            );
+            assert!(t.contains("manifest.dsse.json: no signature verifies with"), "{t}");
+            let o = sh(shell, &f.script, &f.dir, &["--key", k.public_pem.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        }
+    }
+    // The bundle re-signed by an attacker who also fixed checksums.txt.
+    let d = f.copy("resigned");
+    let manifest = std::fs::read(d.join("manifest.json")).unwrap();
+    let env = dsse::sign(PAYLOAD_TYPE, &manifest, &[&*other.signer]).unwrap();
+    std::fs::write(d.join("manifest.dsse.json"), env.to_bytes()).unwrap();
+    rewrite_checksum(&d, "manifest.dsse.json");
+    let key = f.key.public_pem.to_str().unwrap().to_owned();
+    for shell in shells() {
+        agree(shell, &f.script, &d, &[], &[], true);
+        let t = agree(shell, &f.script, &d, &["--key", &key], std::slice::from_ref(&f.key.verifier), false);
+        assert!(t.contains("no signature verifies with"), "{t}");
+        agree(
+            shell,
+            &f.script,
+            &d,
+            &["--key", other.public_pem.to_str().unwrap()],
+            std::slice::from_ref(&other.verifier),
+            true,
+        );
+    }
+    // The signature removed altogether.
+    let d = f.copy("unsigned");
+    drop_signature(&d);
+    for shell in shells() {
+        agree(shell, &f.script, &d, &[], &[], true);
+        let t = agree(shell, &f.script, &d, &["--key", &key], std::slice::from_ref(&f.key.verifier), false);
+        assert!(t.contains("manifest.dsse.json: missing (a signature was required)"), "{t}");
+    }
+}
+
+/// One signing algorithm: its signer and verifier, and script options naming the right and a
+/// wrong key.
+struct Case {
+    name: &'static str,
+    signer: Arc<dyn exportcore::sign::Signer>,
+    verifier: Arc<dyn Verifier>,
+    good: Vec<String>,
+    bad: Vec<String>,
+}
+
+#[test]
+fn every_algorithm_verifies_with_openssl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = trusted_script(tmp.path());
+    let secret = b"0123456789abcdef-shared-secret";
+    let hmac = exportcore_crypto::hmac_key(secret).unwrap();
+    let secret_file = tmp.path().join("hmac.key");
+    std::fs::write(&secret_file, secret).unwrap();
+    let wrong_secret = tmp.path().join("wrong.key");
+    std::fs::write(&wrong_secret, b"0123456789abcdef-other-secret!").unwrap();
+    let mut cases: Vec<Case> = [Algorithm::Ed25519, Algorithm::EcdsaP256, Algorithm::Sm2]
+        .into_iter()
+        .map(|alg| {
+            let k = keys(alg, tmp.path(), &format!("{alg:?}"));
+            let w = keys(alg, tmp.path(), &format!("{alg:?}-wrong"));
+            Case {
+                name: match alg {
+                    Algorithm::Ed25519 => "ed25519",
+                    Algorithm::EcdsaP256 => "p256",
+                    _ => "sm2",
+                },
+                signer: k.signer,
+                verifier: k.verifier,
+                good: vec!["--key".to_owned(), k.public_pem.display().to_string()],
+                bad: vec!["--key".to_owned(), w.public_pem.display().to_string()],
+            }
+        })
+        .collect();
+    cases.push(Case {
+        name: "hmac",
+        signer: hmac.clone(),
+        verifier: hmac,
+        good: vec!["--hmac-key".to_owned(), secret_file.display().to_string()],
+        bad: vec!["--hmac-key".to_owned(), wrong_secret.display().to_string()],
+    });
+    for Case { name, signer, verifier, good, bad } in cases {
+        let out = tmp.path().join(format!("out-{name}"));
+        let tgz = build_samples(&out, Some(signer));
+        let dir = tmp.path().join(format!("x-{name}"));
+        extract(&tgz, &dir);
+        let good: Vec<&str> = good.iter().map(String::as_str).collect();
+        let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+        for shell in shells() {
+            let t = agree(shell, &script, &dir, &good, std::slice::from_ref(&verifier), true);
+            assert!(t.contains(&format!("signature ({name}) valid")), "{shell} {name}: {t}");
+            let o = sh(shell, &script, &dir, &bad);
+            assert_eq!(o.status.code(), Some(3), "{shell} {name} wrong key: {}", text(&o));
+        }
+    }
+}
+
+#[test]
+fn unsafe_archives_are_refused_before_extraction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = trusted_script(tmp.path());
+    // A symlink entry, and an entry escaping with "..".
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("portal")).unwrap();
+    std::fs::write(src.join("portal/index.html"), "x").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("portal/passwd")).unwrap();
+    let link_tgz = tmp.path().join("link.tgz");
+    let st = std::process::Command::new("tar").arg("-czf").arg(&link_tgz).arg("-C").arg(&src).arg("portal").status();
+    assert!(st.unwrap().success());
+    let dotdot_tgz = tmp.path().join("dotdot.tgz");
+    let st = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&dotdot_tgz)
+        .arg("-C")
+        .arg(src.join("portal"))
+        .arg("-P")
+        .arg("--transform")
+        .arg("s|^|../|")
+        .arg("index.html")
+        .status();
+    assert!(st.unwrap().success());
+    let victim = tmp.path().join("index.html");
+    for shell in shells() {
+        let o = sh(shell, &script, &src, &[link_tgz.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(text(&o).contains("neither regular files nor directories"), "{}", text(&o));
+        let o = sh(shell, &script, &src, &[dotdot_tgz.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(text(&o).contains("unsafe entry names"), "{}", text(&o));
+        assert!(!victim.exists());
+        let o = sh(shell, &script, &src, &[tmp.path().join("nope.tgz").to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    }
+    for (tgz, what) in [(&link_tgz, "not a regular file or directory"), (&dotdot_tgz, "unsafe entry name")] {
+        let r = verify_bundle(tgz, &[]).unwrap();
+        assert!(r.failures.iter().any(|x| x.problem.contains(what)), "{:?}", r.failures);
+    }
+}
