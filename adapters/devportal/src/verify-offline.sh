@@ -1,7 +1,7 @@
 #!/bin/sh
 # verify-offline.sh - checks a devportal:offline bundle with no network access.
 #
-# Usage (POSIX sh: dash, bash, busybox ash, ksh):
+# Usage (POSIX sh; tested with dash, bash and busybox):
 #   sh verify-offline.sh [options]                run inside the extracted bundle
 #   sh verify-offline.sh [options] BUNDLE.tgz     extracts to a temporary directory first
 #   sh verify-offline.sh [options] DIRECTORY      an extracted bundle elsewhere
@@ -16,8 +16,8 @@
 # every file it lists has that sha256; no file is missing and none is extra; manifest.json
 # lists exactly the portal/, specs/, sdks/ and changelog/ files of checksums.txt with the same
 # digests; manifest.dsse.json, when present, signs exactly manifest.json; with a key, its
-# signature verifies (needs openssl). Needs: sha256sum or shasum, sed, awk, sort, comm, find,
-# tar and gzip (for a .tgz), base64 or openssl.
+# signature verifies (needs openssl). Needs: sha256sum or shasum, sed, awk, sort, find, cmp,
+# od, tr, cut, wc, tar and gzip (for a .tgz), base64 or openssl.
 #
 # Exit status: 0 verified; 2 content check failed; 3 signature check failed;
 # 5 usage error, missing tool or unreadable bundle.
@@ -38,6 +38,7 @@ CONTENT_FAILED=0
 SIG_FAILED=0
 TMP=
 
+# shellcheck disable=SC2317 # called from the traps
 cleanup() { [ -n "$TMP" ] && rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'cleanup; exit 5' HUP INT TERM
@@ -74,7 +75,7 @@ if command -v sha256sum >/dev/null 2>&1; then SHA='sha256sum'
 elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else die "sha256sum or shasum is needed"
 fi
-for t in sed awk sort comm find cmp od tr; do need "$t"; done
+for t in sed awk sort find cmp od tr cut wc; do need "$t"; done
 
 TMP=$(mktemp -d 2>/dev/null || mktemp -d -t devportal-verify) || die "cannot create a temporary directory"
 W=$TMP/work
@@ -99,13 +100,15 @@ elif [ -f "$TARGET" ]; then
     die "$TARGET holds unsafe entry names (absolute or with ..)"
   fi
   DIR=$TMP/bundle
-  mkdir "$DIR" && (cd "$DIR" && gzip -dc "$TGZ" | tar -xf -) || die "cannot extract $TARGET"
+  if ! mkdir "$DIR" || ! (cd "$DIR" && gzip -dc "$TGZ" | tar -xf -); then die "cannot extract $TARGET"; fi
 else
   die "no such bundle: $TARGET"
 fi
 cd "$DIR" || die "cannot enter $DIR"
 
 sha_of() { $SHA "$1" | sed 's/ .*//'; }
+# The lines of file $1 that are not lines of file $2.
+only_in() { awk -v F="$2" 'BEGIN { while ((getline l < F) > 0) seen[l] = 1 } !($0 in seen)' "$1"; }
 
 # --- checksums.txt ---------------------------------------------------------------------
 [ -f checksums.txt ] || { fail "checksums.txt: missing"; exit 2; }
@@ -150,8 +153,8 @@ find . ! -type f ! -type d | sed 's|^\./||' > "$W/special"
 while IFS= read -r p; do fail "$p: not a regular file or directory"; done < "$W/special"
 find . -type f | sed 's|^\./||' | sort > "$W/present"
 { cat "$W/listed"; echo checksums.txt; } | sort > "$W/expected"
-comm -23 "$W/expected" "$W/present" > "$W/missing"
-comm -13 "$W/expected" "$W/present" > "$W/extra"
+only_in "$W/expected" "$W/present" > "$W/missing"
+only_in "$W/present" "$W/expected" > "$W/extra"
 while IFS= read -r p; do fail "$p: missing (listed in checksums.txt)"; done < "$W/missing"
 while IFS= read -r p; do fail "$p: extra file (not listed in checksums.txt)"; done < "$W/extra"
 
@@ -181,8 +184,8 @@ LINES=$(wc -l < "$W/manifest-entries" | tr -d ' ')
 [ "$ENTRY_COUNT" = "$LINES" ] || fail "manifest.json: totals.entryCount ${ENTRY_COUNT:-?} but $LINES entries were read"
 grep -E '^[0-9a-f]{64}  (portal|specs|changelog|sdks)/' "$W/sums" | sort > "$W/asset-sums"
 if ! cmp -s "$W/manifest-entries" "$W/asset-sums"; then
-  comm -23 "$W/manifest-entries" "$W/asset-sums" | cut -c67- > "$W/only-manifest"
-  comm -13 "$W/manifest-entries" "$W/asset-sums" | cut -c67- > "$W/only-sums"
+  only_in "$W/manifest-entries" "$W/asset-sums" | cut -c67- > "$W/only-manifest"
+  only_in "$W/asset-sums" "$W/manifest-entries" | cut -c67- > "$W/only-sums"
   while IFS= read -r p; do fail "$p: manifest.json and checksums.txt disagree (manifest.json lists it with another sha256, or checksums.txt lacks it)"; done < "$W/only-manifest"
   while IFS= read -r p; do fail "$p: checksums.txt and manifest.json disagree (manifest.json lacks it or lists another sha256)"; done < "$W/only-sums"
 fi

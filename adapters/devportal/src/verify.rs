@@ -88,7 +88,7 @@ fn check_bundle(path: &Path, options: &BundleVerifyOptions, prefix: &str, report
 
 /// True when `path` is a devportal bundle: a tar (any compression exportcore reads) or a
 /// directory whose `manifest.json` has version `devportal-offline/v1`. Cheap: an archive is
-/// read only up to its `manifest.json`.
+/// read only up to where `manifest.json` sorts.
 pub fn is_bundle(path: &Path) -> bool {
     let is_ours = |bytes: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(bytes)
@@ -103,9 +103,15 @@ pub fn is_bundle(path: &Path) -> bool {
     let Ok(entries) = ar.entries() else { return false };
     for entry in entries {
         let Ok(entry) = entry else { return false };
-        if &entry.path_bytes()[..] == MANIFEST_FILE.as_bytes() {
-            let mut bytes = Vec::new();
-            return entry.take(MAX_KEPT).read_to_end(&mut bytes).is_ok() && is_ours(&bytes);
+        let name = entry.path_bytes();
+        match name[..].cmp(MANIFEST_FILE.as_bytes()) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                let mut bytes = Vec::new();
+                return entry.take(MAX_KEPT).read_to_end(&mut bytes).is_ok() && is_ours(&bytes);
+            }
+            // Bundles are sorted: past `manifest.json` without meeting it, this is not one.
+            std::cmp::Ordering::Greater => return false,
         }
     }
     false

@@ -6,12 +6,13 @@
 mod common;
 
 use common::*;
+use exportcore::archive::{ArchiveOptions, ArchiveWriter, FileMode};
 use exportcore::conformance;
 use exportcore::{DirEvidence, EvidenceSource, ExportError, MemoryEvidence, Profile, RunRequest, RunStatus};
 use exportcore_devportal::checksums::Checksums;
 use exportcore_devportal::{
-    read_member, root_hash, verify_bundle, verify_path_with, verify_run_output, BundleManifest, DevportalOffline,
-    BUNDLE_FILE, MANIFEST_ARTIFACT, PROFILE_ID,
+    is_bundle, read_member, root_hash, verify_bundle, verify_path_with, verify_run_output, BundleManifest,
+    DevportalOffline, BUNDLE_FILE, MANIFEST_ARTIFACT, PROFILE_ID,
 };
 use std::process::Command;
 use std::sync::Arc;
@@ -61,6 +62,11 @@ fn layout_manifest_and_checksums() {
     assert!(m.sources.portal_included && m.sources.specs_included && m.sources.changelog_included);
     assert_eq!(m.sources.sdk_names, ["dotnet", "python"]);
     assert_eq!(m.totals.entry_count, 11);
+    assert_eq!(m.totals.total_size_bytes, 19715);
+    // The example in docs/devportal.md is this manifest.
+    assert_eq!(m.bundle_id, "41c19ee6-4ab4-8ab8-a52f-eda5975aba2f");
+    let doc = include_str!("../../../docs/devportal.md");
+    assert!(doc.contains(&format!("{{\"bundleId\":\"{}\"", m.bundle_id)), "docs/devportal.md shows another bundleId");
     let types: Vec<(&str, &str, &str)> =
         m.entries.iter().map(|e| (e.path.as_str(), e.category.as_str(), e.content_type.as_str())).collect();
     assert_eq!(
@@ -103,7 +109,7 @@ fn layout_manifest_and_checksums() {
     assert_eq!(read_member(&out.join(BUNDLE_FILE), "nope").unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
 
     // Rust verification passes on the archive, the extracted directory and the run output.
-    for p in [out.join(BUNDLE_FILE), dir] {
+    for p in [out.join(BUNDLE_FILE), dir.clone()] {
         let r = verify_bundle(&p, &[]).unwrap();
         assert!(r.is_ok(), "{}: {:?}", p.display(), r.failures);
         assert_eq!(r.verified, 15, "root + 14 listed files");
@@ -113,6 +119,22 @@ fn layout_manifest_and_checksums() {
     let r = verify_run_output(&out, &Default::default()).unwrap();
     assert!(r.is_ok(), "{:?}", r.failures);
     assert!(verify_path_with(&out, &Default::default()).unwrap().is_ok());
+
+    // Recognising bundles.
+    assert!(is_bundle(&out.join(BUNDLE_FILE)) && is_bundle(&dir));
+    assert!(!is_bundle(&out) && !is_bundle(&out.join(MANIFEST_ARTIFACT)) && !is_bundle(&tmp.path().join("nope")));
+    let other = |entries: &[(&str, &[u8])]| {
+        let mut w = ArchiveWriter::new(Vec::new(), ArchiveOptions::new(exportcore::Compression::Gzip, 0)).unwrap();
+        for (p, b) in entries {
+            w.append(&p.parse().unwrap(), FileMode::Regular, b.len() as u64, *b).unwrap();
+        }
+        let p = tmp.path().join("other.tgz");
+        std::fs::write(&p, w.finish().unwrap()).unwrap();
+        is_bundle(&p)
+    };
+    assert!(!other(&[("a.txt", b"a"), ("manifest.json", br#"{"version":"exportcore-bundle/v1"}"#)]));
+    assert!(!other(&[("z.txt", b"z")]));
+    assert!(other(&[("manifest.json", br#"{"version":"devportal-offline/v1"}"#)]));
 }
 
 fn text_of(o: &std::process::Output) -> String {

@@ -132,6 +132,7 @@ pub fn text(o: &Output) -> String {
 /// The shells the script must work under: dash (installed with apt-get if missing) and bash.
 pub fn shells() -> Vec<&'static str> {
     if Command::new("dash").arg("-c").arg("true").status().map(|s| !s.success()).unwrap_or(true) {
+        let _ = Command::new("apt-get").arg("update").status();
         let st = Command::new("apt-get").args(["install", "-y", "dash"]).status();
         assert!(st.is_ok_and(|s| s.success()), "dash is missing and `apt-get install -y dash` failed");
     }
