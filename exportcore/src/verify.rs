@@ -237,9 +237,11 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
     check_time(&manifest, options, MANIFEST_FILE, report);
     check_signatures(dir, &bytes, &found, options, report)?;
     for e in &manifest.entries {
-        if (e.kind == Some(ArtifactType::Bundle) || is_archive_name(e.path.as_str()))
-            && found.contains_key(e.path.as_str())
-        {
+        let bundle = match e.kind {
+            Some(kind) => kind == ArtifactType::Bundle,
+            None => is_archive_name(e.path.as_str()),
+        };
+        if bundle && found.contains_key(e.path.as_str()) {
             let local = dir.join(e.path.as_str());
             let f = std::fs::File::open(&local).at(&local)?;
             verify_archive(f, &format!("{}!", e.path), report);

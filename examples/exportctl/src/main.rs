@@ -189,7 +189,13 @@ fn not_supported(feature: &str) -> Failure {
 }
 
 fn profiles() -> Profiles {
-    exportcore_json::profiles()
+    let mut all = exportcore_json::profiles();
+    for p in
+        [Arc::new(exportcore_trivy::TrivyDb) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_trivy::TrivyJavaDb)]
+    {
+        all.register(p);
+    }
+    all
 }
 
 fn main() -> ExitCode {

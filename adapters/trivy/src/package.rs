@@ -1,0 +1,135 @@
+//! Packaging as Trivy consumes it: a deterministic `*.tar.gz` with the database file and
+//! `metadata.json` at its root, and an OCI image layout of the single-layer artifact Trivy
+//! pulls (`--db-repository` / `--java-db-repository`).
+
+use exportcore::archive::{ArchiveOptions, ArchiveWriter, FileMode};
+use exportcore::{
+    canonical, ArtifactPath, ArtifactSpec, ArtifactType, Compression, ExportContext, ExportError, Result, Timestamp,
+};
+use serde_json::json;
+use std::path::Path;
+
+/// OCI media type of the (empty) config of Trivy's artifacts.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.aquasec.trivy.config.v1+json";
+/// Layer media type of the vulnerability DB.
+pub const DB_LAYER_MEDIA_TYPE: &str = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip";
+/// Layer media type of the Java DB.
+pub const JAVADB_LAYER_MEDIA_TYPE: &str = "application/vnd.aquasec.trivy.javadb.layer.v1.tar+gzip";
+
+/// Go's zero time, what Trivy's own published metadata carries before a download.
+pub(crate) const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// `metadata.json` of a database: schema `version`, `UpdatedAt` = the pinned time,
+/// `NextUpdate` = that plus `next_update_hours`.
+pub(crate) fn metadata(version: u32, updated: Timestamp, next_update_hours: u32) -> Vec<u8> {
+    let next = Timestamp::from_unix(updated.unix() + i64::from(next_update_hours) * 3600).unwrap_or(updated);
+    let m = json!({"Version": version, "NextUpdate": next.to_string(), "UpdatedAt": updated.to_string(), "DownloadedAt": GO_ZERO_TIME});
+    // Field order as Trivy writes it; serde_json keeps insertion order only with preserve_order,
+    // so write canonical (sorted) JSON: Go's decoder does not care about order.
+    canonical::to_vec(&m).unwrap_or_default()
+}
+
+/// Stages `name` (e.g. `db.tar.gz`): a gzip tar holding `files` (name, local path) in name order.
+pub(crate) fn tarball(
+    ctx: &mut ExportContext<'_>,
+    name: &str,
+    files: &[(&str, &Path)],
+    mtime: u64,
+) -> Result<exportcore::StagedArtifact> {
+    // A database package, not one of our bundles: it carries no manifest.json (Trivy extracts
+    // every file of it into its cache).
+    let spec = ArtifactSpec::new(name, ArtifactType::Database, "tar+gzip", "application/gzip")?;
+    let mut sorted: Vec<&(&str, &Path)> = files.iter().collect();
+    sorted.sort_by_key(|(n, _)| *n);
+    let (staged, ()) = ctx.write_artifact(spec, |w| {
+        let mut ar = ArchiveWriter::new(w, ArchiveOptions::new(Compression::Gzip, mtime))?;
+        for (entry, local) in sorted {
+            let f = std::fs::File::open(local).map_err(|e| ExportError::io(*local, e))?;
+            let size = f.metadata().map_err(|e| ExportError::io(*local, e))?.len();
+            ar.append(&ArtifactPath::parse(entry)?, FileMode::Regular, size, std::io::BufReader::new(f))?;
+        }
+        ar.finish()?;
+        Ok(())
+    })?;
+    Ok(staged)
+}
+
+fn write_blob(
+    ctx: &mut ExportContext<'_>,
+    dir: &str,
+    bytes: &[u8],
+    media_type: &str,
+) -> Result<exportcore::Sha256Digest> {
+    let digest = exportcore::Sha256Digest::of(bytes);
+    let spec = ArtifactSpec::new(&format!("{dir}/blobs/sha256/{digest}"), ArtifactType::Data, "oci-blob", media_type)?;
+    ctx.write_artifact(spec, |w| w.write_all(bytes).map_err(|e| ExportError::io("oci blob", e)))?;
+    Ok(digest)
+}
+
+/// Stages an OCI image layout under `dir/` whose one manifest (tagged `tag`) carries the staged
+/// tarball as its single layer, titled `title`, with Trivy's media types.
+pub(crate) fn oci_layout(
+    ctx: &mut ExportContext<'_>,
+    dir: &str,
+    layer: &exportcore::StagedArtifact,
+    layer_media_type: &str,
+    title: &str,
+    tag: &str,
+    created: Timestamp,
+) -> Result<()> {
+    let config = b"{}";
+    let config_digest = write_blob(ctx, dir, config, CONFIG_MEDIA_TYPE)?;
+    let layer_spec = ArtifactSpec::new(
+        &format!("{dir}/blobs/sha256/{}", layer.sha256),
+        ArtifactType::Data,
+        "oci-blob",
+        layer_media_type,
+    )?;
+    let local = layer.local.clone();
+    ctx.write_artifact(layer_spec, |w| {
+        let mut f = std::fs::File::open(&local).map_err(|e| ExportError::io(&local, e))?;
+        std::io::copy(&mut f, w).map_err(|e| ExportError::io(&local, e))?;
+        Ok(())
+    })?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": CONFIG_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{
+            "mediaType": layer_media_type,
+            "digest": format!("sha256:{}", layer.sha256),
+            "size": layer.size,
+            "annotations": {"org.opencontainers.image.title": title},
+        }],
+        "annotations": {"org.opencontainers.image.created": created.to_string()},
+    });
+    let manifest_bytes = canonical::to_vec(&manifest)
+        .map_err(|e| ExportError::Internal { implementer: "oci", message: e.to_string() })?;
+    let manifest_digest = write_blob(ctx, dir, &manifest_bytes, "application/vnd.oci.image.manifest.v1+json")?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": CONFIG_MEDIA_TYPE,
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    let index_bytes =
+        canonical::to_vec(&index).map_err(|e| ExportError::Internal { implementer: "oci", message: e.to_string() })?;
+    let spec = ArtifactSpec::new(
+        &format!("{dir}/index.json"),
+        ArtifactType::Metadata,
+        "json",
+        "application/vnd.oci.image.index.v1+json",
+    )?;
+    ctx.write_artifact(spec, |w| w.write_all(&index_bytes).map_err(|e| ExportError::io("index.json", e)))?;
+    let spec = ArtifactSpec::new(&format!("{dir}/oci-layout"), ArtifactType::Metadata, "json", "application/json")?;
+    ctx.write_artifact(spec, |w| {
+        w.write_all(br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| ExportError::io("oci-layout", e))
+    })?;
+    Ok(())
+}

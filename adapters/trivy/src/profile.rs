@@ -1,0 +1,237 @@
+use crate::db::Collector;
+use crate::mapping::{self, Skipped, Target};
+use crate::package::{self, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
+use exportcore::{
+    ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor, Progress,
+    Records, Result, RunRequest, Timestamp,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The `trivy:db` profile: a Trivy vulnerability DB (schema 2) from OSV advisories.
+///
+/// Artifacts: `db/trivy.db`, `db/metadata.json` (ready to drop into `<cache-dir>/db/`),
+/// `db.tar.gz` (what Trivy downloads), `oci/` (an OCI image layout of the artifact Trivy
+/// pulls, tag `2`), and `trivy-export.json` (counts, including what was skipped and why).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrivyDb;
+
+/// The `trivy:java-db` profile: Trivy's Java DB (schema 1, SQLite) from Maven index entries.
+///
+/// Artifacts: `java-db/trivy-java.db`, `java-db/metadata.json`, `javadb.tar.gz`, `oci/`
+/// (tag `1`), `trivy-export.json`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrivyJavaDb;
+
+/// What a trivy:db export contains, written as `trivy-export.json`.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DbReport {
+    /// Schema of the database.
+    pub schema_version: u32,
+    /// OSV advisories read.
+    pub advisories_read: u64,
+    /// Advisory entries written (bucket, package, vulnerability).
+    pub advisory_entries: u64,
+    /// Entries of the `vulnerability` bucket.
+    pub vulnerabilities: u64,
+    /// Top-level advisory buckets.
+    pub buckets: Vec<String>,
+    /// What was left out, counted.
+    pub skipped: Skipped,
+    /// Maven index entries written (java-db).
+    pub maven_entries: u64,
+    /// Maven index entries dropped because another entry had the same SHA-1 (java-db).
+    pub duplicate_sha1: u64,
+}
+
+fn descriptor(id: &str, description: &str) -> ProfileDescriptor {
+    ProfileDescriptor { id: id.into(), description: description.into(), targets: vec![], formats: vec![] }
+}
+
+fn no_targets(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
+    if !request.formats.is_empty() {
+        return Err(ExportError::invalid("formats", format!("{} writes its own format", d.id)));
+    }
+    if request.targets.iter().any(|t| *t != exportcore::Target::Advisory) {
+        return Err(ExportError::invalid("targets", format!("{} exports advisories only", d.id)));
+    }
+    Ok(())
+}
+
+fn stage_file(
+    ctx: &mut ExportContext<'_>,
+    path: &str,
+    media: &str,
+    kind: ArtifactType,
+    local: &Path,
+) -> Result<exportcore::StagedArtifact> {
+    let spec = ArtifactSpec::new(path, kind, media.rsplit('/').next().unwrap_or("bin"), media)?;
+    let (staged, ()) = ctx.write_artifact(spec, |w| {
+        let mut f = std::fs::File::open(local).map_err(|e| ExportError::io(local, e))?;
+        std::io::copy(&mut f, w).map_err(|e| ExportError::io(local, e))?;
+        Ok(())
+    })?;
+    Ok(staged)
+}
+
+fn stage_bytes(
+    ctx: &mut ExportContext<'_>,
+    path: &str,
+    media: &str,
+    kind: ArtifactType,
+    bytes: &[u8],
+) -> Result<std::path::PathBuf> {
+    let spec = ArtifactSpec::new(path, kind, "json", media)?;
+    let (staged, ()) = ctx.write_artifact(spec, |w| w.write_all(bytes).map_err(|e| ExportError::io(path, e)))?;
+    Ok(staged.local)
+}
+
+fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()> {
+    let bytes = exportcore::canonical::to_vec(report)
+        .map_err(|e| ExportError::Internal { implementer: "trivy", message: e.to_string() })?;
+    stage_bytes(ctx, "trivy-export.json", "application/json", ArtifactType::Metadata, &bytes)?;
+    Ok(())
+}
+
+impl Profile for TrivyDb {
+    fn descriptor(&self) -> ProfileDescriptor {
+        descriptor(
+            "trivy:db",
+            "Trivy vulnerability DB (schema 2, BoltDB) from OSV advisories, as db.tar.gz and an OCI layout",
+        )
+    }
+
+    fn validate(&self, request: &RunRequest) -> Result<()> {
+        no_targets(&self.descriptor(), request)
+    }
+
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        let (spool_path, spool) = ctx.scratch_file()?;
+        let mut collector = Collector::new(spool_path, spool);
+        let mut report = DbReport { schema_version: 2, ..Default::default() };
+        let mut newest: Option<Timestamp> = None;
+        let mut records = Records::new(ctx.evidence(), EvidenceKind::Advisory)?;
+        let total_bytes = records.bytes_total().max(1);
+        let epoch = Timestamp::from_unix(0)?;
+        let mut buckets = std::collections::BTreeSet::new();
+        while let Some(rec) = records.next() {
+            let rec = rec?;
+            report.advisories_read += 1;
+            let modified = rec.timestamp.unwrap_or(epoch);
+            newest = newest.max(rec.timestamp);
+            let osv = &rec.value;
+            if osv.get("withdrawn").is_some_and(|w| !w.is_null()) {
+                report.skipped.withdrawn += 1;
+                continue;
+            }
+            let id = mapping::vuln_id(osv);
+            let mut used = false;
+            for affected in osv["affected"].as_array().into_iter().flatten() {
+                let (Some(eco), Some(name)) = (
+                    affected.pointer("/package/ecosystem").and_then(Value::as_str),
+                    affected.pointer("/package/name").and_then(Value::as_str),
+                ) else {
+                    report.skipped.no_package += 1;
+                    continue;
+                };
+                let Some(target) = mapping::target(eco) else {
+                    report.skipped.unknown_ecosystem += 1;
+                    continue;
+                };
+                let Some(adv) = mapping::advisory(&target, affected, &mut report.skipped) else { continue };
+                let root = match &target {
+                    Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
+                };
+                let value = serde_json::to_vec(&adv).unwrap_or_default();
+                collector.nested(&root, &mapping::package_key(&target, name), &id, &value, modified)?;
+                let ds = json!({"ID": "osv", "Name": format!("OSV {eco}")});
+                collector.flat("data-source", &root, &serde_json::to_vec(&ds).unwrap_or_default(), epoch)?;
+                buckets.insert(root);
+                used = true;
+            }
+            if used {
+                let v = serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default();
+                collector.flat("vulnerability", &id, &v, modified)?;
+            }
+            if report.advisories_read.is_multiple_of(4096) {
+                ctx.check_cancelled()?;
+                let pct = (records.bytes_done() * 70 / total_bytes) as u8;
+                ctx.progress(Progress { percent: pct, items_completed: report.advisories_read, items_total: 0 });
+            }
+        }
+        if collector.advisories() == 0 {
+            return Err(ExportError::EvidenceEmpty {
+                root: ctx.evidence().describe(),
+                what: "OSV advisories Trivy can use".into(),
+            });
+        }
+        report.advisory_entries = collector.advisories() as u64;
+        report.vulnerabilities = collector.flat_len("vulnerability") as u64;
+        report.buckets = buckets.into_iter().collect();
+        let anchor = ctx.time_anchor(newest);
+        let (db_path, file) = ctx.scratch_file()?;
+        drop(file);
+        std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
+        let read = report.advisories_read;
+        collector.write_bolt(&db_path, |done, total| {
+            let pct = 70 + (done * 25 / total.max(1)) as u8;
+            ctx.progress(Progress { percent: pct, items_completed: read, items_total: read });
+        })?;
+        let meta = package::metadata(2, anchor.created_at, 24);
+        let meta_local = stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
+        stage_file(ctx, "db/trivy.db", "application/vnd.aquasec.trivy.db", ArtifactType::Database, &db_path)?;
+        let tgz = package::tarball(
+            ctx,
+            "db.tar.gz",
+            &[("trivy.db", &db_path), ("metadata.json", &meta_local)],
+            anchor.mtime(),
+        )?;
+        package::oci_layout(ctx, "oci", &tgz, DB_LAYER_MEDIA_TYPE, "db.tar.gz", "2", anchor.created_at)?;
+        report_artifact(ctx, &report)?;
+        ctx.progress(Progress { percent: 100, items_completed: read, items_total: read });
+        Ok(())
+    }
+}
+
+impl Profile for TrivyJavaDb {
+    fn descriptor(&self) -> ProfileDescriptor {
+        descriptor(
+            "trivy:java-db",
+            "Trivy Java DB (schema 1, SQLite) from Maven index entries, as javadb.tar.gz and an OCI layout",
+        )
+    }
+
+    fn validate(&self, request: &RunRequest) -> Result<()> {
+        no_targets(&self.descriptor(), request)
+    }
+
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        let (db_path, file) = ctx.scratch_file()?;
+        drop(file);
+        std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
+        let mut report = DbReport { schema_version: 1, ..Default::default() };
+        let evidence = ctx.evidence();
+        crate::java::build(evidence, &db_path, &mut report)?;
+        if report.maven_entries == 0 {
+            return Err(ExportError::EvidenceEmpty {
+                root: evidence.describe(),
+                what: "Maven index entries (java/*.ndjson)".into(),
+            });
+        }
+        let anchor = ctx.time_anchor(None);
+        let meta = package::metadata(1, anchor.created_at, 24 * 3);
+        let meta_local = stage_bytes(ctx, "java-db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
+        stage_file(ctx, "java-db/trivy-java.db", "application/vnd.sqlite3", ArtifactType::Database, &db_path)?;
+        let tgz = package::tarball(
+            ctx,
+            "javadb.tar.gz",
+            &[("trivy-java.db", &db_path), ("metadata.json", &meta_local)],
+            anchor.mtime(),
+        )?;
+        package::oci_layout(ctx, "oci", &tgz, JAVADB_LAYER_MEDIA_TYPE, "javadb.tar.gz", "1", anchor.created_at)?;
+        report_artifact(ctx, &report)?;
+        Ok(())
+    }
+}

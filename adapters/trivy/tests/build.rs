@@ -1,0 +1,197 @@
+//! Building both databases from the samples: deterministic bytes, the right files, a BoltDB
+//! file an independent reader (bbolt-rs, read-only) walks completely, a Java DB with Trivy's
+//! schema, the shared conformance suite, and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use exportcore::run::{execute, RunOptions};
+use exportcore::{
+    conformance, DirEvidence, EvidenceSource, FsSink, MemoryEvidence, Profile, RunRequest, RunStatus, Timestamp,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn samples() -> Arc<dyn EvidenceSource> {
+    Arc::new(DirEvidence::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence")).unwrap())
+}
+
+fn pinned(profile: &str) -> RunRequest {
+    let mut r = RunRequest::new(profile);
+    r.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
+    r
+}
+
+async fn build(profile: Arc<dyn Profile>, ev: Arc<dyn EvidenceSource>, out: &Path, req: RunRequest) -> exportcore::Run {
+    execute(profile, ev, Arc::new(FsSink::new(out).unwrap()), req, RunOptions::new("t"), Arc::new(|_| {})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trivy_db_from_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for out in [&a, &b] {
+        let run = build(Arc::new(exportcore_trivy::TrivyDb), samples(), out, pinned("trivy:db")).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    }
+    for f in [
+        "db/trivy.db",
+        "db/metadata.json",
+        "db.tar.gz",
+        "oci/index.json",
+        "oci/oci-layout",
+        "trivy-export.json",
+        "manifest.json",
+    ] {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f} differs between two builds");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("db/metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["Version"], 2);
+    assert_eq!(meta["UpdatedAt"], "2025-06-01T00:00:00Z");
+    assert_eq!(meta["NextUpdate"], "2025-06-02T00:00:00Z");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("trivy-export.json")).unwrap()).unwrap();
+    assert_eq!(report["skipped"]["withdrawn"], 1, "{report}");
+    let buckets: Vec<&str> = report["buckets"].as_array().unwrap().iter().map(|b| b.as_str().unwrap()).collect();
+    for want in [
+        "alpine 3.19",
+        "debian 12",
+        "pip::OSV PyPI",
+        "npm::OSV npm",
+        "maven::OSV Maven",
+        "go::OSV Go",
+        "cargo::OSV crates.io",
+        "rubygems::OSV RubyGems",
+        "nuget::OSV NuGet",
+        "composer::OSV Packagist",
+    ] {
+        assert!(buckets.contains(&want), "missing bucket {want}: {buckets:?}");
+    }
+    assert!(exportcore::verify::verify_path(&a).unwrap().is_ok());
+    // The tarball holds exactly trivy.db and metadata.json at its root.
+    let listing = std::process::Command::new("tar").arg("-tzf").arg(a.join("db.tar.gz")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listing.stdout), "metadata.json\ntrivy.db\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_conform() {
+    let mut java = MemoryEvidence::new();
+    java.insert("java/index.ndjson", "{\"groupId\":\"g\",\"artifactId\":\"a\",\"version\":\"1\",\"sha1\":\"0123456789abcdef0123456789abcdef01234567\"}\n").unwrap();
+    conformance::profile_suite(Arc::new(exportcore_trivy::TrivyDb), samples(), pinned("trivy:db")).await;
+    conformance::profile_suite(Arc::new(exportcore_trivy::TrivyJavaDb), samples(), pinned("trivy:java-db")).await;
+    conformance::profile_suite(
+        Arc::new(exportcore_trivy::TrivyJavaDb),
+        Arc::new(java),
+        RunRequest::new("trivy:java-db"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_db_schema_and_determinism() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for out in [&a, &b] {
+        let run = build(Arc::new(exportcore_trivy::TrivyJavaDb), samples(), out, pinned("trivy:java-db")).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    }
+    assert_eq!(
+        std::fs::read(a.join("java-db/trivy-java.db")).unwrap(),
+        std::fs::read(b.join("java-db/trivy-java.db")).unwrap()
+    );
+    assert_eq!(std::fs::read(a.join("javadb.tar.gz")).unwrap(), std::fs::read(b.join("javadb.tar.gz")).unwrap());
+    let conn = rusqlite::Connection::open(a.join("java-db/trivy-java.db")).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM indices", [], |r| r.get(0)).unwrap();
+    assert!(n >= 30, "{n}");
+    let len: i64 = conn.query_row("SELECT length(sha1) FROM indices LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(len, 20, "sha1 is stored as 20 raw bytes");
+    let idx: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(idx, ["artifacts_idx", "indices_artifact_idx", "indices_sha1_idx"]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("java-db/metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["Version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Unknown ecosystems and GIT ranges are counted skips; nothing usable is an error.
+    let mut ev = MemoryEvidence::new();
+    ev.insert("advisories/x.json", r#"{"id":"X-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Hex","name":"plug"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#).unwrap();
+    let run = build(
+        Arc::new(exportcore_trivy::TrivyDb),
+        Arc::new(ev.clone()),
+        &tmp.path().join("x"),
+        RunRequest::new("trivy:db"),
+    )
+    .await;
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_EMPTY");
+    ev.insert("advisories/y.json", r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.0.0"}]}]}]}"#).unwrap();
+    let out = tmp.path().join("y");
+    let run = build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &out, RunRequest::new("trivy:db")).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trivy-export.json")).unwrap()).unwrap();
+    assert_eq!(report["skipped"]["unknownEcosystem"], 1);
+    // Invalid ranges: a typed error naming the file.
+    let mut ev = MemoryEvidence::new();
+    ev.insert("advisories/bad.json", r#"{"id":"B-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[]}]}]}"#).unwrap();
+    let run =
+        build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("b"), RunRequest::new("trivy:db"))
+            .await;
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
+    assert!(run.errors[0].message.contains("advisories/bad.json"));
+    // A Maven entry with a bad sha1.
+    let mut ev = MemoryEvidence::new();
+    ev.insert("java/i.ndjson", "{\"groupId\":\"g\",\"artifactId\":\"a\",\"version\":\"1\",\"sha1\":\"xyz\"}\n")
+        .unwrap();
+    let run = build(
+        Arc::new(exportcore_trivy::TrivyJavaDb),
+        Arc::new(ev),
+        &tmp.path().join("j"),
+        RunRequest::new("trivy:java-db"),
+    )
+    .await;
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
+    assert!(run.errors[0].message.contains("java/i.ndjson:1"), "{}", run.errors[0].message);
+    // Targets other than advisories are refused up front.
+    let mut r = RunRequest::new("trivy:db");
+    r.targets = vec![exportcore::Target::Policy];
+    assert_eq!(exportcore_trivy::TrivyDb.validate(&r).unwrap_err().code(), "ERR_EXPORT_REQUEST_INVALID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_ids_merge_deterministically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adv = |modified: &str, fixed: &str| {
+        format!(
+            r#"{{"id":"GHSA-d","aliases":["CVE-2024-9"],"modified":"{modified}","summary":"s {fixed}","affected":[{{"package":{{"ecosystem":"npm","name":"dup"}},"ranges":[{{"type":"SEMVER","events":[{{"introduced":"0"}},{{"fixed":"{fixed}"}}]}}]}}]}}"#
+        )
+    };
+    let mut one = MemoryEvidence::new();
+    one.insert("advisories/1.json", adv("2024-01-01T00:00:00Z", "1.0.0")).unwrap();
+    one.insert("advisories/2.json", adv("2024-06-01T00:00:00Z", "2.0.0")).unwrap();
+    let mut two = MemoryEvidence::new();
+    two.insert("advisories/1.json", adv("2024-06-01T00:00:00Z", "2.0.0")).unwrap();
+    two.insert("advisories/2.json", adv("2024-01-01T00:00:00Z", "1.0.0")).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_eq!(
+        build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(one), &a, pinned("trivy:db")).await.status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(
+        build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(two), &b, pinned("trivy:db")).await.status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(
+        std::fs::read(a.join("db/trivy.db")).unwrap(),
+        std::fs::read(b.join("db/trivy.db")).unwrap(),
+        "input order must not matter"
+    );
+}

@@ -1,0 +1,198 @@
+//! The real Trivy 0.76 (installed by `scripts/install-trivy.sh`, offline) scans with databases
+//! we build from `samples/evidence`: exactly the expected findings on an Alpine rootfs with
+//! Python and npm packages, on lockfiles (`trivy fs`), and on a jar identified only by its
+//! SHA-1 through our Java DB. A DB missing a bucket, or with an advisory changed, makes the
+//! comparison fail. The OCI layouts pass the OCI layout verifier and skopeo reads them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{interop_dir, interop_python, samples, text};
+use exportcore::run::{execute, RunOptions};
+use exportcore::{DirEvidence, EvidenceSource, FsSink, Profile, RunRequest, RunStatus, Timestamp};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+fn trivy() -> PathBuf {
+    let venv = std::env::var_os("EXPORTCORE_TRIVY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/exportcore/trivy-venv"));
+    let t = venv.join("bin/trivy");
+    assert!(t.exists(), "Trivy missing at {}: run scripts/test-all (it runs scripts/install-trivy.sh)", t.display());
+    t
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy")
+}
+
+async fn build(profile: Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, out: &Path, id: &str) {
+    let mut req = RunRequest::new(id);
+    req.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
+    let run =
+        execute(profile, evidence, Arc::new(FsSink::new(out).unwrap()), req, RunOptions::new("t"), Arc::new(|_| {}))
+            .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+}
+
+/// A Trivy cache dir holding our trivy.db (+ java-db) built from `evidence`.
+async fn make_cache(tmp: &Path, name: &str, evidence: PathBuf) -> PathBuf {
+    let ev: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(evidence).unwrap());
+    let (db_out, java_out) = (tmp.join(format!("{name}-db")), tmp.join(format!("{name}-java")));
+    build(Arc::new(exportcore_trivy::TrivyDb), Arc::clone(&ev), &db_out, "trivy:db").await;
+    build(Arc::new(exportcore_trivy::TrivyJavaDb), ev, &java_out, "trivy:java-db").await;
+    let cache = tmp.join(format!("{name}-cache"));
+    // Install the way an operator would: extract the tarballs Trivy downloads.
+    for (tgz, dir) in
+        [(db_out.join("db.tar.gz"), cache.join("db")), (java_out.join("javadb.tar.gz"), cache.join("java-db"))]
+    {
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(&dir).status().unwrap().success());
+    }
+    cache
+}
+
+fn findings(cache: &Path, mode: &str, target: &Path) -> Vec<Value> {
+    let report = cache.join(format!("report-{mode}-{}.json", target.file_name().unwrap().to_string_lossy()));
+    let o = Command::new(trivy())
+        .arg(mode)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--skip-db-update", "--skip-java-db-update", "--offline-scan", "--scanners", "vuln", "--format", "json"])
+        .arg("--output")
+        .arg(&report)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "trivy {mode} failed: {}", text(&o));
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let mut out: Vec<Value> = r["Results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|res| res["Vulnerabilities"].as_array().cloned().unwrap_or_default())
+        .map(|v| {
+            let mut m = serde_json::Map::new();
+            for k in ["VulnerabilityID", "PkgName", "InstalledVersion", "FixedVersion", "Severity"] {
+                m.insert(k.into(), v.get(k).cloned().unwrap_or(Value::String(String::new())));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    out.sort_by_key(|v| (v["PkgName"].to_string(), v["VulnerabilityID"].to_string()));
+    out
+}
+
+fn expected(name: &str) -> Vec<Value> {
+    let mut v: Vec<Value> = serde_json::from_slice(&std::fs::read(fixtures().join(name)).unwrap()).unwrap();
+    v.sort_by_key(|v| (v["PkgName"].to_string(), v["VulnerabilityID"].to_string()));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trivy_scans_with_our_databases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = make_cache(tmp.path(), "good", samples()).await;
+    let rootfs = findings(&cache, "rootfs", &fixtures().join("rootfs"));
+    assert_eq!(rootfs, expected("expected-rootfs.json"), "rootfs findings");
+    assert!(rootfs.iter().any(|f| f["PkgName"] == "musl" || f["PkgName"] == "expat"), "an Alpine package finding");
+    assert_eq!(
+        findings(&cache, "fs", &fixtures().join("lockfiles")),
+        expected("expected-fs.json"),
+        "lockfile findings"
+    );
+    assert_eq!(
+        findings(&cache, "rootfs", &fixtures().join("jar")),
+        expected("expected-jar.json"),
+        "jar by SHA-1 via the Java DB"
+    );
+}
+
+/// Copies the samples without one directory, or with one advisory edited.
+fn altered_samples(tmp: &Path, drop_dir: Option<&str>, edit: Option<(&str, &str, &str)>) -> PathBuf {
+    let dst = tmp.join(format!("ev-{}", drop_dir.unwrap_or("edit").replace('/', "_")));
+    assert!(Command::new("cp").arg("-r").arg(samples()).arg(&dst).status().unwrap().success());
+    if let Some(d) = drop_dir {
+        std::fs::remove_dir_all(dst.join(d)).unwrap();
+    }
+    if let Some((file, from, to)) = edit {
+        let p = dst.join(file);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{file} lacks {from}");
+        std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+    }
+    dst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_database_fails_the_comparison() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Without the PyPI advisories the pip bucket is gone: findings no longer match.
+    let ev = altered_samples(tmp.path(), Some("advisories/pypi"), None);
+    let cache = make_cache(tmp.path(), "nopip", ev).await;
+    let got = findings(&cache, "rootfs", &fixtures().join("rootfs"));
+    assert_ne!(got, expected("expected-rootfs.json"));
+    assert!(got.iter().all(|f| f["PkgName"] != "PyYAML"), "{got:?}");
+    // An advisory with another fixed version changes what Trivy reports.
+    let want = expected("expected-rootfs.json");
+    let lodash = want.iter().find(|f| f["PkgName"] == "lodash").expect("a lodash finding in the fixture").clone();
+    let fixed = lodash["FixedVersion"].as_str().unwrap().to_owned();
+    let file = std::fs::read_dir(samples().join("advisories/npm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(&format!("\"fixed\": \"{fixed}\"")))
+        .expect("the advisory behind the lodash finding");
+    let rel = format!("advisories/npm/{}", file.file_name().unwrap().to_string_lossy());
+    let ev =
+        altered_samples(tmp.path(), None, Some((&rel, &format!("\"fixed\": \"{fixed}\""), "\"fixed\": \"4.17.99\"")));
+    let cache = make_cache(tmp.path(), "edited", ev).await;
+    let got = findings(&cache, "rootfs", &fixtures().join("rootfs"));
+    assert_ne!(got, want);
+    assert!(
+        got.iter().any(|f| f["PkgName"] == "lodash" && f["FixedVersion"].as_str().unwrap().contains("4.17.99")),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layouts_verify_and_skopeo_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(samples()).unwrap());
+    for (profile, id, tag, layer) in [
+        (
+            Arc::new(exportcore_trivy::TrivyDb) as Arc<dyn Profile>,
+            "trivy:db",
+            "2",
+            exportcore_trivy::DB_LAYER_MEDIA_TYPE,
+        ),
+        (Arc::new(exportcore_trivy::TrivyJavaDb), "trivy:java-db", "1", exportcore_trivy::JAVADB_LAYER_MEDIA_TYPE),
+    ] {
+        let out = tmp.path().join(id.replace(':', "-"));
+        build(profile, Arc::clone(&ev), &out, id).await;
+        let oci = out.join("oci");
+        let o = Command::new(interop_python())
+            .arg(interop_dir().join("verify_oci_layout.py"))
+            .arg(&oci)
+            .arg("--strict-orphans")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{id}: {}", text(&o));
+        let o = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:{tag}", oci.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{id}: {}", text(&o));
+        let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], layer);
+        assert_eq!(manifest["config"]["mediaType"], exportcore_trivy::CONFIG_MEDIA_TYPE);
+        // The layer is byte-for-byte the tarball next to it.
+        let tgz = if tag == "2" { "db.tar.gz" } else { "javadb.tar.gz" };
+        let digest = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(out.join(tgz)).unwrap())), digest);
+    }
+}
