@@ -190,9 +190,11 @@ fn not_supported(feature: &str) -> Failure {
 
 fn profiles() -> Profiles {
     let mut all = exportcore_json::profiles();
-    for p in
-        [Arc::new(exportcore_trivy::TrivyDb) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_trivy::TrivyJavaDb)]
-    {
+    for p in [
+        Arc::new(exportcore_trivy::TrivyDb) as Arc<dyn exportcore::Profile>,
+        Arc::new(exportcore_trivy::TrivyJavaDb),
+        Arc::new(exportcore_devportal::DevportalOffline::new()),
+    ] {
         all.register(p);
     }
     all
@@ -495,7 +497,8 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
 }
 
 fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
-    let report = exportcore::verify::verify_path_with(path, options)?;
+    // Devportal bundles (and run outputs holding one) have their own manifest format.
+    let report = exportcore_devportal::verify_path_with(path, options)?;
     if report.is_ok() {
         let signed = if options.verifiers.is_empty() { "" } else { ", signatures valid" };
         println!("OK {}: {} entries verified{signed}", report.target, report.verified);

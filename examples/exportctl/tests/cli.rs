@@ -309,12 +309,13 @@ fn out_dir_must_be_empty() {
 }
 
 #[test]
-fn profiles_lists_json_profiles() {
+fn profiles_lists_every_bundled_profile() {
     let o = run(&["profiles", "--json"]);
     assert!(o.status.success());
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["json:policy", "json:raw"]);
+    assert_eq!(ids, ["devportal:offline", "json:policy", "json:raw", "trivy:db", "trivy:java-db"]);
+    assert!(list.as_array().unwrap().iter().all(|p| !p["description"].as_str().unwrap().is_empty()));
 }
 
 #[test]
@@ -445,4 +446,25 @@ fn runs_list_show_events_read_the_store() {
     let o = export("json:raw", &samples(), &out, &["--store", junk.to_str().unwrap()]);
     assert!(text(&o).contains("ERR_EXPORT_STORE_INVALID"), "{}", text(&o));
     assert!(!out.exists(), "no output without a usable store");
+}
+
+#[test]
+fn devportal_and_trivy_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dp");
+    let o = export("devportal:offline", &samples(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bundle = out.join("devportal-offline-bundle.tgz");
+    for p in [&out, &bundle] {
+        let o = run_verify(p);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    flip_byte(&bundle, 2000);
+    assert_verify_fails(&bundle, "devportal-offline-bundle.tgz");
+    assert_verify_fails(&out, "devportal-offline-bundle.tgz");
+    let out = tmp.path().join("trivy");
+    let o = export("trivy:db", &samples(), &out, &["--created-at", "2025-06-01T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("db/trivy.db").is_file() && out.join("db.tar.gz").is_file() && out.join("oci/index.json").is_file());
+    assert!(run_verify(&out).status.success());
 }
