@@ -366,9 +366,10 @@ fn check_subjects(
 fn verify_nested_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut VerifyReport) {
     let mut inner = VerifyReport { target: report.target.clone(), ..Default::default() };
     verify_archive(r, prefix, &mut inner);
-    let foreign = inner.failures.iter().any(|f| {
-        f.path == format!("{prefix}{MANIFEST_FILE}") && f.problem.starts_with(FOREIGN_MANIFEST)
-    });
+    let foreign = inner
+        .failures
+        .iter()
+        .any(|f| f.path == format!("{prefix}{MANIFEST_FILE}") && f.problem.starts_with(FOREIGN_MANIFEST));
     if !foreign {
         report.verified += inner.verified;
         report.failures.extend(inner.failures);

@@ -24,7 +24,9 @@ use std::time::Instant;
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -107,7 +109,12 @@ fn trivy_findings(trivy: &Path, db_dir: &Path, tmp: &Path, tag: &str) -> String 
         .into_iter()
         .flatten()
         .flat_map(|r| r["Vulnerabilities"].as_array().cloned().unwrap_or_default())
-        .map(|f| format!("{} {} {} {} {}", f["VulnerabilityID"], f["PkgName"], f["InstalledVersion"], f["FixedVersion"], f["Severity"]))
+        .map(|f| {
+            format!(
+                "{} {} {} {} {}",
+                f["VulnerabilityID"], f["PkgName"], f["InstalledVersion"], f["FixedVersion"], f["Severity"]
+            )
+        })
         .collect();
     found.sort();
     found.join("\n")
@@ -124,11 +131,16 @@ fn main() -> ExitCode {
     let ev = tmp.path().join("evidence");
     let opts = evidence_gen::GenOptions { advisories: n, advisories_per_file: 50_000, ..Default::default() };
     evidence_gen::generate(&ev, &opts).expect("generate");
-    let st = Command::new("cp").arg("-r").arg(root.join("samples/evidence/advisories")).arg(ev.join("advisories/samples")).status();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(root.join("samples/evidence/advisories"))
+        .arg(ev.join("advisories/samples"))
+        .status();
     assert!(st.is_ok_and(|s| s.success()), "copy samples");
 
     let out = tmp.path().join("ours");
-    let o = Command::new(std::env::current_exe().expect("exe")).arg("--child").arg(&ev).arg(&out).output().expect("child");
+    let o =
+        Command::new(std::env::current_exe().expect("exe")).arg("--child").arg(&ev).arg(&out).output().expect("child");
     if !o.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&o.stderr));
         return ExitCode::from(1);
@@ -142,7 +154,8 @@ fn main() -> ExitCode {
     let kv = tmp.path().join("kv.ndjson");
     let entries = dump(&our_db, &kv);
     let go_bin = tmp.path().join("go-bbolt-writer");
-    let st = Command::new("sh").arg(root.join("benches/go-bbolt-writer/build.sh")).arg(&go_bin).status().expect("build.sh");
+    let st =
+        Command::new("sh").arg(root.join("benches/go-bbolt-writer/build.sh")).arg(&go_bin).status().expect("build.sh");
     assert!(st.success(), "building the Go reference writer failed");
     let go_db_dir = tmp.path().join("go-db");
     std::fs::create_dir_all(&go_db_dir).expect("dir");

@@ -465,6 +465,8 @@ fn devportal_and_trivy_through_the_cli() {
     let out = tmp.path().join("trivy");
     let o = export("trivy:db", &samples(), &out, &["--created-at", "2025-06-01T00:00:00Z"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.join("db/trivy.db").is_file() && out.join("db.tar.gz").is_file() && out.join("oci/index.json").is_file());
+    assert!(
+        out.join("db/trivy.db").is_file() && out.join("db.tar.gz").is_file() && out.join("oci/index.json").is_file()
+    );
     assert!(run_verify(&out).status.success());
 }
