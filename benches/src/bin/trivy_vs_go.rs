@@ -10,6 +10,7 @@
 //!    `benches/go-bbolt-writer` (real Go bbolt) writing exactly those entries;
 //! 4. scans `tests/fixtures/trivy/rootfs` with the real Trivy using each DB and checks the
 //!    findings are identical.
+//!
 //! Prints both times, the ratio, both file sizes and our peak RSS.
 
 use bbolt_rs::{BucketApi, DbApi, TxApi};
