@@ -196,3 +196,44 @@ async fn oci_layouts_verify_and_skopeo_reads_them() {
         assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(out.join(tgz)).unwrap())), digest);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vex_not_affected_clears_a_finding() {
+    let tmp = tempfile::tempdir().unwrap();
+    // With targets [advisory, vex] the samples' OpenVEX statements apply: lodash 4.17.20 is
+    // not_affected by CVE-2021-23337 there, so Trivy must no longer report it; the other
+    // lodash finding (no VEX statement) stays.
+    let out = tmp.path().join("db");
+    let mut req = RunRequest::new("trivy:db");
+    req.targets = vec![exportcore::Target::Advisory, exportcore::Target::Vex];
+    req.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
+    let ev: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(samples()).unwrap());
+    let run = execute(
+        Arc::new(exportcore_trivy::TrivyDb),
+        ev,
+        Arc::new(FsSink::new(&out).unwrap()),
+        req,
+        RunOptions::new("t"),
+        Arc::new(|_| {}),
+    )
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("trivy-export.json")).unwrap()).unwrap();
+    assert!(report["skipped"]["vexUnaffectedVersions"].as_u64().unwrap() >= 1, "{report}");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(cache.join("db")).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(out.join("db.tar.gz"))
+        .arg("-C")
+        .arg(cache.join("db"))
+        .status()
+        .unwrap()
+        .success());
+    let got = findings(&cache, "rootfs", &fixtures().join("rootfs"));
+    let want: Vec<Value> = expected("expected-rootfs.json")
+        .into_iter()
+        .filter(|f| !(f["PkgName"] == "lodash" && f["VulnerabilityID"] == "CVE-2021-23337"))
+        .collect();
+    assert_eq!(got, want);
+}

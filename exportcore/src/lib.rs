@@ -64,6 +64,7 @@ pub mod model;
 pub mod parallel;
 mod path;
 pub mod profile;
+pub mod purl;
 pub mod run;
 pub mod sign;
 pub mod sink;

@@ -32,7 +32,7 @@
 //! ```
 
 mod policy;
-mod purl;
+
 mod raw;
 
 pub use policy::JsonPolicy;

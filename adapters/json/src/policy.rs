@@ -1,7 +1,7 @@
-use crate::purl;
 use crate::raw::{base_manifest, export_raw, sorted, span_progress, RecordWriter, ALL_TARGETS};
 use exportcore::bundle::write_bundle;
 use exportcore::evidence::schema::{vex_product_id, vex_vulnerability_name};
+use exportcore::purl;
 use exportcore::{
     check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, Profile, ProfileDescriptor,
     Progress, Records, Result, RunRequest, Timestamp,

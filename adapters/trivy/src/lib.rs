@@ -37,6 +37,7 @@ mod java;
 mod mapping;
 mod package;
 mod profile;
+mod vex;
 
 pub use mapping::Skipped;
 pub use package::{CONFIG_MEDIA_TYPE, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};

@@ -164,6 +164,8 @@ pub(crate) struct Advisory {
     pub(crate) vulnerable_versions: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) patched_versions: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) unaffected_versions: Vec<String>,
 }
 
 /// Counted losses of one mapping.
@@ -180,6 +182,20 @@ pub struct Skipped {
     pub git_ranges: u64,
     /// Affected entries with neither usable ranges nor versions.
     pub no_versions: u64,
+    /// Entries dropped because a VEX statement says the package (any version) is not affected.
+    pub vex_dropped: u64,
+    /// Versions added to `UnaffectedVersions` from VEX statements on versioned products.
+    pub vex_unaffected_versions: u64,
+    /// VEX statements on OS packages (Trivy's OS matching has no per-version exceptions).
+    pub vex_os_ignored: u64,
+}
+
+/// The exact-version constraint syntax of an ecosystem (`== v` for pip, `= v` elsewhere).
+pub(crate) fn exact(target: &Target, v: &str) -> String {
+    match target {
+        Target::Lang { eco: "pip", .. } => format!("== {v}"),
+        _ => format!("= {v}"),
+    }
 }
 
 /// The advisory for one OSV `affected` entry in `target`, or `None` when it has nothing usable.
@@ -217,15 +233,11 @@ pub(crate) fn advisory(target: &Target, affected: &Value, skipped: &mut Skipped)
             adv.vulnerable_versions.push(lower(introduced.as_deref()).unwrap_or_else(|| ">= 0".into()));
         }
     }
-    let exact = match target {
-        Target::Lang { eco: "pip", .. } => "==",
-        _ => "=",
-    };
     // An explicit version list is used when the ranges gave nothing (OSV lists the same
     // versions the ranges cover, when both are present).
     if adv.vulnerable_versions.is_empty() {
         for v in affected["versions"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            adv.vulnerable_versions.push(format!("{exact} {v}"));
+            adv.vulnerable_versions.push(exact(target, v));
         }
     }
     match target {

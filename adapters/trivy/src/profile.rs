@@ -54,8 +54,11 @@ fn no_targets(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
     if !request.formats.is_empty() {
         return Err(ExportError::invalid("formats", format!("{} writes its own format", d.id)));
     }
-    if request.targets.iter().any(|t| *t != exportcore::Target::Advisory) {
-        return Err(ExportError::invalid("targets", format!("{} exports advisories only", d.id)));
+    if request.targets.iter().any(|t| !matches!(t, exportcore::Target::Advisory | exportcore::Target::Vex)) {
+        return Err(ExportError::invalid(
+            "targets",
+            format!("{} exports advisories (optionally filtered by vex)", d.id),
+        ));
     }
     Ok(())
 }
@@ -116,6 +119,11 @@ impl Profile for TrivyDb {
         let total_bytes = records.bytes_total().max(1);
         let epoch = Timestamp::from_unix(0)?;
         let mut buckets = std::collections::BTreeSet::new();
+        let vex = if ctx.request().targets.contains(&exportcore::Target::Vex) {
+            crate::vex::VexIndex::load(ctx.evidence())?
+        } else {
+            crate::vex::VexIndex::default()
+        };
         while let Some(rec) = records.next() {
             let rec = rec?;
             report.advisories_read += 1;
@@ -140,7 +148,26 @@ impl Profile for TrivyDb {
                     report.skipped.unknown_ecosystem += 1;
                     continue;
                 };
-                let Some(adv) = mapping::advisory(&target, affected, &mut report.skipped) else { continue };
+                let Some(mut adv) = mapping::advisory(&target, affected, &mut report.skipped) else { continue };
+                if !vex.is_empty() {
+                    let mut ids: Vec<&str> = vec![osv["id"].as_str().unwrap_or_default()];
+                    ids.extend(osv["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str));
+                    let family = eco.split(':').next().unwrap_or(eco);
+                    let cleared = vex.lookup(&ids, family, name);
+                    if !cleared.is_empty() {
+                        if matches!(target, Target::Os(_)) {
+                            report.skipped.vex_os_ignored += cleared.len() as u64;
+                        } else if cleared.contains(&None) {
+                            report.skipped.vex_dropped += 1;
+                            continue;
+                        } else {
+                            for v in cleared.into_iter().flatten() {
+                                adv.unaffected_versions.push(mapping::exact(&target, &v));
+                                report.skipped.vex_unaffected_versions += 1;
+                            }
+                        }
+                    }
+                }
                 let root = match &target {
                     Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
                 };

@@ -1,15 +1,25 @@
-//! Just enough of package URLs to relate a finding's product to OSV `affected[].package`.
+//! Just enough of package URLs (purl) to relate products named in VEX statements and policy
+//! findings to OSV `affected[].package` entries.
+//!
+//! ```
+//! use exportcore::purl;
+//! assert_eq!(purl::osv_package("pkg:maven/org.yaml/snakeyaml@1.33"), Some(("Maven", "org.yaml:snakeyaml".to_owned())));
+//! assert_eq!(purl::parse("pkg:npm/lodash@4.17.20").unwrap().version, Some("4.17.20"));
+//! ```
 
 /// The parts of a purl we use.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Purl<'a> {
-    pub(crate) ty: &'a str,
+pub struct Purl<'a> {
+    /// The type (`npm`, `maven`, `apk`, ...).
+    pub ty: &'a str,
     /// `namespace/name` as written (without version, qualifiers, subpath).
-    pub(crate) path: &'a str,
-    pub(crate) version: Option<&'a str>,
+    pub path: &'a str,
+    /// The version, if any.
+    pub version: Option<&'a str>,
 }
 
-pub(crate) fn parse(s: &str) -> Option<Purl<'_>> {
+/// Parses `pkg:type/namespace/name@version?qualifiers#subpath`.
+pub fn parse(s: &str) -> Option<Purl<'_>> {
     let rest = s.strip_prefix("pkg:")?;
     let rest = rest.split(['?', '#']).next()?;
     let (ty, rest) = rest.split_once('/')?;
@@ -22,14 +32,14 @@ pub(crate) fn parse(s: &str) -> Option<Purl<'_>> {
 }
 
 /// The product without its version (and qualifiers).
-pub(crate) fn unversioned(s: &str) -> Option<String> {
+pub fn unversioned(s: &str) -> Option<String> {
     let p = parse(s)?;
     Some(format!("pkg:{}/{}", p.ty, p.path))
 }
 
 /// The OSV ecosystem family and package name a purl denotes, e.g.
 /// `pkg:maven/org.yaml/snakeyaml@1.33` -> (`Maven`, `org.yaml:snakeyaml`).
-pub(crate) fn osv_package(s: &str) -> Option<(&'static str, String)> {
+pub fn osv_package(s: &str) -> Option<(&'static str, String)> {
     let p = parse(s)?;
     let path = p.path.replace("%40", "@");
     let eco = match p.ty {
