@@ -1,6 +1,6 @@
 use crate::raw::{base_manifest, export_raw, sorted, span_progress, RecordWriter, ALL_TARGETS};
 use exportcore::bundle::write_bundle;
-use exportcore::evidence::schema::{vex_product_id, vex_vulnerability_name};
+use exportcore::evidence::schema::vex_statements;
 use exportcore::purl;
 use exportcore::{
     check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, Profile, ProfileDescriptor,
@@ -162,36 +162,18 @@ impl Join {
         for rec in Records::new(evidence, EvidenceKind::Vex)? {
             let rec = rec?;
             join.newest = join.newest.max(rec.timestamp);
-            let doc_ts = rec.timestamp.unwrap_or_else(|| Timestamp::from_unix(0).unwrap_or_else(|_| Timestamp::now()));
-            let doc_id = str_field(&rec.value, "@id").to_owned();
-            for (i, st) in rec.value.get("statements").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                let Some(st) = st.as_object() else { continue };
-                let ts = st
-                    .get("timestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| Timestamp::parse(t).ok())
-                    .unwrap_or(doc_ts);
+            for st in vex_statements(&rec.value) {
                 let info = VexInfo {
-                    when: (ts, doc_id.clone(), i),
-                    status: st.get("status").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    justification: st.get("justification").and_then(Value::as_str).map(str::to_owned),
-                    statement: ["impact_statement", "action_statement", "status_notes"]
-                        .iter()
-                        .find_map(|k| st.get(*k).and_then(Value::as_str))
-                        .map(str::to_owned),
-                    document: doc_id.clone(),
+                    when: (st.timestamp, st.document.clone(), st.index),
+                    status: st.status.clone(),
+                    justification: st.justification.clone(),
+                    statement: st.statement.clone(),
+                    document: st.document.clone(),
                 };
-                let mut vulns: Vec<String> = vex_vulnerability_name(st).map(str::to_owned).into_iter().collect();
-                if let Some(aliases) = st.get("vulnerability").and_then(|v| v.get("aliases")).and_then(Value::as_array)
-                {
-                    vulns.extend(aliases.iter().filter_map(Value::as_str).map(str::to_owned));
-                }
-                for p in st.get("products").and_then(Value::as_array).into_iter().flatten() {
-                    let Some(pid) = vex_product_id(p) else { continue };
-                    for v in &vulns {
-                        let key = (v.clone(), pid.to_owned());
-                        let newer = join.vex.get(&key).is_none_or(|old| old.when < info.when);
-                        if newer {
+                for pid in &st.products {
+                    for v in &st.vulnerabilities {
+                        let key = (v.clone(), pid.clone());
+                        if join.vex.get(&key).is_none_or(|old| old.when < info.when) {
                             join.vex.insert(key, info.clone());
                         }
                     }

@@ -4,9 +4,8 @@
 //! `UnaffectedVersions`, which Trivy's language matching honours. The latest statement per
 //! (vulnerability, product) wins.
 
-use exportcore::evidence::schema::{vex_product_id, vex_vulnerability_name};
-use exportcore::{purl, EvidenceKind, EvidenceSource, Records, Result, Timestamp};
-use serde_json::Value;
+use exportcore::evidence::schema::{vex_statements, VexStatement};
+use exportcore::{purl, EvidenceKind, EvidenceSource, Records, Result};
 use std::collections::BTreeMap;
 
 /// (vulnerability, OSV ecosystem family, package name) → versions (`None` = every version).
@@ -18,36 +17,22 @@ pub(crate) struct VexIndex {
 impl VexIndex {
     pub(crate) fn load(evidence: &dyn EvidenceSource) -> Result<Self> {
         // Latest statement per (vulnerability, product).
-        let mut latest: BTreeMap<(String, String), (Timestamp, String)> = BTreeMap::new();
+        let mut latest: BTreeMap<(String, String), VexStatement> = BTreeMap::new();
         for rec in Records::new(evidence, EvidenceKind::Vex)? {
-            let rec = rec?;
-            let doc_ts = rec.timestamp.unwrap_or(Timestamp::from_unix(0)?);
-            for st in rec.value["statements"].as_array().into_iter().flatten() {
-                let Some(st) = st.as_object() else { continue };
-                let ts = st
-                    .get("timestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| Timestamp::parse(t).ok())
-                    .unwrap_or(doc_ts);
-                let status = st.get("status").and_then(Value::as_str).unwrap_or_default().to_owned();
-                let mut vulns: Vec<String> = vex_vulnerability_name(st).map(str::to_owned).into_iter().collect();
-                if let Some(a) = st.get("vulnerability").and_then(|v| v.get("aliases")).and_then(Value::as_array) {
-                    vulns.extend(a.iter().filter_map(Value::as_str).map(str::to_owned));
-                }
-                for p in st.get("products").and_then(Value::as_array).into_iter().flatten() {
-                    let Some(product) = vex_product_id(p) else { continue };
-                    for v in &vulns {
-                        let key = (v.clone(), product.to_owned());
-                        if latest.get(&key).is_none_or(|(t, _)| *t <= ts) {
-                            latest.insert(key, (ts, status.clone()));
+            for st in vex_statements(&rec?.value) {
+                for product in &st.products {
+                    for v in &st.vulnerabilities {
+                        let key = (v.clone(), product.clone());
+                        if latest.get(&key).is_none_or(|old| old.precedence() < st.precedence()) {
+                            latest.insert(key, st.clone());
                         }
                     }
                 }
             }
         }
         let mut index = VexIndex::default();
-        for ((vuln, product), (_, status)) in latest {
-            if !matches!(status.as_str(), "not_affected" | "fixed") {
+        for ((vuln, product), st) in latest {
+            if !matches!(st.status.as_str(), "not_affected" | "fixed") {
                 continue;
             }
             let Some((eco, name)) = purl::osv_package(&product) else { continue };

@@ -26,15 +26,6 @@ fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok().map(|n| n * mul)
 }
 
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Child mode: build the bundle, print "<seconds> <peak_rss_kib> <bundle_bytes>".
 fn child(evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -62,7 +53,7 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
         return ExitCode::from(1);
     }
     let size = run.outputs.iter().find(|o| o.path.ends_with(".tar.zst")).map_or(0, |o| o.size);
-    println!("{secs:.3} {} {size}", vm_hwm_kib());
+    println!("{secs:.3} {} {size}", exportcore_benches::vm_hwm_kib());
     ExitCode::SUCCESS
 }
 

@@ -22,15 +22,6 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::Instant;
 
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn child(evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start = Instant::now();
@@ -53,7 +44,7 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
         eprintln!("run failed: {:?}", run.errors);
         return ExitCode::from(1);
     }
-    println!("{:.3} {}", start.elapsed().as_secs_f64(), vm_hwm_kib());
+    println!("{:.3} {}", start.elapsed().as_secs_f64(), exportcore_benches::vm_hwm_kib());
     ExitCode::SUCCESS
 }
 

@@ -173,6 +173,69 @@ pub fn check_openvex(v: &Value) -> Check<Timestamp> {
     Ok(ts)
 }
 
+/// One OpenVEX statement, flattened for joins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VexStatement {
+    /// The document's `@id`.
+    pub document: String,
+    /// Position of the statement in the document.
+    pub index: usize,
+    /// The statement's `timestamp`, else the document's.
+    pub timestamp: Timestamp,
+    /// `vulnerability.name`, then its `aliases`.
+    pub vulnerabilities: Vec<String>,
+    /// Product identifiers (`@id`, usually purls).
+    pub products: Vec<String>,
+    /// `status`.
+    pub status: String,
+    /// `justification`, if any.
+    pub justification: Option<String>,
+    /// The impact statement, action statement or status notes, if any.
+    pub statement: Option<String>,
+}
+
+impl VexStatement {
+    /// Which of two statements on the same (vulnerability, product) wins: the greater —
+    /// the later timestamp, then the document id, then the position.
+    pub fn precedence(&self) -> (Timestamp, &str, usize) {
+        (self.timestamp, &self.document, self.index)
+    }
+}
+
+/// The statements of a checked OpenVEX document (see [`check_openvex`]).
+pub fn vex_statements(doc: &Value) -> Vec<VexStatement> {
+    let doc_ts = doc.get("timestamp").and_then(Value::as_str).and_then(|t| Timestamp::parse(t).ok());
+    let doc_ts = doc_ts.unwrap_or_else(|| Timestamp::from_unix(0).unwrap_or_else(|_| Timestamp::now()));
+    let document = doc.get("@id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut out = Vec::new();
+    for (index, st) in doc.get("statements").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let Some(st) = st.as_object() else { continue };
+        let text = |k: &str| st.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut vulnerabilities: Vec<String> = vex_vulnerability_name(st).map(str::to_owned).into_iter().collect();
+        if let Some(aliases) = st.get("vulnerability").and_then(|v| v.get("aliases")).and_then(Value::as_array) {
+            vulnerabilities.extend(aliases.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+        out.push(VexStatement {
+            document: document.clone(),
+            index,
+            timestamp: text("timestamp").and_then(|t| Timestamp::parse(&t).ok()).unwrap_or(doc_ts),
+            vulnerabilities,
+            products: st
+                .get("products")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(vex_product_id)
+                .map(str::to_owned)
+                .collect(),
+            status: text("status").unwrap_or_default(),
+            justification: text("justification"),
+            statement: ["impact_statement", "action_statement", "status_notes"].iter().find_map(|k| text(k)),
+        });
+    }
+    out
+}
+
 /// The vulnerability name of an OpenVEX statement (`vulnerability.name`, or a bare string as in
 /// pre-0.2 documents).
 pub fn vex_vulnerability_name(statement: &Map<String, Value>) -> Option<&str> {
