@@ -9,3 +9,40 @@ pub fn vm_hwm_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Samples `RssAnon` (anonymous memory: heap, not file-backed maps) every 20 ms until the
+/// returned guard is finished; [`AnonPeak::finish`] gives the peak in KiB.
+pub struct AnonPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl AnonPeak {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(status_kib("RssAnon:"));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak.max(status_kib("RssAnon:"))
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops sampling; the peak anonymous RSS in KiB.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}

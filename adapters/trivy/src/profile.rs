@@ -174,13 +174,13 @@ impl Profile for TrivyDb {
                 let value = serde_json::to_vec(&adv).unwrap_or_default();
                 collector.nested(&root, &mapping::package_key(&target, name), &id, &value, modified)?;
                 let ds = json!({"ID": "osv", "Name": format!("OSV {eco}")});
-                collector.flat("data-source", &root, &serde_json::to_vec(&ds).unwrap_or_default(), epoch)?;
+                collector.data_source(&root, serde_json::to_vec(&ds).unwrap_or_default());
                 buckets.insert(root);
                 used = true;
             }
             if used {
                 let v = serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default();
-                collector.flat("vulnerability", &id, &v, modified)?;
+                collector.vulnerability(&id, &v, modified)?;
             }
             if report.advisories_read.is_multiple_of(4096) {
                 ctx.check_cancelled()?;
@@ -188,24 +188,24 @@ impl Profile for TrivyDb {
                 ctx.progress(Progress { percent: pct, items_completed: report.advisories_read, items_total: 0 });
             }
         }
-        if collector.advisories() == 0 {
+        if collector.is_empty() {
             return Err(ExportError::EvidenceEmpty {
                 root: ctx.evidence().describe(),
                 what: "OSV advisories Trivy can use".into(),
             });
         }
-        report.advisory_entries = collector.advisories() as u64;
-        report.vulnerabilities = collector.flat_len("vulnerability") as u64;
         report.buckets = buckets.into_iter().collect();
         let anchor = ctx.time_anchor(newest);
         let (db_path, file) = ctx.scratch_file()?;
         drop(file);
         std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
         let read = report.advisories_read;
-        collector.write_bolt(&db_path, |done, total| {
+        let written = collector.write_bolt(&db_path, |done, total| {
             let pct = 70 + (done * 25 / total.max(1)) as u8;
             ctx.progress(Progress { percent: pct, items_completed: read, items_total: read });
         })?;
+        report.advisory_entries = written.advisory_entries;
+        report.vulnerabilities = written.vulnerabilities;
         let meta = package::metadata(2, anchor.created_at, 24);
         let meta_local = stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
         stage_file(ctx, "db/trivy.db", "application/vnd.aquasec.trivy.db", ArtifactType::Database, &db_path)?;

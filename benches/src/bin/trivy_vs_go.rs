@@ -24,6 +24,7 @@ use std::time::Instant;
 
 fn child(evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let anon = exportcore_benches::AnonPeak::start();
     let start = Instant::now();
     let run = rt.block_on(async {
         let mut req = RunRequest::new("trivy:db");
@@ -44,7 +45,8 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
         eprintln!("run failed: {:?}", run.errors);
         return ExitCode::from(1);
     }
-    println!("{:.3} {}", start.elapsed().as_secs_f64(), exportcore_benches::vm_hwm_kib());
+    let secs = start.elapsed().as_secs_f64();
+    println!("{secs:.3} {} {}", exportcore_benches::vm_hwm_kib(), anon.finish());
     ExitCode::SUCCESS
 }
 
@@ -139,10 +141,18 @@ fn main() -> ExitCode {
     }
     let line = String::from_utf8_lossy(&o.stdout).into_owned();
     let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let (ours_s, rss_kib) = (f[0], f[1]);
+    let (ours_s, rss_kib, anon_kib) = (f[0], f[1], f[2]);
     let our_db = out.join("db/trivy.db");
     let our_size = std::fs::metadata(&our_db).expect("db").len();
 
+    if args.iter().any(|a| a == "--ours-only") {
+        println!(
+            "advisories {n}: ours {ours_s:.2} s, trivy.db {our_size} bytes, peak RSS {:.1} MiB, peak anon {:.1} MiB",
+            rss_kib / 1024.0,
+            anon_kib / 1024.0
+        );
+        return ExitCode::SUCCESS;
+    }
     let kv = tmp.path().join("kv.ndjson");
     let entries = dump(&our_db, &kv);
     let go_bin = tmp.path().join("go-bbolt-writer");
@@ -161,9 +171,16 @@ fn main() -> ExitCode {
     std::fs::copy(out.join("db/metadata.json"), go_db_dir.join("metadata.json")).expect("metadata");
 
     println!("advisories: {n} generated + samples; {entries} DB entries");
-    println!("{:>28} {:>10} {:>14} {:>14}", "", "seconds", "trivy.db bytes", "peak RSS MiB");
-    println!("{:>28} {:>10.2} {:>14} {:>14.1}", "ours (OSV -> db.tar.gz+OCI)", ours_s, our_size, rss_kib / 1024.0);
-    println!("{:>28} {:>10.2} {:>14} {:>14}", "Go bbolt (write KV only)", go_s, go_size, "-");
+    println!("{:>28} {:>10} {:>14} {:>14} {:>14}", "", "seconds", "trivy.db bytes", "peak RSS MiB", "peak anon MiB");
+    println!(
+        "{:>28} {:>10.2} {:>14} {:>14.1} {:>14.1}",
+        "ours (OSV -> db.tar.gz+OCI)",
+        ours_s,
+        our_size,
+        rss_kib / 1024.0,
+        anon_kib / 1024.0
+    );
+    println!("{:>28} {:>10.2} {:>14} {:>14} {:>14}", "Go bbolt (write KV only)", go_s, go_size, "-", "-");
     println!("ratio ours/go: {:.2}   size ours/go: {:.2}", ours_s / go_s, our_size as f64 / go_size as f64);
 
     let trivy = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/exportcore/trivy-venv/bin/trivy");
