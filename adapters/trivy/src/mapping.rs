@@ -198,6 +198,20 @@ pub(crate) fn exact(target: &Target, v: &str) -> String {
     }
 }
 
+impl Skipped {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &Skipped) {
+        self.withdrawn += o.withdrawn;
+        self.unknown_ecosystem += o.unknown_ecosystem;
+        self.no_package += o.no_package;
+        self.git_ranges += o.git_ranges;
+        self.no_versions += o.no_versions;
+        self.vex_dropped += o.vex_dropped;
+        self.vex_unaffected_versions += o.vex_unaffected_versions;
+        self.vex_os_ignored += o.vex_os_ignored;
+    }
+}
+
 /// The advisory for one OSV `affected` entry in `target`, or `None` when it has nothing usable.
 pub(crate) fn advisory(target: &Target, affected: &Value, skipped: &mut Skipped) -> Option<Advisory> {
     let mut adv = Advisory::default();

@@ -98,6 +98,105 @@ fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()>
     Ok(())
 }
 
+/// One advisory mapped to its DB entries.
+struct MappedAdvisory {
+    id: String,
+    modified: Timestamp,
+    /// (root bucket, package key, advisory JSON, data-source JSON)
+    entries: Vec<(String, String, Vec<u8>, Vec<u8>)>,
+    vulnerability: Option<Vec<u8>>,
+}
+
+/// A batch of advisories mapped on a worker thread.
+struct MappedBatch {
+    read: u64,
+    raw_bytes: u64,
+    newest: Option<Timestamp>,
+    skipped: Skipped,
+    advisories: Vec<MappedAdvisory>,
+}
+
+fn map_batch(
+    batch: &exportcore::evidence::RecordBatch,
+    vex: &crate::vex::VexIndex,
+    epoch: Timestamp,
+) -> Result<MappedBatch> {
+    let mut out = MappedBatch {
+        read: 0,
+        raw_bytes: batch.raw_bytes() as u64,
+        newest: None,
+        skipped: Skipped::default(),
+        advisories: Vec::new(),
+    };
+    for rec in batch.records() {
+        let rec = rec?;
+        out.read += 1;
+        out.newest = out.newest.max(rec.timestamp);
+        if let Some(m) = map_advisory(&rec.value, rec.timestamp.unwrap_or(epoch), vex, &mut out.skipped) {
+            out.advisories.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn map_advisory(
+    osv: &Value,
+    modified: Timestamp,
+    vex: &crate::vex::VexIndex,
+    skipped: &mut Skipped,
+) -> Option<MappedAdvisory> {
+    if osv.get("withdrawn").is_some_and(|w| !w.is_null()) {
+        skipped.withdrawn += 1;
+        return None;
+    }
+    let id = mapping::vuln_id(osv);
+    let mut entries = Vec::new();
+    for affected in osv["affected"].as_array().into_iter().flatten() {
+        let (Some(eco), Some(name)) = (
+            affected.pointer("/package/ecosystem").and_then(Value::as_str),
+            affected.pointer("/package/name").and_then(Value::as_str),
+        ) else {
+            skipped.no_package += 1;
+            continue;
+        };
+        let Some(target) = mapping::target(eco) else {
+            skipped.unknown_ecosystem += 1;
+            continue;
+        };
+        let Some(mut adv) = mapping::advisory(&target, affected, skipped) else { continue };
+        if !vex.is_empty() {
+            let mut ids: Vec<&str> = vec![osv["id"].as_str().unwrap_or_default()];
+            ids.extend(osv["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str));
+            let family = eco.split(':').next().unwrap_or(eco);
+            let cleared = vex.lookup(&ids, family, name);
+            if !cleared.is_empty() {
+                if matches!(target, Target::Os(_)) {
+                    skipped.vex_os_ignored += cleared.len() as u64;
+                } else if cleared.contains(&None) {
+                    skipped.vex_dropped += 1;
+                    continue;
+                } else {
+                    for v in cleared.into_iter().flatten() {
+                        adv.unaffected_versions.push(mapping::exact(&target, &v));
+                        skipped.vex_unaffected_versions += 1;
+                    }
+                }
+            }
+        }
+        let root = match &target {
+            Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
+        };
+        let value = serde_json::to_vec(&adv).unwrap_or_default();
+        let ds = serde_json::to_vec(&json!({"ID": "osv", "Name": format!("OSV {eco}")})).unwrap_or_default();
+        entries.push((root, mapping::package_key(&target, name), value, ds));
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    let vulnerability = Some(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default());
+    Some(MappedAdvisory { id, modified, entries, vulnerability })
+}
+
 impl Profile for TrivyDb {
     fn descriptor(&self) -> ProfileDescriptor {
         descriptor(
@@ -124,70 +223,36 @@ impl Profile for TrivyDb {
         } else {
             crate::vex::VexIndex::default()
         };
-        while let Some(rec) = records.next() {
-            let rec = rec?;
-            report.advisories_read += 1;
-            let modified = rec.timestamp.unwrap_or(epoch);
-            newest = newest.max(rec.timestamp);
-            let osv = &rec.value;
-            if osv.get("withdrawn").is_some_and(|w| !w.is_null()) {
-                report.skipped.withdrawn += 1;
-                continue;
-            }
-            let id = mapping::vuln_id(osv);
-            let mut used = false;
-            for affected in osv["affected"].as_array().into_iter().flatten() {
-                let (Some(eco), Some(name)) = (
-                    affected.pointer("/package/ecosystem").and_then(Value::as_str),
-                    affected.pointer("/package/name").and_then(Value::as_str),
-                ) else {
-                    report.skipped.no_package += 1;
-                    continue;
-                };
-                let Some(target) = mapping::target(eco) else {
-                    report.skipped.unknown_ecosystem += 1;
-                    continue;
-                };
-                let Some(mut adv) = mapping::advisory(&target, affected, &mut report.skipped) else { continue };
-                if !vex.is_empty() {
-                    let mut ids: Vec<&str> = vec![osv["id"].as_str().unwrap_or_default()];
-                    ids.extend(osv["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str));
-                    let family = eco.split(':').next().unwrap_or(eco);
-                    let cleared = vex.lookup(&ids, family, name);
-                    if !cleared.is_empty() {
-                        if matches!(target, Target::Os(_)) {
-                            report.skipped.vex_os_ignored += cleared.len() as u64;
-                        } else if cleared.contains(&None) {
-                            report.skipped.vex_dropped += 1;
-                            continue;
-                        } else {
-                            for v in cleared.into_iter().flatten() {
-                                adv.unaffected_versions.push(mapping::exact(&target, &v));
-                                report.skipped.vex_unaffected_versions += 1;
-                            }
-                        }
+        // Parse and map advisories on all cores in ordered batches; collect in order.
+        let batches = std::iter::from_fn(|| records.next_batch(1 << 20).transpose());
+        let ctx_ref = &*ctx;
+        let vex_ref = &vex;
+        let mut done_bytes = 0u64;
+        exportcore::parallel::ordered_map(
+            batches,
+            exportcore::parallel::default_workers(),
+            |batch| map_batch(&batch, vex_ref, epoch),
+            |mapped: MappedBatch| {
+                report.advisories_read += mapped.read;
+                report.skipped.add(&mapped.skipped);
+                newest = newest.max(mapped.newest);
+                for m in mapped.advisories {
+                    for (root, pkg, value, ds) in m.entries {
+                        collector.nested(&root, &pkg, &m.id, &value, m.modified)?;
+                        collector.data_source(&root, ds);
+                        buckets.insert(root);
+                    }
+                    if let Some(v) = m.vulnerability {
+                        collector.vulnerability(&m.id, &v, m.modified)?;
                     }
                 }
-                let root = match &target {
-                    Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
-                };
-                let value = serde_json::to_vec(&adv).unwrap_or_default();
-                collector.nested(&root, &mapping::package_key(&target, name), &id, &value, modified)?;
-                let ds = json!({"ID": "osv", "Name": format!("OSV {eco}")});
-                collector.data_source(&root, serde_json::to_vec(&ds).unwrap_or_default());
-                buckets.insert(root);
-                used = true;
-            }
-            if used {
-                let v = serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default();
-                collector.vulnerability(&id, &v, modified)?;
-            }
-            if report.advisories_read.is_multiple_of(4096) {
-                ctx.check_cancelled()?;
-                let pct = (records.bytes_done() * 70 / total_bytes) as u8;
-                ctx.progress(Progress { percent: pct, items_completed: report.advisories_read, items_total: 0 });
-            }
-        }
+                done_bytes += mapped.raw_bytes;
+                ctx_ref.check_cancelled()?;
+                let pct = (done_bytes * 70 / total_bytes) as u8;
+                ctx_ref.progress(Progress { percent: pct, items_completed: report.advisories_read, items_total: 0 });
+                Ok(())
+            },
+        )?;
         if collector.is_empty() {
             return Err(ExportError::EvidenceEmpty {
                 root: ctx.evidence().describe(),
