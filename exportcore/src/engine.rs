@@ -441,6 +441,8 @@ impl Exporter {
             after: u64,
             buf: VecDeque<StoredEvent>,
             done: bool,
+            /// The run is terminal: end once the buffer is drained.
+            done_after_buffer: bool,
             rx: watch::Receiver<u64>,
         }
         let st = State {
@@ -451,6 +453,7 @@ impl Exporter {
             after,
             buf: VecDeque::new(),
             done: false,
+            done_after_buffer: false,
         };
         futures::stream::unfold(st, |mut st| async move {
             loop {
@@ -462,7 +465,7 @@ impl Exporter {
                     }
                     return Some((Ok(ev), st));
                 }
-                if st.done {
+                if st.done || st.done_after_buffer {
                     return None;
                 }
                 let store = &st.this.inner.cfg.store;
@@ -485,11 +488,22 @@ impl Exporter {
                         return Some((Err(e), st));
                     }
                     Ok(run) if run.status.is_terminal() => {
-                        let tail = store.events(&st.tenant, &st.run_id, st.after, 256).await.unwrap_or_default();
+                        // The engine saves the final status just before it appends the terminal
+                        // event: give that event a moment to land, so the stream ends on it.
+                        // (A process that died in between never appends it; then we end anyway.)
+                        let mut tail = Vec::new();
+                        for _ in 0..40 {
+                            tail = store.events(&st.tenant, &st.run_id, st.after, 256).await.unwrap_or_default();
+                            if tail.iter().any(|e| is_terminal_event(&e.event)) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                        }
                         if tail.is_empty() {
                             return None;
                         }
                         st.buf.extend(tail);
+                        st.done_after_buffer = true;
                         continue;
                     }
                     Ok(_) => {}
@@ -514,14 +528,16 @@ impl Exporter {
         if run.status.is_terminal() {
             return Err(ExportError::invalid("runId", format!("run {run_id} already {}", run.status)));
         }
-        let flag = self.inner.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).cloned();
-        match flag {
-            Some(f) => {
+        // A run claimed a moment ago may not have registered its flag yet: look again briefly.
+        for _ in 0..20 {
+            let flag = self.inner.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).cloned();
+            if let Some(f) = flag {
                 f.cancel();
-                Ok(run)
+                return Ok(run);
             }
-            None => Err(ExportError::invalid("runId", format!("run {run_id} is running in another process"))),
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Err(ExportError::invalid("runId", format!("run {run_id} is running in another process")))
     }
 
     /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`).
@@ -601,9 +617,10 @@ impl Exporter {
         while let Ok(permit) = Arc::clone(&self.inner.semaphore).try_acquire_owned() {
             match self.inner.cfg.store.claim_next(Timestamp::now()).await {
                 Ok(Some(claimed)) => {
+                    let cancel = self.register_cancel(&claimed.run.run_id);
                     let this = self.clone();
                     running.spawn(async move {
-                        this.run_claimed(claimed).await;
+                        this.run_claimed(claimed, cancel).await;
                         drop(permit);
                     });
                 }
@@ -635,7 +652,8 @@ impl Exporter {
         let store = &self.inner.cfg.store;
         store.get(tenant, run_id).await?;
         if let Some(claimed) = store.claim_run(run_id, Timestamp::now()).await? {
-            self.run_claimed(claimed).await;
+            let cancel = self.register_cancel(run_id);
+            self.run_claimed(claimed, cancel).await;
         }
         // Transient failures requeue the run; keep going until it is final.
         loop {
@@ -644,7 +662,10 @@ impl Exporter {
                 return Ok(run);
             }
             match store.claim_run(run_id, Timestamp::now()).await? {
-                Some(claimed) => self.run_claimed(claimed).await,
+                Some(claimed) => {
+                    let cancel = self.register_cancel(run_id);
+                    self.run_claimed(claimed, cancel).await
+                }
                 None => return store.get(tenant, run_id).await,
             }
         }
@@ -659,18 +680,23 @@ impl Exporter {
         }
     }
 
-    async fn run_claimed(&self, claimed: ClaimedRun) {
-        let span = tracing::info_span!("export_run", run_id = %claimed.run.run_id, tenant = %claimed.run.tenant,
-            profile = %claimed.run.profile_id, attempt = claimed.run.attempts);
-        self.run_claimed_inner(claimed).instrument(span).await;
+    /// The cancel flag of a claimed run, registered before its task starts so `cancel` finds it.
+    fn register_cancel(&self, run_id: &str) -> CancelFlag {
+        let flag = CancelFlag::new();
+        self.inner.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), flag.clone());
+        flag
     }
 
-    async fn run_claimed_inner(&self, claimed: ClaimedRun) {
+    async fn run_claimed(&self, claimed: ClaimedRun, cancel: CancelFlag) {
+        let span = tracing::info_span!("export_run", run_id = %claimed.run.run_id, tenant = %claimed.run.tenant,
+            profile = %claimed.run.profile_id, attempt = claimed.run.attempts);
+        self.run_claimed_inner(claimed, cancel).instrument(span).await;
+    }
+
+    async fn run_claimed_inner(&self, claimed: ClaimedRun, cancel: CancelFlag) {
         let cfg = &self.inner.cfg;
         let ClaimedRun { mut run, request } = claimed;
         let run_id = run.run_id.clone();
-        let cancel = CancelFlag::new();
-        self.inner.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), cancel.clone());
         let timeout = request
             .timeout_seconds
             .map(Duration::from_secs)
