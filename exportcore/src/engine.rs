@@ -395,6 +395,7 @@ impl Exporter {
             outputs: vec![],
             errors: vec![],
             attempts: 0,
+            warnings: vec![],
         };
         let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
         let idempotency =
@@ -746,6 +747,7 @@ impl Exporter {
                 run.progress = r.progress;
                 run.outputs = r.outputs;
                 run.errors = r.errors;
+                run.warnings = r.warnings;
                 run.finished_at = r.finished_at;
                 run.expires_at = r.expires_at;
             }

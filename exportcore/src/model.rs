@@ -277,6 +277,10 @@ pub struct RunRequest {
     /// Extension: run timeout in seconds (default: the engine's, 60 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Extension: treat evidence a profile would skip with a warning (e.g. an ecosystem Trivy
+    /// has no bucket for) as an error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// Limits enforced on requests (seed 000 "Limits").
@@ -317,6 +321,7 @@ impl RunRequest {
             created_at: None,
             compression: None,
             timeout_seconds: None,
+            strict: false,
         }
     }
 
@@ -522,6 +527,9 @@ pub struct Run {
     /// Attempts made (retries of transient failures count).
     #[serde(default)]
     pub attempts: u32,
+    /// What the profile skipped or worked around, counted (the run still succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<RunError>,
 }
 
 /// An event of a run (seed: SSE `started`, `progress`, `artifact_ready`, `completed`, `failed`).

@@ -199,6 +199,7 @@ pub struct ExportContext<'a> {
     pub(crate) cancel: &'a CancelFlag,
     pub(crate) scratch_seq: u64,
     pub(crate) signer: Option<Arc<dyn crate::sign::Signer>>,
+    pub(crate) warnings: Vec<crate::model::RunError>,
 }
 
 impl Debug for ExportContext<'_> {
@@ -250,6 +251,12 @@ impl<'a> ExportContext<'a> {
     /// own artifacts (e.g. a DSSE envelope inside a bundle).
     pub fn signer(&self) -> Option<&dyn crate::sign::Signer> {
         self.signer.as_deref()
+    }
+
+    /// Records a warning in the run record (`warnings[]`): something skipped or worked around
+    /// that did not fail the run. `code` is a stable `WARN_*` string.
+    pub fn warn(&mut self, code: &str, message: impl Into<String>) {
+        self.warnings.push(crate::model::RunError { code: code.to_owned(), message: message.into() });
     }
 
     /// The pinned time if the request or the embedder pinned one.

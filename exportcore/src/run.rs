@@ -93,6 +93,7 @@ pub async fn execute(
         outputs: Vec::new(),
         errors: Vec::new(),
         attempts: 1,
+        warnings: Vec::new(),
     };
     on_event(&RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -104,7 +105,8 @@ pub async fn execute(
     run.finished_at = Some(finished);
     run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
     match result {
-        Ok(mut outputs) => {
+        Ok((mut outputs, warnings)) => {
+            run.warnings = warnings;
             if let Some(days) = request.retention_days {
                 let exp = finished.plus_days(days);
                 run.expires_at = Some(exp);
@@ -140,7 +142,7 @@ async fn stage_and_publish(
     on_event: &EventFn,
     progress: &Arc<Mutex<Progress>>,
     published: &mut Vec<ArtifactPath>,
-) -> Result<Vec<Output>> {
+) -> Result<(Vec<Output>, Vec<RunError>)> {
     options.cancel.check()?;
     profile.validate(request)?;
     let signer = match (request.signing_enabled(), &options.signer) {
@@ -167,7 +169,7 @@ async fn stage_and_publish(
         .tempdir_in(&staging_root)
         .map_err(|e| ExportError::io(&staging_root, e))?;
 
-    let (artifacts, anchor) = {
+    let (artifacts, anchor, warnings) = {
         let profile = Arc::clone(profile);
         let request = request.clone();
         let staging_path = staging.path().to_path_buf();
@@ -176,7 +178,7 @@ async fn stage_and_publish(
         let on_event = Arc::clone(on_event);
         let progress = Arc::clone(progress);
         let profile_signer = signer.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor)> {
+        tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor, Vec<RunError>)> {
             let report = move |p: Progress| {
                 let changed = {
                     let mut cur = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,11 +201,12 @@ async fn stage_and_publish(
                 cancel: &cancel,
                 scratch_seq: 0,
                 signer: profile_signer,
+                warnings: Vec::new(),
             };
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;
             let anchor = ctx.time_anchor(None);
-            Ok((ctx.artifacts, anchor))
+            Ok((ctx.artifacts, anchor, ctx.warnings))
         })
         .await
         .map_err(|e| ExportError::Internal { implementer: "profile", message: format!("export task failed: {e}") })??
@@ -296,7 +299,7 @@ async fn stage_and_publish(
             media_type: a.spec.media_type,
         });
     }
-    Ok(outputs)
+    Ok((outputs, warnings))
 }
 
 /// Name of the DSSE envelope over `manifest.json` in a signed run.

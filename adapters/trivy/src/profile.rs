@@ -120,6 +120,7 @@ fn map_batch(
     batch: &exportcore::evidence::RecordBatch,
     vex: &crate::vex::VexIndex,
     epoch: Timestamp,
+    strict: bool,
 ) -> Result<MappedBatch> {
     let mut out = MappedBatch {
         read: 0,
@@ -132,7 +133,15 @@ fn map_batch(
         let rec = rec?;
         out.read += 1;
         out.newest = out.newest.max(rec.timestamp);
-        if let Some(m) = map_advisory(&rec.value, rec.timestamp.unwrap_or(epoch), vex, &mut out.skipped) {
+        let before = out.skipped.unknown_ecosystem;
+        let mapped = map_advisory(&rec.value, rec.timestamp.unwrap_or(epoch), vex, &mut out.skipped);
+        if strict && out.skipped.unknown_ecosystem > before {
+            return Err(ExportError::evidence(
+                rec.location.clone(),
+                "an affected ecosystem has no Trivy bucket (the request is strict; without strict it is skipped and counted)",
+            ));
+        }
+        if let Some(m) = mapped {
             out.advisories.push(m);
         }
     }
@@ -227,11 +236,12 @@ impl Profile for TrivyDb {
         let batches = std::iter::from_fn(|| records.next_batch(1 << 20).transpose());
         let ctx_ref = &*ctx;
         let vex_ref = &vex;
+        let strict = ctx.request().strict;
         let mut done_bytes = 0u64;
         exportcore::parallel::ordered_map(
             batches,
             exportcore::parallel::default_workers(),
-            |batch| map_batch(&batch, vex_ref, epoch),
+            |batch| map_batch(&batch, vex_ref, epoch, strict),
             |mapped: MappedBatch| {
                 report.advisories_read += mapped.read;
                 report.skipped.add(&mapped.skipped);
@@ -260,6 +270,23 @@ impl Profile for TrivyDb {
             });
         }
         report.buckets = buckets.into_iter().collect();
+        let sk = report.skipped;
+        for (n, code, what) in [
+            (
+                sk.unknown_ecosystem,
+                "WARN_TRIVY_UNKNOWN_ECOSYSTEM",
+                "affected entries whose ecosystem Trivy has no bucket for",
+            ),
+            (sk.no_package, "WARN_TRIVY_NO_PACKAGE", "affected entries without a package"),
+            (sk.git_ranges, "WARN_TRIVY_GIT_RANGE", "GIT ranges (commit hashes mean nothing to Trivy)"),
+            (sk.no_versions, "WARN_TRIVY_NO_VERSIONS", "affected entries with no usable ranges or versions"),
+            (sk.withdrawn, "WARN_TRIVY_WITHDRAWN", "withdrawn advisories"),
+            (sk.vex_os_ignored, "WARN_TRIVY_VEX_OS_IGNORED", "VEX statements on OS packages (not applicable)"),
+        ] {
+            if n > 0 {
+                ctx.warn(code, format!("skipped {n} {what}; counts in trivy-export.json"));
+            }
+        }
         let anchor = ctx.time_anchor(newest);
         let (db_path, file) = ctx.scratch_file()?;
         drop(file);

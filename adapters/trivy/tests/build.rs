@@ -139,6 +139,18 @@ async fn bad_input() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("trivy-export.json")).unwrap()).unwrap();
     assert_eq!(report["skipped"]["unknownEcosystem"], 1);
+    // The skip is a counted warning in the run record; a strict request makes it an error.
+    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
+    assert_eq!(run.warnings[0].code, "WARN_TRIVY_UNKNOWN_ECOSYSTEM");
+    let mut strict = RunRequest::new("trivy:db");
+    strict.strict = true;
+    let mut ev = MemoryEvidence::new();
+    ev.insert("advisories/x.json", r#"{"id":"X-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Hex","name":"plug"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#).unwrap();
+    ev.insert("advisories/y.json", r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.0.0"}]}]}]}"#).unwrap();
+    let run = build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("strict"), strict).await;
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
+    let msg = &run.errors[0].message;
+    assert!(msg.contains("advisories/x.json") && msg.contains("strict"), "{msg}");
     // Invalid ranges: a typed error naming the file.
     let mut ev = MemoryEvidence::new();
     ev.insert("advisories/bad.json", r#"{"id":"B-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[]}]}]}"#).unwrap();

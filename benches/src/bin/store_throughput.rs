@@ -72,6 +72,7 @@ async fn main() -> exportcore::Result<()> {
             outputs: vec![],
             errors: vec![],
             attempts: 0,
+            warnings: vec![],
         };
         let idempotency =
             Some(IdempotencyKey { key: format!("k{i}"), expires_at: Timestamp::from_unix(now.unix() + 86_400)? });

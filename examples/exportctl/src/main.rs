@@ -170,6 +170,9 @@ struct RunArgs {
     /// Retention in days (sets expiresAt).
     #[arg(long)]
     retention_days: Option<u32>,
+    /// Fail on evidence the profile would otherwise skip with a warning.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// An error plus the exit code it maps to.
@@ -279,6 +282,7 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
         .map(|t| Timestamp::parse(t).map_err(|e| ExportError::invalid("--created-at", e)))
         .transpose()?;
     req.retention_days = args.retention_days;
+    req.strict = args.strict;
     req.validate(&Limits::default())?;
     Ok(req)
 }
