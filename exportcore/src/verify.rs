@@ -268,52 +268,54 @@ fn check_signatures(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let verifiers: Vec<&dyn Verifier> = options.verifiers.iter().map(|v| &**v as &dyn Verifier).collect();
-    let read = |name: &str| -> Result<Option<Vec<u8>>> {
-        let p = dir.join(name);
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ExportError::io(&p, e)),
-        }
-    };
-    match read(SIGNED_MANIFEST_FILE)? {
-        None if !verifiers.is_empty() => report.fail(SIGNED_MANIFEST_FILE, "missing (a signature was required)"),
-        None => {}
-        Some(b) => {
-            let payload = Envelope::parse(&b, SIGNED_MANIFEST_FILE).and_then(|env| {
-                if verifiers.is_empty() {
-                    env.payload_bytes()
-                } else {
-                    env.verify(dsse::MANIFEST_PAYLOAD_TYPE, &verifiers, SIGNED_MANIFEST_FILE)
-                }
-            });
-            match payload {
-                Err(e) => report.fail(SIGNED_MANIFEST_FILE, reason_of(e)),
-                Ok(p) if p != manifest_bytes => {
-                    report.fail(SIGNED_MANIFEST_FILE, "signed payload differs from manifest.json")
-                }
-                Ok(_) => report.verified += 1,
-            }
+    if let Some(payload) = open_envelope(dir, SIGNED_MANIFEST_FILE, dsse::MANIFEST_PAYLOAD_TYPE, &verifiers, report)? {
+        if payload == manifest_bytes {
+            report.verified += 1;
+        } else {
+            report.fail(SIGNED_MANIFEST_FILE, "signed payload differs from manifest.json");
         }
     }
-    match read(PROVENANCE_FILE)? {
-        None if !verifiers.is_empty() => report.fail(PROVENANCE_FILE, "missing (a signature was required)"),
-        None => {}
-        Some(b) => {
-            let statement = Envelope::parse(&b, PROVENANCE_FILE).and_then(|env| {
-                if verifiers.is_empty() {
-                    env.payload_bytes()
-                } else {
-                    env.verify(dsse::INTOTO_PAYLOAD_TYPE, &verifiers, PROVENANCE_FILE)
-                }
-            });
-            match statement {
-                Err(e) => report.fail(PROVENANCE_FILE, reason_of(e)),
-                Ok(p) => check_subjects(&p, manifest_bytes, found, report),
-            }
-        }
+    if let Some(statement) = open_envelope(dir, PROVENANCE_FILE, dsse::INTOTO_PAYLOAD_TYPE, &verifiers, report)? {
+        check_subjects(&statement, manifest_bytes, found, report);
     }
     Ok(())
+}
+
+/// The payload of the DSSE envelope `name` in `dir`: checked against `verifiers` when there
+/// are any (then the envelope must exist), only decoded otherwise. Failures go to the report
+/// and give `None`.
+fn open_envelope(
+    dir: &Path,
+    name: &str,
+    payload_type: &str,
+    verifiers: &[&dyn Verifier],
+    report: &mut VerifyReport,
+) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !verifiers.is_empty() {
+                report.fail(name, "missing (a signature was required)");
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(ExportError::io(&path, e)),
+    };
+    let payload = Envelope::parse(&bytes, name).and_then(|env| {
+        if verifiers.is_empty() {
+            env.payload_bytes()
+        } else {
+            env.verify(payload_type, verifiers, name)
+        }
+    });
+    match payload {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            report.fail(name, reason_of(e));
+            Ok(None)
+        }
+    }
 }
 
 fn reason_of(e: ExportError) -> String {
