@@ -283,22 +283,7 @@ fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, 
     let mut req = RunRequest::new(profile);
     req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
     NewRun {
-        run: Run {
-            run_id: id.into(),
-            tenant: tenant.into(),
-            project: Some("p1".into()),
-            profile_id: profile.into(),
-            status: Status::Queued,
-            submitted_at: at(0),
-            started_at: None,
-            finished_at: None,
-            expires_at: None,
-            progress: Progress::default(),
-            outputs: vec![],
-            errors: vec![],
-            attempts: 0,
-            warnings: vec![],
-        },
+        run: Run::queued(id, tenant, Some("p1".into()), profile, at(0)),
         request_hash: Sha256Digest::of(&crate::canonical::to_vec(&req).expect("json")),
         request: req,
         rank,

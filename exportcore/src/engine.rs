@@ -381,22 +381,7 @@ impl Exporter {
             let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
             return Err(ExportError::RateLimit { retry_after_secs: retry_after });
         }
-        let run = Run {
-            run_id: new_run_id(tenant),
-            tenant: tenant.to_owned(),
-            project: project.map(str::to_owned),
-            profile_id: request.profile_id.clone(),
-            status: RunStatus::Queued,
-            submitted_at: now,
-            started_at: None,
-            finished_at: None,
-            expires_at: None,
-            progress: Default::default(),
-            outputs: vec![],
-            errors: vec![],
-            attempts: 0,
-            warnings: vec![],
-        };
+        let run = Run::queued(new_run_id(tenant), tenant, project.map(str::to_owned), &request.profile_id, now);
         let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
         let idempotency =
             idempotency_key.map(|k| IdempotencyKey { key: k.to_owned(), expires_at: plus(now, cfg.idempotency_ttl) });

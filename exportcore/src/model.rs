@@ -532,6 +532,34 @@ pub struct Run {
     pub warnings: Vec<RunError>,
 }
 
+impl Run {
+    /// A fresh `queued` record: no times but `submittedAt`, no outputs, errors or attempts.
+    pub fn queued(
+        run_id: impl Into<String>,
+        tenant: impl Into<String>,
+        project: Option<String>,
+        profile_id: impl Into<String>,
+        submitted_at: Timestamp,
+    ) -> Self {
+        Self {
+            run_id: run_id.into(),
+            tenant: tenant.into(),
+            project,
+            profile_id: profile_id.into(),
+            status: RunStatus::Queued,
+            submitted_at,
+            started_at: None,
+            finished_at: None,
+            expires_at: None,
+            progress: Progress::default(),
+            outputs: Vec::new(),
+            errors: Vec::new(),
+            attempts: 0,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// An event of a run (seed: SSE `started`, `progress`, `artifact_ready`, `completed`, `failed`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

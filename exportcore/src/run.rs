@@ -79,22 +79,10 @@ pub async fn execute(
 ) -> Run {
     let run_id = options.run_id.clone().unwrap_or_else(|| new_run_id(&options.tenant));
     let now = Timestamp::now();
-    let mut run = Run {
-        run_id: run_id.clone(),
-        tenant: options.tenant.clone(),
-        project: options.project.clone(),
-        profile_id: request.profile_id.clone(),
-        status: RunStatus::Running,
-        submitted_at: now,
-        started_at: Some(now),
-        finished_at: None,
-        expires_at: None,
-        progress: Progress::default(),
-        outputs: Vec::new(),
-        errors: Vec::new(),
-        attempts: 1,
-        warnings: Vec::new(),
-    };
+    let mut run = Run::queued(&run_id, &options.tenant, options.project.clone(), &request.profile_id, now);
+    run.status = RunStatus::Running;
+    run.started_at = Some(now);
+    run.attempts = 1;
     on_event(&RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
     let progress = Arc::new(Mutex::new(Progress::default()));
     let mut published = Vec::new();

@@ -58,22 +58,7 @@ async fn main() -> exportcore::Result<()> {
     let mut ids = Vec::with_capacity(runs as usize);
     for i in 0..runs {
         let now = Timestamp::now();
-        let run = Run {
-            run_id: format!("export-run::bench::{i:08}"),
-            tenant: "bench".into(),
-            project: None,
-            profile_id: "bench:noop".into(),
-            status: RunStatus::Queued,
-            submitted_at: now,
-            started_at: None,
-            finished_at: None,
-            expires_at: None,
-            progress: Progress::default(),
-            outputs: vec![],
-            errors: vec![],
-            attempts: 0,
-            warnings: vec![],
-        };
+        let run = Run::queued(format!("export-run::bench::{i:08}"), "bench", None, "bench:noop", now);
         let idempotency =
             Some(IdempotencyKey { key: format!("k{i}"), expires_at: Timestamp::from_unix(now.unix() + 86_400)? });
         store
