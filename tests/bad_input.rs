@@ -24,6 +24,17 @@ fn every_request_limit() {
     let err = RunRequest::from_json(body.as_bytes(), &limits).unwrap_err();
     assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
     assert!(err.to_string().contains("targets"), "{err}");
+    for (body, field) in [
+        (r#"{"profileId":"json:raw","compressionLevel":0}"#, "compressionLevel"),
+        (r#"{"profileId":"json:raw","compressionLevel":20}"#, "compressionLevel"),
+        (r#"{"profileId":"json:raw","compression":"gzip","compressionLevel":10}"#, "compressionLevel"),
+    ] {
+        let err = RunRequest::from_json(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID", "{body}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let ok = RunRequest::from_json(br#"{"profileId":"json:raw","compression":"zstd","compressionLevel":19}"#, &limits);
+    assert_eq!(ok.unwrap().compression_level, Some(19));
     let err = exportcore_json::profiles().get("trivy:nope").unwrap_err();
     assert_eq!(err.code(), "ERR_EXPORT_PROFILE_NOT_FOUND");
 }

@@ -20,3 +20,63 @@ async fn csv_profile_conforms() {
     )
     .await;
 }
+
+/// A profile that builds a file with random access (as a database is built), adopts it without
+/// a copy, and publishes it a second time under another name.
+#[derive(Debug)]
+struct AdoptAndAlias;
+
+impl exportcore::Profile for AdoptAndAlias {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor {
+            id: "test:adopt".into(),
+            description: "adopts a scratch file".into(),
+            targets: vec![],
+            formats: vec![],
+        }
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::{ArtifactSpec, ArtifactType};
+        use std::io::{Seek, SeekFrom, Write};
+        let (path, mut f) = ctx.scratch_file()?;
+        f.write_all(b"....body").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"head").unwrap();
+        drop(f);
+        let spec = ArtifactSpec::new("db/file.bin", ArtifactType::Database, "bin", "application/octet-stream")?;
+        let db = ctx.adopt_file(spec, &path)?;
+        assert!(!path.exists(), "adopting moves the file");
+        let alias = ArtifactSpec::new("blobs/file.bin", ArtifactType::Data, "bin", "application/octet-stream")?;
+        ctx.alias_artifact(alias, &db)?;
+        let again = ArtifactSpec::new("db/file.bin", ArtifactType::Data, "bin", "application/octet-stream")?;
+        assert_eq!(ctx.alias_artifact(again, &db).unwrap_err().code(), "ERR_EXPORT_PATH_UNSAFE");
+        let reserved = ArtifactSpec::new("manifest.json", ArtifactType::Data, "json", "application/json")?;
+        assert_eq!(ctx.alias_artifact(reserved, &db).unwrap_err().code(), "ERR_EXPORT_PATH_UNSAFE");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_and_aliased_artifacts_are_published_with_their_digests() {
+    use exportcore::{InMemorySink, MemoryEvidence, RunStatus, Sha256Digest, SinkExt};
+    let sink = Arc::new(InMemorySink::new());
+    let run = exportcore::run::execute(
+        Arc::new(AdoptAndAlias),
+        Arc::new(MemoryEvidence::new()),
+        sink.clone(),
+        RunRequest::new("test:adopt"),
+        exportcore::run::RunOptions::new("t"),
+        Arc::new(|_| {}),
+    )
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let digest = Sha256Digest::of(b"headbody");
+    for path in ["db/file.bin", "blobs/file.bin"] {
+        let p = exportcore::ArtifactPath::parse(path).unwrap();
+        assert_eq!(sink.get_bytes(&p).await.unwrap(), &b"headbody"[..], "{path}");
+        assert_eq!(run.outputs.iter().find(|o| o.path == path).unwrap().sha256, digest, "{path}");
+    }
+}

@@ -4,9 +4,9 @@
 //! those crates leave to the caller: entries must arrive in strictly increasing path order
 //! (checked), parent directories are emitted once before their first child, every header is
 //! ustar with uid/gid 0, empty owner names, mode 0644 (files) or 0755 (directories and
-//! executables), and one pinned mtime; gzip has mtime 0, no file name and OS byte 255; zstd
-//! uses a fixed level with content checksums and a fixed worker count (output is identical
-//! for any worker count >= 1). Memory use is constant in the size of the data.
+//! executables), and one pinned mtime; gzip has mtime 0, no file name and OS byte 255 and is
+//! deflated in parallel blocks (see `pgzip`); zstd uses a fixed level with content checksums.
+//! Both compress on several threads, and the output is identical for any worker count >= 1. Memory use is constant in the size of the data.
 //!
 //! ```
 //! use exportcore::archive::{ArchiveWriter, ArchiveOptions, FileMode};
@@ -52,16 +52,16 @@ pub struct ArchiveOptions {
     pub zstd_level: i32,
     /// gzip level (default 6).
     pub gzip_level: u32,
-    /// zstd worker threads, at least 1 (default: available cores, at most 4). Output does not
-    /// depend on it.
-    pub zstd_workers: u32,
+    /// Compression worker threads (gzip and zstd), at least 1 (default: available cores, at
+    /// most 4). Output does not depend on it.
+    pub workers: u32,
 }
 
 impl ArchiveOptions {
     /// Defaults for `compression` with a pinned `mtime`.
     pub fn new(compression: Compression, mtime: u64) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        Self { compression, mtime, zstd_level: 3, gzip_level: 6, zstd_workers: cores.clamp(1, 4) }
+        Self { compression, mtime, zstd_level: 3, gzip_level: 6, workers: cores.clamp(1, 4) }
     }
 }
 
@@ -95,7 +95,7 @@ pub fn archive_format(compression: Compression) -> &'static str {
 enum Encoder<W: Write> {
     Plain(W),
     #[cfg(feature = "gzip")]
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(crate::pgzip::GzipWriter<W>),
     #[cfg(feature = "zstd")]
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -126,18 +126,15 @@ impl<W: Write> Encoder<W> {
         match o.compression {
             Compression::None => Ok(Encoder::Plain(w)),
             #[cfg(feature = "gzip")]
-            Compression::Gzip => Ok(Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(w, flate2::Compression::new(o.gzip_level)),
-            )),
+            Compression::Gzip => crate::pgzip::GzipWriter::new(w, o.gzip_level, o.workers as usize)
+                .map(Encoder::Gzip)
+                .map_err(|e| ExportError::Internal { implementer: "gzip", message: e.to_string() }),
             #[cfg(feature = "zstd")]
             Compression::Zstd => {
                 let mk = || -> io::Result<_> {
                     let mut e = zstd::stream::write::Encoder::new(w, o.zstd_level)?;
                     e.include_checksum(true)?;
-                    e.multithread(o.zstd_workers.max(1))?;
+                    e.multithread(o.workers.max(1))?;
                     Ok(e)
                 };
                 mk().map(Encoder::Zstd)
@@ -295,7 +292,7 @@ mod tests {
 
     fn build(c: Compression, workers: u32) -> Vec<u8> {
         let mut o = ArchiveOptions::new(c, 1_700_000_000);
-        o.zstd_workers = workers;
+        o.workers = workers;
         let mut w = ArchiveWriter::new(Vec::new(), o).unwrap();
         let big = vec![7u8; 3 << 20];
         w.append(&p("a.txt"), FileMode::Regular, 1, &b"a"[..]).unwrap();
@@ -312,6 +309,7 @@ mod tests {
             assert_eq!(build(*c, 1), build(*c, 1), "{c}");
         }
         assert_eq!(build(Compression::Zstd, 1), build(Compression::Zstd, 3), "zstd output depends on workers");
+        assert_eq!(build(Compression::Gzip, 1), build(Compression::Gzip, 3), "gzip output depends on workers");
         let bytes = build(Compression::Gzip, 1);
         assert_eq!(&bytes[4..8], &[0, 0, 0, 0], "gzip mtime");
         assert_eq!(bytes[9], 255, "gzip OS byte");

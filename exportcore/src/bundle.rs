@@ -4,7 +4,7 @@
 //! Spooling first is what keeps memory constant: a tar header needs the entry's size before
 //! its bytes, and the manifest needs every digest before the archive is written.
 
-use crate::archive::{archive_format, archive_media_type, ArchiveOptions, ArchiveWriter, FileMode};
+use crate::archive::{archive_format, archive_media_type, ArchiveWriter, FileMode};
 use crate::error::{IoContext, Result};
 use crate::hashing::{HashingWriter, Sha256Digest};
 use crate::manifest::{ManifestBuilder, ManifestEntry, MANIFEST_FILE};
@@ -116,8 +116,9 @@ pub fn write_bundle(
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let spec =
         ArtifactSpec::new(name, ArtifactType::Bundle, archive_format(compression), archive_media_type(compression))?;
+    let options = ctx.archive_options(compression, mtime)?;
     let (staged, ()) = ctx.write_artifact(spec, |w| {
-        let mut ar = ArchiveWriter::new(w, ArchiveOptions::new(compression, mtime))?;
+        let mut ar = ArchiveWriter::new(w, options)?;
         for (path, file) in &entries {
             match file {
                 None => ar.append(path, FileMode::Regular, manifest_bytes.len() as u64, &manifest_bytes[..])?,

@@ -44,6 +44,7 @@ pub async fn sink_suite(sink: &dyn Sink) {
     sink_put_is_atomic(sink).await;
     sink_overwrite_replaces(sink).await;
     sink_streams_large_and_empty(sink).await;
+    sink_put_file(sink).await;
 }
 
 /// Put, get, list (sorted, prefix-filtered, segment-wise) and idempotent delete.
@@ -121,6 +122,30 @@ pub async fn sink_streams_large_and_empty(sink: &dyn Sink) {
     assert_eq!(sink.get_bytes(&big).await.expect("get big"), expected);
     sink.delete(&empty).await.expect("cleanup");
     sink.delete(&big).await.expect("cleanup");
+}
+
+/// `put_file` stores a local file (twice under two names, as an aliased artifact is), leaves
+/// the source untouched, replaces an existing artifact, and fails cleanly on a missing file.
+pub async fn sink_put_file(sink: &dyn Sink) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("source.bin");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &body).expect("write source");
+    sink.put_bytes(&p("file/b.bin"), Bytes::from_static(b"old")).await.expect("put");
+    for path in ["file/a.bin", "file/b.bin"] {
+        let r = sink.put_file(&p(path), &local).await.expect("put_file");
+        assert_eq!((r.size, r.sha256), (body.len() as u64, Sha256Digest::of(&body)), "receipt of {path}");
+        assert_eq!(sink.get_bytes(&p(path)).await.expect("get"), body, "content of {path}");
+    }
+    assert_eq!(std::fs::read(&local).expect("source"), body, "put_file must not change its source");
+    let missing = dir.path().join("missing.bin");
+    assert!(sink.put_file(&p("file/c.bin"), &missing).await.is_err(), "a missing source must fail");
+    let listed: Vec<String> =
+        sink.list(Some(&p("file"))).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
+    assert_eq!(listed, ["file/a.bin", "file/b.bin"], "a failed put_file must not create the artifact");
+    for path in ["file/a.bin", "file/b.bin"] {
+        sink.delete(&p(path)).await.expect("cleanup");
+    }
 }
 
 fn no_events() -> EventFn {

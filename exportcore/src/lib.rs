@@ -63,6 +63,8 @@ pub mod manifest;
 pub mod model;
 pub mod parallel;
 mod path;
+#[cfg(feature = "gzip")]
+mod pgzip;
 pub mod profile;
 pub mod purl;
 pub mod run;

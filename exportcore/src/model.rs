@@ -274,6 +274,10 @@ pub struct RunRequest {
     /// Extension: bundle compression (profile default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Extension: compression level of the archives a run writes (gzip 1–9, zstd 1–19;
+    /// profile default when absent): trade size for build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<u32>,
     /// Extension: run timeout in seconds (default: the engine's, 60 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
@@ -320,6 +324,7 @@ impl RunRequest {
             priority: Priority::Normal,
             created_at: None,
             compression: None,
+            compression_level: None,
             timeout_seconds: None,
             strict: false,
         }
@@ -387,6 +392,12 @@ impl RunRequest {
                     return Err(ExportError::invalid("distribution.ref", "must not be empty"))
                 }
                 _ => {}
+            }
+        }
+        if let Some(l) = self.compression_level {
+            let max = if self.compression == Some(Compression::Gzip) { 9 } else { 19 };
+            if !(1..=max).contains(&l) {
+                return Err(ExportError::invalid("compressionLevel", format!("{l} is out of range 1..={max}")));
             }
         }
         if let Some(t) = self.timeout_seconds {

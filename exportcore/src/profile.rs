@@ -246,6 +246,27 @@ impl<'a> ExportContext<'a> {
         self.request.compression.unwrap_or(default)
     }
 
+    /// Archive settings for an archive compressed with `compression` and entries dated
+    /// `mtime`, with the request's `compressionLevel` applied (an error when it is out of
+    /// range for `compression`).
+    pub fn archive_options(&self, compression: Compression, mtime: u64) -> Result<crate::archive::ArchiveOptions> {
+        let mut o = crate::archive::ArchiveOptions::new(compression, mtime);
+        if let Some(level) = self.request.compression_level {
+            match compression {
+                Compression::Gzip if level > 9 => {
+                    return Err(ExportError::invalid(
+                        "compressionLevel",
+                        format!("{level} is out of range 1..=9 for gzip"),
+                    ))
+                }
+                Compression::Gzip => o.gzip_level = level,
+                Compression::Zstd => o.zstd_level = level as i32,
+                Compression::None => {}
+            }
+        }
+        Ok(o)
+    }
+
     /// The run's signer, when the request enables signing. The engine signs the run manifest
     /// and provenance itself; a profile uses this only for signatures that live inside its
     /// own artifacts (e.g. a DSSE envelope inside a bundle).
@@ -295,6 +316,42 @@ impl<'a> ExportContext<'a> {
         spec: ArtifactSpec,
         write: impl FnOnce(&mut dyn Write) -> Result<T>,
     ) -> Result<(StagedArtifact, T)> {
+        self.check_new(&spec)?;
+        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
+        let file = File::create(&local).at(&local)?;
+        let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+        let out = write(&mut w)?;
+        w.flush().at(&local)?;
+        let (_, size, sha256) = w.finish();
+        let staged = StagedArtifact { spec, local, size, sha256 };
+        self.artifacts.push(staged.clone());
+        Ok((staged, out))
+    }
+
+    /// Makes a finished local file an artifact without copying it: the file (e.g. one from
+    /// [`ExportContext::scratch_file`], closed) is moved into staging and hashed once. For
+    /// outputs that need random access while being built, such as a database file.
+    pub fn adopt_file(&mut self, spec: ArtifactSpec, file: &Path) -> Result<StagedArtifact> {
+        self.check_new(&spec)?;
+        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
+        std::fs::rename(file, &local).at(file)?;
+        let (size, sha256) = crate::hashing::hash_reader(File::open(&local).at(&local)?).at(&local)?;
+        let staged = StagedArtifact { spec, local, size, sha256 };
+        self.artifacts.push(staged.clone());
+        Ok(staged)
+    }
+
+    /// Publishes the bytes of an already staged artifact under a second path (e.g. an archive
+    /// that is also an OCI blob), without copying them.
+    pub fn alias_artifact(&mut self, spec: ArtifactSpec, of: &StagedArtifact) -> Result<StagedArtifact> {
+        self.check_new(&spec)?;
+        let staged = StagedArtifact { spec, local: of.local.clone(), size: of.size, sha256: of.sha256 };
+        self.artifacts.push(staged.clone());
+        Ok(staged)
+    }
+
+    /// Refuses reserved names and paths already staged.
+    fn check_new(&self, spec: &ArtifactSpec) -> Result<()> {
         if [MANIFEST_FILE, crate::run::SIGNED_MANIFEST_FILE, crate::run::PROVENANCE_FILE].contains(&spec.path.as_str())
         {
             return Err(ExportError::PathUnsafe {
@@ -308,14 +365,6 @@ impl<'a> ExportContext<'a> {
                 reason: "artifact written twice".into(),
             });
         }
-        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
-        let file = File::create(&local).at(&local)?;
-        let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        let out = write(&mut w)?;
-        w.flush().at(&local)?;
-        let (_, size, sha256) = w.finish();
-        let staged = StagedArtifact { spec, local, size, sha256 };
-        self.artifacts.push(staged.clone());
-        Ok((staged, out))
+        Ok(())
     }
 }

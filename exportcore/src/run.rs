@@ -15,7 +15,7 @@ use crate::path::ArtifactPath;
 use crate::profile::{ArtifactSpec, CancelFlag, ExportContext, Profile, StagedArtifact};
 use crate::sign::provenance::{self, ProvenanceInput, Resource};
 use crate::sign::{dsse, Signer};
-use crate::sink::{Sink, SinkExt};
+use crate::sink::Sink;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 

@@ -139,8 +139,9 @@ impl Profile for DevportalOffline {
         // Pass 2: the archive, in path order, every asset re-hashed as it streams in.
         let spec = ArtifactSpec::new(BUNDLE_FILE, ArtifactType::Bundle, "tar+gzip", "application/gzip")?;
         let mtime = anchor.mtime();
+        let options = ctx.archive_options(Compression::Gzip, mtime)?;
         ctx.write_artifact(spec, |w| {
-            let mut ar = ArchiveWriter::new(w, ArchiveOptions::new(Compression::Gzip, mtime))?;
+            let mut ar = ArchiveWriter::new(w, options)?;
             for (path, m) in &members {
                 match m.source {
                     Source::Bytes(bytes) => ar.append(path, m.mode, m.size, bytes)?,

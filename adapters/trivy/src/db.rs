@@ -9,12 +9,14 @@
 //! [`BATCH`] puts.
 
 use bbolt_rs::{BoltOptions, BucketRwApi, DbRwAPI, TxRwRefApi};
-use exportcore::{ExportError, Result, Timestamp};
+use exportcore::{ExportError, Result, Sha256Digest, Timestamp};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 /// Puts per BoltDB transaction.
 pub(crate) const BATCH: usize = 20_000;
@@ -23,16 +25,16 @@ pub(crate) const RUN_ENTRIES: usize = 100_000;
 
 /// The name of the flat bucket holding vulnerability details.
 pub(crate) const VULNERABILITY_BUCKET: &str = "vulnerability";
+/// The name of the flat bucket holding one data source per advisory bucket.
+pub(crate) const DATA_SOURCE_BUCKET: &str = "data-source";
 
-/// One index entry. Sort order = BoltDB write order: nested advisory entries (group 0) by
-/// bucket, package, key; then `vulnerability` (group 1) by key; duplicates by merge rank, so
-/// the last of a key group wins: the later `modified`, then the larger value digest.
+/// One index entry. `path` is `bucket NUL package NUL key` (package empty for the flat
+/// buckets), so byte order of `path` is BoltDB order of (bucket, package, key); duplicates of
+/// a path sort by rank, so the last of a group wins: the later `modified`, then the larger
+/// value digest.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
-    group: u8,
-    bucket: String,
-    pkg: String,
-    key: String,
+    path: Box<[u8]>,
     modified_ms: i64,
     digest: [u8; 32],
     offset: u64,
@@ -40,16 +42,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn same_key(&self, other: &Entry) -> bool {
-        self.group == other.group && self.bucket == other.bucket && self.pkg == other.pkg && self.key == other.key
+    /// (bucket, package — empty for flat buckets —, key).
+    fn split(&self) -> (&[u8], &[u8], &[u8]) {
+        let mut parts = self.path.splitn(3, |b| *b == 0);
+        let bucket = parts.next().unwrap_or_default();
+        let pkg = parts.next().unwrap_or_default();
+        (bucket, pkg, parts.next().unwrap_or_default())
     }
 
     fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
-        w.write_all(&[self.group])?;
-        for s in [&self.bucket, &self.pkg, &self.key] {
-            w.write_all(&(s.len() as u32).to_le_bytes())?;
-            w.write_all(s.as_bytes())?;
-        }
+        w.write_all(&(self.path.len() as u32).to_le_bytes())?;
+        w.write_all(&self.path)?;
         w.write_all(&self.modified_ms.to_le_bytes())?;
         w.write_all(&self.digest)?;
         w.write_all(&self.offset.to_le_bytes())?;
@@ -57,20 +60,14 @@ impl Entry {
     }
 
     fn read(r: &mut impl Read) -> std::io::Result<Option<Entry>> {
-        let mut group = [0u8; 1];
-        match r.read_exact(&mut group) {
+        let mut b4 = [0u8; 4];
+        match r.read_exact(&mut b4) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        let mut string = || -> std::io::Result<String> {
-            let mut n = [0u8; 4];
-            r.read_exact(&mut n)?;
-            let mut b = vec![0u8; u32::from_le_bytes(n) as usize];
-            r.read_exact(&mut b)?;
-            String::from_utf8(b).map_err(std::io::Error::other)
-        };
-        let (bucket, pkg, key) = (string()?, string()?, string()?);
+        let mut path = vec![0u8; u32::from_le_bytes(b4) as usize];
+        r.read_exact(&mut path)?;
         let mut b8 = [0u8; 8];
         r.read_exact(&mut b8)?;
         let modified_ms = i64::from_le_bytes(b8);
@@ -78,9 +75,8 @@ impl Entry {
         r.read_exact(&mut digest)?;
         r.read_exact(&mut b8)?;
         let offset = u64::from_le_bytes(b8);
-        let mut b4 = [0u8; 4];
         r.read_exact(&mut b4)?;
-        Ok(Some(Entry { group: group[0], bucket, pkg, key, modified_ms, digest, offset, len: u32::from_le_bytes(b4) }))
+        Ok(Some(Entry { path: path.into(), modified_ms, digest, offset, len: u32::from_le_bytes(b4) }))
     }
 }
 
@@ -91,6 +87,21 @@ pub(crate) struct Written {
     pub(crate) vulnerabilities: u64,
 }
 
+/// A value ready for the collector: its bytes and digest (computed where it was built, off
+/// the collecting thread).
+#[derive(Debug)]
+pub(crate) struct Value {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) digest: [u8; 32],
+}
+
+impl Value {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        let digest = *Sha256Digest::of(&bytes).as_bytes();
+        Self { bytes, digest }
+    }
+}
+
 /// Spooled values and spilled index runs of one DB build.
 pub(crate) struct Collector {
     dir: PathBuf,
@@ -99,9 +110,11 @@ pub(crate) struct Collector {
     written: u64,
     run: Vec<Entry>,
     runs: Vec<PathBuf>,
+    /// The run being sorted and spilled on a background thread.
+    spilling: Option<JoinHandle<Result<()>>>,
     pushed_nested: u64,
-    /// `data-source` entries: one per top-level bucket, few.
-    sources: BTreeMap<String, Vec<u8>>,
+    /// Buckets that already have their `data-source` entry.
+    sources: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -118,6 +131,15 @@ fn millis(t: Timestamp) -> i64 {
     (t.as_offset_date_time().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+fn sort_and_write(mut run: Vec<Entry>, path: &Path) -> Result<()> {
+    run.sort_unstable();
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io(path))?);
+    for e in &run {
+        e.write(&mut w).map_err(io(path))?;
+    }
+    w.flush().map_err(io(path))
+}
+
 impl Collector {
     /// Spools values to `spool_path` (`file`); spills runs next to it.
     pub(crate) fn new(spool_path: PathBuf, file: File) -> Self {
@@ -127,26 +149,36 @@ impl Collector {
             spool: BufWriter::with_capacity(1 << 20, file),
             spool_path,
             written: 0,
-            run: Vec::new(),
+            run: Vec::with_capacity(RUN_ENTRIES),
             runs: Vec::new(),
+            spilling: None,
             pushed_nested: 0,
-            sources: BTreeMap::new(),
+            sources: BTreeSet::new(),
         }
     }
 
-    fn push(&mut self, group: u8, bucket: &str, pkg: &str, key: &str, value: &[u8], modified: Timestamp) -> Result<()> {
+    fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: &Value, modified: Timestamp) -> Result<()> {
+        if bucket.contains('\0') || pkg.contains('\0') {
+            return Err(ExportError::Internal {
+                implementer: "trivy",
+                message: format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}"),
+            });
+        }
         let offset = self.written;
-        self.spool.write_all(value).map_err(io(&self.spool_path))?;
-        self.written += value.len() as u64;
+        self.spool.write_all(&value.bytes).map_err(io(&self.spool_path))?;
+        self.written += value.bytes.len() as u64;
+        let mut path = Vec::with_capacity(bucket.len() + pkg.len() + key.len() + 2);
+        path.extend_from_slice(bucket.as_bytes());
+        path.push(0);
+        path.extend_from_slice(pkg.as_bytes());
+        path.push(0);
+        path.extend_from_slice(key.as_bytes());
         self.run.push(Entry {
-            group,
-            bucket: bucket.to_owned(),
-            pkg: pkg.to_owned(),
-            key: key.to_owned(),
+            path: path.into(),
             modified_ms: millis(modified),
-            digest: *exportcore::Sha256Digest::of(value).as_bytes(),
+            digest: value.digest,
             offset,
-            len: value.len() as u32,
+            len: value.bytes.len() as u32,
         });
         if self.run.len() >= RUN_ENTRIES {
             self.spill()?;
@@ -154,32 +186,48 @@ impl Collector {
         Ok(())
     }
 
+    /// Hands the buffered run to a background thread that sorts and writes it (waiting for
+    /// the previous one first, so at most two runs are in memory).
     fn spill(&mut self) -> Result<()> {
-        self.run.sort_unstable();
+        self.join_spill()?;
+        let run = std::mem::replace(&mut self.run, Vec::with_capacity(RUN_ENTRIES));
         let path = self.dir.join(format!("trivy-index-run-{}", self.runs.len()));
-        let mut w = BufWriter::new(File::create(&path).map_err(io(&path))?);
-        for e in self.run.drain(..) {
-            e.write(&mut w).map_err(io(&path))?;
-        }
-        w.flush().map_err(io(&path))?;
-        self.runs.push(path);
+        self.runs.push(path.clone());
+        self.spilling = Some(std::thread::spawn(move || sort_and_write(run, &path)));
         Ok(())
     }
 
+    fn join_spill(&mut self) -> Result<()> {
+        match self.spilling.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| ExportError::Internal { implementer: "trivy", message: "index sort panicked".into() })?,
+            None => Ok(()),
+        }
+    }
+
     /// Adds an advisory (nested bucket entry).
-    pub(crate) fn nested(&mut self, root: &str, pkg: &str, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
+    pub(crate) fn nested(&mut self, root: &str, pkg: &str, id: &str, value: &Value, modified: Timestamp) -> Result<()> {
+        if pkg.is_empty() {
+            return Err(ExportError::Internal { implementer: "trivy", message: format!("{id}: empty package name") });
+        }
         self.pushed_nested += 1;
-        self.push(0, root, pkg, id, value, modified)
+        self.push(root, pkg, id, value, modified)
     }
 
     /// Adds a `vulnerability` bucket entry.
-    pub(crate) fn vulnerability(&mut self, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
-        self.push(1, VULNERABILITY_BUCKET, "", id, value, modified)
+    pub(crate) fn vulnerability(&mut self, id: &str, value: &Value, modified: Timestamp) -> Result<()> {
+        self.push(VULNERABILITY_BUCKET, "", id, value, modified)
     }
 
-    /// Sets the `data-source` entry of a top-level bucket.
-    pub(crate) fn data_source(&mut self, bucket: &str, value: Vec<u8>) {
-        self.sources.entry(bucket.to_owned()).or_insert(value);
+    /// Sets the `data-source` entry of a top-level bucket; the first one set wins.
+    pub(crate) fn data_source(&mut self, bucket: &str, value: impl FnOnce() -> Vec<u8>) -> Result<()> {
+        if self.sources.contains(bucket) {
+            return Ok(());
+        }
+        self.sources.insert(bucket.to_owned());
+        let epoch = Timestamp::from_unix(0)?;
+        self.push(DATA_SOURCE_BUCKET, "", bucket, &Value::new(value()), epoch)
     }
 
     /// True when no advisory entry was added.
@@ -187,71 +235,86 @@ impl Collector {
         self.pushed_nested == 0
     }
 
-    /// Writes the BoltDB file at `out`; `progress(done, total)` counts index entries merged.
-    pub(crate) fn write_bolt(mut self, out: &Path, mut progress: impl FnMut(u64, u64)) -> Result<Written> {
+    /// Calls `put(bucket path, key, value)` for every winning entry in BoltDB order (sorted
+    /// by bucket, package, key), merging the spilled runs; `progress(done, total)`.
+    fn for_each_sorted(
+        mut self,
+        mut put: impl FnMut(&[&[u8]], &[u8], &[u8]) -> Result<()>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Written> {
         self.spool.flush().map_err(io(&self.spool_path))?;
         if !self.run.is_empty() {
             self.spill()?;
         }
-        let total: u64 = self.pushed_nested;
-        let mut spool = File::open(&self.spool_path).map_err(io(&self.spool_path))?;
-        let bolt_err = |e: bbolt_rs::Error| ExportError::Internal { implementer: "bbolt", message: e.to_string() };
-        let mut db = BoltOptions::builder().page_size(4096).no_sync().build().open(out).map_err(bolt_err)?;
+        self.join_spill()?;
+        let total = self.pushed_nested;
+        let spool = File::open(&self.spool_path).map_err(io(&self.spool_path))?;
         let mut merge = Merge::open(&self.runs)?;
         let mut written = Written::default();
-        let mut batch: Vec<(Entry, Vec<u8>)> = Vec::with_capacity(BATCH);
+        let mut value = Vec::new();
         let mut done = 0u64;
-        loop {
-            let next = merge.next_unique()?;
-            if let Some(e) = &next {
-                let mut value = vec![0u8; e.len as usize];
-                spool.seek(SeekFrom::Start(e.offset)).map_err(io(&self.spool_path))?;
-                spool.read_exact(&mut value).map_err(io(&self.spool_path))?;
-                if e.group == 0 {
-                    written.advisory_entries += 1;
-                } else {
+        while let Some(e) = merge.next_unique()? {
+            value.resize(e.len as usize, 0);
+            spool.read_exact_at(&mut value, e.offset).map_err(io(&self.spool_path))?;
+            let (bucket, pkg, key) = e.split();
+            if pkg.is_empty() {
+                if bucket == VULNERABILITY_BUCKET.as_bytes() {
                     written.vulnerabilities += 1;
                 }
-                done += 1;
-                batch.push((e.clone(), value));
+                put(&[bucket], key, &value)?;
+            } else {
+                written.advisory_entries += 1;
+                put(&[bucket, pkg], key, &value)?;
             }
-            if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
-                db.update(|mut tx| {
-                    for (e, value) in &batch {
-                        let mut b = tx.create_bucket_if_not_exists(e.bucket.as_bytes())?;
-                        b.set_fill_percent(1.0);
-                        if e.group == 0 {
-                            let mut p = b.create_bucket_if_not_exists(e.pkg.as_bytes())?;
-                            p.set_fill_percent(1.0);
-                            p.put(e.key.as_bytes(), value)?;
-                        } else {
-                            b.put(e.key.as_bytes(), value)?;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(bolt_err)?;
-                batch.clear();
+            done += 1;
+            if done % 20_000 == 0 {
                 progress(done.min(total), total);
             }
-            if next.is_none() {
-                break;
-            }
         }
-        let sources = std::mem::take(&mut self.sources);
-        db.update(|mut tx| {
-            let mut b = tx.create_bucket_if_not_exists(b"data-source")?;
-            b.set_fill_percent(1.0);
-            for (bucket, value) in &sources {
-                b.put(bucket.as_bytes(), value)?;
-            }
-            Ok(())
-        })
-        .map_err(bolt_err)?;
-        drop(db);
+        progress(total, total);
         for r in &self.runs {
             let _ = std::fs::remove_file(r);
         }
+        Ok(written)
+    }
+
+    /// Writes the BoltDB file at `out`; `progress(done, total)` counts index entries merged.
+    pub(crate) fn write_bolt(self, out: &Path, progress: impl FnMut(u64, u64)) -> Result<Written> {
+        let bolt_err = |e: bbolt_rs::Error| ExportError::Internal { implementer: "bbolt", message: e.to_string() };
+        let mut db = BoltOptions::builder().page_size(4096).no_sync().build().open(out).map_err(bolt_err)?;
+        let mut batch: Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)> = Vec::with_capacity(BATCH);
+        let mut flush = |batch: &mut Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)>| -> Result<()> {
+            db.update(|mut tx| {
+                for (path, key, value) in batch.iter() {
+                    let mut b = tx.create_bucket_if_not_exists(&path[0])?;
+                    b.set_fill_percent(1.0);
+                    if let Some(pkg) = path.get(1) {
+                        let mut p = b.create_bucket_if_not_exists(pkg)?;
+                        p.set_fill_percent(1.0);
+                        p.put(key, value)?;
+                    } else {
+                        b.put(key, value)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(bolt_err)?;
+            batch.clear();
+            Ok(())
+        };
+        let written = self.for_each_sorted(
+            |path, key, value| {
+                batch.push((path.iter().map(|p| p.to_vec()).collect(), key.to_vec(), value.to_vec()));
+                if batch.len() >= BATCH {
+                    flush(&mut batch)?;
+                }
+                Ok(())
+            },
+            progress,
+        )?;
+        flush(&mut batch)?;
+        drop(flush);
+        drop(db);
         zero_meta_tails(out, 4096)?;
         Ok(written)
     }
@@ -269,7 +332,7 @@ impl Merge {
         let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None };
         for (i, path) in runs.iter().enumerate() {
             let f = File::open(path).map_err(io(path))?;
-            m.readers.push((path.clone(), BufReader::with_capacity(64 * 1024, f)));
+            m.readers.push((path.clone(), BufReader::with_capacity(256 * 1024, f)));
             m.refill(i)?;
         }
         Ok(m)
@@ -299,7 +362,7 @@ impl Merge {
             },
         };
         while let Some(e) = self.pop()? {
-            if e.same_key(&current) {
+            if e.path == current.path {
                 current = e; // sorted by rank within a key: later wins
             } else {
                 self.pending = Some(e);
@@ -333,35 +396,65 @@ mod tests {
         Timestamp::from_unix(s).unwrap()
     }
 
+    fn v(s: &str) -> Value {
+        Value::new(s.as_bytes().to_vec())
+    }
+
     #[test]
-    fn external_merge_keeps_the_winner_of_each_key_across_runs() {
+    fn external_merge_keeps_the_winner_of_each_key_across_runs_in_bolt_order() {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         let mut c = Collector::new(spool.clone(), File::create(&spool).unwrap());
-        // More entries than one run, with duplicates spread over runs.
-        let n = RUN_ENTRIES + RUN_ENTRIES / 2;
+        // More entries than two runs, with duplicates spread over runs.
+        let n = 2 * RUN_ENTRIES + RUN_ENTRIES / 2;
         for i in 0..n {
             let key = format!("k{:07}", i % (RUN_ENTRIES / 2));
-            c.nested("b", "p", &key, format!("v{i}").as_bytes(), ts(i as i64)).unwrap();
+            c.nested("b", "p", &key, &v(&format!("v{i}")), ts(i as i64)).unwrap();
         }
-        c.vulnerability("CVE-1", b"old", ts(1)).unwrap();
-        c.vulnerability("CVE-1", b"new", ts(2)).unwrap();
-        c.data_source("b", b"{}".to_vec());
-        let mut merge_input = std::mem::take(&mut c.run);
-        merge_input.sort_unstable();
-        c.run = merge_input;
-        c.spill().unwrap();
-        assert!(c.runs.len() >= 2, "spilled {} runs", c.runs.len());
-        let mut m = Merge::open(&c.runs).unwrap();
-        let mut seen = Vec::new();
-        while let Some(e) = m.next_unique().unwrap() {
-            seen.push(e);
-        }
-        assert_eq!(seen.len(), RUN_ENTRIES / 2 + 1);
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
-        // Key k0000000 was written at i = 0, 50k, 100k: the last (highest modified) wins.
-        assert_eq!(seen[0].modified_ms, (RUN_ENTRIES as i64) * 1000);
-        let vuln = seen.last().unwrap();
-        assert_eq!((vuln.group, vuln.key.as_str(), vuln.modified_ms), (1, "CVE-1", 2000));
+        c.vulnerability("CVE-1", &v("old"), ts(1)).unwrap();
+        c.vulnerability("CVE-1", &v("new"), ts(2)).unwrap();
+        c.data_source("b", || b"{}".to_vec()).unwrap();
+        c.data_source("b", || b"ignored".to_vec()).unwrap();
+        // "b x" sorts after "b" as a bucket name even though ' ' < 'p'.
+        c.nested("b x", "a", "k", &v("bx"), ts(1)).unwrap();
+        let mut seen: Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)> = Vec::new();
+        let written = c
+            .for_each_sorted(
+                |path, key, value| {
+                    seen.push((path.iter().map(|p| p.to_vec()).collect(), key.to_vec(), value.to_vec()));
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(written.advisory_entries, RUN_ENTRIES as u64 / 2 + 1);
+        assert_eq!(written.vulnerabilities, 1);
+        assert_eq!(seen.len(), RUN_ENTRIES / 2 + 3);
+        let order: Vec<(Vec<Vec<u8>>, Vec<u8>)> = seen.iter().map(|(p, k, _)| (p.clone(), k.clone())).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(order, sorted, "sorted by (bucket path, key), unique");
+        // Key k0000000 was written at i = 0, 50k, ..., 200k: the last (highest modified) wins.
+        assert_eq!(seen[0].2, format!("v{}", 4 * (RUN_ENTRIES / 2)).as_bytes());
+        let last = |bucket: &str| seen.iter().find(|(p, _, _)| p[0] == bucket.as_bytes()).unwrap();
+        assert_eq!(last("b x").0, [b"b x".to_vec(), b"a".to_vec()]);
+        assert_eq!(last(DATA_SOURCE_BUCKET).2, b"{}");
+        assert_eq!(last(VULNERABILITY_BUCKET).2, b"new");
+    }
+
+    #[test]
+    fn same_modified_time_breaks_ties_by_digest_whatever_the_order() {
+        let run = |first: &str, second: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = dir.path().join("spool");
+            let mut c = Collector::new(spool.clone(), File::create(&spool).unwrap());
+            c.nested("b", "p", "k", &v(first), ts(5)).unwrap();
+            c.nested("b", "p", "k", &v(second), ts(5)).unwrap();
+            let mut out = Vec::new();
+            c.for_each_sorted(|_, _, value| Ok(out = value.to_vec()), |_, _| {}).unwrap();
+            out
+        };
+        assert_eq!(run("x", "y"), run("y", "x"));
     }
 }

@@ -16,6 +16,9 @@ pub const DB_LAYER_MEDIA_TYPE: &str = "application/vnd.aquasec.trivy.db.layer.v1
 /// Layer media type of the Java DB.
 pub const JAVADB_LAYER_MEDIA_TYPE: &str = "application/vnd.aquasec.trivy.javadb.layer.v1.tar+gzip";
 
+/// Default gzip level of `db.tar.gz` / `javadb.tar.gz` (request `compressionLevel` overrides).
+pub(crate) const GZIP_LEVEL: u32 = 6;
+
 /// Go's zero time, what Trivy's own published metadata carries before a download.
 pub(crate) const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
@@ -41,8 +44,13 @@ pub(crate) fn tarball(
     let spec = ArtifactSpec::new(name, ArtifactType::Database, "tar+gzip", "application/gzip")?;
     let mut sorted: Vec<&(&str, &Path)> = files.iter().collect();
     sorted.sort_by_key(|(n, _)| *n);
+    let mut options = ArchiveOptions::new(Compression::Gzip, mtime);
+    options.gzip_level = GZIP_LEVEL;
+    if ctx.request().compression_level.is_some() {
+        options = ctx.archive_options(Compression::Gzip, mtime)?;
+    }
     let (staged, ()) = ctx.write_artifact(spec, |w| {
-        let mut ar = ArchiveWriter::new(w, ArchiveOptions::new(Compression::Gzip, mtime))?;
+        let mut ar = ArchiveWriter::new(w, options)?;
         for (entry, local) in sorted {
             let f = std::fs::File::open(local).map_err(|e| ExportError::io(*local, e))?;
             let size = f.metadata().map_err(|e| ExportError::io(*local, e))?.len();
@@ -85,12 +93,7 @@ pub(crate) fn oci_layout(
         "oci-blob",
         layer_media_type,
     )?;
-    let local = layer.local.clone();
-    ctx.write_artifact(layer_spec, |w| {
-        let mut f = std::fs::File::open(&local).map_err(|e| ExportError::io(&local, e))?;
-        std::io::copy(&mut f, w).map_err(|e| ExportError::io(&local, e))?;
-        Ok(())
-    })?;
+    ctx.alias_artifact(layer_spec, layer)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -1,4 +1,4 @@
-use crate::db::Collector;
+use crate::db::{Collector, Value as DbValue};
 use crate::mapping::{self, Skipped, Target};
 use crate::package::{self, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
 use exportcore::{
@@ -71,12 +71,7 @@ fn stage_file(
     local: &Path,
 ) -> Result<exportcore::StagedArtifact> {
     let spec = ArtifactSpec::new(path, kind, media.rsplit('/').next().unwrap_or("bin"), media)?;
-    let (staged, ()) = ctx.write_artifact(spec, |w| {
-        let mut f = std::fs::File::open(local).map_err(|e| ExportError::io(local, e))?;
-        std::io::copy(&mut f, w).map_err(|e| ExportError::io(local, e))?;
-        Ok(())
-    })?;
-    Ok(staged)
+    ctx.adopt_file(spec, local)
 }
 
 fn stage_bytes(
@@ -102,9 +97,9 @@ fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()>
 struct MappedAdvisory {
     id: String,
     modified: Timestamp,
-    /// (root bucket, package key, advisory JSON, data-source JSON)
-    entries: Vec<(String, String, Vec<u8>, Vec<u8>)>,
-    vulnerability: Option<Vec<u8>>,
+    /// (root bucket, package key, advisory JSON, ecosystem)
+    entries: Vec<(String, String, DbValue, String)>,
+    vulnerability: Option<DbValue>,
 }
 
 /// A batch of advisories mapped on a worker thread.
@@ -195,14 +190,13 @@ fn map_advisory(
         let root = match &target {
             Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
         };
-        let value = serde_json::to_vec(&adv).unwrap_or_default();
-        let ds = serde_json::to_vec(&json!({"ID": "osv", "Name": format!("OSV {eco}")})).unwrap_or_default();
-        entries.push((root, mapping::package_key(&target, name), value, ds));
+        let value = DbValue::new(serde_json::to_vec(&adv).unwrap_or_default());
+        entries.push((root, mapping::package_key(&target, name), value, eco.to_owned()));
     }
     if entries.is_empty() {
         return None;
     }
-    let vulnerability = Some(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default());
+    let vulnerability = Some(DbValue::new(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default()));
     Some(MappedAdvisory { id, modified, entries, vulnerability })
 }
 
@@ -247,9 +241,11 @@ impl Profile for TrivyDb {
                 report.skipped.add(&mapped.skipped);
                 newest = newest.max(mapped.newest);
                 for m in mapped.advisories {
-                    for (root, pkg, value, ds) in m.entries {
+                    for (root, pkg, value, eco) in m.entries {
                         collector.nested(&root, &pkg, &m.id, &value, m.modified)?;
-                        collector.data_source(&root, ds);
+                        collector.data_source(&root, || {
+                            serde_json::to_vec(&json!({"ID": "osv", "Name": format!("OSV {eco}")})).unwrap_or_default()
+                        })?;
                         buckets.insert(root);
                     }
                     if let Some(v) = m.vulnerability {
@@ -300,11 +296,11 @@ impl Profile for TrivyDb {
         report.vulnerabilities = written.vulnerabilities;
         let meta = package::metadata(2, anchor.created_at, 24);
         let meta_local = stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
-        stage_file(ctx, "db/trivy.db", "application/vnd.aquasec.trivy.db", ArtifactType::Database, &db_path)?;
+        let db = stage_file(ctx, "db/trivy.db", "application/vnd.aquasec.trivy.db", ArtifactType::Database, &db_path)?;
         let tgz = package::tarball(
             ctx,
             "db.tar.gz",
-            &[("trivy.db", &db_path), ("metadata.json", &meta_local)],
+            &[("trivy.db", &db.local), ("metadata.json", &meta_local)],
             anchor.mtime(),
         )?;
         package::oci_layout(ctx, "oci", &tgz, DB_LAYER_MEDIA_TYPE, "db.tar.gz", "2", anchor.created_at)?;
@@ -342,11 +338,11 @@ impl Profile for TrivyJavaDb {
         let anchor = ctx.time_anchor(None);
         let meta = package::metadata(1, anchor.created_at, 24 * 3);
         let meta_local = stage_bytes(ctx, "java-db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
-        stage_file(ctx, "java-db/trivy-java.db", "application/vnd.sqlite3", ArtifactType::Database, &db_path)?;
+        let db = stage_file(ctx, "java-db/trivy-java.db", "application/vnd.sqlite3", ArtifactType::Database, &db_path)?;
         let tgz = package::tarball(
             ctx,
             "javadb.tar.gz",
-            &[("trivy-java.db", &db_path), ("metadata.json", &meta_local)],
+            &[("trivy-java.db", &db.local), ("metadata.json", &meta_local)],
             anchor.mtime(),
         )?;
         package::oci_layout(ctx, "oci", &tgz, JAVADB_LAYER_MEDIA_TYPE, "javadb.tar.gz", "1", anchor.created_at)?;

@@ -22,6 +22,11 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// mimalloc: allocation-heavy JSON parsing on several threads is markedly faster than with
+/// glibc malloc (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn child(evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let anon = exportcore_benches::AnonPeak::start();
@@ -29,6 +34,7 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
     let run = rt.block_on(async {
         let mut req = RunRequest::new("trivy:db");
         req.created_at = Timestamp::parse("2025-06-01T00:00:00Z").ok();
+        req.compression_level = std::env::var("BENCH_GZIP_LEVEL").ok().and_then(|l| l.parse().ok());
         let mut opts = RunOptions::new("bench");
         opts.staging_dir = out.parent().map(Path::to_path_buf);
         execute(
@@ -37,7 +43,24 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
             Arc::new(FsSink::new(out).expect("sink")),
             req,
             opts,
-            Arc::new(|_| {}),
+            Arc::new(move |e: &exportcore::RunEvent| {
+                // BENCH_PHASES=1 prints when each phase starts (progress bands, artifacts).
+                if std::env::var_os("BENCH_PHASES").is_some() {
+                    let what = match e {
+                        exportcore::RunEvent::Progress { progress, .. } => {
+                            let p = progress.percent;
+                            if [1, 70, 71, 95, 96].contains(&p) {
+                                format!("progress {p}%")
+                            } else {
+                                return;
+                            }
+                        }
+                        exportcore::RunEvent::ArtifactReady { path, .. } => format!("ready {path}"),
+                        other => format!("{other:?}").chars().take(40).collect(),
+                    };
+                    eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
+                }
+            }),
         )
         .await
     });

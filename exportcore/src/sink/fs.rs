@@ -1,6 +1,6 @@
 use super::{file_stream, sink_io, ByteStream, ObjectMeta, PutReceipt, Sink};
 use crate::error::{ExportError, IoContext, Result};
-use crate::hashing::Hasher;
+use crate::hashing::{Hasher, Sha256Digest};
 use crate::path::ArtifactPath;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -9,6 +9,20 @@ use tokio::io::AsyncWriteExt;
 
 /// Prefix of in-flight temporary files; never listed, never a final name.
 pub(crate) const TEMP_PREFIX: &str = ".exportcore-tmp-";
+
+/// Gives a file about to be published mode 0644, whatever the umask or where it came from.
+fn set_published_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
 
 /// A sink writing under a local directory.
 ///
@@ -79,6 +93,61 @@ impl FsSink {
         Ok(dir)
     }
 
+    fn put_file_blocking(&self, path: &ArtifactPath, src: &Path) -> Result<PutReceipt> {
+        use std::io::{Read, Write};
+        let dir = self.safe_parent(path, true)?;
+        let final_path = self.local_path(path);
+        if final_path.is_dir() {
+            return Err(ExportError::PathUnsafe { path: path.to_string(), reason: "is a directory".into() });
+        }
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::now_v7().simple()));
+        let stored = (|| -> std::io::Result<(u64, Sha256Digest)> {
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let out = if std::fs::hard_link(src, &tmp).is_ok() {
+                // Same filesystem: no copy. Hash what is now stored under the new name.
+                let mut f = std::fs::File::open(&tmp)?;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                set_published_mode(&tmp)?;
+                std::fs::File::options().write(true).open(&tmp)?
+            } else {
+                let mut from = std::fs::File::open(src)?;
+                let mut to = std::fs::File::options().write(true).create_new(true).open(&tmp)?;
+                set_published_mode(&tmp)?;
+                loop {
+                    let n = from.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    to.write_all(&buf[..n])?;
+                }
+                to
+            };
+            out.sync_all()?;
+            Ok(hasher.finish())
+        })();
+        let (size, sha256) = match stored {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ExportError::io(src, e));
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &final_path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ExportError::io(&final_path, e));
+        }
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+        Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
+    }
+
     /// Deletes temporary files left by interrupted puts; returns how many were removed.
     pub fn remove_stale_temp_files(&self) -> Result<usize> {
         let mut removed = 0;
@@ -118,6 +187,7 @@ impl Sink for FsSink {
                 return Err(ExportError::PathUnsafe { path: p.to_string(), reason: "is a directory".into() });
             }
             let tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir).at(&dir)?;
+            set_published_mode(tmp.path()).at(tmp.path())?;
             Ok((dir, tmp))
         })
         .await
@@ -154,6 +224,17 @@ impl Sink for FsSink {
         .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })??;
         let (size, sha256) = hasher.finish();
         Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
+    }
+
+    /// Links the file in when it is on the same filesystem (else copies it), hashes what was
+    /// stored, fsyncs it, renames it into place and fsyncs the directory.
+    async fn put_file(&self, path: &ArtifactPath, file: &Path) -> Result<PutReceipt> {
+        let this = self.clone();
+        let p = path.clone();
+        let src = file.to_path_buf();
+        tokio::task::spawn_blocking(move || this.put_file_blocking(&p, &src))
+            .await
+            .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })?
     }
 
     async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> {
@@ -233,6 +314,26 @@ mod tests {
     async fn conforms() {
         let dir = tempfile::tempdir().unwrap();
         crate::conformance::sink_suite(&FsSink::new(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn published_files_are_0644_and_put_file_links_when_it_can() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FsSink::new(dir.path().join("out")).unwrap();
+        let staged = dir.path().join("staged.bin");
+        std::fs::write(&staged, b"staged bytes").unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
+        sink.put_bytes(&ArtifactPath::parse("a/streamed").unwrap(), "x".into()).await.unwrap();
+        sink.put_file(&ArtifactPath::parse("a/linked").unwrap(), &staged).await.unwrap();
+        for name in ["streamed", "linked"] {
+            let m = std::fs::metadata(dir.path().join("out/a").join(name)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o644, "{name}");
+        }
+        // Same filesystem: the published file is the staged inode, not a copy.
+        let linked = std::fs::metadata(dir.path().join("out/a/linked")).unwrap();
+        assert_eq!(linked.ino(), std::fs::metadata(&staged).unwrap().ino());
+        assert_eq!(sink.remove_stale_temp_files().unwrap(), 0);
     }
 
     #[tokio::test]

@@ -68,6 +68,13 @@ pub trait Sink: Debug + Send + Sync + 'static {
     async fn list(&self, prefix: Option<&ArtifactPath>) -> Result<Vec<ObjectMeta>>;
     /// Removes the artifact at `path` (no error when absent).
     async fn delete(&self, path: &ArtifactPath) -> Result<()>;
+    /// Stores the local file `file` under `path`, with the guarantees of `put`. The default
+    /// streams it through `put`; a sink that can do better (link, server-side upload)
+    /// overrides it. The file is not modified.
+    async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> {
+        let f = tokio::fs::File::open(file).await.at(file)?;
+        self.put(path, file_stream(f)).await
+    }
 }
 
 macro_rules! forward_sink {
@@ -80,6 +87,7 @@ macro_rules! forward_sink {
             async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> { (**self).get(path).await }
             async fn list(&self, prefix: Option<&ArtifactPath>) -> Result<Vec<ObjectMeta>> { (**self).list(prefix).await }
             async fn delete(&self, path: &ArtifactPath) -> Result<()> { (**self).delete(path).await }
+            async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> { (**self).put_file(path, file).await }
         }
     )+};
 }
@@ -100,11 +108,6 @@ pub trait SinkExt: Sink {
             out.extend_from_slice(&chunk.map_err(|e| sink_io(self.name(), e))?);
         }
         Ok(out.freeze())
-    }
-    /// Streams a local file into the sink.
-    async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> {
-        let f = tokio::fs::File::open(file).await.at(file)?;
-        self.put(path, file_stream(f)).await
     }
 }
 
