@@ -8,7 +8,7 @@ use crate::{
     BUNDLE_FILE, INSTRUCTIONS, INSTRUCTIONS_FILE, MANIFEST_ARTIFACT, PAYLOAD_TYPE, PROFILE_ID, SIGNATURE_FILE,
     VERIFY_SCRIPT, VERIFY_SCRIPT_FILE,
 };
-use exportcore::archive::{ArchiveOptions, ArchiveWriter, FileMode};
+use exportcore::archive::{ArchiveWriter, FileMode};
 use exportcore::hashing::Hasher;
 use exportcore::manifest::MANIFEST_FILE;
 use exportcore::sign::dsse;

@@ -4,22 +4,18 @@
 //! package, key → offset, length, merge rank) are sorted in runs of [`RUN_ENTRIES`] and spilled
 //! to scratch files; writing merges the runs (an external merge sort), so memory is bounded by
 //! one run, one transaction's values and the merge heads, whatever the number of advisories.
-//! The BoltDB file is written with `bbolt-rs` (a port of Go's bbolt; its `compat` feature
-//! writes the magic Go bbolt — and so Trivy — accepts), in sorted key order, committing every
-//! [`BATCH`] puts.
+//! The merge yields entries in BoltDB order, which [`crate::bolt::BoltWriter`] turns into the
+//! file page by page.
 
-use bbolt_rs::{BoltOptions, BucketRwApi, DbRwAPI, TxRwRefApi};
 use exportcore::{ExportError, Result, Sha256Digest, Timestamp};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-/// Puts per BoltDB transaction.
-pub(crate) const BATCH: usize = 20_000;
 /// Index entries sorted in memory before a run is spilled.
 pub(crate) const RUN_ENTRIES: usize = 100_000;
 
@@ -267,7 +263,7 @@ impl Collector {
                 put(&[bucket, pkg], key, &value)?;
             }
             done += 1;
-            if done % 20_000 == 0 {
+            if done.is_multiple_of(20_000) {
                 progress(done.min(total), total);
             }
         }
@@ -278,44 +274,13 @@ impl Collector {
         Ok(written)
     }
 
-    /// Writes the BoltDB file at `out`; `progress(done, total)` counts index entries merged.
+    /// Writes the BoltDB file at `out` (which must not exist); `progress(done, total)` counts
+    /// index entries merged.
     pub(crate) fn write_bolt(self, out: &Path, progress: impl FnMut(u64, u64)) -> Result<Written> {
-        let bolt_err = |e: bbolt_rs::Error| ExportError::Internal { implementer: "bbolt", message: e.to_string() };
-        let mut db = BoltOptions::builder().page_size(4096).no_sync().build().open(out).map_err(bolt_err)?;
-        let mut batch: Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)> = Vec::with_capacity(BATCH);
-        let mut flush = |batch: &mut Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)>| -> Result<()> {
-            db.update(|mut tx| {
-                for (path, key, value) in batch.iter() {
-                    let mut b = tx.create_bucket_if_not_exists(&path[0])?;
-                    b.set_fill_percent(1.0);
-                    if let Some(pkg) = path.get(1) {
-                        let mut p = b.create_bucket_if_not_exists(pkg)?;
-                        p.set_fill_percent(1.0);
-                        p.put(key, value)?;
-                    } else {
-                        b.put(key, value)?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(bolt_err)?;
-            batch.clear();
-            Ok(())
-        };
-        let written = self.for_each_sorted(
-            |path, key, value| {
-                batch.push((path.iter().map(|p| p.to_vec()).collect(), key.to_vec(), value.to_vec()));
-                if batch.len() >= BATCH {
-                    flush(&mut batch)?;
-                }
-                Ok(())
-            },
-            progress,
-        )?;
-        flush(&mut batch)?;
-        drop(flush);
-        drop(db);
-        zero_meta_tails(out, 4096)?;
+        let bolt_err = |e: std::io::Error| ExportError::io(out, e);
+        let mut db = crate::bolt::BoltWriter::create(out).map_err(bolt_err)?;
+        let written = self.for_each_sorted(|path, key, value| db.put(path, key, value).map_err(bolt_err), progress)?;
+        db.finish().map_err(bolt_err)?;
         Ok(written)
     }
 }
@@ -373,21 +338,6 @@ impl Merge {
     }
 }
 
-/// bbolt-rs 1.3.10 writes each meta page from an uninitialised arena buffer, so the bytes after
-/// the 64-byte meta (header 16 + meta 64 = 80) hold whatever memory was there: the file would
-/// differ between two identical builds and could leak process memory. Go bbolt zeroes them.
-/// Nothing reads those bytes (the meta checksum covers only the meta fields), so we zero them.
-fn zero_meta_tails(path: &Path, page_size: usize) -> Result<()> {
-    const META_END: usize = 16 + 64;
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path))?;
-    let zeros = vec![0u8; page_size - META_END];
-    for page in 0..2u64 {
-        f.seek(SeekFrom::Start(page * page_size as u64 + META_END as u64)).map_err(io(path))?;
-        f.write_all(&zeros).map_err(io(path))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,7 +367,8 @@ mod tests {
         c.data_source("b", || b"ignored".to_vec()).unwrap();
         // "b x" sorts after "b" as a bucket name even though ' ' < 'p'.
         c.nested("b x", "a", "k", &v("bx"), ts(1)).unwrap();
-        let mut seen: Vec<(Vec<Vec<u8>>, Vec<u8>, Vec<u8>)> = Vec::new();
+        type Put = (Vec<Vec<u8>>, Vec<u8>, Vec<u8>);
+        let mut seen: Vec<Put> = Vec::new();
         let written = c
             .for_each_sorted(
                 |path, key, value| {
@@ -452,7 +403,14 @@ mod tests {
             c.nested("b", "p", "k", &v(first), ts(5)).unwrap();
             c.nested("b", "p", "k", &v(second), ts(5)).unwrap();
             let mut out = Vec::new();
-            c.for_each_sorted(|_, _, value| Ok(out = value.to_vec()), |_, _| {}).unwrap();
+            c.for_each_sorted(
+                |_, _, value| {
+                    out = value.to_vec();
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .unwrap();
             out
         };
         assert_eq!(run("x", "y"), run("y", "x"));
