@@ -332,10 +332,23 @@ impl<'a> ExportContext<'a> {
     /// [`ExportContext::scratch_file`], closed) is moved into staging and hashed once. For
     /// outputs that need random access while being built, such as a database file.
     pub fn adopt_file(&mut self, spec: ArtifactSpec, file: &Path) -> Result<StagedArtifact> {
+        let (size, sha256) = crate::hashing::hash_reader(File::open(file).at(file)?).at(file)?;
+        self.adopt_file_with_digest(spec, file, size, sha256)
+    }
+
+    /// [`ExportContext::adopt_file`] for a file whose size and digest the profile already
+    /// computed (e.g. while archiving it), so it is not read again here. Publishing checks
+    /// them: the sink's receipt must match, else the run fails.
+    pub fn adopt_file_with_digest(
+        &mut self,
+        spec: ArtifactSpec,
+        file: &Path,
+        size: u64,
+        sha256: Sha256Digest,
+    ) -> Result<StagedArtifact> {
         self.check_new(&spec)?;
         let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
         std::fs::rename(file, &local).at(file)?;
-        let (size, sha256) = crate::hashing::hash_reader(File::open(&local).at(&local)?).at(&local)?;
         let staged = StagedArtifact { spec, local, size, sha256 };
         self.artifacts.push(staged.clone());
         Ok(staged)

@@ -26,13 +26,12 @@ pub(crate) const DATA_SOURCE_BUCKET: &str = "data-source";
 
 /// One index entry. `path` is `bucket NUL package NUL key` (package empty for the flat
 /// buckets), so byte order of `path` is BoltDB order of (bucket, package, key); duplicates of
-/// a path sort by rank, so the last of a group wins: the later `modified`, then the larger
-/// value digest.
+/// a path sort by `modified`, and the merge keeps the later one, or of two with the same
+/// `modified` the one whose value has the larger SHA-256 (computed only for such ties).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     path: Box<[u8]>,
     modified_ms: i64,
-    digest: [u8; 32],
     offset: u64,
     len: u32,
 }
@@ -50,7 +49,6 @@ impl Entry {
         w.write_all(&(self.path.len() as u32).to_le_bytes())?;
         w.write_all(&self.path)?;
         w.write_all(&self.modified_ms.to_le_bytes())?;
-        w.write_all(&self.digest)?;
         w.write_all(&self.offset.to_le_bytes())?;
         w.write_all(&self.len.to_le_bytes())
     }
@@ -67,12 +65,10 @@ impl Entry {
         let mut b8 = [0u8; 8];
         r.read_exact(&mut b8)?;
         let modified_ms = i64::from_le_bytes(b8);
-        let mut digest = [0u8; 32];
-        r.read_exact(&mut digest)?;
         r.read_exact(&mut b8)?;
         let offset = u64::from_le_bytes(b8);
         r.read_exact(&mut b4)?;
-        Ok(Some(Entry { path: path.into(), modified_ms, digest, offset, len: u32::from_le_bytes(b4) }))
+        Ok(Some(Entry { path: path.into(), modified_ms, offset, len: u32::from_le_bytes(b4) }))
     }
 }
 
@@ -81,21 +77,6 @@ impl Entry {
 pub(crate) struct Written {
     pub(crate) advisory_entries: u64,
     pub(crate) vulnerabilities: u64,
-}
-
-/// A value ready for the collector: its bytes and digest (computed where it was built, off
-/// the collecting thread).
-#[derive(Debug)]
-pub(crate) struct Value {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) digest: [u8; 32],
-}
-
-impl Value {
-    pub(crate) fn new(bytes: Vec<u8>) -> Self {
-        let digest = *Sha256Digest::of(&bytes).as_bytes();
-        Self { bytes, digest }
-    }
 }
 
 /// Spooled values and spilled index runs of one DB build.
@@ -153,7 +134,7 @@ impl Collector {
         }
     }
 
-    fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: &Value, modified: Timestamp) -> Result<()> {
+    fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: &[u8], modified: Timestamp) -> Result<()> {
         if bucket.contains('\0') || pkg.contains('\0') {
             return Err(ExportError::Internal {
                 implementer: "trivy",
@@ -161,21 +142,15 @@ impl Collector {
             });
         }
         let offset = self.written;
-        self.spool.write_all(&value.bytes).map_err(io(&self.spool_path))?;
-        self.written += value.bytes.len() as u64;
+        self.spool.write_all(value).map_err(io(&self.spool_path))?;
+        self.written += value.len() as u64;
         let mut path = Vec::with_capacity(bucket.len() + pkg.len() + key.len() + 2);
         path.extend_from_slice(bucket.as_bytes());
         path.push(0);
         path.extend_from_slice(pkg.as_bytes());
         path.push(0);
         path.extend_from_slice(key.as_bytes());
-        self.run.push(Entry {
-            path: path.into(),
-            modified_ms: millis(modified),
-            digest: value.digest,
-            offset,
-            len: value.bytes.len() as u32,
-        });
+        self.run.push(Entry { path: path.into(), modified_ms: millis(modified), offset, len: value.len() as u32 });
         if self.run.len() >= RUN_ENTRIES {
             self.spill()?;
         }
@@ -203,7 +178,7 @@ impl Collector {
     }
 
     /// Adds an advisory (nested bucket entry).
-    pub(crate) fn nested(&mut self, root: &str, pkg: &str, id: &str, value: &Value, modified: Timestamp) -> Result<()> {
+    pub(crate) fn nested(&mut self, root: &str, pkg: &str, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
         if pkg.is_empty() {
             return Err(ExportError::Internal { implementer: "trivy", message: format!("{id}: empty package name") });
         }
@@ -212,7 +187,7 @@ impl Collector {
     }
 
     /// Adds a `vulnerability` bucket entry.
-    pub(crate) fn vulnerability(&mut self, id: &str, value: &Value, modified: Timestamp) -> Result<()> {
+    pub(crate) fn vulnerability(&mut self, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
         self.push(VULNERABILITY_BUCKET, "", id, value, modified)
     }
 
@@ -223,7 +198,7 @@ impl Collector {
         }
         self.sources.insert(bucket.to_owned());
         let epoch = Timestamp::from_unix(0)?;
-        self.push(DATA_SOURCE_BUCKET, "", bucket, &Value::new(value()), epoch)
+        self.push(DATA_SOURCE_BUCKET, "", bucket, &value(), epoch)
     }
 
     /// True when no advisory entry was added.
@@ -245,7 +220,7 @@ impl Collector {
         self.join_spill()?;
         let total = self.pushed_nested;
         let spool = File::open(&self.spool_path).map_err(io(&self.spool_path))?;
-        let mut merge = Merge::open(&self.runs)?;
+        let mut merge = Merge::open(&self.runs, &spool, &self.spool_path)?;
         let mut written = Written::default();
         let mut value = Vec::new();
         let mut done = 0u64;
@@ -285,16 +260,18 @@ impl Collector {
     }
 }
 
-/// K-way merge of sorted runs, keeping the last (highest-ranked) entry of each key.
-struct Merge {
+/// K-way merge of sorted runs, keeping the winning entry of each key.
+struct Merge<'s> {
     readers: Vec<(PathBuf, BufReader<File>)>,
     heap: BinaryHeap<Reverse<(Entry, usize)>>,
     pending: Option<Entry>,
+    spool: &'s File,
+    spool_path: &'s Path,
 }
 
-impl Merge {
-    fn open(runs: &[PathBuf]) -> Result<Self> {
-        let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None };
+impl<'s> Merge<'s> {
+    fn open(runs: &[PathBuf], spool: &'s File, spool_path: &'s Path) -> Result<Self> {
+        let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None, spool, spool_path };
         for (i, path) in runs.iter().enumerate() {
             let f = File::open(path).map_err(io(path))?;
             m.readers.push((path.clone(), BufReader::with_capacity(256 * 1024, f)));
@@ -328,13 +305,23 @@ impl Merge {
         };
         while let Some(e) = self.pop()? {
             if e.path == current.path {
-                current = e; // sorted by rank within a key: later wins
+                // Sorted by `modified` within a key: a later one wins; a tie goes to the larger
+                // value digest, so the winner does not depend on input order.
+                if e.modified_ms > current.modified_ms || self.digest(&e)? > self.digest(&current)? {
+                    current = e;
+                }
             } else {
                 self.pending = Some(e);
                 break;
             }
         }
         Ok(Some(current))
+    }
+
+    fn digest(&self, e: &Entry) -> Result<[u8; 32]> {
+        let mut value = vec![0u8; e.len as usize];
+        self.spool.read_exact_at(&mut value, e.offset).map_err(io(self.spool_path))?;
+        Ok(*Sha256Digest::of(&value).as_bytes())
     }
 }
 
@@ -346,8 +333,8 @@ mod tests {
         Timestamp::from_unix(s).unwrap()
     }
 
-    fn v(s: &str) -> Value {
-        Value::new(s.as_bytes().to_vec())
+    fn v(s: &str) -> &[u8] {
+        s.as_bytes()
     }
 
     #[test]
@@ -359,14 +346,14 @@ mod tests {
         let n = 2 * RUN_ENTRIES + RUN_ENTRIES / 2;
         for i in 0..n {
             let key = format!("k{:07}", i % (RUN_ENTRIES / 2));
-            c.nested("b", "p", &key, &v(&format!("v{i}")), ts(i as i64)).unwrap();
+            c.nested("b", "p", &key, v(&format!("v{i}")), ts(i as i64)).unwrap();
         }
-        c.vulnerability("CVE-1", &v("old"), ts(1)).unwrap();
-        c.vulnerability("CVE-1", &v("new"), ts(2)).unwrap();
+        c.vulnerability("CVE-1", v("old"), ts(1)).unwrap();
+        c.vulnerability("CVE-1", v("new"), ts(2)).unwrap();
         c.data_source("b", || b"{}".to_vec()).unwrap();
         c.data_source("b", || b"ignored".to_vec()).unwrap();
         // "b x" sorts after "b" as a bucket name even though ' ' < 'p'.
-        c.nested("b x", "a", "k", &v("bx"), ts(1)).unwrap();
+        c.nested("b x", "a", "k", v("bx"), ts(1)).unwrap();
         type Put = (Vec<Vec<u8>>, Vec<u8>, Vec<u8>);
         let mut seen: Vec<Put> = Vec::new();
         let written = c
@@ -400,8 +387,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let spool = dir.path().join("spool");
             let mut c = Collector::new(spool.clone(), File::create(&spool).unwrap());
-            c.nested("b", "p", "k", &v(first), ts(5)).unwrap();
-            c.nested("b", "p", "k", &v(second), ts(5)).unwrap();
+            c.nested("b", "p", "k", v(first), ts(5)).unwrap();
+            c.nested("b", "p", "k", v(second), ts(5)).unwrap();
             let mut out = Vec::new();
             c.for_each_sorted(
                 |_, _, value| {

@@ -1,7 +1,7 @@
 //! OSV → Trivy DB v2 mapping (documented in `docs/trivy.md`).
 
+use exportcore::evidence::osv::{Affected, Osv, Text};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Where an OSV ecosystem's advisories go.
@@ -52,33 +52,27 @@ pub(crate) fn package_key(target: &Target, name: &str) -> String {
 }
 
 /// The id Trivy reports: the OSV id if it is a CVE, else its first CVE alias, else the OSV id.
-pub(crate) fn vuln_id(osv: &Value) -> String {
-    let id = osv["id"].as_str().unwrap_or_default();
+pub(crate) fn vuln_id(osv: &Osv<'_>) -> String {
+    let id = osv.id.as_str().unwrap_or_default();
     if id.starts_with("CVE-") {
         return id.to_owned();
     }
-    osv["aliases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find(|a| a.starts_with("CVE-"))
-        .unwrap_or(id)
-        .to_owned()
+    osv.aliases.items().iter().filter_map(Text::as_str).find(|a| a.starts_with("CVE-")).unwrap_or(id).to_owned()
 }
 
 /// Trivy's severity integers: 0 UNKNOWN, 1 LOW, 2 MEDIUM, 3 HIGH, 4 CRITICAL.
-pub(crate) fn severity(osv: &Value) -> (u8, Option<(String, f64)>) {
-    let cvss = osv["severity"].as_array().into_iter().flatten().find_map(|s| {
-        let ty = s["type"].as_str()?;
-        let score = s["score"].as_str()?;
+pub(crate) fn severity(osv: &Osv<'_>) -> (u8, Option<(String, f64)>) {
+    let cvss = osv.severity.items().iter().find_map(|s| {
+        let s = s.get()?;
+        let ty = s.kind.as_str()?;
+        let score = s.score.as_str()?;
         if ty != "CVSS_V3" {
             return None;
         }
         let base: cvss::v3::Base = score.parse().ok()?;
         Some((score.to_owned(), base.score().value()))
     });
-    let named = osv.pointer("/database_specific/severity").and_then(Value::as_str).map(|s| s.to_ascii_uppercase());
+    let named = osv.database_specific.get().and_then(|d| d.severity.as_str()).map(|s| s.to_ascii_uppercase());
     let level = match named.as_deref() {
         Some("CRITICAL") => 4,
         Some("HIGH") => 3,
@@ -100,23 +94,23 @@ const SEVERITY_NAMES: [&str; 5] = ["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL
 /// Trivy's `types.Vulnerability`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub(crate) struct Vulnerability {
+pub(crate) struct Vulnerability<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<String>,
+    title: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
+    description: Option<&'a str>,
     severity: &'static str,
     #[serde(rename = "CweIDs", skip_serializing_if = "Vec::is_empty")]
-    cwe_ids: Vec<String>,
+    cwe_ids: Vec<&'a str>,
     vendor_severity: BTreeMap<&'static str, u8>,
     #[serde(rename = "CVSS", skip_serializing_if = "BTreeMap::is_empty")]
     cvss: BTreeMap<&'static str, Cvss>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    references: Vec<String>,
+    references: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    published_date: Option<String>,
+    published_date: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_modified_date: Option<String>,
+    last_modified_date: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,30 +121,24 @@ pub(crate) struct Cvss {
     v3_score: f64,
 }
 
-pub(crate) fn vulnerability(osv: &Value) -> Vulnerability {
-    let s = |k: &str| osv[k].as_str().filter(|v| !v.is_empty()).map(str::to_owned);
+pub(crate) fn vulnerability<'a>(osv: &'a Osv<'_>) -> Vulnerability<'a> {
     let (level, cvss) = severity(osv);
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
-    };
     Vulnerability {
-        title: s("summary"),
-        description: s("details"),
+        title: osv.summary.non_empty(),
+        description: osv.details.non_empty(),
         severity: SEVERITY_NAMES[level as usize],
-        cwe_ids: strings(&osv["database_specific"]["cwe_ids"]),
+        cwe_ids: osv
+            .database_specific
+            .get()
+            .map(|d| d.cwe_ids.items().iter().filter_map(Text::as_str).collect())
+            .unwrap_or_default(),
         vendor_severity: BTreeMap::from([("osv", level)]),
         cvss: cvss
             .map(|(v, score)| BTreeMap::from([("osv", Cvss { v3_vector: v, v3_score: score })]))
             .unwrap_or_default(),
-        references: osv["references"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["url"].as_str())
-            .map(str::to_owned)
-            .collect(),
-        published_date: s("published"),
-        last_modified_date: s("modified"),
+        references: osv.references.items().iter().filter_map(|r| r.get()?.url.as_str()).collect(),
+        published_date: osv.published.non_empty(),
+        last_modified_date: osv.modified.non_empty(),
     }
 }
 
@@ -213,32 +201,32 @@ impl Skipped {
 }
 
 /// The advisory for one OSV `affected` entry in `target`, or `None` when it has nothing usable.
-pub(crate) fn advisory(target: &Target, affected: &Value, skipped: &mut Skipped) -> Option<Advisory> {
+pub(crate) fn advisory(target: &Target, affected: &Affected<'_>, skipped: &mut Skipped) -> Option<Advisory> {
     let mut adv = Advisory::default();
     let mut fixed_all = Vec::new();
-    for range in affected["ranges"].as_array().into_iter().flatten() {
-        if range["type"] == "GIT" {
+    for range in affected.ranges.items().iter().filter_map(|r| r.get()) {
+        if range.kind.as_str() == Some("GIT") {
             skipped.git_ranges += 1;
             continue;
         }
         let mut introduced: Option<String> = None;
         let mut open = false;
-        for ev in range["events"].as_array().into_iter().flatten() {
-            if let Some(v) = ev["introduced"].as_str() {
+        for ev in range.events.items().iter().filter_map(|e| e.get()) {
+            if let Some(v) = ev.introduced.as_str() {
                 if open {
                     // Two introduced events in a row: the first range stays open.
                     adv.vulnerable_versions.push(lower(introduced.as_deref()).unwrap_or_else(|| ">= 0".into()));
                 }
                 introduced = (v != "0").then(|| v.to_owned());
                 open = true;
-            } else if let Some(v) = ev["fixed"].as_str() {
+            } else if let Some(v) = ev.fixed.as_str() {
                 fixed_all.push(v.to_owned());
                 adv.vulnerable_versions.push(join(lower(introduced.as_deref()), format!("< {v}")));
                 open = false;
-            } else if let Some(v) = ev["last_affected"].as_str() {
+            } else if let Some(v) = ev.last_affected.as_str() {
                 adv.vulnerable_versions.push(join(lower(introduced.as_deref()), format!("<= {v}")));
                 open = false;
-            } else if let Some(v) = ev["limit"].as_str() {
+            } else if let Some(v) = ev.limit.as_str() {
                 adv.vulnerable_versions.push(join(lower(introduced.as_deref()), format!("< {v}")));
                 open = false;
             }
@@ -250,7 +238,7 @@ pub(crate) fn advisory(target: &Target, affected: &Value, skipped: &mut Skipped)
     // An explicit version list is used when the ranges gave nothing (OSV lists the same
     // versions the ranges cover, when both are present).
     if adv.vulnerable_versions.is_empty() {
-        for v in affected["versions"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for v in affected.versions.items().iter().filter_map(Text::as_str) {
             adv.vulnerable_versions.push(exact(target, v));
         }
     }
@@ -287,7 +275,18 @@ fn join(lower: Option<String>, upper: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+
+    fn advisory(target: &Target, affected: &Value, skipped: &mut Skipped) -> Option<Advisory> {
+        super::advisory(target, &Affected::deserialize(affected).unwrap(), skipped)
+    }
+    fn vuln_id(v: &Value) -> String {
+        super::vuln_id(&Osv::deserialize(v).unwrap())
+    }
+    fn severity(v: &Value) -> (u8, Option<(String, f64)>) {
+        super::severity(&Osv::deserialize(v).unwrap())
+    }
 
     #[test]
     fn ecosystems() {

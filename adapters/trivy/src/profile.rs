@@ -1,13 +1,13 @@
-use crate::db::{Collector, Value as DbValue};
+use crate::db::Collector;
 use crate::mapping::{self, Skipped, Target};
 use crate::package::{self, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
+use exportcore::evidence::osv::{Osv, Text};
 use exportcore::{
     ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor, Progress,
     Records, Result, RunRequest, Timestamp,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// The `trivy:db` profile: a Trivy vulnerability DB (schema 2) from OSV advisories.
 ///
@@ -63,17 +63,6 @@ fn no_targets(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
     Ok(())
 }
 
-fn stage_file(
-    ctx: &mut ExportContext<'_>,
-    path: &str,
-    media: &str,
-    kind: ArtifactType,
-    local: &Path,
-) -> Result<exportcore::StagedArtifact> {
-    let spec = ArtifactSpec::new(path, kind, media.rsplit('/').next().unwrap_or("bin"), media)?;
-    ctx.adopt_file(spec, local)
-}
-
 fn stage_bytes(
     ctx: &mut ExportContext<'_>,
     path: &str,
@@ -98,8 +87,8 @@ struct MappedAdvisory {
     id: String,
     modified: Timestamp,
     /// (root bucket, package key, advisory JSON, ecosystem)
-    entries: Vec<(String, String, DbValue, String)>,
-    vulnerability: Option<DbValue>,
+    entries: Vec<(String, String, Vec<u8>, String)>,
+    vulnerability: Option<Vec<u8>>,
 }
 
 /// A batch of advisories mapped on a worker thread.
@@ -114,7 +103,6 @@ struct MappedBatch {
 fn map_batch(
     batch: &exportcore::evidence::RecordBatch,
     vex: &crate::vex::VexIndex,
-    epoch: Timestamp,
     strict: bool,
 ) -> Result<MappedBatch> {
     let mut out = MappedBatch {
@@ -124,15 +112,26 @@ fn map_batch(
         skipped: Skipped::default(),
         advisories: Vec::new(),
     };
-    for rec in batch.records() {
-        let rec = rec?;
+    for i in 0..batch.len() {
+        // The typed view straight from the bytes; a record it cannot take (malformed JSON, a
+        // field given twice) goes through the core's `Value` parser, which reports the error
+        // or keeps the last of duplicate fields, as every other profile sees it.
+        let fallback: Value;
+        let osv = match Osv::from_json(batch.raw(i)) {
+            Ok(osv) => osv,
+            Err(_) => {
+                fallback = batch.parse(i)?.value;
+                Osv::deserialize(&fallback).map_err(|e| ExportError::evidence(batch.location(i), e.to_string()))?
+            }
+        };
+        let modified = osv.check().map_err(|reason| ExportError::evidence(batch.location(i), reason))?;
         out.read += 1;
-        out.newest = out.newest.max(rec.timestamp);
+        out.newest = out.newest.max(Some(modified));
         let before = out.skipped.unknown_ecosystem;
-        let mapped = map_advisory(&rec.value, rec.timestamp.unwrap_or(epoch), vex, &mut out.skipped);
+        let mapped = map_advisory(&osv, modified, vex, &mut out.skipped);
         if strict && out.skipped.unknown_ecosystem > before {
             return Err(ExportError::evidence(
-                rec.location.clone(),
+                batch.location(i),
                 "an affected ecosystem has no Trivy bucket (the request is strict; without strict it is skipped and counted)",
             ));
         }
@@ -144,22 +143,20 @@ fn map_batch(
 }
 
 fn map_advisory(
-    osv: &Value,
+    osv: &Osv<'_>,
     modified: Timestamp,
     vex: &crate::vex::VexIndex,
     skipped: &mut Skipped,
 ) -> Option<MappedAdvisory> {
-    if osv.get("withdrawn").is_some_and(|w| !w.is_null()) {
+    if !matches!(osv.withdrawn, Text::Missing | Text::Null) {
         skipped.withdrawn += 1;
         return None;
     }
     let id = mapping::vuln_id(osv);
     let mut entries = Vec::new();
-    for affected in osv["affected"].as_array().into_iter().flatten() {
-        let (Some(eco), Some(name)) = (
-            affected.pointer("/package/ecosystem").and_then(Value::as_str),
-            affected.pointer("/package/name").and_then(Value::as_str),
-        ) else {
+    for affected in osv.affected.items().iter().filter_map(|a| a.get()) {
+        let Some((eco, name)) = affected.package.get().and_then(|p| Some((p.ecosystem.as_str()?, p.name.as_str()?)))
+        else {
             skipped.no_package += 1;
             continue;
         };
@@ -169,8 +166,8 @@ fn map_advisory(
         };
         let Some(mut adv) = mapping::advisory(&target, affected, skipped) else { continue };
         if !vex.is_empty() {
-            let mut ids: Vec<&str> = vec![osv["id"].as_str().unwrap_or_default()];
-            ids.extend(osv["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str));
+            let mut ids: Vec<&str> = vec![osv.id.as_str().unwrap_or_default()];
+            ids.extend(osv.aliases.items().iter().filter_map(Text::as_str));
             let family = eco.split(':').next().unwrap_or(eco);
             let cleared = vex.lookup(&ids, family, name);
             if !cleared.is_empty() {
@@ -190,13 +187,13 @@ fn map_advisory(
         let root = match &target {
             Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
         };
-        let value = DbValue::new(serde_json::to_vec(&adv).unwrap_or_default());
+        let value = serde_json::to_vec(&adv).unwrap_or_default();
         entries.push((root, mapping::package_key(&target, name), value, eco.to_owned()));
     }
     if entries.is_empty() {
         return None;
     }
-    let vulnerability = Some(DbValue::new(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default()));
+    let vulnerability = Some(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default());
     Some(MappedAdvisory { id, modified, entries, vulnerability })
 }
 
@@ -219,7 +216,6 @@ impl Profile for TrivyDb {
         let mut newest: Option<Timestamp> = None;
         let mut records = Records::new(ctx.evidence(), EvidenceKind::Advisory)?;
         let total_bytes = records.bytes_total().max(1);
-        let epoch = Timestamp::from_unix(0)?;
         let mut buckets = std::collections::BTreeSet::new();
         let vex = if ctx.request().targets.contains(&exportcore::Target::Vex) {
             crate::vex::VexIndex::load(ctx.evidence())?
@@ -235,7 +231,7 @@ impl Profile for TrivyDb {
         exportcore::parallel::ordered_map(
             batches,
             exportcore::parallel::default_workers(),
-            |batch| map_batch(&batch, vex_ref, epoch, strict),
+            |batch| map_batch(&batch, vex_ref, strict),
             |mapped: MappedBatch| {
                 report.advisories_read += mapped.read;
                 report.skipped.add(&mapped.skipped);
@@ -296,13 +292,14 @@ impl Profile for TrivyDb {
         report.vulnerabilities = written.vulnerabilities;
         let meta = package::metadata(2, anchor.created_at, 24);
         let meta_local = stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
-        let db = stage_file(ctx, "db/trivy.db", "application/vnd.aquasec.trivy.db", ArtifactType::Database, &db_path)?;
-        let tgz = package::tarball(
+        let (tgz, digests) = package::tarball(
             ctx,
             "db.tar.gz",
-            &[("trivy.db", &db.local), ("metadata.json", &meta_local)],
+            &[("trivy.db", &db_path), ("metadata.json", &meta_local)],
             anchor.mtime(),
         )?;
+        let spec = ArtifactSpec::new("db/trivy.db", ArtifactType::Database, "db", "application/vnd.aquasec.trivy.db")?;
+        ctx.adopt_file_with_digest(spec, &db_path, digests[0].0, digests[0].1)?;
         package::oci_layout(ctx, "oci", &tgz, DB_LAYER_MEDIA_TYPE, "db.tar.gz", "2", anchor.created_at)?;
         report_artifact(ctx, &report)?;
         ctx.progress(Progress { percent: 100, items_completed: read, items_total: read });
@@ -338,13 +335,15 @@ impl Profile for TrivyJavaDb {
         let anchor = ctx.time_anchor(None);
         let meta = package::metadata(1, anchor.created_at, 24 * 3);
         let meta_local = stage_bytes(ctx, "java-db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
-        let db = stage_file(ctx, "java-db/trivy-java.db", "application/vnd.sqlite3", ArtifactType::Database, &db_path)?;
-        let tgz = package::tarball(
+        let (tgz, digests) = package::tarball(
             ctx,
             "javadb.tar.gz",
-            &[("trivy-java.db", &db.local), ("metadata.json", &meta_local)],
+            &[("trivy-java.db", &db_path), ("metadata.json", &meta_local)],
             anchor.mtime(),
         )?;
+        let spec =
+            ArtifactSpec::new("java-db/trivy-java.db", ArtifactType::Database, "sqlite3", "application/vnd.sqlite3")?;
+        ctx.adopt_file_with_digest(spec, &db_path, digests[0].0, digests[0].1)?;
         package::oci_layout(ctx, "oci", &tgz, JAVADB_LAYER_MEDIA_TYPE, "javadb.tar.gz", "1", anchor.created_at)?;
         report_artifact(ctx, &report)?;
         Ok(())

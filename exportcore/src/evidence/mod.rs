@@ -17,6 +17,7 @@
 
 mod dir;
 mod memory;
+pub mod osv;
 mod recording;
 pub mod schema;
 
@@ -176,6 +177,18 @@ impl RecordBatch {
     pub fn parse(&self, i: usize) -> Result<Record> {
         let e = &self.entries[i];
         parse_record(self.kind, e, &self.buf[e.range.clone()])
+    }
+    /// The raw bytes of record `i` (one trimmed `.ndjson` line, or a whole `.json` document),
+    /// for profiles that read records without a `Value` tree (e.g. through
+    /// [`osv::Osv::from_json`]); they must still check them ([`osv::Osv::check`]) and report
+    /// failures at [`RecordBatch::location`].
+    pub fn raw(&self, i: usize) -> &[u8] {
+        &self.buf[self.entries[i].range.clone()]
+    }
+    /// Where record `i` starts: its file and line.
+    pub fn location(&self, i: usize) -> Location {
+        let e = &self.entries[i];
+        Location::line(&*e.path, e.line)
     }
     /// Parses and checks every record, in order.
     pub fn records(&self) -> impl Iterator<Item = Result<Record>> + '_ {

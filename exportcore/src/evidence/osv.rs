@@ -140,9 +140,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 }
 
 /// A JSON value seen as an array of `T`, when it is one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum List<T> {
     /// The field is absent.
+    #[default]
     Missing,
     /// `null`.
     Null,
@@ -150,12 +151,6 @@ pub enum List<T> {
     Items(Vec<T>),
     /// Any other JSON value (ignored).
     Other,
-}
-
-impl<T> Default for List<T> {
-    fn default() -> Self {
-        List::Missing
-    }
 }
 
 impl<T> List<T> {
@@ -210,9 +205,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
 }
 
 /// A JSON value seen as an object of shape `T`, when it is an object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Obj<T> {
     /// The field is absent.
+    #[default]
     Missing,
     /// `null`.
     Null,
@@ -220,12 +216,6 @@ pub enum Obj<T> {
     Obj(T),
     /// Any other JSON value (ignored).
     Other,
-}
-
-impl<T> Default for Obj<T> {
-    fn default() -> Self {
-        Obj::Missing
-    }
 }
 
 impl<T> Obj<T> {
@@ -457,10 +447,7 @@ impl Osv<'_> {
                             .filter(|(_, t)| !matches!(t, Text::Missing))
                             .collect();
                     if set.len() != 1 {
-                        return Err(format!(
-                            "{}: needs exactly one of introduced, fixed, last_affected, limit",
-                            we()
-                        ));
+                        return Err(format!("{}: needs exactly one of introduced, fixed, last_affected, limit", we()));
                     }
                     set[0].1.required(set[0].0, we)?;
                 }
@@ -500,11 +487,12 @@ mod tests {
         let v = json!({"id": "X", "modified": "2024-01-01T00:00:00Z", "aliases": "CVE-1",
             "references": "nope", "database_specific": [1], "summary": 5});
         let osv = Osv::deserialize(&v).unwrap();
-        assert_eq!(osv.references, List::Other);
+        assert!(matches!(osv.references, List::Other));
         assert!(matches!(osv.database_specific, Obj::Other));
         assert_eq!(osv.summary, Text::Other);
         assert!(osv.check().unwrap_err().contains("\"aliases\" must be an array"));
-        let nulls = Osv::deserialize(&json!({"id": null, "modified": "2024-01-01T00:00:00Z"})).unwrap();
+        let v = json!({"id": null, "modified": "2024-01-01T00:00:00Z"});
+        let nulls = Osv::deserialize(&v).unwrap();
         assert!(nulls.check().unwrap_err().contains("\"id\" must be a string"));
     }
 

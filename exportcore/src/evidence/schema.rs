@@ -56,66 +56,12 @@ fn opt_array<'a>(o: &'a Map<String, Value>, key: &str, what: &str) -> Check<&'a 
 
 /// OSV schema 1.6: `id` and `modified` are required; the shapes of `aliases`, `affected`
 /// (package, ranges with their events, versions) and `severity` are checked when present.
+/// The rules live in [`super::osv::Osv::check`], so a typed view parsed straight from bytes
+/// and a `Value` are judged alike.
 pub fn check_osv(v: &Value) -> Check<Timestamp> {
-    let o = obj(v, "OSV advisory")?;
-    let id = req_str(o, "id", "OSV advisory")?;
-    let what = format!("OSV advisory {id}");
-    let modified = time(req_str(o, "modified", &what)?, "modified", &what)?;
-    for key in ["published", "withdrawn"] {
-        if let Some(s) = opt_str(o, key, &what)? {
-            time(s, key, &what)?;
-        }
-    }
-    for (i, a) in opt_array(o, "aliases", &what)?.iter().enumerate() {
-        if !a.is_string() {
-            return Err(format!("{what}: aliases[{i}] must be a string"));
-        }
-    }
-    for (i, aff) in opt_array(o, "affected", &what)?.iter().enumerate() {
-        let w = format!("{what}: affected[{i}]");
-        let a = obj(aff, &w)?;
-        if let Some(pkg) = a.get("package") {
-            let p = obj(pkg, &format!("{w}.package"))?;
-            req_str(p, "ecosystem", &format!("{w}.package"))?;
-            req_str(p, "name", &format!("{w}.package"))?;
-        }
-        for (j, r) in opt_array(a, "ranges", &w)?.iter().enumerate() {
-            let wr = format!("{w}.ranges[{j}]");
-            let r = obj(r, &wr)?;
-            let ty = req_str(r, "type", &wr)?;
-            if !matches!(ty, "ECOSYSTEM" | "SEMVER" | "GIT") {
-                return Err(format!("{wr}: unknown range type {ty:?}"));
-            }
-            let events = opt_array(r, "events", &wr)?;
-            if events.is_empty() {
-                return Err(format!("{wr}: \"events\" must be a non-empty array"));
-            }
-            for (k, e) in events.iter().enumerate() {
-                let we = format!("{wr}.events[{k}]");
-                let e = obj(e, &we)?;
-                let keys: Vec<&String> = e
-                    .keys()
-                    .filter(|k| matches!(k.as_str(), "introduced" | "fixed" | "last_affected" | "limit"))
-                    .collect();
-                if keys.len() != 1 {
-                    return Err(format!("{we}: needs exactly one of introduced, fixed, last_affected, limit"));
-                }
-                req_str(e, keys[0], &we)?;
-            }
-        }
-        for (j, ver) in opt_array(a, "versions", &w)?.iter().enumerate() {
-            if !ver.is_string() {
-                return Err(format!("{w}.versions[{j}] must be a string"));
-            }
-        }
-    }
-    for (i, s) in opt_array(o, "severity", &what)?.iter().enumerate() {
-        let w = format!("{what}: severity[{i}]");
-        let s = obj(s, &w)?;
-        req_str(s, "type", &w)?;
-        req_str(s, "score", &w)?;
-    }
-    Ok(modified)
+    obj(v, "OSV advisory")?;
+    let osv = <super::osv::Osv<'_> as serde::Deserialize>::deserialize(v).map_err(|e| format!("OSV advisory: {e}"))?;
+    osv.check()
 }
 
 /// The four OpenVEX statuses.
