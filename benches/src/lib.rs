@@ -46,3 +46,30 @@ fn status_kib(field: &str) -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
+
+/// An event callback that, when `BENCH_PHASES` is set, prints on stderr the seconds since
+/// `start` at which progress passes each tenth (and reaches 1 % and 100 %) and each artifact
+/// becomes ready: where a build spends its time.
+pub fn phase_printer(start: std::time::Instant) -> exportcore::run::EventFn {
+    let on = std::env::var_os("BENCH_PHASES").is_some();
+    let last = std::sync::Mutex::new(0u8);
+    std::sync::Arc::new(move |e: &exportcore::RunEvent| {
+        if !on {
+            return;
+        }
+        let what = match e {
+            exportcore::RunEvent::Progress { progress, .. } => {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let p = progress.percent;
+                if p / 10 == *last / 10 && p != 1 && p != 100 {
+                    return;
+                }
+                *last = p;
+                format!("progress {p}%")
+            }
+            exportcore::RunEvent::ArtifactReady { path, .. } => format!("ready {path}"),
+            other => format!("{other:?}").chars().take(40).collect(),
+        };
+        eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
+    })
+}

@@ -98,6 +98,213 @@ fn write_string<W: Write + ?Sized>(w: &mut W, s: &str) -> io::Result<()> {
     serde_json::to_writer(&mut *w, s).map_err(io::Error::other)
 }
 
+/// True when `bytes` is one JSON value already in the exact form [`write_value`] would write
+/// (RFC 8785): no whitespace, object keys unique and in UTF-16 order, strings with only the
+/// escapes JCS uses, `true`/`false`/`null`, and integers of at most 15 digits (other numbers
+/// answer `false`, conservatively). A `true` answer means the bytes can be copied instead of
+/// parsed and re-serialised; `false` only means "take the slow path". Never panics, allocates
+/// only for keys that need decoding, and stops at nesting depth 128 (answering `false`).
+pub fn is_canonical(bytes: &[u8]) -> bool {
+    // Outside strings the grammar admits ASCII only; strings with non-ASCII bytes get a
+    // UTF-8 check.
+    let mut s = Scan { b: bytes, i: 0 };
+    s.value(0) && s.i == bytes.len()
+}
+
+/// Index of the first `"`, `\\` or C0 control byte in `b` (eight bytes at a time), and
+/// whether a non-ASCII byte comes before it.
+fn string_stop(b: &[u8]) -> Option<(usize, bool)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    let mut high = 0u64;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        let zero_at = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+        // Bytes < 0x20, bytes equal to '"', bytes equal to '\\'.
+        let hits = (x.wrapping_sub(ONES * 0x20) & !x & HIGHS) | zero_at(x ^ (ONES * 0x22)) | zero_at(x ^ (ONES * 0x5c));
+        if hits != 0 {
+            break; // the exact byte is found below
+        }
+        high |= x & HIGHS;
+        i += 8;
+    }
+    let p = i + b[i..].iter().position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
+    Some((p, high != 0 || !b[i..p].is_ascii()))
+}
+
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> bool {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> bool {
+        if depth > 128 {
+            return false;
+        }
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().is_some(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => false,
+        }
+    }
+
+    /// Integers only: `0`, or an optional `-` and 1–15 digits without a leading zero.
+    fn number(&mut self) -> bool {
+        let start = self.i;
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        let digits = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let n = self.i - digits;
+        if n == 0 || n > 15 || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return false;
+        }
+        if self.b[digits] == b'0' && (n > 1 || neg) {
+            return false;
+        }
+        self.i > start
+    }
+
+    /// Scans a string; returns its raw body (between the quotes).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.i += 1; // opening quote
+        let start = self.i;
+        let mut non_ascii = false;
+        loop {
+            let (n, high) = string_stop(&self.b[self.i..])?;
+            self.i += n;
+            non_ascii |= high;
+            match self.b[self.i] {
+                b'"' => {
+                    let body = &self.b[start..self.i];
+                    self.i += 1;
+                    return (!non_ascii || std::str::from_utf8(body).is_ok()).then_some(body);
+                }
+                b'\\' => {
+                    match self.b.get(self.i + 1)? {
+                        b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                        b'u' => {
+                            // Only C0 controls other than the five with short forms, lowercase.
+                            let hex = self.b.get(self.i + 2..self.i + 6)?;
+                            let lower = |c: &u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
+                            if &hex[..2] != b"00" || !hex.iter().all(lower) || hex[2] > b'1' {
+                                return None;
+                            }
+                            if matches!(&hex[2..], b"08" | b"09" | b"0a" | b"0c" | b"0d") {
+                                return None;
+                            }
+                            self.i += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // a control byte
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return true;
+        }
+        loop {
+            if !self.value(depth + 1) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return true;
+        }
+        let mut prev: Option<&'a [u8]> = None;
+        loop {
+            if self.peek() != Some(b'"') {
+                return false;
+            }
+            let Some(key) = self.string() else { return false };
+            if let Some(p) = prev {
+                if key_order(p, key) != std::cmp::Ordering::Less {
+                    return false;
+                }
+            }
+            prev = Some(key);
+            if self.peek() != Some(b':') {
+                return false;
+            }
+            self.i += 1;
+            if !self.value(depth + 1) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Orders two raw (still escaped, valid UTF-8) canonical key bodies by the UTF-16 code units of
+/// their decoded text.
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let plain = |k: &[u8]| k.iter().all(|c| c.is_ascii() && *c != b'\\');
+    if plain(a) && plain(b) {
+        return a.cmp(b);
+    }
+    let decode = |k: &[u8]| -> String {
+        let mut quoted = Vec::with_capacity(k.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(k);
+        quoted.push(b'"');
+        serde_json::from_slice(&quoted).unwrap_or_default()
+    };
+    let (a, b) = (decode(a), decode(b));
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
 const MAX_SAFE: u64 = 1 << 53;
 
 fn write_number<W: Write + ?Sized>(w: &mut W, n: &serde_json::Number) -> io::Result<()> {
@@ -228,7 +435,7 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i32>().prop_map(|i| Value::from(i64::from(i))),
             (-1e12f64..1e12).prop_map(Value::from),
-            "[a-zA-Z0-9 \u{e9}\u{20ac}\u{1f600}\"\\\\]{0,8}".prop_map(Value::String),
+            "[a-zA-Z0-9 \u{e9}\u{20ac}\u{1f600}\"\\\\/\n\t\u{1}\u{7f}]{0,8}".prop_map(Value::String),
         ]
     }
 
@@ -282,7 +489,84 @@ mod tests {
         }
     }
 
+    #[test]
+    fn is_canonical_accepts_exactly_the_canonical_form() {
+        for yes in [
+            r#"{"a":1,"b":[true,false,null],"c":{"":"x\n\u001f\"\\/é"}}"#,
+            r#"[]"#,
+            r#"{}"#,
+            r#"-123456789012345"#,
+            r#"0"#,
+            r#"{"\r":1,"1":2,"ö":3,"€":4,"😀":5,"דּ":6}"#,
+        ] {
+            assert!(is_canonical(yes.as_bytes()), "{yes}");
+            assert_eq!(canonicalize_str(yes).unwrap(), yes.as_bytes(), "{yes}");
+        }
+        for no in [
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a": 1}"#,
+            r#" {"a":1}"#,
+            r#"{"a":1.5}"#,
+            r#"{"a":1e3}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":007}"#,
+            r#"{"a":1234567890123456}"#,
+            r#""\/""#,
+            "\"tab\there\"",
+            r#""\u00e9""#,
+            r#""\u000A""#,
+            r#""\u000a""#,
+            "{\"\u{fb33}\":1,\"\u{1f600}\":2}",
+            r#"[1,]"#,
+            r#"{"a":1}x"#,
+            r#"tru"#,
+            "\"\u{1}\"",
+            "",
+        ] {
+            assert!(!is_canonical(no.as_bytes()), "{no:?}");
+        }
+        assert!(!is_canonical(b"\"\xff\""), "invalid UTF-8");
+        // Long strings: the stop byte at every offset of the eight-byte scan.
+        for at in 0..40 {
+            let head = "a".repeat(at);
+            let tail = "b".repeat(40 - at);
+            let good = format!("{{\"k\":\"{head}\\n{tail}\u{e9}\"}}");
+            assert!(is_canonical(good.as_bytes()), "{good}");
+            let raw_control = format!("{{\"k\":\"{head}\u{1}{tail}\"}}");
+            assert!(!is_canonical(raw_control.as_bytes()), "{raw_control:?}");
+            let bad_escape = format!("{{\"k\":\"{head}\\/{tail}\"}}");
+            assert!(!is_canonical(bad_escape.as_bytes()), "{bad_escape}");
+            let unterminated = format!("{{\"k\":\"{head}{tail}");
+            assert!(!is_canonical(unterminated.as_bytes()), "{unterminated}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(!is_canonical(deep.as_bytes()), "depth limit");
+    }
+
     proptest! {
+        #[test]
+        fn canonical_output_is_recognised(v in json_value()) {
+            let c = to_vec(&v).unwrap();
+            let numbers_are_small_ints = !String::from_utf8_lossy(&c).contains(['.', 'e']);
+            if numbers_are_small_ints {
+                prop_assert!(is_canonical(&c), "{}", String::from_utf8_lossy(&c));
+            }
+        }
+
+        #[test]
+        fn recognised_input_is_its_own_canonical_form(v in json_value(), seed in 1u64..) {
+            let mut seed = seed;
+            let mut shuffled = String::new();
+            write_shuffled(&v, &mut seed, &mut shuffled);
+            for candidate in [shuffled.into_bytes(), serde_json::to_vec(&v).unwrap()] {
+                if is_canonical(&candidate) {
+                    let text = std::str::from_utf8(&candidate).unwrap();
+                    prop_assert_eq!(canonicalize_str(text).unwrap(), candidate);
+                }
+            }
+        }
+
         #[test]
         fn key_order_and_spacing_do_not_matter(v in json_value(), s1 in 1u64.., s2 in 1u64..) {
             let (mut a, mut b) = (String::new(), String::new());

@@ -74,6 +74,56 @@ async fn raw_records_are_canonical_in_path_order_with_counts() {
     assert_eq!(serde_json::to_value(m.created_at_source).unwrap(), "evidence");
 }
 
+/// Canonical lines are copied (fast path), anything else is parsed and re-serialised (slow
+/// path): both give the same bytes, and a canonical line that breaks the schema fails exactly
+/// as a pretty-printed one does.
+#[tokio::test]
+async fn canonical_input_takes_the_copy_path_with_identical_results() {
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let dir = exportcore::DirEvidence::new(samples).unwrap();
+    let mut canonical_lines = String::new();
+    let mut pretty = MemoryEvidence::new();
+    for (i, rec) in exportcore::Records::new(&dir, exportcore::EvidenceKind::Advisory).unwrap().enumerate() {
+        let d = rec.unwrap().value;
+        let line = String::from_utf8(exportcore::canonical::to_vec(&d).unwrap()).unwrap();
+        assert!(exportcore::canonical::is_canonical(line.as_bytes()));
+        canonical_lines.push_str(&line);
+        canonical_lines.push('\n');
+        pretty.insert(&format!("advisories/{i:04}.json"), serde_json::to_string_pretty(&d).unwrap()).unwrap();
+    }
+    assert!(canonical_lines.lines().count() >= 50);
+    let mut fast = MemoryEvidence::new();
+    fast.insert("advisories/all.ndjson", canonical_lines.clone()).unwrap();
+    let mut req = RunRequest::new("json:raw");
+    req.targets = vec![Target::Advisory];
+    req.created_at = Timestamp::parse("2025-01-01T00:00:00Z").ok();
+    let (a, fa) = bundle_files(Arc::new(exportcore_json::JsonRaw), fast, req.clone()).await;
+    let (b, fb) = bundle_files(Arc::new(exportcore_json::JsonRaw), pretty, req.clone()).await;
+    assert_eq!(a.status, RunStatus::Succeeded, "{:?}", a.errors);
+    assert_eq!(fa["raw/advisory.ndjson"], canonical_lines.as_bytes(), "copied verbatim");
+    assert_eq!(fa, fb, "fast and slow paths write the same bundle");
+    assert_eq!(a.outputs[0].sha256, b.outputs[0].sha256);
+
+    // A canonical line with a schema error: the same typed error either way.
+    let bad = r#"{"affected":[{"package":{"ecosystem":"npm","name":"x"},"ranges":[{"events":[],"type":"SEMVER"}]}],"id":"BAD-1","modified":"2024-01-01T00:00:00Z"}"#;
+    assert!(exportcore::canonical::is_canonical(bad.as_bytes()));
+    let mut errs = Vec::new();
+    for body in [bad.to_owned(), serde_json::to_string_pretty(&serde_json::from_str::<Value>(bad).unwrap()).unwrap()] {
+        let mut ev = MemoryEvidence::new();
+        ev.insert(
+            "advisories/bad.ndjson",
+            format!("{}\n{}\n", canonical_lines.lines().next().unwrap(), body.replace('\n', "")),
+        )
+        .unwrap();
+        let (run, _) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev, req.clone()).await;
+        assert_eq!(run.status, RunStatus::Failed);
+        errs.push(run.errors[0].clone());
+    }
+    assert_eq!(errs[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
+    assert_eq!(errs[0].message, errs[1].message);
+    assert!(errs[0].message.contains("advisories/bad.ndjson:2") && errs[0].message.contains("events"), "{:?}", errs[0]);
+}
+
 #[tokio::test]
 async fn request_order_does_not_change_bytes() {
     let ev = || {

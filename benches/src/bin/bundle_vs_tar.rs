@@ -123,7 +123,7 @@ fn child(mode: &str, evidence: &Path, out: &Path) -> ExitCode {
             Arc::new(FsSink::new(out).expect("sink")),
             req,
             opts,
-            Arc::new(|_| {}),
+            exportcore_benches::phase_printer(start),
         )
         .await
     });

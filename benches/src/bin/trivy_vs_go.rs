@@ -43,24 +43,7 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
             Arc::new(FsSink::new(out).expect("sink")),
             req,
             opts,
-            Arc::new(move |e: &exportcore::RunEvent| {
-                // BENCH_PHASES=1 prints when each phase starts (progress bands, artifacts).
-                if std::env::var_os("BENCH_PHASES").is_some() {
-                    let what = match e {
-                        exportcore::RunEvent::Progress { progress, .. } => {
-                            let p = progress.percent;
-                            if [1, 70, 71, 95, 96].contains(&p) {
-                                format!("progress {p}%")
-                            } else {
-                                return;
-                            }
-                        }
-                        exportcore::RunEvent::ArtifactReady { path, .. } => format!("ready {path}"),
-                        other => format!("{other:?}").chars().take(40).collect(),
-                    };
-                    eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
-                }
-            }),
+            exportcore_benches::phase_printer(start),
         )
         .await
     });

@@ -169,6 +169,10 @@ impl RecordBatch {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+    /// The kind of evidence in the batch.
+    pub fn kind(&self) -> EvidenceKind {
+        self.kind
+    }
     /// Raw bytes read for this batch.
     pub fn raw_bytes(&self) -> usize {
         self.buf.len()
