@@ -15,6 +15,10 @@
 // order, -batch entries per read-write transaction (0 = everything in one transaction).
 // A later entry with the same bucket path and key overwrites the earlier one (bbolt Put).
 //
+// With -check DB instead, it opens DB read-only, runs bbolt's own consistency check
+// (tx.Check: every page reachable once, freelist, tree order) and walks every bucket, printing
+// "<keys> <buckets>" on stdout; exit status 1 with the problems on stderr if the check fails.
+//
 // Output: the elapsed seconds (open + parse + write + commit + close, i.e. including fsync unless
 // -nosync) as a single number on stdout; a summary line on stderr. Exit status 1 on any error,
 // 2 on bad usage. OUT.db must not exist unless -f is given (then it is replaced).
@@ -112,15 +116,58 @@ func (w *writer) bucket(path []string) (*bolt.Bucket, error) {
 	return b, nil
 }
 
+// check verifies an existing file with Go bbolt: tx.Check, then a walk of every bucket.
+func check(path string) {
+	db, err := bolt.Open(path, 0o444, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		fail("open %s: %v", path, err)
+	}
+	defer db.Close()
+	var keys, buckets, problems int
+	err = db.View(func(tx *bolt.Tx) error {
+		for cerr := range tx.Check() {
+			fmt.Fprintf(os.Stderr, "go-bbolt-writer: check: %v\n", cerr)
+			problems++
+		}
+		var walk func(b *bolt.Bucket) error
+		walk = func(b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					buckets++
+					return walk(b.Bucket(k))
+				}
+				keys++
+				return nil
+			})
+		}
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			buckets++
+			return walk(b)
+		})
+	})
+	if err != nil {
+		fail("walk %s: %v", path, err)
+	}
+	if problems > 0 {
+		fail("%s: %d consistency problems", path, problems)
+	}
+	fmt.Printf("%d %d\n", keys, buckets)
+}
+
 func main() {
+	checkPath := flag.String("check", "", "verify this existing bbolt file instead of writing one")
 	batch := flag.Int("batch", 100000, "entries per read-write transaction (0 = one transaction)")
 	noSync := flag.Bool("nosync", false, "skip fsync on commit (bbolt DB.NoSync)")
 	force := flag.Bool("f", false, "replace OUT.db if it exists")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: go-bbolt-writer [-batch N] [-nosync] [-f] KV.ndjson OUT.db")
+		fmt.Fprintln(os.Stderr, "usage: go-bbolt-writer [-batch N] [-nosync] [-f] KV.ndjson OUT.db | -check DB")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *checkPath != "" {
+		check(*checkPath)
+		return
+	}
 	if flag.NArg() != 2 || *batch < 0 {
 		flag.Usage()
 		os.Exit(2)

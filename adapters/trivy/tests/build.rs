@@ -68,9 +68,42 @@ async fn trivy_db_from_samples() {
         assert!(buckets.contains(&want), "missing bucket {want}: {buckets:?}");
     }
     assert!(exportcore::verify::verify_path(&a).unwrap().is_ok());
+    // An independent reader (bbolt-rs) finds a consistent file holding what the report counts.
+    let (nested, vulns, sources) = walk_with_bbolt_rs(&a.join("db/trivy.db"));
+    assert_eq!(nested, report["advisoryEntries"].as_u64().unwrap(), "{report}");
+    assert_eq!(vulns, report["vulnerabilities"].as_u64().unwrap(), "{report}");
+    assert_eq!(sources, buckets.len() as u64, "one data-source entry per advisory bucket");
     // The tarball holds exactly trivy.db and metadata.json at its root.
     let listing = std::process::Command::new("tar").arg("-tzf").arg(a.join("db.tar.gz")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&listing.stdout), "metadata.json\ntrivy.db\n");
+}
+
+/// Runs bbolt-rs' consistency check on `db` and walks it: (entries in nested buckets,
+/// `vulnerability` entries, `data-source` entries).
+fn walk_with_bbolt_rs(db: &Path) -> (u64, u64, u64) {
+    use bbolt_rs::{BoltOptions, BucketApi, DbApi, TxApi, TxCheck};
+    let bolt = BoltOptions::builder().preload_freelist().build().open_ro(db).unwrap();
+    let mut counts = (0, 0, 0);
+    bolt.view(|tx| {
+        let errors = tx.check();
+        assert!(errors.is_empty(), "bbolt-rs check: {errors:?}");
+        for (name, _) in tx.iter_buckets() {
+            let b = tx.bucket(name).unwrap();
+            match name {
+                b"vulnerability" => counts.1 += b.iter_entries().count() as u64,
+                b"data-source" => counts.2 += b.iter_entries().count() as u64,
+                _ => {
+                    assert_eq!(b.iter_entries().count(), 0, "advisory buckets hold only package buckets");
+                    for (pkg, _) in b.iter_buckets() {
+                        counts.0 += b.bucket(pkg).unwrap().iter_entries().count() as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

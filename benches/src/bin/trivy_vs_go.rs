@@ -165,6 +165,10 @@ fn main() -> ExitCode {
     let st =
         Command::new("sh").arg(root.join("benches/go-bbolt-writer/build.sh")).arg(&go_bin).status().expect("build.sh");
     assert!(st.success(), "building the Go reference writer failed");
+    // Go bbolt (what Trivy links) checks the file our page writer produced.
+    let o = Command::new(&go_bin).arg("-check").arg(&our_db).output().expect("go check");
+    assert!(o.status.success(), "Go bbolt rejects our trivy.db: {}", String::from_utf8_lossy(&o.stderr));
+    println!("Go bbolt tx.Check on our trivy.db: ok ({} keys, buckets)", String::from_utf8_lossy(&o.stdout).trim());
     let go_db_dir = tmp.path().join("go-db");
     std::fs::create_dir_all(&go_db_dir).expect("dir");
     let go_db = go_db_dir.join("trivy.db");
