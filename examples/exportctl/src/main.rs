@@ -157,6 +157,9 @@ struct RunArgs {
     /// Bundle compression: none, gzip or zstd.
     #[arg(long)]
     compression: Option<String>,
+    /// Compression level of the archives written (gzip 1-9, zstd 1-19; profile default).
+    #[arg(long)]
+    compression_level: Option<u32>,
     /// Signing key file.
     #[arg(long)]
     sign_key: Option<PathBuf>,
@@ -287,6 +290,7 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
         .map(|t| Timestamp::parse(t).map_err(|e| ExportError::invalid("--created-at", e)))
         .transpose()?;
     req.retention_days = args.retention_days;
+    req.compression_level = args.compression_level;
     req.strict = args.strict;
     req.validate(&Limits::default())?;
     Ok(req)

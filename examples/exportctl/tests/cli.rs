@@ -287,6 +287,12 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--target", "sbom"], "ERR_EXPORT_REQUEST_INVALID", "--target");
     assert_run_fails(&s, &["--target", "vex", "--target", "vex"], "ERR_EXPORT_REQUEST_INVALID", "targets[1]");
     assert_run_fails(&s, &["--compression", "lz4"], "ERR_EXPORT_REQUEST_INVALID", "--compression");
+    assert_run_fails(
+        &s,
+        &["--compression", "gzip", "--compression-level", "12"],
+        "ERR_EXPORT_REQUEST_INVALID",
+        "compressionLevel",
+    );
     assert_run_fails(&s, &["--created-at", "yesterday"], "ERR_EXPORT_REQUEST_INVALID", "--created-at");
     assert_run_fails(&s, &["--retention-days", "0"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
@@ -469,4 +475,18 @@ fn devportal_and_trivy_through_the_cli() {
         out.join("db/trivy.db").is_file() && out.join("db.tar.gz").is_file() && out.join("oci/index.json").is_file()
     );
     assert!(run_verify(&out).status.success());
+}
+
+#[test]
+fn compression_level_trades_size_and_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    for level in ["1", "19"] {
+        let out = tmp.path().join(format!("zstd-{level}"));
+        let o = export("json:raw", &samples(), &out, &["--compression", "zstd", "--compression-level", level]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(run_verify(&out).status.success());
+        sizes.push(std::fs::metadata(out.join("json-raw.tar.zst")).unwrap().len());
+    }
+    assert!(sizes[1] < sizes[0], "level 19 should be smaller than level 1: {sizes:?}");
 }
