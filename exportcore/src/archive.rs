@@ -187,16 +187,7 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(self.mtime);
-        h.set_size(size);
-        h.set_username("").map_err(|e| tar_err("", e))?;
-        h.set_groupname("").map_err(|e| tar_err("", e))?;
-        Ok(h)
+        entry_header(kind, mode, size, self.mtime)
     }
 
     /// Appends a file of exactly `size` bytes read from `data`. Paths must arrive in strictly
@@ -238,6 +229,166 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn finish(self) -> Result<W> {
         let enc = self.builder.into_inner().map_err(|e| tar_err("trailer", e))?;
         enc.finish().map_err(|e| tar_err("compression trailer", e))
+    }
+}
+
+/// The normalised ustar header of every entry (see the module docs).
+fn entry_header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h.set_username("").map_err(|e| tar_err("", e))?;
+    h.set_groupname("").map_err(|e| tar_err("", e))?;
+    Ok(h)
+}
+
+/// The 512-byte header block of a regular top-level file, as [`ArchiveWriter`] writes it.
+fn file_header_block(path: &ArtifactPath, mode: FileMode, size: u64, mtime: u64) -> Result<[u8; 512]> {
+    let p = path.as_str();
+    if p.contains('/') || p.len() > 100 {
+        return Err(ExportError::Internal {
+            implementer: "archive writer",
+            message: format!("{p:?}: a streamed archive holds top-level names of at most 100 bytes"),
+        });
+    }
+    let mut h = entry_header(tar::EntryType::Regular, mode.bits(), size, mtime)?;
+    h.set_path(p).map_err(|e| tar_err(p, e))?;
+    h.set_cksum();
+    let mut block = [0u8; 512];
+    block.copy_from_slice(h.as_bytes());
+    Ok(block)
+}
+
+/// Zero bytes that pad `len` bytes of entry data to a whole 512-byte block.
+fn tar_padding(len: u64) -> usize {
+    ((512 - len % 512) % 512) as usize
+}
+
+/// A deterministic `.tar.gz` of some small top-level files followed by one large top-level
+/// file whose size is known only at the end, and whose first bytes may be rewritten then
+/// (e.g. a database whose header pages are written last).
+///
+/// The large file's bytes are deflated on worker threads *while it is being written* (into
+/// `spill`, a scratch file), instead of after; only the first 1 MiB of the stream — the tar
+/// headers and the head of the file — is held back and deflated at the end. The bytes are
+/// identical to what [`ArchiveWriter`] writes for the same files (tested).
+#[cfg(feature = "gzip")]
+pub struct StreamedTarGz {
+    gz: crate::pgzip::GzipWriter<io::BufWriter<std::fs::File>>,
+    mtime: u64,
+    path: ArtifactPath,
+    mode: FileMode,
+    /// Where the large file's header starts in the stream.
+    header_at: usize,
+    len: u64,
+}
+
+#[cfg(feature = "gzip")]
+impl std::fmt::Debug for StreamedTarGz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedTarGz").field("path", &self.path).field("len", &self.len).finish()
+    }
+}
+
+#[cfg(feature = "gzip")]
+impl StreamedTarGz {
+    /// Starts the archive: `leading` files (sorted, before `path`), then `path`, whose bytes
+    /// are written through `Write`. `spill` is an empty scratch file. `options` must be gzip.
+    pub fn new(
+        spill: std::fs::File,
+        options: &ArchiveOptions,
+        leading: &[(ArtifactPath, FileMode, &[u8])],
+        path: ArtifactPath,
+        mode: FileMode,
+    ) -> Result<Self> {
+        if options.compression != Compression::Gzip {
+            return Err(ExportError::Internal {
+                implementer: "archive writer",
+                message: "StreamedTarGz is gzip".into(),
+            });
+        }
+        let mut names: Vec<&ArtifactPath> = leading.iter().map(|(p, _, _)| p).collect();
+        names.push(&path);
+        if !names.windows(2).all(|w| w[0].as_str() < w[1].as_str()) {
+            return Err(ExportError::Internal {
+                implementer: "archive writer",
+                message: format!("entries out of order: {:?}", names.iter().map(|p| p.as_str()).collect::<Vec<_>>()),
+            });
+        }
+        let mut gz = crate::pgzip::GzipWriter::deferred(
+            io::BufWriter::with_capacity(256 * 1024, spill),
+            options.gzip_level,
+            options.workers as usize,
+        );
+        let io_err = |e: io::Error| tar_err(path.as_str(), e);
+        let mut header_at = 0;
+        for (p, m, bytes) in leading {
+            gz.write_all(&file_header_block(p, *m, bytes.len() as u64, options.mtime)?).map_err(io_err)?;
+            gz.write_all(bytes).map_err(io_err)?;
+            gz.write_all(&[0u8; 512][..tar_padding(bytes.len() as u64)]).map_err(io_err)?;
+            header_at += 512 + bytes.len() + tar_padding(bytes.len() as u64);
+        }
+        // The large file's header, filled in by `finish`.
+        gz.write_all(&[0u8; 512]).map_err(io_err)?;
+        Ok(Self { gz, mtime: options.mtime, path, mode, header_at, len: 0 })
+    }
+
+    /// Bytes of the large file written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing of the large file was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Ends the archive, with `head` replacing the large file's first `head.len()` bytes
+    /// (which must lie in the stream's first 1 MiB − 32 KiB), and writes the whole `.tar.gz`
+    /// into `out`.
+    pub fn finish(mut self, head: &[u8], out: &mut dyn Write) -> Result<()> {
+        let p = self.path.as_str().to_owned();
+        let io_err = |e: io::Error| tar_err(&p, e);
+        if head.len() as u64 > self.len {
+            return Err(tar_err(&p, io::Error::other("the head patch is longer than the file")));
+        }
+        self.gz.write_all(&[0u8; 512][..tar_padding(self.len)]).map_err(io_err)?;
+        self.gz.write_all(&[0u8; 1024]).map_err(io_err)?;
+        let header = file_header_block(&self.path, self.mode, self.len, self.mtime)?;
+        let (at, data_at) = (self.header_at, self.header_at + 512);
+        let parts = self
+            .gz
+            .finish_deferred(|block| {
+                let end = data_at + head.len();
+                if end > block.len() {
+                    return Err(io::Error::other("the head patch reaches past the held first block"));
+                }
+                block[at..data_at].copy_from_slice(&header);
+                block[data_at..end].copy_from_slice(head);
+                Ok(())
+            })
+            .map_err(io_err)?;
+        let mut spill = parts.inner.into_inner().map_err(|e| io_err(e.into_error()))?;
+        out.write_all(&parts.prefix).map_err(io_err)?;
+        io::Seek::seek(&mut spill, io::SeekFrom::Start(0)).map_err(io_err)?;
+        io::copy(&mut spill, out).map_err(io_err)?;
+        out.write_all(&parts.trailer).map_err(io_err)
+    }
+}
+
+#[cfg(feature = "gzip")]
+impl Write for StreamedTarGz {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.gz.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -338,6 +489,42 @@ mod tests {
         w.append(&p("b"), FileMode::Regular, 0, &b""[..]).unwrap();
         assert!(w.append(&p("a"), FileMode::Regular, 0, &b""[..]).is_err());
         assert!(w.append(&p("c"), FileMode::Regular, 5, &b"abc"[..]).is_err());
+    }
+
+    #[test]
+    fn streamed_tar_gz_equals_the_archive_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = br#"{"Version":2}"#;
+        for (len, workers) in [(100usize, 1u32), (crate::pgzip::BLOCK - 700, 2), (3 * crate::pgzip::BLOCK + 5, 3)] {
+            let mut big: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut o = ArchiveOptions::new(Compression::Gzip, 1_700_000_000);
+            o.workers = workers;
+            // Stream with a zeroed head, patch it at the end.
+            let spill = tempfile::tempfile_in(dir.path()).unwrap();
+            let mut s = StreamedTarGz::new(
+                spill,
+                &o,
+                &[(p("metadata.json"), FileMode::Regular, &meta[..])],
+                p("trivy.db"),
+                FileMode::Regular,
+            )
+            .unwrap();
+            let head = big[..64.min(len)].to_vec();
+            s.write_all(&vec![0u8; head.len()]).unwrap();
+            s.write_all(&big[head.len()..]).unwrap();
+            let mut streamed = Vec::new();
+            s.finish(&head, &mut streamed).unwrap();
+            let mut w = ArchiveWriter::new(Vec::new(), o.clone()).unwrap();
+            w.append(&p("metadata.json"), FileMode::Regular, meta.len() as u64, &meta[..]).unwrap();
+            w.append(&p("trivy.db"), FileMode::Regular, len as u64, &big[..]).unwrap();
+            assert_eq!(streamed, w.finish().unwrap(), "len {len}");
+            big.clear();
+        }
+        let spill = tempfile::tempfile_in(dir.path()).unwrap();
+        let o = ArchiveOptions::new(Compression::Gzip, 0);
+        assert!(
+            StreamedTarGz::new(spill, &o, &[(p("z"), FileMode::Regular, &b""[..])], p("a"), FileMode::Regular).is_err()
+        );
     }
 
     #[test]

@@ -107,17 +107,96 @@ pub(crate) struct GzipWriter<W: Write> {
     pool: Option<Pool>,
     in_flight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     max_in_flight: usize,
+    /// Deferred-head mode: the first block is held (`Some` once full) instead of deflated, so
+    /// its bytes can still be patched; `inner` then receives only the later blocks.
+    deferred: Option<Option<Vec<u8>>>,
+}
+
+/// What [`GzipWriter::finish_deferred`] leaves to write around the later blocks: `prefix`
+/// (gzip header and the deflated first block) goes before them, `trailer` after.
+pub(crate) struct DeferredParts<W> {
+    pub(crate) inner: W,
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) trailer: [u8; 8],
+}
+
+fn gzip_header(level: u32) -> [u8; 10] {
+    let xfl = match level {
+        9 => 2,
+        1 => 4,
+        _ => 0,
+    };
+    [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
 }
 
 impl<W: Write> GzipWriter<W> {
+    /// Like [`GzipWriter::new`], but the first [`BLOCK`] bytes are held back until
+    /// [`GzipWriter::finish_deferred`], which lets the caller patch them (all but their last
+    /// 32 KiB): for a stream whose head (say, a tar header holding a size) is known last. The
+    /// later blocks are deflated meanwhile and go to `inner`; the result, once assembled, is
+    /// byte-identical to what [`GzipWriter::new`] writes for the patched stream.
+    pub(crate) fn deferred(inner: W, level: u32, workers: usize) -> Self {
+        let workers = workers.max(1);
+        Self {
+            inner,
+            level: level.min(9),
+            buf: Vec::with_capacity(BLOCK),
+            dict: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            pool: (workers > 1).then(|| Pool::new(workers, level.min(9))),
+            in_flight: VecDeque::new(),
+            max_in_flight: workers * 2,
+            deferred: Some(None),
+        }
+    }
+
+    /// Ends a [`GzipWriter::deferred`] stream: `patch` may rewrite the held first block (or the
+    /// whole stream, when it is shorter than a block) except its last 32 KiB.
+    pub(crate) fn finish_deferred(
+        mut self,
+        patch: impl FnOnce(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<DeferredParts<W>> {
+        let held = match self.deferred.take() {
+            Some(held) => held,
+            None => return Err(io::Error::other("not a deferred gzip stream")),
+        };
+        let mut prefix = gzip_header(self.level).to_vec();
+        let mut crc = crc32fast::Hasher::new();
+        match held {
+            None => {
+                // Shorter than a block: the whole stream is the head, deflated as the last block.
+                let mut head = std::mem::take(&mut self.buf);
+                patch(&mut head)?;
+                crc.update(&head);
+                prefix.extend_from_slice(&deflate_block(self.level, &head, &[], true)?);
+            }
+            Some(mut head) => {
+                let window = head[BLOCK - WINDOW..].to_vec();
+                patch(&mut head)?;
+                if head.len() != BLOCK || head[BLOCK - WINDOW..] != window[..] {
+                    return Err(io::Error::other("the patch changed the dictionary of the second block"));
+                }
+                self.submit(true)?;
+                while let Some(rx) = self.in_flight.pop_front() {
+                    self.write_out(rx)?;
+                }
+                crc.update(&head);
+                crc.combine(&self.crc);
+                prefix.extend_from_slice(&deflate_block(self.level, &head, &[], false)?);
+            }
+        }
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&crc.finalize().to_le_bytes());
+        trailer[4..].copy_from_slice(&(self.len as u32).to_le_bytes());
+        self.inner.flush()?;
+        self.pool = None;
+        Ok(DeferredParts { inner: self.inner, prefix, trailer })
+    }
+
     /// A writer deflating at `level` (0–9) on `workers` threads (1 = on the caller's thread).
     pub(crate) fn new(mut inner: W, level: u32, workers: usize) -> io::Result<Self> {
-        let xfl = match level {
-            9 => 2,
-            1 => 4,
-            _ => 0,
-        };
-        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])?;
+        inner.write_all(&gzip_header(level.min(9)))?;
         let workers = workers.max(1);
         Ok(Self {
             inner,
@@ -129,6 +208,7 @@ impl<W: Write> GzipWriter<W> {
             pool: (workers > 1).then(|| Pool::new(workers, level.min(9))),
             in_flight: VecDeque::new(),
             max_in_flight: workers * 2,
+            deferred: None,
         })
     }
 
@@ -148,6 +228,11 @@ impl<W: Write> GzipWriter<W> {
         } else {
             let keep = dict.len().saturating_sub(WINDOW - data.len());
             self.dict = [&dict[keep..], &data[..]].concat();
+        }
+        if let Some(held @ None) = &mut self.deferred {
+            // Deferred mode: the first block is kept for `finish_deferred`.
+            *held = Some(data);
+            return Ok(());
         }
         if self.pool.is_none() {
             let out = deflate_block(self.level, &data, &dict, last)?;
@@ -189,7 +274,10 @@ impl<W: Write> Write for GzipWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(BLOCK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.crc.update(&data[..n]);
+        if !matches!(self.deferred, Some(None)) {
+            // (A deferred head is checksummed once patched.)
+            self.crc.update(&data[..n]);
+        }
         self.len += n as u64;
         if self.buf.len() == BLOCK {
             self.submit(false)?;
@@ -256,6 +344,34 @@ mod tests {
         for (workers, chunk) in [(1, 7), (2, 4096), (3, 100_000), (4, 3 * BLOCK)] {
             assert_eq!(gzip(&data, 6, workers, chunk), one, "workers {workers}, chunk {chunk}");
         }
+    }
+
+    fn deferred(data: &[u8], patch_at: usize, patch: &[u8], workers: usize) -> io::Result<Vec<u8>> {
+        let mut w = GzipWriter::deferred(Vec::new(), 6, workers);
+        for c in data.chunks(70_000) {
+            w.write_all(c)?;
+        }
+        let parts = w.finish_deferred(|head| {
+            head[patch_at..patch_at + patch.len()].copy_from_slice(patch);
+            Ok(())
+        })?;
+        Ok([parts.prefix, parts.inner, parts.trailer.to_vec()].concat())
+    }
+
+    #[test]
+    fn deferred_head_gives_the_bytes_of_the_patched_stream() {
+        for len in [10, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 999] {
+            let mut data = sample(len);
+            let patch = b"PATCHED!";
+            let at = 3.min(len - patch.len().min(len));
+            let got = deferred(&data, at, &patch[..patch.len().min(len)], 2).unwrap();
+            data[at..at + patch.len().min(len)].copy_from_slice(&patch[..patch.len().min(len)]);
+            assert_eq!(got, gzip(&data, 6, 1, 1 << 20), "len {len}");
+            assert_eq!(gunzip(&got), data);
+        }
+        // Patching the last 32 KiB of the held block would change the next block's dictionary.
+        let data = sample(2 * BLOCK);
+        assert!(deferred(&data, BLOCK - 10, b"x", 2).is_err());
     }
 
     #[test]

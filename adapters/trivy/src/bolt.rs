@@ -121,9 +121,9 @@ pub(crate) struct BoltStats {
 ///
 /// If any call fails with an error other than [`io::ErrorKind::InvalidInput`] (which leaves the
 /// writer unchanged), the file is incomplete: drop the writer and delete the file.
-pub(crate) struct BoltWriter {
+pub(crate) struct BoltWriter<'t> {
     /// The page sink.
-    out: PageOut,
+    out: PageOut<'t>,
     /// Open buckets: `[root, top-level?, nested?]`.
     stack: Vec<OpenBucket>,
     /// The last `(bucket path, key)` put, as one tuple (path names then key).
@@ -132,19 +132,26 @@ pub(crate) struct BoltWriter {
     stats: BoltStats,
 }
 
-impl BoltWriter {
+impl<'t> BoltWriter<'t> {
     /// Creates `path` (must not exist) with 4096-byte pages.
     pub(crate) fn create(path: &Path) -> io::Result<Self> {
+        Self::open(path, None)
+    }
+
+    /// Like [`BoltWriter::create`], and every byte written to the file in order is also written
+    /// to `tee` — except the two meta pages, which `tee` sees as zeros (they are written last,
+    /// in place: read them back from the file after [`BoltWriter::finish`]).
+    pub(crate) fn create_with_tee(path: &Path, tee: &'t mut dyn Write) -> io::Result<Self> {
+        Self::open(path, Some(tee))
+    }
+
+    fn open(path: &Path, tee: Option<&'t mut dyn Write>) -> io::Result<Self> {
         let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let file = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut out = PageOut { file, tee, next_pgid: 2, scratch: Vec::with_capacity(PAGE_SIZE) };
         // Placeholders for the two meta pages, written for real by `finish`.
-        file.write_all(&[0u8; 2 * PAGE_SIZE])?;
-        Ok(BoltWriter {
-            out: PageOut { file, next_pgid: 2, scratch: Vec::with_capacity(PAGE_SIZE) },
-            stack: vec![OpenBucket::new(Vec::new())],
-            last: Vec::new(),
-            stats: BoltStats::default(),
-        })
+        out.write_page(&[0u8; 2 * PAGE_SIZE])?;
+        Ok(BoltWriter { out, stack: vec![OpenBucket::new(Vec::new())], last: Vec::new(), stats: BoltStats::default() })
     }
 
     /// Adds `key` = `value` in the bucket at `bucket_path` (1 or 2 names: a top-level bucket, or a
@@ -194,7 +201,7 @@ impl BoltWriter {
         let mut page = vec![0u8; PAGE_SIZE];
         put_u64(&mut page, 0, freelist_pgid);
         put_u16(&mut page, 8, FREELIST_PAGE_FLAG);
-        self.out.file.write_all(&page)?;
+        self.out.write_page(&page)?;
         let high_water = freelist_pgid + 1;
         let mut file = self.out.file.into_inner().map_err(io::IntoInnerError::into_error)?;
         let mut metas = vec![0u8; 2 * PAGE_SIZE];
@@ -331,7 +338,7 @@ impl Tree {
     /// any) is written and linked one level up, and the pending node becomes the held-back one.
     fn push(
         &mut self,
-        out: &mut PageOut,
+        out: &mut PageOut<'_>,
         level: usize,
         flags: u32,
         key: &[u8],
@@ -356,7 +363,7 @@ impl Tree {
     }
 
     /// Writes the node in `levels[level].node`, links it one level up and empties it.
-    fn write(&mut self, out: &mut PageOut, level: usize) -> io::Result<()> {
+    fn write(&mut self, out: &mut PageOut<'_>, level: usize) -> io::Result<()> {
         let lvl = &mut self.levels[level];
         let flags = if level == 0 { LEAF_PAGE_FLAG } else { BRANCH_PAGE_FLAG };
         let pgid = out.write_node(&lvl.node, flags)?;
@@ -368,7 +375,7 @@ impl Tree {
 
     /// Writes the remaining pending nodes from the leaves up and returns the root (inline when
     /// `may_inline` and the tree is one small leaf, like Go's `Bucket.inlineable`).
-    fn finish(mut self, out: &mut PageOut, may_inline: bool) -> io::Result<Root> {
+    fn finish(mut self, out: &mut PageOut<'_>, may_inline: bool) -> io::Result<Root> {
         let mut level = 0;
         loop {
             let top = level + 1 == self.levels.len();
@@ -517,22 +524,36 @@ impl Node {
 }
 
 /// The sequential page sink.
-struct PageOut {
+struct PageOut<'t> {
     /// The file, positioned at page `next_pgid`.
     file: BufWriter<File>,
+    /// Where the same bytes also go, if anywhere.
+    tee: Option<&'t mut dyn Write>,
     /// The id of the next page written.
     next_pgid: u64,
     /// Reused page image buffer.
     scratch: Vec<u8>,
 }
 
-impl PageOut {
+impl PageOut<'_> {
+    /// Writes whole pages at the end of the file (and to the tee).
+    fn write_page(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        if let Some(tee) = self.tee.as_mut() {
+            tee.write_all(bytes)?;
+        }
+        Ok(())
+    }
+
     /// Writes `node` as the next page(s) and returns its page id.
     fn write_node(&mut self, node: &Node, flags: u16) -> io::Result<u64> {
         let id = self.next_pgid;
         let n = pages(node.size());
-        node.render(id, flags, n * PAGE_SIZE, &mut self.scratch)?;
-        self.file.write_all(&self.scratch)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        node.render(id, flags, n * PAGE_SIZE, &mut scratch)?;
+        let written = self.write_page(&scratch);
+        self.scratch = scratch;
+        written?;
         self.next_pgid += n as u64;
         Ok(id)
     }

@@ -251,9 +251,20 @@ impl Collector {
 
     /// Writes the BoltDB file at `out` (which must not exist); `progress(done, total)` counts
     /// index entries merged.
-    pub(crate) fn write_bolt(self, out: &Path, progress: impl FnMut(u64, u64)) -> Result<Written> {
+    /// With `tee`, the file's bytes also stream there as they are written (see
+    /// [`crate::bolt::BoltWriter::create_with_tee`]).
+    pub(crate) fn write_bolt(
+        self,
+        out: &Path,
+        tee: Option<&mut dyn Write>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Written> {
         let bolt_err = |e: std::io::Error| ExportError::io(out, e);
-        let mut db = crate::bolt::BoltWriter::create(out).map_err(bolt_err)?;
+        let mut db = match tee {
+            Some(tee) => crate::bolt::BoltWriter::create_with_tee(out, tee),
+            None => crate::bolt::BoltWriter::create(out),
+        }
+        .map_err(bolt_err)?;
         let written = self.for_each_sorted(|path, key, value| db.put(path, key, value).map_err(bolt_err), progress)?;
         db.finish().map_err(bolt_err)?;
         Ok(written)

@@ -50,11 +50,7 @@ pub(crate) fn tarball(
     let spec = ArtifactSpec::new(name, ArtifactType::Database, "tar+gzip", "application/gzip")?;
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by_key(|i| files[*i].0);
-    let mut options = ArchiveOptions::new(Compression::Gzip, mtime);
-    options.gzip_level = GZIP_LEVEL;
-    if ctx.request().compression_level.is_some() {
-        options = ctx.archive_options(Compression::Gzip, mtime)?;
-    }
+    let options = gzip_options(ctx, mtime)?;
     let mut digests = vec![(0, Sha256Digest::of(b"")); files.len()];
     let (staged, ()) = ctx.write_artifact(spec, |w| {
         let mut ar = ArchiveWriter::new(w, options)?;
@@ -70,6 +66,16 @@ pub(crate) fn tarball(
         Ok(())
     })?;
     Ok((staged, digests))
+}
+
+/// gzip settings of the packages: [`GZIP_LEVEL`] unless the request sets `compressionLevel`.
+pub(crate) fn gzip_options(ctx: &ExportContext<'_>, mtime: u64) -> Result<ArchiveOptions> {
+    if ctx.request().compression_level.is_some() {
+        return ctx.archive_options(Compression::Gzip, mtime);
+    }
+    let mut options = ArchiveOptions::new(Compression::Gzip, mtime);
+    options.gzip_level = GZIP_LEVEL;
+    Ok(options)
 }
 
 /// Hashes what is read through it.

@@ -1,10 +1,11 @@
 use crate::db::Collector;
 use crate::mapping::{self, Skipped, Target};
 use crate::package::{self, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
+use exportcore::archive::{FileMode, StreamedTarGz};
 use exportcore::evidence::osv::{Osv, Text};
 use exportcore::{
-    ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor, Progress,
-    Records, Result, RunRequest, Timestamp,
+    ArtifactPath, ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor,
+    Progress, Records, Result, RunRequest, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -187,13 +188,17 @@ fn map_advisory(
         let root = match &target {
             Target::Os(b) | Target::Lang { bucket: b, .. } => b.clone(),
         };
-        let value = serde_json::to_vec(&adv).unwrap_or_default();
+        let mut value = Vec::with_capacity(128);
+        serde_json::to_writer(&mut value, &adv).unwrap_or_default();
         entries.push((root, mapping::package_key(&target, name), value, eco.to_owned()));
     }
     if entries.is_empty() {
         return None;
     }
-    let vulnerability = Some(serde_json::to_vec(&mapping::vulnerability(osv)).unwrap_or_default());
+    // Sized up front: descriptions make these values hundreds of bytes long.
+    let mut vulnerability = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut vulnerability, &mapping::vulnerability(osv)).unwrap_or_default();
+    let vulnerability = Some(vulnerability);
     Some(MappedAdvisory { id, modified, entries, vulnerability })
 }
 
@@ -284,22 +289,34 @@ impl Profile for TrivyDb {
         drop(file);
         std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
         let read = report.advisories_read;
-        let written = collector.write_bolt(&db_path, |done, total| {
-            let pct = 70 + (done * 25 / total.max(1)) as u8;
+        let meta = package::metadata(2, anchor.created_at, 24);
+        // db.tar.gz is deflated while the DB is written: its blocks stream through the tee,
+        // only its first 1 MiB (tar headers, the DB's meta pages) waits for the end.
+        let (spill_path, spill) = ctx.scratch_file()?;
+        let options = package::gzip_options(ctx, anchor.mtime())?;
+        let mut tgz = StreamedTarGz::new(
+            spill,
+            &options,
+            &[(ArtifactPath::parse("metadata.json")?, FileMode::Regular, &meta)],
+            ArtifactPath::parse("trivy.db")?,
+            FileMode::Regular,
+        )?;
+        let written = collector.write_bolt(&db_path, Some(&mut tgz), |done, total| {
+            let pct = 70 + (done * 22 / total.max(1)) as u8;
             ctx.progress(Progress { percent: pct, items_completed: read, items_total: read });
         })?;
         report.advisory_entries = written.advisory_entries;
         report.vulnerabilities = written.vulnerabilities;
-        let meta = package::metadata(2, anchor.created_at, 24);
-        let meta_local = stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
-        let (tgz, digests) = package::tarball(
-            ctx,
-            "db.tar.gz",
-            &[("trivy.db", &db_path), ("metadata.json", &meta_local)],
-            anchor.mtime(),
-        )?;
+        let mut meta_pages = vec![0u8; 2 * 4096];
+        std::fs::File::open(&db_path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut meta_pages))
+            .map_err(|e| ExportError::io(&db_path, e))?;
+        let spec = ArtifactSpec::new("db.tar.gz", ArtifactType::Database, "tar+gzip", "application/gzip")?;
+        let (tgz, ()) = ctx.write_artifact(spec, |w| tgz.finish(&meta_pages, w))?;
+        let _ = std::fs::remove_file(&spill_path);
+        stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
         let spec = ArtifactSpec::new("db/trivy.db", ArtifactType::Database, "db", "application/vnd.aquasec.trivy.db")?;
-        ctx.adopt_file_with_digest(spec, &db_path, digests[0].0, digests[0].1)?;
+        ctx.adopt_file(spec, &db_path)?;
         package::oci_layout(ctx, "oci", &tgz, DB_LAYER_MEDIA_TYPE, "db.tar.gz", "2", anchor.created_at)?;
         report_artifact(ctx, &report)?;
         ctx.progress(Progress { percent: 100, items_completed: read, items_total: read });
