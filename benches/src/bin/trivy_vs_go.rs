@@ -8,10 +8,13 @@
 //!    whole pipeline: parse and check OSV, map, spool, sort, write BoltDB, tar.gz, OCI layout;
 //! 3. dumps every (bucket path, key, value) of our DB, in stored order, as NDJSON, and times
 //!    `benches/go-bbolt-writer` (real Go bbolt) writing exactly those entries;
-//! 4. scans `tests/fixtures/trivy/rootfs` with the real Trivy using each DB and checks the
+//! 4. runs Go bbolt's `tx.Check` on our file (`go-bbolt-writer -check`);
+//! 5. scans `tests/fixtures/trivy/rootfs` with the real Trivy using each DB and checks the
 //!    findings are identical.
 //!
-//! Prints both times, the ratio, both file sizes and our peak RSS.
+//! Prints both times, the ratio, both file sizes and our peak RSS. `--ours-only` stops after
+//! step 2. Environment: `BENCH_GZIP_LEVEL=N` builds `db.tar.gz` at gzip level N (the request's
+//! `compressionLevel`); `BENCH_PHASES=1` prints when each phase of our build starts.
 
 use bbolt_rs::{BucketApi, DbApi, TxApi};
 use exportcore::run::{execute, RunOptions};
