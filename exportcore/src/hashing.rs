@@ -150,6 +150,33 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A reader that hashes and counts everything read through it (e.g. a file on its way into
+/// an archive, whose digest a manifest needs).
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: Hasher::new() }
+    }
+    /// The size and digest of what was read.
+    pub fn finish(self) -> (u64, Sha256Digest) {
+        self.hasher.finish()
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Hashes everything readable from `r` in 64 KiB steps; returns size and digest.
 pub fn hash_reader<R: Read>(mut r: R) -> io::Result<(u64, Sha256Digest)> {
     let mut hasher = Hasher::new();

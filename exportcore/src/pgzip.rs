@@ -136,6 +136,10 @@ impl<W: Write> GzipWriter<W> {
     /// later blocks are deflated meanwhile and go to `inner`; the result, once assembled, is
     /// byte-identical to what [`GzipWriter::new`] writes for the patched stream.
     pub(crate) fn deferred(inner: W, level: u32, workers: usize) -> Self {
+        Self::with(inner, level, workers, Some(None))
+    }
+
+    fn with(inner: W, level: u32, workers: usize, deferred: Option<Option<Vec<u8>>>) -> Self {
         let workers = workers.max(1);
         Self {
             inner,
@@ -147,7 +151,7 @@ impl<W: Write> GzipWriter<W> {
             pool: (workers > 1).then(|| Pool::new(workers, level.min(9))),
             in_flight: VecDeque::new(),
             max_in_flight: workers * 2,
-            deferred: Some(None),
+            deferred,
         }
     }
 
@@ -197,19 +201,7 @@ impl<W: Write> GzipWriter<W> {
     /// A writer deflating at `level` (0–9) on `workers` threads (1 = on the caller's thread).
     pub(crate) fn new(mut inner: W, level: u32, workers: usize) -> io::Result<Self> {
         inner.write_all(&gzip_header(level.min(9)))?;
-        let workers = workers.max(1);
-        Ok(Self {
-            inner,
-            level: level.min(9),
-            buf: Vec::with_capacity(BLOCK),
-            dict: Vec::new(),
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-            pool: (workers > 1).then(|| Pool::new(workers, level.min(9))),
-            in_flight: VecDeque::new(),
-            max_in_flight: workers * 2,
-            deferred: None,
-        })
+        Ok(Self::with(inner, level, workers, None))
     }
 
     fn write_out(&mut self, rx: Receiver<io::Result<Vec<u8>>>) -> io::Result<()> {

@@ -9,7 +9,7 @@ use crate::{
     VERIFY_SCRIPT, VERIFY_SCRIPT_FILE,
 };
 use exportcore::archive::{ArchiveWriter, FileMode};
-use exportcore::hashing::Hasher;
+use exportcore::hashing::{Hasher, HashingReader};
 use exportcore::manifest::MANIFEST_FILE;
 use exportcore::sign::dsse;
 use exportcore::{
@@ -147,9 +147,9 @@ impl Profile for DevportalOffline {
                     Source::Bytes(bytes) => ar.append(path, m.mode, m.size, bytes)?,
                     Source::Checksums => ar.append(path, m.mode, m.size, checksums.as_bytes())?,
                     Source::Asset(source) => {
-                        let mut r = HashingReader { inner: evidence.open(source)?, hasher: Hasher::new() };
+                        let mut r = HashingReader::new(evidence.open(source)?);
                         ar.append(path, m.mode, m.size, &mut r)?;
-                        let (_, digest) = r.hasher.finish();
+                        let (_, digest) = r.finish();
                         if digest != m.sha256 {
                             return Err(ExportError::evidence(
                                 Location::file(source.as_str()),
@@ -244,18 +244,4 @@ fn hash_asset(
 fn half_progress(done: u64, total: u64, items: u64, count: u64) -> Progress {
     let percent = (done.min(total) as u128 * 50).checked_div(total as u128).unwrap_or(0) as u8;
     Progress { percent, items_completed: items, items_total: count }
-}
-
-/// A reader hashing what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }

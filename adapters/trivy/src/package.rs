@@ -3,7 +3,7 @@
 //! pulls (`--db-repository` / `--java-db-repository`).
 
 use exportcore::archive::{ArchiveOptions, ArchiveWriter, FileMode};
-use exportcore::hashing::Hasher;
+use exportcore::hashing::HashingReader;
 use exportcore::Sha256Digest;
 use exportcore::{
     canonical, ArtifactPath, ArtifactSpec, ArtifactType, Compression, ExportContext, ExportError, Result, Timestamp,
@@ -58,9 +58,9 @@ pub(crate) fn tarball(
             let (entry, local) = files[i];
             let f = std::fs::File::open(local).map_err(|e| ExportError::io(local, e))?;
             let size = f.metadata().map_err(|e| ExportError::io(local, e))?.len();
-            let mut r = HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, f), hasher: Hasher::new() };
+            let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
             ar.append(&ArtifactPath::parse(entry)?, FileMode::Regular, size, &mut r)?;
-            digests[i] = r.hasher.finish();
+            digests[i] = r.finish();
         }
         ar.finish()?;
         Ok(())
@@ -76,20 +76,6 @@ pub(crate) fn gzip_options(ctx: &ExportContext<'_>, mtime: u64) -> Result<Archiv
     let mut options = ArchiveOptions::new(Compression::Gzip, mtime);
     options.gzip_level = GZIP_LEVEL;
     Ok(options)
-}
-
-/// Hashes what is read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 fn write_blob(

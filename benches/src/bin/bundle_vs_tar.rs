@@ -16,13 +16,12 @@
 //! other.
 
 use exportcore::archive::{ArchiveWriter, FileMode};
-use exportcore::hashing::Hasher;
+use exportcore::hashing::HashingReader;
 use exportcore::run::{execute, RunOptions};
 use exportcore::{
     ArtifactPath, ArtifactSpec, ArtifactType, Compression, DirEvidence, EvidenceKind, ExportContext, FsSink,
     ManifestBuilder, ManifestEntry, Profile, ProfileDescriptor, RunRequest, RunStatus, Target, Timestamp,
 };
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -42,20 +41,6 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => (&s[..], 1),
     };
     num.parse::<u64>().ok().map(|n| n * mul)
-}
-
-/// Hashes what is read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// The core's bundle path with no format work: the advisory files verbatim, then a
@@ -87,9 +72,9 @@ impl Profile for VerbatimBundle {
             let mut ar = ArchiveWriter::new(w, options)?;
             let mut manifest = ManifestBuilder::bundle("bench:bundle", anchor);
             for item in &items {
-                let mut r = HashingReader { inner: evidence.open(&item.path)?, hasher: Hasher::new() };
+                let mut r = HashingReader::new(evidence.open(&item.path)?);
                 ar.append(&item.path, FileMode::Regular, item.size, &mut r)?;
-                let (size, sha256) = r.hasher.finish();
+                let (size, sha256) = r.finish();
                 manifest.add(ManifestEntry::new(item.path.clone(), size, sha256, "application/x-ndjson"))?;
             }
             let bytes = manifest.build().to_canonical_bytes();
