@@ -103,7 +103,8 @@ fn write_string<W: Write + ?Sized>(w: &mut W, s: &str) -> io::Result<()> {
 /// escapes JCS uses, `true`/`false`/`null`, and integers of at most 15 digits (other numbers
 /// answer `false`, conservatively). A `true` answer means the bytes can be copied instead of
 /// parsed and re-serialised; `false` only means "take the slow path". Never panics, allocates
-/// only for keys that need decoding, and stops at nesting depth 128 (answering `false`).
+/// only for keys that need decoding, and refuses more than 127 nested arrays/objects (as
+/// serde_json does).
 pub fn is_canonical(bytes: &[u8]) -> bool {
     // Outside strings the grammar admits ASCII only; strings with non-ASCII bytes get a
     // UTF-8 check.
@@ -135,6 +136,9 @@ fn string_stop(b: &[u8]) -> Option<(usize, bool)> {
     Some((p, high != 0 || !b[i..p].is_ascii()))
 }
 
+/// Most nested arrays/objects [`is_canonical`] accepts (serde_json's recursion limit).
+const MAX_NESTING: usize = 127;
+
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
@@ -155,10 +159,10 @@ impl<'a> Scan<'a> {
     }
 
     fn value(&mut self, depth: usize) -> bool {
-        if depth > 128 {
-            return false;
-        }
         match self.peek() {
+            // serde_json's parser takes at most 127 nested arrays/objects: so do we, so a
+            // line we accept is one every other reader of the bundle can parse.
+            Some(b'{' | b'[') if depth >= MAX_NESTING => false,
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().is_some(),
@@ -540,8 +544,13 @@ mod tests {
             let unterminated = format!("{{\"k\":\"{head}{tail}");
             assert!(!is_canonical(unterminated.as_bytes()), "{unterminated}");
         }
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert!(!is_canonical(deep.as_bytes()), "depth limit");
+        // Nesting: exactly as deep as serde_json parses, no deeper.
+        for levels in [126, 127, 128, 200] {
+            let deep = format!("{{\"a\":{}{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+            let serde_ok = serde_json::from_str::<Value>(&deep).is_ok();
+            assert_eq!(is_canonical(deep.as_bytes()), serde_ok, "{levels} levels");
+            assert_eq!(serde_ok, levels <= 127, "{levels} levels");
+        }
     }
 
     proptest! {

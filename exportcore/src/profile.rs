@@ -306,6 +306,7 @@ impl<'a> ExportContext<'a> {
         self.scratch_seq += 1;
         let path = self.staging.join(format!("scratch-{}", self.scratch_seq));
         let f = File::options().read(true).write(true).create_new(true).open(&path).at(&path)?;
+        staged_mode(&path)?;
         Ok((path, f))
     }
 
@@ -319,6 +320,7 @@ impl<'a> ExportContext<'a> {
         self.check_new(&spec)?;
         let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
         let file = File::create(&local).at(&local)?;
+        staged_mode(&local)?;
         let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
         let out = write(&mut w)?;
         w.flush().at(&local)?;
@@ -348,7 +350,12 @@ impl<'a> ExportContext<'a> {
     ) -> Result<StagedArtifact> {
         self.check_new(&spec)?;
         let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
-        std::fs::rename(file, &local).at(file)?;
+        if std::fs::rename(file, &local).is_err() {
+            // Another filesystem: copy, then drop the original.
+            std::fs::copy(file, &local).at(file)?;
+            std::fs::remove_file(file).at(file)?;
+        }
+        staged_mode(&local)?;
         let staged = StagedArtifact { spec, local, size, sha256 };
         self.artifacts.push(staged.clone());
         Ok(staged)
@@ -380,4 +387,17 @@ impl<'a> ExportContext<'a> {
         }
         Ok(())
     }
+}
+
+/// Staged files are 0644 whatever the umask: the mode they are published with, so a sink can
+/// link them instead of copying (the staging directory itself is private, 0700).
+fn staged_mode(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).at(path)?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

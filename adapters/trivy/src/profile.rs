@@ -114,18 +114,31 @@ fn map_batch(
         advisories: Vec::new(),
     };
     for i in 0..batch.len() {
-        // The typed view straight from the bytes; a record it cannot take (malformed JSON, a
-        // field given twice) goes through the core's `Value` parser, which reports the error
-        // or keeps the last of duplicate fields, as every other profile sees it.
+        // The typed view straight from the bytes; a record it cannot take (malformed JSON,
+        // invalid UTF-8 — which serde_json does not check in the fields it skips —, a field
+        // given twice) goes through the core's `Value` parser, which reports the error or keeps
+        // the last of duplicate fields, as every other profile sees it.
         let fallback: Value;
-        let osv = match Osv::from_json(batch.raw(i)) {
-            Ok(osv) => osv,
-            Err(_) => {
+        let raw = batch.raw(i);
+        let direct = std::str::from_utf8(raw).ok().and_then(|_| Osv::from_json(raw).ok());
+        let osv = match direct {
+            Some(osv) => osv,
+            None => {
                 fallback = batch.parse(i)?.value;
                 Osv::deserialize(&fallback).map_err(|e| ExportError::evidence(batch.location(i), e.to_string()))?
             }
         };
         let modified = osv.check().map_err(|reason| ExportError::evidence(batch.location(i), reason))?;
+        if let Some(j) = osv.affected.items().iter().position(|a| {
+            a.get()
+                .and_then(|a| a.package.get())
+                .is_some_and(|p| [&p.ecosystem, &p.name].iter().any(|t| t.as_str().is_some_and(|s| s.contains('\0'))))
+        }) {
+            return Err(ExportError::evidence(
+                batch.location(i),
+                format!("affected[{j}].package: a NUL character cannot be part of a Trivy bucket or package name"),
+            ));
+        }
         out.read += 1;
         out.newest = out.newest.max(Some(modified));
         let before = out.skipped.unknown_ecosystem;

@@ -192,6 +192,28 @@ async fn bad_input() {
             .await;
     assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
     assert!(run.errors[0].message.contains("advisories/bad.json"));
+    // A NUL in a package name cannot become a bucket key; invalid UTF-8, even in a field
+    // trivy:db does not use, is malformed JSON here as in every profile.
+    let good = r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"versions":["1"]}]}"#;
+    let nul = good.replace(r#""name":"a""#, r#""name":"a\u0000b""#);
+    let mut bad_utf8 = good.replace(r#""id":"Y-1""#, r#""credits":"XX","id":"Y-1""#).into_bytes();
+    let at = bad_utf8.windows(2).position(|w| w == b"XX").unwrap();
+    bad_utf8[at] = 0xff;
+    for (name, body, says) in [("nul.ndjson", nul.into_bytes(), "NUL"), ("utf8.ndjson", bad_utf8, "malformed JSON")] {
+        let mut ev = MemoryEvidence::new();
+        ev.insert(&format!("advisories/{name}"), [good.as_bytes(), b"\n", &body, b"\n"].concat()).unwrap();
+        let run = build(
+            Arc::new(exportcore_trivy::TrivyDb),
+            Arc::new(ev),
+            &tmp.path().join(name),
+            RunRequest::new("trivy:db"),
+        )
+        .await;
+        assert_eq!(run.status, RunStatus::Failed, "{name}");
+        assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID", "{name}");
+        let msg = &run.errors[0].message;
+        assert!(msg.contains(&format!("advisories/{name}:2")) && msg.contains(says), "{msg}");
+    }
     // A Maven entry with a bad sha1.
     let mut ev = MemoryEvidence::new();
     ev.insert("java/i.ndjson", "{\"groupId\":\"g\",\"artifactId\":\"a\",\"version\":\"1\",\"sha1\":\"xyz\"}\n")

@@ -10,6 +10,47 @@ use tokio::io::AsyncWriteExt;
 /// Prefix of in-flight temporary files; never listed, never a final name.
 pub(crate) const TEMP_PREFIX: &str = ".exportcore-tmp-";
 
+/// Hard-links `src` at `tmp` (only if `src` already has mode 0644), hashes what `tmp` holds
+/// and fsyncs it.
+fn link_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(src)?.permissions().mode() & 0o7777 != 0o644 {
+            return Err(std::io::Error::other("source mode is not 0644"));
+        }
+    }
+    std::fs::hard_link(src, tmp)?;
+    let f = std::fs::File::open(tmp)?;
+    let stored = hash_file(&f)?;
+    f.sync_all()?;
+    Ok(stored)
+}
+
+/// Copies `src` to a new `tmp` (mode 0644), hashing the bytes as they pass, and fsyncs it.
+fn copy_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)> {
+    use std::io::{Read, Write};
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::File::options().write(true).create_new(true).open(tmp)?;
+    set_published_mode(tmp)?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+    to.sync_all()?;
+    Ok(hasher.finish())
+}
+
+fn hash_file(mut f: &std::fs::File) -> std::io::Result<(u64, Sha256Digest)> {
+    crate::hashing::hash_reader(&mut f)
+}
+
 /// Gives a file about to be published mode 0644, whatever the umask or where it came from.
 fn set_published_mode(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -94,45 +135,18 @@ impl FsSink {
     }
 
     fn put_file_blocking(&self, path: &ArtifactPath, src: &Path) -> Result<PutReceipt> {
-        use std::io::{Read, Write};
         let dir = self.safe_parent(path, true)?;
         let final_path = self.local_path(path);
         if final_path.is_dir() {
             return Err(ExportError::PathUnsafe { path: path.to_string(), reason: "is a directory".into() });
         }
         let tmp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::now_v7().simple()));
-        let stored = (|| -> std::io::Result<(u64, Sha256Digest)> {
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let out = if std::fs::hard_link(src, &tmp).is_ok() {
-                // Same filesystem: no copy. Hash what is now stored under the new name.
-                let mut f = std::fs::File::open(&tmp)?;
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                set_published_mode(&tmp)?;
-                std::fs::File::options().write(true).open(&tmp)?
-            } else {
-                let mut from = std::fs::File::open(src)?;
-                let mut to = std::fs::File::options().write(true).create_new(true).open(&tmp)?;
-                set_published_mode(&tmp)?;
-                loop {
-                    let n = from.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    to.write_all(&buf[..n])?;
-                }
-                to
-            };
-            out.sync_all()?;
-            Ok(hasher.finish())
-        })();
+        // Link when the source already has the published mode (nothing about it changes);
+        // copy when it has another mode, lives on another filesystem, or linking fails at all.
+        let stored = link_and_hash(src, &tmp).or_else(|_| {
+            let _ = std::fs::remove_file(&tmp);
+            copy_and_hash(src, &tmp)
+        });
         let (size, sha256) = match stored {
             Ok(x) => x,
             Err(e) => {
@@ -144,6 +158,8 @@ impl FsSink {
             let _ = std::fs::remove_file(&tmp);
             return Err(ExportError::io(&final_path, e));
         }
+        // Renaming a link onto a name of the same inode does nothing: clear the temp name then.
+        let _ = std::fs::remove_file(&tmp);
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
         Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
     }
@@ -226,8 +242,10 @@ impl Sink for FsSink {
         Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
     }
 
-    /// Links the file in when it is on the same filesystem (else copies it), hashes what was
-    /// stored, fsyncs it, renames it into place and fsyncs the directory.
+    /// Hard-links the file in when it is on the same filesystem and already mode 0644 (else
+    /// copies it), hashes what was stored, fsyncs it, renames it into place and fsyncs the
+    /// directory. A linked file shares its bytes with the source: do not modify the source
+    /// afterwards (staged artifacts never are).
     async fn put_file(&self, path: &ArtifactPath, file: &Path) -> Result<PutReceipt> {
         let this = self.clone();
         let p = path.clone();
@@ -321,18 +339,27 @@ mod tests {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let sink = FsSink::new(dir.path().join("out")).unwrap();
-        let staged = dir.path().join("staged.bin");
-        std::fs::write(&staged, b"staged bytes").unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
         sink.put_bytes(&ArtifactPath::parse("a/streamed").unwrap(), "x".into()).await.unwrap();
-        sink.put_file(&ArtifactPath::parse("a/linked").unwrap(), &staged).await.unwrap();
-        for name in ["streamed", "linked"] {
+        for (name, mode, linked) in [("linked", 0o644, true), ("copied", 0o600, false)] {
+            let staged = dir.path().join(format!("{name}.src"));
+            std::fs::write(&staged, b"staged bytes").unwrap();
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = sink.put_file(&ArtifactPath::parse(format!("a/{name}")).unwrap(), &staged).await.unwrap();
+            assert_eq!(r.sha256, Sha256Digest::of(b"staged bytes"));
+            let published = std::fs::metadata(dir.path().join("out/a").join(name)).unwrap();
+            let source = std::fs::metadata(&staged).unwrap();
+            // Same filesystem and mode: the staged inode itself; otherwise a copy, and the
+            // source keeps its mode either way.
+            assert_eq!(published.ino() == source.ino(), linked, "{name}");
+            assert_eq!(source.permissions().mode() & 0o777, mode, "{name}");
+        }
+        for name in ["streamed", "linked", "copied"] {
             let m = std::fs::metadata(dir.path().join("out/a").join(name)).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o644, "{name}");
         }
-        // Same filesystem: the published file is the staged inode, not a copy.
-        let linked = std::fs::metadata(dir.path().join("out/a/linked")).unwrap();
-        assert_eq!(linked.ino(), std::fs::metadata(&staged).unwrap().ino());
+        // Publishing a file onto the very name it is already linked at leaves no temp file.
+        let own = dir.path().join("out/a/linked");
+        sink.put_file(&ArtifactPath::parse("a/linked").unwrap(), &own).await.unwrap();
         assert_eq!(sink.remove_stale_temp_files().unwrap(), 0);
     }
 

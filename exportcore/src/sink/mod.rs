@@ -70,7 +70,8 @@ pub trait Sink: Debug + Send + Sync + 'static {
     async fn delete(&self, path: &ArtifactPath) -> Result<()>;
     /// Stores the local file `file` under `path`, with the guarantees of `put`. The default
     /// streams it through `put`; a sink that can do better (link, server-side upload)
-    /// overrides it. The file is not modified.
+    /// overrides it. The file is not modified, but a sink may keep sharing its bytes (a hard
+    /// link): the caller must not modify it afterwards.
     async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> {
         let f = tokio::fs::File::open(file).await.at(file)?;
         self.put(path, file_stream(f)).await
