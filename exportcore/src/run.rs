@@ -16,6 +16,7 @@ use crate::profile::{ArtifactSpec, CancelFlag, ExportContext, Profile, StagedArt
 use crate::sign::provenance::{self, ProvenanceInput, Resource};
 use crate::sign::{dsse, Signer};
 use crate::sink::Sink;
+use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -248,46 +249,95 @@ async fn stage_and_publish(
         let signed = dsse::sign(dsse::MANIFEST_PAYLOAD_TYPE, &manifest_bytes, &signers)?;
         ordered.push(stage_bytes(staging.path(), SIGNED_MANIFEST_FILE, ArtifactType::Signature, &signed.to_bytes())?);
     }
-    ordered.push(manifest);
-    let mut outputs = Vec::with_capacity(ordered.len());
-    for a in ordered {
-        options.cancel.check()?;
+    // Every artifact but the manifest is published up to PUBLISH_CONCURRENCY at a time (their
+    // fsyncs and the sink's hashing overlap), results taken in path order; the manifest last.
+    let mut targets = Vec::with_capacity(ordered.len() + 1);
+    for a in ordered.iter().chain(std::iter::once(&manifest)) {
         let target = match &options.prefix {
             Some(p) => p.join(a.spec.path.as_str())?,
             None => a.spec.path.clone(),
         };
-        published.push(target.clone());
-        let receipt = sink.put_file(&target, &a.local).await?;
-        if receipt.sha256 != a.sha256 || receipt.size != a.size {
-            return Err(ExportError::DistributionFailed {
-                target: sink.name().to_owned(),
-                source: format!(
-                    "{}: stored {} bytes sha256 {} but staged {} bytes sha256 {}",
-                    a.spec.path, receipt.size, receipt.sha256, a.size, a.sha256
-                )
-                .into(),
+        targets.push(target);
+    }
+    let manifest_target = targets.pop();
+    options.cancel.check()?;
+    let mut outputs = Vec::with_capacity(ordered.len() + 1);
+    let mut todo = ordered.into_iter().zip(targets);
+    let mut running = futures::stream::FuturesOrdered::new();
+    let mut failure = None;
+    loop {
+        // Start more only while nothing has failed; after a failure, wait for the puts
+        // already running, so none completes after the caller has cleaned up.
+        while failure.is_none() && running.len() < PUBLISH_CONCURRENCY {
+            let Some((a, target)) = todo.next() else { break };
+            published.push(target.clone());
+            running.push_back(async move {
+                let receipt = sink.put_file(&target, &a.local).await;
+                (a, receipt)
             });
         }
-        on_event(&RunEvent::ArtifactReady {
-            run_id: run_id.to_owned(),
-            url: receipt.url.clone(),
-            sha256: receipt.sha256,
-            kind: a.spec.kind,
-            path: a.spec.path.to_string(),
-            size: receipt.size,
-        });
-        outputs.push(Output {
-            kind: a.spec.kind,
-            format: a.spec.format,
-            url: receipt.url,
-            sha256: receipt.sha256,
-            expires_at: None,
-            path: a.spec.path.to_string(),
-            size: receipt.size,
-            media_type: a.spec.media_type,
-        });
+        let Some((a, receipt)) = running.next().await else { break };
+        if failure.is_some() {
+            continue;
+        }
+        match receipt.and_then(|r| published_output(sink, run_id, on_event, a, r)).and_then(|o| {
+            options.cancel.check()?;
+            Ok(o)
+        }) {
+            Ok(o) => outputs.push(o),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(target) = manifest_target {
+        published.push(target.clone());
+        let receipt = sink.put_file(&target, &manifest.local).await?;
+        outputs.push(published_output(sink, run_id, on_event, manifest, receipt)?);
     }
     Ok((outputs, warnings))
+}
+
+/// Artifacts published at once (the run manifest always goes alone, last).
+const PUBLISH_CONCURRENCY: usize = 4;
+
+/// Checks a sink's receipt against the staged artifact, announces it, and makes its output.
+fn published_output(
+    sink: &Arc<dyn Sink>,
+    run_id: &str,
+    on_event: &EventFn,
+    a: StagedArtifact,
+    receipt: crate::sink::PutReceipt,
+) -> Result<Output> {
+    if receipt.sha256 != a.sha256 || receipt.size != a.size {
+        return Err(ExportError::DistributionFailed {
+            target: sink.name().to_owned(),
+            source: format!(
+                "{}: stored {} bytes sha256 {} but staged {} bytes sha256 {}",
+                a.spec.path, receipt.size, receipt.sha256, a.size, a.sha256
+            )
+            .into(),
+        });
+    }
+    on_event(&RunEvent::ArtifactReady {
+        run_id: run_id.to_owned(),
+        url: receipt.url.clone(),
+        sha256: receipt.sha256,
+        kind: a.spec.kind,
+        path: a.spec.path.to_string(),
+        size: receipt.size,
+    });
+    Ok(Output {
+        kind: a.spec.kind,
+        format: a.spec.format,
+        url: receipt.url,
+        sha256: receipt.sha256,
+        expires_at: None,
+        path: a.spec.path.to_string(),
+        size: receipt.size,
+        media_type: a.spec.media_type,
+    })
 }
 
 /// Name of the DSSE envelope over `manifest.json` in a signed run.
