@@ -69,8 +69,7 @@ pub(crate) fn severity(osv: &Osv<'_>) -> (u8, Option<(String, f64)>) {
         if ty != "CVSS_V3" {
             return None;
         }
-        let base: cvss::v3::Base = score.parse().ok()?;
-        Some((score.to_owned(), base.score().value()))
+        Some((score.to_owned(), cvss3_score(score)?))
     });
     let named = osv.database_specific.get().and_then(|d| d.severity.as_str()).map(|s| s.to_ascii_uppercase());
     let level = match named.as_deref() {
@@ -87,6 +86,29 @@ pub(crate) fn severity(osv: &Osv<'_>) -> (u8, Option<(String, f64)>) {
         },
     };
     (level, cvss)
+}
+
+/// The CVSS v3 base score of a vector, `None` when it does not parse. Parsing a vector costs
+/// more than the rest of an advisory's mapping and vectors repeat across advisories, so each
+/// thread remembers the last few thousand it scored.
+fn cvss3_score(vector: &str) -> Option<f64> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static SCORES: RefCell<HashMap<String, Option<f64>>> = RefCell::new(HashMap::new());
+    }
+    SCORES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(score) = cache.get(vector) {
+            return *score;
+        }
+        let score = vector.parse::<cvss::v3::Base>().ok().map(|b| b.score().value());
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(vector.to_owned(), score);
+        score
+    })
 }
 
 const SEVERITY_NAMES: [&str; 5] = ["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"];
@@ -358,5 +380,11 @@ mod tests {
         assert_eq!(level, 4);
         assert_eq!(cvss.unwrap().1, 9.8);
         assert_eq!(severity(&json!({})).0, 0);
+        // Cached scores are the same scores; a bad vector stays unscored.
+        for _ in 0..2 {
+            assert_eq!(cvss3_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"), Some(9.8));
+            assert_eq!(cvss3_score("CVSS:3.1/AV:N/AC:H/PR:L/UI:R/S:U/C:L/I:N/A:N"), Some(2.6));
+            assert_eq!(cvss3_score("CVSS:3.1/nonsense"), None);
+        }
     }
 }

@@ -139,6 +139,9 @@ pub struct Record {
     pub timestamp: Option<Timestamp>,
 }
 
+/// Most bytes a batch buffer is allocated with before it is filled.
+const MAX_BATCH_PREALLOC: usize = 8 << 20;
+
 /// Largest single `.json` document or `.ndjson` line accepted (64 MiB).
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -341,7 +344,14 @@ impl<'a> Records<'a> {
             return Ok(None);
         }
         let kind = self.kind;
-        Ok(Some(std::mem::replace(&mut self.batch, RecordBatch { kind, buf: Vec::new(), entries: Vec::new() })))
+        // The next batch's buffer, sized up front: growing it by doubling costs copies and
+        // page faults on every batch.
+        let next = RecordBatch {
+            kind,
+            buf: Vec::with_capacity(max_bytes.min(MAX_BATCH_PREALLOC) + 64 * 1024),
+            entries: Vec::with_capacity(self.batch.entries.len()),
+        };
+        Ok(Some(std::mem::replace(&mut self.batch, next)))
     }
 }
 
