@@ -7,9 +7,12 @@
 //!   limits), [`Run`], [`RunStatus`], [`Progress`], [`Output`], [`RunEvent`].
 //! - [`Profile`]: the one trait a format adapter implements; [`Profiles`] registry.
 //! - [`Sink`]: where artifacts go; [`InMemorySink`] and [`FsSink`] (atomic) ship here.
-//! - [`EvidenceSource`]: where records come from; [`DirEvidence`] and [`MemoryEvidence`].
+//! - [`EvidenceSource`]: where records come from; [`DirEvidence`] and [`MemoryEvidence`];
+//!   [`Records`] streams schema-checked records, in batches for [`parallel::ordered_map`];
+//!   [`evidence::osv::Osv`] reads OSV advisories without `Value` trees.
 //! - [`manifest`]: the deterministic manifest builder (RFC 8785, [`canonical`]).
-//! - [`archive`]: the streaming deterministic tar / tar.gz / tar.zst writer.
+//! - [`archive`]: the streaming deterministic tar / tar.gz / tar.zst writer (gzip and zstd
+//!   compress on several threads; the bytes never depend on how many).
 //! - [`run::execute`]: runs one export end to end; [`verify`]: offline verification.
 //! - [`conformance`] (feature `conformance`): the checks every sink and profile runs.
 //! - [`ExportError`]: one error type with stable `ERR_EXPORT_*` codes.
@@ -44,7 +47,9 @@
 //! ```
 //!
 //! ## Features
-//! - `gzip` (default): tar.gz archives via `flate2`.
+//! - `gzip` (default): tar.gz archives via `flate2` (zlib-rs), deflated in parallel blocks by
+//!   our own writer (`pgzip`, the pigz scheme: no maintained crate gives thread-count-independent
+//!   output).
 //! - `zstd` (default): tar.zst archives via `zstd` (C library, multithreaded).
 //! - `conformance`: the public conformance suite.
 #![cfg_attr(docsrs, feature(doc_cfg))]
