@@ -503,4 +503,95 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         assert_eq!(Osv::deserialize(&v).unwrap().id.as_str(), Some("B"));
     }
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// A field that is absent, null, of the wrong type, or one of the given good values.
+    fn field(good: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+        let goods = proptest::sample::select(good);
+        prop_oneof![
+            2 => goods.prop_map(Some),
+            1 => Just(None),
+            1 => Just(Some(Value::Null)),
+            1 => prop_oneof![Just(json!(7)), Just(json!(true)), Just(json!({"x": 1})), Just(json!(["x"]))].prop_map(Some),
+        ]
+    }
+
+    fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
+        Value::Object(fields.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).collect())
+    }
+
+    fn event() -> impl Strategy<Value = Value> {
+        let v = || field(vec![json!("0"), json!("1.2.3"), json!(""), json!(" ")]);
+        (v(), v(), v(), v(), any::<bool>()).prop_map(|(i, f, l, m, extra)| {
+            let mut e = object(vec![("introduced", i), ("fixed", f), ("last_affected", l), ("limit", m)]);
+            if extra {
+                e["note"] = json!("ignored");
+            }
+            e
+        })
+    }
+
+    fn osv_doc() -> impl Strategy<Value = Value> {
+        let range = (
+            field(vec![json!("ECOSYSTEM"), json!("SEMVER"), json!("GIT"), json!("OTHER")]),
+            prop_oneof![
+                prop::collection::vec(event(), 0..3).prop_map(|e| Some(Value::Array(e))),
+                field(vec![json!([])])
+            ],
+        )
+            .prop_map(|(t, events)| object(vec![("type", t), ("events", events)]));
+        let package = (field(vec![json!("npm"), json!(""), json!("PyPI")]), field(vec![json!("a"), json!(" ")]))
+            .prop_map(|(e, n)| object(vec![("ecosystem", e), ("name", n)]));
+        let affected = (
+            prop_oneof![package.prop_map(Some), field(vec![json!({})])],
+            prop_oneof![prop::collection::vec(range, 0..3).prop_map(|r| Some(Value::Array(r))), field(vec![json!([])])],
+            field(vec![json!(["1.0", "2.0"]), json!(["1.0", 3]), json!([])]),
+        )
+            .prop_map(|(p, r, v)| object(vec![("package", p), ("ranges", r), ("versions", v)]));
+        let severity = (field(vec![json!("CVSS_V3"), json!("")]), field(vec![json!("CVSS:3.1/AV:N"), json!("")]))
+            .prop_map(|(t, sc)| object(vec![("type", t), ("score", sc)]));
+        let time = || field(vec![json!("2024-01-01T00:00:00Z"), json!("2024-13-01"), json!("")]);
+        (
+            field(vec![json!("GHSA-1"), json!(""), json!("  ")]),
+            time(),
+            time(),
+            time(),
+            field(vec![json!(["CVE-1"]), json!(["CVE-1", 2]), json!([])]),
+            prop_oneof![
+                prop::collection::vec(affected, 0..3).prop_map(|a| Some(Value::Array(a))),
+                field(vec![json!([])])
+            ],
+            prop_oneof![
+                prop::collection::vec(severity, 0..2).prop_map(|s| Some(Value::Array(s))),
+                field(vec![json!([])])
+            ],
+            field(vec![json!("text"), json!({"deep": [1, {"x": null}]})]),
+        )
+            .prop_map(|(id, m, p, w, aliases, affected, severity, other)| {
+                object(vec![
+                    ("id", id),
+                    ("modified", m),
+                    ("published", p),
+                    ("withdrawn", w),
+                    ("aliases", aliases),
+                    ("affected", affected),
+                    ("severity", severity),
+                    ("database_specific", other),
+                ])
+            })
+    }
+
+    proptest! {
+        /// The view parsed straight from bytes and the view of a parsed `Value` reach the same
+        /// verdict, with the same message, on well- and ill-shaped advisories alike.
+        #[test]
+        fn bytes_and_value_paths_judge_alike(doc in osv_doc()) {
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            let direct = Osv::from_json(&bytes).unwrap().check();
+            let via_value = crate::evidence::schema::check_osv(&doc);
+            prop_assert_eq!(direct, via_value);
+        }
+    }
 }
