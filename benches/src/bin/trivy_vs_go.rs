@@ -12,8 +12,8 @@
 //! 5. scans `tests/fixtures/trivy/rootfs` with the real Trivy using each DB and checks the
 //!    findings are identical.
 //!
-//! Prints both times, the ratio, both file sizes and our peak RSS. `--ours-only` stops after
-//! step 2. Environment: `BENCH_GZIP_LEVEL=N` builds `db.tar.gz` at gzip level N (the request's
+//! Prints both times (medians of `--repeat N` runs each, default 3), the ratio, both file
+//! sizes and our peak RSS. `--ours-only` stops after step 2. Environment: `BENCH_GZIP_LEVEL=N` builds `db.tar.gz` at gzip level N (the request's
 //! `compressionLevel`); `BENCH_PHASES=1` prints when each phase of our build starts.
 
 use bbolt_rs::{BucketApi, DbApi, TxApi};
@@ -90,6 +90,12 @@ fn dump(db: &Path, out: &Path) -> u64 {
     n
 }
 
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn trivy_findings(trivy: &Path, db_dir: &Path, tmp: &Path, tag: &str) -> String {
     let cache = tmp.join(format!("cache-{tag}"));
     std::fs::create_dir_all(cache.join("db")).expect("cache");
@@ -141,16 +147,31 @@ fn main() -> ExitCode {
         .status();
     assert!(st.is_ok_and(|s| s.success()), "copy samples");
 
+    // Each side runs `--repeat` times (default 3); times are medians, RSS the largest peak.
+    let repeat: usize =
+        args.windows(2).find(|w| w[0] == "--repeat").and_then(|w| w[1].parse().ok()).unwrap_or(3).max(1);
     let out = tmp.path().join("ours");
-    let o =
-        Command::new(std::env::current_exe().expect("exe")).arg("--child").arg(&ev).arg(&out).output().expect("child");
-    if !o.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&o.stderr));
-        return ExitCode::from(1);
+    let mut ours_runs = Vec::new();
+    for _ in 0..repeat {
+        let _ = std::fs::remove_dir_all(&out);
+        let o = Command::new(std::env::current_exe().expect("exe"))
+            .arg("--child")
+            .arg(&ev)
+            .arg(&out)
+            .output()
+            .expect("child");
+        if !o.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+            return ExitCode::from(1);
+        }
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        ours_runs.push((f[0], f[1], f[2]));
     }
-    let line = String::from_utf8_lossy(&o.stdout).into_owned();
-    let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let (ours_s, rss_kib, anon_kib) = (f[0], f[1], f[2]);
+    let ours_times: Vec<f64> = ours_runs.iter().map(|r| r.0).collect();
+    let ours_s = median(&ours_times);
+    let rss_kib = ours_runs.iter().map(|r| r.1).fold(0.0, f64::max);
+    let anon_kib = ours_runs.iter().map(|r| r.2).fold(0.0, f64::max);
     let our_db = out.join("db/trivy.db");
     let our_size = std::fs::metadata(&our_db).expect("db").len();
 
@@ -175,15 +196,21 @@ fn main() -> ExitCode {
     let go_db_dir = tmp.path().join("go-db");
     std::fs::create_dir_all(&go_db_dir).expect("dir");
     let go_db = go_db_dir.join("trivy.db");
-    let start = Instant::now();
-    let o = Command::new(&go_bin).args(["-batch", "20000"]).arg(&kv).arg(&go_db).output().expect("go writer");
-    let go_wall = start.elapsed().as_secs_f64();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let go_s: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(go_wall);
+    let mut go_times = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        let o = Command::new(&go_bin).args(["-batch", "20000", "-f"]).arg(&kv).arg(&go_db).output().expect("go writer");
+        let go_wall = start.elapsed().as_secs_f64();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        go_times.push(String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(go_wall));
+    }
+    let go_s = median(&go_times);
     let go_size = std::fs::metadata(&go_db).expect("go db").len();
     std::fs::copy(out.join("db/metadata.json"), go_db_dir.join("metadata.json")).expect("metadata");
 
-    println!("advisories: {n} generated + samples; {entries} DB entries");
+    println!("advisories: {n} generated + samples; {entries} DB entries; median of {repeat} runs each");
+    println!("  ours: {}", ours_times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(" "));
+    println!("  Go:   {}", go_times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(" "));
     println!("{:>28} {:>10} {:>14} {:>14} {:>14}", "", "seconds", "trivy.db bytes", "peak RSS MiB", "peak anon MiB");
     println!(
         "{:>28} {:>10.2} {:>14} {:>14.1} {:>14.1}",
