@@ -11,8 +11,8 @@
 //! ```text
 //! cargo run --release -p exportcore-benches --bin bundle-vs-tar -- [--sizes 100M,1G] [--dir DIR]
 //! ```
-//! For each size it prints both wall-clock times, the ratio (ours / reference) and the peak
-//! RSS of our build, measured in a child process (VmHWM) so sizes do not contaminate each
+//! For each size it prints both wall-clock times (medians of `--repeat N` alternating runs,
+//! default 3), the ratio (ours / reference) and the peak RSS of our build, measured in a child process (VmHWM) so sizes do not contaminate each
 //! other.
 
 use exportcore::archive::{ArchiveWriter, FileMode};
@@ -123,6 +123,12 @@ fn child(mode: &str, evidence: &Path, out: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn reference(evidence: &Path) -> f64 {
     let start = Instant::now();
     let status = Command::new("sh")
@@ -142,17 +148,19 @@ fn main() -> ExitCode {
     }
     let mut sizes = vec![100 << 20, 1 << 30];
     let mut base: Option<PathBuf> = None;
+    let mut repeat = 3usize;
     let mut i = 1;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
             ("--sizes", Some(v)) => sizes = v.split(',').filter_map(parse_size).collect(),
             ("--dir", Some(v)) => base = Some(PathBuf::from(v)),
+            ("--repeat", Some(v)) if v.parse::<usize>().is_ok_and(|n| n >= 1) => repeat = v.parse().unwrap_or(3),
             ("--bench", _) => {
                 i += 1;
                 continue;
             }
             _ => {
-                eprintln!("usage: bundle-vs-tar [--sizes 100M,1G] [--dir DIR]");
+                eprintln!("usage: bundle-vs-tar [--sizes 100M,1G] [--dir DIR] [--repeat N]");
                 return ExitCode::from(2);
             }
         }
@@ -169,17 +177,26 @@ fn main() -> ExitCode {
         // Warm the page cache for both contenders alike.
         reference(&ev);
         for mode in ["bundle", "json:raw"] {
+            // Ours and the reference alternate `repeat` times; times are medians, RSS the
+            // largest peak (the machine's speed drifts; both sides drift together).
+            let (mut ours_t, mut ref_t, mut rss_kib, mut bundle) = (Vec::new(), Vec::new(), 0f64, 0f64);
             let out = tmp.path().join(format!("out-{size}"));
-            let exe = std::env::current_exe().expect("exe");
-            let o = Command::new(exe).arg("--child").arg(mode).arg(&ev).arg(&out).output().expect("child");
-            if !o.status.success() {
-                eprintln!("{}", String::from_utf8_lossy(&o.stderr));
-                return ExitCode::from(1);
+            for _ in 0..repeat {
+                let _ = std::fs::remove_dir_all(&out);
+                let exe = std::env::current_exe().expect("exe");
+                let o = Command::new(exe).arg("--child").arg(mode).arg(&ev).arg(&out).output().expect("child");
+                if !o.status.success() {
+                    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+                    return ExitCode::from(1);
+                }
+                let line = String::from_utf8_lossy(&o.stdout);
+                let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                ours_t.push(f[0]);
+                rss_kib = rss_kib.max(f[1]);
+                bundle = f[2];
+                ref_t.push(reference(&ev));
             }
-            let line = String::from_utf8_lossy(&o.stdout);
-            let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            let (ours, rss_kib, bundle) = (f[0], f[1], f[2]);
-            let reference_s = reference(&ev);
+            let (ours, reference_s) = (median(&ours_t), median(&ref_t));
             println!(
                 "{:>7}M {:>9} {:>10.2} {:>10.2} {:>7.2} {:>12.1} {:>12.1}",
                 summary.bytes >> 20,
