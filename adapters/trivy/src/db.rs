@@ -1,39 +1,37 @@
 //! Collecting the buckets of a Trivy DB in bounded memory, then writing the BoltDB file.
 //!
-//! Values are spooled to a scratch file as advisories stream in. Their index entries (bucket,
-//! package, key → offset, length, merge rank) are sorted in runs of [`RUN_ENTRIES`] and spilled
-//! to scratch files; writing merges the runs (an external merge sort), so memory is bounded by
-//! one run, one transaction's values and the merge heads, whatever the number of advisories.
-//! The merge yields entries in BoltDB order, which [`crate::bolt::BoltWriter`] turns into the
-//! file page by page.
+//! Entries (bucket, package, key, `modified`, value) are gathered in runs of [`RUN_ENTRIES`];
+//! each full run is sorted on a background thread and spilled, values included, to a scratch
+//! file. Writing merges the runs (an external merge sort) reading each one sequentially, so
+//! memory is bounded by two runs and the merge heads, whatever the number of advisories, and no
+//! value is ever looked up at random. The merge yields entries in BoltDB order, which
+//! [`crate::bolt::BoltWriter`] turns into the file page by page.
 
 use exportcore::{ExportError, Result, Sha256Digest, Timestamp};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-/// Index entries sorted in memory before a run is spilled.
-pub(crate) const RUN_ENTRIES: usize = 100_000;
+/// Entries gathered in memory before a run is sorted and spilled (about 20 MB with values).
+pub(crate) const RUN_ENTRIES: usize = 40_000;
 
 /// The name of the flat bucket holding vulnerability details.
 pub(crate) const VULNERABILITY_BUCKET: &str = "vulnerability";
 /// The name of the flat bucket holding one data source per advisory bucket.
 pub(crate) const DATA_SOURCE_BUCKET: &str = "data-source";
 
-/// One index entry. `path` is `bucket NUL package NUL key` (package empty for the flat
-/// buckets), so byte order of `path` is BoltDB order of (bucket, package, key); duplicates of
-/// a path sort by `modified`, and the merge keeps the later one, or of two with the same
-/// `modified` the one whose value has the larger SHA-256 (computed only for such ties).
+/// One entry. `path` is `bucket NUL package NUL key` (package empty for the flat buckets), so
+/// byte order of `path` is BoltDB order of (bucket, package, key); duplicates of a path sort by
+/// `modified`, and the merge keeps the later one, or of two with the same `modified` the one
+/// whose value has the larger SHA-256 (computed only for such ties).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     path: Box<[u8]>,
     modified_ms: i64,
-    offset: u64,
-    len: u32,
+    value: Box<[u8]>,
 }
 
 impl Entry {
@@ -49,8 +47,8 @@ impl Entry {
         w.write_all(&(self.path.len() as u32).to_le_bytes())?;
         w.write_all(&self.path)?;
         w.write_all(&self.modified_ms.to_le_bytes())?;
-        w.write_all(&self.offset.to_le_bytes())?;
-        w.write_all(&self.len.to_le_bytes())
+        w.write_all(&(self.value.len() as u32).to_le_bytes())?;
+        w.write_all(&self.value)
     }
 
     fn read(r: &mut impl Read) -> std::io::Result<Option<Entry>> {
@@ -65,10 +63,14 @@ impl Entry {
         let mut b8 = [0u8; 8];
         r.read_exact(&mut b8)?;
         let modified_ms = i64::from_le_bytes(b8);
-        r.read_exact(&mut b8)?;
-        let offset = u64::from_le_bytes(b8);
         r.read_exact(&mut b4)?;
-        Ok(Some(Entry { path: path.into(), modified_ms, offset, len: u32::from_le_bytes(b4) }))
+        let mut value = vec![0u8; u32::from_le_bytes(b4) as usize];
+        r.read_exact(&mut value)?;
+        Ok(Some(Entry { path: path.into(), modified_ms, value: value.into() }))
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        *Sha256Digest::of(&self.value).as_bytes()
     }
 }
 
@@ -79,16 +81,14 @@ pub(crate) struct Written {
     pub(crate) vulnerabilities: u64,
 }
 
-/// Spooled values and spilled index runs of one DB build.
+/// The runs of one DB build: the one being gathered and those spilled.
 pub(crate) struct Collector {
-    dir: PathBuf,
-    spool: BufWriter<File>,
-    spool_path: PathBuf,
-    written: u64,
+    /// Spilled runs are `{prefix}-run-{n}`.
+    prefix: PathBuf,
     run: Vec<Entry>,
     runs: Vec<PathBuf>,
-    /// The run being sorted and spilled on a background thread.
-    spilling: Option<JoinHandle<Result<()>>>,
+    /// The thread that sorts and spills full runs, one at a time (started with the first).
+    spiller: Option<Spiller>,
     pushed_nested: u64,
     /// Buckets that already have their `data-source` entry.
     sources: BTreeSet<String>,
@@ -118,67 +118,79 @@ fn sort_and_write(mut run: Vec<Entry>, path: &Path) -> Result<()> {
 }
 
 impl Collector {
-    /// Spools values to `spool_path` (`file`); spills runs next to it.
-    pub(crate) fn new(spool_path: PathBuf, file: File) -> Self {
-        let dir = spool_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    /// Spills runs to files named after `prefix` (a scratch path of the run's staging area).
+    pub(crate) fn new(prefix: PathBuf) -> Self {
         Self {
-            dir,
-            spool: BufWriter::with_capacity(1 << 20, file),
-            spool_path,
-            written: 0,
+            prefix,
             run: Vec::with_capacity(RUN_ENTRIES),
             runs: Vec::new(),
-            spilling: None,
+            spiller: None,
             pushed_nested: 0,
             sources: BTreeSet::new(),
         }
     }
 
-    fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: &[u8], modified: Timestamp) -> Result<()> {
+    fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: Vec<u8>, modified: Timestamp) -> Result<()> {
         if bucket.contains('\0') || pkg.contains('\0') {
             return Err(ExportError::Internal {
                 implementer: "trivy",
                 message: format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}"),
             });
         }
-        let offset = self.written;
-        self.spool.write_all(value).map_err(io(&self.spool_path))?;
-        self.written += value.len() as u64;
         let mut path = Vec::with_capacity(bucket.len() + pkg.len() + key.len() + 2);
         path.extend_from_slice(bucket.as_bytes());
         path.push(0);
         path.extend_from_slice(pkg.as_bytes());
         path.push(0);
         path.extend_from_slice(key.as_bytes());
-        self.run.push(Entry { path: path.into(), modified_ms: millis(modified), offset, len: value.len() as u32 });
+        self.run.push(Entry { path: path.into(), modified_ms: millis(modified), value: value.into() });
         if self.run.len() >= RUN_ENTRIES {
             self.spill()?;
         }
         Ok(())
     }
 
-    /// Hands the buffered run to a background thread that sorts and writes it (waiting for
-    /// the previous one first, so at most two runs are in memory).
+    /// Hands the gathered run to the spiller thread, which sorts and writes it. The hand-over
+    /// waits until the spiller has finished the previous run, so at most two runs are in memory.
+    /// One long-lived thread, not one per run: an allocator keeps per-thread state, and a
+    /// thread per run made peak memory grow with the number of runs.
     fn spill(&mut self) -> Result<()> {
-        self.join_spill()?;
         let run = std::mem::replace(&mut self.run, Vec::with_capacity(RUN_ENTRIES));
-        let path = self.dir.join(format!("trivy-index-run-{}", self.runs.len()));
+        let mut name = self.prefix.as_os_str().to_owned();
+        name.push(format!("-run-{}", self.runs.len()));
+        let path = PathBuf::from(name);
         self.runs.push(path.clone());
-        self.spilling = Some(std::thread::spawn(move || sort_and_write(run, &path)));
+        let spiller = self.spiller.get_or_insert_with(Spiller::start);
+        if spiller.tx.send((run, path)).is_err() {
+            // The spiller stopped on an error: report it.
+            return self.join_spill();
+        }
         Ok(())
     }
 
+    /// Waits for every handed-over run to be on disk.
     fn join_spill(&mut self) -> Result<()> {
-        match self.spilling.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| ExportError::Internal { implementer: "trivy", message: "index sort panicked".into() })?,
+        match self.spiller.take() {
+            Some(Spiller { tx, thread }) => {
+                drop(tx);
+                thread.join().map_err(|_| ExportError::Internal {
+                    implementer: "trivy",
+                    message: "index sort panicked".into(),
+                })?
+            }
             None => Ok(()),
         }
     }
 
     /// Adds an advisory (nested bucket entry).
-    pub(crate) fn nested(&mut self, root: &str, pkg: &str, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
+    pub(crate) fn nested(
+        &mut self,
+        root: &str,
+        pkg: &str,
+        id: &str,
+        value: Vec<u8>,
+        modified: Timestamp,
+    ) -> Result<()> {
         if pkg.is_empty() {
             return Err(ExportError::Internal { implementer: "trivy", message: format!("{id}: empty package name") });
         }
@@ -187,7 +199,7 @@ impl Collector {
     }
 
     /// Adds a `vulnerability` bucket entry.
-    pub(crate) fn vulnerability(&mut self, id: &str, value: &[u8], modified: Timestamp) -> Result<()> {
+    pub(crate) fn vulnerability(&mut self, id: &str, value: Vec<u8>, modified: Timestamp) -> Result<()> {
         self.push(VULNERABILITY_BUCKET, "", id, value, modified)
     }
 
@@ -198,7 +210,7 @@ impl Collector {
         }
         self.sources.insert(bucket.to_owned());
         let epoch = Timestamp::from_unix(0)?;
-        self.push(DATA_SOURCE_BUCKET, "", bucket, &value(), epoch)
+        self.push(DATA_SOURCE_BUCKET, "", bucket, value(), epoch)
     }
 
     /// True when no advisory entry was added.
@@ -213,29 +225,24 @@ impl Collector {
         mut put: impl FnMut(&[&[u8]], &[u8], &[u8]) -> Result<()>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Written> {
-        self.spool.flush().map_err(io(&self.spool_path))?;
         if !self.run.is_empty() {
             self.spill()?;
         }
         self.join_spill()?;
         let total = self.pushed_nested;
-        let spool = File::open(&self.spool_path).map_err(io(&self.spool_path))?;
-        let mut merge = Merge::open(&self.runs, &spool, &self.spool_path)?;
+        let mut merge = Merge::open(&self.runs)?;
         let mut written = Written::default();
-        let mut value = Vec::new();
         let mut done = 0u64;
         while let Some(e) = merge.next_unique()? {
-            value.resize(e.len as usize, 0);
-            spool.read_exact_at(&mut value, e.offset).map_err(io(&self.spool_path))?;
             let (bucket, pkg, key) = e.split();
             if pkg.is_empty() {
                 if bucket == VULNERABILITY_BUCKET.as_bytes() {
                     written.vulnerabilities += 1;
                 }
-                put(&[bucket], key, &value)?;
+                put(&[bucket], key, &e.value)?;
             } else {
                 written.advisory_entries += 1;
-                put(&[bucket, pkg], key, &value)?;
+                put(&[bucket, pkg], key, &e.value)?;
             }
             done += 1;
             if done.is_multiple_of(20_000) {
@@ -250,7 +257,7 @@ impl Collector {
     }
 
     /// Writes the BoltDB file at `out` (which must not exist); `progress(done, total)` counts
-    /// index entries merged.
+    /// entries merged.
     /// With `tee`, the file's bytes also stream there as they are written (see
     /// [`crate::bolt::BoltWriter::create_with_tee`]).
     pub(crate) fn write_bolt(
@@ -271,21 +278,38 @@ impl Collector {
     }
 }
 
+/// The spilling thread and the rendezvous channel runs are handed over on.
+struct Spiller {
+    tx: std::sync::mpsc::SyncSender<(Vec<Entry>, PathBuf)>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl Spiller {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Entry>, PathBuf)>(0);
+        let thread = std::thread::spawn(move || {
+            for (run, path) in rx {
+                sort_and_write(run, &path)?;
+            }
+            Ok(())
+        });
+        Self { tx, thread }
+    }
+}
+
 /// K-way merge of sorted runs, keeping the winning entry of each key.
-struct Merge<'s> {
+struct Merge {
     readers: Vec<(PathBuf, BufReader<File>)>,
     heap: BinaryHeap<Reverse<(Entry, usize)>>,
     pending: Option<Entry>,
-    spool: &'s File,
-    spool_path: &'s Path,
 }
 
-impl<'s> Merge<'s> {
-    fn open(runs: &[PathBuf], spool: &'s File, spool_path: &'s Path) -> Result<Self> {
-        let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None, spool, spool_path };
+impl Merge {
+    fn open(runs: &[PathBuf]) -> Result<Self> {
+        let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None };
         for (i, path) in runs.iter().enumerate() {
             let f = File::open(path).map_err(io(path))?;
-            m.readers.push((path.clone(), BufReader::with_capacity(256 * 1024, f)));
+            m.readers.push((path.clone(), BufReader::with_capacity(64 * 1024, f)));
             m.refill(i)?;
         }
         Ok(m)
@@ -318,7 +342,7 @@ impl<'s> Merge<'s> {
             if e.path == current.path {
                 // Sorted by `modified` within a key: a later one wins; a tie goes to the larger
                 // value digest, so the winner does not depend on input order.
-                if e.modified_ms > current.modified_ms || self.digest(&e)? > self.digest(&current)? {
+                if e.modified_ms > current.modified_ms || e.digest() > current.digest() {
                     current = e;
                 }
             } else {
@@ -327,12 +351,6 @@ impl<'s> Merge<'s> {
             }
         }
         Ok(Some(current))
-    }
-
-    fn digest(&self, e: &Entry) -> Result<[u8; 32]> {
-        let mut value = vec![0u8; e.len as usize];
-        self.spool.read_exact_at(&mut value, e.offset).map_err(io(self.spool_path))?;
-        Ok(*Sha256Digest::of(&value).as_bytes())
     }
 }
 
@@ -344,15 +362,14 @@ mod tests {
         Timestamp::from_unix(s).unwrap()
     }
 
-    fn v(s: &str) -> &[u8] {
-        s.as_bytes()
+    fn v(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
     }
 
     #[test]
     fn external_merge_keeps_the_winner_of_each_key_across_runs_in_bolt_order() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        let mut c = Collector::new(spool.clone(), File::create(&spool).unwrap());
+        let mut c = Collector::new(dir.path().join("scratch"));
         // More entries than two runs, with duplicates spread over runs.
         let n = 2 * RUN_ENTRIES + RUN_ENTRIES / 2;
         for i in 0..n {
@@ -396,8 +413,7 @@ mod tests {
     fn same_modified_time_breaks_ties_by_digest_whatever_the_order() {
         let run = |first: &str, second: &str| {
             let dir = tempfile::tempdir().unwrap();
-            let spool = dir.path().join("spool");
-            let mut c = Collector::new(spool.clone(), File::create(&spool).unwrap());
+            let mut c = Collector::new(dir.path().join("scratch"));
             c.nested("b", "p", "k", v(first), ts(5)).unwrap();
             c.nested("b", "p", "k", v(second), ts(5)).unwrap();
             let mut out = Vec::new();

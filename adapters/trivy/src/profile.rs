@@ -228,8 +228,9 @@ impl Profile for TrivyDb {
     }
 
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
-        let (spool_path, spool) = ctx.scratch_file()?;
-        let mut collector = Collector::new(spool_path, spool);
+        let (runs_prefix, file) = ctx.scratch_file()?;
+        drop(file);
+        let mut collector = Collector::new(runs_prefix);
         let mut report = DbReport { schema_version: 2, ..Default::default() };
         let mut newest: Option<Timestamp> = None;
         let mut records = Records::new(ctx.evidence(), EvidenceKind::Advisory)?;
@@ -256,14 +257,14 @@ impl Profile for TrivyDb {
                 newest = newest.max(mapped.newest);
                 for m in mapped.advisories {
                     for (root, pkg, value, eco) in m.entries {
-                        collector.nested(&root, &pkg, &m.id, &value, m.modified)?;
+                        collector.nested(&root, &pkg, &m.id, value, m.modified)?;
                         collector.data_source(&root, || {
                             serde_json::to_vec(&json!({"ID": "osv", "Name": format!("OSV {eco}")})).unwrap_or_default()
                         })?;
                         buckets.insert(root);
                     }
                     if let Some(v) = m.vulnerability {
-                        collector.vulnerability(&m.id, &v, m.modified)?;
+                        collector.vulnerability(&m.id, v, m.modified)?;
                     }
                 }
                 done_bytes += mapped.raw_bytes;
