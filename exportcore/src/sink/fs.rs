@@ -22,9 +22,13 @@ fn link_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)>
     }
     std::fs::hard_link(src, tmp)?;
     let f = std::fs::File::open(tmp)?;
-    let stored = hash_file(&f)?;
-    f.sync_all()?;
-    Ok(stored)
+    // The flush to disk (I/O) and the hash (CPU) of the same bytes overlap.
+    std::thread::scope(|s| {
+        let synced = s.spawn(|| f.sync_all());
+        let stored = hash_file(&f);
+        synced.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))?;
+        stored
+    })
 }
 
 /// Copies `src` to a new `tmp` (mode 0644), hashing the bytes as they pass, and fsyncs it.
