@@ -321,16 +321,26 @@ impl Profile for TrivyDb {
         })?;
         report.advisory_entries = written.advisory_entries;
         report.vulnerabilities = written.vulnerabilities;
+        // The DB is hashed on another thread while the archive is completed.
+        let hashing = {
+            let path = db_path.clone();
+            std::thread::spawn(move || std::fs::File::open(&path).and_then(exportcore::hashing::hash_reader))
+        };
         let mut meta_pages = vec![0u8; 2 * 4096];
         std::fs::File::open(&db_path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut meta_pages))
             .map_err(|e| ExportError::io(&db_path, e))?;
         let spec = ArtifactSpec::new("db.tar.gz", ArtifactType::Database, "tar+gzip", "application/gzip")?;
-        let (tgz, ()) = ctx.write_artifact(spec, |w| tgz.finish(&meta_pages, w))?;
+        let finished = ctx.write_artifact(spec, |w| tgz.finish(&meta_pages, w));
+        let digest = hashing
+            .join()
+            .map_err(|_| ExportError::Internal { implementer: "trivy", message: "hashing trivy.db panicked".into() })?
+            .map_err(|e| ExportError::io(&db_path, e))?;
+        let (tgz, ()) = finished?;
         let _ = std::fs::remove_file(&spill_path);
         stage_bytes(ctx, "db/metadata.json", "application/json", ArtifactType::Metadata, &meta)?;
         let spec = ArtifactSpec::new("db/trivy.db", ArtifactType::Database, "db", "application/vnd.aquasec.trivy.db")?;
-        ctx.adopt_file(spec, &db_path)?;
+        ctx.adopt_file_with_digest(spec, &db_path, digest.0, digest.1)?;
         package::oci_layout(ctx, "oci", &tgz, DB_LAYER_MEDIA_TYPE, "db.tar.gz", "2", anchor.created_at)?;
         report_artifact(ctx, &report)?;
         ctx.progress(Progress { percent: 100, items_completed: read, items_total: read });
