@@ -225,12 +225,13 @@ impl Collector {
         mut put: impl FnMut(&[&[u8]], &[u8], &[u8]) -> Result<()>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Written> {
-        if !self.run.is_empty() {
-            self.spill()?;
-        }
+        // The last run is sorted here, while the spiller finishes the one before, and merged
+        // from memory: it is never written out.
+        let mut last = std::mem::take(&mut self.run);
+        last.sort_unstable();
         self.join_spill()?;
         let total = self.pushed_nested;
-        let mut merge = Merge::open(&self.runs)?;
+        let mut merge = Merge::open(&self.runs, last)?;
         let mut written = Written::default();
         let mut done = 0u64;
         while let Some(e) = merge.next_unique()? {
@@ -299,25 +300,33 @@ impl Spiller {
 
 /// K-way merge of sorted runs, keeping the winning entry of each key.
 struct Merge {
+    /// Spilled runs, read sequentially.
     readers: Vec<(PathBuf, BufReader<File>)>,
+    /// The last run, sorted in memory (source index `readers.len()`).
+    last: std::vec::IntoIter<Entry>,
     heap: BinaryHeap<Reverse<(Entry, usize)>>,
     pending: Option<Entry>,
 }
 
 impl Merge {
-    fn open(runs: &[PathBuf]) -> Result<Self> {
-        let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new(), pending: None };
-        for (i, path) in runs.iter().enumerate() {
+    fn open(runs: &[PathBuf], last: Vec<Entry>) -> Result<Self> {
+        let mut m = Merge { readers: Vec::new(), last: last.into_iter(), heap: BinaryHeap::new(), pending: None };
+        for path in runs {
             let f = File::open(path).map_err(io(path))?;
             m.readers.push((path.clone(), BufReader::with_capacity(64 * 1024, f)));
+        }
+        for i in 0..=runs.len() {
             m.refill(i)?;
         }
         Ok(m)
     }
 
     fn refill(&mut self, i: usize) -> Result<()> {
-        let (path, r) = &mut self.readers[i];
-        if let Some(e) = Entry::read(r).map_err(io(path))? {
+        let next = match self.readers.get_mut(i) {
+            Some((path, r)) => Entry::read(r).map_err(io(path))?,
+            None => self.last.next(),
+        };
+        if let Some(e) = next {
             self.heap.push(Reverse((e, i)));
         }
         Ok(())
