@@ -73,3 +73,10 @@ pub fn phase_printer(start: std::time::Instant) -> exportcore::run::EventFn {
         eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
     })
 }
+
+/// The median of `xs` (the upper one of an even count); `xs` must not be empty.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

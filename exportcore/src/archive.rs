@@ -337,16 +337,6 @@ impl StreamedTarGz {
         Ok(Self { gz, mtime: options.mtime, path, mode, header_at, len: 0 })
     }
 
-    /// Bytes of the large file written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True when nothing of the large file was written yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Ends the archive, with `head` replacing the large file's first `head.len()` bytes
     /// (which must lie in the stream's first 1 MiB − 32 KiB), and writes the whole `.tar.gz`
     /// into `out`.

@@ -123,12 +123,6 @@ fn child(mode: &str, evidence: &Path, out: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn reference(evidence: &Path) -> f64 {
     let start = Instant::now();
     let status = Command::new("sh")
@@ -196,7 +190,7 @@ fn main() -> ExitCode {
                 bundle = f[2];
                 ref_t.push(reference(&ev));
             }
-            let (ours, reference_s) = (median(&ours_t), median(&ref_t));
+            let (ours, reference_s) = (exportcore_benches::median(&ours_t), exportcore_benches::median(&ref_t));
             println!(
                 "{:>7}M {:>9} {:>10.2} {:>10.2} {:>7.2} {:>12.1} {:>12.1}",
                 summary.bytes >> 20,

@@ -90,12 +90,6 @@ fn dump(db: &Path, out: &Path) -> u64 {
     n
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn trivy_findings(trivy: &Path, db_dir: &Path, tmp: &Path, tag: &str) -> String {
     let cache = tmp.join(format!("cache-{tag}"));
     std::fs::create_dir_all(cache.join("db")).expect("cache");
@@ -169,7 +163,7 @@ fn main() -> ExitCode {
         ours_runs.push((f[0], f[1], f[2]));
     }
     let ours_times: Vec<f64> = ours_runs.iter().map(|r| r.0).collect();
-    let ours_s = median(&ours_times);
+    let ours_s = exportcore_benches::median(&ours_times);
     let rss_kib = ours_runs.iter().map(|r| r.1).fold(0.0, f64::max);
     let anon_kib = ours_runs.iter().map(|r| r.2).fold(0.0, f64::max);
     let our_db = out.join("db/trivy.db");
@@ -204,7 +198,7 @@ fn main() -> ExitCode {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         go_times.push(String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(go_wall));
     }
-    let go_s = median(&go_times);
+    let go_s = exportcore_benches::median(&go_times);
     let go_size = std::fs::metadata(&go_db).expect("go db").len();
     std::fs::copy(out.join("db/metadata.json"), go_db_dir.join("metadata.json")).expect("metadata");
 

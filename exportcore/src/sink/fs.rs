@@ -25,7 +25,7 @@ fn link_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)>
     // The flush to disk (I/O) and the hash (CPU) of the same bytes overlap.
     std::thread::scope(|s| {
         let synced = s.spawn(|| f.sync_all());
-        let stored = hash_file(&f);
+        let stored = crate::hashing::hash_reader(&f);
         synced.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))?;
         stored
     })
@@ -49,10 +49,6 @@ fn copy_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)>
     }
     to.sync_all()?;
     Ok(hasher.finish())
-}
-
-fn hash_file(mut f: &std::fs::File) -> std::io::Result<(u64, Sha256Digest)> {
-    crate::hashing::hash_reader(&mut f)
 }
 
 /// Gives a file about to be published mode 0644, whatever the umask or where it came from.
