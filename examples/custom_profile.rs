@@ -25,12 +25,7 @@ fn csv_field(s: &str) -> String {
 
 impl Profile for CsvAdvisories {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: "csv:advisories".into(),
-            description: "One CSV row per advisory and affected package".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        ProfileDescriptor::new("csv:advisories", "One CSV row per advisory and affected package")
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

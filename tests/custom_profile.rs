@@ -28,12 +28,7 @@ struct AdoptAndAlias;
 
 impl exportcore::Profile for AdoptAndAlias {
     fn descriptor(&self) -> exportcore::ProfileDescriptor {
-        exportcore::ProfileDescriptor {
-            id: "test:adopt".into(),
-            description: "adopts a scratch file".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        exportcore::ProfileDescriptor::new("test:adopt", "adopts a scratch file")
     }
     fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
         Ok(())

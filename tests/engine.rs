@@ -28,7 +28,7 @@ struct Sleepy {
 
 impl Profile for Sleepy {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor { id: "test:sleepy".into(), description: "sleeps".into(), targets: vec![], formats: vec![] }
+        ProfileDescriptor::new("test:sleepy", "sleeps")
     }
     fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
         Ok(())

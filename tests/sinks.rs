@@ -71,12 +71,7 @@ struct TenFiles;
 
 impl exportcore::Profile for TenFiles {
     fn descriptor(&self) -> exportcore::ProfileDescriptor {
-        exportcore::ProfileDescriptor {
-            id: "test:ten".into(),
-            description: "ten files".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        exportcore::ProfileDescriptor::new("test:ten", "ten files")
     }
     fn validate(&self, _: &exportcore::RunRequest) -> exportcore::Result<()> {
         Ok(())

@@ -47,31 +47,34 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// An event callback that, when `BENCH_PHASES` is set, prints on stderr the seconds since
+/// An event channel that, when `BENCH_PHASES` is set, prints on stderr the seconds since
 /// `start` at which progress passes each tenth (and reaches 1 % and 100 %) and each artifact
-/// becomes ready: where a build spends its time.
-pub fn phase_printer(start: std::time::Instant) -> exportcore::run::EventFn {
+/// becomes ready: where a build spends its time. Events are read on a thread of their own.
+pub fn phase_printer(start: std::time::Instant) -> exportcore::run::EventSender {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<exportcore::RunEvent>();
     let on = std::env::var_os("BENCH_PHASES").is_some();
-    let last = std::sync::Mutex::new(0u8);
-    std::sync::Arc::new(move |e: &exportcore::RunEvent| {
-        if !on {
-            return;
-        }
-        let what = match e {
-            exportcore::RunEvent::Progress { progress, .. } => {
-                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-                let p = progress.percent;
-                if p / 10 == *last / 10 && p != 1 && p != 100 {
-                    return;
-                }
-                *last = p;
-                format!("progress {p}%")
+    std::thread::spawn(move || {
+        let mut last = 0u8;
+        while let Some(e) = rx.blocking_recv() {
+            if !on {
+                continue;
             }
-            exportcore::RunEvent::ArtifactReady { path, .. } => format!("ready {path}"),
-            other => format!("{other:?}").chars().take(40).collect(),
-        };
-        eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
-    })
+            let what = match &e {
+                exportcore::RunEvent::Progress { progress, .. } => {
+                    let p = progress.percent;
+                    if p / 10 == last / 10 && p != 1 && p != 100 {
+                        continue;
+                    }
+                    last = p;
+                    format!("progress {p}%")
+                }
+                exportcore::RunEvent::ArtifactReady { path, .. } => format!("ready {path}"),
+                other => format!("{other:?}").chars().take(40).collect(),
+            };
+            eprintln!("{:8.3} {what}", start.elapsed().as_secs_f64());
+        }
+    });
+    tx
 }
 
 /// The median of `xs` (the upper one of an even count); `xs` must not be empty.

@@ -128,7 +128,7 @@ impl<W: Write> Encoder<W> {
             #[cfg(feature = "gzip")]
             Compression::Gzip => crate::pgzip::GzipWriter::new(w, o.gzip_level, o.workers as usize)
                 .map(Encoder::Gzip)
-                .map_err(|e| ExportError::Internal { implementer: "gzip", message: e.to_string() }),
+                .map_err(|e| ExportError::internal_caused("gzip", "", e)),
             #[cfg(feature = "zstd")]
             Compression::Zstd => {
                 let mk = || -> io::Result<_> {
@@ -138,7 +138,7 @@ impl<W: Write> Encoder<W> {
                     Ok(e)
                 };
                 mk().map(Encoder::Zstd)
-                    .map_err(|e| ExportError::Internal { implementer: "zstd", message: e.to_string() })
+                    .map_err(|e| ExportError::internal_caused("zstd", "", e))
             }
             #[allow(unreachable_patterns)]
             other => {
@@ -173,7 +173,7 @@ impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
 }
 
 fn tar_err(path: &str, e: io::Error) -> ExportError {
-    ExportError::Internal { implementer: "archive writer", message: format!("{path}: {e}") }
+    ExportError::internal_caused("archive writer", path, e)
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -196,10 +196,7 @@ impl<W: Write> ArchiveWriter<W> {
         let p = path.as_str();
         if let Some(last) = &self.last {
             if p <= last.as_str() {
-                return Err(ExportError::Internal {
-                    implementer: "archive writer",
-                    message: format!("entries out of order: {p:?} after {last:?}"),
-                });
+                return Err(ExportError::internal("archive writer", format!("entries out of order: {p:?} after {last:?}")));
             }
         }
         // Parent directories, outermost first.
@@ -216,10 +213,7 @@ impl<W: Write> ArchiveWriter<W> {
         let mut counted = CountingReader { inner: data.take(size), count: 0 };
         self.builder.append_data(&mut h, p, &mut counted).map_err(|e| tar_err(p, e))?;
         if counted.count != size {
-            return Err(ExportError::Internal {
-                implementer: "archive writer",
-                message: format!("{p}: declared {size} bytes but the data had {}", counted.count),
-            });
+            return Err(ExportError::internal("archive writer", format!("{p}: declared {size} bytes but the data had {}", counted.count)));
         }
         self.last = Some(p.to_owned());
         Ok(())
@@ -247,13 +241,11 @@ fn entry_header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> Resul
 }
 
 /// The 512-byte header block of a regular top-level file, as [`ArchiveWriter`] writes it.
+#[cfg(feature = "gzip")]
 fn file_header_block(path: &ArtifactPath, mode: FileMode, size: u64, mtime: u64) -> Result<[u8; 512]> {
     let p = path.as_str();
     if p.contains('/') || p.len() > 100 {
-        return Err(ExportError::Internal {
-            implementer: "archive writer",
-            message: format!("{p:?}: a streamed archive holds top-level names of at most 100 bytes"),
-        });
+        return Err(ExportError::internal("archive writer", format!("{p:?}: a streamed archive holds top-level names of at most 100 bytes")));
     }
     let mut h = entry_header(tar::EntryType::Regular, mode.bits(), size, mtime)?;
     h.set_path(p).map_err(|e| tar_err(p, e))?;
@@ -264,6 +256,7 @@ fn file_header_block(path: &ArtifactPath, mode: FileMode, size: u64, mtime: u64)
 }
 
 /// Zero bytes that pad `len` bytes of entry data to a whole 512-byte block.
+#[cfg(feature = "gzip")]
 fn tar_padding(len: u64) -> usize {
     ((512 - len % 512) % 512) as usize
 }
@@ -306,18 +299,12 @@ impl StreamedTarGz {
         mode: FileMode,
     ) -> Result<Self> {
         if options.compression != Compression::Gzip {
-            return Err(ExportError::Internal {
-                implementer: "archive writer",
-                message: "StreamedTarGz is gzip".into(),
-            });
+            return Err(ExportError::internal("archive writer", "StreamedTarGz is gzip"));
         }
         let mut names: Vec<&ArtifactPath> = leading.iter().map(|(p, _, _)| p).collect();
         names.push(&path);
         if !names.windows(2).all(|w| w[0].as_str() < w[1].as_str()) {
-            return Err(ExportError::Internal {
-                implementer: "archive writer",
-                message: format!("entries out of order: {:?}", names.iter().map(|p| p.as_str()).collect::<Vec<_>>()),
-            });
+            return Err(ExportError::internal("archive writer", format!("entries out of order: {:?}", names.iter().map(|p| p.as_str()).collect::<Vec<_>>())));
         }
         let mut gz = crate::pgzip::GzipWriter::deferred(
             io::BufWriter::with_capacity(256 * 1024, spill),

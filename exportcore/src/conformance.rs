@@ -22,13 +22,13 @@ use crate::evidence::{EvidenceItem, EvidenceKind, EvidenceSource};
 use crate::hashing::Sha256Digest;
 use crate::model::{RunRequest, RunStatus};
 use crate::path::ArtifactPath;
-use crate::profile::{CancelFlag, Profile};
-use crate::run::{execute, EventFn, RunOptions};
+use crate::profile::{CancelFlag, ExportContext, Profile};
+use crate::run::{RunBuilder, RunOutcome};
 use crate::sink::{ByteStream, FsSink, InMemorySink, Sink, SinkExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 fn p(s: &str) -> ArtifactPath {
     ArtifactPath::parse(s).expect("valid test path")
@@ -75,7 +75,7 @@ pub async fn sink_put_get_list_delete(sink: &dyn Sink) {
         sink.delete(&p(path)).await.expect("delete must be idempotent");
     }
     let err = sink.get(&p("conf/a.txt")).await.err().expect("get after delete must fail");
-    assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
+    assert!(matches!(err, ExportError::NotFound { .. }), "get of a missing path must be NotFound, got {err:?}");
     assert!(sink.list(Some(&p("conf"))).await.expect("list").is_empty());
 }
 
@@ -84,7 +84,10 @@ pub async fn sink_put_is_atomic(sink: &dyn Sink) {
     let path = p("atomic/obj.bin");
     sink.put_bytes(&path, Bytes::from_static(b"version-1")).await.expect("put v1");
     let err = sink.put(&path, failing_body(b"partial-v2")).await.expect_err("a failing body must fail the put");
-    assert_eq!(err.code(), "ERR_EXPORT_DISTRIBUTION_FAILED");
+    assert!(
+        matches!(err, ExportError::DistributionFailed { .. }),
+        "a failed body must become ExportError::distribution_failed, got {err:?}"
+    );
     assert_eq!(sink.get_bytes(&path).await.expect("get"), &b"version-1"[..], "old content must survive a failed put");
     let fresh = p("atomic/new.bin");
     sink.put(&fresh, failing_body(b"partial")).await.expect_err("must fail");
@@ -148,17 +151,24 @@ pub async fn sink_put_file(sink: &dyn Sink) {
     }
 }
 
-fn no_events() -> EventFn {
-    Arc::new(|_| {})
-}
-
 async fn run_into(
     profile: &Arc<dyn Profile>,
     evidence: Arc<dyn EvidenceSource>,
     sink: Arc<dyn Sink>,
     request: &RunRequest,
-) -> crate::Run {
-    execute(Arc::clone(profile), evidence, sink, request.clone(), RunOptions::new("conformance"), no_events()).await
+) -> Result<RunOutcome> {
+    let tenant = crate::TenantId::parse("conformance")?;
+    RunBuilder::from_arcs(Arc::clone(profile), evidence, sink).tenant(tenant).execute(request.clone()).await
+}
+
+fn succeeded(result: Result<RunOutcome>, what: &str) -> crate::Run {
+    match result {
+        Ok(o) => {
+            assert_eq!(o.run.status, RunStatus::Succeeded, "{what}");
+            o.run
+        }
+        Err(e) => panic!("{what} failed: {}", e.report()),
+    }
 }
 
 /// Runs every profile check. `evidence` must be valid input for `request` (the run succeeds).
@@ -166,6 +176,7 @@ pub async fn profile_suite(profile: Arc<dyn Profile>, evidence: Arc<dyn Evidence
     profile_descriptor_is_valid(&*profile);
     profile_is_deterministic(&profile, &evidence, &request).await;
     profile_outputs_verify(&profile, &evidence, &request).await;
+    profile_anchors_time(&profile, &evidence, &request).await;
     profile_failure_leaves_no_output(&profile, &request).await;
     profile_honours_cancel(&profile, &evidence, &request).await;
 }
@@ -173,9 +184,29 @@ pub async fn profile_suite(profile: Arc<dyn Profile>, evidence: Arc<dyn Evidence
 /// The descriptor has an id and a description; `validate` accepts a request naming it.
 pub fn profile_descriptor_is_valid(profile: &dyn Profile) {
     let d = profile.descriptor();
-    assert!(!d.id.trim().is_empty(), "profile id must not be empty");
     assert!(!d.description.trim().is_empty(), "profile {} needs a description", d.id);
-    profile.validate(&RunRequest::new(&d.id)).expect("validate must accept a default request");
+    profile.validate(&RunRequest::new(d.id.clone())).expect("validate must accept a default request");
+}
+
+/// Without a pinned time the profile fixes the run's time anchor itself (from its evidence,
+/// through [`ExportContext::time_anchor`]); a profile that never does would date its run
+/// manifest 1970, which the engine reports as `WARN_EXPORT_TIME_UNANCHORED`.
+pub async fn profile_anchors_time(
+    profile: &Arc<dyn Profile>,
+    evidence: &Arc<dyn EvidenceSource>,
+    request: &RunRequest,
+) {
+    let mut unpinned = request.clone();
+    unpinned.created_at = None;
+    let run = succeeded(
+        run_into(profile, Arc::clone(evidence), Arc::new(InMemorySink::new()), &unpinned).await,
+        "a run without createdAt",
+    );
+    assert!(
+        run.warnings.iter().all(|w| w.code != "WARN_EXPORT_TIME_UNANCHORED"),
+        "the profile never called ExportContext::time_anchor: {:?}",
+        run.warnings
+    );
 }
 
 /// Two runs on the same input give byte-identical artifacts.
@@ -185,10 +216,8 @@ pub async fn profile_is_deterministic(
     request: &RunRequest,
 ) {
     let (a, b) = (InMemorySink::new(), InMemorySink::new());
-    let ra = run_into(profile, Arc::clone(evidence), Arc::new(a.clone()), request).await;
-    assert_eq!(ra.status, RunStatus::Succeeded, "first run failed: {:?}", ra.errors);
-    let rb = run_into(profile, Arc::clone(evidence), Arc::new(b.clone()), request).await;
-    assert_eq!(rb.status, RunStatus::Succeeded, "second run failed: {:?}", rb.errors);
+    let ra = succeeded(run_into(profile, Arc::clone(evidence), Arc::new(a.clone()), request).await, "first run");
+    let rb = succeeded(run_into(profile, Arc::clone(evidence), Arc::new(b.clone()), request).await, "second run");
     let (sa, sb) = (a.snapshot(), b.snapshot());
     assert_eq!(sa.len(), sb.len(), "runs wrote different artifact sets");
     for ((pa, ba), (pb, bb)) in sa.iter().zip(sb.iter()) {
@@ -209,11 +238,10 @@ pub async fn profile_outputs_verify(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = FsSink::new(dir.path()).expect("fs sink");
-    let run = run_into(profile, Arc::clone(evidence), Arc::new(sink.clone()), request).await;
-    assert_eq!(run.status, RunStatus::Succeeded, "run failed: {:?}", run.errors);
-    assert!(run.outputs.iter().any(|o| o.path == crate::manifest::MANIFEST_FILE), "run must output manifest.json");
+    let run = succeeded(run_into(profile, Arc::clone(evidence), Arc::new(sink.clone()), request).await, "run");
+    assert!(run.outputs.iter().any(|o| o.path == p(crate::manifest::MANIFEST_FILE)), "run must output manifest.json");
     for o in &run.outputs {
-        let bytes = sink.get_bytes(&p(&o.path)).await.expect("reported output must exist");
+        let bytes = sink.get_bytes(&o.path).await.expect("reported output must exist");
         assert_eq!(Sha256Digest::of(&bytes), o.sha256, "digest of {} in the run record", o.path);
         assert_eq!(bytes.len() as u64, o.size, "size of {} in the run record", o.path);
     }
@@ -254,42 +282,85 @@ impl EvidenceSource for FailingEvidence {
     }
 }
 
-/// When evidence cannot be read, the run fails with a code and publishes nothing.
+/// When evidence cannot be read, the run fails with a coded error and publishes nothing.
 pub async fn profile_failure_leaves_no_output(profile: &Arc<dyn Profile>, request: &RunRequest) {
     let sink = InMemorySink::new();
-    let run = run_into(profile, Arc::new(FailingEvidence), Arc::new(sink.clone()), request).await;
-    if run.status == RunStatus::Failed {
-        assert!(run.errors.iter().all(|e| e.code.starts_with("ERR_EXPORT_")), "errors need codes: {:?}", run.errors);
-        assert!(run.outputs.is_empty(), "a failed run reports no outputs");
-        assert!(sink.snapshot().is_empty(), "a failed run must leave nothing in the sink");
+    let result = run_into(profile, Arc::new(FailingEvidence), Arc::new(sink.clone()), request).await;
+    let err = result.err().expect("a run whose evidence cannot be read must fail");
+    assert!(err.code().starts_with("ERR_EXPORT_"), "errors need codes: {err:?}");
+    assert!(sink.snapshot().is_empty(), "a failed run must leave nothing in the sink");
+}
+
+/// An evidence source that sets a cancel flag when the profile first opens a file.
+#[derive(Debug)]
+struct CancelOnRead {
+    inner: Arc<dyn EvidenceSource>,
+    flag: CancelFlag,
+}
+
+impl EvidenceSource for CancelOnRead {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn list(&self, kind: EvidenceKind) -> Result<Vec<EvidenceItem>> {
+        self.inner.list(kind)
+    }
+    fn open(&self, path: &ArtifactPath) -> Result<Box<dyn Read + Send>> {
+        self.flag.cancel();
+        self.inner.open(path)
     }
 }
 
-/// A cancelled run fails with `ERR_EXPORT_CANCELLED` and publishes nothing.
+/// A run cancelled while the profile reads its evidence: the profile itself notices
+/// ([`ExportContext::check_cancelled`]) and returns `ExportError::Cancelled`; through the
+/// engine path the run fails the same way and publishes nothing.
 pub async fn profile_honours_cancel(
     profile: &Arc<dyn Profile>,
     evidence: &Arc<dyn EvidenceSource>,
     request: &RunRequest,
 ) {
+    // The profile alone, cancelled mid-export.
+    let flag = CancelFlag::new();
+    let cancelling = CancelOnRead { inner: Arc::clone(evidence), flag: flag.clone() };
+    let staging = tempfile::tempdir().expect("tempdir");
+    let progress = |_| {};
+    let mut ctx = ExportContext {
+        request,
+        evidence: &cancelling,
+        staging: staging.path(),
+        pinned: None,
+        anchor: None,
+        artifacts: Vec::new(),
+        progress: &progress,
+        cancel: &flag,
+        scratch_seq: 0,
+        signer: None,
+        warnings: Vec::new(),
+    };
+    let result = profile.export(&mut ctx);
+    assert!(flag.is_cancelled(), "the profile never opened an evidence file");
+    assert!(
+        matches!(result, Err(ExportError::Cancelled)),
+        "cancelled mid-export, the profile must stop with ExportError::Cancelled (call ctx.check_cancelled() in \
+         its loops), got {:?}",
+        result.map(|_| ())
+    );
+    // The same through a run: nothing published.
     let sink = InMemorySink::new();
-    let cancel = CancelFlag::new();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let ev = Arc::clone(&events);
-    let c2 = cancel.clone();
-    // Cancel as soon as the run starts.
-    let on_event: EventFn = Arc::new(move |e| {
-        c2.cancel();
-        ev.lock().unwrap_or_else(|p| p.into_inner()).push(e.name());
-    });
-    let mut opts = RunOptions::new("conformance");
-    opts.cancel = cancel;
-    let run =
-        execute(Arc::clone(profile), Arc::clone(evidence), Arc::new(sink.clone()), request.clone(), opts, on_event)
-            .await;
-    assert_eq!(run.status, RunStatus::Failed);
-    assert_eq!(run.errors.first().map(|e| e.code.as_str()), Some(ExportError::Cancelled.code()));
+    let flag = CancelFlag::new();
+    let cancelling = CancelOnRead { inner: Arc::clone(evidence), flag: flag.clone() };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = RunBuilder::from_arcs(Arc::clone(profile), Arc::new(cancelling), Arc::new(sink.clone()))
+        .cancel(flag)
+        .events(tx)
+        .execute(request.clone())
+        .await;
+    assert!(matches!(result, Err(ExportError::Cancelled)), "a cancelled run fails with Cancelled: {result:?}");
     assert!(sink.snapshot().is_empty(), "a cancelled run must leave nothing in the sink");
-    let names = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut names = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        names.push(e.name());
+    }
     assert_eq!(names.first(), Some(&"started"));
     assert_eq!(names.last(), Some(&"failed"));
 }
@@ -298,17 +369,27 @@ pub async fn profile_honours_cancel(
 // Run stores
 
 use crate::model::{Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
+use crate::id::{ProfileId, RunId, TenantId};
 use crate::store::{Created, IdempotencyKey, NewRun, RunFilter, RunStore};
+
+fn t(s: &str) -> TenantId {
+    TenantId::parse(s).expect("valid tenant")
+}
+
+fn r(s: &str) -> RunId {
+    RunId::parse(s).expect("valid run id")
+}
 
 fn at(secs: i64) -> Timestamp {
     Timestamp::from_unix(1_700_000_000 + secs).expect("time")
 }
 
 fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, body: &str) -> NewRun {
-    let mut req = RunRequest::new(profile);
+    let profile = ProfileId::parse(profile).expect("valid profile id");
+    let mut req = RunRequest::new(profile.clone());
     req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
     NewRun {
-        run: Run::queued(id, tenant, Some("p1".into()), profile, at(0)),
+        run: Run::queued(r(id), t(tenant), Some("p1".into()), profile, at(0)),
         request_hash: Sha256Digest::of(&crate::canonical::to_vec(&req).expect("json")),
         request: req,
         rank,
@@ -322,6 +403,7 @@ pub async fn store_suite(store: &dyn RunStore) {
     store_idempotency(store).await;
     store_queue_order_and_claim(store).await;
     store_events(store).await;
+    store_finish_is_one_step(store).await;
     store_expiry_running_and_durations(store).await;
 }
 
@@ -333,29 +415,29 @@ pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
         assert!(matches!(c, Created::New(_)));
     }
     store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
-    assert_eq!(store.get("t-a", "a3").await.expect("get").run_id, "a3");
-    let err = store.get("t-b", "a3").await.expect_err("another tenant's run must be invisible");
+    assert_eq!(store.get(&t("t-a"), &r("a3")).await.expect("get").run_id, "a3");
+    let err = store.get(&t("t-b"), &r("a3")).await.expect_err("another tenant's run must be invisible");
     assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
-    let page = store.list("t-a", &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
+    let page = store.list(&t("t-a"), &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
     assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
     let page2 = store
-        .list("t-a", &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
+        .list(&t("t-a"), &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
         .await
         .expect("list");
     assert_eq!(page2.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a2", "a1"]);
-    let b = store.list("t-b", &RunFilter::default()).await.expect("list");
+    let b = store.list(&t("t-b"), &RunFilter::default()).await.expect("list");
     assert_eq!(b.runs.len(), 1);
     assert!(b.next_cursor.is_none());
     let f = store
-        .list("t-a", &RunFilter { profile_id: Some("json:policy".into()), ..Default::default() })
+        .list(&t("t-a"), &RunFilter { profile_id: Some(ProfileId::from_static("json:policy")), ..Default::default() })
         .await
         .expect("list");
     assert!(f.runs.is_empty());
-    let f = store.list("t-a", &RunFilter { status: Some(Status::Queued), ..Default::default() }).await.expect("list");
+    let f = store.list(&t("t-a"), &RunFilter { status: Some(Status::Queued), ..Default::default() }).await.expect("list");
     assert_eq!(f.runs.len(), 5);
-    assert!(store.events("t-b", "a1", 0, 10).await.is_err(), "events of another tenant's run must be refused");
+    assert!(store.events(&t("t-b"), &r("a1"), 0, 10).await.is_err(), "events of another tenant's run must be refused");
     assert!(store
-        .fail_if_queued("t-b", "a1", RunError { code: "X".into(), message: "m".into() }, at(1))
+        .fail_if_queued(&t("t-b"), &r("a1"), RunError { code: "X".into(), message: "m".into() }, at(1))
         .await
         .is_err());
     // Drain the queue for the next checks.
@@ -396,9 +478,7 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
     }
     assert_eq!(store.queued_count().await.expect("count"), 4);
     let cancelled = store
-        .fail_if_queued(
-            "t-q",
-            "q3",
+        .fail_if_queued(&t("t-q"), &r("q3"),
             RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() },
             at(5),
         )
@@ -407,13 +487,18 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
     assert_eq!(cancelled.expect("was queued").status, Status::Failed);
     // Claiming one run by id, out of queue order; a second claim of it gets nothing.
     store.create(new_run("t-q", "q5", "json:raw", 99, None, "adv"), at(0)).await.expect("create");
-    let c = store.claim_run("q5", at(6)).await.expect("claim").expect("q5 is queued");
+    assert_eq!(
+        store.events(&t("t-q"), &r("q3"), 0, 10).await.expect("events").last().map(|e| e.event.name()),
+        Some("failed"),
+        "fail_if_queued appends the failed event with the status"
+    );
+    let c = store.claim_run(&r("q5"), at(6)).await.expect("claim").expect("q5 is queued");
     assert_eq!((c.run.run_id.as_str(), c.run.status, c.run.attempts), ("q5", Status::Running, 1));
-    assert!(store.claim_run("q5", at(6)).await.expect("claim").is_none());
-    assert!(store.claim_run("q3", at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
-    let mut r = c.run;
-    r.status = Status::Succeeded;
-    store.save(&r).await.expect("save");
+    assert!(store.claim_run(&r("q5"), at(6)).await.expect("claim").is_none());
+    assert!(store.claim_run(&r("q3"), at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
+    let mut run = c.run;
+    run.status = Status::Succeeded;
+    store.save(&run).await.expect("save");
     let mut order = Vec::new();
     while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
         assert_eq!(c.run.status, Status::Running);
@@ -424,20 +509,20 @@ pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
     }
     assert_eq!(order, ["q2", "q4", "q1"]);
     assert!(store
-        .fail_if_queued("t-q", "q1", RunError { code: "X".into(), message: "m".into() }, at(8))
+        .fail_if_queued(&t("t-q"), &r("q1"), RunError { code: "X".into(), message: "m".into() }, at(8))
         .await
         .expect("ok")
         .is_none());
     // A requeued run (retry) is claimed again, attempts counted.
-    let mut r = store.get("t-q", "q1").await.expect("get");
-    r.status = Status::Queued;
-    store.save(&r).await.expect("save");
+    let mut run = store.get(&t("t-q"), &r("q1")).await.expect("get");
+    run.status = Status::Queued;
+    store.save(&run).await.expect("save");
     let again = store.claim_next(at(9)).await.expect("claim").expect("requeued run");
     assert_eq!((again.run.run_id.as_str(), again.run.attempts, again.run.started_at), ("q1", 2, Some(at(7))));
     for id in ["q1", "q2", "q4"] {
-        let mut r = store.get("t-q", id).await.expect("get");
-        r.status = Status::Succeeded;
-        store.save(&r).await.expect("save");
+        let mut run = store.get(&t("t-q"), &r(id)).await.expect("get");
+        run.status = Status::Succeeded;
+        store.save(&run).await.expect("save");
     }
 }
 
@@ -446,16 +531,16 @@ pub async fn store_events(store: &dyn RunStore) {
     store.create(new_run("t-e", "e1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
     store.create(new_run("t-e", "e2", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
     for i in 0..5u8 {
-        let ev = Event::Progress { run_id: "e1".into(), progress: Progress::of(u64::from(i), 5) };
-        assert_eq!(store.append_event("e1", at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
+        let ev = Event::Progress { run_id: r("e1"), progress: Progress::of(u64::from(i), 5) };
+        assert_eq!(store.append_event(&r("e1"), at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
     }
-    let ev = Event::Started { run_id: "e2".into(), profile_id: "json:raw".into() };
-    assert_eq!(store.append_event("e2", at(0), &ev).await.expect("append"), 1);
-    let after2 = store.events("t-e", "e1", 2, 100).await.expect("events");
+    let ev = Event::Started { run_id: r("e2"), profile_id: ProfileId::from_static("json:raw") };
+    assert_eq!(store.append_event(&r("e2"), at(0), &ev).await.expect("append"), 1);
+    let after2 = store.events(&t("t-e"), &r("e1"), 2, 100).await.expect("events");
     assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
-    assert_eq!(after2[0].event, Event::Progress { run_id: "e1".into(), progress: Progress::of(2, 5) });
-    assert_eq!(store.events("t-e", "e1", 0, 2).await.expect("events").len(), 2);
-    assert!(store.append_event("nope", at(0), &ev).await.is_err());
+    assert_eq!(after2[0].event, Event::Progress { run_id: r("e1"), progress: Progress::of(2, 5) });
+    assert_eq!(store.events(&t("t-e"), &r("e1"), 0, 2).await.expect("events").len(), 2);
+    assert!(store.append_event(&r("nope"), at(0), &ev).await.is_err());
     while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
         let mut run = c.run;
         run.status = Status::Failed;
@@ -478,7 +563,7 @@ pub async fn store_expiry_running_and_durations(store: &dyn RunStore) {
     assert!(store.due_for_expiry(at(999), 10).await.expect("due").is_empty());
     let due = store.due_for_expiry(at(1000), 10).await.expect("due");
     assert_eq!(due.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x1"]);
-    assert_eq!(store.recent_durations("json:x", 10).await.expect("durations"), [30.0]);
+    assert_eq!(store.recent_durations(&ProfileId::from_static("json:x"), 10).await.expect("durations"), [30.0]);
     let mut e = due[0].clone();
     e.status = Status::Expired;
     store.save(&e).await.expect("save");
@@ -490,4 +575,25 @@ pub async fn store_expiry_running_and_durations(store: &dyn RunStore) {
     let mut c = c.run;
     c.status = Status::Failed;
     store.save(&c).await.expect("save");
+}
+
+/// `finish` stores the final record and its terminal event together.
+pub async fn store_finish_is_one_step(store: &dyn RunStore) {
+    store.create(new_run("t-f", "f1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+    let mut run = store.claim_run(&r("f1"), at(1)).await.expect("claim").expect("queued").run;
+    let ev = Event::Started { run_id: r("f1"), profile_id: ProfileId::from_static("json:raw") };
+    assert_eq!(store.append_event(&r("f1"), at(1), &ev).await.expect("append"), 1);
+    run.status = Status::Succeeded;
+    run.finished_at = Some(at(2));
+    let done = Event::Completed { run_id: r("f1"), status: Status::Succeeded };
+    assert_eq!(store.finish(&run, at(2), &done).await.expect("finish"), 2);
+    assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);
+    let evs = store.events(&t("t-f"), &r("f1"), 0, 10).await.expect("events");
+    assert_eq!(evs.last().map(|e| &e.event), Some(&done));
+    let err = store.finish(&run_of("nope"), at(3), &done).await.expect_err("finishing an unknown run must fail");
+    assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
+}
+
+fn run_of(id: &str) -> Run {
+    Run::queued(r(id), t("t-f"), None, ProfileId::from_static("json:raw"), at(0))
 }

@@ -165,13 +165,16 @@ pub enum ExportError {
         source: std::io::Error,
     },
     /// A failure inside an implementation (sink, evidence source, profile) that fits no other
-    /// variant. `implementer` names it.
-    #[error("{implementer} failed: {message}")]
+    /// variant. `implementer` names it; `source` keeps the underlying error when there is one.
+    #[error("{implementer} failed{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Internal {
         /// Which implementation failed.
         implementer: &'static str,
-        /// What happened.
+        /// What happened (context; the cause's own text is in `source`).
         message: String,
+        /// The underlying failure, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -215,6 +218,20 @@ impl ExportError {
         ExportError::EvidenceInvalid { location, reason: reason.into() }
     }
 
+    /// [`ExportError::Internal`] without an underlying error.
+    pub fn internal(implementer: &'static str, message: impl Into<String>) -> Self {
+        ExportError::Internal { implementer, message: message.into(), source: None }
+    }
+
+    /// [`ExportError::Internal`] caused by `source` (kept in the chain, see [`ExportError::report`]).
+    pub fn internal_caused(
+        implementer: &'static str,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ExportError::Internal { implementer, message: message.into(), source: Some(source.into()) }
+    }
+
     /// Shorthand for [`ExportError::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ExportError::Io { path: path.into(), source }
@@ -233,8 +250,10 @@ impl ExportError {
     }
 }
 
-/// Extension to attach a path to `std::io::Result`s.
-pub(crate) trait IoContext<T> {
+/// Extension to attach a path to `std::io::Result`s: `File::open(p).at(p)?` gives an
+/// [`ExportError::Io`] naming `p`, with the I/O error as its source.
+pub trait IoContext<T> {
+    /// Maps the error to [`ExportError::Io`] at `path`.
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
 }
 
@@ -271,7 +290,7 @@ mod tests {
             (ExportError::StoreInvalid { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_STORE_INVALID"),
             (ExportError::NotSupported { feature: "f".into() }, "ERR_EXPORT_NOT_SUPPORTED"),
             (ExportError::io("/x", std::io::Error::other("e")), "ERR_EXPORT_IO"),
-            (ExportError::Internal { implementer: "t", message: "m".into() }, "ERR_EXPORT_INTERNAL"),
+            (ExportError::internal("t", "m"), "ERR_EXPORT_INTERNAL"),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");
@@ -288,5 +307,8 @@ mod tests {
     fn report_includes_source_chain_once() {
         let e = ExportError::io("/tmp/x", std::io::Error::other("disk full"));
         assert_eq!(e.report(), "I/O error on /tmp/x: disk full");
+        let e = ExportError::internal_caused("zstd", "compressing x", std::io::Error::other("boom"));
+        assert_eq!(e.report(), "zstd failed: compressing x: boom");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

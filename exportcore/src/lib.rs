@@ -27,7 +27,7 @@
 //! struct Hello;
 //! impl Profile for Hello {
 //!     fn descriptor(&self) -> ProfileDescriptor {
-//!         ProfileDescriptor { id: "hello:txt".into(), description: "says hello".into(), targets: vec![], formats: vec![] }
+//!         ProfileDescriptor::new("hello:txt", "says hello")
 //!     }
 //!     fn validate(&self, _: &RunRequest) -> Result<()> { Ok(()) }
 //!     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
@@ -60,10 +60,12 @@ pub mod bundle;
 pub mod canonical;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;
 pub mod evidence;
 pub mod hashing;
+pub mod id;
 pub mod manifest;
 pub mod model;
 pub mod parallel;
@@ -75,22 +77,43 @@ pub mod purl;
 pub mod run;
 pub mod sign;
 pub mod sink;
+#[cfg(feature = "engine")]
 pub mod store;
 pub mod verify;
 
-pub use error::{ExportError, Location, Result};
+pub use error::{ExportError, IoContext, Location, Result};
+pub use id::{ProfileId, RunId, TenantId};
 pub use evidence::{DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, MemoryEvidence, Record, Records};
 pub use hashing::{HashingWriter, Sha256Digest};
 pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
 pub use model::{
     ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress,
-    Run, RunError, RunEvent, RunRequest, RunStatus, Signing, Target, Timestamp,
+    Run, RunError, RunEvent, RunRequest, RunRequestBuilder, RunStatus, Signing, Target, Timestamp,
 };
 pub use path::ArtifactPath;
 pub use profile::{
     check_supported, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles, StagedArtifact,
 };
+pub use run::{RunBuilder, RunOutcome};
 pub use sink::{ByteStream, FsSink, InMemorySink, ObjectMeta, PutReceipt, Sink, SinkExt};
+
+/// What an implementer of [`Profile`], [`Sink`] or [`EvidenceSource`] needs in scope:
+/// `use exportcore::prelude::*;` brings the traits, their argument and result types, the
+/// `async_trait` attribute, `Bytes`, the stream helpers and `serde_json`'s `Value`/`json!`.
+pub mod prelude {
+    pub use crate::error::{ExportError, IoContext, Location, Result};
+    pub use crate::evidence::{EvidenceItem, EvidenceKind, EvidenceSource, Record, Records};
+    pub use crate::hashing::Sha256Digest;
+    pub use crate::id::{ProfileId, RunId, TenantId};
+    pub use crate::model::{ArtifactType, Compression, Format, Progress, RunRequest, Target, Timestamp};
+    pub use crate::path::ArtifactPath;
+    pub use crate::profile::{check_supported, ArtifactSpec, ExportContext, Profile, ProfileDescriptor, Profiles};
+    pub use crate::sink::{file_stream, ByteStream, ObjectMeta, PutReceipt, Sink, SinkExt};
+    pub use async_trait::async_trait;
+    pub use bytes::Bytes;
+    pub use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+    pub use serde_json::{json, Value};
+}
 
 /// How to write a profile (the text of `docs/adapter-guide.md`; its examples are doc-tested).
 #[doc = include_str!("../../docs/adapter-guide.md")]

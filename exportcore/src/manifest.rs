@@ -28,6 +28,13 @@ pub const BUNDLE_MANIFEST_VERSION: &str = "exportcore-bundle/v1";
 pub const RUN_MANIFEST_VERSION: &str = "exportcore-run/v1";
 /// File name of both manifests.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Name of the DSSE envelope over `manifest.json` in a signed run.
+pub const SIGNED_MANIFEST_FILE: &str = "manifest.dsse.json";
+/// Name of the DSSE envelope holding the in-toto/SLSA provenance of a signed run.
+pub const PROVENANCE_FILE: &str = "provenance.dsse.json";
+/// Media type of DSSE envelopes.
+pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+
 
 /// Where a manifest's `createdAt` came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 
 use crate::error::{ExportError, Result};
 use crate::hashing::Sha256Digest;
+use crate::id::{ProfileId, RunId, TenantId};
+use crate::path::ArtifactPath;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -206,6 +208,7 @@ impl Default for Priority {
 /// `distribution.signing`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Signing {
     /// Sign the run's manifest and provenance.
     #[serde(default)]
@@ -218,6 +221,7 @@ pub struct Signing {
 /// `distribution`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Distribution {
     /// Driver.
     #[serde(rename = "type")]
@@ -233,6 +237,7 @@ pub struct Distribution {
 /// `encryption`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Encryption {
     /// Encrypt the payload.
     #[serde(default)]
@@ -246,9 +251,10 @@ pub struct Encryption {
 /// (`createdAt` to pin output time, `compression`), documented in `docs/decisions.md`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RunRequest {
     /// Profile to run (`json:raw`, ...).
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     /// Evidence kinds to export; empty = the profile's default.
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -289,6 +295,7 @@ pub struct RunRequest {
 
 /// Limits enforced on requests (seed 000 "Limits").
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest accepted request body (256 KiB).
     pub max_body_bytes: u64,
@@ -313,9 +320,9 @@ impl Default for Limits {
 
 impl RunRequest {
     /// A request for `profile_id` with every other field at its default.
-    pub fn new(profile_id: impl Into<String>) -> Self {
+    pub fn new(profile_id: ProfileId) -> Self {
         Self {
-            profile_id: profile_id.into(),
+            profile_id,
             targets: Vec::new(),
             formats: Vec::new(),
             distribution: None,
@@ -353,11 +360,20 @@ impl RunRequest {
         Ok(req)
     }
 
+    /// A builder for `profile_id` (parsed by [`RunRequestBuilder::build`]).
+    ///
+    /// ```
+    /// use exportcore::{Priority, RunRequest, Target};
+    /// let req = RunRequest::builder("json:raw").targets([Target::Advisory]).priority(Priority::High).build()?;
+    /// assert_eq!(req.profile_id, "json:raw");
+    /// # Ok::<(), exportcore::ExportError>(())
+    /// ```
+    pub fn builder(profile_id: impl Into<String>) -> RunRequestBuilder {
+        RunRequestBuilder { request: ProfileId::parse(profile_id).map(RunRequest::new), limits: Limits::default() }
+    }
+
     /// Checks the rules serde cannot express.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        if self.profile_id.trim().is_empty() {
-            return Err(ExportError::invalid("profileId", "must not be empty"));
-        }
         if self.targets.len() > limits.max_targets {
             return Err(ExportError::invalid(
                 "targets",
@@ -417,6 +433,94 @@ impl RunRequest {
     pub fn signing_enabled(&self) -> bool {
         self.distribution.as_ref().and_then(|d| d.signing.as_ref()).is_some_and(|s| s.enabled)
     }
+
+    /// The signing key reference, when signing is enabled.
+    pub fn signing_key_ref(&self) -> Option<&str> {
+        self.distribution.as_ref().and_then(|d| d.signing.as_ref()).filter(|s| s.enabled)?.key_ref.as_deref()
+    }
+}
+
+/// Builds a [`RunRequest`] field by field; [`RunRequestBuilder::build`] reports a bad
+/// profile id and validates the whole request against the limits (default: [`Limits::default`]).
+#[derive(Debug)]
+#[must_use]
+pub struct RunRequestBuilder {
+    request: Result<RunRequest>,
+    limits: Limits,
+}
+
+macro_rules! request_setters {
+    ($($(#[$m:meta])* $name:ident: $ty:ty => |$r:ident, $v:ident| $set:expr;)+) => {$(
+        $(#[$m])*
+        pub fn $name(mut self, $v: $ty) -> Self {
+            if let Ok($r) = &mut self.request {
+                $set;
+            }
+            self
+        }
+    )+};
+}
+
+impl RunRequestBuilder {
+    request_setters! {
+        /// Evidence kinds to export.
+        targets: impl IntoIterator<Item = Target> => |r, v| r.targets = v.into_iter().collect();
+        /// Output serialisations.
+        formats: impl IntoIterator<Item = Format> => |r, v| r.formats = v.into_iter().collect();
+        /// Where the artifacts go.
+        distribution: Distribution => |r, v| r.distribution = Some(v);
+        /// Days until the run expires.
+        retention_days: u32 => |r, v| r.retention_days = Some(v);
+        /// Payload encryption.
+        encryption: Encryption => |r, v| r.encryption = Some(v);
+        /// Queue priority.
+        priority: Priority => |r, v| r.priority = v;
+        /// The time written into every output.
+        created_at: Timestamp => |r, v| r.created_at = Some(v);
+        /// Bundle compression.
+        compression: Compression => |r, v| r.compression = Some(v);
+        /// Compression level.
+        compression_level: u32 => |r, v| r.compression_level = Some(v);
+        /// Run timeout in seconds.
+        timeout_seconds: u64 => |r, v| r.timeout_seconds = Some(v);
+        /// Fail on evidence a profile would skip with a warning.
+        strict: bool => |r, v| r.strict = v;
+    }
+
+    /// Validate against these limits instead of the defaults.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The request.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` naming the field.
+    pub fn build(self) -> Result<RunRequest> {
+        let request = self.request?;
+        request.validate(&self.limits)?;
+        Ok(request)
+    }
+}
+
+impl Distribution {
+    /// A distribution block of `kind` to `reference`, unsigned.
+    pub fn new(kind: DistributionType, reference: Option<String>) -> Self {
+        Self { kind, reference, signing: None }
+    }
+    /// With signing enabled under `key_ref`.
+    pub fn signed(mut self, key_ref: impl Into<String>) -> Self {
+        self.signing = Some(Signing { enabled: true, key_ref: Some(key_ref.into()) });
+        self
+    }
+}
+
+impl Encryption {
+    /// Encryption enabled with `kms_key`.
+    pub fn new(kms_key: impl Into<String>) -> Self {
+        Self { enabled: true, kms_key: Some(kms_key.into()) }
+    }
 }
 
 fn first_duplicate<T: Ord + Copy>(items: &[T]) -> Option<usize> {
@@ -467,6 +571,7 @@ pub enum ArtifactType {
 /// One output of a run, as the run record shows it (seed: `outputs[]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Output {
     /// Kind of artifact.
     #[serde(rename = "type")]
@@ -481,7 +586,7 @@ pub struct Output {
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     /// Path within the run's output.
-    pub path: String,
+    pub path: ArtifactPath,
     /// Size in bytes.
     pub size: u64,
     /// IANA media type.
@@ -508,14 +613,14 @@ impl From<&ExportError> for RunError {
 #[serde(rename_all = "camelCase")]
 pub struct Run {
     /// Unique id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Owning tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Optional project within the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
     /// Profile that ran.
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     /// Lifecycle state.
     pub status: RunStatus,
     /// When it was accepted.
@@ -546,17 +651,17 @@ pub struct Run {
 impl Run {
     /// A fresh `queued` record: no times but `submittedAt`, no outputs, errors or attempts.
     pub fn queued(
-        run_id: impl Into<String>,
-        tenant: impl Into<String>,
+        run_id: RunId,
+        tenant: TenantId,
         project: Option<String>,
-        profile_id: impl Into<String>,
+        profile_id: ProfileId,
         submitted_at: Timestamp,
     ) -> Self {
         Self {
-            run_id: run_id.into(),
-            tenant: tenant.into(),
+            run_id,
+            tenant,
             project,
-            profile_id: profile_id.into(),
+            profile_id,
             status: RunStatus::Queued,
             submitted_at,
             started_at: None,
@@ -574,20 +679,21 @@ impl Run {
 /// An event of a run (seed: SSE `started`, `progress`, `artifact_ready`, `completed`, `failed`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunEvent {
     /// A worker started the run.
     #[serde(rename_all = "camelCase")]
     Started {
         /// The run.
-        run_id: String,
+        run_id: RunId,
         /// Its profile.
-        profile_id: String,
+        profile_id: ProfileId,
     },
     /// Progress changed.
     #[serde(rename_all = "camelCase")]
     Progress {
         /// The run.
-        run_id: String,
+        run_id: RunId,
         /// New progress.
         #[serde(flatten)]
         progress: Progress,
@@ -596,7 +702,7 @@ pub enum RunEvent {
     #[serde(rename_all = "camelCase")]
     ArtifactReady {
         /// The run.
-        run_id: String,
+        run_id: RunId,
         /// Where it is.
         url: String,
         /// Its digest.
@@ -605,7 +711,7 @@ pub enum RunEvent {
         #[serde(rename = "type")]
         kind: ArtifactType,
         /// Path within the output.
-        path: String,
+        path: ArtifactPath,
         /// Size in bytes.
         size: u64,
     },
@@ -613,7 +719,7 @@ pub enum RunEvent {
     #[serde(rename_all = "camelCase")]
     Completed {
         /// The run.
-        run_id: String,
+        run_id: RunId,
         /// Final status (`succeeded`).
         status: RunStatus,
     },
@@ -621,7 +727,7 @@ pub enum RunEvent {
     #[serde(rename_all = "camelCase")]
     Failed {
         /// The run.
-        run_id: String,
+        run_id: RunId,
         /// `ERR_EXPORT_*`.
         code: String,
         /// Message.
@@ -630,6 +736,20 @@ pub enum RunEvent {
 }
 
 impl RunEvent {
+    /// The run the event belongs to.
+    pub fn run_id(&self) -> &RunId {
+        match self {
+            RunEvent::Started { run_id, .. }
+            | RunEvent::Progress { run_id, .. }
+            | RunEvent::ArtifactReady { run_id, .. }
+            | RunEvent::Completed { run_id, .. }
+            | RunEvent::Failed { run_id, .. } => run_id,
+        }
+    }
+    /// True for `completed` and `failed`, the last event of a run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, RunEvent::Completed { .. } | RunEvent::Failed { .. })
+    }
     /// The SSE event name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -699,6 +819,7 @@ mod tests {
             (r#"{"profileId":"p","encryption":{"enabled":true}}"#, "encryption.kmsKey"),
             (r#"{"profileId":"p","createdAt":"yesterday"}"#, "createdAt"),
             (r#"{"profileId":""}"#, "profileId"),
+            (r#"{"profileId":"a b"}"#, "profileId"),
         ];
         for (body, field) in cases {
             let err = parse(body).unwrap_err();
@@ -747,7 +868,7 @@ mod tests {
 
     #[test]
     fn event_shapes() {
-        let e = RunEvent::Progress { run_id: "r".into(), progress: Progress::of(70, 200) };
+        let e = RunEvent::Progress { run_id: RunId::parse("r").unwrap(), progress: Progress::of(70, 200) };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"progress","runId":"r","percent":35,"itemsCompleted":70,"itemsTotal":200}"#

@@ -112,7 +112,7 @@ fn consume_in_order<U>(
     if pending.is_empty() {
         Ok(())
     } else {
-        Err(ExportError::Internal { implementer: "parallel map", message: "a worker stopped unexpectedly".into() })
+        Err(ExportError::internal("parallel map", "a worker stopped unexpectedly"))
     }
 }
 

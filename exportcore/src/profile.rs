@@ -4,7 +4,8 @@
 use crate::error::{ExportError, IoContext, Result};
 use crate::evidence::EvidenceSource;
 use crate::hashing::{HashingWriter, Sha256Digest};
-use crate::manifest::{TimeAnchor, MANIFEST_FILE};
+use crate::id::ProfileId;
+use crate::manifest::{TimeAnchor, MANIFEST_FILE, PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
 use crate::model::{ArtifactType, Compression, Format, Progress, RunRequest, Target, Timestamp};
 use crate::path::ArtifactPath;
 use serde::Serialize;
@@ -19,15 +20,34 @@ use std::sync::Arc;
 /// What `GET /export-center/profiles` shows for a profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ProfileDescriptor {
     /// Id (`json:raw`, `trivy:db`, ...), `kind:variant` by convention.
-    pub id: String,
+    pub id: ProfileId,
     /// One-line description.
     pub description: String,
     /// Targets it understands (empty: it ignores `targets`).
     pub targets: Vec<Target>,
     /// Formats it understands (empty: it ignores `formats`).
     pub formats: Vec<Format>,
+}
+
+impl ProfileDescriptor {
+    /// A descriptor for `id` (a literal: see [`ProfileId::from_static`]) that understands no
+    /// targets or formats (it ignores them).
+    pub fn new(id: &'static str, description: impl Into<String>) -> Self {
+        Self { id: ProfileId::from_static(id), description: description.into(), targets: vec![], formats: vec![] }
+    }
+    /// The targets it understands.
+    pub fn targets(mut self, targets: impl IntoIterator<Item = Target>) -> Self {
+        self.targets = targets.into_iter().collect();
+        self
+    }
+    /// The formats it understands.
+    pub fn formats(mut self, formats: impl IntoIterator<Item = Format>) -> Self {
+        self.formats = formats.into_iter().collect();
+        self
+    }
 }
 
 /// A format adapter.
@@ -83,7 +103,7 @@ pub fn check_supported(d: &ProfileDescriptor, request: &RunRequest) -> Result<()
 /// A registry of profiles by id.
 #[derive(Clone, Debug, Default)]
 pub struct Profiles {
-    map: BTreeMap<String, Arc<dyn Profile>>,
+    map: BTreeMap<ProfileId, Arc<dyn Profile>>,
 }
 
 impl Profiles {
@@ -101,8 +121,18 @@ impl Profiles {
         self.map.insert(profile.descriptor().id, profile);
     }
     /// Looks a profile up; `ERR_EXPORT_PROFILE_NOT_FOUND` when absent.
-    pub fn get(&self, id: &str) -> Result<Arc<dyn Profile>> {
+    pub fn get(&self, id: impl AsRef<str>) -> Result<Arc<dyn Profile>> {
+        let id = id.as_ref();
         self.map.get(id).cloned().ok_or_else(|| ExportError::ProfileNotFound { profile: id.to_owned() })
+    }
+    /// Adds every profile of `other` (replacing ones with the same id): merges the registries
+    /// of several adapter crates.
+    pub fn extend(&mut self, other: Profiles) {
+        self.map.extend(other.map);
+    }
+    /// Ids of all profiles, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &ProfileId> {
+        self.map.keys()
     }
     /// Descriptors of all profiles, sorted by id.
     pub fn descriptors(&self) -> Vec<ProfileDescriptor> {
@@ -372,7 +402,7 @@ impl<'a> ExportContext<'a> {
 
     /// Refuses reserved names and paths already staged.
     fn check_new(&self, spec: &ArtifactSpec) -> Result<()> {
-        if [MANIFEST_FILE, crate::run::SIGNED_MANIFEST_FILE, crate::run::PROVENANCE_FILE].contains(&spec.path.as_str())
+        if [MANIFEST_FILE, SIGNED_MANIFEST_FILE, PROVENANCE_FILE].contains(&spec.path.as_str())
         {
             return Err(ExportError::PathUnsafe {
                 path: spec.path.to_string(),

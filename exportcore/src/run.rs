@@ -5,11 +5,41 @@
 //! artifact is checked against the digest computed while staging; if publishing fails half
 //! way, what was already published for this run is deleted again. A reader that sees
 //! `manifest.json` therefore sees a complete run.
+//!
+//! ```
+//! # use exportcore::*;
+//! # #[derive(Debug)] struct Hello;
+//! # impl Profile for Hello {
+//! #     fn descriptor(&self) -> ProfileDescriptor { ProfileDescriptor::new("hello:txt", "says hello") }
+//! #     fn validate(&self, _: &RunRequest) -> Result<()> { Ok(()) }
+//! #     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+//! #         ctx.time_anchor(None);
+//! #         ctx.write_artifact(ArtifactSpec::new("hello.txt", ArtifactType::Data, "text", "text/plain")?, |w| w.write_all(b"hi").at("hello.txt"))?; Ok(())
+//! #     }
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+//! let sink = InMemorySink::new();
+//! let outcome = run::RunBuilder::new(Hello, MemoryEvidence::new(), sink.clone())
+//!     .tenant(TenantId::parse("tenant-a")?)
+//!     .events(tx)
+//!     .execute(RunRequest::builder("hello:txt").build()?)
+//!     .await?;
+//! assert_eq!(outcome.run.status, RunStatus::Succeeded);
+//! assert_eq!(outcome.run.outputs.len(), 2); // hello.txt + manifest.json
+//! assert_eq!(events.recv().await.map(|e| e.name()), Some("started"));
+//! # Ok::<(), ExportError>(())
+//! # }).unwrap();
+//! ```
 
 use crate::error::{ExportError, Result};
 use crate::evidence::{EvidenceSource, RecordingEvidence};
 use crate::hashing::Sha256Digest;
-use crate::manifest::{ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource, MANIFEST_FILE};
+use crate::id::{RunId, TenantId};
+use crate::manifest::{
+    ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource, DSSE_MEDIA_TYPE, MANIFEST_FILE, PROVENANCE_FILE,
+    SIGNED_MANIFEST_FILE,
+};
 use crate::model::{ArtifactType, Output, Progress, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::path::ArtifactPath;
 use crate::profile::{ArtifactSpec, CancelFlag, ExportContext, Profile, StagedArtifact};
@@ -19,38 +49,59 @@ use crate::sink::Sink;
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::UnboundedSender;
 
-/// A callback receiving run events as they happen.
-pub type EventFn = Arc<dyn Fn(&RunEvent) + Send + Sync>;
+/// Where run events go: the sending half of a channel whose receiver the caller reads (or
+/// drops: events to a closed channel are discarded).
+pub type EventSender = UnboundedSender<RunEvent>;
 
-/// Per-run settings that are not part of the request.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// Owning tenant.
-    pub tenant: String,
-    /// Optional project.
-    pub project: Option<String>,
-    /// Run id (generated when `None`).
-    pub run_id: Option<String>,
-    /// A pinned time from the embedder (e.g. `SOURCE_DATE_EPOCH`); the request's `createdAt`
-    /// wins over it.
-    pub pinned_time: Option<TimeAnchor>,
-    /// Where staging directories are created (default: the system temp dir).
-    pub staging_dir: Option<PathBuf>,
-    /// Cancellation.
-    pub cancel: CancelFlag,
-    /// The signer used when the request enables `distribution.signing` (the embedder resolves
-    /// the request's `keyRef` to it).
-    pub signer: Option<Arc<dyn Signer>>,
-    /// Publish under this sink prefix (e.g. one directory per run) instead of the sink root.
-    pub prefix: Option<ArtifactPath>,
+/// The result of a successful run: its record (status `succeeded`, outputs, warnings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOutcome {
+    /// The run record.
+    pub run: Run,
 }
 
-impl RunOptions {
-    /// Options for `tenant` with everything else at its default.
-    pub fn new(tenant: impl Into<String>) -> Self {
+impl RunOutcome {
+    /// The published outputs, manifest last.
+    pub fn outputs(&self) -> &[Output] {
+        &self.run.outputs
+    }
+}
+
+/// Runs one export, outside any engine: the library's single-run entry point (the
+/// [`Exporter`](crate::engine::Exporter) uses it for each attempt).
+#[derive(Debug)]
+#[must_use]
+pub struct RunBuilder {
+    profile: Arc<dyn Profile>,
+    evidence: Arc<dyn EvidenceSource>,
+    sink: Arc<dyn Sink>,
+    tenant: Option<TenantId>,
+    project: Option<String>,
+    run_id: Option<RunId>,
+    pinned_time: Option<TimeAnchor>,
+    staging_dir: Option<PathBuf>,
+    cancel: CancelFlag,
+    signer: Option<Arc<dyn Signer>>,
+    prefix: Option<ArtifactPath>,
+    events: Option<EventSender>,
+}
+
+impl RunBuilder {
+    /// A run of `profile` reading `evidence` and publishing to `sink` (each may be shared:
+    /// `Arc<T>` implements the traits too).
+    pub fn new(profile: impl Profile, evidence: impl EvidenceSource, sink: impl Sink) -> Self {
+        Self::from_arcs(Arc::new(profile), Arc::new(evidence), Arc::new(sink))
+    }
+    /// [`RunBuilder::new`] from trait objects.
+    pub fn from_arcs(profile: Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, sink: Arc<dyn Sink>) -> Self {
         Self {
-            tenant: tenant.into(),
+            profile,
+            evidence,
+            sink,
+            tenant: None,
             project: None,
             run_id: None,
             pinned_time: None,
@@ -58,82 +109,163 @@ impl RunOptions {
             cancel: CancelFlag::new(),
             signer: None,
             prefix: None,
+            events: None,
+        }
+    }
+    /// Owning tenant (default `default`).
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+    /// Project within the tenant.
+    pub fn project(mut self, project: impl Into<String>) -> Self {
+        self.project = Some(project.into());
+        self
+    }
+    /// The run id (default: a fresh [`RunId::generate`]).
+    pub fn run_id(mut self, id: RunId) -> Self {
+        self.run_id = Some(id);
+        self
+    }
+    /// A pinned time from the embedder (e.g. `SOURCE_DATE_EPOCH`); the request's `createdAt`
+    /// wins over it.
+    pub fn pinned_time(mut self, anchor: Option<TimeAnchor>) -> Self {
+        self.pinned_time = anchor;
+        self
+    }
+    /// Where staging directories are created (default: the system temp dir).
+    pub fn staging_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.staging_dir = Some(dir.into());
+        self
+    }
+    /// A flag that cancels the run when set (or times it out, see [`CancelFlag::time_out`]).
+    pub fn cancel(mut self, flag: CancelFlag) -> Self {
+        self.cancel = flag;
+        self
+    }
+    /// The signer used when the request enables `distribution.signing` (the caller resolves the
+    /// request's `keyRef` to it).
+    pub fn signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+    /// Publish under this sink prefix (e.g. one directory per run) instead of the sink root.
+    pub fn prefix(mut self, prefix: ArtifactPath) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+    /// Send run events here as they happen.
+    pub fn events(mut self, events: EventSender) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Runs `request` (already validated against the limits) to the end.
+    ///
+    /// # Errors
+    /// The run's failure, with nothing of it left in the sink: the profile's or sink's error,
+    /// `ERR_EXPORT_CANCELLED` / `ERR_EXPORT_TIMEOUT` when the flag was set, or
+    /// `ERR_EXPORT_NOT_SUPPORTED` for request fields this build does not implement.
+    pub async fn execute(self, request: RunRequest) -> Result<RunOutcome> {
+        let tenant = match self.tenant.clone() {
+            Some(t) => t,
+            None => TenantId::parse("default")?,
+        };
+        let run_id = self.run_id.clone().unwrap_or_else(|| RunId::generate(&tenant));
+        let now = Timestamp::now();
+        let mut run = Run::queued(run_id.clone(), tenant, self.project.clone(), request.profile_id.clone(), now);
+        run.status = RunStatus::Running;
+        run.started_at = Some(now);
+        run.attempts = 1;
+        let emit = Emitter(self.events.clone());
+        emit.send(RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let mut published = Vec::new();
+        let result = stage_and_publish(&self, &run, &request, &emit, &progress, &mut published).await;
+        let finished = Timestamp::now();
+        run.finished_at = Some(finished);
+        run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((mut outputs, warnings)) => {
+                run.warnings = warnings;
+                if let Some(days) = request.retention_days {
+                    let exp = finished.plus_days(days);
+                    run.expires_at = Some(exp);
+                    outputs.iter_mut().for_each(|o| o.expires_at = Some(exp));
+                }
+                run.outputs = outputs;
+                run.status = RunStatus::Succeeded;
+                run.progress = Progress { percent: 100, ..run.progress };
+                emit.send(RunEvent::Completed { run_id, status: RunStatus::Succeeded });
+                Ok(RunOutcome { run })
+            }
+            Err(e) => {
+                for path in published.iter().rev() {
+                    // Best effort: a failed rollback leaves files without a manifest, which no
+                    // reader takes for a complete run.
+                    let _ = self.sink.delete(path).await;
+                }
+                emit.send(RunEvent::Failed { run_id, code: e.code().to_owned(), message: e.report() });
+                Err(e)
+            }
         }
     }
 }
 
-/// A fresh run id: `export-run::<tenant>::<uuid v7>` (time-ordered).
-pub fn new_run_id(tenant: &str) -> String {
-    format!("export-run::{tenant}::{}", uuid::Uuid::now_v7())
-}
+/// Sends events to an optional channel; a closed receiver is not an error.
+#[derive(Clone)]
+struct Emitter(Option<EventSender>);
 
-/// Runs `profile` on `evidence` for `request`, publishing to `sink`. Always returns the final
-/// run record: `succeeded` with its outputs, or `failed` with its errors (and nothing of it
-/// left in the sink). `request` must already be validated against the limits.
-pub async fn execute(
-    profile: Arc<dyn Profile>,
-    evidence: Arc<dyn EvidenceSource>,
-    sink: Arc<dyn Sink>,
-    request: RunRequest,
-    options: RunOptions,
-    on_event: EventFn,
-) -> Run {
-    let run_id = options.run_id.clone().unwrap_or_else(|| new_run_id(&options.tenant));
-    let now = Timestamp::now();
-    let mut run = Run::queued(&run_id, &options.tenant, options.project.clone(), &request.profile_id, now);
-    run.status = RunStatus::Running;
-    run.started_at = Some(now);
-    run.attempts = 1;
-    on_event(&RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
-    let progress = Arc::new(Mutex::new(Progress::default()));
-    let mut published = Vec::new();
-    let result =
-        stage_and_publish(&profile, evidence, &sink, &request, &options, &run_id, &on_event, &progress, &mut published)
-            .await;
-    let finished = Timestamp::now();
-    run.finished_at = Some(finished);
-    run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
-    match result {
-        Ok((mut outputs, warnings)) => {
-            run.warnings = warnings;
-            if let Some(days) = request.retention_days {
-                let exp = finished.plus_days(days);
-                run.expires_at = Some(exp);
-                outputs.iter_mut().for_each(|o| o.expires_at = Some(exp));
-            }
-            run.outputs = outputs;
-            run.status = RunStatus::Succeeded;
-            run.progress = Progress { percent: 100, ..run.progress };
-            on_event(&RunEvent::Completed { run_id, status: RunStatus::Succeeded });
-        }
-        Err(e) => {
-            for path in published.iter().rev() {
-                // Best effort: a failed rollback leaves files without a manifest, which no
-                // reader takes for a complete run.
-                let _ = sink.delete(path).await;
-            }
-            run.status = RunStatus::Failed;
-            run.errors.push(RunError::from(&e));
-            on_event(&RunEvent::Failed { run_id, code: e.code().to_owned(), message: e.report() });
+impl Emitter {
+    fn send(&self, e: RunEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(e);
         }
     }
-    run
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Refuses request fields that this build accepts on the wire but does not implement yet, so
+/// nothing requested is silently ignored.
+pub fn check_implemented(request: &RunRequest) -> Result<()> {
+    if request.encryption.as_ref().is_some_and(|e| e.enabled) {
+        return Err(ExportError::NotSupported {
+            feature: "encryption.enabled: payload encryption is not implemented in this build".into(),
+        });
+    }
+    if let Some(d) = &request.distribution {
+        use crate::model::DistributionType;
+        if d.kind != DistributionType::Filesystem {
+            return Err(ExportError::NotSupported {
+                feature: format!(
+                    "distribution.type {}: only \"filesystem\" (the engine's own sink) is implemented in this build",
+                    d.kind
+                ),
+            });
+        }
+        if d.reference.is_some() {
+            return Err(ExportError::NotSupported {
+                feature: "distribution.ref: runs publish to the engine's sink; a per-request destination is not \
+                          implemented in this build"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn stage_and_publish(
-    profile: &Arc<dyn Profile>,
-    evidence: Arc<dyn EvidenceSource>,
-    sink: &Arc<dyn Sink>,
+    options: &RunBuilder,
+    run: &Run,
     request: &RunRequest,
-    options: &RunOptions,
-    run_id: &str,
-    on_event: &EventFn,
+    emit: &Emitter,
     progress: &Arc<Mutex<Progress>>,
     published: &mut Vec<ArtifactPath>,
 ) -> Result<(Vec<Output>, Vec<RunError>)> {
+    let (profile, sink, run_id) = (&options.profile, &options.sink, &run.run_id);
     options.cancel.check()?;
+    check_implemented(request)?;
     profile.validate(request)?;
+    let evidence = Arc::clone(&options.evidence);
     let signer = match (request.signing_enabled(), &options.signer) {
         (false, _) => None,
         (true, Some(s)) => Some(Arc::clone(s)),
@@ -163,8 +295,8 @@ async fn stage_and_publish(
         let request = request.clone();
         let staging_path = staging.path().to_path_buf();
         let cancel = options.cancel.clone();
-        let run_id = run_id.to_owned();
-        let on_event = Arc::clone(on_event);
+        let run_id = run_id.clone();
+        let emit = emit.clone();
         let progress = Arc::clone(progress);
         let profile_signer = signer.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor, Vec<RunError>)> {
@@ -176,7 +308,7 @@ async fn stage_and_publish(
                     changed
                 };
                 if changed {
-                    on_event(&RunEvent::Progress { run_id: run_id.clone(), progress: p });
+                    emit.send(RunEvent::Progress { run_id: run_id.clone(), progress: p });
                 }
             };
             let mut ctx = ExportContext {
@@ -194,18 +326,28 @@ async fn stage_and_publish(
             };
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;
+            if ctx.anchor.is_none() && ctx.pinned.is_none() {
+                let id = request.profile_id.clone();
+                ctx.warn(
+                    "WARN_EXPORT_TIME_UNANCHORED",
+                    format!(
+                        "profile {id} never called ExportContext::time_anchor and no time was pinned: the run \
+                         manifest is dated 1970-01-01T00:00:00Z"
+                    ),
+                );
+            }
             let anchor = ctx.time_anchor(None);
             Ok((ctx.artifacts, anchor, ctx.warnings))
         })
         .await
-        .map_err(|e| ExportError::Internal { implementer: "profile", message: format!("export task failed: {e}") })??
+        .map_err(|e| ExportError::internal_caused("profile", "the export task stopped", e))??
     };
     if artifacts.is_empty() {
-        return Err(ExportError::Internal { implementer: "profile", message: "wrote no artifacts".into() });
+        return Err(ExportError::internal("profile", "wrote no artifacts"));
     }
 
     // The run manifest, staged like any artifact.
-    let mut builder = ManifestBuilder::run(&request.profile_id, anchor);
+    let mut builder = ManifestBuilder::run(request.profile_id.as_str(), anchor);
     for a in &artifacts {
         builder.add(
             ManifestEntry::new(a.spec.path.clone(), a.size, a.sha256, a.spec.media_type.clone())
@@ -234,15 +376,15 @@ async fn stage_and_publish(
             .map(|(path, sha256)| Resource { name: path.to_string(), sha256 })
             .collect();
         let statement = provenance::statement(&ProvenanceInput {
-            run_id,
+            run_id: run_id.as_str(),
             request,
             subjects,
             dependencies,
             time: anchor.created_at,
-            tenant: &options.tenant,
+            tenant: run.tenant.as_str(),
         });
         let statement_bytes = crate::canonical::to_vec(&statement)
-            .map_err(|e| ExportError::Internal { implementer: "provenance", message: e.to_string() })?;
+            .map_err(|e| ExportError::internal_caused("provenance", "", e))?;
         let signers: [&dyn Signer; 1] = [&**signer];
         let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
         ordered.push(stage_bytes(staging.path(), PROVENANCE_FILE, ArtifactType::Provenance, &prov.to_bytes())?);
@@ -280,7 +422,7 @@ async fn stage_and_publish(
         if failure.is_some() {
             continue;
         }
-        match receipt.and_then(|r| published_output(sink, run_id, on_event, a, r)).and_then(|o| {
+        match receipt.and_then(|r| published_output(sink, run_id, emit, a, r)).and_then(|o| {
             options.cancel.check()?;
             Ok(o)
         }) {
@@ -294,7 +436,7 @@ async fn stage_and_publish(
     if let Some(target) = manifest_target {
         published.push(target.clone());
         let receipt = sink.put_file(&target, &manifest.local).await?;
-        outputs.push(published_output(sink, run_id, on_event, manifest, receipt)?);
+        outputs.push(published_output(sink, run_id, emit, manifest, receipt)?);
     }
     Ok((outputs, warnings))
 }
@@ -305,8 +447,8 @@ const PUBLISH_CONCURRENCY: usize = 4;
 /// Checks a sink's receipt against the staged artifact, announces it, and makes its output.
 fn published_output(
     sink: &Arc<dyn Sink>,
-    run_id: &str,
-    on_event: &EventFn,
+    run_id: &RunId,
+    emit: &Emitter,
     a: StagedArtifact,
     receipt: crate::sink::PutReceipt,
 ) -> Result<Output> {
@@ -320,12 +462,12 @@ fn published_output(
             .into(),
         });
     }
-    on_event(&RunEvent::ArtifactReady {
-        run_id: run_id.to_owned(),
+    emit.send(RunEvent::ArtifactReady {
+        run_id: run_id.clone(),
         url: receipt.url.clone(),
         sha256: receipt.sha256,
         kind: a.spec.kind,
-        path: a.spec.path.to_string(),
+        path: a.spec.path.clone(),
         size: receipt.size,
     });
     Ok(Output {
@@ -334,18 +476,11 @@ fn published_output(
         url: receipt.url,
         sha256: receipt.sha256,
         expires_at: None,
-        path: a.spec.path.to_string(),
+        path: a.spec.path,
         size: receipt.size,
         media_type: a.spec.media_type,
     })
 }
-
-/// Name of the DSSE envelope over `manifest.json` in a signed run.
-pub const SIGNED_MANIFEST_FILE: &str = "manifest.dsse.json";
-/// Name of the DSSE envelope holding the in-toto/SLSA provenance of a signed run.
-pub const PROVENANCE_FILE: &str = "provenance.dsse.json";
-/// Media type of DSSE envelopes.
-pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 
 fn stage_bytes(dir: &std::path::Path, name: &str, kind: ArtifactType, bytes: &[u8]) -> Result<StagedArtifact> {
     let local = dir.join(format!("run-{name}"));

@@ -18,7 +18,7 @@ use crate::manifest::{Manifest, TimeSource, MANIFEST_FILE};
 use crate::model::ArtifactType;
 use crate::model::Timestamp;
 use crate::path::ArtifactPath;
-use crate::run::{PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
+use crate::manifest::{PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
 use crate::sign::dsse::{self, Envelope};
 use crate::sign::{provenance, Verifier};
 use serde::Serialize;

@@ -49,12 +49,10 @@ const CHECK_EVERY: u64 = 16 << 20;
 
 impl Profile for DevportalOffline {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: PROFILE_ID.into(),
-            description: "Developer portal, API specs, SDKs and changelog as a verifiable offline .tgz".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        ProfileDescriptor::new(
+            PROFILE_ID,
+            "Developer portal, API specs, SDKs and changelog as a verifiable offline .tgz",
+        )
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

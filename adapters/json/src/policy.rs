@@ -268,14 +268,12 @@ impl Join {
 
 impl Profile for JsonPolicy {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: "json:policy".into(),
-            description:
-                "json:raw plus the policy overlay: findings joined with advisories and VEX into effective verdicts"
-                    .into(),
-            targets: ALL_TARGETS.to_vec(),
-            formats: vec![Format::Json, Format::Ndjson],
-        }
+        ProfileDescriptor::new(
+            "json:policy",
+            "json:raw plus the policy overlay: findings joined with advisories and VEX into effective verdicts",
+        )
+        .targets(ALL_TARGETS.iter().copied())
+        .formats([Format::Json, Format::Ndjson])
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

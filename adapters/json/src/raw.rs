@@ -44,7 +44,7 @@ impl RecordWriter {
     }
 
     fn io(&self, e: std::io::Error) -> ExportError {
-        ExportError::Internal { implementer: "json spool", message: format!("{}: {e}", self.spool.path()) }
+        ExportError::internal_caused("json spool", self.spool.path().to_string(), e)
     }
 
     pub(crate) fn push(&mut self, value: &Value) -> Result<()> {
@@ -191,14 +191,12 @@ pub(crate) fn base_manifest(
 
 impl Profile for JsonRaw {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: "json:raw".into(),
-            description:
-                "Evidence (OSV advisories, OpenVEX, policy findings) as canonical JSON/NDJSON in a deterministic bundle"
-                    .into(),
-            targets: ALL_TARGETS.to_vec(),
-            formats: vec![Format::Json, Format::Ndjson],
-        }
+        ProfileDescriptor::new(
+            "json:raw",
+            "Evidence (OSV advisories, OpenVEX, policy findings) as canonical JSON/NDJSON in a deterministic bundle",
+        )
+        .targets(ALL_TARGETS.iter().copied())
+        .formats([Format::Json, Format::Ndjson])
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

@@ -132,10 +132,7 @@ impl Collector {
 
     fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: Vec<u8>, modified: Timestamp) -> Result<()> {
         if bucket.contains('\0') || pkg.contains('\0') {
-            return Err(ExportError::Internal {
-                implementer: "trivy",
-                message: format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}"),
-            });
+            return Err(ExportError::internal("trivy", format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}")));
         }
         let mut path = Vec::with_capacity(bucket.len() + pkg.len() + key.len() + 2);
         path.extend_from_slice(bucket.as_bytes());
@@ -173,10 +170,7 @@ impl Collector {
         match self.spiller.take() {
             Some(Spiller { tx, thread }) => {
                 drop(tx);
-                thread.join().map_err(|_| ExportError::Internal {
-                    implementer: "trivy",
-                    message: "index sort panicked".into(),
-                })?
+                thread.join().map_err(|_| ExportError::internal("trivy", "index sort panicked"))?
             }
             None => Ok(()),
         }
@@ -192,7 +186,7 @@ impl Collector {
         modified: Timestamp,
     ) -> Result<()> {
         if pkg.is_empty() {
-            return Err(ExportError::Internal { implementer: "trivy", message: format!("{id}: empty package name") });
+            return Err(ExportError::internal("trivy", format!("{id}: empty package name")));
         }
         self.pushed_nested += 1;
         self.push(root, pkg, id, value, modified)

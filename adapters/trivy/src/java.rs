@@ -53,7 +53,7 @@ pub(crate) fn build(evidence: &dyn EvidenceSource, out: &Path, report: &mut DbRe
         by_sha1.insert(sha1, owner);
         artifacts.entry((g, a)).or_default().push((ver, sha1, kind));
     }
-    let db_err = |e: rusqlite::Error| ExportError::Internal { implementer: "java-db sqlite", message: e.to_string() };
+    let db_err = |e: rusqlite::Error| ExportError::internal_caused("java-db sqlite", "", e);
     let mut conn = Connection::open(out).map_err(db_err)?;
     conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(db_err)?;

@@ -124,7 +124,7 @@ pub(crate) fn oci_layout(
         "annotations": {"org.opencontainers.image.created": created.to_string()},
     });
     let manifest_bytes = canonical::to_vec(&manifest)
-        .map_err(|e| ExportError::Internal { implementer: "oci", message: e.to_string() })?;
+        .map_err(|e| ExportError::internal_caused("oci", "", e))?;
     let manifest_digest = write_blob(ctx, dir, &manifest_bytes, "application/vnd.oci.image.manifest.v1+json")?;
     let index = json!({
         "schemaVersion": 2,
@@ -138,7 +138,7 @@ pub(crate) fn oci_layout(
         }],
     });
     let index_bytes =
-        canonical::to_vec(&index).map_err(|e| ExportError::Internal { implementer: "oci", message: e.to_string() })?;
+        canonical::to_vec(&index).map_err(|e| ExportError::internal_caused("oci", "", e))?;
     let spec = ArtifactSpec::new(
         &format!("{dir}/index.json"),
         ArtifactType::Metadata,

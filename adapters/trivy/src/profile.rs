@@ -47,8 +47,8 @@ pub struct DbReport {
     pub duplicate_sha1: u64,
 }
 
-fn descriptor(id: &str, description: &str) -> ProfileDescriptor {
-    ProfileDescriptor { id: id.into(), description: description.into(), targets: vec![], formats: vec![] }
+fn descriptor(id: &'static str, description: &str) -> ProfileDescriptor {
+    ProfileDescriptor::new(id, description)
 }
 
 fn no_targets(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
@@ -78,7 +78,7 @@ fn stage_bytes(
 
 fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()> {
     let bytes = exportcore::canonical::to_vec(report)
-        .map_err(|e| ExportError::Internal { implementer: "trivy", message: e.to_string() })?;
+        .map_err(|e| ExportError::internal_caused("trivy", "", e))?;
     stage_bytes(ctx, "trivy-export.json", "application/json", ArtifactType::Metadata, &bytes)?;
     Ok(())
 }
@@ -334,7 +334,7 @@ impl Profile for TrivyDb {
         let finished = ctx.write_artifact(spec, |w| tgz.finish(&meta_pages, w));
         let digest = hashing
             .join()
-            .map_err(|_| ExportError::Internal { implementer: "trivy", message: "hashing trivy.db panicked".into() })?
+            .map_err(|_| ExportError::internal("trivy", "hashing trivy.db panicked"))?
             .map_err(|e| ExportError::io(&db_path, e))?;
         let (tgz, ()) = finished?;
         let _ = std::fs::remove_file(&spill_path);

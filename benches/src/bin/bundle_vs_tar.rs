@@ -17,10 +17,10 @@
 
 use exportcore::archive::{ArchiveWriter, FileMode};
 use exportcore::hashing::HashingReader;
-use exportcore::run::{execute, RunOptions};
+use exportcore::run::RunBuilder;
 use exportcore::{
     ArtifactPath, ArtifactSpec, ArtifactType, Compression, DirEvidence, EvidenceKind, ExportContext, FsSink,
-    ManifestBuilder, ManifestEntry, Profile, ProfileDescriptor, RunRequest, RunStatus, Target, Timestamp,
+    ManifestBuilder, ManifestEntry, Profile, ProfileDescriptor, ProfileId, RunRequest, Target, Timestamp,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -50,12 +50,7 @@ struct VerbatimBundle;
 
 impl Profile for VerbatimBundle {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: "bench:bundle".into(),
-            description: "evidence files verbatim in a deterministic bundle".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        ProfileDescriptor::new("bench:bundle", "evidence files verbatim in a deterministic bundle")
     }
 
     fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
@@ -92,32 +87,33 @@ fn child(mode: &str, evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start = Instant::now();
     let run = rt.block_on(async {
-        let mut req = RunRequest::new(if mode == "bundle" { "bench:bundle" } else { "json:raw" });
+        let mut req = RunRequest::new(ProfileId::from_static(if mode == "bundle" { "bench:bundle" } else { "json:raw" }));
         if mode != "bundle" {
             req.targets = vec![Target::Advisory];
         }
         req.compression = Some(Compression::Zstd);
         req.created_at = Timestamp::parse("2025-01-01T00:00:00Z").ok();
-        let mut opts = RunOptions::new("bench");
-        opts.staging_dir = Some(out.parent().unwrap_or(out).to_path_buf());
         let profile: Arc<dyn Profile> =
             if mode == "bundle" { Arc::new(VerbatimBundle) } else { Arc::new(exportcore_json::JsonRaw) };
-        execute(
+        RunBuilder::from_arcs(
             profile,
             Arc::new(DirEvidence::new(evidence).expect("evidence")),
             Arc::new(FsSink::new(out).expect("sink")),
-            req,
-            opts,
-            exportcore_benches::phase_printer(start),
         )
+        .staging_dir(out.parent().unwrap_or(out))
+        .events(exportcore_benches::phase_printer(start))
+        .execute(req)
         .await
     });
     let secs = start.elapsed().as_secs_f64();
-    if run.status != RunStatus::Succeeded {
-        eprintln!("run failed: {:?}", run.errors);
-        return ExitCode::from(1);
-    }
-    let size = run.outputs.iter().find(|o| o.path.ends_with(".tar.zst")).map_or(0, |o| o.size);
+    let run = match run {
+        Ok(o) => o.run,
+        Err(e) => {
+            eprintln!("run failed: {}", e.report());
+            return ExitCode::from(1);
+        }
+    };
+    let size = run.outputs.iter().find(|o| o.path.as_str().ends_with(".tar.zst")).map_or(0, |o| o.size);
     assert!(size > 0, "no bundle in {:?}", run.outputs);
     println!("{secs:.3} {} {size}", exportcore_benches::vm_hwm_kib());
     ExitCode::SUCCESS

@@ -9,11 +9,11 @@
 //! 3. engine level: the same through `Exporter::submit` and the worker pool with a profile that
 //!    writes one byte, into an in-memory sink (staging, digests, manifest, events included).
 
-use exportcore::engine::Exporter;
+use exportcore::engine::{Exporter, Submission};
 use exportcore::store::{IdempotencyKey, NewRun, RunStore, SqliteStore};
 use exportcore::{
     ArtifactSpec, ArtifactType, ExportContext, InMemorySink, MemoryEvidence, Profile, ProfileDescriptor, Profiles,
-    Progress, Run, RunEvent, RunRequest, RunStatus, Sha256Digest, Timestamp,
+    ProfileId, Progress, Run, RunEvent, RunId, RunRequest, RunStatus, Sha256Digest, TenantId, Timestamp,
 };
 use std::time::Instant;
 
@@ -27,12 +27,7 @@ struct Noop;
 
 impl Profile for Noop {
     fn descriptor(&self) -> ProfileDescriptor {
-        ProfileDescriptor {
-            id: "bench:noop".into(),
-            description: "writes one byte".into(),
-            targets: vec![],
-            formats: vec![],
-        }
+        ProfileDescriptor::new("bench:noop", "writes one byte")
     }
     fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
         Ok(())
@@ -57,13 +52,15 @@ async fn main() -> exportcore::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| exportcore::ExportError::io("tempdir", e))?;
     let store = SqliteStore::open(dir.path().join("bench.sqlite"))?;
 
-    let request = RunRequest::new("bench:noop");
+    let request = RunRequest::new(ProfileId::from_static("bench:noop"));
+    let tenant = TenantId::from_static("bench");
     let hash = Sha256Digest::of(b"bench");
     let start = Instant::now();
     let mut ids = Vec::with_capacity(runs as usize);
     for i in 0..runs {
         let now = Timestamp::now();
-        let run = Run::queued(format!("export-run::bench::{i:08}"), "bench", None, "bench:noop", now);
+        let id = RunId::parse(format!("export-run::bench::{i:08}"))?;
+        let run = Run::queued(id, tenant.clone(), None, request.profile_id.clone(), now);
         let idempotency =
             Some(IdempotencyKey { key: format!("k{i}"), expires_at: Timestamp::from_unix(now.unix() + 86_400)? });
         store
@@ -100,7 +97,7 @@ async fn main() -> exportcore::Result<()> {
         .build()?;
     let start = Instant::now();
     for _ in 0..engine_runs {
-        exporter.submit("bench", None, RunRequest::new("bench:noop"), None).await?;
+        exporter.submit(Submission::new(tenant.clone(), request.clone())).await?;
     }
     exporter.run_until_idle().await;
     let secs = start.elapsed().as_secs_f64();

@@ -17,12 +17,11 @@
 //! `compressionLevel`); `BENCH_PHASES=1` prints when each phase of our build starts.
 
 use bbolt_rs::{BucketApi, DbApi, TxApi};
-use exportcore::run::{execute, RunOptions};
-use exportcore::{DirEvidence, FsSink, RunRequest, RunStatus, Timestamp};
+use exportcore::run::RunBuilder;
+use exportcore::{DirEvidence, FsSink, ProfileId, RunRequest, Timestamp};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// mimalloc: allocation-heavy JSON parsing on several threads is markedly faster than with
@@ -35,23 +34,22 @@ fn child(evidence: &Path, out: &Path) -> ExitCode {
     let anon = exportcore_benches::AnonPeak::start();
     let start = Instant::now();
     let run = rt.block_on(async {
-        let mut req = RunRequest::new("trivy:db");
+        let mut req = RunRequest::new(ProfileId::from_static("trivy:db"));
         req.created_at = Timestamp::parse("2025-06-01T00:00:00Z").ok();
         req.compression_level = std::env::var("BENCH_GZIP_LEVEL").ok().and_then(|l| l.parse().ok());
-        let mut opts = RunOptions::new("bench");
-        opts.staging_dir = out.parent().map(Path::to_path_buf);
-        execute(
-            Arc::new(exportcore_trivy::TrivyDb),
-            Arc::new(DirEvidence::new(evidence).expect("evidence")),
-            Arc::new(FsSink::new(out).expect("sink")),
-            req,
-            opts,
-            exportcore_benches::phase_printer(start),
+        let mut run = RunBuilder::new(
+            exportcore_trivy::TrivyDb,
+            DirEvidence::new(evidence).expect("evidence"),
+            FsSink::new(out).expect("sink"),
         )
-        .await
+        .events(exportcore_benches::phase_printer(start));
+        if let Some(dir) = out.parent() {
+            run = run.staging_dir(dir);
+        }
+        run.execute(req).await
     });
-    if run.status != RunStatus::Succeeded {
-        eprintln!("run failed: {:?}", run.errors);
+    if let Err(e) = run {
+        eprintln!("run failed: {}", e.report());
         return ExitCode::from(1);
     }
     let secs = start.elapsed().as_secs_f64();

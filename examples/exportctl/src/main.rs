@@ -5,13 +5,13 @@
 //! `ERR_EXPORT_*` code.
 
 use clap::{Parser, Subcommand};
-use exportcore::engine::Exporter;
+use exportcore::engine::{Exporter, Submission};
 use exportcore::sign::Verifier as _;
 use exportcore::store::{RunFilter, RunStore, SqliteStore};
 use exportcore::verify::{StalenessPolicy, VerifyOptions};
 use exportcore::{
-    Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, Profiles, RunEvent,
-    RunRequest, RunStatus, Signing, Target, TimeAnchor, Timestamp,
+    Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, ProfileId, Profiles,
+    RunEvent, RunId, RunRequest, RunStatus, Target, TenantId, TimeAnchor, Timestamp,
 };
 use futures::StreamExt;
 use std::io::IsTerminal;
@@ -201,13 +201,8 @@ fn not_supported(feature: &str) -> Failure {
 
 fn profiles() -> Profiles {
     let mut all = exportcore_json::profiles();
-    for p in [
-        Arc::new(exportcore_trivy::TrivyDb) as Arc<dyn exportcore::Profile>,
-        Arc::new(exportcore_trivy::TrivyJavaDb),
-        Arc::new(exportcore_devportal::DevportalOffline::new()),
-    ] {
-        all.register(p);
-    }
+    all.extend(exportcore_trivy::profiles());
+    all.extend(exportcore_devportal::profiles());
     all
 }
 
@@ -276,7 +271,7 @@ fn parse_list<T: std::str::FromStr<Err = String>>(flag: &str, values: &[String])
 }
 
 fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
-    let mut req = RunRequest::new(&args.profile);
+    let mut req = RunRequest::new(ProfileId::parse(&*args.profile)?);
     req.formats = parse_list::<Format>("--format", &args.formats)?;
     req.targets = parse_list::<Target>("--target", &args.targets)?;
     req.compression = args
@@ -318,11 +313,8 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         None => None,
         Some(key) => {
             let key_ref = format!("file:{}", key.display());
-            request.distribution = Some(Distribution {
-                kind: DistributionType::Filesystem,
-                reference: Some(args.out.display().to_string()),
-                signing: Some(Signing { enabled: true, key_ref: Some(key_ref.clone()) }),
-            });
+            // The destination is the sink (--out): no `ref`.
+            request.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed(key_ref.clone()));
             Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
         }
     };
@@ -352,7 +344,8 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let exporter = builder.build()?;
     lock.recover_then_share(&exporter).await?;
 
-    let accepted = match exporter.submit(&args.tenant, None, request, None).await {
+    let tenant = TenantId::parse(&*args.tenant)?;
+    let accepted = match exporter.submit(Submission::new(tenant.clone(), request)).await {
         Ok(a) => a,
         Err(e) => {
             remove_if_created(created_out, &args.out);
@@ -362,17 +355,17 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let progress = ProgressDisplay::new();
     let exec = {
         let exporter = exporter.clone();
-        let (tenant, run_id) = (args.tenant.clone(), accepted.run_id.clone());
+        let (tenant, run_id) = (tenant.clone(), accepted.run_id.clone());
         tokio::spawn(async move { exporter.execute_now(&tenant, &run_id).await })
     };
-    let mut events = exporter.events(&args.tenant, &accepted.run_id, 0);
+    let mut events = exporter.events(&tenant, &accepted.run_id, 0);
     while let Some(ev) = events.next().await {
         match ev {
             Ok(ev) => progress.event(&ev.event),
             Err(e) => eprintln!("warning: event stream: {}", e.report()),
         }
     }
-    let run = exec.await.map_err(|e| ExportError::Internal { implementer: "exportctl", message: e.to_string() })??;
+    let run = exec.await.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
     progress.finish();
     if run.status != RunStatus::Succeeded {
         remove_if_created(created_out, &args.out);
@@ -425,11 +418,11 @@ impl EngineLock {
     }
 
     /// Recovers interrupted runs if no other engine is alive.
-    async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<String>, Failure> {
+    async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<RunId>, Failure> {
         if self.file.try_lock().is_err() {
             return Ok(Vec::new());
         }
-        let ids = exportcore::engine::recover_interrupted(store).await?;
+        let ids = exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?;
         let _ = self.file.unlock();
         for id in &ids {
             eprintln!(
@@ -447,6 +440,7 @@ impl EngineLock {
 }
 
 async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: &str) -> Result<ExitCode, Failure> {
+    let tenant = &TenantId::parse(tenant)?;
     let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     if !store_path.exists() {
         return Err(
@@ -461,7 +455,8 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
                 .as_deref()
                 .map(|s| s.parse::<RunStatus>().map_err(|e| ExportError::invalid("--status", e)))
                 .transpose()?;
-            let filter = RunFilter { status, profile_id: profile, limit, ..Default::default() };
+            let profile_id = profile.map(ProfileId::parse).transpose()?;
+            let filter = RunFilter { status, profile_id, limit, ..Default::default() };
             let page = store.list(tenant, &filter).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page.runs).unwrap_or_default());
@@ -479,7 +474,7 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
             }
         }
         RunsCommand::Show { run_id } => {
-            let run = store.get(tenant, &run_id).await?;
+            let run = store.get(tenant, &RunId::parse(run_id)?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
             } else {
@@ -493,6 +488,7 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
             }
         }
         RunsCommand::Events { run_id } => {
+            let run_id = RunId::parse(run_id)?;
             let mut after = 0;
             loop {
                 let batch = store.events(tenant, &run_id, after, 1000).await?;

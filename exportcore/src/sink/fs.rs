@@ -140,7 +140,7 @@ impl FsSink {
         if final_path.is_dir() {
             return Err(ExportError::PathUnsafe { path: path.to_string(), reason: "is a directory".into() });
         }
-        let tmp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::now_v7().simple()));
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}", crate::id::uuid_v7().replace('-', "")));
         // Link when the source already has the published mode (nothing about it changes);
         // copy when it has another mode, lives on another filesystem, or linking fails at all.
         let stored = link_and_hash(src, &tmp).or_else(|_| {
@@ -207,7 +207,7 @@ impl Sink for FsSink {
             Ok((dir, tmp))
         })
         .await
-        .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })??;
+        .map_err(|e| ExportError::internal_caused("fs sink", "", e))??;
 
         let (std_file, tmp_path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);
@@ -237,7 +237,7 @@ impl Sink for FsSink {
             Ok(())
         })
         .await
-        .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })??;
+        .map_err(|e| ExportError::internal_caused("fs sink", "", e))??;
         let (size, sha256) = hasher.finish();
         Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
     }
@@ -252,7 +252,7 @@ impl Sink for FsSink {
         let src = file.to_path_buf();
         tokio::task::spawn_blocking(move || this.put_file_blocking(&p, &src))
             .await
-            .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })?
+            .map_err(|e| ExportError::internal_caused("fs sink", "", e))?
     }
 
     async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> {
@@ -305,7 +305,7 @@ impl Sink for FsSink {
             Ok(out)
         })
         .await
-        .map_err(|e| ExportError::Internal { implementer: "fs sink", message: e.to_string() })?
+        .map_err(|e| ExportError::internal_caused("fs sink", "", e))?
     }
 
     async fn delete(&self, path: &ArtifactPath) -> Result<()> {

@@ -1,6 +1,7 @@
 use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
 use crate::error::{ExportError, Result};
 use crate::hashing::Sha256Digest;
+use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,12 +16,12 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    runs: HashMap<String, Entry>,
-    by_seq: BTreeMap<u64, String>,
-    queue: BTreeSet<(i64, u64, String)>,
-    ranks: HashMap<String, i64>,
-    events: HashMap<String, Vec<StoredEvent>>,
-    idempotency: HashMap<(String, String), (Sha256Digest, String, Timestamp)>,
+    runs: HashMap<RunId, Entry>,
+    by_seq: BTreeMap<u64, RunId>,
+    queue: BTreeSet<(i64, u64, RunId)>,
+    ranks: HashMap<RunId, i64>,
+    events: HashMap<RunId, Vec<StoredEvent>>,
+    idempotency: HashMap<(TenantId, String), (Sha256Digest, RunId, Timestamp)>,
     next_seq: u64,
 }
 
@@ -41,8 +42,29 @@ impl MemoryStore {
     }
 }
 
-fn not_found(run_id: &str) -> ExportError {
+fn not_found(run_id: &RunId) -> ExportError {
     ExportError::NotFound { path: format!("run {run_id}") }
+}
+
+fn save(st: &mut State, run: &Run) -> Result<()> {
+    let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;
+    let seq = e.seq;
+    e.run = run.clone();
+    let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();
+    let key = (rank, seq, run.run_id.clone());
+    if run.status == RunStatus::Queued {
+        st.queue.insert(key);
+    } else {
+        st.queue.remove(&key);
+    }
+    Ok(())
+}
+
+fn push_event(st: &mut State, run_id: &RunId, at: Timestamp, event: &RunEvent) -> u64 {
+    let list = st.events.entry(run_id.clone()).or_default();
+    let id = list.len() as u64 + 1;
+    list.push(StoredEvent { id, at, event: event.clone() });
+    id
 }
 
 #[async_trait]
@@ -77,12 +99,12 @@ impl RunStore for MemoryStore {
         Ok(Created::New(new.run))
     }
 
-    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run> {
+    async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
         let st = self.lock();
-        st.runs.get(run_id).filter(|e| e.run.tenant == tenant).map(|e| e.run.clone()).ok_or_else(|| not_found(run_id))
+        st.runs.get(run_id).filter(|e| e.run.tenant == *tenant).map(|e| e.run.clone()).ok_or_else(|| not_found(run_id))
     }
 
-    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page> {
+    async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
         let st = self.lock();
         let start = match &filter.cursor {
             Some(c) => c.parse::<u64>().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
@@ -93,7 +115,7 @@ impl RunStore for MemoryStore {
         for (seq, id) in st.by_seq.range(..start).rev() {
             let e = &st.runs[id];
             let r = &e.run;
-            if r.tenant != tenant
+            if r.tenant != *tenant
                 || filter.status.is_some_and(|s| s != r.status)
                 || filter.profile_id.as_ref().is_some_and(|p| *p != r.profile_id)
                 || filter.project.as_ref().is_some_and(|p| Some(p) != r.project.as_ref())
@@ -120,7 +142,7 @@ impl RunStore for MemoryStore {
         Ok(Some(ClaimedRun { run: e.run.clone(), request: e.request.clone() }))
     }
 
-    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
         let mut st = self.lock();
         let Some(e) = st.runs.get_mut(run_id) else { return Err(not_found(run_id)) };
         if e.run.status != RunStatus::Queued {
@@ -132,54 +154,48 @@ impl RunStore for MemoryStore {
         let claimed = ClaimedRun { run: e.run.clone(), request: e.request.clone() };
         let seq = e.seq;
         let rank = st.ranks.get(run_id).copied().unwrap_or_default();
-        st.queue.remove(&(rank, seq, run_id.to_owned()));
+        st.queue.remove(&(rank, seq, run_id.clone()));
         Ok(Some(claimed))
     }
 
     async fn save(&self, run: &Run) -> Result<()> {
-        let mut st = self.lock();
-        let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;
-        let seq = e.seq;
-        e.run = run.clone();
-        let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();
-        let key = (rank, seq, run.run_id.clone());
-        if run.status == RunStatus::Queued {
-            st.queue.insert(key);
-        } else {
-            st.queue.remove(&key);
-        }
-        Ok(())
+        save(&mut self.lock(), run)
     }
 
-    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: RunError, now: Timestamp) -> Result<Option<Run>> {
+    async fn fail_if_queued(&self, tenant: &TenantId, run_id: &RunId, error: RunError, now: Timestamp) -> Result<Option<Run>> {
         let mut st = self.lock();
-        let e = st.runs.get_mut(run_id).filter(|e| e.run.tenant == tenant).ok_or_else(|| not_found(run_id))?;
+        let e = st.runs.get_mut(run_id).filter(|e| e.run.tenant == *tenant).ok_or_else(|| not_found(run_id))?;
         if e.run.status != RunStatus::Queued {
             return Ok(None);
         }
         e.run.status = RunStatus::Failed;
         e.run.finished_at = Some(now);
-        e.run.errors.push(error);
+        e.run.errors.push(error.clone());
         let (seq, run) = (e.seq, e.run.clone());
         let rank = st.ranks.get(run_id).copied().unwrap_or_default();
-        st.queue.remove(&(rank, seq, run_id.to_owned()));
+        st.queue.remove(&(rank, seq, run_id.clone()));
+        let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
+        push_event(&mut st, run_id, now, &failed);
         Ok(Some(run))
     }
 
-    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64> {
+    async fn finish(&self, run: &Run, at: Timestamp, terminal: &RunEvent) -> Result<u64> {
+        let mut st = self.lock();
+        save(&mut st, run)?;
+        Ok(push_event(&mut st, &run.run_id, at, terminal))
+    }
+
+    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
         let mut st = self.lock();
         if !st.runs.contains_key(run_id) {
             return Err(not_found(run_id));
         }
-        let list = st.events.entry(run_id.to_owned()).or_default();
-        let id = list.len() as u64 + 1;
-        list.push(StoredEvent { id, run_id: run_id.to_owned(), at, event: event.clone() });
-        Ok(id)
+        Ok(push_event(&mut st, run_id, at, event))
     }
 
-    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+    async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let st = self.lock();
-        st.runs.get(run_id).filter(|e| e.run.tenant == tenant).ok_or_else(|| not_found(run_id))?;
+        st.runs.get(run_id).filter(|e| e.run.tenant == *tenant).ok_or_else(|| not_found(run_id))?;
         Ok(st
             .events
             .get(run_id)
@@ -206,14 +222,14 @@ impl RunStore for MemoryStore {
         Ok(v.into_iter().map(|e| e.run.clone()).collect())
     }
 
-    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>> {
+    async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {
         let st = self.lock();
         Ok(st
             .by_seq
             .values()
             .rev()
             .filter_map(|id| st.runs.get(id))
-            .filter(|e| e.run.profile_id == profile_id && e.run.status == RunStatus::Succeeded)
+            .filter(|e| e.run.profile_id == *profile_id && e.run.status == RunStatus::Succeeded)
             .filter_map(|e| Some(seconds_between(e.run.started_at?, e.run.finished_at?)))
             .take(limit)
             .collect())

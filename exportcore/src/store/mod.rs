@@ -12,6 +12,7 @@ pub use sqlite::SqliteStore;
 
 use crate::error::Result;
 use crate::hashing::Sha256Digest;
+use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunEvent, RunRequest, RunStatus, Timestamp};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -74,7 +75,7 @@ pub struct RunFilter {
     /// Only runs in this state.
     pub status: Option<RunStatus>,
     /// Only runs of this profile.
-    pub profile_id: Option<String>,
+    pub profile_id: Option<ProfileId>,
     /// Only runs of this project.
     pub project: Option<String>,
     /// Page size (default 50, at most 200).
@@ -106,8 +107,6 @@ pub struct Page {
 pub struct StoredEvent {
     /// Increasing per run, from 1.
     pub id: u64,
-    /// The run.
-    pub run_id: String,
     /// When it was recorded.
     pub at: Timestamp,
     /// The event.
@@ -125,6 +124,8 @@ pub struct StoredEvent {
 /// - `claim_next` atomically moves the queued run with the lowest `(rank, submission order)`
 ///   to `running`, sets `startedAt` (first attempt) and increments `attempts`.
 /// - Event ids increase by one per run, from 1.
+/// - `finish` and `fail_if_queued` change the status and append the terminal event in one
+///   step: a run whose status is final always has its terminal event.
 /// - `list` is newest first.
 ///
 /// Run [`crate::conformance::store_suite`] against any implementation.
@@ -133,33 +134,38 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     /// Stores a new run (or returns the one its idempotency key names).
     async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created>;
     /// One run of `tenant`.
-    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run>;
+    async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run>;
     /// Runs of `tenant`, newest first.
-    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page>;
+    async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page>;
     /// Claims the next queued run, if any.
     async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>>;
     /// Claims one specific run if it is still queued (`None` otherwise).
-    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>>;
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>>;
     /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts).
     async fn save(&self, run: &Run) -> Result<()>;
-    /// Moves a still-queued run of `tenant` to `failed` with `error`; `None` if it is not queued.
+    /// Saves a run's final record and appends its terminal event (`completed` or `failed`) as
+    /// one atomic operation: no reader sees the final status without the event. Returns the
+    /// event's id.
+    async fn finish(&self, run: &Run, at: Timestamp, terminal: &RunEvent) -> Result<u64>;
+    /// Moves a still-queued run of `tenant` to `failed` with `error` and appends its `failed`
+    /// event, atomically; `None` if it is not queued.
     async fn fail_if_queued(
         &self,
-        tenant: &str,
-        run_id: &str,
+        tenant: &TenantId,
+        run_id: &RunId,
         error: crate::model::RunError,
         now: Timestamp,
     ) -> Result<Option<Run>>;
     /// Appends an event; returns its id.
-    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64>;
+    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64>;
     /// Events of a run of `tenant` with id > `after`, oldest first, at most `limit`.
-    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
     /// Succeeded or failed runs whose `expiresAt` is at or before `now`.
     async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
     /// Runs in state `running` (on start-up: left by a process that died).
     async fn running(&self) -> Result<Vec<Run>>;
     /// Durations in seconds of the latest succeeded runs of a profile, newest first.
-    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>>;
+    async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>>;
     /// Number of queued runs.
     async fn queued_count(&self) -> Result<u64>;
     /// Drops idempotency keys that lapsed before `now`; returns how many.

@@ -1,5 +1,6 @@
 use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
 use crate::error::{ExportError, Result};
+use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -74,9 +75,20 @@ fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
             path: path.to_owned(),
             reason: format!("corrupt or not a SQLite database: {e}"),
         },
-        _ => ExportError::Internal { implementer: "sqlite store", message: format!("{path}: {e}") },
+        _ => ExportError::internal_caused("sqlite store", path, e),
     }
 }
+
+macro_rules! id_to_sql {
+    ($($t:ty),+) => {$(
+        impl rusqlite::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+    )+};
+}
+id_to_sql!(TenantId, RunId, ProfileId);
 
 fn json_err(path: &str, e: serde_json::Error) -> ExportError {
     ExportError::StoreInvalid { path: path.to_owned(), reason: format!("unreadable record: {e}") }
@@ -177,12 +189,12 @@ impl SqliteStore {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
             _ => tokio::task::spawn_blocking(call)
                 .await
-                .map_err(|e| ExportError::Internal { implementer: "sqlite store", message: e.to_string() })?,
+                .map_err(|e| ExportError::internal_caused("sqlite store", "", e))?,
         }
     }
 
     /// Claims the first queued run (or `run_id` if given and queued).
-    async fn claim(&self, run_id: Option<String>, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim(&self, run_id: Option<RunId>, now: Timestamp) -> Result<Option<ClaimedRun>> {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
@@ -224,8 +236,50 @@ fn duration(run: &Run) -> Option<f64> {
     Some(seconds_between(run.started_at?, run.finished_at?))
 }
 
-fn not_found(run_id: &str) -> ExportError {
+fn not_found(run_id: &RunId) -> ExportError {
     ExportError::NotFound { path: format!("run {run_id}") }
+}
+
+/// Writes the mutable parts of `run` (inside the caller's transaction, if any).
+fn save_run(conn: &Connection, path: &str, run: &Run) -> Result<()> {
+    let n = conn
+        .prepare_cached("UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5")
+        .and_then(|mut s| {
+            s.execute(params![
+                run.status.as_str(),
+                run.expires_at.map(millis),
+                duration(run),
+                write_run(run),
+                run.run_id.as_str()
+            ])
+        })
+        .map_err(|e| store_err(path, e))?;
+    if n == 0 {
+        return Err(not_found(&run.run_id));
+    }
+    Ok(())
+}
+
+/// Appends an event to a run (inside the caller's transaction); returns its id.
+fn append(conn: &Connection, path: &str, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+    let e = |err| store_err(path, err);
+    let body = serde_json::to_string(event).unwrap_or_default();
+    let exists: bool = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
+        .and_then(|mut st| st.query_row(params![run_id.as_str()], |_| Ok(true)).optional())
+        .map_err(e)?
+        .unwrap_or(false);
+    if !exists {
+        return Err(not_found(run_id));
+    }
+    let id: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1")
+        .and_then(|mut st| st.query_row(params![run_id.as_str()], |r| r.get(0)))
+        .map_err(e)?;
+    conn.prepare_cached("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut st| st.execute(params![run_id.as_str(), id, at.to_string(), body]))
+        .map_err(e)?;
+    Ok(id as u64)
 }
 
 #[async_trait]
@@ -288,7 +342,7 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn get(&self, tenant: &str, run_id: &str) -> Result<Run> {
+    async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
         let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
         self.with(move |conn, path| {
             let record: Option<String> = conn
@@ -302,7 +356,7 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn list(&self, tenant: &str, filter: &RunFilter) -> Result<Page> {
+    async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
         let tenant = tenant.to_owned();
         let filter = filter.clone();
         self.with(move |conn, path| {
@@ -344,44 +398,43 @@ impl RunStore for SqliteStore {
         self.claim(None, now).await
     }
 
-    async fn claim_run(&self, run_id: &str, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.claim(Some(run_id.to_owned()), now).await
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.claim(Some(run_id.clone()), now).await
     }
 
     async fn save(&self, run: &Run) -> Result<()> {
         let run = run.clone();
+        self.with(move |conn, path| save_run(conn, path, &run)).await
+    }
+
+    async fn finish(&self, run: &Run, at: Timestamp, terminal: &RunEvent) -> Result<u64> {
+        let (run, terminal) = (run.clone(), terminal.clone());
         self.with(move |conn, path| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        run.status.as_str(),
-                        run.expires_at.map(millis),
-                        duration(&run),
-                        write_run(&run),
-                        run.run_id
-                    ])
-                })
-                .map_err(|e| store_err(path, e))?;
-            if n == 0 {
-                return Err(not_found(&run.run_id));
-            }
-            Ok(())
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            save_run(&tx, path, &run)?;
+            let id = append(&tx, path, &run.run_id, at, &terminal)?;
+            tx.commit().map_err(e)?;
+            Ok(id)
         })
         .await
     }
 
-    async fn fail_if_queued(&self, tenant: &str, run_id: &str, error: RunError, now: Timestamp) -> Result<Option<Run>> {
-        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+    async fn fail_if_queued(
+        &self,
+        tenant: &TenantId,
+        run_id: &RunId,
+        error: RunError,
+        now: Timestamp,
+    ) -> Result<Option<Run>> {
+        let (tenant, run_id) = (tenant.clone(), run_id.clone());
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
             let row: Option<(String, String)> = tx
                 .query_row(
                     "SELECT status, record FROM runs WHERE run_id = ?1 AND tenant = ?2",
-                    params![run_id, tenant],
+                    params![run_id.as_str(), tenant.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
@@ -393,46 +446,28 @@ impl RunStore for SqliteStore {
             let mut run = read_run(path, &record)?;
             run.status = RunStatus::Failed;
             run.finished_at = Some(now);
-            run.errors.push(error);
-            tx.execute(
-                "UPDATE runs SET status = 'failed', record = ?1 WHERE run_id = ?2",
-                params![write_run(&run), run_id],
-            )
-            .map_err(e)?;
+            run.errors.push(error.clone());
+            save_run(&tx, path, &run)?;
+            let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
+            append(&tx, path, &run_id, now, &failed)?;
             tx.commit().map_err(e)?;
             Ok(Some(run))
         })
         .await
     }
 
-    async fn append_event(&self, run_id: &str, at: Timestamp, event: &RunEvent) -> Result<u64> {
-        let run_id = run_id.to_owned();
-        let body = serde_json::to_string(event).unwrap_or_default();
+    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+        let (run_id, event) = (run_id.clone(), event.clone());
         self.with(move |conn, path| {
-            let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
-            let exists: bool = tx
-                .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
-                .and_then(|mut st| st.query_row(params![run_id], |_| Ok(true)).optional())
-                .map_err(e)?
-                .unwrap_or(false);
-            if !exists {
-                return Err(not_found(&run_id));
-            }
-            let id: i64 = tx
-                .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1")
-                .and_then(|mut st| st.query_row(params![run_id], |r| r.get(0)))
-                .map_err(e)?;
-            tx.prepare_cached("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)")
-                .and_then(|mut st| st.execute(params![run_id, id, at.to_string(), body]))
-                .map_err(e)?;
-            tx.commit().map_err(e)?;
-            Ok(id as u64)
+            let tx = conn.transaction().map_err(|e| store_err(path, e))?;
+            let id = append(&tx, path, &run_id, at, &event)?;
+            tx.commit().map_err(|e| store_err(path, e))?;
+            Ok(id)
         })
         .await
     }
 
-    async fn events(&self, tenant: &str, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+    async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
@@ -459,7 +494,6 @@ impl RunStore for SqliteStore {
                 let (id, at, body) = row.map_err(e)?;
                 out.push(StoredEvent {
                     id: id as u64,
-                    run_id: run_id.clone(),
                     at: Timestamp::parse(&at)
                         .map_err(|reason| ExportError::StoreInvalid { path: path.to_owned(), reason })?,
                     event: serde_json::from_str(&body).map_err(|err| json_err(path, err))?,
@@ -495,7 +529,7 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn recent_durations(&self, profile_id: &str, limit: usize) -> Result<Vec<f64>> {
+    async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {
         let profile_id = profile_id.to_owned();
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);

@@ -1,0 +1,297 @@
+//! Running queued work: the dispatcher's worker pool, one-shot execution, attempts, retries
+//! with backoff, timeouts and the atomic finish of each run.
+
+use super::Exporter;
+use crate::error::{ExportError, Result};
+use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus};
+use crate::id::RunId;
+use crate::profile::CancelFlag;
+use crate::run::{RunBuilder, RunOutcome};
+use crate::store::ClaimedRun;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Handle of started workers; [`WorkerHandle::shutdown`] stops taking new runs and waits for
+/// the running ones.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Stops the dispatcher and waits for running runs to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A jitter fraction in `0..0.5` that differs between runs and attempts (no RNG needed: it
+/// only has to spread retries of different runs apart).
+fn jitter_fraction(run_id: &RunId, attempt: u32) -> f64 {
+    let d = crate::hashing::Sha256Digest::of(format!("{run_id}/{attempt}").as_bytes());
+    let b = d.as_bytes();
+    f64::from(u16::from_le_bytes([b[0], b[1]])) / f64::from(u16::MAX) * 0.5
+}
+
+impl Exporter {
+    /// Starts the dispatcher (bounded worker pool) and the retention sweeper.
+    pub fn start(&self) -> WorkerHandle {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            let mut next_sweep = tokio::time::Instant::now();
+            loop {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= next_sweep {
+                    if let Err(e) = this.sweep(this.now()).await {
+                        tracing::warn!(error = %e.report(), "retention sweep failed");
+                    }
+                    next_sweep = tokio::time::Instant::now() + this.inner.cfg.sweep_interval;
+                }
+                this.fill_slots(&mut running).await;
+                while running.try_join_next().is_some() {}
+                tokio::select! {
+                    _ = this.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(this.inner.cfg.poll_interval) => {}
+                    _ = stop_rx.changed() => {}
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                }
+            }
+            while running.join_next().await.is_some() {}
+        });
+        WorkerHandle { stop, task }
+    }
+
+    async fn fill_slots(&self, running: &mut tokio::task::JoinSet<()>) {
+        while let Ok(permit) = Arc::clone(&self.inner.semaphore).try_acquire_owned() {
+            match self.claim(None).await {
+                Ok(Some((claimed, cancel))) => {
+                    let this = self.clone();
+                    running.spawn(async move {
+                        this.run_claimed(claimed, cancel).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e.report(), "claiming a run failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Claims the next queued run (or `run_id`) and registers its cancel flag, under the
+    /// cancel lock (see `Inner::cancels`).
+    async fn claim(&self, run_id: Option<&RunId>) -> Result<Option<(ClaimedRun, CancelFlag)>> {
+        let store = &self.inner.cfg.store;
+        let mut cancels = self.inner.cancels.lock().await;
+        let claimed = match run_id {
+            Some(id) => store.claim_run(id, self.now()).await?,
+            None => store.claim_next(self.now()).await?,
+        };
+        Ok(claimed.map(|c| {
+            let flag = CancelFlag::new();
+            cancels.insert(c.run.run_id.clone(), flag.clone());
+            (c, flag)
+        }))
+    }
+
+    /// Runs queued work until the queue is empty and every started run has finished
+    /// (one-shot callers such as a CLI; servers use [`Exporter::start`]).
+    pub async fn run_until_idle(&self) {
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            self.fill_slots(&mut running).await;
+            if running.join_next().await.is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Runs one queued run of `tenant` now, on the calling task, outside the pool (one-shot
+    /// callers such as a CLI, which must not pick up other queued work). Returns the final
+    /// record; a run that is no longer queued is returned as it is.
+    pub async fn execute_now(&self, tenant: &crate::TenantId, run_id: &RunId) -> Result<Run> {
+        let store = &self.inner.cfg.store;
+        store.get(tenant, run_id).await?;
+        // Transient failures requeue the run; keep going until it is final.
+        while let Some((claimed, cancel)) = self.claim(Some(run_id)).await? {
+            self.run_claimed(claimed, cancel).await;
+        }
+        store.get(tenant, run_id).await
+    }
+
+    async fn run_claimed(&self, claimed: ClaimedRun, cancel: CancelFlag) {
+        let span = tracing::info_span!("export_run", run_id = %claimed.run.run_id, tenant = %claimed.run.tenant,
+            profile = %claimed.run.profile_id, attempt = claimed.run.attempts);
+        self.run_claimed_inner(claimed, cancel).instrument(span).await;
+    }
+
+    async fn run_claimed_inner(&self, claimed: ClaimedRun, cancel: CancelFlag) {
+        let cfg = &self.inner.cfg;
+        let ClaimedRun { mut run, request } = claimed;
+        let timeout = request
+            .timeout_seconds
+            .map(Duration::from_secs)
+            .or_else(|| cfg.profile_timeouts.get(&request.profile_id).copied())
+            .unwrap_or(cfg.default_timeout);
+        let timer = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                cancel.time_out(timeout.as_secs());
+            })
+        };
+        tracing::info!("run started");
+        let mut outcome = self.attempt(&run, &request, cancel.clone()).await;
+        timer.abort();
+
+        // Transient failures go back to the queue with exponential backoff and jitter, unless
+        // the run was cancelled meanwhile.
+        if let Err(e) = &outcome {
+            if e.is_transient() && run.attempts < cfg.max_attempts {
+                let backoff = cfg.retry_base.mul_f64(2f64.powi(run.attempts as i32 - 1));
+                let jitter = backoff.mul_f64(jitter_fraction(&run.run_id, run.attempts));
+                metrics::counter!("exporter_run_retries_total", "profile" => run.profile_id.to_string()).increment(1);
+                tracing::warn!(code = e.code(), attempt = run.attempts, ?backoff, "transient failure, retrying");
+                tokio::time::sleep(backoff + jitter).await;
+                let mut cancels = self.inner.cancels.lock().await;
+                match cancel.check() {
+                    Ok(()) => {
+                        run.status = RunStatus::Queued;
+                        if let Err(e) = cfg.store.save(&run).await {
+                            tracing::error!(error = %e.report(), "requeue failed");
+                        }
+                        cancels.remove(&run.run_id);
+                        self.inner.wake.notify_one();
+                        return;
+                    }
+                    Err(cancelled) => outcome = Err(cancelled),
+                }
+            }
+        }
+        self.finish(run, request.retention_days, outcome).await;
+    }
+
+    /// Records the end of a run: the final record and its terminal event in one store
+    /// operation, then metrics; drops the run's cancel flag.
+    async fn finish(&self, mut run: Run, retention_days: Option<u32>, outcome: Result<RunOutcome>) {
+        let cfg = &self.inner.cfg;
+        let now = self.now();
+        run.finished_at = Some(now);
+        let terminal = match outcome {
+            Ok(RunOutcome { run: r, .. }) => {
+                run.status = r.status;
+                run.progress = r.progress;
+                run.outputs = r.outputs;
+                run.errors = r.errors;
+                run.warnings = r.warnings;
+                // Retention counts from the engine's clock, not the run's own wall time.
+                run.expires_at = None;
+                if let Some(days) = retention_days {
+                    let exp = now.plus_days(days);
+                    run.expires_at = Some(exp);
+                    run.outputs.iter_mut().for_each(|o| o.expires_at = Some(exp));
+                }
+                RunEvent::Completed { run_id: run.run_id.clone(), status: run.status }
+            }
+            Err(e) => {
+                run.status = RunStatus::Failed;
+                let err = RunError::from(&e);
+                metrics::counter!("exporter_run_failures_total", "profile" => run.profile_id.to_string(),
+                    "error_code" => err.code.clone())
+                .increment(1);
+                run.errors.push(err.clone());
+                RunEvent::Failed { run_id: run.run_id.clone(), code: err.code, message: err.message }
+            }
+        };
+        let mut cancels = self.inner.cancels.lock().await;
+        match cfg.store.finish(&run, now, &terminal).await {
+            Ok(id) => {
+                self.inner.events_tx.send_replace(id);
+            }
+            Err(e) => tracing::error!(error = %e.report(), "saving the finished run failed"),
+        }
+        cancels.remove(&run.run_id);
+        drop(cancels);
+        let profile = run.profile_id.to_string();
+        let secs = run.started_at.zip(run.finished_at).map_or(0.0, |(a, b)| crate::store::seconds_between(a, b));
+        metrics::histogram!("exporter_run_duration_seconds", "profile" => profile.clone()).record(secs);
+        metrics::counter!("exporter_runs_total", "profile" => profile.clone(), "status" => run.status.as_str())
+            .increment(1);
+        let bytes: u64 = run.outputs.iter().map(|o| o.size).sum();
+        metrics::counter!("exporter_run_bytes_total", "profile" => profile).increment(bytes);
+        tracing::info!(status = %run.status, seconds = secs, bytes, "run finished");
+    }
+
+    /// One attempt: resolve evidence and signer, execute, persist events as they come.
+    async fn attempt(&self, run: &Run, request: &RunRequest, cancel: CancelFlag) -> Result<RunOutcome> {
+        let cfg = &self.inner.cfg;
+        let profile = cfg.profiles.get(&request.profile_id)?;
+        let evidence = (self.inner.evidence)(&run.tenant, run.project.as_deref())?;
+        let mut builder = RunBuilder::from_arcs(profile, evidence, Arc::clone(&self.inner.sink))
+            .tenant(run.tenant.clone())
+            .run_id(run.run_id.clone())
+            .pinned_time(cfg.pinned_time)
+            .cancel(cancel);
+        if let Some(p) = &run.project {
+            builder = builder.project(p.clone());
+        }
+        if let Some(dir) = &cfg.staging_dir {
+            builder = builder.staging_dir(dir.clone());
+        }
+        if cfg.per_run_prefix {
+            builder = builder.prefix(run.run_id.sink_prefix()?);
+        }
+        if request.signing_enabled() {
+            let resolve = cfg.signers.as_ref().ok_or_else(|| {
+                ExportError::invalid("distribution.signing", "this exporter has no signing keys configured")
+            })?;
+            let key_ref = request.signing_key_ref().ok_or_else(|| {
+                ExportError::invalid("distribution.signing.keyRef", "required when signing is enabled")
+            })?;
+            builder = builder.signer(resolve(key_ref)?);
+        }
+        // Events reach the store in order through a channel; the terminal event is written by
+        // `finish` with the final record, once retries are decided.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
+        let writer = {
+            let this = self.clone();
+            let mut record = run.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if ev.is_terminal() {
+                        continue;
+                    }
+                    if let RunEvent::Progress { progress, .. } = &ev {
+                        record.progress = *progress;
+                        if let Err(e) = this.inner.cfg.store.save(&record).await {
+                            tracing::warn!(error = %e.report(), "saving progress failed");
+                        }
+                    }
+                    this.append(&record.run_id, ev).await;
+                }
+            })
+        };
+        let result = builder.events(tx).execute(request.clone()).await;
+        let _ = writer.await;
+        result
+    }
+
+    async fn append(&self, run_id: &RunId, event: RunEvent) {
+        match self.inner.cfg.store.append_event(run_id, self.now(), &event).await {
+            Ok(id) => {
+                self.inner.events_tx.send_replace(id);
+            }
+            Err(e) => tracing::error!(%run_id, error = %e.report(), "storing an event failed"),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The export center: an [`Exporter`] accepts runs, keeps them in a [`RunStore`], runs them on
+//! a bounded worker pool in priority order, streams their events, retries transient failures,
+//! enforces timeouts and retention, and never lets one tenant see another's runs.
+//!
+//! A run's artifacts are published under `runs/<run id>/` of the sink ([`RunId::sink_prefix`];
+//! turn it off with [`ExporterBuilder::per_run_prefix`]); [`Exporter::artifact_path`] maps an
+//! output to its sink path.
+//!
+//! ```
+//! use exportcore::engine::{Exporter, Submission};
+//! use exportcore::{InMemorySink, MemoryEvidence, RunRequest, RunStatus, TenantId};
+//! use futures::StreamExt;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # #[derive(Debug)] struct Hello;
+//! # impl exportcore::Profile for Hello {
+//! #     fn descriptor(&self) -> exportcore::ProfileDescriptor { exportcore::ProfileDescriptor::new("hello:txt", "hello") }
+//! #     fn validate(&self, _: &RunRequest) -> exportcore::Result<()> { Ok(()) }
+//! #     fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+//! #         use exportcore::IoContext; ctx.time_anchor(None);
+//! #         ctx.write_artifact(exportcore::ArtifactSpec::new("hello.txt", exportcore::ArtifactType::Data, "text", "text/plain")?, |w| w.write_all(b"hi").at("hello.txt"))?; Ok(())
+//! #     }
+//! # }
+//! let exporter = Exporter::builder()
+//!     .profiles(exportcore::Profiles::new().with(Hello))
+//!     .sink(InMemorySink::new())
+//!     .evidence(MemoryEvidence::new())
+//!     .build()?;
+//! let workers = exporter.start();
+//! let tenant = TenantId::parse("tenant-a")?;
+//! let request = RunRequest::builder("hello:txt").build()?;
+//! let accepted = exporter.submit(Submission::new(tenant.clone(), request).idempotency_key("key-1")).await?;
+//! let events: Vec<_> = exporter.events(&tenant, &accepted.run_id, 0).collect().await;
+//! assert_eq!(events.last().unwrap().as_ref().unwrap().event.name(), "completed");
+//! assert_eq!(exporter.get(&tenant, &accepted.run_id).await?.status, RunStatus::Succeeded);
+//! workers.shutdown().await;
+//! # Ok::<(), exportcore::ExportError>(())
+//! # }).unwrap();
+//! ```
+
+mod builder;
+mod clock;
+mod dispatch;
+mod events;
+mod retention;
+
+pub use builder::ExporterBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dispatch::WorkerHandle;
+pub use retention::SweepReport;
+
+use crate::error::{ExportError, Result};
+use crate::evidence::EvidenceSource;
+use crate::hashing::Sha256Digest;
+use crate::id::{RunId, TenantId};
+use crate::model::{Priority, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::path::ArtifactPath;
+use crate::profile::{CancelFlag, Profiles};
+use crate::sign::Signer;
+use crate::sink::Sink;
+use crate::store::{Created, IdempotencyKey, NewRun, Page, RunFilter, RunStore};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Resolves the evidence of a tenant (and project).
+pub type EvidenceResolver =
+    Arc<dyn Fn(&TenantId, Option<&str>) -> Result<Arc<dyn EvidenceSource>> + Send + Sync>;
+/// Resolves a request's `distribution.signing.keyRef` to a signer.
+pub type SignerResolver = Arc<dyn Fn(&str) -> Result<Arc<dyn Signer>> + Send + Sync>;
+
+/// A run to submit: tenant and request, optionally a project and an idempotency key.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Submission {
+    tenant: TenantId,
+    project: Option<String>,
+    request: RunRequest,
+    idempotency_key: Option<String>,
+}
+
+impl Submission {
+    /// `request` for `tenant`.
+    pub fn new(tenant: TenantId, request: RunRequest) -> Self {
+        Self { tenant, project: None, request, idempotency_key: None }
+    }
+    /// The project within the tenant.
+    pub fn project(mut self, project: impl Into<String>) -> Self {
+        self.project = Some(project.into());
+        self
+    }
+    /// The caller's `Idempotency-Key`: a repeat with the same key and request returns the
+    /// first run instead of queuing another.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// The `202 Accepted` body of a submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Submitted {
+    /// The run (the first one, when an idempotency key matched).
+    pub run_id: RunId,
+    /// Its status now.
+    pub status: RunStatus,
+    /// Expected seconds until it finishes, from recent runs of the same profile.
+    pub estimate_seconds: u64,
+    /// Set only when the caller should come back later.
+    pub retry_after: Option<u64>,
+}
+
+struct Inner {
+    cfg: ExporterBuilder,
+    sink: Arc<dyn Sink>,
+    evidence: EvidenceResolver,
+    semaphore: Arc<Semaphore>,
+    wake: Notify,
+    /// Bumped on every stored event; event streams wait on it.
+    events_tx: watch::Sender<u64>,
+    /// Cancel flags of the runs this process has claimed. Claims and cancels hold the lock
+    /// across their store calls, so a cancel never falls between a claim and its flag.
+    cancels: tokio::sync::Mutex<HashMap<RunId, CancelFlag>>,
+}
+
+/// The export center engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Exporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").field("cfg", &self.inner.cfg).finish()
+    }
+}
+
+fn priority_index(p: Priority) -> i64 {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    (t.as_offset_date_time().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Exporter {
+    /// A builder.
+    pub fn builder() -> ExporterBuilder {
+        ExporterBuilder::default()
+    }
+
+    /// The registered profiles.
+    pub fn profiles(&self) -> &Profiles {
+        &self.inner.cfg.profiles
+    }
+
+    /// The run store.
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.inner.cfg.store
+    }
+
+    /// The sink runs publish to.
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.inner.sink
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.cfg.clock.now()
+    }
+
+    /// Accepts a run: validates the request against the limits and its profile, refuses what
+    /// this build does not implement, applies the idempotency key, queues it.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_PROFILE_NOT_FOUND`, `ERR_EXPORT_REQUEST_INVALID` (also for an idempotency
+    /// key reused with a different request), `ERR_EXPORT_NOT_SUPPORTED` for request fields this
+    /// build does not implement, `ERR_EXPORT_RATE_LIMIT` when the queue is full.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted> {
+        let Submission { tenant, project, request, idempotency_key } = submission;
+        let cfg = &self.inner.cfg;
+        request.validate(&cfg.limits)?;
+        let profile = cfg.profiles.get(&request.profile_id)?;
+        crate::run::check_implemented(&request)?;
+        profile.validate(&request)?;
+        if request.signing_enabled() && cfg.signers.is_none() {
+            return Err(ExportError::invalid("distribution.signing", "this exporter has no signing keys configured"));
+        }
+        if idempotency_key.as_deref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+            return Err(ExportError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
+        }
+        let now = self.now();
+        let hash_input = serde_json::json!({"project": project, "request": request});
+        let request_hash = Sha256Digest::of(&crate::canonical::to_vec(&hash_input).unwrap_or_default());
+        let queued = cfg.store.queued_count().await?;
+        let avg = self.average_duration(&request).await?;
+        if queued >= cfg.max_queued {
+            let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
+            return Err(ExportError::RateLimit { retry_after_secs: retry_after });
+        }
+        let run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);
+        let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
+        let idempotency = idempotency_key
+            .map(|key| IdempotencyKey { key, expires_at: clock::plus(now, cfg.idempotency_ttl) });
+        let created = cfg.store.create(NewRun { run, request, request_hash, rank, idempotency }, now).await?;
+        if let Created::New(_) = created {
+            self.inner.wake.notify_one();
+        }
+        let run = created.run();
+        let estimate = if run.status.is_terminal() {
+            0
+        } else {
+            (avg * (1.0 + queued as f64 / cfg.concurrency as f64)).ceil() as u64
+        };
+        Ok(Submitted { run_id: run.run_id.clone(), status: run.status, estimate_seconds: estimate, retry_after: None })
+    }
+
+    async fn average_duration(&self, request: &RunRequest) -> Result<f64> {
+        let recent = self.inner.cfg.store.recent_durations(&request.profile_id, 20).await?;
+        Ok(if recent.is_empty() { 30.0 } else { recent.iter().sum::<f64>() / recent.len() as f64 })
+    }
+
+    /// A run of `tenant`.
+    pub async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
+        self.inner.cfg.store.get(tenant, run_id).await
+    }
+
+    /// Runs of `tenant`, newest first, filtered and paged.
+    pub async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
+        self.inner.cfg.store.list(tenant, filter).await
+    }
+
+    /// Cancels a run of `tenant`: a queued run fails at once, a running one (in this process)
+    /// fails with `ERR_EXPORT_CANCELLED` as soon as its profile notices.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_NOT_FOUND` for a foreign or unknown run; `ERR_EXPORT_REQUEST_INVALID` for a
+    /// finished run or one running in another process.
+    pub async fn cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
+        let store = &self.inner.cfg.store;
+        let cancels = self.inner.cancels.lock().await;
+        let err = RunError::from(&ExportError::Cancelled);
+        if let Some(run) = store.fail_if_queued(tenant, run_id, err, self.now()).await? {
+            self.inner.events_tx.send_modify(|n| *n += 1);
+            return Ok(run);
+        }
+        let run = store.get(tenant, run_id).await?;
+        if run.status.is_terminal() {
+            return Err(ExportError::invalid("runId", format!("run {run_id} already {}", run.status)));
+        }
+        match cancels.get(run_id) {
+            Some(flag) => {
+                flag.cancel();
+                Ok(run)
+            }
+            None => Err(ExportError::invalid("runId", format!("run {run_id} is running in another process"))),
+        }
+    }
+
+    /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`).
+    /// Call it once at start-up, while no other engine uses the store.
+    pub async fn recover_interrupted(&self) -> Result<Vec<RunId>> {
+        let ids = recover_interrupted(&*self.inner.cfg.store, &*self.inner.cfg.clock).await?;
+        self.inner.events_tx.send_modify(|n| *n += 1);
+        Ok(ids)
+    }
+
+    /// Where the output `rel` of run `run_id` lives in the sink.
+    pub fn artifact_path(&self, run_id: &RunId, rel: &ArtifactPath) -> Result<ArtifactPath> {
+        if self.inner.cfg.per_run_prefix {
+            run_id.sink_prefix()?.join(rel.as_str())
+        } else {
+            Ok(rel.clone())
+        }
+    }
+}
+
+/// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`) and
+/// appends their `failed` event, one atomic [`RunStore::finish`] each. Only call it while no
+/// engine is running on `store`.
+pub async fn recover_interrupted(store: &dyn RunStore, clock: &dyn Clock) -> Result<Vec<RunId>> {
+    let mut ids = Vec::new();
+    for mut run in store.running().await? {
+        let err = ExportError::Interrupted { reason: "the process running it stopped before it finished".into() };
+        let now = clock.now();
+        run.status = RunStatus::Failed;
+        run.finished_at = Some(now);
+        run.errors.push(RunError::from(&err));
+        let ev = RunEvent::Failed { run_id: run.run_id.clone(), code: err.code().into(), message: err.report() };
+        store.finish(&run, now, &ev).await?;
+        metrics::counter!("exporter_runs_total", "profile" => run.profile_id.to_string(), "status" => "failed")
+            .increment(1);
+        ids.push(run.run_id);
+    }
+    Ok(ids)
+}
