@@ -39,37 +39,45 @@ impl Profile for CsvAdvisories {
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
         let spec = ArtifactSpec::new("advisories.csv", ArtifactType::Data, "csv", "text/csv")?;
         let evidence = ctx.evidence();
-        let (_, (rows, newest)) = ctx.write_artifact(spec, |w| {
+        // Read first (checking for cancellation between records), then write the artifact:
+        // `write_artifact` holds the context while its closure runs, so the closure cannot ask
+        // it whether the run was cancelled. The rows are small; a profile with large outputs
+        // streams them into `ctx.spool(..)` or a `ctx.scratch_file()` instead.
+        let (mut lines, mut newest) = (Vec::new(), None);
+        for rec in Records::new(evidence, EvidenceKind::Advisory)? {
+            ctx.check_cancelled()?;
+            let rec = rec?;
+            newest = newest.max(rec.timestamp);
+            let v = &rec.value;
+            let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+            for aff in v["affected"].as_array().into_iter().flatten() {
+                let fixed: Vec<&str> = aff["ranges"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r["events"].as_array().into_iter().flatten())
+                    .filter_map(|e| e["fixed"].as_str())
+                    .collect();
+                let cells = [
+                    s("/id"),
+                    aff.pointer("/package/ecosystem").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    aff.pointer("/package/name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    fixed.join(" "),
+                    s("/modified"),
+                    s("/summary"),
+                ];
+                let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+                lines.push(line.join(","));
+            }
+        }
+        let rows = lines.len() as u64;
+        ctx.write_artifact(spec, |w| {
             let io = |e: std::io::Error| ExportError::io("advisories.csv", e);
             writeln!(w, "id,ecosystem,package,fixed,modified,summary").map_err(io)?;
-            let (mut rows, mut newest) = (0u64, None);
-            for rec in Records::new(evidence, EvidenceKind::Advisory)? {
-                let rec = rec?;
-                newest = newest.max(rec.timestamp);
-                let v = &rec.value;
-                let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
-                for aff in v["affected"].as_array().into_iter().flatten() {
-                    let fixed: Vec<&str> = aff["ranges"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|r| r["events"].as_array().into_iter().flatten())
-                        .filter_map(|e| e["fixed"].as_str())
-                        .collect();
-                    let cells = [
-                        s("/id"),
-                        aff.pointer("/package/ecosystem").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                        aff.pointer("/package/name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                        fixed.join(" "),
-                        s("/modified"),
-                        s("/summary"),
-                    ];
-                    let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-                    writeln!(w, "{}", line.join(",")).map_err(io)?;
-                    rows += 1;
-                }
+            for line in &lines {
+                writeln!(w, "{line}").map_err(io)?;
             }
-            Ok((rows, newest))
+            Ok(())
         })?;
         if rows == 0 {
             return Err(ExportError::EvidenceEmpty { root: evidence.describe(), what: "advisories".into() });
@@ -84,18 +92,13 @@ impl Profile for CsvAdvisories {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<()> {
-    use std::sync::Arc;
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/evidence");
     let sink = exportcore::InMemorySink::new();
-    let run = exportcore::run::execute(
-        Arc::new(CsvAdvisories),
-        Arc::new(exportcore::DirEvidence::new(samples)?),
-        Arc::new(sink.clone()),
-        RunRequest::new("csv:advisories"),
-        exportcore::run::RunOptions::new("example"),
-        Arc::new(|_| {}),
-    )
-    .await;
+    let outcome = exportcore::RunBuilder::new(CsvAdvisories, exportcore::DirEvidence::new(samples)?, sink.clone())
+        .tenant(exportcore::TenantId::parse("example")?)
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("csv:advisories")))
+        .await?;
+    let run = outcome.run;
     println!("{} {:?}", run.status, run.outputs.iter().map(|o| &o.path).collect::<Vec<_>>());
     Ok(())
 }

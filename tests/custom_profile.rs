@@ -16,7 +16,7 @@ async fn csv_profile_conforms() {
     conformance::profile_suite(
         Arc::new(custom_profile::CsvAdvisories),
         Arc::new(DirEvidence::new(samples).unwrap()),
-        RunRequest::new("csv:advisories"),
+        RunRequest::new(exportcore::ProfileId::from_static("csv:advisories")),
     )
     .await;
 }
@@ -58,16 +58,13 @@ impl exportcore::Profile for AdoptAndAlias {
 async fn adopted_and_aliased_artifacts_are_published_with_their_digests() {
     use exportcore::{InMemorySink, MemoryEvidence, RunStatus, Sha256Digest, SinkExt};
     let sink = Arc::new(InMemorySink::new());
-    let run = exportcore::run::execute(
-        Arc::new(AdoptAndAlias),
-        Arc::new(MemoryEvidence::new()),
-        sink.clone(),
-        RunRequest::new("test:adopt"),
-        exportcore::run::RunOptions::new("t"),
-        Arc::new(|_| {}),
-    )
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = exportcore::RunBuilder::new(AdoptAndAlias, MemoryEvidence::new(), Arc::clone(&sink))
+        .tenant(exportcore::TenantId::parse("t").unwrap())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:adopt")))
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {}", e.report()))
+        .run;
+    assert_eq!(run.status, RunStatus::Succeeded);
     let digest = Sha256Digest::of(b"headbody");
     for path in ["db/file.bin", "blobs/file.bin"] {
         let p = exportcore::ArtifactPath::parse(path).unwrap();

@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::engine::Exporter;
+use exportcore::engine::{Exporter, ExporterBuilder, ManualClock, Submission};
 use exportcore::store::{MemoryStore, RunFilter, RunStore, SqliteStore};
 use exportcore::{
     ArtifactSpec, ArtifactType, ByteStream, ExportContext, ExportError, InMemorySink, MemoryEvidence, ObjectMeta,
-    Priority, Profile, ProfileDescriptor, Profiles, Progress, PutReceipt, RunRequest, RunStatus, Sink, SinkExt,
-    Timestamp,
+    Priority, Profile, ProfileDescriptor, ProfileId, Profiles, Progress, PutReceipt, RunId, RunRequest, RunStatus,
+    Sink, SinkExt, TenantId, Timestamp,
 };
 use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,7 +56,7 @@ impl Profile for Sleepy {
     }
 }
 
-fn exporter(profile: Arc<Sleepy>, store: Arc<dyn RunStore>, sink: Arc<dyn Sink>, concurrency: usize) -> Exporter {
+fn builder(profile: Arc<Sleepy>, store: Arc<dyn RunStore>, sink: Arc<dyn Sink>, concurrency: usize) -> ExporterBuilder {
     let mut profiles = Profiles::new();
     profiles.register(profile);
     Exporter::builder()
@@ -67,8 +67,19 @@ fn exporter(profile: Arc<Sleepy>, store: Arc<dyn RunStore>, sink: Arc<dyn Sink>,
         .concurrency(concurrency)
         .poll_interval(Duration::from_millis(20))
         .retries(3, Duration::from_millis(10))
-        .build()
-        .unwrap()
+}
+
+fn exporter(profile: Arc<Sleepy>, store: Arc<dyn RunStore>, sink: Arc<dyn Sink>, concurrency: usize) -> Exporter {
+    builder(profile, store, sink, concurrency).build().unwrap()
+}
+
+fn t(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+/// Submits `request` for `tenant` without project or idempotency key.
+async fn submit(ex: &Exporter, tenant: &str, request: RunRequest) -> exportcore::Result<exportcore::engine::Submitted> {
+    ex.submit(Submission::new(t(tenant), request)).await
 }
 
 /// Lets a test keep a handle on the store it gives the exporter.
@@ -84,37 +95,45 @@ impl RunStore for ArcStore {
     ) -> exportcore::Result<exportcore::store::Created> {
         self.0.create(n, now).await
     }
-    async fn get(&self, t: &str, id: &str) -> exportcore::Result<exportcore::Run> {
+    async fn get(&self, t: &TenantId, id: &RunId) -> exportcore::Result<exportcore::Run> {
         self.0.get(t, id).await
     }
-    async fn list(&self, t: &str, f: &RunFilter) -> exportcore::Result<exportcore::store::Page> {
+    async fn list(&self, t: &TenantId, f: &RunFilter) -> exportcore::Result<exportcore::store::Page> {
         self.0.list(t, f).await
     }
     async fn claim_next(&self, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
         self.0.claim_next(now).await
     }
-    async fn claim_run(&self, id: &str, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
+    async fn claim_run(&self, id: &RunId, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
         self.0.claim_run(id, now).await
     }
     async fn save(&self, r: &exportcore::Run) -> exportcore::Result<()> {
         self.0.save(r).await
     }
+    async fn finish(
+        &self,
+        r: &exportcore::Run,
+        at: Timestamp,
+        terminal: &exportcore::RunEvent,
+    ) -> exportcore::Result<u64> {
+        self.0.finish(r, at, terminal).await
+    }
     async fn fail_if_queued(
         &self,
-        t: &str,
-        id: &str,
+        t: &TenantId,
+        id: &RunId,
         e: exportcore::RunError,
         now: Timestamp,
     ) -> exportcore::Result<Option<exportcore::Run>> {
         self.0.fail_if_queued(t, id, e, now).await
     }
-    async fn append_event(&self, id: &str, at: Timestamp, e: &exportcore::RunEvent) -> exportcore::Result<u64> {
+    async fn append_event(&self, id: &RunId, at: Timestamp, e: &exportcore::RunEvent) -> exportcore::Result<u64> {
         self.0.append_event(id, at, e).await
     }
     async fn events(
         &self,
-        t: &str,
-        id: &str,
+        t: &TenantId,
+        id: &RunId,
         after: u64,
         limit: usize,
     ) -> exportcore::Result<Vec<exportcore::store::StoredEvent>> {
@@ -126,7 +145,7 @@ impl RunStore for ArcStore {
     async fn running(&self) -> exportcore::Result<Vec<exportcore::Run>> {
         self.0.running().await
     }
-    async fn recent_durations(&self, p: &str, limit: usize) -> exportcore::Result<Vec<f64>> {
+    async fn recent_durations(&self, p: &ProfileId, limit: usize) -> exportcore::Result<Vec<f64>> {
         self.0.recent_durations(p, limit).await
     }
     async fn queued_count(&self) -> exportcore::Result<u64> {
@@ -144,15 +163,15 @@ fn stores() -> Vec<(&'static str, Arc<dyn RunStore>, Option<tempfile::TempDir>)>
 }
 
 fn req(priority: Priority) -> RunRequest {
-    let mut r = RunRequest::new("test:sleepy");
+    let mut r = RunRequest::new(ProfileId::from_static("test:sleepy"));
     r.priority = priority;
     r
 }
 
-async fn wait_terminal(ex: &Exporter, tenant: &str, id: &str) -> exportcore::Run {
-    let events: Vec<_> = ex.events(tenant, id, 0).collect().await;
+async fn wait_terminal(ex: &Exporter, tenant: &str, id: &RunId) -> exportcore::Run {
+    let events: Vec<_> = ex.events(&t(tenant), id, 0).collect().await;
     assert!(events.iter().all(|e| e.is_ok()), "{events:?}");
-    ex.get(tenant, id).await.unwrap()
+    ex.get(&t(tenant), id).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,12 +179,12 @@ async fn lifecycle_events_and_tenancy() {
     for (name, store, _dir) in stores() {
         let sink = InMemorySink::new();
         let ex = exporter(Arc::new(Sleepy { sleep_ms: 50, ..Default::default() }), store, Arc::new(sink.clone()), 2);
-        let accepted = ex.submit("t-a", Some("proj"), req(Priority::Normal), None).await.unwrap();
+        let accepted = ex.submit(Submission::new(t("t-a"), req(Priority::Normal)).project("proj")).await.unwrap();
         assert_eq!(accepted.status, RunStatus::Queued, "{name}");
         assert!(accepted.estimate_seconds > 0);
-        assert_eq!(ex.get("t-a", &accepted.run_id).await.unwrap().status, RunStatus::Queued);
+        assert_eq!(ex.get(&t("t-a"), &accepted.run_id).await.unwrap().status, RunStatus::Queued);
         let workers = ex.start();
-        let events: Vec<_> = ex.events("t-a", &accepted.run_id, 0).map(|e| e.unwrap()).collect().await;
+        let events: Vec<_> = ex.events(&t("t-a"), &accepted.run_id, 0).map(|e| e.unwrap()).collect().await;
         let names: Vec<&str> = events.iter().map(|e| e.event.name()).collect();
         assert_eq!(names.first(), Some(&"started"), "{name}: {names:?}");
         assert!(names.contains(&"progress"), "{name}: {names:?}");
@@ -173,26 +192,33 @@ async fn lifecycle_events_and_tenancy() {
         assert_eq!(names.last(), Some(&"completed"));
         assert!(events.windows(2).all(|w| w[1].id == w[0].id + 1), "ids increase by one");
         // Replay from the middle, after completion: the tail only, then the stream ends.
-        let tail: Vec<_> = ex.events("t-a", &accepted.run_id, events[2].id).map(|e| e.unwrap().id).collect().await;
+        let tail: Vec<_> = ex.events(&t("t-a"), &accepted.run_id, events[2].id).map(|e| e.unwrap().id).collect().await;
         assert_eq!(tail, events[3..].iter().map(|e| e.id).collect::<Vec<_>>());
-        let run = ex.get("t-a", &accepted.run_id).await.unwrap();
+        let run = ex.get(&t("t-a"), &accepted.run_id).await.unwrap();
         assert_eq!((run.status, run.progress.percent, run.attempts), (RunStatus::Succeeded, 100, 1));
         assert!(run.started_at.is_some() && run.finished_at.is_some());
         // Artifacts live under the run's prefix.
-        let prefix = exportcore::engine::run_prefix(&run.run_id).unwrap();
+        let prefix = run.run_id.sink_prefix().unwrap();
         let stored = sink.list(Some(&prefix)).await.unwrap();
         assert_eq!(stored.len(), 2, "{name}");
+        for o in &run.outputs {
+            let path = ex.artifact_path(&run.run_id, &o.path).unwrap();
+            assert!(stored.iter().any(|m| m.path == path), "{name}: {path} not in the sink");
+        }
         // Tenancy: another tenant sees nothing of it.
-        assert_eq!(ex.get("t-b", &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
-        assert!(ex.list("t-b", &RunFilter::default()).await.unwrap().runs.is_empty());
-        let foreign: Vec<_> = ex.events("t-b", &run.run_id, 0).collect().await;
+        assert_eq!(ex.get(&t("t-b"), &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        assert!(ex.list(&t("t-b"), &RunFilter::default()).await.unwrap().runs.is_empty());
+        let foreign: Vec<_> = ex.events(&t("t-b"), &run.run_id, 0).collect().await;
         assert_eq!(foreign.len(), 1);
         assert_eq!(foreign[0].as_ref().unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
-        assert_eq!(ex.cancel("t-b", &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
-        assert_eq!(ex.list("t-a", &RunFilter::default()).await.unwrap().runs.len(), 1);
+        assert_eq!(ex.cancel(&t("t-b"), &run.run_id).await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
+        assert_eq!(ex.list(&t("t-a"), &RunFilter::default()).await.unwrap().runs.len(), 1);
         // Unknown ids and profiles.
-        assert_eq!(ex.get("t-a", "export-run::t-a::nope").await.unwrap_err().code(), "ERR_EXPORT_NOT_FOUND");
-        let err = ex.submit("t-a", None, RunRequest::new("json:nope"), None).await.unwrap_err();
+        assert_eq!(
+            ex.get(&t("t-a"), &RunId::parse("export-run::t-a::nope").unwrap()).await.unwrap_err().code(),
+            "ERR_EXPORT_NOT_FOUND"
+        );
+        let err = submit(&ex, "t-a", RunRequest::new(ProfileId::from_static("json:nope"))).await.unwrap_err();
         assert_eq!(err.code(), "ERR_EXPORT_PROFILE_NOT_FOUND");
         workers.shutdown().await;
     }
@@ -205,18 +231,18 @@ async fn pool_is_bounded_and_priority_ordered() {
         let ex = exporter(Arc::clone(&profile), store, Arc::new(InMemorySink::new()), 3);
         let mut ids = Vec::new();
         for _ in 0..9 {
-            ids.push(ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id);
+            ids.push(submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id);
         }
         ex.run_until_idle().await;
         assert_eq!(profile.max_active.load(Ordering::SeqCst), 3, "{name}: at most 3 at once, and the pool was used");
         for id in &ids {
-            assert_eq!(ex.get("t", id).await.unwrap().status, RunStatus::Succeeded);
+            assert_eq!(ex.get(&t("t"), id).await.unwrap().status, RunStatus::Succeeded);
         }
         // Priority order with one worker: high, normal, low regardless of submission order.
         let profile = Arc::new(Sleepy { sleep_ms: 0, ..Default::default() });
         let ex = exporter(Arc::clone(&profile), Arc::new(MemoryStore::new()), Arc::new(InMemorySink::new()), 1);
         for p in [Priority::Low, Priority::Normal, Priority::High, Priority::Low, Priority::High] {
-            ex.submit("t", None, req(p), None).await.unwrap();
+            submit(&ex, "t", req(p)).await.unwrap();
         }
         ex.run_until_idle().await;
         assert_eq!(*profile.started.lock().unwrap(), ["High", "High", "Normal", "Low", "Low"], "{name}");
@@ -238,21 +264,21 @@ async fn low_priority_does_not_starve() {
         .build()
         .unwrap();
     let workers = ex.start();
-    let low = ex.submit("t", None, req(Priority::Low), None).await.unwrap().run_id;
+    let low = submit(&ex, "t", req(Priority::Low)).await.unwrap().run_id;
     // A steady stream of high-priority work that alone would keep the worker busy forever.
     let start = Instant::now();
     let mut submitted_high = 0;
     while start.elapsed() < Duration::from_millis(4000) {
-        ex.submit("t", None, req(Priority::High), None).await.unwrap();
+        submit(&ex, "t", req(Priority::High)).await.unwrap();
         submitted_high += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if ex.get("t", &low).await.unwrap().status != RunStatus::Queued {
+        if ex.get(&t("t"), &low).await.unwrap().status != RunStatus::Queued {
             break;
         }
     }
     let waited = start.elapsed();
     assert_ne!(
-        ex.get("t", &low).await.unwrap().status,
+        ex.get(&t("t"), &low).await.unwrap().status,
         RunStatus::Queued,
         "low-priority run starved ({submitted_high} high runs)"
     );
@@ -265,27 +291,33 @@ async fn low_priority_does_not_starve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_keys() {
     for (name, store, _dir) in stores() {
+        let clock = ManualClock::new(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
         let ex = Exporter::builder()
             .profiles(Profiles::new().with(Sleepy::default()))
             .sink(InMemorySink::new())
             .store(ArcStore(Arc::clone(&store)))
             .evidence(MemoryEvidence::new())
-            .idempotency_ttl(Duration::from_secs(2))
+            .clock(clock.clone())
+            .idempotency_ttl(Duration::from_secs(3600))
             .build()
             .unwrap();
-        let a = ex.submit("t", None, req(Priority::Normal), Some("k")).await.unwrap();
-        let b = ex.submit("t", None, req(Priority::Normal), Some("k")).await.unwrap();
+        let a = ex.submit(Submission::new(t("t"), req(Priority::Normal)).idempotency_key("k")).await.unwrap();
+        let b = ex.submit(Submission::new(t("t"), req(Priority::Normal)).idempotency_key("k")).await.unwrap();
         assert_eq!(a.run_id, b.run_id, "{name}");
-        assert_eq!(ex.list("t", &RunFilter::default()).await.unwrap().runs.len(), 1, "no second run");
-        let err = ex.submit("t", None, req(Priority::High), Some("k")).await.unwrap_err();
+        assert_eq!(ex.list(&t("t"), &RunFilter::default()).await.unwrap().runs.len(), 1, "no second run");
+        let err = ex.submit(Submission::new(t("t"), req(Priority::High)).idempotency_key("k")).await.unwrap_err();
         assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
         assert!(err.to_string().contains("different request"), "{err}");
         // Another tenant may use the same key.
-        let c = ex.submit("other", None, req(Priority::Normal), Some("k")).await.unwrap();
+        let c = ex.submit(Submission::new(t("other"), req(Priority::Normal)).idempotency_key("k")).await.unwrap();
         assert_ne!(c.run_id, a.run_id);
-        // Keys expire.
-        tokio::time::sleep(Duration::from_millis(2100)).await;
-        let d = ex.submit("t", None, req(Priority::High), Some("k")).await.unwrap();
+        // Keys live for their TTL on the engine's clock...
+        clock.advance(Duration::from_secs(3599));
+        let e = ex.submit(Submission::new(t("t"), req(Priority::Normal)).idempotency_key("k")).await.unwrap();
+        assert_eq!(e.run_id, a.run_id, "{name}: the key is still live just before its TTL");
+        // ...and then expire.
+        clock.advance(Duration::from_secs(1));
+        let d = ex.submit(Submission::new(t("t"), req(Priority::High)).idempotency_key("k")).await.unwrap();
         assert_ne!(d.run_id, a.run_id);
     }
 }
@@ -301,35 +333,35 @@ async fn timeout_and_cancel() {
         );
         let mut r = req(Priority::Normal);
         r.timeout_seconds = Some(1);
-        let timed = ex.submit("t", None, r, None).await.unwrap().run_id;
-        let queued = ex.submit("t", None, req(Priority::Low), None).await.unwrap().run_id;
+        let timed = submit(&ex, "t", r).await.unwrap().run_id;
+        let queued = submit(&ex, "t", req(Priority::Low)).await.unwrap().run_id;
         // Cancel a queued run before any worker starts: it fails at once.
-        let c = ex.cancel("t", &queued).await.unwrap();
+        let c = ex.cancel(&t("t"), &queued).await.unwrap();
         assert_eq!(c.status, RunStatus::Failed);
         assert_eq!(c.errors[0].code, "ERR_EXPORT_CANCELLED");
-        let running = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let running = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         let workers = ex.start();
         // Wait until the third run is running, then cancel it.
         loop {
-            if ex.get("t", &running).await.unwrap().status == RunStatus::Running {
+            if ex.get(&t("t"), &running).await.unwrap().status == RunStatus::Running {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let started = Instant::now();
-        ex.cancel("t", &running).await.unwrap();
+        ex.cancel(&t("t"), &running).await.unwrap();
         let run = wait_terminal(&ex, "t", &running).await;
         assert_eq!(run.errors[0].code, "ERR_EXPORT_CANCELLED", "{name}");
         assert!(started.elapsed() < Duration::from_secs(2), "cancel must be prompt");
         let run = wait_terminal(&ex, "t", &timed).await;
         assert_eq!(run.status, RunStatus::Failed);
         assert_eq!(run.errors[0].code, "ERR_EXPORT_TIMEOUT", "{name}: {run:?}");
-        let events: Vec<_> = ex.events("t", &timed, 0).map(|e| e.unwrap()).collect().await;
+        let events: Vec<_> = ex.events(&t("t"), &timed, 0).map(|e| e.unwrap()).collect().await;
         match &events.last().unwrap().event {
             exportcore::RunEvent::Failed { code, .. } => assert_eq!(code, "ERR_EXPORT_TIMEOUT"),
             other => panic!("{other:?}"),
         }
-        assert!(ex.cancel("t", &timed).await.is_err(), "finished runs cannot be cancelled");
+        assert!(ex.cancel(&t("t"), &timed).await.is_err(), "finished runs cannot be cancelled");
         workers.shutdown().await;
     }
 }
@@ -372,22 +404,22 @@ async fn transient_failures_retry_with_backoff() {
     for (name, store, _dir) in stores() {
         let flaky = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(2) });
         let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), flaky.clone(), 1);
-        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         ex.run_until_idle().await;
-        let run = ex.get("t", &id).await.unwrap();
+        let run = ex.get(&t("t"), &id).await.unwrap();
         assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 3), "{name}: {:?}", run.errors);
         assert_eq!(flaky.inner.snapshot().len(), 2);
         // Always failing: gives up after the attempts, with the distribution code.
         let broken = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(usize::MAX) });
         let ex = exporter(Arc::new(Sleepy::default()), store, broken.clone(), 1);
-        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         ex.run_until_idle().await;
-        let run = ex.get("t", &id).await.unwrap();
+        let run = ex.get(&t("t"), &id).await.unwrap();
         assert_eq!((run.status, run.attempts), (RunStatus::Failed, 3));
         assert_eq!(run.errors[0].code, "ERR_EXPORT_DISTRIBUTION_FAILED");
         assert!(broken.inner.snapshot().is_empty());
         // Exactly one terminal event despite three attempts.
-        let events: Vec<_> = ex.events("t", &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+        let events: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
         assert_eq!(events.iter().filter(|n| **n == "failed").count(), 1, "{events:?}");
         assert_eq!(events.iter().filter(|n| **n == "started").count(), 3, "{events:?}");
     }
@@ -402,13 +434,13 @@ async fn estimates_and_rate_limit() {
         .max_queued(2)
         .build()
         .unwrap();
-    let first = ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
+    let first = submit(&ex, "t", req(Priority::Normal)).await.unwrap();
     assert_eq!(first.estimate_seconds, 30, "no history: the default estimate");
     ex.run_until_idle().await;
-    let second = ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
+    let second = submit(&ex, "t", req(Priority::Normal)).await.unwrap();
     assert!((1..=3).contains(&second.estimate_seconds), "from the last run's ~1.1 s: {}", second.estimate_seconds);
-    ex.submit("t", None, req(Priority::Normal), None).await.unwrap();
-    let err = ex.submit("t", None, req(Priority::Normal), None).await.unwrap_err();
+    submit(&ex, "t", req(Priority::Normal)).await.unwrap();
+    let err = submit(&ex, "t", req(Priority::Normal)).await.unwrap_err();
     assert_eq!(err.code(), "ERR_EXPORT_RATE_LIMIT");
     match err {
         ExportError::RateLimit { retry_after_secs } => assert!(retry_after_secs >= 1),
@@ -420,26 +452,35 @@ async fn estimates_and_rate_limit() {
 async fn retention_expires_runs_and_deletes_artifacts() {
     for (name, store, _dir) in stores() {
         let sink = InMemorySink::new();
-        let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(sink.clone()), 1);
+        let start = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        let clock = ManualClock::new(start);
+        let ex = builder(Arc::new(Sleepy::default()), store, Arc::new(sink.clone()), 1)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
         let mut r = req(Priority::Normal);
         r.retention_days = Some(1);
-        let id = ex.submit("t", None, r, None).await.unwrap().run_id;
-        let keep = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let id = submit(&ex, "t", r).await.unwrap().run_id;
+        let keep = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         ex.run_until_idle().await;
-        let run = ex.get("t", &id).await.unwrap();
+        let run = ex.get(&t("t"), &id).await.unwrap();
         let exp = run.expires_at.expect("expiresAt set from retentionDays");
+        assert_eq!(exp, start.plus_days(1), "{name}: retention counts from the engine clock at finish");
         assert!(run.outputs.iter().all(|o| o.expires_at == Some(exp)));
         assert_eq!(sink.snapshot().len(), 4);
-        // Not yet due.
-        let report = ex.sweep(Timestamp::now()).await.unwrap();
+        // Not yet due, one second before.
+        clock.advance(Duration::from_secs(24 * 3600 - 1));
+        let report = ex.sweep_now().await.unwrap();
         assert_eq!(report.expired, 0, "{name}");
-        let report = ex.sweep(Timestamp::from_unix(exp.unix() + 1).unwrap()).await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        let report = ex.sweep_now().await.unwrap();
         assert_eq!((report.expired, report.artifacts_deleted), (1, 2), "{name}");
-        assert_eq!(ex.get("t", &id).await.unwrap().status, RunStatus::Expired);
-        assert_eq!(ex.get("t", &keep).await.unwrap().status, RunStatus::Succeeded);
+        assert_eq!(ex.get(&t("t"), &id).await.unwrap().status, RunStatus::Expired);
+        assert_eq!(ex.get(&t("t"), &keep).await.unwrap().status, RunStatus::Succeeded);
         let left: Vec<String> = sink.snapshot().into_iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(left.len(), 2);
-        assert!(left.iter().all(|p| p.contains(&keep.replace(':', "_"))), "{left:?}");
+        let keep_prefix = format!("{}/", keep.sink_prefix().unwrap());
+        assert!(left.iter().all(|p| p.starts_with(&keep_prefix)), "{left:?}");
     }
 }
 
@@ -450,7 +491,7 @@ async fn interrupted_runs_are_reported_failed_after_restart() {
     let id = {
         let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path).unwrap());
         let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1);
-        let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+        let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         // A worker claims it and then the process "dies" before finishing.
         let claimed = store.claim_next(Timestamp::now()).await.unwrap().unwrap();
         assert_eq!(claimed.run.run_id, id);
@@ -459,10 +500,10 @@ async fn interrupted_runs_are_reported_failed_after_restart() {
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path).unwrap());
     let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(InMemorySink::new()), 1);
     assert_eq!(ex.recover_interrupted().await.unwrap(), vec![id.clone()]);
-    let run = ex.get("t", &id).await.unwrap();
+    let run = ex.get(&t("t"), &id).await.unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
-    let events: Vec<_> = ex.events("t", &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+    let events: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
     assert_eq!(events, ["failed"]);
     assert!(ex.recover_interrupted().await.unwrap().is_empty());
 }
@@ -475,9 +516,9 @@ async fn events_follow_a_live_run() {
         Arc::new(InMemorySink::new()),
         1,
     );
-    let id = ex.submit("t", None, req(Priority::Normal), None).await.unwrap().run_id;
+    let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
     // Subscribe before any worker runs: the stream must wait, then follow, then end.
-    let stream = ex.events("t", &id, 0);
+    let stream = ex.events(&t("t"), &id, 0);
     let collector = tokio::spawn(async move { stream.map(|e| e.unwrap().event.name()).collect::<Vec<_>>().await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!collector.is_finished());

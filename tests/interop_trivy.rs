@@ -9,8 +9,9 @@
 mod common;
 
 use common::{interop_dir, interop_python, samples, text};
-use exportcore::run::{execute, RunOptions};
-use exportcore::{DirEvidence, EvidenceSource, FsSink, Profile, RunRequest, RunStatus, Timestamp};
+use exportcore::{
+    DirEvidence, EvidenceSource, FsSink, Profile, ProfileId, RunBuilder, RunRequest, RunStatus, TenantId, Timestamp,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,13 +30,20 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy")
 }
 
+/// Runs `profile` into `out`; panics with the error's report if the run fails.
+async fn run(profile: Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, out: &Path, req: RunRequest) {
+    let outcome = RunBuilder::from_arcs(profile, evidence, Arc::new(FsSink::new(out).unwrap()))
+        .tenant(TenantId::parse("t").unwrap())
+        .execute(req)
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {}", e.report()));
+    assert_eq!(outcome.run.status, RunStatus::Succeeded);
+}
+
 async fn build(profile: Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, out: &Path, id: &str) {
-    let mut req = RunRequest::new(id);
+    let mut req = RunRequest::new(ProfileId::parse(id).unwrap());
     req.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
-    let run =
-        execute(profile, evidence, Arc::new(FsSink::new(out).unwrap()), req, RunOptions::new("t"), Arc::new(|_| {}))
-            .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    run(profile, evidence, out, req).await;
 }
 
 /// A Trivy cache dir holding our trivy.db (+ java-db) built from `evidence`.
@@ -204,20 +212,11 @@ async fn vex_not_affected_clears_a_finding() {
     // not_affected by CVE-2021-23337 there, so Trivy must no longer report it; the other
     // lodash finding (no VEX statement) stays.
     let out = tmp.path().join("db");
-    let mut req = RunRequest::new("trivy:db");
+    let mut req = RunRequest::new(ProfileId::from_static("trivy:db"));
     req.targets = vec![exportcore::Target::Advisory, exportcore::Target::Vex];
     req.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
     let ev: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(samples()).unwrap());
-    let run = execute(
-        Arc::new(exportcore_trivy::TrivyDb),
-        ev,
-        Arc::new(FsSink::new(&out).unwrap()),
-        req,
-        RunOptions::new("t"),
-        Arc::new(|_| {}),
-    )
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    run(Arc::new(exportcore_trivy::TrivyDb), ev, &out, req).await;
     let report: Value = serde_json::from_slice(&std::fs::read(out.join("trivy-export.json")).unwrap()).unwrap();
     assert!(report["skipped"]["vexUnaffectedVersions"].as_u64().unwrap() >= 1, "{report}");
     let cache = tmp.path().join("cache");

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::engine::Exporter;
-use exportcore::{InMemorySink, MemoryEvidence, RunRequest};
+use exportcore::engine::{Exporter, Submission};
+use exportcore::{InMemorySink, MemoryEvidence, ProfileId, RunRequest, TenantId};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,10 +20,11 @@ async fn engine_emits_documented_metrics() {
         .evidence(evidence)
         .build()
         .unwrap();
-    ex.submit("t", None, RunRequest::new("json:raw"), None).await.unwrap();
-    let mut bad = RunRequest::new("json:raw");
+    let tenant = TenantId::parse("t").unwrap();
+    ex.submit(Submission::new(tenant.clone(), RunRequest::new(ProfileId::from_static("json:raw")))).await.unwrap();
+    let mut bad = RunRequest::new(ProfileId::from_static("json:raw"));
     bad.targets = vec![exportcore::Target::Vex]; // no VEX evidence: fails
-    ex.submit("t", None, bad, None).await.unwrap();
+    ex.submit(Submission::new(tenant, bad)).await.unwrap();
     ex.run_until_idle().await;
     let snap = snapshotter.snapshot().into_vec();
     let find = |name: &str, label: Option<(&str, &str)>| {

@@ -82,15 +82,16 @@ async fn tampering_is_caught() {
     assert!(problems(&out, &opts(&k)).iter().any(|p| p.contains("provenance.dsse.json: missing")));
     // Unsigned output verified with a key.
     let unsigned = tmp.path().join("unsigned");
-    let run = exportcore::run::execute(
+    let run = exportcore::RunBuilder::from_arcs(
         exportcore_json::profiles().get("json:raw").unwrap(),
         std::sync::Arc::new(exportcore::DirEvidence::new(samples()).unwrap()),
         std::sync::Arc::new(exportcore::FsSink::new(&unsigned).unwrap()),
-        exportcore::RunRequest::new("json:raw"),
-        exportcore::run::RunOptions::new("t"),
-        std::sync::Arc::new(|_| {}),
     )
-    .await;
+    .tenant(exportcore::TenantId::parse("t").unwrap())
+    .execute(exportcore::RunRequest::new(exportcore::ProfileId::from_static("json:raw")))
+    .await
+    .unwrap_or_else(|e| panic!("unsigned run failed: {}", e.report()))
+    .run;
     assert_eq!(run.status, exportcore::RunStatus::Succeeded);
     assert!(problems(&unsigned, &opts(&k)).iter().any(|p| p.contains("manifest.dsse.json: missing")));
 }
@@ -157,15 +158,21 @@ async fn staleness_policy() {
 
 #[tokio::test]
 async fn signing_without_a_signer_is_a_request_error() {
-    let run = exportcore::run::execute(
+    let sink = exportcore::InMemorySink::new();
+    let err = exportcore::RunBuilder::from_arcs(
         exportcore_json::profiles().get("json:raw").unwrap(),
         std::sync::Arc::new(exportcore::DirEvidence::new(samples()).unwrap()),
-        std::sync::Arc::new(exportcore::InMemorySink::new()),
-        signed_request("json:raw"),
-        exportcore::run::RunOptions::new("t"),
-        std::sync::Arc::new(|_| {}),
+        std::sync::Arc::new(sink.clone()),
     )
-    .await;
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_REQUEST_INVALID");
-    assert!(run.errors[0].message.contains("distribution.signing.keyRef"));
+    .tenant(exportcore::TenantId::parse("t").unwrap())
+    .execute(signed_request("json:raw"))
+    .await
+    .expect_err("signing without a signer must fail");
+    assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+    assert!(
+        matches!(&err, ExportError::RequestInvalid { field, .. } if field == "distribution.signing.keyRef"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("distribution.signing.keyRef"), "{err}");
+    assert!(sink.snapshot().is_empty(), "a failed run publishes nothing");
 }

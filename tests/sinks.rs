@@ -99,17 +99,24 @@ async fn a_failed_publish_leaves_nothing_and_spares_paths_it_never_reached() {
     // An artifact from an earlier run at a path this run never gets to.
     let older = exportcore::ArtifactPath::parse("f9.txt").unwrap();
     sink.inner.put_bytes(&older, "older run".into()).await.unwrap();
-    let run = exportcore::run::execute(
-        std::sync::Arc::new(TenFiles),
-        std::sync::Arc::new(exportcore::MemoryEvidence::new()),
-        sink.clone(),
-        exportcore::RunRequest::new("test:ten"),
-        exportcore::run::RunOptions::new("t"),
-        std::sync::Arc::new(|_| {}),
-    )
-    .await;
-    assert_eq!(run.status, exportcore::RunStatus::Failed);
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_DISTRIBUTION_FAILED");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let err = exportcore::RunBuilder::new(TenFiles, exportcore::MemoryEvidence::new(), std::sync::Arc::clone(&sink))
+        .tenant(exportcore::TenantId::parse("t").unwrap())
+        .events(tx)
+        .execute(exportcore::RunRequest::new(exportcore::ProfileId::from_static("test:ten")))
+        .await
+        .expect_err("a failed publish fails the run");
+    assert!(matches!(err, exportcore::ExportError::DistributionFailed { .. }), "{err:?}");
+    assert_eq!(err.code(), "ERR_EXPORT_DISTRIBUTION_FAILED");
+    // The event stream ends with `failed` and its code.
+    let mut last = None;
+    while let Ok(ev) = rx.try_recv() {
+        last = Some(ev);
+    }
+    match last {
+        Some(exportcore::RunEvent::Failed { code, .. }) => assert_eq!(code, "ERR_EXPORT_DISTRIBUTION_FAILED"),
+        other => panic!("the last event must be `failed`: {other:?}"),
+    }
     // Give any stray put time to land, then look.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let left: Vec<String> = sink.inner.list(None).await.unwrap().into_iter().map(|m| m.path.to_string()).collect();

@@ -137,8 +137,7 @@ impl<W: Write> Encoder<W> {
                     e.multithread(o.workers.max(1))?;
                     Ok(e)
                 };
-                mk().map(Encoder::Zstd)
-                    .map_err(|e| ExportError::internal_caused("zstd", "", e))
+                mk().map(Encoder::Zstd).map_err(|e| ExportError::internal_caused("zstd", "", e))
             }
             #[allow(unreachable_patterns)]
             other => {
@@ -196,7 +195,10 @@ impl<W: Write> ArchiveWriter<W> {
         let p = path.as_str();
         if let Some(last) = &self.last {
             if p <= last.as_str() {
-                return Err(ExportError::internal("archive writer", format!("entries out of order: {p:?} after {last:?}")));
+                return Err(ExportError::internal(
+                    "archive writer",
+                    format!("entries out of order: {p:?} after {last:?}"),
+                ));
             }
         }
         // Parent directories, outermost first.
@@ -213,7 +215,10 @@ impl<W: Write> ArchiveWriter<W> {
         let mut counted = CountingReader { inner: data.take(size), count: 0 };
         self.builder.append_data(&mut h, p, &mut counted).map_err(|e| tar_err(p, e))?;
         if counted.count != size {
-            return Err(ExportError::internal("archive writer", format!("{p}: declared {size} bytes but the data had {}", counted.count)));
+            return Err(ExportError::internal(
+                "archive writer",
+                format!("{p}: declared {size} bytes but the data had {}", counted.count),
+            ));
         }
         self.last = Some(p.to_owned());
         Ok(())
@@ -245,7 +250,10 @@ fn entry_header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> Resul
 fn file_header_block(path: &ArtifactPath, mode: FileMode, size: u64, mtime: u64) -> Result<[u8; 512]> {
     let p = path.as_str();
     if p.contains('/') || p.len() > 100 {
-        return Err(ExportError::internal("archive writer", format!("{p:?}: a streamed archive holds top-level names of at most 100 bytes")));
+        return Err(ExportError::internal(
+            "archive writer",
+            format!("{p:?}: a streamed archive holds top-level names of at most 100 bytes"),
+        ));
     }
     let mut h = entry_header(tar::EntryType::Regular, mode.bits(), size, mtime)?;
     h.set_path(p).map_err(|e| tar_err(p, e))?;
@@ -304,7 +312,10 @@ impl StreamedTarGz {
         let mut names: Vec<&ArtifactPath> = leading.iter().map(|(p, _, _)| p).collect();
         names.push(&path);
         if !names.windows(2).all(|w| w[0].as_str() < w[1].as_str()) {
-            return Err(ExportError::internal("archive writer", format!("entries out of order: {:?}", names.iter().map(|p| p.as_str()).collect::<Vec<_>>())));
+            return Err(ExportError::internal(
+                "archive writer",
+                format!("entries out of order: {:?}", names.iter().map(|p| p.as_str()).collect::<Vec<_>>()),
+            ));
         }
         let mut gz = crate::pgzip::GzipWriter::deferred(
             io::BufWriter::with_capacity(256 * 1024, spill),

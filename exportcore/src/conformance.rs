@@ -185,7 +185,7 @@ pub async fn profile_suite(profile: Arc<dyn Profile>, evidence: Arc<dyn Evidence
 pub fn profile_descriptor_is_valid(profile: &dyn Profile) {
     let d = profile.descriptor();
     assert!(!d.description.trim().is_empty(), "profile {} needs a description", d.id);
-    profile.validate(&RunRequest::new(d.id.clone())).expect("validate must accept a default request");
+    profile.validate(&RunRequest::new(d.id)).expect("validate must accept a default request");
 }
 
 /// Without a pinned time the profile fixes the run's time anchor itself (from its evidence,
@@ -286,7 +286,7 @@ impl EvidenceSource for FailingEvidence {
 pub async fn profile_failure_leaves_no_output(profile: &Arc<dyn Profile>, request: &RunRequest) {
     let sink = InMemorySink::new();
     let result = run_into(profile, Arc::new(FailingEvidence), Arc::new(sink.clone()), request).await;
-    let err = result.err().expect("a run whose evidence cannot be read must fail");
+    let err = result.expect_err("a run whose evidence cannot be read must fail");
     assert!(err.code().starts_with("ERR_EXPORT_"), "errors need codes: {err:?}");
     assert!(sink.snapshot().is_empty(), "a failed run must leave nothing in the sink");
 }
@@ -366,234 +366,304 @@ pub async fn profile_honours_cancel(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Run stores
+// Evidence sources
 
-use crate::model::{Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
-use crate::id::{ProfileId, RunId, TenantId};
-use crate::store::{Created, IdempotencyKey, NewRun, RunFilter, RunStore};
-
-fn t(s: &str) -> TenantId {
-    TenantId::parse(s).expect("valid tenant")
+/// Runs every evidence-source check. `source` should hold at least one file of some kind.
+pub fn evidence_suite(source: &dyn EvidenceSource) {
+    evidence_lists_sorted_safe_paths_of_its_kind(source);
+    evidence_opens_what_it_lists(source);
+    evidence_refuses_unlisted_and_unsafe_paths(source);
 }
 
-fn r(s: &str) -> RunId {
-    RunId::parse(s).expect("valid run id")
+const KINDS: [EvidenceKind; 5] =
+    [EvidenceKind::Advisory, EvidenceKind::Vex, EvidenceKind::Policy, EvidenceKind::Java, EvidenceKind::Portal];
+
+/// `list` is sorted, duplicate-free, and every path lies in one of the kind's directories.
+pub fn evidence_lists_sorted_safe_paths_of_its_kind(source: &dyn EvidenceSource) {
+    let mut total = 0;
+    for kind in KINDS {
+        let items = source.list(kind).expect("list");
+        assert!(items.windows(2).all(|w| w[0].path < w[1].path), "{kind:?}: list must be sorted and unique");
+        for item in &items {
+            assert_eq!(EvidenceKind::of_path(&item.path), Some(kind), "{} listed as {kind:?}", item.path);
+        }
+        total += items.len();
+    }
+    assert!(total > 0, "the source under test lists no file at all: give the suite some evidence");
 }
 
-fn at(secs: i64) -> Timestamp {
-    Timestamp::from_unix(1_700_000_000 + secs).expect("time")
-}
-
-fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, body: &str) -> NewRun {
-    let profile = ProfileId::parse(profile).expect("valid profile id");
-    let mut req = RunRequest::new(profile.clone());
-    req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
-    NewRun {
-        run: Run::queued(r(id), t(tenant), Some("p1".into()), profile, at(0)),
-        request_hash: Sha256Digest::of(&crate::canonical::to_vec(&req).expect("json")),
-        request: req,
-        rank,
-        idempotency: key.map(|k| IdempotencyKey { key: k.into(), expires_at: at(3600) }),
+/// Every listed file opens, and reads exactly its listed size.
+pub fn evidence_opens_what_it_lists(source: &dyn EvidenceSource) {
+    for kind in KINDS {
+        for item in source.list(kind).expect("list") {
+            let mut bytes = Vec::new();
+            source.open(&item.path).expect("a listed file must open").read_to_end(&mut bytes).expect("read");
+            assert_eq!(bytes.len() as u64, item.size, "size of {}", item.path);
+        }
     }
 }
 
-/// Runs every store check. The store must start empty.
-pub async fn store_suite(store: &dyn RunStore) {
-    store_create_get_list_and_tenancy(store).await;
-    store_idempotency(store).await;
-    store_queue_order_and_claim(store).await;
-    store_events(store).await;
-    store_finish_is_one_step(store).await;
-    store_expiry_running_and_durations(store).await;
+/// A path the source does not hold is an error (never an empty read).
+pub fn evidence_refuses_unlisted_and_unsafe_paths(source: &dyn EvidenceSource) {
+    let missing = p("advisories/no-such-file-in-any-source.json");
+    assert!(source.open(&missing).is_err(), "opening an unlisted file must fail");
 }
 
-/// Create, get, list (newest first, filters, paging) and tenant isolation.
-pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
-    for i in 0..5 {
-        let c =
-            store.create(new_run("t-a", &format!("a{i}"), "json:raw", i, None, "adv"), at(0)).await.expect("create");
-        assert!(matches!(c, Created::New(_)));
+// ---------------------------------------------------------------------------------------------
+// Run stores (feature `engine`)
+
+#[cfg(feature = "engine")]
+pub use stores::*;
+
+#[cfg(feature = "engine")]
+mod stores {
+    use super::*;
+
+    use crate::id::{ProfileId, RunId, TenantId};
+    use crate::model::{Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
+    use crate::store::{Created, IdempotencyKey, NewRun, RunFilter, RunStore};
+
+    fn t(s: &str) -> TenantId {
+        TenantId::parse(s).expect("valid tenant")
     }
-    store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
-    assert_eq!(store.get(&t("t-a"), &r("a3")).await.expect("get").run_id, "a3");
-    let err = store.get(&t("t-b"), &r("a3")).await.expect_err("another tenant's run must be invisible");
-    assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
-    let page = store.list(&t("t-a"), &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
-    assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
-    let page2 = store
-        .list(&t("t-a"), &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
-        .await
-        .expect("list");
-    assert_eq!(page2.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a2", "a1"]);
-    let b = store.list(&t("t-b"), &RunFilter::default()).await.expect("list");
-    assert_eq!(b.runs.len(), 1);
-    assert!(b.next_cursor.is_none());
-    let f = store
-        .list(&t("t-a"), &RunFilter { profile_id: Some(ProfileId::from_static("json:policy")), ..Default::default() })
-        .await
-        .expect("list");
-    assert!(f.runs.is_empty());
-    let f = store.list(&t("t-a"), &RunFilter { status: Some(Status::Queued), ..Default::default() }).await.expect("list");
-    assert_eq!(f.runs.len(), 5);
-    assert!(store.events(&t("t-b"), &r("a1"), 0, 10).await.is_err(), "events of another tenant's run must be refused");
-    assert!(store
-        .fail_if_queued(&t("t-b"), &r("a1"), RunError { code: "X".into(), message: "m".into() }, at(1))
-        .await
-        .is_err());
-    // Drain the queue for the next checks.
-    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+
+    fn r(s: &str) -> RunId {
+        RunId::parse(s).expect("valid run id")
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix(1_700_000_000 + secs).expect("time")
+    }
+
+    fn new_run(tenant: &str, id: &str, profile: &str, rank: i64, key: Option<&str>, body: &str) -> NewRun {
+        let profile = ProfileId::parse(profile).expect("valid profile id");
+        let mut req = RunRequest::new(profile.clone());
+        req.targets = if body == "vex" { vec![crate::Target::Vex] } else { vec![crate::Target::Advisory] };
+        NewRun {
+            run: Run::queued(r(id), t(tenant), Some("p1".into()), profile, at(0)),
+            request_hash: Sha256Digest::of(&crate::canonical::to_vec(&req).expect("json")),
+            request: req,
+            rank,
+            idempotency: key.map(|k| IdempotencyKey { key: k.into(), expires_at: at(3600) }),
+        }
+    }
+
+    /// Runs every store check. The store must start empty.
+    pub async fn store_suite(store: &dyn RunStore) {
+        store_create_get_list_and_tenancy(store).await;
+        store_idempotency(store).await;
+        store_queue_order_and_claim(store).await;
+        store_events(store).await;
+        store_finish_is_one_step(store).await;
+        store_expiry_running_and_durations(store).await;
+    }
+
+    /// Create, get, list (newest first, filters, paging) and tenant isolation.
+    pub async fn store_create_get_list_and_tenancy(store: &dyn RunStore) {
+        for i in 0..5 {
+            let c = store
+                .create(new_run("t-a", &format!("a{i}"), "json:raw", i, None, "adv"), at(0))
+                .await
+                .expect("create");
+            assert!(matches!(c, Created::New(_)));
+        }
+        store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
+        assert_eq!(store.get(&t("t-a"), &r("a3")).await.expect("get").run_id, "a3");
+        let err = store.get(&t("t-b"), &r("a3")).await.expect_err("another tenant's run must be invisible");
+        assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
+        let page = store.list(&t("t-a"), &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
+        assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
+        let page2 = store
+            .list(&t("t-a"), &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
+            .await
+            .expect("list");
+        assert_eq!(page2.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a2", "a1"]);
+        let b = store.list(&t("t-b"), &RunFilter::default()).await.expect("list");
+        assert_eq!(b.runs.len(), 1);
+        assert!(b.next_cursor.is_none());
+        let f = store
+            .list(
+                &t("t-a"),
+                &RunFilter { profile_id: Some(ProfileId::from_static("json:policy")), ..Default::default() },
+            )
+            .await
+            .expect("list");
+        assert!(f.runs.is_empty());
+        let f = store
+            .list(&t("t-a"), &RunFilter { status: Some(Status::Queued), ..Default::default() })
+            .await
+            .expect("list");
+        assert_eq!(f.runs.len(), 5);
+        assert!(
+            store.events(&t("t-b"), &r("a1"), 0, 10).await.is_err(),
+            "events of another tenant's run must be refused"
+        );
+        assert!(store
+            .fail_if_queued(&t("t-b"), &r("a1"), RunError { code: "X".into(), message: "m".into() }, at(1))
+            .await
+            .is_err());
+        // Drain the queue for the next checks.
+        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+            let mut run = c.run;
+            run.status = Status::Failed;
+            store.save(&run).await.expect("save");
+        }
+    }
+
+    /// Same key + same request → same run; same key + different request → conflict.
+    pub async fn store_idempotency(store: &dyn RunStore) {
+        let first = store.create(new_run("t-i", "i1", "json:raw", 0, Some("k1"), "adv"), at(10)).await.expect("create");
+        let again =
+            store.create(new_run("t-i", "i2", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create again");
+        assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
+        let err =
+            store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
+        assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+        // Keys are per tenant.
+        let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
+        assert!(matches!(other, Created::New(_)));
+        // After expiry the key is free again.
+        let later =
+            store.create(new_run("t-i", "i4", "json:raw", 0, Some("k1"), "vex"), at(4000)).await.expect("create");
+        assert!(matches!(later, Created::New(_)));
+        assert!(store.purge_idempotency(at(1_000_000)).await.expect("purge") >= 1);
+        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+            let mut run = c.run;
+            run.status = Status::Failed;
+            store.save(&run).await.expect("save");
+        }
+    }
+
+    /// Lowest rank first, then submission order; claim marks running and counts attempts;
+    /// a queued run can be failed atomically, a running one not.
+    pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
+        for (id, rank) in [("q1", 50), ("q2", 10), ("q3", 50), ("q4", 10)] {
+            store.create(new_run("t-q", id, "json:raw", rank, None, "adv"), at(0)).await.expect("create");
+        }
+        assert_eq!(store.queued_count().await.expect("count"), 4);
+        let cancelled = store
+            .fail_if_queued(
+                &t("t-q"),
+                &r("q3"),
+                RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() },
+                at(5),
+            )
+            .await
+            .expect("cancel");
+        assert_eq!(cancelled.expect("was queued").status, Status::Failed);
+        // Claiming one run by id, out of queue order; a second claim of it gets nothing.
+        store.create(new_run("t-q", "q5", "json:raw", 99, None, "adv"), at(0)).await.expect("create");
+        assert_eq!(
+            store.events(&t("t-q"), &r("q3"), 0, 10).await.expect("events").last().map(|e| e.event.name()),
+            Some("failed"),
+            "fail_if_queued appends the failed event with the status"
+        );
+        let c = store.claim_run(&r("q5"), at(6)).await.expect("claim").expect("q5 is queued");
+        assert_eq!((c.run.run_id.as_str(), c.run.status, c.run.attempts), ("q5", Status::Running, 1));
+        assert!(store.claim_run(&r("q5"), at(6)).await.expect("claim").is_none());
+        assert!(store.claim_run(&r("q3"), at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
         let mut run = c.run;
-        run.status = Status::Failed;
-        store.save(&run).await.expect("save");
-    }
-}
-
-/// Same key + same request → same run; same key + different request → conflict.
-pub async fn store_idempotency(store: &dyn RunStore) {
-    let first = store.create(new_run("t-i", "i1", "json:raw", 0, Some("k1"), "adv"), at(10)).await.expect("create");
-    let again =
-        store.create(new_run("t-i", "i2", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create again");
-    assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
-    let err = store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
-    assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
-    // Keys are per tenant.
-    let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
-    assert!(matches!(other, Created::New(_)));
-    // After expiry the key is free again.
-    let later = store.create(new_run("t-i", "i4", "json:raw", 0, Some("k1"), "vex"), at(4000)).await.expect("create");
-    assert!(matches!(later, Created::New(_)));
-    assert!(store.purge_idempotency(at(1_000_000)).await.expect("purge") >= 1);
-    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
-        let mut run = c.run;
-        run.status = Status::Failed;
-        store.save(&run).await.expect("save");
-    }
-}
-
-/// Lowest rank first, then submission order; claim marks running and counts attempts;
-/// a queued run can be failed atomically, a running one not.
-pub async fn store_queue_order_and_claim(store: &dyn RunStore) {
-    for (id, rank) in [("q1", 50), ("q2", 10), ("q3", 50), ("q4", 10)] {
-        store.create(new_run("t-q", id, "json:raw", rank, None, "adv"), at(0)).await.expect("create");
-    }
-    assert_eq!(store.queued_count().await.expect("count"), 4);
-    let cancelled = store
-        .fail_if_queued(&t("t-q"), &r("q3"),
-            RunError { code: "ERR_EXPORT_CANCELLED".into(), message: "cancelled".into() },
-            at(5),
-        )
-        .await
-        .expect("cancel");
-    assert_eq!(cancelled.expect("was queued").status, Status::Failed);
-    // Claiming one run by id, out of queue order; a second claim of it gets nothing.
-    store.create(new_run("t-q", "q5", "json:raw", 99, None, "adv"), at(0)).await.expect("create");
-    assert_eq!(
-        store.events(&t("t-q"), &r("q3"), 0, 10).await.expect("events").last().map(|e| e.event.name()),
-        Some("failed"),
-        "fail_if_queued appends the failed event with the status"
-    );
-    let c = store.claim_run(&r("q5"), at(6)).await.expect("claim").expect("q5 is queued");
-    assert_eq!((c.run.run_id.as_str(), c.run.status, c.run.attempts), ("q5", Status::Running, 1));
-    assert!(store.claim_run(&r("q5"), at(6)).await.expect("claim").is_none());
-    assert!(store.claim_run(&r("q3"), at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
-    let mut run = c.run;
-    run.status = Status::Succeeded;
-    store.save(&run).await.expect("save");
-    let mut order = Vec::new();
-    while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
-        assert_eq!(c.run.status, Status::Running);
-        assert_eq!(c.run.attempts, 1);
-        assert_eq!(c.run.started_at, Some(at(7)));
-        assert_eq!(c.request.profile_id, "json:raw");
-        order.push(c.run.run_id.clone());
-    }
-    assert_eq!(order, ["q2", "q4", "q1"]);
-    assert!(store
-        .fail_if_queued(&t("t-q"), &r("q1"), RunError { code: "X".into(), message: "m".into() }, at(8))
-        .await
-        .expect("ok")
-        .is_none());
-    // A requeued run (retry) is claimed again, attempts counted.
-    let mut run = store.get(&t("t-q"), &r("q1")).await.expect("get");
-    run.status = Status::Queued;
-    store.save(&run).await.expect("save");
-    let again = store.claim_next(at(9)).await.expect("claim").expect("requeued run");
-    assert_eq!((again.run.run_id.as_str(), again.run.attempts, again.run.started_at), ("q1", 2, Some(at(7))));
-    for id in ["q1", "q2", "q4"] {
-        let mut run = store.get(&t("t-q"), &r(id)).await.expect("get");
         run.status = Status::Succeeded;
         store.save(&run).await.expect("save");
-    }
-}
-
-/// Event ids increase from 1 per run; `after` pages.
-pub async fn store_events(store: &dyn RunStore) {
-    store.create(new_run("t-e", "e1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
-    store.create(new_run("t-e", "e2", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
-    for i in 0..5u8 {
-        let ev = Event::Progress { run_id: r("e1"), progress: Progress::of(u64::from(i), 5) };
-        assert_eq!(store.append_event(&r("e1"), at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
-    }
-    let ev = Event::Started { run_id: r("e2"), profile_id: ProfileId::from_static("json:raw") };
-    assert_eq!(store.append_event(&r("e2"), at(0), &ev).await.expect("append"), 1);
-    let after2 = store.events(&t("t-e"), &r("e1"), 2, 100).await.expect("events");
-    assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
-    assert_eq!(after2[0].event, Event::Progress { run_id: r("e1"), progress: Progress::of(2, 5) });
-    assert_eq!(store.events(&t("t-e"), &r("e1"), 0, 2).await.expect("events").len(), 2);
-    assert!(store.append_event(&r("nope"), at(0), &ev).await.is_err());
-    while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
-        let mut run = c.run;
-        run.status = Status::Failed;
+        let mut order = Vec::new();
+        while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
+            assert_eq!(c.run.status, Status::Running);
+            assert_eq!(c.run.attempts, 1);
+            assert_eq!(c.run.started_at, Some(at(7)));
+            assert_eq!(c.request.profile_id, "json:raw");
+            order.push(c.run.run_id.clone());
+        }
+        assert_eq!(order, ["q2", "q4", "q1"]);
+        assert!(store
+            .fail_if_queued(&t("t-q"), &r("q1"), RunError { code: "X".into(), message: "m".into() }, at(8))
+            .await
+            .expect("ok")
+            .is_none());
+        // A requeued run (retry) is claimed again, attempts counted.
+        let mut run = store.get(&t("t-q"), &r("q1")).await.expect("get");
+        run.status = Status::Queued;
         store.save(&run).await.expect("save");
+        let again = store.claim_next(at(9)).await.expect("claim").expect("requeued run");
+        assert_eq!((again.run.run_id.as_str(), again.run.attempts, again.run.started_at), ("q1", 2, Some(at(7))));
+        for id in ["q1", "q2", "q4"] {
+            let mut run = store.get(&t("t-q"), &r(id)).await.expect("get");
+            run.status = Status::Succeeded;
+            store.save(&run).await.expect("save");
+        }
     }
-}
 
-/// Expiry candidates, interrupted (`running`) runs and recent durations.
-pub async fn store_expiry_running_and_durations(store: &dyn RunStore) {
-    store.create(new_run("t-x", "x1", "json:x", 0, None, "adv"), at(0)).await.expect("create");
-    store.create(new_run("t-x", "x2", "json:x", 0, None, "adv"), at(0)).await.expect("create");
-    store.create(new_run("t-x", "x3", "json:x", 0, None, "adv"), at(0)).await.expect("create");
-    let mut a = store.claim_next(at(100)).await.expect("claim").expect("x1").run;
-    a.status = Status::Succeeded;
-    a.finished_at = Some(at(130));
-    a.expires_at = Some(at(1000));
-    store.save(&a).await.expect("save");
-    let b = store.claim_next(at(200)).await.expect("claim").expect("x2").run;
-    assert_eq!(store.running().await.expect("running").iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x2"]);
-    assert!(store.due_for_expiry(at(999), 10).await.expect("due").is_empty());
-    let due = store.due_for_expiry(at(1000), 10).await.expect("due");
-    assert_eq!(due.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x1"]);
-    assert_eq!(store.recent_durations(&ProfileId::from_static("json:x"), 10).await.expect("durations"), [30.0]);
-    let mut e = due[0].clone();
-    e.status = Status::Expired;
-    store.save(&e).await.expect("save");
-    assert!(store.due_for_expiry(at(5000), 10).await.expect("due").is_empty(), "expired runs are not due again");
-    let mut b = b;
-    b.status = Status::Failed;
-    store.save(&b).await.expect("save");
-    let c = store.claim_next(at(300)).await.expect("claim").expect("x3");
-    let mut c = c.run;
-    c.status = Status::Failed;
-    store.save(&c).await.expect("save");
-}
+    /// Event ids increase from 1 per run; `after` pages.
+    pub async fn store_events(store: &dyn RunStore) {
+        store.create(new_run("t-e", "e1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+        store.create(new_run("t-e", "e2", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+        for i in 0..5u8 {
+            let ev = Event::Progress { run_id: r("e1"), progress: Progress::of(u64::from(i), 5) };
+            assert_eq!(store.append_event(&r("e1"), at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
+        }
+        let ev = Event::Started { run_id: r("e2"), profile_id: ProfileId::from_static("json:raw") };
+        assert_eq!(store.append_event(&r("e2"), at(0), &ev).await.expect("append"), 1);
+        let after2 = store.events(&t("t-e"), &r("e1"), 2, 100).await.expect("events");
+        assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(after2[0].event, Event::Progress { run_id: r("e1"), progress: Progress::of(2, 5) });
+        assert_eq!(store.events(&t("t-e"), &r("e1"), 0, 2).await.expect("events").len(), 2);
+        assert!(store.append_event(&r("nope"), at(0), &ev).await.is_err());
+        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+            let mut run = c.run;
+            run.status = Status::Failed;
+            store.save(&run).await.expect("save");
+        }
+    }
 
-/// `finish` stores the final record and its terminal event together.
-pub async fn store_finish_is_one_step(store: &dyn RunStore) {
-    store.create(new_run("t-f", "f1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
-    let mut run = store.claim_run(&r("f1"), at(1)).await.expect("claim").expect("queued").run;
-    let ev = Event::Started { run_id: r("f1"), profile_id: ProfileId::from_static("json:raw") };
-    assert_eq!(store.append_event(&r("f1"), at(1), &ev).await.expect("append"), 1);
-    run.status = Status::Succeeded;
-    run.finished_at = Some(at(2));
-    let done = Event::Completed { run_id: r("f1"), status: Status::Succeeded };
-    assert_eq!(store.finish(&run, at(2), &done).await.expect("finish"), 2);
-    assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);
-    let evs = store.events(&t("t-f"), &r("f1"), 0, 10).await.expect("events");
-    assert_eq!(evs.last().map(|e| &e.event), Some(&done));
-    let err = store.finish(&run_of("nope"), at(3), &done).await.expect_err("finishing an unknown run must fail");
-    assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
-}
+    /// Expiry candidates, interrupted (`running`) runs and recent durations.
+    pub async fn store_expiry_running_and_durations(store: &dyn RunStore) {
+        store.create(new_run("t-x", "x1", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+        store.create(new_run("t-x", "x2", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+        store.create(new_run("t-x", "x3", "json:x", 0, None, "adv"), at(0)).await.expect("create");
+        let mut a = store.claim_next(at(100)).await.expect("claim").expect("x1").run;
+        a.status = Status::Succeeded;
+        a.finished_at = Some(at(130));
+        a.expires_at = Some(at(1000));
+        store.save(&a).await.expect("save");
+        let b = store.claim_next(at(200)).await.expect("claim").expect("x2").run;
+        assert_eq!(
+            store.running().await.expect("running").iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+            ["x2"]
+        );
+        assert!(store.due_for_expiry(at(999), 10).await.expect("due").is_empty());
+        let due = store.due_for_expiry(at(1000), 10).await.expect("due");
+        assert_eq!(due.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["x1"]);
+        assert_eq!(store.recent_durations(&ProfileId::from_static("json:x"), 10).await.expect("durations"), [30.0]);
+        let mut e = due[0].clone();
+        e.status = Status::Expired;
+        store.save(&e).await.expect("save");
+        assert!(store.due_for_expiry(at(5000), 10).await.expect("due").is_empty(), "expired runs are not due again");
+        let mut b = b;
+        b.status = Status::Failed;
+        store.save(&b).await.expect("save");
+        let c = store.claim_next(at(300)).await.expect("claim").expect("x3");
+        let mut c = c.run;
+        c.status = Status::Failed;
+        store.save(&c).await.expect("save");
+    }
 
-fn run_of(id: &str) -> Run {
-    Run::queued(r(id), t("t-f"), None, ProfileId::from_static("json:raw"), at(0))
+    /// `finish` stores the final record and its terminal event together.
+    pub async fn store_finish_is_one_step(store: &dyn RunStore) {
+        store.create(new_run("t-f", "f1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+        let mut run = store.claim_run(&r("f1"), at(1)).await.expect("claim").expect("queued").run;
+        let ev = Event::Started { run_id: r("f1"), profile_id: ProfileId::from_static("json:raw") };
+        assert_eq!(store.append_event(&r("f1"), at(1), &ev).await.expect("append"), 1);
+        run.status = Status::Succeeded;
+        run.finished_at = Some(at(2));
+        let done = Event::Completed { run_id: r("f1"), status: Status::Succeeded };
+        assert_eq!(store.finish(&run, at(2), &done).await.expect("finish"), 2);
+        assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);
+        let evs = store.events(&t("t-f"), &r("f1"), 0, 10).await.expect("events");
+        assert_eq!(evs.last().map(|e| &e.event), Some(&done));
+        let err = store.finish(&run_of("nope"), at(3), &done).await.expect_err("finishing an unknown run must fail");
+        assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
+    }
+
+    fn run_of(id: &str) -> Run {
+        Run::queued(r(id), t("t-f"), None, ProfileId::from_static("json:raw"), at(0))
+    }
 }

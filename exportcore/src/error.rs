@@ -232,6 +232,15 @@ impl ExportError {
         ExportError::Internal { implementer, message: message.into(), source: Some(source.into()) }
     }
 
+    /// [`ExportError::DistributionFailed`]: what a [`crate::Sink`] returns when a body stream
+    /// fails or its destination refuses the bytes (the engine retries these).
+    pub fn distribution_failed(
+        sink: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ExportError::DistributionFailed { target: sink.into(), source: source.into() }
+    }
+
     /// Shorthand for [`ExportError::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ExportError::Io { path: path.into(), source }

@@ -13,7 +13,7 @@
 //! - [`manifest`]: the deterministic manifest builder (RFC 8785, [`canonical`]).
 //! - [`archive`]: the streaming deterministic tar / tar.gz / tar.zst writer (gzip and zstd
 //!   compress on several threads; the bytes never depend on how many).
-//! - [`run::execute`]: runs one export end to end; [`verify`]: offline verification.
+//! - [`RunBuilder`]: runs one export end to end; [`verify`]: offline verification.
 //! - [`conformance`] (feature `conformance`): the checks every sink and profile runs.
 //! - [`ExportError`]: one error type with stable `ERR_EXPORT_*` codes.
 //!
@@ -31,6 +31,7 @@
 //!     }
 //!     fn validate(&self, _: &RunRequest) -> Result<()> { Ok(()) }
 //!     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+//!         ctx.time_anchor(None); // no evidence times: the pinned time, else the epoch
 //!         let spec = ArtifactSpec::new("hello.txt", ArtifactType::Data, "text", "text/plain")?;
 //!         ctx.write_artifact(spec, |w| w.write_all(b"hello\n").map_err(|e| ExportError::io("hello.txt", e)))?;
 //!         Ok(())
@@ -39,11 +40,15 @@
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let sink = InMemorySink::new();
-//! let run = run::execute(Arc::new(Hello), Arc::new(MemoryEvidence::new()), Arc::new(sink.clone()),
-//!     RunRequest::new("hello:txt"), run::RunOptions::new("tenant-a"), Arc::new(|_| {})).await;
-//! assert_eq!(run.status, RunStatus::Succeeded);
+//! let outcome = RunBuilder::new(Hello, MemoryEvidence::new(), sink.clone())
+//!     .tenant(TenantId::parse("tenant-a")?)
+//!     .execute(RunRequest::new(ProfileId::from_static("hello:txt")))
+//!     .await?;
+//! assert_eq!(outcome.run.status, RunStatus::Succeeded);
+//! assert!(outcome.run.warnings.is_empty());
 //! assert_eq!(sink.snapshot().len(), 2); // hello.txt + manifest.json
-//! # });
+//! # Ok::<(), ExportError>(())
+//! # }).unwrap();
 //! ```
 //!
 //! ## Features
@@ -82,9 +87,9 @@ pub mod store;
 pub mod verify;
 
 pub use error::{ExportError, IoContext, Location, Result};
-pub use id::{ProfileId, RunId, TenantId};
 pub use evidence::{DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, MemoryEvidence, Record, Records};
 pub use hashing::{HashingWriter, Sha256Digest};
+pub use id::{ProfileId, RunId, TenantId};
 pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
 pub use model::{
     ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress,

@@ -35,7 +35,6 @@ pub const PROVENANCE_FILE: &str = "provenance.dsse.json";
 /// Media type of DSSE envelopes.
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 
-
 /// Where a manifest's `createdAt` came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

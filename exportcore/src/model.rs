@@ -831,6 +831,34 @@ mod tests {
         assert!(msg.contains("bogus"), "{msg}");
     }
 
+    /// Compile-time guard: adding a field to `RunRequest` breaks this destructure on purpose.
+    /// Give the new field its used-or-refused check in `tests/request_fields.rs` (and its
+    /// `FIELDS` list) first, then add it here.
+    #[test]
+    fn every_field_has_a_used_or_refused_check() {
+        let RunRequest {
+            profile_id: _,
+            targets: _,
+            formats: _,
+            distribution: _,
+            retention_days: _,
+            encryption: _,
+            priority: _,
+            created_at: _,
+            compression: _,
+            compression_level: _,
+            timeout_seconds: _,
+            strict: _,
+        } = RunRequest::new(ProfileId::from_static("p"));
+    }
+
+    #[test]
+    fn builder_reports_bad_ids_and_rules() {
+        assert!(RunRequest::builder("json:raw").retention_days(7).build().is_ok());
+        assert_eq!(field_of(RunRequest::builder("a b").build().unwrap_err()), "profileId");
+        assert_eq!(field_of(RunRequest::builder("p").retention_days(0).build().unwrap_err()), "retentionDays");
+    }
+
     #[test]
     fn too_many_targets() {
         let targets: Vec<&str> = std::iter::repeat_n("\"vex\"", 51).collect();

@@ -402,8 +402,7 @@ impl<'a> ExportContext<'a> {
 
     /// Refuses reserved names and paths already staged.
     fn check_new(&self, spec: &ArtifactSpec) -> Result<()> {
-        if [MANIFEST_FILE, SIGNED_MANIFEST_FILE, PROVENANCE_FILE].contains(&spec.path.as_str())
-        {
+        if [MANIFEST_FILE, SIGNED_MANIFEST_FILE, PROVENANCE_FILE].contains(&spec.path.as_str()) {
             return Err(ExportError::PathUnsafe {
                 path: spec.path.to_string(),
                 reason: "reserved for the run's own manifest and signatures".into(),

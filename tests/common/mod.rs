@@ -3,9 +3,10 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::run::{execute, RunOptions};
 use exportcore::sign::{Signer, Verifier};
-use exportcore::{DirEvidence, Distribution, DistributionType, FsSink, Run, RunRequest, Signing, Timestamp};
+use exportcore::{
+    DirEvidence, Distribution, DistributionType, FsSink, ProfileId, Run, RunBuilder, RunRequest, TenantId, Timestamp,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -15,13 +16,9 @@ pub fn samples() -> PathBuf {
 }
 
 pub fn signed_request(profile: &str) -> RunRequest {
-    let mut req = RunRequest::new(profile);
+    let mut req = RunRequest::new(ProfileId::parse(profile).unwrap());
     req.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    req.distribution = Some(Distribution {
-        kind: DistributionType::Filesystem,
-        reference: None,
-        signing: Some(Signing { enabled: true, key_ref: Some("test".into()) }),
-    });
+    req.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed("test"));
     req
 }
 
@@ -47,20 +44,19 @@ pub fn keys(alg: exportcore_crypto::Algorithm, dir: &Path, name: &str) -> Keys {
 }
 
 pub async fn signed_run(out: &Path, signer: Arc<dyn Signer>, profile: &str) -> Run {
-    let mut opts = RunOptions::new("tenant-a");
-    opts.signer = Some(signer);
     let profile_impl = exportcore_json::profiles().get(profile).unwrap();
-    let run = execute(
+    let outcome = RunBuilder::from_arcs(
         profile_impl,
         Arc::new(DirEvidence::new(samples()).unwrap()),
         Arc::new(FsSink::new(out).unwrap()),
-        signed_request(profile),
-        opts,
-        Arc::new(|_| {}),
     )
-    .await;
-    assert_eq!(run.status, exportcore::RunStatus::Succeeded, "{:?}", run.errors);
-    run
+    .tenant(TenantId::parse("tenant-a").unwrap())
+    .signer(signer)
+    .execute(signed_request(profile))
+    .await
+    .unwrap_or_else(|e| panic!("signed run of {profile} failed: {}", e.report()));
+    assert_eq!(outcome.run.status, exportcore::RunStatus::Succeeded);
+    outcome.run
 }
 
 pub fn interop_dir() -> PathBuf {

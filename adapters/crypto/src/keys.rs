@@ -174,8 +174,7 @@ pub fn verifier_from_pem(pem: &str) -> Result<Arc<dyn Verifier>> {
 
 /// Generates a key pair with the OS random number generator.
 pub fn generate(alg: Algorithm) -> Result<KeyPair> {
-    let enc =
-        |e: &dyn std::fmt::Display| ExportError::internal("key generation", e.to_string());
+    let enc = |e: &dyn std::fmt::Display| ExportError::internal("key generation", e.to_string());
     let lf = pkcs8::LineEnding::LF;
     match alg {
         #[cfg(feature = "ed25519")]

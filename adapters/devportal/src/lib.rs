@@ -30,9 +30,8 @@
 //! `verify-offline.sh` does; [`verify_path_with`] is the drop-in for `exportctl verify`.
 //!
 //! ```
-//! use exportcore::{run, FsSink, MemoryEvidence, RunRequest, RunStatus, Timestamp};
+//! use exportcore::{FsSink, MemoryEvidence, RunBuilder, RunRequest, RunStatus, TenantId, Timestamp};
 //! use exportcore_devportal::{root_hash, verify_bundle, DevportalOffline, BUNDLE_FILE, PROFILE_ID};
-//! use std::sync::Arc;
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let mut evidence = MemoryEvidence::new();
 //! evidence.insert("portal/index.html", "<h1>Export Center API</h1>")?;
@@ -40,11 +39,14 @@
 //! evidence.insert("sdks/python/client.py", "print('hi')\n")?;
 //!
 //! let out = tempfile::tempdir().map_err(|e| exportcore::ExportError::io("tempdir", e))?;
-//! let mut request = RunRequest::new(PROFILE_ID);
+//! let mut request = RunRequest::builder(PROFILE_ID).build()?;
 //! request.created_at = Timestamp::parse("2025-01-01T00:00:00Z").ok(); // pinned time
 //! let profile = DevportalOffline::new().with_metadata("releaseVersion", "2025.1");
-//! let run = run::execute(Arc::new(profile), Arc::new(evidence), Arc::new(FsSink::new(out.path())?),
-//!     request, run::RunOptions::new("tenant-a"), Arc::new(|_| {})).await;
+//! let run = RunBuilder::new(profile, evidence, FsSink::new(out.path())?)
+//!     .tenant(TenantId::parse("tenant-a")?)
+//!     .execute(request)
+//!     .await?
+//!     .run;
 //! assert_eq!(run.status, RunStatus::Succeeded);
 //!
 //! let report = verify_bundle(&out.path().join(BUNDLE_FILE), &[])?;

@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use exportcore::{
-    ArtifactPath, DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, MemoryEvidence, Result, Run, RunStatus,
+    ArtifactPath, DirEvidence, EvidenceItem, EvidenceKind, EvidenceSource, MemoryEvidence, Result, Run, RunError,
+    RunStatus,
 };
 use exportcore_devportal::{read_member, verify_bundle, BundleManifest, BUNDLE_FILE};
 use std::io::Read;
@@ -25,8 +26,8 @@ fn evidence_dir() -> tempfile::TempDir {
     d
 }
 
-/// Runs on `ev` into a fresh dir; returns the run and whether the sink is empty.
-fn run_on(ev: Arc<dyn EvidenceSource>) -> (Run, bool, tempfile::TempDir) {
+/// Runs on `ev` into a fresh dir; returns the run (or its error) and whether the sink is empty.
+fn run_on(ev: Arc<dyn EvidenceSource>) -> (Result<Run>, bool, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let run = try_build(ev, out.path(), None);
     let empty = std::fs::read_dir(out.path()).unwrap().next().is_none();
@@ -35,8 +36,8 @@ fn run_on(ev: Arc<dyn EvidenceSource>) -> (Run, bool, tempfile::TempDir) {
 
 fn assert_fails(ev: Arc<dyn EvidenceSource>, code: &str, names: &[&str]) {
     let (run, empty, _out) = run_on(ev);
-    assert_eq!(run.status, RunStatus::Failed, "the run must fail");
-    let e = &run.errors[0];
+    let err = run.expect_err("the run must fail");
+    let e = &RunError::from(&err);
     assert_eq!(e.code, code, "{e:?}");
     for n in names {
         assert!(e.message.contains(n), "the message must name {n:?}: {}", e.message);
@@ -73,7 +74,8 @@ fn symlink_inside_the_tree_is_packed_as_a_file() {
     std::fs::write(d.path().join("store/logo.svg"), "<svg/>").unwrap();
     std::os::unix::fs::symlink(d.path().join("store/logo.svg"), d.path().join("portal/logo.svg")).unwrap();
     let (run, _, out) = run_on(dir_ev(d.path()));
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = run.unwrap_or_else(|e| panic!("the run failed: {}", e.report()));
+    assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(read_member(&out.path().join(BUNDLE_FILE), "portal/logo.svg").unwrap(), b"<svg/>");
     assert!(verify_bundle(&out.path().join(BUNDLE_FILE), &[]).unwrap().is_ok());
 }
@@ -152,7 +154,8 @@ fn a_zero_byte_asset_is_allowed() {
     std::fs::write(d.path().join("changelog/EMPTY.md"), "").unwrap();
     std::fs::write(d.path().join("portal/empty.css"), "").unwrap();
     let (run, _, out) = run_on(dir_ev(d.path()));
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = run.unwrap_or_else(|e| panic!("the run failed: {}", e.report()));
+    assert_eq!(run.status, RunStatus::Succeeded);
     let tgz = out.path().join(BUNDLE_FILE);
     let m = BundleManifest::parse(&read_member(&tgz, "manifest.json").unwrap()).unwrap();
     let e = m.entries.iter().find(|e| e.path.as_str() == "portal/empty.css").unwrap();
@@ -175,7 +178,8 @@ fn non_nfc_names_are_normalised_and_collisions_refused() {
     std::fs::create_dir_all(d.path().join("sdks/re\u{301}sume\u{301}")).unwrap();
     std::fs::write(d.path().join("sdks/re\u{301}sume\u{301}/a.py"), "x = 1\n").unwrap();
     let (run, _, out) = run_on(dir_ev(d.path()));
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = run.unwrap_or_else(|e| panic!("the run failed: {}", e.report()));
+    assert_eq!(run.status, RunStatus::Succeeded);
     let tgz = out.path().join(BUNDLE_FILE);
     assert_eq!(read_member(&tgz, "portal/caf\u{e9}.html").unwrap(), b"decomposed");
     assert!(read_member(&tgz, nfd).is_err());

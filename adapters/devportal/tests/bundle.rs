@@ -8,7 +8,10 @@ mod common;
 use common::*;
 use exportcore::archive::{ArchiveOptions, ArchiveWriter, FileMode};
 use exportcore::conformance;
-use exportcore::{DirEvidence, EvidenceSource, ExportError, MemoryEvidence, Profile, RunRequest, RunStatus};
+use exportcore::{
+    DirEvidence, EvidenceSource, ExportError, MemoryEvidence, Profile, ProfileId, RunBuilder, RunRequest, RunStatus,
+    TenantId,
+};
 use exportcore_devportal::checksums::Checksums;
 use exportcore_devportal::{
     is_bundle, read_member, root_hash, verify_bundle, verify_path_with, verify_run_output, BundleManifest,
@@ -157,15 +160,19 @@ fn two_builds_are_byte_identical_and_share_the_bundle_id() {
     req.created_at = Some(exportcore::Timestamp::parse("2030-06-01T12:00:00Z").unwrap());
     let c_out = tmp.path().join("c");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let run = rt.block_on(exportcore::run::execute(
-        Arc::new(DevportalOffline::new()),
-        Arc::new(DirEvidence::new(&ev).unwrap()),
-        Arc::new(exportcore::FsSink::new(&c_out).unwrap()),
-        req,
-        exportcore::run::RunOptions::new("t"),
-        Arc::new(|_| {}),
-    ));
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = rt
+        .block_on(
+            RunBuilder::new(
+                DevportalOffline::new(),
+                DirEvidence::new(&ev).unwrap(),
+                exportcore::FsSink::new(&c_out).unwrap(),
+            )
+            .tenant(TenantId::parse("t").unwrap())
+            .execute(req),
+        )
+        .unwrap_or_else(|e| panic!("the run failed: {}", e.report()))
+        .run;
+    assert_eq!(run.status, RunStatus::Succeeded);
     let d = build_from(Arc::new(DirEvidence::new(&ev).unwrap()), &tmp.path().join("d"), None);
     assert_eq!(run.outputs.len(), d.outputs.len());
     assert_eq!(id(&c_out.join(BUNDLE_FILE)), id(&tmp.path().join("d").join(BUNDLE_FILE)));
@@ -221,7 +228,7 @@ fn tar_listing_shows_only_fixed_modes_owners_and_mtime() {
 async fn conformance_checks_pass() {
     let profile: Arc<dyn Profile> = Arc::new(DevportalOffline::new());
     let evidence: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(samples()).unwrap());
-    let request = RunRequest::new(PROFILE_ID);
+    let request = RunRequest::new(ProfileId::from_static(PROFILE_ID));
     conformance::profile_descriptor_is_valid(&*profile);
     conformance::profile_is_deterministic(&profile, &evidence, &request).await;
     conformance::profile_failure_leaves_no_output(&profile, &request).await;
@@ -229,18 +236,15 @@ async fn conformance_checks_pass() {
     // profile_outputs_verify, with the devportal-aware verifier (see the next test).
     let dir = tempfile::tempdir().unwrap();
     let sink = exportcore::FsSink::new(dir.path()).unwrap();
-    let run = exportcore::run::execute(
-        Arc::clone(&profile),
-        Arc::clone(&evidence),
-        Arc::new(sink),
-        request.clone(),
-        exportcore::run::RunOptions::new("conformance"),
-        Arc::new(|_| {}),
-    )
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = RunBuilder::from_arcs(Arc::clone(&profile), Arc::clone(&evidence), Arc::new(sink))
+        .tenant(TenantId::parse("conformance").unwrap())
+        .execute(request.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the run failed: {}", e.report()))
+        .run;
+    assert_eq!(run.status, RunStatus::Succeeded);
     for o in &run.outputs {
-        let bytes = std::fs::read(dir.path().join(&o.path)).unwrap();
+        let bytes = std::fs::read(dir.path().join(o.path.as_str())).unwrap();
         assert_eq!(exportcore::Sha256Digest::of(&bytes), o.sha256, "{}", o.path);
     }
     let report = verify_run_output(dir.path(), &Default::default()).unwrap();
@@ -257,7 +261,7 @@ async fn shared_profile_suite_passes() {
     conformance::profile_suite(
         Arc::new(DevportalOffline::new()),
         Arc::new(DirEvidence::new(samples()).unwrap()),
-        RunRequest::new(PROFILE_ID),
+        RunRequest::new(ProfileId::from_static(PROFILE_ID)),
     )
     .await;
 }
@@ -265,7 +269,7 @@ async fn shared_profile_suite_passes() {
 #[test]
 fn validate_rejects_what_it_cannot_do() {
     let p = DevportalOffline::new();
-    let mut r = RunRequest::new(PROFILE_ID);
+    let mut r = RunRequest::new(ProfileId::from_static(PROFILE_ID));
     r.compression = Some(exportcore::Compression::Zstd);
     let err = p.validate(&r).unwrap_err();
     assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
@@ -282,15 +286,19 @@ fn metadata_and_memory_evidence() {
     ev.insert("portal/index.html", "<p>hi</p>").unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let run = rt.block_on(exportcore::run::execute(
-        Arc::new(DevportalOffline::new().with_metadata("releaseVersion", "2025.1").with_metadata("build", "b7")),
-        Arc::new(ev),
-        Arc::new(exportcore::FsSink::new(tmp.path()).unwrap()),
-        RunRequest::new(PROFILE_ID),
-        exportcore::run::RunOptions::new("t"),
-        Arc::new(|_| {}),
-    ));
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = rt
+        .block_on(
+            RunBuilder::new(
+                DevportalOffline::new().with_metadata("releaseVersion", "2025.1").with_metadata("build", "b7"),
+                ev,
+                exportcore::FsSink::new(tmp.path()).unwrap(),
+            )
+            .tenant(TenantId::parse("t").unwrap())
+            .execute(RunRequest::new(ProfileId::from_static(PROFILE_ID))),
+        )
+        .unwrap_or_else(|e| panic!("the run failed: {}", e.report()))
+        .run;
+    assert_eq!(run.status, RunStatus::Succeeded);
     let m = BundleManifest::parse(&read_member(&tmp.path().join(BUNDLE_FILE), "manifest.json").unwrap()).unwrap();
     assert_eq!(m.metadata.get("releaseVersion").map(String::as_str), Some("2025.1"));
     // No pinned time: the epoch, as for every exportcore profile.

@@ -15,16 +15,17 @@
 //! Record schemas are documented in `docs/records.md`.
 //!
 //! ```
-//! use exportcore::{run, InMemorySink, MemoryEvidence, RunRequest, RunStatus, Target};
-//! use std::sync::Arc;
+//! use exportcore::{InMemorySink, MemoryEvidence, RunBuilder, RunRequest, RunStatus, Target, TenantId};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let mut evidence = MemoryEvidence::new();
 //! evidence.insert("advisories/a.json", r#"{"id":"GHSA-1","modified":"2024-05-01T00:00:00Z"}"#)?;
-//! let mut request = RunRequest::new("json:raw");
-//! request.targets = vec![Target::Advisory];
+//! let request = RunRequest::builder("json:raw").targets([Target::Advisory]).build()?;
 //! let sink = InMemorySink::new();
-//! let run = run::execute(Arc::new(exportcore_json::JsonRaw), Arc::new(evidence), Arc::new(sink.clone()),
-//!     request, run::RunOptions::new("tenant-a"), Arc::new(|_| {})).await;
+//! let run = RunBuilder::new(exportcore_json::JsonRaw, evidence, sink.clone())
+//!     .tenant(TenantId::parse("tenant-a")?)
+//!     .execute(request)
+//!     .await?
+//!     .run;
 //! assert_eq!(run.status, RunStatus::Succeeded);
 //! assert_eq!(run.outputs[0].path, "json-raw.tar.zst");
 //! # Ok::<(), exportcore::ExportError>(())

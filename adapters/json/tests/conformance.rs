@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use exportcore::{
-    conformance, Compression, DirEvidence, EvidenceSource, Format, Profile, RunRequest, Target, Timestamp,
+    conformance, Compression, DirEvidence, EvidenceSource, Format, Profile, ProfileId, RunRequest, Target, Timestamp,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,13 +14,13 @@ fn samples() -> Arc<dyn EvidenceSource> {
     Arc::new(DirEvidence::new(dir).expect("samples exist"))
 }
 
-fn requests(profile: &str) -> Vec<RunRequest> {
-    let default = RunRequest::new(profile);
-    let mut pinned = RunRequest::new(profile);
+fn requests(profile: &ProfileId) -> Vec<RunRequest> {
+    let default = RunRequest::new(profile.clone());
+    let mut pinned = RunRequest::new(profile.clone());
     pinned.formats = vec![Format::Json, Format::Ndjson];
     pinned.compression = Some(Compression::Gzip);
     pinned.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").expect("time"));
-    let mut narrow = RunRequest::new(profile);
+    let mut narrow = RunRequest::new(profile.clone());
     narrow.targets = vec![Target::Vex, Target::Advisory];
     narrow.formats = vec![Format::Json];
     narrow.compression = Some(Compression::None);

@@ -4,23 +4,51 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use exportcore::archive::open_archive;
-use exportcore::run::{execute, RunOptions};
-use exportcore::{Format, InMemorySink, Manifest, MemoryEvidence, RunRequest, RunStatus, SinkExt, Target, Timestamp};
+use exportcore::{
+    ExportError, Format, InMemorySink, Manifest, MemoryEvidence, ProfileId, RunBuilder, RunError, RunRequest,
+    RunStatus, SinkExt, Target, TenantId, Timestamp,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
+fn request(profile: &'static str) -> RunRequest {
+    RunRequest::new(ProfileId::from_static(profile))
+}
+
+async fn run_into(
+    profile: Arc<dyn exportcore::Profile>,
+    ev: MemoryEvidence,
+    req: RunRequest,
+    sink: &InMemorySink,
+) -> exportcore::Result<exportcore::Run> {
+    RunBuilder::from_arcs(profile, Arc::new(ev), Arc::new(sink.clone()))
+        .tenant(TenantId::parse("t").unwrap())
+        .execute(req)
+        .await
+        .map(|o| o.run)
+}
+
+/// A run that must fail: its error; nothing may be left in the sink.
+async fn run_error(profile: Arc<dyn exportcore::Profile>, ev: MemoryEvidence, req: RunRequest) -> ExportError {
+    let sink = InMemorySink::new();
+    let err = run_into(profile, ev, req, &sink).await.expect_err("the run must fail");
+    assert!(sink.snapshot().is_empty(), "a failed run publishes nothing");
+    err
+}
+
+/// A run that must succeed: its record and the files of its bundle.
 async fn bundle_files(
     profile: Arc<dyn exportcore::Profile>,
     ev: MemoryEvidence,
     req: RunRequest,
 ) -> (exportcore::Run, BTreeMap<String, Vec<u8>>) {
     let sink = InMemorySink::new();
-    let run = execute(profile, Arc::new(ev), Arc::new(sink.clone()), req, RunOptions::new("t"), Arc::new(|_| {})).await;
+    let run = run_into(profile, ev, req, &sink).await.unwrap_or_else(|e| panic!("run failed: {}", e.report()));
     let mut files = BTreeMap::new();
-    if let Some(bundle) = run.outputs.iter().find(|o| o.path.contains(".tar")) {
-        let bytes = sink.get_bytes(&exportcore::ArtifactPath::parse(&bundle.path).unwrap()).await.unwrap();
+    if let Some(bundle) = run.outputs.iter().find(|o| o.path.as_str().contains(".tar")) {
+        let bytes = sink.get_bytes(&bundle.path).await.unwrap();
         let mut ar = open_archive(std::io::Cursor::new(bytes.to_vec())).unwrap();
         for e in ar.entries().unwrap() {
             let mut e = e.unwrap();
@@ -51,11 +79,11 @@ async fn raw_records_are_canonical_in_path_order_with_counts() {
         ),
     )
     .unwrap();
-    let mut req = RunRequest::new("json:raw");
+    let mut req = request("json:raw");
     req.targets = vec![Target::Advisory];
     req.formats = vec![Format::Ndjson, Format::Json];
     let (run, files) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev, req).await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    assert_eq!(run.status, RunStatus::Succeeded);
     let nd = String::from_utf8(files["raw/advisory.ndjson"].clone()).unwrap();
     assert_eq!(
         nd,
@@ -94,12 +122,12 @@ async fn canonical_input_takes_the_copy_path_with_identical_results() {
     assert!(canonical_lines.lines().count() >= 50);
     let mut fast = MemoryEvidence::new();
     fast.insert("advisories/all.ndjson", canonical_lines.clone()).unwrap();
-    let mut req = RunRequest::new("json:raw");
+    let mut req = request("json:raw");
     req.targets = vec![Target::Advisory];
     req.created_at = Timestamp::parse("2025-01-01T00:00:00Z").ok();
     let (a, fa) = bundle_files(Arc::new(exportcore_json::JsonRaw), fast, req.clone()).await;
     let (b, fb) = bundle_files(Arc::new(exportcore_json::JsonRaw), pretty, req.clone()).await;
-    assert_eq!(a.status, RunStatus::Succeeded, "{:?}", a.errors);
+    assert_eq!(a.status, RunStatus::Succeeded);
     assert_eq!(fa["raw/advisory.ndjson"], canonical_lines.as_bytes(), "copied verbatim");
     assert_eq!(fa, fb, "fast and slow paths write the same bundle");
     assert_eq!(a.outputs[0].sha256, b.outputs[0].sha256);
@@ -115,9 +143,9 @@ async fn canonical_input_takes_the_copy_path_with_identical_results() {
             format!("{}\n{}\n", canonical_lines.lines().next().unwrap(), body.replace('\n', "")),
         )
         .unwrap();
-        let (run, _) = bundle_files(Arc::new(exportcore_json::JsonRaw), ev, req.clone()).await;
-        assert_eq!(run.status, RunStatus::Failed);
-        errs.push(run.errors[0].clone());
+        let err = run_error(Arc::new(exportcore_json::JsonRaw), ev, req.clone()).await;
+        assert!(matches!(err, ExportError::EvidenceInvalid { .. }), "{err:?}");
+        errs.push(RunError::from(&err));
     }
     assert_eq!(errs[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
     assert_eq!(errs[0].message, errs[1].message);
@@ -131,7 +159,7 @@ async fn request_order_does_not_change_bytes() {
         ev.insert("advisories/a.json", osv("A", "2024-01-01T00:00:00Z")).unwrap();
         ev
     };
-    let mut r1 = RunRequest::new("json:raw");
+    let mut r1 = request("json:raw");
     r1.targets = vec![Target::Advisory, Target::Vex];
     r1.formats = vec![Format::Json, Format::Ndjson];
     let mut r2 = r1.clone();
@@ -148,9 +176,9 @@ async fn empty_evidence_is_a_typed_error() {
     for profile in
         [Arc::new(exportcore_json::JsonRaw) as Arc<dyn exportcore::Profile>, Arc::new(exportcore_json::JsonPolicy)]
     {
-        let (run, _) = bundle_files(profile, MemoryEvidence::new(), RunRequest::new("x")).await;
-        assert_eq!(run.status, RunStatus::Failed);
-        assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_EMPTY");
+        let err = run_error(profile, MemoryEvidence::new(), request("x")).await;
+        assert!(matches!(err, ExportError::EvidenceEmpty { .. }), "{err:?}");
+        assert_eq!(err.code(), "ERR_EXPORT_EVIDENCE_EMPTY");
     }
 }
 
@@ -158,16 +186,13 @@ async fn empty_evidence_is_a_typed_error() {
 async fn overlay_on_samples() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
     let sink = InMemorySink::new();
-    let run = execute(
-        Arc::new(exportcore_json::JsonPolicy),
-        Arc::new(exportcore::DirEvidence::new(dir).unwrap()),
-        Arc::new(sink.clone()),
-        RunRequest::new("json:policy"),
-        RunOptions::new("t"),
-        Arc::new(|_| {}),
-    )
-    .await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = RunBuilder::new(exportcore_json::JsonPolicy, exportcore::DirEvidence::new(dir).unwrap(), sink.clone())
+        .tenant(TenantId::parse("t").unwrap())
+        .execute(request("json:policy"))
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {}", e.report()))
+        .run;
+    assert_eq!(run.status, RunStatus::Succeeded);
     let bytes = sink.get_bytes(&exportcore::ArtifactPath::parse("json-policy.tar.zst").unwrap()).await.unwrap();
     let mut ar = open_archive(std::io::Cursor::new(bytes.to_vec())).unwrap();
     let mut overlay = String::new();

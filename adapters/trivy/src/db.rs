@@ -132,7 +132,10 @@ impl Collector {
 
     fn push(&mut self, bucket: &str, pkg: &str, key: &str, value: Vec<u8>, modified: Timestamp) -> Result<()> {
         if bucket.contains('\0') || pkg.contains('\0') {
-            return Err(ExportError::internal("trivy", format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}")));
+            return Err(ExportError::internal(
+                "trivy",
+                format!("bucket or package name with a NUL byte: {bucket:?} / {pkg:?}"),
+            ));
         }
         let mut path = Vec::with_capacity(bucket.len() + pkg.len() + key.len() + 2);
         path.extend_from_slice(bucket.as_bytes());

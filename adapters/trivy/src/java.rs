@@ -3,7 +3,7 @@
 //! bytes.
 
 use crate::profile::DbReport;
-use exportcore::{EvidenceKind, EvidenceSource, ExportError, Records, Result};
+use exportcore::{EvidenceKind, ExportContext, ExportError, Records, Result};
 use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,12 +20,15 @@ CREATE UNIQUE INDEX indices_sha1_idx ON indices(sha1);
 /// (version, raw SHA-1, archive type) of one artifact.
 type Version = (String, [u8; 20], String);
 
-/// Builds `trivy-java.db` at `out` from every Maven index entry of `evidence`.
-pub(crate) fn build(evidence: &dyn EvidenceSource, out: &Path, report: &mut DbReport) -> Result<()> {
+/// Builds `trivy-java.db` at `out` from every Maven index entry of the run's evidence; stops
+/// with `Cancelled` as soon as the run is cancelled.
+pub(crate) fn build(ctx: &ExportContext<'_>, out: &Path, report: &mut DbReport) -> Result<()> {
+    let evidence = ctx.evidence();
     // (group, artifact) -> [(version, sha1, archive type)]; sha1 -> first owner wins.
     let mut artifacts: BTreeMap<(String, String), Vec<Version>> = BTreeMap::new();
     let mut by_sha1: BTreeMap<[u8; 20], (String, String, String)> = BTreeMap::new();
     for rec in Records::new(evidence, EvidenceKind::Java)? {
+        ctx.check_cancelled()?;
         let rec = rec?;
         let v = &rec.value;
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
@@ -67,6 +70,7 @@ pub(crate) fn build(evidence: &dyn EvidenceSource, out: &Path, report: &mut DbRe
             .map_err(db_err)?;
         let mut id = 0i64;
         for ((g, a), mut versions) in artifacts {
+            ctx.check_cancelled()?;
             if versions.is_empty() {
                 continue;
             }

@@ -18,16 +18,18 @@
 //! tests scan with the real Trivy. The same input gives the same bytes.
 //!
 //! ```
-//! use exportcore::{run, InMemorySink, MemoryEvidence, RunRequest, RunStatus};
-//! use std::sync::Arc;
+//! use exportcore::{InMemorySink, MemoryEvidence, RunBuilder, RunRequest, RunStatus, TenantId};
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let mut ev = MemoryEvidence::new();
 //! ev.insert("advisories/a.json", r#"{"id":"GHSA-1","aliases":["CVE-2024-1"],"modified":"2024-05-01T00:00:00Z",
 //!   "affected":[{"package":{"ecosystem":"npm","name":"lodash"},
 //!     "ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"4.17.21"}]}]}]}"#)?;
 //! let sink = InMemorySink::new();
-//! let run = run::execute(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), Arc::new(sink.clone()),
-//!     RunRequest::new("trivy:db"), run::RunOptions::new("t"), Arc::new(|_| {})).await;
+//! let run = RunBuilder::new(exportcore_trivy::TrivyDb, ev, sink.clone())
+//!     .tenant(TenantId::parse("t")?)
+//!     .execute(RunRequest::builder("trivy:db").build()?)
+//!     .await?
+//!     .run;
 //! assert_eq!(run.status, RunStatus::Succeeded);
 //! assert!(run.outputs.iter().any(|o| o.path == "db.tar.gz"));
 //! # Ok::<(), exportcore::ExportError>(())

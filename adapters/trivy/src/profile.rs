@@ -77,8 +77,7 @@ fn stage_bytes(
 }
 
 fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()> {
-    let bytes = exportcore::canonical::to_vec(report)
-        .map_err(|e| ExportError::internal_caused("trivy", "", e))?;
+    let bytes = exportcore::canonical::to_vec(report).map_err(|e| ExportError::internal_caused("trivy", "", e))?;
     stage_bytes(ctx, "trivy-export.json", "application/json", ArtifactType::Metadata, &bytes)?;
     Ok(())
 }
@@ -366,7 +365,7 @@ impl Profile for TrivyJavaDb {
         std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
         let mut report = DbReport { schema_version: 1, ..Default::default() };
         let evidence = ctx.evidence();
-        crate::java::build(evidence, &db_path, &mut report)?;
+        crate::java::build(ctx, &db_path, &mut report)?;
         if report.maven_entries == 0 {
             return Err(ExportError::EvidenceEmpty {
                 root: evidence.describe(),

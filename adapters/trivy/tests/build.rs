@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::run::{execute, RunOptions};
 use exportcore::{
-    conformance, DirEvidence, EvidenceSource, FsSink, MemoryEvidence, Profile, RunRequest, RunStatus, Timestamp,
+    conformance, DirEvidence, EvidenceSource, ExportError, FsSink, MemoryEvidence, Profile, ProfileId, RunBuilder,
+    RunRequest, RunStatus, TenantId, Timestamp,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,14 +15,37 @@ fn samples() -> Arc<dyn EvidenceSource> {
     Arc::new(DirEvidence::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence")).unwrap())
 }
 
-fn pinned(profile: &str) -> RunRequest {
-    let mut r = RunRequest::new(profile);
+fn request(profile: &'static str) -> RunRequest {
+    RunRequest::new(ProfileId::from_static(profile))
+}
+
+fn pinned(profile: &'static str) -> RunRequest {
+    let mut r = request(profile);
     r.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
     r
 }
 
+async fn run(
+    profile: Arc<dyn Profile>,
+    ev: Arc<dyn EvidenceSource>,
+    out: &Path,
+    req: RunRequest,
+) -> exportcore::Result<exportcore::Run> {
+    RunBuilder::from_arcs(profile, ev, Arc::new(FsSink::new(out).unwrap()))
+        .tenant(TenantId::parse("t").unwrap())
+        .execute(req)
+        .await
+        .map(|o| o.run)
+}
+
+/// A run that must succeed.
 async fn build(profile: Arc<dyn Profile>, ev: Arc<dyn EvidenceSource>, out: &Path, req: RunRequest) -> exportcore::Run {
-    execute(profile, ev, Arc::new(FsSink::new(out).unwrap()), req, RunOptions::new("t"), Arc::new(|_| {})).await
+    run(profile, ev, out, req).await.unwrap_or_else(|e| panic!("run failed: {}", e.report()))
+}
+
+/// A run that must fail: its error.
+async fn build_err(profile: Arc<dyn Profile>, ev: Arc<dyn EvidenceSource>, out: &Path, req: RunRequest) -> ExportError {
+    run(profile, ev, out, req).await.expect_err("the run must fail")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +54,7 @@ async fn trivy_db_from_samples() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for out in [&a, &b] {
         let run = build(Arc::new(exportcore_trivy::TrivyDb), samples(), out, pinned("trivy:db")).await;
-        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+        assert_eq!(run.status, RunStatus::Succeeded);
     }
     for f in [
         "db/trivy.db",
@@ -112,12 +135,7 @@ async fn profiles_conform() {
     java.insert("java/index.ndjson", "{\"groupId\":\"g\",\"artifactId\":\"a\",\"version\":\"1\",\"sha1\":\"0123456789abcdef0123456789abcdef01234567\"}\n").unwrap();
     conformance::profile_suite(Arc::new(exportcore_trivy::TrivyDb), samples(), pinned("trivy:db")).await;
     conformance::profile_suite(Arc::new(exportcore_trivy::TrivyJavaDb), samples(), pinned("trivy:java-db")).await;
-    conformance::profile_suite(
-        Arc::new(exportcore_trivy::TrivyJavaDb),
-        Arc::new(java),
-        RunRequest::new("trivy:java-db"),
-    )
-    .await;
+    conformance::profile_suite(Arc::new(exportcore_trivy::TrivyJavaDb), Arc::new(java), request("trivy:java-db")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +144,7 @@ async fn java_db_schema_and_determinism() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for out in [&a, &b] {
         let run = build(Arc::new(exportcore_trivy::TrivyJavaDb), samples(), out, pinned("trivy:java-db")).await;
-        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+        assert_eq!(run.status, RunStatus::Succeeded);
     }
     assert_eq!(
         std::fs::read(a.join("java-db/trivy-java.db")).unwrap(),
@@ -157,41 +175,40 @@ async fn bad_input() {
     // Unknown ecosystems and GIT ranges are counted skips; nothing usable is an error.
     let mut ev = MemoryEvidence::new();
     ev.insert("advisories/x.json", r#"{"id":"X-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Hex","name":"plug"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#).unwrap();
-    let run = build(
+    let err = build_err(
         Arc::new(exportcore_trivy::TrivyDb),
         Arc::new(ev.clone()),
         &tmp.path().join("x"),
-        RunRequest::new("trivy:db"),
+        request("trivy:db"),
     )
     .await;
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_EMPTY");
+    assert!(matches!(err, ExportError::EvidenceEmpty { .. }), "{err:?}");
     ev.insert("advisories/y.json", r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.0.0"}]}]}]}"#).unwrap();
     let out = tmp.path().join("y");
-    let run = build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &out, RunRequest::new("trivy:db")).await;
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &out, request("trivy:db")).await;
+    assert_eq!(run.status, RunStatus::Succeeded);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("trivy-export.json")).unwrap()).unwrap();
     assert_eq!(report["skipped"]["unknownEcosystem"], 1);
     // The skip is a counted warning in the run record; a strict request makes it an error.
     assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
     assert_eq!(run.warnings[0].code, "WARN_TRIVY_UNKNOWN_ECOSYSTEM");
-    let mut strict = RunRequest::new("trivy:db");
+    let mut strict = request("trivy:db");
     strict.strict = true;
     let mut ev = MemoryEvidence::new();
     ev.insert("advisories/x.json", r#"{"id":"X-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Hex","name":"plug"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#).unwrap();
     ev.insert("advisories/y.json", r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.0.0"}]}]}]}"#).unwrap();
-    let run = build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("strict"), strict).await;
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
-    let msg = &run.errors[0].message;
+    let err = build_err(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("strict"), strict).await;
+    assert!(matches!(err, ExportError::EvidenceInvalid { .. }), "{err:?}");
+    let msg = &err.report();
     assert!(msg.contains("advisories/x.json") && msg.contains("strict"), "{msg}");
     // Invalid ranges: a typed error naming the file.
     let mut ev = MemoryEvidence::new();
     ev.insert("advisories/bad.json", r#"{"id":"B-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[]}]}]}"#).unwrap();
-    let run =
-        build(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("b"), RunRequest::new("trivy:db"))
-            .await;
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
-    assert!(run.errors[0].message.contains("advisories/bad.json"));
+    let err =
+        build_err(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join("b"), request("trivy:db")).await;
+    assert!(matches!(err, ExportError::EvidenceInvalid { .. }), "{err:?}");
+    assert!(err.report().contains("advisories/bad.json"), "{}", err.report());
     // A NUL in a package name cannot become a bucket key; invalid UTF-8, even in a field
     // trivy:db does not use, is malformed JSON here as in every profile.
     let good = r#"{"id":"Y-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"versions":["1"]}]}"#;
@@ -202,33 +219,28 @@ async fn bad_input() {
     for (name, body, says) in [("nul.ndjson", nul.into_bytes(), "NUL"), ("utf8.ndjson", bad_utf8, "malformed JSON")] {
         let mut ev = MemoryEvidence::new();
         ev.insert(&format!("advisories/{name}"), [good.as_bytes(), b"\n", &body, b"\n"].concat()).unwrap();
-        let run = build(
-            Arc::new(exportcore_trivy::TrivyDb),
-            Arc::new(ev),
-            &tmp.path().join(name),
-            RunRequest::new("trivy:db"),
-        )
-        .await;
-        assert_eq!(run.status, RunStatus::Failed, "{name}");
-        assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID", "{name}");
-        let msg = &run.errors[0].message;
+        let err =
+            build_err(Arc::new(exportcore_trivy::TrivyDb), Arc::new(ev), &tmp.path().join(name), request("trivy:db"))
+                .await;
+        assert_eq!(err.code(), "ERR_EXPORT_EVIDENCE_INVALID", "{name}");
+        let msg = &err.report();
         assert!(msg.contains(&format!("advisories/{name}:2")) && msg.contains(says), "{msg}");
     }
     // A Maven entry with a bad sha1.
     let mut ev = MemoryEvidence::new();
     ev.insert("java/i.ndjson", "{\"groupId\":\"g\",\"artifactId\":\"a\",\"version\":\"1\",\"sha1\":\"xyz\"}\n")
         .unwrap();
-    let run = build(
+    let err = build_err(
         Arc::new(exportcore_trivy::TrivyJavaDb),
         Arc::new(ev),
         &tmp.path().join("j"),
-        RunRequest::new("trivy:java-db"),
+        request("trivy:java-db"),
     )
     .await;
-    assert_eq!(run.errors[0].code, "ERR_EXPORT_EVIDENCE_INVALID");
-    assert!(run.errors[0].message.contains("java/i.ndjson:1"), "{}", run.errors[0].message);
+    assert_eq!(err.code(), "ERR_EXPORT_EVIDENCE_INVALID");
+    assert!(err.report().contains("java/i.ndjson:1"), "{}", err.report());
     // Targets other than advisories are refused up front.
-    let mut r = RunRequest::new("trivy:db");
+    let mut r = request("trivy:db");
     r.targets = vec![exportcore::Target::Policy];
     assert_eq!(exportcore_trivy::TrivyDb.validate(&r).unwrap_err().code(), "ERR_EXPORT_REQUEST_INVALID");
 }

@@ -87,7 +87,8 @@ fn child(mode: &str, evidence: &Path, out: &Path) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start = Instant::now();
     let run = rt.block_on(async {
-        let mut req = RunRequest::new(ProfileId::from_static(if mode == "bundle" { "bench:bundle" } else { "json:raw" }));
+        let mut req =
+            RunRequest::new(ProfileId::from_static(if mode == "bundle" { "bench:bundle" } else { "json:raw" }));
         if mode != "bundle" {
             req.targets = vec![Target::Advisory];
         }

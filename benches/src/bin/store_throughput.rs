@@ -12,8 +12,8 @@
 use exportcore::engine::{Exporter, Submission};
 use exportcore::store::{IdempotencyKey, NewRun, RunStore, SqliteStore};
 use exportcore::{
-    ArtifactSpec, ArtifactType, ExportContext, InMemorySink, MemoryEvidence, Profile, ProfileDescriptor, Profiles,
-    ProfileId, Progress, Run, RunEvent, RunId, RunRequest, RunStatus, Sha256Digest, TenantId, Timestamp,
+    ArtifactSpec, ArtifactType, ExportContext, InMemorySink, MemoryEvidence, Profile, ProfileDescriptor, ProfileId,
+    Profiles, Progress, Run, RunEvent, RunId, RunRequest, RunStatus, Sha256Digest, TenantId, Timestamp,
 };
 use std::time::Instant;
 

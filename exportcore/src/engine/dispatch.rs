@@ -3,8 +3,8 @@
 
 use super::Exporter;
 use crate::error::{ExportError, Result};
-use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus};
 use crate::id::RunId;
+use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus};
 use crate::profile::CancelFlag;
 use crate::run::{RunBuilder, RunOutcome};
 use crate::store::ClaimedRun;

@@ -64,8 +64,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// Resolves the evidence of a tenant (and project).
-pub type EvidenceResolver =
-    Arc<dyn Fn(&TenantId, Option<&str>) -> Result<Arc<dyn EvidenceSource>> + Send + Sync>;
+pub type EvidenceResolver = Arc<dyn Fn(&TenantId, Option<&str>) -> Result<Arc<dyn EvidenceSource>> + Send + Sync>;
 /// Resolves a request's `distribution.signing.keyRef` to a signer.
 pub type SignerResolver = Arc<dyn Fn(&str) -> Result<Arc<dyn Signer>> + Send + Sync>;
 
@@ -205,8 +204,8 @@ impl Exporter {
         }
         let run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);
         let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
-        let idempotency = idempotency_key
-            .map(|key| IdempotencyKey { key, expires_at: clock::plus(now, cfg.idempotency_ttl) });
+        let idempotency =
+            idempotency_key.map(|key| IdempotencyKey { key, expires_at: clock::plus(now, cfg.idempotency_ttl) });
         let created = cfg.store.create(NewRun { run, request, request_hash, rank, idempotency }, now).await?;
         if let Created::New(_) = created {
             self.inner.wake.notify_one();

@@ -47,13 +47,17 @@ pub struct PutReceipt {
 /// - `put` is atomic: until it returns `Ok`, no reader (`get`, `list`) sees the new bytes
 ///   under `path`; if the body stream fails or the process dies, the previous content (or
 ///   absence) of `path` stays as it was. `Ok` means the bytes are durable.
+/// - A body stream that yields an error, or a destination that refuses the bytes, makes `put`
+///   fail with [`ExportError::distribution_failed`]`(self.name(), cause)` (the engine retries
+///   those); the receipt's size and sha256 are of the bytes actually stored.
 /// - `put` replaces an existing artifact.
 /// - `list` returns artifacts sorted by path, only complete ones, filtered by prefix
 ///   (a path prefix, segment-wise: `raw` matches `raw/x` but not `rawx`).
 /// - `delete` is idempotent: deleting a missing path succeeds.
 /// - `get` on a missing path fails with [`ExportError::NotFound`].
 ///
-/// Run [`crate::conformance`]'s sink checks against any implementation.
+/// Run [`crate::conformance`]'s sink checks against any implementation; `examples/custom_sink.rs`
+/// is a complete third-party sink that does, and `docs/adapter-guide.md` walks through it.
 #[async_trait]
 pub trait Sink: Debug + Send + Sync + 'static {
     /// Short name for errors and logs (`fs`, `memory`, ...).
@@ -116,7 +120,7 @@ impl<S: Sink + ?Sized> SinkExt for S {}
 
 /// Wraps a sink-side I/O error as a distribution failure naming the sink.
 pub(crate) fn sink_io(sink: &str, e: std::io::Error) -> ExportError {
-    ExportError::DistributionFailed { target: sink.to_owned(), source: Box::new(e) }
+    ExportError::distribution_failed(sink, e)
 }
 
 /// A [`ByteStream`] over an open file, in 64 KiB chunks.

@@ -162,7 +162,13 @@ impl RunStore for MemoryStore {
         save(&mut self.lock(), run)
     }
 
-    async fn fail_if_queued(&self, tenant: &TenantId, run_id: &RunId, error: RunError, now: Timestamp) -> Result<Option<Run>> {
+    async fn fail_if_queued(
+        &self,
+        tenant: &TenantId,
+        run_id: &RunId,
+        error: RunError,
+        now: Timestamp,
+    ) -> Result<Option<Run>> {
         let mut st = self.lock();
         let e = st.runs.get_mut(run_id).filter(|e| e.run.tenant == *tenant).ok_or_else(|| not_found(run_id))?;
         if e.run.status != RunStatus::Queued {

@@ -4,10 +4,10 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::run::{execute, RunOptions};
 use exportcore::sign::{Signer, Verifier};
 use exportcore::{
-    DirEvidence, Distribution, DistributionType, EvidenceSource, FsSink, Run, RunRequest, RunStatus, Signing, Timestamp,
+    DirEvidence, Distribution, DistributionType, EvidenceSource, FsSink, ProfileId, Run, RunBuilder, RunRequest,
+    RunStatus, TenantId, Timestamp,
 };
 use exportcore_devportal::{DevportalOffline, BUNDLE_FILE, PROFILE_ID};
 use std::path::{Path, PathBuf};
@@ -20,42 +20,39 @@ pub fn samples() -> PathBuf {
 
 /// A request pinned to upstream's 2025-01-01T00:00:00Z.
 pub fn request() -> RunRequest {
-    let mut req = RunRequest::new(PROFILE_ID);
+    let mut req = RunRequest::new(ProfileId::from_static(PROFILE_ID));
     req.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
     req
 }
 
 pub fn signed_request() -> RunRequest {
     let mut req = request();
-    req.distribution = Some(Distribution {
-        kind: DistributionType::Filesystem,
-        reference: None,
-        signing: Some(Signing { enabled: true, key_ref: Some("test".into()) }),
-    });
+    req.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed("test"));
     req
 }
 
 /// Runs the profile into `out` (an FsSink); panics unless it succeeds.
 pub fn build_from(evidence: Arc<dyn EvidenceSource>, out: &Path, signer: Option<Arc<dyn Signer>>) -> Run {
-    let run = try_build(evidence, out, signer);
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.errors);
+    let run = try_build(evidence, out, signer).unwrap_or_else(|e| panic!("the run failed: {}", e.report()));
+    assert_eq!(run.status, RunStatus::Succeeded);
     run
 }
 
-/// Runs the profile into `out`, returning the run whatever its status.
-pub fn try_build(evidence: Arc<dyn EvidenceSource>, out: &Path, signer: Option<Arc<dyn Signer>>) -> Run {
+/// Runs the profile into `out`: the run record, or the error it failed with.
+pub fn try_build(
+    evidence: Arc<dyn EvidenceSource>,
+    out: &Path,
+    signer: Option<Arc<dyn Signer>>,
+) -> exportcore::Result<Run> {
     let req = if signer.is_some() { signed_request() } else { request() };
-    let mut opts = RunOptions::new("tenant-a");
-    opts.signer = signer;
+    let mut builder =
+        RunBuilder::from_arcs(Arc::new(DevportalOffline::new()), evidence, Arc::new(FsSink::new(out).unwrap()))
+            .tenant(TenantId::parse("tenant-a").unwrap());
+    if let Some(signer) = signer {
+        builder = builder.signer(signer);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(execute(
-        Arc::new(DevportalOffline::new()),
-        evidence,
-        Arc::new(FsSink::new(out).unwrap()),
-        req,
-        opts,
-        Arc::new(|_| {}),
-    ))
+    rt.block_on(builder.execute(req)).map(|o| o.run)
 }
 
 /// Builds the samples into `out`; returns the path of the bundle.
