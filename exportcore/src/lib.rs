@@ -13,9 +13,16 @@
 //! - [`manifest`]: the deterministic manifest builder (RFC 8785, [`canonical`]).
 //! - [`archive`]: the streaming deterministic tar / tar.gz / tar.zst writer (gzip and zstd
 //!   compress on several threads; the bytes never depend on how many).
-//! - [`RunBuilder`]: runs one export end to end; [`verify`]: offline verification.
-//! - [`conformance`] (feature `conformance`): the checks every sink and profile runs.
+//! - [`RunBuilder`]: runs one export end to end, returning `Result<`[`RunOutcome`]`>`;
+//!   [`verify`]: offline verification.
+//! - Typed ids [`TenantId`], [`ProfileId`], [`RunId`], parsed once.
+//! - `engine` (feature `engine`): the `Exporter` — queue, workers, retries, timeouts,
+//!   retention, event streams — over a `store::RunStore` (memory, or SQLite with `sqlite`).
+//! - `conformance` (feature `conformance`): the checks every sink, profile, evidence source
+//!   and store runs.
 //! - [`ExportError`]: one error type with stable `ERR_EXPORT_*` codes.
+//! - [`prelude`]: what an implementer of the traits needs in scope; the adapter guide
+//!   (`docs/adapter-guide.md`) walks through a profile and a sink.
 //!
 //! ## Example: a custom profile, run into memory
 //!
@@ -56,7 +63,13 @@
 //!   our own writer (`pgzip`, the pigz scheme: no maintained crate gives thread-count-independent
 //!   output).
 //! - `zstd` (default): tar.zst archives via `zstd` (C library, multithreaded).
+//! - `engine` (default): the `Exporter` engine, the `RunStore` trait and `MemoryStore` (adds
+//!   `metrics`). Without it the crate runs single exports ([`RunBuilder`]) and nothing else.
+//! - `sqlite`: the durable `SqliteStore` (bundled SQLite); implies `engine`.
 //! - `conformance`: the public conformance suite.
+//!
+//! Adapters depend on the core with `default-features = false` plus what they use, so an
+//! embedder that needs only `json:raw` compiles no engine, SQLite or metrics.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(rustdoc::broken_intra_doc_links)]
 
@@ -104,7 +117,8 @@ pub use sink::{ByteStream, FsSink, InMemorySink, ObjectMeta, PutReceipt, Sink, S
 
 /// What an implementer of [`Profile`], [`Sink`] or [`EvidenceSource`] needs in scope:
 /// `use exportcore::prelude::*;` brings the traits, their argument and result types, the
-/// `async_trait` attribute, `Bytes`, the stream helpers and `serde_json`'s `Value`/`json!`.
+/// `async_trait` attribute, `Bytes`, the stream helpers, `serde_json`'s `Value`/`json!` and
+/// `std::io::{Read, Write}`.
 pub mod prelude {
     pub use crate::error::{ExportError, IoContext, Location, Result};
     pub use crate::evidence::{EvidenceItem, EvidenceKind, EvidenceSource, Record, Records};
@@ -118,8 +132,11 @@ pub mod prelude {
     pub use bytes::Bytes;
     pub use futures::stream::{BoxStream, StreamExt, TryStreamExt};
     pub use serde_json::{json, Value};
+    pub use std::io::{Read, Write};
 }
 
-/// How to write a profile (the text of `docs/adapter-guide.md`; its examples are doc-tested).
+/// How to write a profile, a sink or an evidence source (the text of `docs/adapter-guide.md`;
+/// its examples are doc-tested, with the `conformance` feature).
+#[cfg(all(feature = "conformance", feature = "gzip"))]
 #[doc = include_str!("../../docs/adapter-guide.md")]
 pub mod adapter_guide {}
