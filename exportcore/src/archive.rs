@@ -128,7 +128,7 @@ impl<W: Write> Encoder<W> {
             #[cfg(feature = "gzip")]
             Compression::Gzip => crate::pgzip::GzipWriter::new(w, o.gzip_level, o.workers as usize)
                 .map(Encoder::Gzip)
-                .map_err(|e| ExportError::internal_caused("gzip", "", e)),
+                .map_err(|e| ExportError::internal_caused("gzip", "starting the compressor", e)),
             #[cfg(feature = "zstd")]
             Compression::Zstd => {
                 let mk = || -> io::Result<_> {
@@ -137,7 +137,7 @@ impl<W: Write> Encoder<W> {
                     e.multithread(o.workers.max(1))?;
                     Ok(e)
                 };
-                mk().map(Encoder::Zstd).map_err(|e| ExportError::internal_caused("zstd", "", e))
+                mk().map(Encoder::Zstd).map_err(|e| ExportError::internal_caused("zstd", "starting the compressor", e))
             }
             #[allow(unreachable_patterns)]
             other => {

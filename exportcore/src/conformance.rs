@@ -470,7 +470,7 @@ mod stores {
         store.create(new_run("t-b", "b0", "json:policy", 0, None, "adv"), at(0)).await.expect("create");
         assert_eq!(store.get(&t("t-a"), &r("a3")).await.expect("get").run_id, "a3");
         let err = store.get(&t("t-b"), &r("a3")).await.expect_err("another tenant's run must be invisible");
-        assert_eq!(err.code(), "ERR_EXPORT_NOT_FOUND");
+        assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
         let page = store.list(&t("t-a"), &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
         assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
         let page2 = store
@@ -518,7 +518,7 @@ mod stores {
         assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
         let err =
             store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
-        assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+        assert!(matches!(err, ExportError::RequestInvalid { .. }), "{err:?}");
         // Keys are per tenant.
         let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
         assert!(matches!(other, Created::New(_)));

@@ -383,8 +383,8 @@ async fn stage_and_publish(
             time: anchor.created_at,
             tenant: run.tenant.as_str(),
         });
-        let statement_bytes =
-            crate::canonical::to_vec(&statement).map_err(|e| ExportError::internal_caused("provenance", "", e))?;
+        let statement_bytes = crate::canonical::to_vec(&statement)
+            .map_err(|e| ExportError::internal_caused("provenance", "serialising the in-toto statement", e))?;
         let signers: [&dyn Signer; 1] = [&**signer];
         let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
         ordered.push(stage_bytes(staging.path(), PROVENANCE_FILE, ArtifactType::Provenance, &prov.to_bytes())?);

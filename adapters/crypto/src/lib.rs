@@ -32,5 +32,7 @@
 mod keys;
 mod resolve;
 
-pub use keys::{generate, hmac_key, signer_from_pem, verifier_from_pem, Algorithm, KeyPair};
+#[cfg(feature = "hmac")]
+pub use keys::hmac_key;
+pub use keys::{generate, signer_from_pem, verifier_from_pem, Algorithm, KeyPair};
 pub use resolve::KeyResolvers;

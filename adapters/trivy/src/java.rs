@@ -2,7 +2,7 @@
 //! sorted order into a fresh file with a fixed page size, so the same entries give the same
 //! bytes.
 
-use crate::profile::DbReport;
+use crate::report::DbReport;
 use exportcore::{EvidenceKind, ExportContext, ExportError, Records, Result};
 use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ pub(crate) fn build(ctx: &ExportContext<'_>, out: &Path, report: &mut DbReport) 
         by_sha1.insert(sha1, owner);
         artifacts.entry((g, a)).or_default().push((ver, sha1, kind));
     }
-    let db_err = |e: rusqlite::Error| ExportError::internal_caused("java-db sqlite", "", e);
+    let db_err = |e: rusqlite::Error| ExportError::internal_caused("java-db sqlite", "writing trivy-java.db", e);
     let mut conn = Connection::open(out).map_err(db_err)?;
     conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(db_err)?;

@@ -42,11 +42,13 @@ mod java;
 mod mapping;
 mod package;
 mod profile;
+mod report;
 mod vex;
 
 pub use mapping::Skipped;
 pub use package::{CONFIG_MEDIA_TYPE, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
-pub use profile::{DbReport, TrivyDb, TrivyJavaDb};
+pub use profile::{TrivyDb, TrivyJavaDb};
+pub use report::DbReport;
 
 /// A registry holding `trivy:db` and `trivy:java-db`.
 pub fn profiles() -> exportcore::Profiles {

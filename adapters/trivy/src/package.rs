@@ -123,7 +123,8 @@ pub(crate) fn oci_layout(
         }],
         "annotations": {"org.opencontainers.image.created": created.to_string()},
     });
-    let manifest_bytes = canonical::to_vec(&manifest).map_err(|e| ExportError::internal_caused("oci", "", e))?;
+    let manifest_bytes = canonical::to_vec(&manifest)
+        .map_err(|e| ExportError::internal_caused("oci", "serialising the image manifest", e))?;
     let manifest_digest = write_blob(ctx, dir, &manifest_bytes, "application/vnd.oci.image.manifest.v1+json")?;
     let index = json!({
         "schemaVersion": 2,
@@ -136,7 +137,8 @@ pub(crate) fn oci_layout(
             "annotations": {"org.opencontainers.image.ref.name": tag},
         }],
     });
-    let index_bytes = canonical::to_vec(&index).map_err(|e| ExportError::internal_caused("oci", "", e))?;
+    let index_bytes =
+        canonical::to_vec(&index).map_err(|e| ExportError::internal_caused("oci", "serialising index.json", e))?;
     let spec = ArtifactSpec::new(
         &format!("{dir}/index.json"),
         ArtifactType::Metadata,

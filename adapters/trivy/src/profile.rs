@@ -1,13 +1,14 @@
 use crate::db::Collector;
 use crate::mapping::{self, Skipped, Target};
 use crate::package::{self, DB_LAYER_MEDIA_TYPE, JAVADB_LAYER_MEDIA_TYPE};
+use crate::report::DbReport;
 use exportcore::archive::{FileMode, StreamedTarGz};
 use exportcore::evidence::osv::{Osv, Text};
 use exportcore::{
     ArtifactPath, ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor,
     Progress, Records, Result, RunRequest, Timestamp,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The `trivy:db` profile: a Trivy vulnerability DB (schema 2) from OSV advisories.
@@ -24,28 +25,6 @@ pub struct TrivyDb;
 /// (tag `1`), `trivy-export.json`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrivyJavaDb;
-
-/// What a trivy:db export contains, written as `trivy-export.json`.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DbReport {
-    /// Schema of the database.
-    pub schema_version: u32,
-    /// OSV advisories read.
-    pub advisories_read: u64,
-    /// Advisory entries written (bucket, package, vulnerability).
-    pub advisory_entries: u64,
-    /// Entries of the `vulnerability` bucket.
-    pub vulnerabilities: u64,
-    /// Top-level advisory buckets.
-    pub buckets: Vec<String>,
-    /// What was left out, counted.
-    pub skipped: Skipped,
-    /// Maven index entries written (java-db).
-    pub maven_entries: u64,
-    /// Maven index entries dropped because another entry had the same SHA-1 (java-db).
-    pub duplicate_sha1: u64,
-}
 
 fn descriptor(id: &'static str, description: &str) -> ProfileDescriptor {
     ProfileDescriptor::new(id, description)
@@ -77,7 +56,8 @@ fn stage_bytes(
 }
 
 fn report_artifact(ctx: &mut ExportContext<'_>, report: &DbReport) -> Result<()> {
-    let bytes = exportcore::canonical::to_vec(report).map_err(|e| ExportError::internal_caused("trivy", "", e))?;
+    let bytes = exportcore::canonical::to_vec(report)
+        .map_err(|e| ExportError::internal_caused("trivy", "serialising trivy-export.json", e))?;
     stage_bytes(ctx, "trivy-export.json", "application/json", ArtifactType::Metadata, &bytes)?;
     Ok(())
 }

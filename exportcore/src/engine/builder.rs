@@ -214,3 +214,23 @@ impl ExporterBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExportError;
+
+    #[test]
+    fn build_names_what_is_missing() {
+        let no_sink = ExporterBuilder::default().evidence(crate::MemoryEvidence::new()).build().unwrap_err();
+        assert!(matches!(&no_sink, ExportError::RequestInvalid { field, .. } if field == "sink"), "{no_sink:?}");
+        let no_ev = ExporterBuilder::default().sink(crate::InMemorySink::new()).build().unwrap_err();
+        assert!(matches!(&no_ev, ExportError::RequestInvalid { field, .. } if field == "evidence"), "{no_ev:?}");
+    }
+
+    #[test]
+    fn settings_are_clamped_to_usable_values() {
+        let b = ExporterBuilder::default().concurrency(0).max_queued(0).retries(0, Duration::ZERO);
+        assert_eq!((b.concurrency, b.max_queued, b.max_attempts), (1, 1, 1));
+    }
+}

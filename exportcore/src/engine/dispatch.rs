@@ -295,3 +295,35 @@ impl Exporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use crate::engine::{Clock, ManualClock, Submission};
+
+    #[test]
+    fn jitter_is_a_bounded_fraction_that_differs_between_runs() {
+        let a = RunId::from_static("export-run::t::a");
+        let b = RunId::from_static("export-run::t::b");
+        let fs: Vec<f64> = (1..5).map(|n| jitter_fraction(&a, n)).chain([jitter_fraction(&b, 1)]).collect();
+        assert!(fs.iter().all(|f| (0.0..=0.5).contains(f)), "{fs:?}");
+        assert!(fs.windows(2).any(|w| w[0] != w[1]), "{fs:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn execute_now_finishes_with_record_and_terminal_event_together() {
+        let clock = ManualClock::new(t0());
+        let (ex, sink) = exporter(&clock);
+        let id = ex.submit(Submission::new(tenant(), request(Some(2)))).await.unwrap().run_id;
+        clock.advance(Duration::from_secs(10));
+        let run = ex.execute_now(&tenant(), &id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(run.finished_at, Some(clock.now()));
+        assert_eq!(run.expires_at, Some(clock.now().plus_days(2)), "retention counts from the engine clock");
+        let events = ex.store().events(&tenant(), &id, 0, 100).await.unwrap();
+        assert!(events.last().is_some_and(|e| e.event.is_terminal()));
+        assert_eq!(sink.snapshot().len(), 2);
+        assert!(ex.inner.cancels.lock().await.is_empty(), "the finished run's cancel flag is dropped");
+    }
+}

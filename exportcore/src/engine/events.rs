@@ -93,3 +93,48 @@ impl Exporter {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use crate::engine::{ManualClock, Submission};
+    use crate::ExportError;
+    use futures::StreamExt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finished_run_replays_and_ends_on_its_terminal_event() {
+        let clock = ManualClock::new(t0());
+        let (ex, _) = exporter(&clock);
+        let id = ex.submit(Submission::new(tenant(), request(None))).await.unwrap().run_id;
+        ex.execute_now(&tenant(), &id).await.unwrap();
+        let all: Vec<_> = ex.events(&tenant(), &id, 0).collect().await;
+        let names: Vec<_> = all.iter().map(|e| e.as_ref().unwrap().event.name()).collect();
+        assert_eq!(names.first(), Some(&"started"));
+        assert_eq!(names.last(), Some(&"completed"));
+        // Resuming after the last id yields nothing and ends at once.
+        let last = all.last().unwrap().as_ref().unwrap().id;
+        assert!(ex.events(&tenant(), &id, last).collect::<Vec<_>>().await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_tenants_run_is_one_not_found_error() {
+        let clock = ManualClock::new(t0());
+        let (ex, _) = exporter(&clock);
+        let id = ex.submit(Submission::new(tenant(), request(None))).await.unwrap().run_id;
+        let other = crate::TenantId::from_static("other");
+        let got: Vec<_> = ex.events(&other, &id, 0).collect().await;
+        assert_eq!(got.len(), 1);
+        assert!(matches!(got[0], Err(ExportError::NotFound { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_queued_run_ends_its_stream_with_failed() {
+        let clock = ManualClock::new(t0());
+        let (ex, _) = exporter(&clock);
+        let id = ex.submit(Submission::new(tenant(), request(None))).await.unwrap().run_id;
+        ex.cancel(&tenant(), &id).await.unwrap();
+        let got: Vec<_> = ex.events(&tenant(), &id, 0).collect().await;
+        let last = got.last().unwrap().as_ref().unwrap();
+        assert!(matches!(&last.event, crate::RunEvent::Failed { code, .. } if code == "ERR_EXPORT_CANCELLED"));
+    }
+}

@@ -298,3 +298,56 @@ pub async fn recover_interrupted(store: &dyn RunStore, clock: &dyn Clock) -> Res
     }
     Ok(ids)
 }
+
+/// Shared by the engine modules' unit tests: a one-artifact profile and an exporter on a
+/// manual clock.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::error::IoContext;
+    use crate::profile::{ArtifactSpec, ExportContext, Profile, ProfileDescriptor};
+
+    #[derive(Debug)]
+    pub(crate) struct Hello;
+
+    impl Profile for Hello {
+        fn descriptor(&self) -> ProfileDescriptor {
+            ProfileDescriptor::new("hello:txt", "says hello")
+        }
+        fn validate(&self, _: &RunRequest) -> Result<()> {
+            Ok(())
+        }
+        fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+            ctx.time_anchor(None);
+            let spec = ArtifactSpec::new("hello.txt", crate::ArtifactType::Data, "text", "text/plain")?;
+            ctx.write_artifact(spec, |w| w.write_all(b"hello\n").at("hello.txt"))?;
+            Ok(())
+        }
+    }
+
+    pub(crate) fn t0() -> Timestamp {
+        Timestamp::parse("2025-01-01T00:00:00Z").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub(crate) fn exporter(clock: &ManualClock) -> (Exporter, crate::InMemorySink) {
+        let sink = crate::InMemorySink::new();
+        let exporter = Exporter::builder()
+            .profiles(Profiles::new().with(Hello))
+            .sink(sink.clone())
+            .evidence(crate::MemoryEvidence::new())
+            .clock(clock.clone())
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (exporter, sink)
+    }
+
+    pub(crate) fn request(retention_days: Option<u32>) -> RunRequest {
+        let mut r = RunRequest::new(crate::ProfileId::from_static("hello:txt"));
+        r.retention_days = retention_days;
+        r
+    }
+
+    pub(crate) fn tenant() -> TenantId {
+        TenantId::from_static("t")
+    }
+}

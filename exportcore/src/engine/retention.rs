@@ -51,3 +51,26 @@ impl Exporter {
         self.sweep(self.now()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use crate::engine::{ManualClock, Submission};
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_expire_on_the_engine_clock_and_lose_their_artifacts() {
+        let clock = ManualClock::new(t0());
+        let (ex, sink) = exporter(&clock);
+        let id = ex.submit(Submission::new(tenant(), request(Some(1)))).await.unwrap().run_id;
+        ex.execute_now(&tenant(), &id).await.unwrap();
+        assert_eq!(sink.snapshot().len(), 2);
+        clock.advance(Duration::from_secs(86_400 - 1));
+        assert_eq!(ex.sweep_now().await.unwrap().expired, 0, "not due a second early");
+        clock.advance(Duration::from_secs(1));
+        let report = ex.sweep_now().await.unwrap();
+        assert_eq!((report.expired, report.artifacts_deleted), (1, 2));
+        assert!(sink.snapshot().is_empty());
+        assert_eq!(ex.get(&tenant(), &id).await.unwrap().status, crate::RunStatus::Expired);
+    }
+}

@@ -207,7 +207,7 @@ impl Sink for FsSink {
             Ok((dir, tmp))
         })
         .await
-        .map_err(|e| ExportError::internal_caused("fs sink", "", e))??;
+        .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))??;
 
         let (std_file, tmp_path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);
@@ -237,7 +237,7 @@ impl Sink for FsSink {
             Ok(())
         })
         .await
-        .map_err(|e| ExportError::internal_caused("fs sink", "", e))??;
+        .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))??;
         let (size, sha256) = hasher.finish();
         Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
     }
@@ -252,7 +252,7 @@ impl Sink for FsSink {
         let src = file.to_path_buf();
         tokio::task::spawn_blocking(move || this.put_file_blocking(&p, &src))
             .await
-            .map_err(|e| ExportError::internal_caused("fs sink", "", e))?
+            .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
     }
 
     async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> {
@@ -305,7 +305,7 @@ impl Sink for FsSink {
             Ok(out)
         })
         .await
-        .map_err(|e| ExportError::internal_caused("fs sink", "", e))?
+        .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
     }
 
     async fn delete(&self, path: &ArtifactPath) -> Result<()> {

@@ -189,7 +189,7 @@ impl SqliteStore {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
             _ => tokio::task::spawn_blocking(call)
                 .await
-                .map_err(|e| ExportError::internal_caused("sqlite store", "", e))?,
+                .map_err(|e| ExportError::internal_caused("sqlite store", "a blocking store task stopped", e))?,
         }
     }
 
