@@ -343,7 +343,7 @@ impl Verifier for Sm2Verifier {
     }
 }
 
-#[cfg(any(feature = "ed25519", feature = "p256", feature = "sm2"))]
+#[allow(unused_macros)] // unused when no algorithm feature is on
 macro_rules! debug_key {
     ($($t:ident),*) => {$(
         impl std::fmt::Debug for $t {
