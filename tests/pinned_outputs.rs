@@ -43,7 +43,7 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "f58e28ef32e36c971dc8e70ffd4ed8e1c3a623b6be818ee4efe77df3c2a406ca"
+        "ddd6f5e93eb081839508b11a74801f9d2529a89151088227bfc832938825b055"
     );
-    assert_eq!(digest(&out, "manifest.json"), "916a6f83f50daa56d7b82bc0fbb49b508d90cec4e48e1cd7c5dbb211082de261");
+    assert_eq!(digest(&out, "manifest.json"), "142ecf276456884c3ce3198219a8a3b341877039f304660e02aece6a820d66ab");
 }

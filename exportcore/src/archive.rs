@@ -393,14 +393,19 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// Opens a tar stream, detecting gzip or zstd compression from its magic bytes.
+/// Opens a (plain, gzip or zstd) tar archive for reading, strictly: a compressed archive is
+/// exactly one gzip member or one zstd frame, its checksums (gzip CRC-32 and ISIZE, zstd
+/// content checksum) are verified when the stream ends, and bytes after it are an error. Read
+/// the entries, then call [`finish_archive`], which consumes the rest of the stream and fails
+/// on anything `tar` could still unpack: data after the end-of-archive blocks, a second gzip
+/// member or zstd frame, trailing garbage, a bad checksum.
 pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn Read>>> {
     let mut r = BufReader::new(r);
     let head = r.fill_buf()?;
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         #[cfg(feature = "gzip")]
         {
-            Box::new(flate2::read::GzDecoder::new(r))
+            Box::new(Strict::Gzip(Box::new(flate2::bufread::GzDecoder::new(r))))
         }
         #[cfg(not(feature = "gzip"))]
         {
@@ -409,7 +414,7 @@ pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn 
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         #[cfg(feature = "zstd")]
         {
-            Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+            Box::new(Strict::Zstd(zstd::stream::read::Decoder::with_buffer(r)?.single_frame()))
         }
         #[cfg(not(feature = "zstd"))]
         {
@@ -419,6 +424,68 @@ pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn 
         Box::new(r)
     };
     Ok(tar::Archive::new(inner))
+}
+
+/// Consumes what is left of an archive opened by [`open_archive`] after its entries were read:
+/// only zero bytes may follow the end-of-archive marker, and the compressed stream must end
+/// exactly there (its checksums are verified on the way). An error means a reader such as
+/// `tar` could see bytes the entries did not show.
+pub fn finish_archive(archive: tar::Archive<Box<dyn Read>>) -> io::Result<()> {
+    let mut rest = archive.into_inner();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = rest.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "data after the end of the archive ({} bytes past its end-of-archive marker)",
+                    offset + i as u64
+                ),
+            ));
+        }
+        offset += n as u64;
+        // A few records of zero padding are normal; megabytes of zeros are not an archive.
+        if offset > 1 << 20 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "over 1 MiB of zeros after the archive"));
+        }
+    }
+}
+
+/// A decompressor that, at the end of its one member or frame, also requires the compressed
+/// input to end.
+#[cfg(any(feature = "gzip", feature = "zstd"))]
+enum Strict<R: BufRead> {
+    #[cfg(feature = "gzip")]
+    Gzip(Box<flate2::bufread::GzDecoder<R>>),
+    #[cfg(feature = "zstd")]
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+#[cfg(any(feature = "gzip", feature = "zstd"))]
+impl<R: BufRead> Read for Strict<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, source, what) = match self {
+            #[cfg(feature = "gzip")]
+            Strict::Gzip(d) => (d.read(buf)?, d.get_mut(), "gzip member"),
+            #[cfg(feature = "zstd")]
+            Strict::Zstd(d) => (d.read(buf)?, d.get_mut(), "zstd frame"),
+        };
+        if n == 0 && !buf.is_empty() {
+            let trailing = source.fill_buf()?.len();
+            if trailing > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("trailing data after the {what} (a second member or appended bytes)"),
+                ));
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +507,91 @@ mod tests {
         w.append(&p("d/f.txt"), FileMode::Regular, 0, &b""[..]).unwrap();
         w.append(&p(&format!("long/{}", "x".repeat(150))), FileMode::Regular, 1, &b"l"[..]).unwrap();
         w.finish().unwrap()
+    }
+
+    /// Reads every entry the way `verify` does, then finishes the archive strictly.
+    fn read_strictly(bytes: Vec<u8>) -> std::result::Result<Vec<String>, String> {
+        let mut ar = open_archive(io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        for e in ar.entries().map_err(|e| e.to_string())? {
+            let mut e = e.map_err(|e| e.to_string())?;
+            names.push(String::from_utf8_lossy(&e.path_bytes()).into_owned());
+            io::copy(&mut e, &mut io::sink()).map_err(|e| e.to_string())?;
+        }
+        finish_archive(ar).map_err(|e| e.to_string())?;
+        Ok(names)
+    }
+
+    /// A small archive of `files`, uncompressed, with or without its end-of-archive blocks.
+    fn plain_tar(files: &[(&str, &[u8])], end_marker: bool) -> Vec<u8> {
+        let mut w = ArchiveWriter::new(Vec::new(), ArchiveOptions::new(Compression::None, 0)).unwrap();
+        for (name, body) in files {
+            w.append(&p(name), FileMode::Regular, body.len() as u64, *body).unwrap();
+        }
+        let mut bytes = w.finish().unwrap();
+        if !end_marker {
+            while bytes.len() >= 512 && bytes[bytes.len() - 512..].iter().all(|b| *b == 0) {
+                bytes.truncate(bytes.len() - 512);
+            }
+        }
+        bytes
+    }
+
+    #[cfg(feature = "gzip")]
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[cfg(feature = "gzip")]
+    #[test]
+    fn strict_gzip_refuses_what_tar_could_see_beyond_the_verified_entries() {
+        let genuine = build(Compression::Gzip, 2);
+        assert_eq!(read_strictly(genuine.clone()).unwrap().len(), 8, "the genuine archive reads");
+        // The attack: the genuine entries without their end marker, then a second gzip member
+        // with a replaced and an extra file. `tar xzf` unpacks both members.
+        let mut attack = gzip(&plain_tar(&[("a.txt", b"a")], false));
+        attack.extend(gzip(&plain_tar(&[("a.txt", b"evil"), ("evil.js", b"alert(1)")], true)));
+        let err = read_strictly(attack).unwrap_err();
+        assert!(err.contains("trailing data after the gzip member"), "{err}");
+        // Appended bytes, a flipped CRC-32, a flipped ISIZE.
+        let mut appended = genuine.clone();
+        appended.extend_from_slice(b"junk");
+        assert!(read_strictly(appended).unwrap_err().contains("trailing data"));
+        for (what, from_end) in [("crc", 8), ("isize", 1)] {
+            let mut bad = genuine.clone();
+            let i = bad.len() - from_end;
+            bad[i] ^= 0x01;
+            assert!(read_strictly(bad).is_err(), "a flipped {what} must fail");
+        }
+        // Data after the end-of-archive marker inside the one member.
+        let mut inner = plain_tar(&[("a.txt", b"a")], true);
+        inner.extend_from_slice(&plain_tar(&[("evil.js", b"x")], true));
+        let err = read_strictly(gzip(&inner)).unwrap_err();
+        assert!(err.contains("data after the end of the archive"), "{err}");
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn strict_zstd_checks_the_frame_checksum_and_refuses_a_second_frame() {
+        let genuine = build(Compression::Zstd, 2);
+        assert_eq!(read_strictly(genuine.clone()).unwrap().len(), 8);
+        let mut bad = genuine.clone();
+        let i = bad.len() - 2; // inside the 4-byte content checksum
+        bad[i] ^= 0x01;
+        assert!(read_strictly(bad).is_err(), "a flipped frame checksum must fail");
+        let mut two = genuine;
+        two.extend(zstd::encode_all(&plain_tar(&[("evil.js", b"x")], true)[..], 3).unwrap());
+        assert!(read_strictly(two).unwrap_err().contains("trailing data after the zstd frame"));
+    }
+
+    #[test]
+    fn strict_plain_tar_refuses_data_after_the_end_marker() {
+        let mut bytes = plain_tar(&[("a.txt", b"a")], true);
+        assert_eq!(read_strictly(bytes.clone()).unwrap(), ["a.txt"]);
+        bytes.extend_from_slice(b"appended");
+        assert!(read_strictly(bytes).unwrap_err().contains("data after the end of the archive"));
     }
 
     #[test]

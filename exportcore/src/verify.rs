@@ -450,6 +450,10 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             report.fail(format!("{prefix}{name}"), "duplicate entry");
         }
     }
+    if let Err(e) = crate::archive::finish_archive(ar) {
+        report.fail(label, format!("archive is corrupt: {e}"));
+        return None;
+    }
     let Some(bytes) = manifest_bytes else {
         report.fail(format!("{prefix}{MANIFEST_FILE}"), "missing");
         return None;

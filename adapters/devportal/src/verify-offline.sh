@@ -90,6 +90,12 @@ elif [ -f "$TARGET" ]; then
   need tar; need gzip
   TGZ=$(abspath "$TARGET")
   gzip -t "$TGZ" 2>"$W/gzip.err" || die "$TARGET is not an intact gzip file: $(cat "$W/gzip.err")"
+  # Exactly one gzip member: tar would also unpack a second one appended after the genuine
+  # entries. The last member's ISIZE (its size mod 2^32, little-endian) equals the size of
+  # everything gzip decompresses only when there is one member.
+  ISIZE=$(tail -c 4 "$TGZ" | od -An -tu1 | awk '{ print $1 + 256 * $2 + 65536 * $3 + 16777216 * $4 }')
+  TOTAL=$(gzip -dc "$TGZ" | wc -c | awk '{ print $1 % 4294967296 }')
+  [ "$ISIZE" = "$TOTAL" ] || die "$TARGET holds more than one gzip member (a second archive appended after the bundle)"
   gzip -dc "$TGZ" | tar -tvf - > "$W/tar.long" 2>/dev/null || die "$TARGET is not a readable tar archive"
   gzip -dc "$TGZ" | tar -tf - > "$W/tar.names" 2>/dev/null || die "$TARGET is not a readable tar archive"
   # Only regular files and directories, no absolute or .. names, before anything is extracted.

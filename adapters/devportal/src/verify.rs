@@ -280,6 +280,10 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
             return false;
         }
     }
+    if let Err(e) = exportcore::archive::finish_archive(ar) {
+        out.fail_bundle(format!("archive is corrupt: {e}"));
+        return false;
+    }
     true
 }
 

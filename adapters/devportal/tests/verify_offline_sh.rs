@@ -526,6 +526,21 @@ fn unsafe_archives_are_refused_before_extraction() {
         let o = sh(shell, &script, &src, &[tmp.path().join("nope.tgz").to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     }
+    // The genuine bundle followed by a second gzip member (tar would unpack both).
+    let f = fixture();
+    let mut two = std::fs::read(&f.tgz).unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut e, &[0u8; 1024]).unwrap();
+    two.extend(e.finish().unwrap());
+    let two_tgz = tmp.path().join("two-members.tgz");
+    std::fs::write(&two_tgz, two).unwrap();
+    for shell in shells() {
+        let o = sh(shell, &script, &src, &[two_tgz.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(text(&o).contains("more than one gzip member"), "{}", text(&o));
+        let o = sh(shell, &script, &src, &[f.tgz.to_str().unwrap()]);
+        assert!(o.status.success(), "the genuine bundle still passes: {}", text(&o));
+    }
     for (tgz, what) in [(&link_tgz, "not a regular file or directory"), (&dotdot_tgz, "unsafe entry name")] {
         let r = verify_bundle(tgz, &[]).unwrap();
         assert!(r.failures.iter().any(|x| x.problem.contains(what)), "{:?}", r.failures);
