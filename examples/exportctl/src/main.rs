@@ -24,6 +24,33 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that treats a closed stdout (`exportctl runs list | head -1`) as the end of the
+/// output, like other command-line tools: a quiet exit 0 instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            exit_on_write_error(e);
+        }
+    }};
+}
+
+/// `eprintln!` that never panics (a closed stderr loses the message, nothing else).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+fn exit_on_write_error(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    errln!("error: ERR_EXPORT_IO: writing to stdout: {e}");
+    std::process::exit(2);
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "exportctl", version, about = "Build, verify and inspect reproducible evidence export bundles")]
 struct Cli {
@@ -211,14 +238,14 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: ERR_EXPORT_INTERNAL: cannot start runtime: {e}");
+            errln!("error: ERR_EXPORT_INTERNAL: cannot start runtime: {e}");
             return ExitCode::from(2);
         }
     };
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("error: {}: {}", f.err.code(), f.err.report());
+            errln!("error: {}: {}", f.err.code(), f.err.report());
             ExitCode::from(f.exit)
         }
     }
@@ -229,10 +256,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Profiles { json } => {
             let list = profiles().descriptors();
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
             } else {
                 for d in list {
-                    println!("{:<16} {}", d.id, d.description);
+                    outln!("{:<16} {}", d.id, d.description);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -291,16 +318,66 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
     Ok(req)
 }
 
-fn check_out_dir(out: &Path) -> Result<bool, Failure> {
-    match std::fs::read_dir(out) {
-        Ok(mut rd) => {
-            if rd.next().is_some() {
-                return Err(ExportError::invalid("--out", format!("{} exists and is not empty", out.display())).into());
+/// The output directory, claimed for one run: created if absent, locked (`flock` on the
+/// directory itself, released when the process ends, even by SIGKILL), and only then checked
+/// to be empty. Two runs into one `--out` cannot both pass: the second finds the lock held, or
+/// the directory no longer empty.
+struct OutDir {
+    created: bool,
+    _lock: std::fs::File,
+}
+
+impl OutDir {
+    fn claim(out: &Path) -> Result<Self, Failure> {
+        let created = match std::fs::create_dir(out) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(out).map_err(|e| ExportError::io(out, e))?;
+                true
             }
-            Ok(false)
+            Err(e) => return Err(ExportError::io(out, e).into()),
+        };
+        let lock = std::fs::File::open(out).map_err(|e| ExportError::io(out, e))?;
+        if !lock.metadata().map_err(|e| ExportError::io(out, e))?.is_dir() {
+            return Err(ExportError::invalid("--out", format!("{} is not a directory", out.display())).into());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(ExportError::io(out, e).into()),
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ExportError::invalid(
+                    "--out",
+                    format!("{} is being written by another exportctl run", out.display()),
+                )
+                .into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ExportError::io(out, e).into()),
+        }
+        let mut entries = std::fs::read_dir(out).map_err(|e| ExportError::io(out, e))?;
+        if entries.next().is_some() {
+            return Err(ExportError::invalid("--out", format!("{} exists and is not empty", out.display())).into());
+        }
+        Ok(Self { created, _lock: lock })
+    }
+
+    /// Leave `--out` as it was found: the engine already deleted a failed run's files; the
+    /// directories they needed go too (only empty ones, never a file), and so does `--out`
+    /// itself when this run created it.
+    fn abandon(self, out: &Path) {
+        fn remove_empty_dirs(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_empty_dirs(&e.path());
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+        }
+        remove_empty_dirs(out);
+        if self.created {
+            let _ = std::fs::remove_dir(out);
+        }
     }
 }
 
@@ -327,7 +404,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     let store = SqliteStore::open(&store_path)?;
     let lock = EngineLock::open(&store_path)?;
-    let created_out = check_out_dir(&args.out)?;
+    let out_dir = OutDir::claim(&args.out)?;
     let sink = FsSink::new(&args.out)?;
     let mut builder = Exporter::builder()
         .profiles(profiles())
@@ -348,7 +425,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let accepted = match exporter.submit(Submission::new(tenant.clone(), request)).await {
         Ok(a) => a,
         Err(e) => {
-            remove_if_created(created_out, &args.out);
+            out_dir.abandon(&args.out);
             return Err(e.into());
         }
     };
@@ -362,27 +439,29 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     while let Some(ev) = events.next().await {
         match ev {
             Ok(ev) => progress.event(&ev.event),
-            Err(e) => eprintln!("warning: event stream: {}", e.report()),
+            Err(e) => errln!("warning: event stream: {}", e.report()),
         }
     }
     let run = exec.await.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
     progress.finish();
     if run.status != RunStatus::Succeeded {
-        remove_if_created(created_out, &args.out);
+        out_dir.abandon(&args.out);
+    } else {
+        drop(out_dir);
     }
     drop(lock);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
     } else {
-        println!("run {} {}", run.run_id, run.status);
+        outln!("run {} {}", run.run_id, run.status);
         for o in &run.outputs {
-            println!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
+            outln!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
         }
     }
     match run.errors.first() {
         None => Ok(ExitCode::SUCCESS),
         Some(e) => {
-            eprintln!("error: {}: {}", e.code, e.message);
+            errln!("error: {}: {}", e.code, e.message);
             Ok(ExitCode::from(1))
         }
     }
@@ -390,13 +469,6 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
 /// The default run store.
 const DEFAULT_STORE: &str = "exports.sqlite";
-
-/// Leave nothing behind: a directory we created holds nothing of a failed run.
-fn remove_if_created(created: bool, out: &Path) {
-    if created {
-        let _ = std::fs::remove_dir(out);
-    }
-}
 
 /// `<store>.lock`: every engine process (`exportctl run`) holds it shared while it runs; the
 /// recovery of runs left `running` by a dead process happens only under the exclusive lock,
@@ -425,9 +497,7 @@ impl EngineLock {
         let ids = exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?;
         let _ = self.file.unlock();
         for id in &ids {
-            eprintln!(
-                "note: run {id} was interrupted (its process stopped); marked failed with ERR_EXPORT_INTERRUPTED"
-            );
+            errln!("note: run {id} was interrupted (its process stopped); marked failed with ERR_EXPORT_INTERRUPTED");
         }
         Ok(ids)
     }
@@ -459,31 +529,25 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
             let filter = RunFilter { status, profile_id, limit, ..Default::default() };
             let page = store.list(tenant, &filter).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&page.runs).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&page.runs).unwrap_or_default());
             } else {
                 for r in &page.runs {
                     let code = r.errors.first().map(|e| e.code.as_str()).unwrap_or("");
-                    println!(
-                        "{:<58} {:<12} {:<10} {} {code}",
-                        r.run_id,
-                        r.profile_id,
-                        r.status.as_str(),
-                        r.submitted_at
-                    );
+                    outln!("{:<58} {:<12} {:<10} {} {code}", r.run_id, r.profile_id, r.status.as_str(), r.submitted_at);
                 }
             }
         }
         RunsCommand::Show { run_id } => {
             let run = store.get(tenant, &RunId::parse(run_id)?).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
             } else {
-                println!("run {} {} ({})", run.run_id, run.status, run.profile_id);
+                outln!("run {} {} ({})", run.run_id, run.status, run.profile_id);
                 for o in &run.outputs {
-                    println!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
+                    outln!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
                 }
                 for e in &run.errors {
-                    println!("  error {}: {}", e.code, e.message);
+                    outln!("  error {}: {}", e.code, e.message);
                 }
             }
         }
@@ -496,7 +560,7 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
                     break;
                 }
                 for e in &batch {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    outln!("{}", serde_json::to_string(e).unwrap_or_default());
                     after = e.id;
                 }
             }
@@ -510,14 +574,14 @@ fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
     let report = exportcore_devportal::verify_path_with(path, options)?;
     if report.is_ok() {
         let signed = if options.verifiers.is_empty() { "" } else { ", signatures valid" };
-        println!("OK {}: {} entries verified{signed}", report.target, report.verified);
+        outln!("OK {}: {} entries verified{signed}", report.target, report.verified);
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {
-        println!("FAIL {} {}: {}", f.code, f.path, f.problem);
+        outln!("FAIL {} {}: {}", f.code, f.path, f.problem);
     }
     let code = report.failures.first().map_or("ERR_EXPORT_VERIFY_FAILED", |f| f.code);
-    eprintln!("error: {code}: {} problem(s) in {}", report.failures.len(), report.target);
+    errln!("error: {code}: {} problem(s) in {}", report.failures.len(), report.target);
     Ok(ExitCode::from(1))
 }
 
@@ -551,9 +615,9 @@ fn keygen(algorithm: &str, prefix: &Path) -> Result<ExitCode, Failure> {
     write_new(&key_path, pair.private_pem.as_bytes(), 0o600)?;
     write_new(&pub_path, pair.public_pem.as_bytes(), 0o644)?;
     let verifier = exportcore_crypto::verifier_from_pem(&pair.public_pem)?;
-    println!("{} key id {}", alg_name(alg), verifier.key_id());
-    println!("private key: {}", key_path.display());
-    println!("public key:  {}", pub_path.display());
+    outln!("{} key id {}", alg_name(alg), verifier.key_id());
+    outln!("private key: {}", key_path.display());
+    outln!("public key:  {}", pub_path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -605,10 +669,10 @@ impl ProgressDisplay {
             (Some(bar), RunEvent::ArtifactReady { path, .. }) => bar.set_message(format!("published {path}")),
             (Some(_), _) => {}
             (None, RunEvent::Progress { progress, .. }) => {
-                eprintln!("progress {}% ({} records)", progress.percent, progress.items_completed)
+                errln!("progress {}% ({} records)", progress.percent, progress.items_completed)
             }
-            (None, RunEvent::ArtifactReady { path, size, .. }) => eprintln!("artifact_ready {path} ({size} bytes)"),
-            (None, RunEvent::Started { run_id, profile_id }) => eprintln!("started {run_id} ({profile_id})"),
+            (None, RunEvent::ArtifactReady { path, size, .. }) => errln!("artifact_ready {path} ({size} bytes)"),
+            (None, RunEvent::Started { run_id, profile_id }) => errln!("started {run_id} ({profile_id})"),
             (None, _) => {}
         }
     }

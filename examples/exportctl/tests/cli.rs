@@ -497,3 +497,79 @@ fn compression_level_trades_size_and_still_verifies() {
     }
     assert!(sizes[1] < sizes[0], "level 19 should be smaller than level 1: {sizes:?}");
 }
+
+/// Two runs into one `--out` at the same time: exactly one wins, the other fails with a clear
+/// error before writing, and the winner's output is complete and verifies.
+#[test]
+fn concurrent_runs_into_one_out_dir_cannot_both_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let spawn = |i: usize| {
+        exportctl()
+            .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--store", &format!("{}/s{i}.sqlite", tmp.path().display())])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&out);
+        let children: Vec<_> = (0..3).map(spawn).collect();
+        let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let winners = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(winners, 1, "{:?}", outputs.iter().map(text).collect::<Vec<_>>());
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            let t = text(o);
+            assert_eq!(o.status.code(), Some(2), "{t}");
+            assert!(t.contains("ERR_EXPORT_REQUEST_INVALID") && t.contains("--out"), "{t}");
+        }
+        assert!(run_verify(&out).status.success());
+    }
+}
+
+/// Every subcommand writing into a closed pipe (`exportctl ... | head -0`) ends quietly: no
+/// panic, exit 0, like other command-line tools.
+#[test]
+fn a_closed_stdout_is_a_quiet_exit_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let store = format!("{}/s.sqlite", tmp.path().display());
+    let o = export("json:raw", &samples(), &out, &["--store", &store]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run_id = String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1).unwrap().to_owned();
+    let out_s = out.to_str().unwrap().to_owned();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["profiles".into()],
+        vec!["profiles".into(), "--json".into()],
+        vec!["verify".into(), out_s.clone()],
+        vec!["runs".into(), "list".into(), "--store".into(), store.clone()],
+        vec!["runs".into(), "list".into(), "--json".into(), "--store".into(), store.clone()],
+        vec!["runs".into(), "show".into(), run_id.clone(), "--store".into(), store.clone()],
+        vec!["runs".into(), "events".into(), run_id, "--store".into(), store.clone()],
+        vec![
+            "run".into(),
+            "--profile".into(),
+            "json:raw".into(),
+            "--evidence".into(),
+            samples().to_str().unwrap().into(),
+            "--out".into(),
+            tmp.path().join("out2").to_str().unwrap().into(),
+            "--store".into(),
+            store,
+        ],
+    ];
+    for args in cases {
+        let mut child = exportctl()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away before anything is written
+        let o = child.wait_with_output().unwrap();
+        let t = text(&o);
+        assert!(!t.contains("panicked"), "{args:?}: {t}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {t}");
+    }
+}
