@@ -542,7 +542,7 @@ fn a_closed_stdout_is_a_quiet_exit_not_a_panic() {
     let cases: Vec<Vec<String>> = vec![
         vec!["profiles".into()],
         vec!["profiles".into(), "--json".into()],
-        vec!["verify".into(), out_s.clone()],
+        vec!["verify".into(), out_s],
         vec!["runs".into(), "list".into(), "--store".into(), store.clone()],
         vec!["runs".into(), "list".into(), "--json".into(), "--store".into(), store.clone()],
         vec!["runs".into(), "show".into(), run_id.clone(), "--store".into(), store.clone()],
