@@ -659,6 +659,16 @@ mod stores {
         assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);
         let evs = store.events(&t("t-f"), &r("f1"), 0, 10).await.expect("events");
         assert_eq!(evs.last().map(|e| &e.event), Some(&done));
+        let mut again = run.clone();
+        again.status = Status::Failed;
+        let failed = Event::Failed { run_id: r("f1"), code: "ERR_EXPORT_INTERRUPTED".into(), message: "late".into() };
+        store.finish(&again, at(3), &failed).await.expect_err("a final state is final");
+        assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);
+        assert_eq!(
+            store.events(&t("t-f"), &r("f1"), 0, 10).await.expect("events").len(),
+            2,
+            "no second terminal event"
+        );
         let err = store.finish(&run_of("nope"), at(3), &done).await.expect_err("finishing an unknown run must fail");
         assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
     }

@@ -82,6 +82,7 @@ pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod evidence;
+pub mod files;
 pub mod hashing;
 pub mod id;
 pub mod manifest;

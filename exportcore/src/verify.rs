@@ -83,6 +83,19 @@ pub struct VerifyOptions {
     pub staleness: Option<StalenessPolicy>,
 }
 
+/// What a verification found about signatures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Signatures {
+    /// No signature envelope: the content is only consistent with its own manifest.
+    #[default]
+    Unsigned,
+    /// Envelopes are present, but no key was given: nothing proves who made the content.
+    NotChecked,
+    /// Every envelope verified with a trusted key.
+    Valid,
+}
+
 /// The outcome of a verification.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -92,6 +105,8 @@ pub struct VerifyReport {
     pub verified: u64,
     /// Everything that failed.
     pub failures: Vec<VerifyFailure>,
+    /// Whether signatures were present and checked (meaningful when nothing failed).
+    pub signatures: Signatures,
 }
 
 impl VerifyReport {
@@ -144,7 +159,7 @@ pub fn verify_path_with(path: &Path, options: &VerifyOptions) -> Result<VerifyRe
                 "a lone bundle carries no signature; verify the run's output directory with --key",
             );
         }
-        let f = std::fs::File::open(path).at(path)?;
+        let f = crate::files::open_regular(path)?;
         if let Some(m) = verify_archive(f, "", &mut report) {
             check_time(&m, options, MANIFEST_FILE, &mut report);
         }
@@ -222,7 +237,7 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
             if ft.is_dir() {
                 stack.push((entry.path(), rel_child));
             } else if ft.is_file() {
-                let f = std::fs::File::open(entry.path()).at(entry.path())?;
+                let f = crate::files::open_regular(&entry.path())?;
                 let (size, digest) = hash_reader(f).at(entry.path())?;
                 found.insert(rel_child, (size, digest));
             } else {
@@ -235,7 +250,7 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
         report.fail(MANIFEST_FILE, "missing");
         return Ok(());
     }
-    let bytes = std::fs::read(&manifest_path).at(&manifest_path)?;
+    let bytes = crate::files::read_capped(&manifest_path, crate::files::MAX_MANIFEST_BYTES)?;
     let Some(manifest) = read_manifest(&bytes, MANIFEST_FILE, report) else { return Ok(()) };
     for sidecar in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE] {
         found.remove(sidecar);
@@ -250,7 +265,7 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
         };
         if bundle && found.contains_key(e.path.as_str()) {
             let local = dir.join(e.path.as_str());
-            let f = std::fs::File::open(&local).at(&local)?;
+            let f = crate::files::open_regular(&local)?;
             verify_nested_archive(f, &format!("{}!", e.path), report);
         }
     }
@@ -268,6 +283,12 @@ fn check_signatures(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let verifiers: Vec<&dyn Verifier> = options.verifiers.iter().map(|v| &**v as &dyn Verifier).collect();
+    let present = [SIGNED_MANIFEST_FILE, PROVENANCE_FILE].iter().any(|f| dir.join(f).symlink_metadata().is_ok());
+    report.signatures = match (present, verifiers.is_empty()) {
+        (_, false) => Signatures::Valid, // any failure below makes the report fail
+        (true, true) => Signatures::NotChecked,
+        (false, true) => Signatures::Unsigned,
+    };
     if let Some(payload) = open_envelope(dir, SIGNED_MANIFEST_FILE, dsse::MANIFEST_PAYLOAD_TYPE, &verifiers, report)? {
         if payload == manifest_bytes {
             report.verified += 1;
@@ -292,15 +313,15 @@ fn open_envelope(
     report: &mut VerifyReport,
 ) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::files::read_capped(&path, crate::files::MAX_MANIFEST_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ExportError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             if !verifiers.is_empty() {
                 report.fail(name, "missing (a signature was required)");
             }
             return Ok(None);
         }
-        Err(e) => return Err(ExportError::io(&path, e)),
+        Err(e) => return Err(e),
     };
     let payload = Envelope::parse(&bytes, name).and_then(|env| {
         if verifiers.is_empty() {

@@ -38,7 +38,7 @@ impl KeyResolvers {
     pub fn signer(&self, key_ref: &str) -> Result<Arc<dyn Signer>> {
         match KeyRef::parse(key_ref)? {
             KeyRef::File(path) => {
-                let pem = std::fs::read_to_string(&path).map_err(|e| ExportError::io(&path, e))?;
+                let pem = exportcore::files::read_capped_string(&path, exportcore::files::MAX_KEY_BYTES)?;
                 signer_from_pem(&pem)
             }
             KeyRef::Env(var) => {

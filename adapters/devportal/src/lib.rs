@@ -113,7 +113,7 @@ pub fn root_hash(run: &Run) -> Option<Sha256Digest> {
 /// or `checksums.txt`. `ERR_EXPORT_NOT_FOUND` when the archive has no such member.
 pub fn read_member(bundle: &Path, member: &str) -> Result<Vec<u8>> {
     let bad = |e: std::io::Error| ExportError::io(bundle, e);
-    let f = std::fs::File::open(bundle).map_err(bad)?;
+    let f = exportcore::files::open_regular(bundle)?;
     let mut ar = exportcore::archive::open_archive(f).map_err(bad)?;
     for entry in ar.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;

@@ -25,7 +25,7 @@ use exportcore::hashing::{hash_reader, Hasher};
 use exportcore::manifest::MANIFEST_FILE;
 use exportcore::sign::dsse::Envelope;
 use exportcore::sign::Verifier;
-use exportcore::verify::{VerifyFailure, VerifyOptions, VerifyReport};
+use exportcore::verify::{Signatures, VerifyFailure, VerifyOptions, VerifyReport};
 use exportcore::{ArtifactPath, ExportError, Result, Sha256Digest};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -77,7 +77,7 @@ fn check_bundle(path: &Path, options: &BundleVerifyOptions, prefix: &str, report
     if meta.is_dir() {
         read_tree(path, "", &mut files, &mut out)?;
     } else {
-        let f = std::fs::File::open(path).map_err(|e| ExportError::io(path, e))?;
+        let f = exportcore::files::open_regular(path)?;
         if !read_archive(f, &mut files, &mut out) {
             return Ok(());
         }
@@ -96,9 +96,10 @@ pub fn is_bundle(path: &Path) -> bool {
             .is_some_and(|v| v.get("version").and_then(|v| v.as_str()) == Some(MANIFEST_VERSION))
     };
     if path.is_dir() {
-        return std::fs::read(path.join(MANIFEST_FILE)).is_ok_and(|b| is_ours(&b));
+        return exportcore::files::read_capped(&path.join(MANIFEST_FILE), exportcore::files::MAX_MANIFEST_BYTES)
+            .is_ok_and(|b| is_ours(&b));
     }
-    let Ok(f) = std::fs::File::open(path) else { return false };
+    let Ok(f) = exportcore::files::open_regular(path) else { return false };
     let Ok(mut ar) = open_archive(f) else { return false };
     let Ok(entries) = ar.entries() else { return false };
     for entry in entries {
@@ -129,7 +130,7 @@ pub fn verify_run_output(dir: &Path, options: &VerifyOptions) -> Result<VerifyRe
     report.failures.retain(|f| !f.path.starts_with(&prefix));
     let bundle = dir.join(BUNDLE_FILE);
     if bundle.is_file() {
-        let expected_root = match std::fs::File::open(dir.join(MANIFEST_ARTIFACT)) {
+        let expected_root = match exportcore::files::open_regular(&dir.join(MANIFEST_ARTIFACT)) {
             Ok(f) => Some(hash_reader(f).map_err(|e| ExportError::io(dir.join(MANIFEST_ARTIFACT), e))?.1),
             Err(_) => None,
         };
@@ -305,7 +306,7 @@ fn read_tree(dir: &Path, rel: &str, files: &mut Files, out: &mut Out<'_>) -> Res
         if ft.is_dir() {
             read_tree(&entry.path(), &rel_child, files, out)?;
         } else if ft.is_file() {
-            let f = std::fs::File::open(entry.path()).map_err(|e| ExportError::io(entry.path(), e))?;
+            let f = exportcore::files::open_regular(&entry.path())?;
             files.add(rel_child, f, out);
         } else {
             out.fail(&rel_child, "not a regular file or directory (symlink, device, FIFO or socket)");
@@ -413,6 +414,11 @@ fn check(files: &Files, options: &BundleVerifyOptions, out: &mut Out<'_>) {
 
     // 4. The signature.
     let verifiers: Vec<&dyn Verifier> = options.verifiers.iter().map(|v| &**v as &dyn Verifier).collect();
+    out.report.signatures = match (files.kept.contains_key(SIGNATURE_FILE), verifiers.is_empty()) {
+        (_, false) => Signatures::Valid, // a failure below makes the report fail
+        (true, true) => Signatures::NotChecked,
+        (false, true) => Signatures::Unsigned,
+    };
     match files.kept.get(SIGNATURE_FILE) {
         None if !verifiers.is_empty() => out.fail(SIGNATURE_FILE, "missing (a signature was required)"),
         None => {}

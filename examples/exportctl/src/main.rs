@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use exportcore::engine::{Exporter, Submission};
 use exportcore::sign::Verifier as _;
 use exportcore::store::{RunFilter, RunStore, SqliteStore};
-use exportcore::verify::{StalenessPolicy, VerifyOptions};
+use exportcore::verify::{Signatures, StalenessPolicy, VerifyOptions};
 use exportcore::{
     Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, ProfileId, Profiles,
     RunEvent, RunId, RunRequest, RunStatus, Target, TenantId, TimeAnchor, Timestamp,
@@ -268,7 +268,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Verify { path, key, max_age, max_drift, now } => {
             let mut options = VerifyOptions::default();
             for k in &key {
-                let pem = std::fs::read_to_string(k).map_err(|e| ExportError::io(k, e))?;
+                let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
                 options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
             }
             if max_age.is_some() || max_drift.is_some() {
@@ -478,7 +478,10 @@ struct EngineLock {
 }
 
 impl EngineLock {
+    /// The lock beside the store's canonical path: a symlink or another spelling of the same
+    /// store locks the same file.
     fn open(store: &Path) -> Result<Self, Failure> {
+        let store = std::fs::canonicalize(store).map_err(|e| ExportError::io(store, e))?;
         let path = PathBuf::from(format!("{}.lock", store.display()));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -573,8 +576,12 @@ fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
     // Devportal bundles (and run outputs holding one) have their own manifest format.
     let report = exportcore_devportal::verify_path_with(path, options)?;
     if report.is_ok() {
-        let signed = if options.verifiers.is_empty() { "" } else { ", signatures valid" };
-        outln!("OK {}: {} entries verified{signed}", report.target, report.verified);
+        let signed = match report.signatures {
+            Signatures::Valid => "signatures valid",
+            Signatures::NotChecked => "signatures present but not checked (no --key): origin not proven",
+            Signatures::Unsigned => "unsigned: origin not proven",
+        };
+        outln!("OK {}: {} entries verified, {signed}", report.target, report.verified);
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {

@@ -373,8 +373,26 @@ fn keygen_sign_and_verify_with_key() {
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("signatures valid"));
     }
-    // Wrong key type for the signature (P-256 key, Ed25519 signature).
+    // Without --key, OK says what it did not prove; removing the envelopes makes it "unsigned".
     let out = tmp.path().join("out-ed25519");
+    let o = run(&["verify", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("signatures present but not checked (no --key)"), "{}", text(&o));
+    let stripped = tmp.path().join("stripped");
+    std::fs::create_dir_all(&stripped).unwrap();
+    for (name, bytes) in tree(&out) {
+        if !name.ends_with(".dsse.json") {
+            let p = stripped.join(&name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+    }
+    let o = run(&["verify", stripped.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("unsigned: origin not proven"), "{}", text(&o));
+    let o = run(&["verify", stripped.to_str().unwrap(), "--key", &format!("{}.pub", prefix("ed25519"))]);
+    assert_eq!(o.status.code(), Some(1), "a required signature that is missing fails: {}", text(&o));
+    // Wrong key type for the signature (P-256 key, Ed25519 signature).
     let o = run(&["verify", out.to_str().unwrap(), "--key", &format!("{}.pub", prefix("ecdsa-p256"))]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("manifest.dsse.json"), "{}", text(&o));
@@ -572,4 +590,137 @@ fn a_closed_stdout_is_a_quiet_exit_not_a_panic() {
         assert!(!t.contains("panicked"), "{args:?}: {t}");
         assert_eq!(o.status.code(), Some(0), "{args:?}: {t}");
     }
+}
+
+/// Runs `exportctl args` and fails the test (instead of hanging it) after 60 s.
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = exportctl()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("exportctl {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+/// FIFOs where files are expected, and a key that never ends: typed errors at once, no hang,
+/// no unbounded read.
+#[test]
+fn fifos_and_endless_files_are_errors_not_hangs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = export("json:raw", &samples(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // verify DIR whose manifest.json is a FIFO, and verify FIFO.
+    std::fs::remove_file(out.join("manifest.json")).unwrap();
+    mkfifo(&out.join("manifest.json"));
+    let o = run_bounded(&["verify", out.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let lone = tmp.path().join("lone.tar.zst");
+    mkfifo(&lone);
+    let o = run_bounded(&["verify", lone.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_IO") && text(&o).contains("not a regular file"), "{}", text(&o));
+    // A FIFO as --key and --sign-key; /dev/zero as --key.
+    let key = tmp.path().join("key.pem");
+    mkfifo(&key);
+    for args in [
+        vec!["verify", out.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        vec!["verify", out.to_str().unwrap(), "--key", "/dev/zero"],
+    ] {
+        let o = run_bounded(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("ERR_EXPORT_IO"), "{args:?}: {}", text(&o));
+    }
+    let signed = tmp.path().join("signed");
+    let o = run_bounded(&[
+        "run",
+        "--profile",
+        "json:raw",
+        "--evidence",
+        samples().to_str().unwrap(),
+        "--out",
+        signed.to_str().unwrap(),
+        "--store",
+        &store_of(&signed),
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_IO"), "{}", text(&o));
+    assert!(!signed.exists(), "a refused run leaves no --out behind");
+}
+
+/// An evidence file replaced by a FIFO between listing and reading fails the run; it does not
+/// block it forever.
+#[test]
+fn an_evidence_file_swapped_for_a_fifo_fails_the_run() {
+    use exportcore::EvidenceSource;
+    let tmp = tempfile::tempdir().unwrap();
+    let ev_dir = tmp.path().join("ev");
+    std::fs::create_dir_all(ev_dir.join("advisories")).unwrap();
+    let file = ev_dir.join("advisories/a.json");
+    std::fs::write(&file, r#"{"id":"A","modified":"2025-01-01T00:00:00Z"}"#).unwrap();
+    let ev = exportcore::DirEvidence::new(&ev_dir).unwrap();
+    let items = ev.list(exportcore::EvidenceKind::Advisory).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    mkfifo(&file);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = items[0].path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(ev.open(&path).map(|_| ()).map_err(|e| e.report()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("opening a FIFO hung");
+    assert!(got.unwrap_err().contains("not a regular file"));
+}
+
+/// The engine lock belongs to the store file, not to the spelling of its path: while an engine
+/// holds it, `--store` through a symlink must not "recover" (fail) that engine's running run.
+#[test]
+fn the_store_lock_follows_symlinks() {
+    use exportcore::store::{NewRun, RunStore, SqliteStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real.sqlite");
+    let link = tmp.path().join("link.sqlite");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run_id = rt.block_on(async {
+        let store = SqliteStore::open(&real).unwrap();
+        let now = exportcore::Timestamp::now();
+        let tenant = exportcore::TenantId::from_static("default");
+        let id = exportcore::RunId::generate(&tenant);
+        let request = exportcore::RunRequest::new(exportcore::ProfileId::from_static("json:raw"));
+        let run = exportcore::Run::queued(id.clone(), tenant, None, request.profile_id.clone(), now);
+        let hash = exportcore::Sha256Digest::of(b"r");
+        store.create(NewRun { run, request, request_hash: hash, rank: 0, idempotency: None }, now).await.unwrap();
+        store.claim_next(now).await.unwrap().unwrap();
+        id
+    });
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{}.lock", real.canonicalize().unwrap().display()))
+        .unwrap();
+    lock.lock_shared().unwrap(); // a live engine
+    let show = |store: &Path| run(&["runs", "show", run_id.as_str(), "--json", "--store", store.to_str().unwrap()]);
+    let o = show(&link);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\": \"running\""), "{}", text(&o));
+    lock.unlock().unwrap(); // the engine died
+    let o = show(&link);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\": \"failed\""), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_INTERRUPTED"), "{}", text(&o));
 }

@@ -107,7 +107,7 @@ impl EvidenceSource for DirEvidence {
         let mut local = self.root.clone();
         local.extend(path.as_str().split('/'));
         let canon = self.contained(&local)?;
-        let f = std::fs::File::open(&canon).at(&canon)?;
+        let f = crate::files::open_regular(&canon)?;
         Ok(Box::new(f))
     }
 }

@@ -48,6 +48,7 @@ fn not_found(run_id: &RunId) -> ExportError {
 
 fn save(st: &mut State, run: &Run) -> Result<()> {
     let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;
+    super::check_transition(&run.run_id, e.run.status.as_str(), run.status)?;
     let seq = e.seq;
     e.run = run.clone();
     let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();

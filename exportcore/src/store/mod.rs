@@ -126,6 +126,8 @@ pub struct StoredEvent {
 /// - Event ids increase by one per run, from 1.
 /// - `finish` and `fail_if_queued` change the status and append the terminal event in one
 ///   step: a run whose status is final always has its terminal event.
+/// - A final state is final: `save` or `finish` of a `succeeded` or `failed` run to anything but
+///   `expired` is refused and changes nothing (so a run has exactly one terminal event).
 /// - `list` is newest first.
 ///
 /// Run [`crate::conformance::store_suite`] against any implementation.
@@ -170,6 +172,25 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn queued_count(&self) -> Result<u64>;
     /// Drops idempotency keys that lapsed before `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
+}
+
+/// Refuses to move a run out of a final state: `succeeded` and `failed` may only become
+/// `expired`, `expired` nothing. (A run recovered as interrupted stays failed even if its
+/// process was alive after all.)
+pub(crate) fn check_transition(run_id: &RunId, current: &str, next: RunStatus) -> Result<()> {
+    let allowed = match current {
+        "succeeded" | "failed" => next == RunStatus::Expired || next.as_str() == current,
+        "expired" => next == RunStatus::Expired,
+        _ => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(crate::ExportError::invalid(
+            "runId",
+            format!("run {run_id} is already {current}: a final state is final (not {next})"),
+        ))
+    }
 }
 
 /// Seconds between two timestamps (0 when reversed).

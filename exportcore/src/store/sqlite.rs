@@ -90,6 +90,18 @@ macro_rules! id_to_sql {
 }
 id_to_sql!(TenantId, RunId, ProfileId);
 
+/// True for an error caused by SQLITE_BUSY / SQLITE_LOCKED.
+fn is_busy(e: &ExportError) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match e {
+        ExportError::Internal { source: Some(s), .. } => s
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|c| matches!(c, DatabaseBusy | DatabaseLocked)),
+        _ => false,
+    }
+}
+
 fn json_err(path: &str, e: serde_json::Error) -> ExportError {
     ExportError::StoreInvalid { path: path.to_owned(), reason: format!("unreadable record: {e}") }
 }
@@ -116,8 +128,18 @@ impl SqliteStore {
                 }
             }
         }
-        let conn = Connection::open(path).map_err(|e| store_err(&label, e))?;
-        Self::init(conn, label)
+        // Several processes opening a new store at once: setting WAL mode or migrating can meet
+        // SQLITE_BUSY without the busy handler being consulted; try again for up to 10 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let conn = Connection::open(path).map_err(|e| store_err(&label, e))?;
+            match Self::init(conn, label.clone()) {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A private in-memory SQLite store (tests, benches).
@@ -129,9 +151,16 @@ impl SqliteStore {
     fn init(mut conn: Connection, label: String) -> Result<Self> {
         let e = |err| store_err(&label, err);
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(e)?;
-        let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(e)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e)?;
-        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(e)?;
+        // One read transaction: the three values from one snapshot, even while another process
+        // creates the schema.
+        let (app_id, version, tables) = {
+            let tx = conn.transaction().map_err(e)?;
+            let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(e)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e)?;
+            let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(e)?;
+            tx.commit().map_err(e)?;
+            (app_id, version, tables)
+        };
         let fresh = tables == 0 && version == 0 && app_id == 0;
         if !fresh && app_id != APPLICATION_ID {
             return Err(ExportError::StoreInvalid {
@@ -150,7 +179,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
         if version < SCHEMA_VERSION {
-            let tx = conn.transaction().map_err(e)?;
+            // IMMEDIATE: one process migrates at a time; the others wait (busy timeout), then
+            // read the version again and find nothing left to do.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e)?;
             for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
                 tx.execute_batch(sql).map_err(e)?;
                 tx.pragma_update(None, "user_version", v as i64 + 1).map_err(e)?;
@@ -240,8 +272,15 @@ fn not_found(run_id: &RunId) -> ExportError {
     ExportError::NotFound { path: format!("run {run_id}") }
 }
 
-/// Writes the mutable parts of `run` (inside the caller's transaction, if any).
+/// Writes the mutable parts of `run` (inside the caller's transaction, if any). A final state
+/// is final: a run already `succeeded` or `failed` only moves on to `expired`.
 fn save_run(conn: &Connection, path: &str, run: &Run) -> Result<()> {
+    let current: Option<String> = conn
+        .prepare_cached("SELECT status FROM runs WHERE run_id = ?1")
+        .and_then(|mut s| s.query_row(params![run.run_id.as_str()], |r| r.get(0)).optional())
+        .map_err(|e| store_err(path, e))?;
+    let current = current.ok_or_else(|| not_found(&run.run_id))?;
+    super::check_transition(&run.run_id, &current, run.status)?;
     let n = conn
         .prepare_cached("UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5")
         .and_then(|mut s| {
@@ -579,6 +618,28 @@ mod tests {
         drop(store);
         // Reopening keeps everything.
         SqliteStore::open(&path).unwrap().integrity_check().unwrap();
+    }
+
+    #[test]
+    fn concurrent_first_opens_of_a_new_store_all_succeed() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("new-{round}.sqlite"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SqliteStore::open(&path).map(|_| ()).map_err(|e| e.report())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            SqliteStore::open(&path).unwrap().integrity_check().unwrap();
+        }
     }
 
     #[test]
