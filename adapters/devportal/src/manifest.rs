@@ -127,6 +127,10 @@ pub struct Entry {
 pub struct BundleManifest {
     /// [`MANIFEST_VERSION`].
     pub version: String,
+    /// The bundle's own files a user runs or reads (`verify-offline.sh`,
+    /// `instructions-portable.txt`) by path, with their sha256: in the signed manifest, so a
+    /// replaced script cannot keep "signatures valid".
+    pub bundle_files: BTreeMap<String, Sha256Digest>,
     /// A UUID derived from the entries ([`bundle_id`]).
     pub bundle_id: String,
     /// The run's pinned time.
@@ -144,13 +148,19 @@ pub struct BundleManifest {
 impl BundleManifest {
     /// Builds a manifest from entries in any order: sorts them, derives `bundleId`, `sources`
     /// and `totals`.
-    pub fn new(generated_at: Timestamp, metadata: BTreeMap<String, String>, mut entries: Vec<Entry>) -> Self {
+    pub fn new(
+        generated_at: Timestamp,
+        metadata: BTreeMap<String, String>,
+        bundle_files: BTreeMap<String, Sha256Digest>,
+        mut entries: Vec<Entry>,
+    ) -> Self {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let sources = sources_of(&entries);
         let totals =
             Totals { entry_count: entries.len() as u64, total_size_bytes: entries.iter().map(|e| e.size_bytes).sum() };
         Self {
             version: MANIFEST_VERSION.to_owned(),
+            bundle_files,
             bundle_id: bundle_id(&entries),
             generated_at,
             metadata,
@@ -271,11 +281,13 @@ mod tests {
         let m = BundleManifest::new(
             t,
             BTreeMap::from([("releaseVersion".into(), "1.2.3".into())]),
+            BTreeMap::from([("verify-offline.sh".into(), Sha256Digest::of(b"#!/bin/sh"))]),
             vec![entry("sdks/python/a.py", b"x"), entry("portal/index.html", b"<p>"), entry("sdks/dotnet/A.cs", b"")],
         );
         let bytes = m.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"bundleId":""#), "{text}");
+        assert!(text.starts_with(r#"{"bundleFiles":{"verify-offline.sh":""#), "{text}");
+        assert!(text.contains(r#"},"bundleId":""#), "{text}");
         assert!(text.contains(r#""generatedAt":"2025-01-01T00:00:00Z","metadata":{"releaseVersion":"1.2.3"}"#));
         assert!(text.contains(r#""sources":{"changelogIncluded":false,"portalIncluded":true,"sdkNames":["dotnet","python"],"specsIncluded":false}"#), "{text}");
         assert!(text.contains(r#""totals":{"entryCount":3,"totalSizeBytes":4}"#), "{text}");

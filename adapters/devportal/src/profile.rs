@@ -95,7 +95,12 @@ impl Profile for DevportalOffline {
         }
 
         let anchor = ctx.time_anchor(None);
-        let manifest = BundleManifest::new(anchor.created_at, self.metadata.clone(), entries);
+        let bundle_files =
+            [(INSTRUCTIONS_FILE, INSTRUCTIONS.as_bytes()), (VERIFY_SCRIPT_FILE, VERIFY_SCRIPT.as_bytes())]
+                .into_iter()
+                .map(|(name, bytes)| (name.to_owned(), Sha256Digest::of(bytes)))
+                .collect();
+        let manifest = BundleManifest::new(anchor.created_at, self.metadata.clone(), bundle_files, entries);
         let manifest_bytes = manifest.to_bytes();
         let signature = match ctx.signer() {
             Some(signer) => Some(dsse::sign(PAYLOAD_TYPE, &manifest_bytes, &[signer])?.to_bytes()),

