@@ -69,7 +69,8 @@ fn layout_manifest_and_checksums() {
     // The example in docs/devportal.md is this manifest.
     assert_eq!(m.bundle_id, "41c19ee6-4ab4-8ab8-a52f-eda5975aba2f");
     let doc = include_str!("../../../docs/devportal.md");
-    assert!(doc.contains(&format!("{{\"bundleId\":\"{}\"", m.bundle_id)), "docs/devportal.md shows another bundleId");
+    assert!(doc.contains(&format!("\"bundleId\":\"{}\"", m.bundle_id)), "docs/devportal.md shows another bundleId");
+    assert!(doc.contains(r#"{"bundleFiles":{"instructions-portable.txt":"…","verify-offline.sh":"…"},"#));
     let types: Vec<(&str, &str, &str)> =
         m.entries.iter().map(|e| (e.path.as_str(), e.category.as_str(), e.content_type.as_str())).collect();
     assert_eq!(

@@ -98,6 +98,7 @@ fn map_batch(
         // given twice) goes through the core's `Value` parser, which reports the error or keeps
         // the last of duplicate fields, as every other profile sees it.
         let fallback: Value;
+        batch.check_ijson(i)?;
         let raw = batch.raw(i);
         let direct = std::str::from_utf8(raw).ok().and_then(|_| Osv::from_json(raw).ok());
         let osv = match direct {

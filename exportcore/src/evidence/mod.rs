@@ -16,6 +16,7 @@
 //! is an error naming it.
 
 mod dir;
+pub mod ijson;
 mod memory;
 pub mod osv;
 mod recording;
@@ -192,6 +193,16 @@ impl RecordBatch {
     pub fn raw(&self, i: usize) -> &[u8] {
         &self.buf[self.entries[i].range.clone()]
     }
+    /// Checks record `i` against I-JSON ([`ijson`]: unique member names, numbers that survive
+    /// as doubles), as [`RecordBatch::parse`] does. Profiles that read [`RecordBatch::raw`]
+    /// bytes through a typed view call it first.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_EVIDENCE_INVALID` naming the file, line and member.
+    pub fn check_ijson(&self, i: usize) -> Result<()> {
+        let e = &self.entries[i];
+        ijson_check(e, &self.buf[e.range.clone()])
+    }
     /// Where record `i` starts: its file and line.
     pub fn location(&self, i: usize) -> Location {
         let e = &self.entries[i];
@@ -203,7 +214,16 @@ impl RecordBatch {
     }
 }
 
+fn ijson_check(e: &RawEntry, bytes: &[u8]) -> Result<()> {
+    ijson::check(bytes).map_err(|v| {
+        let line =
+            if e.whole_file { 1 + bytes[..v.offset].iter().filter(|b| **b == b'\n').count() as u64 } else { e.line };
+        ExportError::evidence(Location::line(&*e.path, line), v.reason)
+    })
+}
+
 fn parse_record(kind: EvidenceKind, e: &RawEntry, bytes: &[u8]) -> Result<Record> {
+    ijson_check(e, bytes)?;
     let location = Location::line(&*e.path, e.line);
     let value: Value = serde_json::from_slice(bytes).map_err(|err| {
         let loc = if e.whole_file { Location::line(&*e.path, err.line() as u64) } else { location.clone() };

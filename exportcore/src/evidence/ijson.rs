@@ -1,0 +1,191 @@
+//! I-JSON (RFC 7493) checks on raw evidence bytes, which RFC 8785 canonical JSON requires and
+//! a JSON parser does not make: member names unique within each object (a parser keeps the
+//! last of `{"id":"X","id":"Y"}`, so the export would silently say `Y`), and numbers that
+//! survive as IEEE doubles (an integer beyond ±2^53, or a number that overflows a double or
+//! underflows to zero, would be written back as another number).
+//!
+//! One pass over the bytes, no allocation unless a member name has escapes. Syntax errors are
+//! left to the JSON parser, which reports them with a line; this scanner only needs to stay
+//! in step with valid JSON.
+
+/// What is wrong, and where: the byte offset in the checked text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Offset of the offending member name or number.
+    pub offset: usize,
+    /// What is wrong, naming the member.
+    pub reason: String,
+}
+
+/// The largest integer every IEEE double represents exactly, and its neighbours.
+const MAX_SAFE: u64 = 1 << 53;
+
+/// Checks `text` (one JSON value) for duplicate member names and numbers that do not survive
+/// as doubles. `Ok` for text that is not valid JSON: the parser reports that.
+pub fn check(text: &[u8]) -> Result<(), Violation> {
+    // One entry per open container: `Some(names seen)` for an object, `None` for an array.
+    let mut stack: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
+    let mut i = 0;
+    // In an object, the next string is a member name.
+    let mut expect_key = false;
+    let mut last_key: Vec<u8> = Vec::new();
+    while i < text.len() {
+        match text[i] {
+            b'{' => {
+                stack.push(Some(Vec::new()));
+                expect_key = true;
+                i += 1;
+            }
+            b'[' => {
+                stack.push(None);
+                expect_key = false;
+                i += 1;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+                i += 1;
+            }
+            b',' => {
+                expect_key = matches!(stack.last(), Some(Some(_)));
+                i += 1;
+            }
+            b':' => {
+                expect_key = false;
+                i += 1;
+            }
+            b'"' => {
+                let start = i;
+                let Some((end, name)) = string_at(text, i) else { return Ok(()) };
+                if expect_key {
+                    if let Some(Some(names)) = stack.last_mut() {
+                        if names.contains(&name) {
+                            return Err(Violation {
+                                offset: start,
+                                reason: format!(
+                                    "duplicate member name {:?} in one object (I-JSON, RFC 7493: names must be unique)",
+                                    String::from_utf8_lossy(&name)
+                                ),
+                            });
+                        }
+                        last_key.clone_from(&name);
+                        names.push(name);
+                    }
+                    expect_key = false;
+                }
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len() && matches!(text[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                if let Some(why) = number_problem(&text[start..i]) {
+                    let member = String::from_utf8_lossy(&last_key);
+                    return Err(Violation {
+                        offset: start,
+                        reason: format!(
+                            "number {} (member {member:?}) {why} (I-JSON, RFC 7493: numbers must survive as IEEE doubles)",
+                            String::from_utf8_lossy(&text[start..i])
+                        ),
+                    });
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The end of the string starting at `text[start] == '"'` and its content, with escapes
+/// decoded when there are any (so `"a"` and `"\u0061"` compare equal). `None` when
+/// unterminated.
+fn string_at(text: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
+    let mut i = start + 1;
+    let mut escaped = false;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let raw = &text[start + 1..i];
+                let name = if escaped {
+                    // Decode through the JSON parser itself: exactly its notion of equality.
+                    serde_json::from_slice::<String>(&text[start..=i]).ok()?.into_bytes()
+                } else {
+                    raw.to_vec()
+                };
+                return Some((i + 1, name));
+            }
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Why a number token does not survive as a double, if it does not.
+fn number_problem(token: &[u8]) -> Option<&'static str> {
+    let s = std::str::from_utf8(token).ok()?;
+    let digits = s.trim_start_matches('-');
+    if !digits.contains(['.', 'e', 'E']) {
+        let big = digits.len() > 16 || digits.parse::<u64>().map_or(true, |n| n > MAX_SAFE);
+        return big.then_some("is an integer beyond ±2^53");
+    }
+    let v: f64 = s.parse().ok()?;
+    if v.is_infinite() {
+        return Some("overflows a double");
+    }
+    let mantissa = digits.split(['e', 'E']).next().unwrap_or_default();
+    if v == 0.0 && mantissa.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        return Some("underflows to zero");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(s: &str) -> String {
+        check(s.as_bytes()).unwrap_err().reason
+    }
+
+    #[test]
+    fn duplicates_at_any_depth_and_through_escapes_are_found() {
+        assert!(reason(r#"{"id":"X","id":"Y"}"#).contains(r#"duplicate member name "id""#));
+        assert!(reason(r#"{"a":{"s":1,"t":[{"k":1,"k":2}]}}"#).contains(r#""k""#));
+        assert!(reason(r#"{"a":1,"\u0061":2}"#).contains(r#""a""#));
+        let vex = r#"{"statements":[{"status":"affected","status":"not_affected"}]}"#;
+        assert!(reason(vex).contains(r#""status""#));
+        // Same names in sibling objects, names equal to values, escaped quotes: all fine.
+        check(br#"{"a":{"x":1},"b":{"x":1},"c":"a","d":"q\"a","e":[{"x":1},{"x":2}]}"#).unwrap();
+        check(br#"{"a":"}","b":"{\"a\":1,\"a\":2}"}"#).unwrap();
+    }
+
+    #[test]
+    fn numbers_that_do_not_survive_as_doubles_are_refused() {
+        for (n, why) in [
+            ("9007199254740993", "beyond ±2^53"),
+            ("18446744073709551616", "beyond ±2^53"),
+            ("-9007199254740993", "beyond ±2^53"),
+            ("1e400", "overflows"),
+            ("1e-400", "underflows to zero"),
+            ("-0.5e-400", "underflows to zero"),
+        ] {
+            let r = reason(&format!(r#"{{"cvss":{n}}}"#));
+            assert!(r.contains(why) && r.contains(r#"member "cvss""#), "{n}: {r}");
+        }
+        for ok in ["0", "-0", "9007199254740992", "-9007199254740992", "7.5", "1e10", "0.0", "0e-400", "1.5E-300"] {
+            check(format!(r#"{{"n":{ok},"m":[{ok}]}}"#).as_bytes()).unwrap_or_else(|v| panic!("{ok}: {v:?}"));
+        }
+    }
+
+    #[test]
+    fn invalid_json_is_left_to_the_parser() {
+        for s in ["", "{", r#"{"a"#, "[1,", r#"{"a":"x"#] {
+            let _ = check(s.as_bytes());
+        }
+    }
+}
