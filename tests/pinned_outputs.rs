@@ -43,7 +43,7 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "606938c61ee225b3744f8aef86e633ccd5370a5520f863cdc2c14992d0840bdc"
+        "384a9f20816948d2d264302363fcfb36f488cc9464351a575e92da8fb0fe1c9c"
     );
-    assert_eq!(digest(&out, "manifest.json"), "c1f97d22c534822d71fe9201d6b523260a590c3a5c608e813618d265cb30ce96");
+    assert_eq!(digest(&out, "manifest.json"), "f78e2d79b30ef040c1f1ad9d60f2d09c50635abde7728189d6c1b7fa61e458bb");
 }

@@ -125,3 +125,34 @@ async fn a_signed_devportal_bundle_with_anything_beyond_its_entries_is_refused()
         assert_refused(&f, what, &options);
     }
 }
+
+/// A bundle in a run directory whose digest already failed is not opened: a decompression
+/// bomb swapped in for it costs nothing to reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_nested_bundle_is_not_inflated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
+        .execute(request)
+        .await
+        .unwrap();
+    // 1 GiB of zeros in a tar.gz of about 1 MiB, where the 24 KiB bundle was.
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "raw/advisory.ndjson", std::io::repeat(0).take(1 << 30)).unwrap();
+    std::fs::write(out.join("json-raw.tar.zst"), b.into_inner().unwrap().finish().unwrap()).unwrap();
+    let report = exportcore::verify::verify_path(&out).unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report.failures.iter().any(|f| f.path == "json-raw.tar.zst" && f.problem.contains("size")),
+        "{:?}",
+        report.failures
+    );
+    // Opened, the bomb would fail inside (no manifest.json at least): nothing of it is reported.
+    assert!(report.failures.iter().all(|f| !f.path.starts_with("json-raw.tar.zst!")), "{:?}", report.failures);
+}

@@ -22,6 +22,8 @@ use crate::error::{ExportError, Result};
 use crate::model::Compression;
 use crate::path::ArtifactPath;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Permission class of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,9 +402,20 @@ impl<R: Read> Read for CountingReader<R> {
 /// on anything `tar` could still unpack: data after the end-of-archive blocks, a second gzip
 /// member or zstd frame, trailing garbage, a bad checksum.
 pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn Read>>> {
-    let mut r = BufReader::new(r);
+    open_archive_guarded(r).map(|(archive, _)| archive)
+}
+
+/// [`open_archive`] with a guard against decompression bombs, for verifiers: while the guard is
+/// armed, the archive may expand to at most 64 MiB plus 1024 times the compressed bytes read
+/// so far (deflate cannot exceed about 1032:1; evidence compresses some 5-50:1); past that a
+/// read fails with "decompression bomb". Disarm it once the archive's manifest is read and the
+/// caller checks each entry's declared size against it (then even a legitimately huge,
+/// very compressible file reads to its end).
+pub fn open_archive_guarded<R: Read + 'static>(r: R) -> io::Result<(tar::Archive<Box<dyn Read>>, ExpansionGuard)> {
+    let guard = ExpansionGuard::default();
+    let mut r = BufReader::new(Counting { inner: r, read: Arc::clone(&guard.compressed) });
     let head = r.fill_buf()?;
-    let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+    let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         #[cfg(feature = "gzip")]
         {
             Box::new(Strict::Gzip(Box::new(flate2::bufread::GzDecoder::new(r))))
@@ -421,9 +434,73 @@ pub fn open_archive<R: Read + 'static>(r: R) -> io::Result<tar::Archive<Box<dyn 
             return Err(io::Error::other("zstd support is disabled"));
         }
     } else {
-        Box::new(r)
+        // Plain tar: nothing expands.
+        return Ok((tar::Archive::new(Box::new(r)), guard));
     };
-    Ok(tar::Archive::new(inner))
+    let guarded = Guarded { inner: decompressed, guard: guard.clone(), out: 0 };
+    Ok((tar::Archive::new(Box::new(guarded)), guard))
+}
+
+/// Handle on the decompression-bomb guard of an archive opened by [`open_archive_guarded`].
+#[derive(Clone, Debug)]
+pub struct ExpansionGuard {
+    compressed: Arc<AtomicU64>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Default for ExpansionGuard {
+    fn default() -> Self {
+        Self { compressed: Arc::new(AtomicU64::new(0)), armed: Arc::new(AtomicBool::new(true)) }
+    }
+}
+
+impl ExpansionGuard {
+    /// Stops limiting the expansion (the caller now checks declared sizes itself).
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Counts the bytes read from an archive's source.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A decompressed stream that fails once it outgrows the guard's budget.
+struct Guarded {
+    inner: Box<dyn Read>,
+    guard: ExpansionGuard,
+    out: u64,
+}
+
+impl Read for Guarded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out = self.out.saturating_add(n as u64);
+        if self.guard.armed.load(Ordering::Relaxed) {
+            let compressed = self.guard.compressed.load(Ordering::Relaxed);
+            let budget = (64u64 << 20).saturating_add(compressed.saturating_mul(1024));
+            if self.out > budget {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "expands to over {budget} bytes from {compressed} compressed before its manifest \
+                         (a decompression bomb?)"
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Consumes what is left of an archive opened by [`open_archive`] after its entries were read:

@@ -11,7 +11,6 @@
 //! # Ok::<(), exportcore::ExportError>(())
 //! ```
 
-use crate::archive::open_archive;
 use crate::error::{ExportError, IoContext, Result};
 use crate::hashing::{hash_reader, Hasher, Sha256Digest};
 use crate::manifest::{Manifest, TimeSource, MANIFEST_FILE};
@@ -263,7 +262,10 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
             Some(kind) => kind == ArtifactType::Bundle,
             None => is_archive_name(e.path.as_str()),
         };
-        if bundle && found.contains_key(e.path.as_str()) {
+        // A bundle whose own digest already failed is not opened (nothing in it can be trusted,
+        // and it may be a decompression bomb).
+        let failed = report.failures.iter().any(|f| f.path == e.path.as_str());
+        if bundle && !failed && found.contains_key(e.path.as_str()) {
             let local = dir.join(e.path.as_str());
             let f = crate::files::open_regular(&local)?;
             verify_nested_archive(f, &format!("{}!", e.path), report);
@@ -404,9 +406,14 @@ const FOREIGN_MANIFEST: &str = "not an exportcore manifest";
 
 /// Verifies an archive stream; failures are prefixed with `prefix`. Returns the archive's
 /// manifest when it could be read.
+///
+/// Reading stops early, without inflating the rest, at an entry whose size differs from what
+/// an already read `manifest.json` declares (or that it does not list), and when the archive
+/// expands like a decompression bomb before its manifest
+/// ([`crate::archive::open_archive_guarded`]).
 pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut VerifyReport) -> Option<Manifest> {
     let label = if prefix.is_empty() { report.target.clone() } else { prefix.trim_end_matches('!').to_owned() };
-    let mut ar = match open_archive(r) {
+    let (mut ar, guard) = match crate::archive::open_archive_guarded(r) {
         Ok(a) => a,
         Err(e) => {
             report.fail(label, format!("cannot read archive: {e}"));
@@ -420,6 +427,7 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             return None;
         }
     };
+    let mut declared: Option<Manifest> = None;
     let mut found = BTreeMap::new();
     let mut manifest_bytes = None;
     for entry in entries {
@@ -444,6 +452,20 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             report.fail(format!("{prefix}{name}"), format!("not a regular file ({kind:?})"));
             continue;
         }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if let Some(m) = &declared {
+            match m.entry(&name) {
+                Some(e) if e.size == size => {}
+                Some(e) => {
+                    report.fail(format!("{prefix}{name}"), format!("size {size} != manifest {} (not read)", e.size));
+                    return None;
+                }
+                None => {
+                    report.fail(format!("{prefix}{name}"), "extra file (not listed in the manifest; not read)");
+                    return None;
+                }
+            }
+        }
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut keep = (name == MANIFEST_FILE).then(Vec::new);
@@ -465,6 +487,11 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             }
         }
         if let Some(k) = keep {
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&k) {
+                // Sizes are checked against it from here on: no need to limit the expansion.
+                guard.disarm();
+                declared = Some(m);
+            }
             manifest_bytes = Some(k);
         }
         if found.insert(name.clone(), hasher.finish()).is_some() {
@@ -482,4 +509,81 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
     let m = read_manifest(&bytes, &format!("{prefix}{MANIFEST_FILE}"), report)?;
     compare(&m, &found, prefix, report);
     Some(m)
+}
+
+#[cfg(all(test, feature = "zstd"))]
+mod tests {
+    use super::*;
+    use crate::manifest::{ManifestBuilder, ManifestEntry, TimeAnchor};
+
+    /// A tar.zst of `entries` (name, declared size, bytes streamed), in the given order.
+    fn tar_zst(entries: Vec<(&str, u64, Box<dyn Read>)>) -> Vec<u8> {
+        let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = tar::Builder::new(enc);
+        for (name, size, body) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, body).unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn zeros(n: u64) -> Box<dyn Read> {
+        Box::new(std::io::repeat(0).take(n))
+    }
+
+    fn manifest_listing(name: &str, size: u64) -> Vec<u8> {
+        let mut b = ManifestBuilder::bundle("p", TimeAnchor::resolve(None, None));
+        let entry = ManifestEntry::new(
+            ArtifactPath::parse(name).unwrap_or_else(|e| panic!("{e}")),
+            size,
+            Sha256Digest::of(b""),
+            "x",
+        );
+        b.add(entry).unwrap_or_else(|e| panic!("{e}"));
+        b.build().to_canonical_bytes()
+    }
+
+    fn verify_bytes(bytes: Vec<u8>) -> VerifyReport {
+        let mut report = VerifyReport { target: "bundle".into(), ..Default::default() };
+        verify_archive(std::io::Cursor::new(bytes), "", &mut report);
+        report
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_expansion_budget() {
+        // 1 GiB of zeros before any manifest: a few hundred KiB compressed.
+        let bomb = tar_zst(vec![("a.bin", 1 << 30, zeros(1 << 30))]);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let report = verify_bytes(bomb);
+        assert!(report.failures.iter().any(|f| f.problem.contains("decompression bomb")), "{:?}", report.failures);
+    }
+
+    #[test]
+    fn after_the_manifest_an_entry_of_another_size_is_not_inflated() {
+        let manifest = manifest_listing("z.bin", 10);
+        let len = manifest.len() as u64;
+        let bytes = tar_zst(vec![
+            ("manifest.json", len, Box::new(std::io::Cursor::new(manifest))),
+            ("z.bin", 1 << 30, zeros(1 << 30)),
+        ]);
+        let report = verify_bytes(bytes);
+        assert!(
+            report.failures.iter().any(|f| f.path == "z.bin" && f.problem.contains("(not read)")),
+            "{:?}",
+            report.failures
+        );
+        let unlisted = tar_zst(vec![
+            ("manifest.json", len, Box::new(std::io::Cursor::new(manifest_listing("z.bin", 10)))),
+            ("y.bin", 5, zeros(5)),
+        ]);
+        let report = verify_bytes(unlisted);
+        assert!(
+            report.failures.iter().any(|f| f.path == "y.bin" && f.problem.contains("not listed")),
+            "{:?}",
+            report.failures
+        );
+    }
 }

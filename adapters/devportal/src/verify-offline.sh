@@ -105,6 +105,16 @@ elif [ -f "$TARGET" ]; then
   if grep -E '^/|(^|/)\.\.(/|$)' "$W/tar.names" >/dev/null; then
     die "$TARGET holds unsafe entry names (absolute or with ..)"
   fi
+  # No decompression bomb reaches the disk: read the manifest first, then extract at most what
+  # it declares (its assets' total size plus room for headers and the bundle's own files).
+  (cd "$W" && gzip -dc "$TGZ" | tar -xf - manifest.json 2>/dev/null) && [ -f "$W/manifest.json" ] \
+    || die "$TARGET has no manifest.json"
+  DECL_SIZE=$(sed -n 's/.*"totalSizeBytes":\([0-9]*\).*/\1/p' "$W/manifest.json")
+  DECL_COUNT=$(sed -n 's/.*"entryCount":\([0-9]*\).*/\1/p' "$W/manifest.json")
+  { [ -n "$DECL_SIZE" ] && [ -n "$DECL_COUNT" ]; } || die "$TARGET: manifest.json has no totals"
+  LIMIT=$((DECL_SIZE + 1024 * (DECL_COUNT + 16) + 16777216))
+  [ "$(gzip -dc "$TGZ" | head -c "$((LIMIT + 1))" | wc -c)" -le "$LIMIT" ] \
+    || die "$TARGET expands beyond what its manifest.json declares (a decompression bomb?)"
   DIR=$TMP/bundle
   if ! mkdir "$DIR" || ! (cd "$DIR" && gzip -dc "$TGZ" | tar -xf -); then die "cannot extract $TARGET"; fi
 else

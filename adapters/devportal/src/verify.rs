@@ -235,9 +235,14 @@ impl Files {
     }
 }
 
-/// Reads an archive; false when it is unreadable (reported).
+/// Reads an archive; false when it is unreadable or must not be read further (reported).
+///
+/// Decompression bombs: once `manifest.json` is read, an asset whose tar size differs from its
+/// `sizeBytes` (or that it does not list) stops the reading before its data is inflated; before
+/// that, the expansion is limited ([`exportcore::archive::open_archive_guarded`]).
 fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool {
-    let mut ar = match open_archive(f) {
+    let mut declared: Option<BundleManifest> = None;
+    let (mut ar, guard) = match exportcore::archive::open_archive_guarded(f) {
         Ok(a) => a,
         Err(e) => {
             out.fail_bundle(format!("cannot read archive: {e}"));
@@ -277,8 +282,32 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
             out.fail(&name, format!("not a regular file or directory ({kind:?})"));
             continue;
         }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if let Some(m) = declared.as_ref().filter(|_| !is_fixed(&name)) {
+            match m.entries.binary_search_by(|e| e.path.as_str().cmp(&name)) {
+                Ok(i) if m.entries[i].size_bytes == size => {}
+                Ok(i) => {
+                    out.fail(
+                        &name,
+                        format!("size {size} != manifest.json sizeBytes {} (not read)", m.entries[i].size_bytes),
+                    );
+                    return false;
+                }
+                Err(_) => {
+                    out.fail(&name, "not listed in manifest.json (not read)");
+                    return false;
+                }
+            }
+        }
+        let is_manifest = name == MANIFEST_FILE;
         if !files.add(name, entry, out) {
             return false;
+        }
+        if is_manifest {
+            declared = files.kept.get(MANIFEST_FILE).and_then(|b| BundleManifest::parse(b).ok());
+            if declared.is_some() {
+                guard.disarm(); // sizes are checked against it from here on
+            }
         }
     }
     if let Err(e) = exportcore::archive::finish_archive(ar) {

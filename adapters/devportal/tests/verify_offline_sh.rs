@@ -526,8 +526,28 @@ fn unsafe_archives_are_refused_before_extraction() {
         let o = sh(shell, &script, &src, &[tmp.path().join("nope.tgz").to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     }
-    // The genuine bundle followed by a second gzip member (tar would unpack both).
+    // A decompression bomb behind a small genuine manifest: refused before extraction.
     let f = fixture();
+    let manifest = std::fs::read(f.dir.join("manifest.json")).unwrap();
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, size, body) in [
+        ("manifest.json", manifest.len() as u64, Box::new(std::io::Cursor::new(manifest)) as Box<dyn std::io::Read>),
+        ("portal/bomb.bin", 256 << 20, Box::new(std::io::Read::take(std::io::repeat(0), 256 << 20))),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, body).unwrap();
+    }
+    let bomb_tgz = tmp.path().join("bomb.tgz");
+    std::fs::write(&bomb_tgz, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    for shell in shells() {
+        let o = sh(shell, &script, &src, &[bomb_tgz.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(text(&o).contains("decompression bomb"), "{}", text(&o));
+    }
+    // The genuine bundle followed by a second gzip member (tar would unpack both).
     let mut two = std::fs::read(&f.tgz).unwrap();
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut e, &[0u8; 1024]).unwrap();
