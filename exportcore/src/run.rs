@@ -224,6 +224,40 @@ impl Emitter {
     }
 }
 
+/// Name prefix of the staging directories runs create (under
+/// [`RunBuilder::staging_dir`], default the system temp dir).
+pub const STAGING_PREFIX: &str = "exportcore-run-";
+
+/// Removes staging directories left in `dir` by runs whose process died (SIGKILL, power loss):
+/// every `exportcore-run-*` directory that no live run holds locked. Call it at start-up with
+/// the staging directory the runs use; a running run's directory is never touched. Returns how
+/// many were removed.
+///
+/// # Errors
+/// `ERR_EXPORT_IO` when `dir` cannot be listed.
+pub fn sweep_stale_staging(dir: &std::path::Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(ExportError::io(dir, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_staging = name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX));
+        if !is_staging || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(f) = std::fs::File::open(&path) else { continue };
+        if f.try_lock().is_ok() && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(path = %path.display(), "removed stale staging directory");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Refuses request fields that this build accepts on the wire but does not implement yet, so
 /// nothing requested is silently ignored.
 pub fn check_implemented(request: &RunRequest) -> Result<()> {
@@ -286,9 +320,13 @@ async fn stage_and_publish(
         request.created_at.map(|t| TimeAnchor { created_at: t, source: TimeSource::Request }).or(options.pinned_time);
     let staging_root = options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
     let staging = tempfile::Builder::new()
-        .prefix("exportcore-run-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(&staging_root)
         .map_err(|e| ExportError::io(&staging_root, e))?;
+    // Held for the run: tells `sweep_stale_staging` this directory is in use.
+    let _staging_lock = std::fs::File::open(staging.path())
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| ExportError::io(staging.path(), e))?;
 
     let (artifacts, anchor, warnings) = {
         let profile = Arc::clone(profile);
@@ -491,4 +529,29 @@ fn stage_bytes(dir: &std::path::Path, name: &str, kind: ArtifactType, bytes: &[u
         size: bytes.len() as u64,
         sha256: Sha256Digest::of(bytes),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeping_removes_only_unlocked_staging_directories() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let stale = root.path().join(format!("{STAGING_PREFIX}stale"));
+        let live = root.path().join(format!("{STAGING_PREFIX}live"));
+        let other = root.path().join("not-ours");
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir_all(d.join("sub")).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(d.join("sub/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let lock = std::fs::File::open(&live).unwrap_or_else(|e| panic!("{e}"));
+        lock.lock().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sweep_stale_staging(root.path()).unwrap_or_else(|e| panic!("{e}")), 1);
+        assert!(!stale.exists() && live.exists() && other.exists());
+        drop(lock);
+        assert_eq!(sweep_stale_staging(root.path()).unwrap_or_else(|e| panic!("{e}")), 1);
+        assert!(!live.exists() && other.exists());
+        assert_eq!(sweep_stale_staging(&root.path().join("missing")).unwrap_or_else(|e| panic!("{e}")), 0);
+    }
 }

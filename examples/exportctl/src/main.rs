@@ -318,6 +318,14 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
     Ok(req)
 }
 
+/// Where a run into `out` stages its files: the directory that holds `out`.
+fn staging_root(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// The output directory, claimed for one run: created if absent, locked (`flock` on the
 /// directory itself, released when the process ends, even by SIGKILL), and only then checked
 /// to be empty. Two runs into one `--out` cannot both pass: the second finds the lock held, or
@@ -406,6 +414,10 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let lock = EngineLock::open(&store_path)?;
     let out_dir = OutDir::claim(&args.out)?;
     let sink = FsSink::new(&args.out)?;
+    // Stage beside --out: the same filesystem (publishing links instead of copying), and a
+    // staging directory a killed run left there is swept by the next run.
+    let staging = staging_root(&args.out);
+    exportcore::run::sweep_stale_staging(&staging)?;
     let mut builder = Exporter::builder()
         .profiles(profiles())
         .sink(sink)
@@ -414,6 +426,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .per_run_prefix(false)
         .concurrency(1)
         .pinned_time(pinned)
+        .staging_dir(&staging)
         .poll_interval(std::time::Duration::from_millis(200));
     if let Some(signer) = signer {
         builder = builder.signer_resolver(Arc::new(move |_| Ok(Arc::clone(&signer))));
@@ -430,6 +443,22 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     };
     let progress = ProgressDisplay::new();
+    // SIGINT / SIGTERM cancel the run: it fails with ERR_EXPORT_CANCELLED, deletes its staging
+    // and leaves --out as it found it.
+    let on_signal = {
+        let exporter = exporter.clone();
+        let (tenant, run_id) = (tenant.clone(), accepted.run_id.clone());
+        tokio::spawn(async move {
+            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                errln!("note: signal received: cancelling run {run_id}");
+                let _ = exporter.cancel(&tenant, &run_id).await;
+            }
+        })
+    };
     let exec = {
         let exporter = exporter.clone();
         let (tenant, run_id) = (tenant.clone(), accepted.run_id.clone());
@@ -443,6 +472,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     }
     let run = exec.await.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
+    on_signal.abort();
     progress.finish();
     if run.status != RunStatus::Succeeded {
         out_dir.abandon(&args.out);

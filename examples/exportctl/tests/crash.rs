@@ -120,3 +120,93 @@ fn sigkill_at_several_points_then_restart() {
     // At least one kill landed mid-run (the run takes seconds in a debug build).
     assert!(outcomes.iter().any(|(_, s, _)| s == "failed"), "{outcomes:?}");
 }
+
+/// `exportcore-run-*` staging directories beside `dir`'s children.
+fn staging_dirs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(exportcore::run::STAGING_PREFIX))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts `exportctl run` on `ev` into `out` and returns once the run has started.
+fn start_run(ev: &Path, out: &Path, store: &Path) -> std::process::Child {
+    let mut child = exportctl()
+        .args(["run", "--profile", "json:policy"])
+        .arg("--evidence")
+        .arg(ev)
+        .arg("--out")
+        .arg(out)
+        .arg("--store")
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exportctl ended before starting");
+        if line.starts_with("progress") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+/// SIGTERM and SIGINT cancel a run cleanly (no staging left, `--out` as found); a SIGKILLed
+/// run's staging, which nothing can clean at the time, is swept by the next run.
+#[test]
+fn signals_clean_up_and_killed_staging_is_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev = tmp.path().join("evidence");
+    let opts = evidence_gen::GenOptions { advisories: 60_000, advisories_per_file: 20_000, ..Default::default() };
+    evidence_gen::generate(&ev, &opts).unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let store = tmp.path().join("runs.sqlite");
+    let mut cancelled = 0;
+    for (i, signal) in ["TERM", "INT"].into_iter().enumerate() {
+        let out = work.join(format!("out-{i}"));
+        let child = start_run(&ev, &out, &store);
+        let st = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+        assert!(st.success());
+        let o = child.wait_with_output().unwrap();
+        if o.status.success() {
+            eprintln!("SIG{signal}: the run finished before the signal landed");
+            continue;
+        }
+        cancelled += 1;
+        assert_eq!(o.status.code(), Some(1), "SIG{signal}");
+        assert!(!out.exists(), "SIG{signal}: --out must be left as found (absent)");
+        assert!(staging_dirs(&work).is_empty(), "SIG{signal}: staging left: {:?}", staging_dirs(&work));
+    }
+    // The run takes seconds in a debug build and the signal follows its first progress line.
+    assert!(cancelled > 0, "no signal landed mid-run");
+    let out = work.join("out-killed");
+    let mut child = start_run(&ev, &out, &store);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = staging_dirs(&work);
+    assert!(!left.is_empty(), "a SIGKILLed run leaves its staging (nothing can clean it)");
+    {
+        // The next run into the same parent directory removes it.
+        let next = work.join("out-next");
+        let o = exportctl()
+            .args(["run", "--profile", "json:raw", "--evidence"])
+            .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence"))
+            .arg("--out")
+            .arg(&next)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(staging_dirs(&work).is_empty(), "stale staging not swept: {:?}", staging_dirs(&work));
+    }
+}
