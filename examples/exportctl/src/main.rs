@@ -504,13 +504,17 @@ const DEFAULT_STORE: &str = "exports.sqlite";
 /// recovery of runs left `running` by a dead process happens only under the exclusive lock,
 /// i.e. when no engine is alive.
 struct EngineLock {
-    file: std::fs::File,
+    /// `None` for `--store :memory:`: a private store no other process can see.
+    file: Option<std::fs::File>,
 }
 
 impl EngineLock {
     /// The lock beside the store's canonical path: a symlink or another spelling of the same
     /// store locks the same file.
     fn open(store: &Path) -> Result<Self, Failure> {
+        if store == Path::new(":memory:") {
+            return Ok(Self { file: None });
+        }
         let store = std::fs::canonicalize(store).map_err(|e| ExportError::io(store, e))?;
         let path = PathBuf::from(format!("{}.lock", store.display()));
         let file = std::fs::OpenOptions::new()
@@ -519,16 +523,18 @@ impl EngineLock {
             .write(true)
             .open(&path)
             .map_err(|e| ExportError::io(&path, e))?;
-        Ok(Self { file })
+        Ok(Self { file: Some(file) })
     }
 
     /// Recovers interrupted runs if no other engine is alive.
     async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<RunId>, Failure> {
-        if self.file.try_lock().is_err() {
+        if self.file.as_ref().is_some_and(|f| f.try_lock().is_err()) {
             return Ok(Vec::new());
         }
         let ids = exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?;
-        let _ = self.file.unlock();
+        if let Some(f) = &self.file {
+            let _ = f.unlock();
+        }
         for id in &ids {
             errln!("note: run {id} was interrupted (its process stopped); marked failed with ERR_EXPORT_INTERRUPTED");
         }
@@ -537,7 +543,9 @@ impl EngineLock {
 
     async fn recover_then_share(&self, exporter: &Exporter) -> Result<(), Failure> {
         self.recover_if_alone(&**exporter.store()).await?;
-        self.file.lock_shared().map_err(|e| ExportError::io("engine lock", e))?;
+        if let Some(f) = &self.file {
+            f.lock_shared().map_err(|e| ExportError::io("engine lock", e))?;
+        }
         Ok(())
     }
 }

@@ -724,3 +724,26 @@ fn the_store_lock_follows_symlinks() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\": \"failed\""), "{}", text(&o));
     assert!(text(&o).contains("ERR_EXPORT_INTERRUPTED"), "{}", text(&o));
 }
+
+/// Store paths that cannot hold a store are I/O errors naming the user's path; `:memory:`
+/// works and leaves no stray lock file.
+#[test]
+fn bad_store_paths_are_io_errors_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    for store in ["/dev/null", tmp.path().to_str().unwrap()] {
+        let out = tmp.path().join("out");
+        let o = export("json:raw", &samples(), &out, &["--store", store]);
+        assert_eq!(o.status.code(), Some(2), "{store}: {}", text(&o));
+        assert!(text(&o).contains("ERR_EXPORT_IO") && text(&o).contains(store), "{store}: {}", text(&o));
+        assert!(!out.exists());
+    }
+    let out = tmp.path().join("mem");
+    let o = exportctl()
+        .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--store", ":memory:"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!tmp.path().join(":memory:.lock").exists() && !tmp.path().join(":memory:").exists());
+}

@@ -69,12 +69,18 @@ struct Inner {
 }
 
 fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
-    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseCorrupt, DiskFull, NotADatabase, PermissionDenied, ReadOnly, SystemIoFailure,
+    };
     match e.sqlite_error_code() {
         Some(DatabaseCorrupt | NotADatabase) => ExportError::StoreInvalid {
             path: path.to_owned(),
             reason: format!("corrupt or not a SQLite database: {e}"),
         },
+        // The file system said no: an I/O error on the user's store path.
+        Some(CannotOpen | DiskFull | PermissionDenied | ReadOnly | SystemIoFailure) => {
+            ExportError::io(path, std::io::Error::other(e))
+        }
         _ => ExportError::internal_caused("sqlite store", path, e),
     }
 }
@@ -119,6 +125,12 @@ impl SqliteStore {
         let path = path.as_ref();
         let label = path.display().to_string();
         if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(ExportError::io(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                ));
+            }
             if meta.len() > 0 {
                 let mut head = [0u8; 16];
                 use std::io::Read;
