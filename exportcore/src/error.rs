@@ -105,7 +105,7 @@ pub enum ExportError {
         reason: String,
     },
     /// An artifact was not found in a sink.
-    #[error("artifact not found: {path}")]
+    #[error("not found: {path}")]
     NotFound {
         /// The artifact path.
         path: String,

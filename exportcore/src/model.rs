@@ -416,6 +416,12 @@ impl RunRequest {
                 return Err(ExportError::invalid("compressionLevel", format!("{l} is out of range 1..={max}")));
             }
         }
+        if self.created_at.is_some_and(|t| t.unix() < 0) {
+            return Err(ExportError::invalid(
+                "createdAt",
+                "before 1970-01-01T00:00:00Z: tar and zip times cannot hold it",
+            ));
+        }
         if let Some(t) = self.timeout_seconds {
             if t == 0 || t > 7 * 24 * 3600 {
                 return Err(ExportError::invalid("timeoutSeconds", format!("{t} is out of range 1..=604800")));

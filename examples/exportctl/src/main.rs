@@ -43,6 +43,16 @@ macro_rules! errln {
     }};
 }
 
+/// Text from files (names, messages quoting them) with control characters escaped, so an
+/// ESC cannot reach the terminal and a newline cannot forge another line.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 fn exit_on_write_error(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
@@ -245,7 +255,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(f) => {
-            errln!("error: {}: {}", f.err.code(), f.err.report());
+            errln!("error: {}: {}", f.err.code(), printable(&f.err.report()));
             ExitCode::from(f.exit)
         }
     }
@@ -270,6 +280,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             for k in &key {
                 let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
                 options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
+            }
+            if now.is_some() && max_age.is_none() && max_drift.is_none() {
+                return Err(ExportError::invalid("--now", "only applies with --max-age or --max-drift").into());
             }
             if max_age.is_some() || max_drift.is_some() {
                 let now = match now {
@@ -394,9 +407,22 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         return Err(not_supported("--base (mirror:delta)"));
     }
     let mut request = build_request(&args)?;
+    // An output inside the evidence would be read back as evidence by the next run.
+    if let (Ok(ev), Ok(parent)) =
+        (std::fs::canonicalize(&args.evidence), std::fs::canonicalize(staging_root(&args.out)))
+    {
+        let out = args.out.file_name().map_or(parent.clone(), |n| parent.join(n));
+        if out.starts_with(&ev) {
+            return Err(ExportError::invalid("--out", format!("{} lies inside --evidence", args.out.display())).into());
+        }
+    }
     let signer = match &args.sign_key {
         None => None,
         Some(key) => {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                errln!("warning: signing key {} is readable by group or others (chmod 600 it)", key.display());
+            }
             let key_ref = format!("file:{}", key.display());
             // The destination is the sink (--out): no `ref`.
             request.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed(key_ref.clone()));
@@ -567,6 +593,9 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
                 .map(|s| s.parse::<RunStatus>().map_err(|e| ExportError::invalid("--status", e)))
                 .transpose()?;
             let profile_id = profile.map(ProfileId::parse).transpose()?;
+            if limit.is_some_and(|l| l == 0 || l > 200) {
+                return Err(ExportError::invalid("--limit", "must be 1 to 200").into());
+            }
             let filter = RunFilter { status, profile_id, limit, ..Default::default() };
             let page = store.list(tenant, &filter).await?;
             if json {
@@ -623,7 +652,7 @@ fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {
-        outln!("FAIL {} {}: {}", f.code, f.path, f.problem);
+        outln!("FAIL {} {}: {}", f.code, printable(&f.path), printable(&f.problem));
     }
     let code = report.failures.first().map_or("ERR_EXPORT_VERIFY_FAILED", |f| f.code);
     errln!("error: {code}: {} problem(s) in {}", report.failures.len(), report.target);
@@ -635,13 +664,14 @@ fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, Failure> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| ExportError::invalid(flag, format!("not a duration: {s:?}")))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(ExportError::invalid(flag, format!("unknown duration unit {unit:?} (s, m, h, d)")).into()),
     };
+    let secs = n.checked_mul(per).ok_or_else(|| ExportError::invalid(flag, format!("{s:?} is too long")))?;
     Ok(std::time::Duration::from_secs(secs))
 }
 

@@ -747,3 +747,46 @@ fn bad_store_paths_are_io_errors_naming_them() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!tmp.path().join(":memory:.lock").exists() && !tmp.path().join(":memory:").exists());
 }
+
+/// Small contract edges: control characters in FAIL lines are escaped, `--now` alone is an
+/// error, a duration that overflows is an error, `--limit 0` is an error, an output inside the
+/// evidence is refused, a pre-1970 `--created-at` is refused, an unknown run is "not found".
+#[test]
+fn contract_edges_are_typed_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    assert!(export("json:raw", &samples(), &out, &[]).status.success());
+    // A file whose name holds ESC and a newline, added to the output: FAIL names it escaped.
+    std::fs::write(out.join("evil\u{1b}[2J\nOK fake"), b"x").unwrap();
+    let o = run_verify(&out);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(!t.contains('\u{1b}') && t.contains("\\u{1b}") && !t.lines().any(|l| l.starts_with("OK fake")), "{t}");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["verify".into(), out.to_str().unwrap().into(), "--now".into(), "2025-01-01T00:00:00Z".into()], "--now"),
+        (
+            vec!["verify".into(), out.to_str().unwrap().into(), "--max-age".into(), "999999999999999999d".into()],
+            "--max-age",
+        ),
+        (vec!["runs".into(), "list".into(), "--limit".into(), "0".into(), "--store".into(), store_of(&out)], "--limit"),
+        (
+            vec!["runs".into(), "show".into(), "export-run::default::nope".into(), "--store".into(), store_of(&out)],
+            "not found",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    // --out inside --evidence; --created-at before 1970.
+    let ev = tmp.path().join("ev");
+    std::fs::create_dir_all(ev.join("advisories")).unwrap();
+    std::fs::write(ev.join("advisories/a.json"), r#"{"id":"A","modified":"2025-01-01T00:00:00Z"}"#).unwrap();
+    let o = export("json:raw", &ev, &ev.join("out"), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("lies inside --evidence"), "{}", text(&o));
+    let o = export("json:raw", &ev, &tmp.path().join("old"), &["--created-at", "1969-12-31T23:59:59Z"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("createdAt"), "{}", text(&o));
+}

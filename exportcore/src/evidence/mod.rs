@@ -227,7 +227,12 @@ fn parse_record(kind: EvidenceKind, e: &RawEntry, bytes: &[u8]) -> Result<Record
     let location = Location::line(&*e.path, e.line);
     let value: Value = serde_json::from_slice(bytes).map_err(|err| {
         let loc = if e.whole_file { Location::line(&*e.path, err.line() as u64) } else { location.clone() };
-        ExportError::evidence(loc, format!("malformed JSON: {err}"))
+        let hint = if bytes.starts_with(b"\xEF\xBB\xBF") {
+            " (the file starts with a UTF-8 byte order mark: remove it)"
+        } else {
+            ""
+        };
+        ExportError::evidence(loc, format!("malformed JSON: {err}{hint}"))
     })?;
     let timestamp = schema::check(kind, &value).map_err(|reason| ExportError::evidence(location.clone(), reason))?;
     Ok(Record { location: if e.whole_file { Location::file(&*e.path) } else { location }, value, timestamp })
