@@ -156,3 +156,34 @@ async fn a_swapped_nested_bundle_is_not_inflated() {
     // Opened, the bomb would fail inside (no manifest.json at least): nothing of it is reported.
     assert!(report.failures.iter().all(|f| !f.path.starts_with("json-raw.tar.zst!")), "{:?}", report.failures);
 }
+
+/// A signature envelope must be byte-for-byte what was written: trailing bytes (even a
+/// newline) or reordered members fail `verify --key`, though the JSON still parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_with_trailing_bytes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let pair = exportcore_crypto::generate(exportcore_crypto::Algorithm::Ed25519).unwrap();
+    let verifier = exportcore_crypto::verifier_from_pem(&pair.public_pem).unwrap();
+    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    request.distribution =
+        Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("test"));
+    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
+        .signer(exportcore_crypto::signer_from_pem(&pair.private_pem).unwrap())
+        .execute(request)
+        .await
+        .unwrap();
+    let options = VerifyOptions { verifiers: vec![verifier], ..Default::default() };
+    assert!(exportcore::verify::verify_path_with(&out, &options).unwrap().is_ok());
+    for name in ["manifest.dsse.json", "provenance.dsse.json"] {
+        let path = out.join(name);
+        let genuine = std::fs::read(&path).unwrap();
+        let mut tampered = genuine.clone();
+        tampered.extend_from_slice(b"\n");
+        std::fs::write(&path, &tampered).unwrap();
+        let report = exportcore::verify::verify_path_with(&out, &options).unwrap();
+        assert!(report.failures.iter().any(|f| f.path == name), "{name}: {:?}", report.failures);
+        std::fs::write(&path, genuine).unwrap();
+    }
+}

@@ -325,7 +325,7 @@ fn open_envelope(
         }
         Err(e) => return Err(e),
     };
-    let payload = Envelope::parse(&bytes, name).and_then(|env| {
+    let payload = Envelope::parse_exact(&bytes, name).and_then(|env| {
         if verifiers.is_empty() {
             env.payload_bytes()
         } else {

@@ -467,7 +467,7 @@ fn check(files: &Files, options: &BundleVerifyOptions, out: &mut Out<'_>) {
         None if !verifiers.is_empty() => out.fail(SIGNATURE_FILE, "missing (a signature was required)"),
         None => {}
         Some(b) => {
-            let payload = Envelope::parse(b, SIGNATURE_FILE).and_then(|env| {
+            let payload = Envelope::parse_exact(b, SIGNATURE_FILE).and_then(|env| {
                 if verifiers.is_empty() {
                     if env.payload_type != PAYLOAD_TYPE {
                         return Err(ExportError::VerificationFailed {

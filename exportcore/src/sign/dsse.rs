@@ -65,6 +65,23 @@ impl Envelope {
         })
     }
 
+    /// Parses an envelope that must be exactly as this crate writes it (canonical JSON): no
+    /// trailing bytes, no duplicate or reordered members, nothing a verifier would skip over.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_VERIFY_FAILED` naming `what`.
+    pub fn parse_exact(bytes: &[u8], what: &str) -> Result<Self> {
+        let env = Self::parse(bytes, what)?;
+        if env.to_bytes() != bytes {
+            return Err(ExportError::VerificationFailed {
+                path: what.to_owned(),
+                reason: "not byte-for-byte the canonical envelope (trailing bytes, whitespace or reordered members)"
+                    .into(),
+            });
+        }
+        Ok(env)
+    }
+
     /// Serialises the envelope (canonical JSON, so equal envelopes give equal bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
         crate::canonical::to_vec(self).unwrap_or_default()
