@@ -181,7 +181,9 @@ impl RunBuilder {
         emit.send(RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
         let progress = Arc::new(Mutex::new(Progress::default()));
         let mut published = Vec::new();
-        let result = stage_and_publish(&self, &run, &request, &emit, &progress, &mut published).await;
+        let result = stage_and_publish(&self, &run, &request, &emit, &progress, &mut published)
+            .await
+            .map_err(|e| name_the_output(e, &self));
         let finished = Timestamp::now();
         run.finished_at = Some(finished);
         run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,6 +211,29 @@ impl RunBuilder {
                 Err(e)
             }
         }
+    }
+}
+
+/// An I/O failure inside a run's staging directory (a full disk, most often) is reported on the
+/// output the user named, with the staging file as detail: the temp name means nothing to them.
+fn name_the_output(e: ExportError, options: &RunBuilder) -> ExportError {
+    let root = options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+    match e {
+        ExportError::Io { path, source }
+            if path.starts_with(&root)
+                && path
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|rel| rel.components().next())
+                    .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(STAGING_PREFIX)) =>
+        {
+            let kind = source.kind();
+            ExportError::Io {
+                path: PathBuf::from(options.sink.location()),
+                source: std::io::Error::new(kind, format!("{source} (while staging in {})", path.display())),
+            }
+        }
+        other => other,
     }
 }
 

@@ -790,3 +790,37 @@ fn contract_edges_are_typed_errors() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("createdAt"), "{}", text(&o));
 }
+
+/// A full disk and a read-only file system are `ERR_EXPORT_IO` naming the user's `--out` (not
+/// a temp file), and leave nothing behind. Needs root and mount namespaces (`unshare -m`), so
+/// it runs with the interop tests (`EXPORTCORE_INTEROP=1`).
+#[test]
+fn a_full_or_read_only_disk_names_the_output() {
+    if std::env::var("EXPORTCORE_INTEROP").map_or(true, |v| v != "1") {
+        eprintln!("not run: needs EXPORTCORE_INTEROP=1 (root, unshare -m)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("m");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = mnt.join("out");
+    for (opts, want) in [("size=20k", "No space left on device"), ("size=1m,ro", "Read-only file system")] {
+        let script = format!(
+            "mount -t tmpfs -o {opts} tmpfs '{m}' && '{bin}' run --profile json:raw --evidence '{ev}' --out '{out}' \
+             --store '{store}'; echo \"exit=$?\"; ls -A '{m}'",
+            m = mnt.display(),
+            bin = env!("CARGO_BIN_EXE_exportctl"),
+            ev = samples().display(),
+            out = out.display(),
+            store = tmp.path().join("s.sqlite").display(),
+        );
+        let o = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().unwrap();
+        let t = text(&o);
+        assert!(o.status.success(), "unshare: {t}");
+        assert!(t.contains("exit=1") || t.contains("exit=2"), "{opts}: {t}");
+        assert!(t.contains(&format!("ERR_EXPORT_IO: I/O error on {}: {want}", out.display())), "{opts}: {t}");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let listing = stdout.lines().skip_while(|l| !l.starts_with("exit=")).skip(1).collect::<Vec<_>>();
+        assert!(listing.is_empty(), "{opts}: left behind: {listing:?}");
+    }
+}

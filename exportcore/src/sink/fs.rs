@@ -190,6 +190,10 @@ impl Sink for FsSink {
         "fs"
     }
 
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
     fn url(&self, path: &ArtifactPath) -> String {
         format!("file://{}", self.local_path(path).display())
     }

@@ -62,6 +62,11 @@ pub struct PutReceipt {
 pub trait Sink: Debug + Send + Sync + 'static {
     /// Short name for errors and logs (`fs`, `memory`, ...).
     fn name(&self) -> &str;
+    /// Where the artifacts go, for messages a user acts on (a directory, a bucket URL). The
+    /// default is [`Sink::name`]; `FsSink` gives its root directory.
+    fn location(&self) -> String {
+        self.name().to_owned()
+    }
     /// The URL a reader would use for `path`.
     fn url(&self, path: &ArtifactPath) -> String;
     /// Stores `body` under `path`, atomically.
@@ -87,6 +92,7 @@ macro_rules! forward_sink {
         #[async_trait]
         impl<S: Sink + ?Sized> Sink for $ty {
             fn name(&self) -> &str { (**self).name() }
+            fn location(&self) -> String { (**self).location() }
             fn url(&self, path: &ArtifactPath) -> String { (**self).url(path) }
             async fn put(&self, path: &ArtifactPath, body: ByteStream) -> Result<PutReceipt> { (**self).put(path, body).await }
             async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> { (**self).get(path).await }
