@@ -217,9 +217,14 @@ impl<W: Write> ArchiveWriter<W> {
         let mut counted = CountingReader { inner: data.take(size), count: 0 };
         self.builder.append_data(&mut h, p, &mut counted).map_err(|e| tar_err(p, e))?;
         if counted.count != size {
-            return Err(ExportError::internal(
-                "archive writer",
-                format!("{p}: declared {size} bytes but the data had {}", counted.count),
+            // The source ended early (a file truncated while it was being read): an I/O error
+            // a caller can tell apart and name its source.
+            return Err(ExportError::io(
+                p,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("declared {size} bytes but the data had {}", counted.count),
+                ),
             ));
         }
         self.last = Some(p.to_owned());

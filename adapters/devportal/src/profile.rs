@@ -151,7 +151,15 @@ impl Profile for DevportalOffline {
                     Source::Checksums => ar.append(path, m.mode, m.size, checksums.as_bytes())?,
                     Source::Asset(source) => {
                         let mut r = HashingReader::new(evidence.open(source)?);
-                        ar.append(path, m.mode, m.size, &mut r)?;
+                        ar.append(path, m.mode, m.size, &mut r).map_err(|e| match e {
+                            ExportError::Io { source: io, .. } if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                ExportError::evidence(
+                                    Location::file(source.as_str()),
+                                    format!("changed while the bundle was being written (it got shorter: {io})"),
+                                )
+                            }
+                            other => other,
+                        })?;
                         let (_, digest) = r.finish();
                         if digest != m.sha256 {
                             return Err(ExportError::evidence(

@@ -224,3 +224,31 @@ impl EvidenceSource for Shifting {
 fn an_asset_changing_while_packed_is_refused() {
     assert_fails(Arc::new(Shifting::default()), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "changed"]);
 }
+
+/// An asset truncated between hashing and packing (another process rewriting it).
+#[derive(Debug, Default)]
+struct Shrinking {
+    opens: AtomicUsize,
+}
+
+impl EvidenceSource for Shrinking {
+    fn describe(&self) -> String {
+        "shrinking".into()
+    }
+    fn list(&self, kind: EvidenceKind) -> Result<Vec<EvidenceItem>> {
+        Ok(if kind == EvidenceKind::Portal {
+            vec![EvidenceItem { path: ArtifactPath::parse("portal/index.html")?, size: 5 }]
+        } else {
+            vec![]
+        })
+    }
+    fn open(&self, _: &ArtifactPath) -> Result<Box<dyn Read + Send>> {
+        let n = self.opens.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(std::io::Cursor::new(if n == 0 { &b"first"[..] } else { &b"fi"[..] })))
+    }
+}
+
+#[test]
+fn an_asset_truncated_while_packed_names_it() {
+    assert_fails(Arc::new(Shrinking::default()), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "shorter"]);
+}
