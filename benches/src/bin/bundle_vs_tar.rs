@@ -9,8 +9,10 @@
 //!   record in RFC 8785 canonical form before archiving it.
 //!
 //! ```text
-//! cargo run --release -p exportcore-benches --bin bundle-vs-tar -- [--sizes 100M,1G] [--dir DIR]
+//! cargo run --release -p exportcore-benches --bin bundle-vs-tar -- [--sizes 100M,1G] [--dir DIR] [--pretty]
 //! ```
+//! `--pretty` rewrites the generated advisories as real-world input looks: one pretty-printed
+//! OSV document per `.json` file (not canonical, so json:raw takes its full parse path).
 //! For each size it prints both wall-clock times (medians of `--repeat N` alternating runs,
 //! default 3), the ratio (ours / reference) and the peak RSS of our build, measured in a child process (VmHWM) so sizes do not contaminate each
 //! other.
@@ -132,6 +134,49 @@ fn reference(evidence: &Path) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Rewrites every `.ndjson` advisory file under `dir` as one pretty-printed `.json` document per
+/// advisory; returns the evidence's new total size.
+fn prettify_advisories(dir: &Path) -> u64 {
+    use std::io::{BufRead, Write};
+    let mut n = 0u64;
+    let mut files: Vec<PathBuf> =
+        walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "ndjson")).collect();
+    files.sort();
+    for f in files {
+        let reader = std::io::BufReader::new(std::fs::File::open(&f).expect("open"));
+        for line in reader.lines() {
+            let line = line.expect("read");
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            let out = f.with_file_name(format!("adv-{n:08}.json"));
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&out).expect("create"));
+            serde_json::to_writer_pretty(&mut w, &v).expect("write");
+            w.write_all(b"\n").expect("write");
+            n += 1;
+        }
+        std::fs::remove_file(&f).expect("remove");
+    }
+    walk(dir.parent().unwrap_or(dir)).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -140,6 +185,7 @@ fn main() -> ExitCode {
     let mut sizes = vec![100 << 20, 1 << 30];
     let mut base: Option<PathBuf> = None;
     let mut repeat = 3usize;
+    let mut pretty = false;
     let mut i = 1;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -150,8 +196,13 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
+            ("--pretty", _) => {
+                pretty = true;
+                i += 1;
+                continue;
+            }
             _ => {
-                eprintln!("usage: bundle-vs-tar [--sizes 100M,1G] [--dir DIR] [--repeat N]");
+                eprintln!("usage: bundle-vs-tar [--sizes 100M,1G] [--dir DIR] [--repeat N] [--pretty]");
                 return ExitCode::from(2);
             }
         }
@@ -164,7 +215,10 @@ fn main() -> ExitCode {
     );
     for size in sizes {
         let ev = tmp.path().join(format!("ev-{size}"));
-        let summary = evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size)).expect("generate");
+        let mut summary = evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size)).expect("generate");
+        if pretty {
+            summary.bytes = prettify_advisories(&ev.join("advisories"));
+        }
         // Warm the page cache for both contenders alike.
         reference(&ev);
         for mode in ["bundle", "json:raw"] {
