@@ -198,14 +198,22 @@ fn non_nfc_names_are_normalised_and_collisions_refused() {
 }
 
 /// An asset that reads differently the second time.
-#[derive(Debug, Default)]
-struct Shifting {
+/// One asset whose bytes change between the first read (hashing) and the second (packing).
+#[derive(Debug)]
+struct Changing {
+    later: &'static [u8],
     opens: AtomicUsize,
 }
 
-impl EvidenceSource for Shifting {
+impl Changing {
+    fn to(later: &'static [u8]) -> Arc<Self> {
+        Arc::new(Self { later, opens: AtomicUsize::new(0) })
+    }
+}
+
+impl EvidenceSource for Changing {
     fn describe(&self) -> String {
-        "shifting".into()
+        "changing".into()
     }
     fn list(&self, kind: EvidenceKind) -> Result<Vec<EvidenceItem>> {
         Ok(if kind == EvidenceKind::Portal {
@@ -216,39 +224,17 @@ impl EvidenceSource for Shifting {
     }
     fn open(&self, _: &ArtifactPath) -> Result<Box<dyn Read + Send>> {
         let n = self.opens.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(std::io::Cursor::new(if n == 0 { b"first" } else { b"later" })))
+        Ok(Box::new(std::io::Cursor::new(if n == 0 { &b"first"[..] } else { self.later })))
     }
 }
 
 #[test]
 fn an_asset_changing_while_packed_is_refused() {
-    assert_fails(Arc::new(Shifting::default()), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "changed"]);
+    assert_fails(Changing::to(b"later"), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "changed"]);
 }
 
-/// An asset truncated between hashing and packing (another process rewriting it).
-#[derive(Debug, Default)]
-struct Shrinking {
-    opens: AtomicUsize,
-}
-
-impl EvidenceSource for Shrinking {
-    fn describe(&self) -> String {
-        "shrinking".into()
-    }
-    fn list(&self, kind: EvidenceKind) -> Result<Vec<EvidenceItem>> {
-        Ok(if kind == EvidenceKind::Portal {
-            vec![EvidenceItem { path: ArtifactPath::parse("portal/index.html")?, size: 5 }]
-        } else {
-            vec![]
-        })
-    }
-    fn open(&self, _: &ArtifactPath) -> Result<Box<dyn Read + Send>> {
-        let n = self.opens.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(std::io::Cursor::new(if n == 0 { &b"first"[..] } else { &b"fi"[..] })))
-    }
-}
-
+/// Truncated between hashing and packing (another process rewriting it).
 #[test]
 fn an_asset_truncated_while_packed_names_it() {
-    assert_fails(Arc::new(Shrinking::default()), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "shorter"]);
+    assert_fails(Changing::to(b"fi"), "ERR_EXPORT_EVIDENCE_INVALID", &["portal/index.html", "shorter"]);
 }
