@@ -197,7 +197,6 @@ fn non_nfc_names_are_normalised_and_collisions_refused() {
     assert_fails(dir_ev(d.path()), "ERR_EXPORT_PATH_UNSAFE", &["NFC", "portal/caf"]);
 }
 
-/// An asset that reads differently the second time.
 /// One asset whose bytes change between the first read (hashing) and the second (packing).
 #[derive(Debug)]
 struct Changing {
