@@ -214,16 +214,16 @@ impl<W: Write> ArchiveWriter<W> {
             }
         }
         let mut h = self.header(tar::EntryType::Regular, mode.bits(), size)?;
-        let mut counted = CountingReader { inner: data.take(size), count: 0 };
+        let mut counted = Counting::new(data.take(size));
         self.builder.append_data(&mut h, p, &mut counted).map_err(|e| tar_err(p, e))?;
-        if counted.count != size {
+        if counted.count() != size {
             // The source ended early (a file truncated while it was being read): an I/O error
             // a caller can tell apart and name its source.
             return Err(ExportError::io(
                 p,
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("declared {size} bytes but the data had {}", counted.count),
+                    format!("declared {size} bytes but the data had {}", counted.count()),
                 ),
             ));
         }
@@ -387,19 +387,6 @@ impl Write for StreamedTarGz {
     }
 }
 
-struct CountingReader<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// Opens a (plain, gzip or zstd) tar archive for reading, strictly: a compressed archive is
 /// exactly one gzip member or one zstd frame, its checksums (gzip CRC-32 and ISIZE, zstd
 /// content checksum) are verified when the stream ends, and bytes after it are an error. Read
@@ -466,10 +453,20 @@ impl ExpansionGuard {
     }
 }
 
-/// Counts the bytes read from an archive's source.
+/// Counts the bytes read through it, in a counter others may share (the bomb guard reads the
+/// compressed count while the decompressor reads).
 struct Counting<R> {
     inner: R,
     read: Arc<AtomicU64>,
+}
+
+impl<R> Counting<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, read: Arc::new(AtomicU64::new(0)) }
+    }
+    fn count(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
 }
 
 impl<R: Read> Read for Counting<R> {

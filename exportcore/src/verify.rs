@@ -427,9 +427,11 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             return None;
         }
     };
+    // The archive's manifest, read (once) as soon as its entry is: it declares the sizes of the
+    // entries after it.
     let mut declared: Option<Manifest> = None;
+    let mut manifest_seen = false;
     let mut found = BTreeMap::new();
-    let mut manifest_bytes = None;
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
@@ -487,12 +489,12 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             }
         }
         if let Some(k) = keep {
-            if let Ok(m) = serde_json::from_slice::<Manifest>(&k) {
+            manifest_seen = true;
+            declared = read_manifest(&k, &format!("{prefix}{MANIFEST_FILE}"), report);
+            if declared.is_some() {
                 // Sizes are checked against it from here on: no need to limit the expansion.
                 guard.disarm();
-                declared = Some(m);
             }
-            manifest_bytes = Some(k);
         }
         if found.insert(name.clone(), hasher.finish()).is_some() {
             report.fail(format!("{prefix}{name}"), "duplicate entry");
@@ -502,11 +504,11 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
         report.fail(label, format!("archive is corrupt: {e}"));
         return None;
     }
-    let Some(bytes) = manifest_bytes else {
+    if !manifest_seen {
         report.fail(format!("{prefix}{MANIFEST_FILE}"), "missing");
         return None;
-    };
-    let m = read_manifest(&bytes, &format!("{prefix}{MANIFEST_FILE}"), report)?;
+    }
+    let m = declared?;
     compare(&m, &found, prefix, report);
     Some(m)
 }
