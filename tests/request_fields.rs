@@ -28,6 +28,7 @@ const FIELDS: &[&str] = &[
     "compressionLevel",
     "timeoutSeconds",
     "strict",
+    "selectors",
 ];
 
 fn samples() -> exportcore::DirEvidence {
@@ -76,6 +77,7 @@ fn the_field_list_is_complete() {
     full.compression_level = Some(1);
     full.timeout_seconds = Some(1);
     full.strict = true;
+    full.selectors = exportcore::Selectors::default().ecosystems(["PyPI"]);
     let v = serde_json::to_value(&full).unwrap();
     let keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, FIELDS.iter().copied().collect::<BTreeSet<_>>(), "a RunRequest field has no check here");
@@ -100,6 +102,9 @@ async fn each_output_field_changes_the_output() {
     let mut r = base();
     r.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
     cases.push(("createdAt", r));
+    let mut r = base();
+    r.selectors = exportcore::Selectors::default().ecosystems(["PyPI"]);
+    cases.push(("selectors", r));
     for (field, request) in cases {
         let got = digests(&run(request).await.unwrap());
         assert_ne!(got, reference, "{field} did not change the output");

@@ -336,6 +336,7 @@ pub async fn profile_honours_cancel(
         scratch_seq: 0,
         signer: None,
         warnings: Vec::new(),
+        selection: None,
     };
     let result = profile.export(&mut ctx);
     assert!(flag.is_cancelled(), "the profile never opened an evidence file");

@@ -94,6 +94,7 @@ mod pgzip;
 pub mod profile;
 pub mod purl;
 pub mod run;
+pub mod select;
 pub mod sign;
 pub mod sink;
 #[cfg(feature = "engine")]
@@ -114,6 +115,7 @@ pub use profile::{
     check_supported, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles, StagedArtifact,
 };
 pub use run::{RunBuilder, RunOutcome};
+pub use select::{SelectedEvidence, Selection, Selectors};
 pub use sink::{ByteStream, FsSink, InMemorySink, ObjectMeta, PutReceipt, Sink, SinkExt};
 
 /// What an implementer of [`Profile`], [`Sink`] or [`EvidenceSource`] needs in scope:

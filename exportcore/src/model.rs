@@ -8,6 +8,7 @@ use crate::error::{ExportError, Result};
 use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
 use crate::path::ArtifactPath;
+use crate::select::Selectors;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -291,6 +292,10 @@ pub struct RunRequest {
     /// has no bucket for) as an error.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Which evidence to export (ecosystems, packages, ids, a modification window); empty
+    /// means everything. See [`crate::select`].
+    #[serde(default, skip_serializing_if = "Selectors::is_empty")]
+    pub selectors: Selectors,
 }
 
 /// Limits enforced on requests (seed 000 "Limits").
@@ -334,6 +339,7 @@ impl RunRequest {
             compression_level: None,
             timeout_seconds: None,
             strict: false,
+            selectors: Selectors::default(),
         }
     }
 
@@ -427,6 +433,7 @@ impl RunRequest {
                 return Err(ExportError::invalid("timeoutSeconds", format!("{t} is out of range 1..=604800")));
             }
         }
+        self.selectors.validate()?;
         if let Some(e) = &self.encryption {
             if e.enabled && e.kms_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
                 return Err(ExportError::invalid("encryption.kmsKey", "required when encryption is enabled"));
@@ -491,6 +498,8 @@ impl RunRequestBuilder {
         timeout_seconds: u64 => |r, v| r.timeout_seconds = Some(v);
         /// Fail on evidence a profile would skip with a warning.
         strict: bool => |r, v| r.strict = v;
+        /// Which evidence to export.
+        selectors: Selectors => |r, v| r.selectors = v;
     }
 
     /// Validate against these limits instead of the defaults.
@@ -855,6 +864,7 @@ mod tests {
             compression_level: _,
             timeout_seconds: _,
             strict: _,
+            selectors: _,
         } = RunRequest::new(ProfileId::from_static("p"));
     }
 

@@ -230,6 +230,7 @@ pub struct ExportContext<'a> {
     pub(crate) scratch_seq: u64,
     pub(crate) signer: Option<Arc<dyn crate::sign::Signer>>,
     pub(crate) warnings: Vec<crate::model::RunError>,
+    pub(crate) selection: Option<&'a crate::select::SelectedEvidence>,
 }
 
 impl Debug for ExportContext<'_> {
@@ -251,6 +252,20 @@ impl<'a> ExportContext<'a> {
     /// The evidence to read.
     pub fn evidence(&self) -> &'a dyn EvidenceSource {
         self.evidence
+    }
+
+    /// Call when the profile found no records to export (`what` names what it looked for).
+    /// Fails with `ERR_EXPORT_EVIDENCE_EMPTY` when the evidence holds none; returns `Ok` when
+    /// the request's selectors left out every record the evidence holds, so the profile
+    /// writes its outputs empty and the run succeeds with `WARN_EXPORT_SELECTION_EMPTY`.
+    ///
+    /// # Errors
+    /// [`ExportError::EvidenceEmpty`] naming the evidence and `what`.
+    pub fn no_records(&self, what: impl Into<String>) -> Result<()> {
+        match self.selection {
+            Some(s) if s.selection().seen() > 0 => Ok(()),
+            _ => Err(ExportError::EvidenceEmpty { root: self.evidence.describe(), what: what.into() }),
+        }
     }
 
     /// The request's targets, or `default` when it names none.

@@ -43,6 +43,7 @@ use crate::manifest::{
 use crate::model::{ArtifactType, Output, Progress, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::path::ArtifactPath;
 use crate::profile::{ArtifactSpec, CancelFlag, ExportContext, Profile, StagedArtifact};
+use crate::select::SelectedEvidence;
 use crate::sign::provenance::{self, ProvenanceInput, Resource};
 use crate::sign::{dsse, Signer};
 use crate::sink::Sink;
@@ -324,6 +325,14 @@ async fn stage_and_publish(
     options.cancel.check()?;
     check_implemented(request)?;
     profile.validate(request)?;
+    // Selectors in canonical order: the order a user wrote them in never changes a byte.
+    let normalized;
+    let request = if request.selectors.is_empty() {
+        request
+    } else {
+        normalized = RunRequest { selectors: request.selectors.normalized(), ..request.clone() };
+        &normalized
+    };
     let evidence = Arc::clone(&options.evidence);
     let signer = match (request.signing_enabled(), &options.signer) {
         (false, _) => None,
@@ -339,6 +348,16 @@ async fn stage_and_publish(
     let recording = signer.as_ref().map(|_| Arc::new(RecordingEvidence::new(Arc::clone(&evidence))));
     let evidence: Arc<dyn EvidenceSource> = match &recording {
         Some(r) => Arc::clone(r) as Arc<dyn EvidenceSource>,
+        None => evidence,
+    };
+    // Selectors are applied once, here, for every profile.
+    let selected = if request.selectors.is_empty() {
+        None
+    } else {
+        Some(Arc::new(SelectedEvidence::new(Arc::clone(&evidence), &request.selectors)?))
+    };
+    let evidence: Arc<dyn EvidenceSource> = match &selected {
+        Some(s) => Arc::clone(s) as Arc<dyn EvidenceSource>,
         None => evidence,
     };
     let pinned =
@@ -362,6 +381,7 @@ async fn stage_and_publish(
         let emit = emit.clone();
         let progress = Arc::clone(progress);
         let profile_signer = signer.clone();
+        let profile_selected = selected.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor, Vec<RunError>)> {
             let report = move |p: Progress| {
                 let changed = {
@@ -386,6 +406,7 @@ async fn stage_and_publish(
                 scratch_seq: 0,
                 signer: profile_signer,
                 warnings: Vec::new(),
+                selection: profile_selected.as_deref(),
             };
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;
@@ -408,9 +429,24 @@ async fn stage_and_publish(
     if artifacts.is_empty() {
         return Err(ExportError::internal("profile", "wrote no artifacts"));
     }
+    let selection = selected.map(|s| s.selection());
+    let mut warnings = warnings;
+    if let Some(sel) = selection.as_ref().filter(|s| s.selected() == 0 && s.seen() > 0) {
+        warnings.push(RunError {
+            code: "WARN_EXPORT_SELECTION_EMPTY".into(),
+            message: format!("the selectors kept none of the {} records read: the outputs hold no records", sel.seen()),
+        });
+    }
 
     // The run manifest, staged like any artifact.
     let mut builder = ManifestBuilder::run(request.profile_id.as_str(), anchor);
+    if let Some(sel) = &selection {
+        builder.metadata(
+            "selection",
+            serde_json::to_value(sel)
+                .map_err(|e| ExportError::internal_caused("selection", "serialising the selection", e))?,
+        );
+    }
     for a in &artifacts {
         builder.add(
             ManifestEntry::new(a.spec.path.clone(), a.size, a.sha256, a.spec.media_type.clone())
@@ -445,6 +481,7 @@ async fn stage_and_publish(
             dependencies,
             time: anchor.created_at,
             tenant: run.tenant.as_str(),
+            selection: selection.as_ref(),
         });
         let statement_bytes = crate::canonical::to_vec(&statement)
             .map_err(|e| ExportError::internal_caused("provenance", "serialising the in-toto statement", e))?;

@@ -106,6 +106,10 @@ pub struct VerifyReport {
     pub failures: Vec<VerifyFailure>,
     /// Whether signatures were present and checked (meaningful when nothing failed).
     pub signatures: Signatures,
+    /// What the run's selectors selected, as its manifest claims (`metadata.selection`), when
+    /// the run had selectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<crate::select::Selection>,
 }
 
 impl VerifyReport {
@@ -251,6 +255,12 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
     }
     let bytes = crate::files::read_capped(&manifest_path, crate::files::MAX_MANIFEST_BYTES)?;
     let Some(manifest) = read_manifest(&bytes, MANIFEST_FILE, report) else { return Ok(()) };
+    if let Some(selection) = manifest.metadata.get("selection") {
+        match serde_json::from_value(selection.clone()) {
+            Ok(s) => report.selection = Some(s),
+            Err(e) => report.fail(MANIFEST_FILE, format!("metadata.selection is malformed: {e}")),
+        }
+    }
     for sidecar in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE] {
         found.remove(sidecar);
     }

@@ -3,8 +3,8 @@ use exportcore::bundle::write_bundle;
 use exportcore::evidence::schema::vex_statements;
 use exportcore::purl;
 use exportcore::{
-    check_supported, Compression, EvidenceKind, ExportContext, ExportError, Format, Profile, ProfileDescriptor,
-    Progress, Records, Result, RunRequest, Timestamp,
+    check_supported, Compression, EvidenceKind, ExportContext, Format, Profile, ProfileDescriptor, Progress, Records,
+    Result, RunRequest, Timestamp,
 };
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -298,10 +298,7 @@ impl Profile for JsonPolicy {
             findings += 1;
         }
         if raw_records == 0 && findings == 0 {
-            return Err(ExportError::EvidenceEmpty {
-                root: ctx.evidence().describe(),
-                what: "policy findings and raw targets".into(),
-            });
+            ctx.no_records("policy findings and raw targets")?;
         }
         for w in writers {
             files.push(w.finish()?);

@@ -209,10 +209,7 @@ impl Profile for JsonRaw {
         let compression = ctx.compression_or(Compression::Zstd);
         let (files, records, newest) = export_raw(ctx, &targets, &formats, (0, 90))?;
         if records == 0 {
-            return Err(ExportError::EvidenceEmpty {
-                root: ctx.evidence().describe(),
-                what: targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
-            });
+            ctx.no_records(targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))?;
         }
         let anchor = ctx.time_anchor(newest);
         let manifest = base_manifest("json:raw", anchor, &targets, &formats, compression);

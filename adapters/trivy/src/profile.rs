@@ -255,10 +255,7 @@ impl Profile for TrivyDb {
             },
         )?;
         if collector.is_empty() {
-            return Err(ExportError::EvidenceEmpty {
-                root: ctx.evidence().describe(),
-                what: "OSV advisories Trivy can use".into(),
-            });
+            ctx.no_records("OSV advisories Trivy can use")?;
         }
         report.buckets = buckets.into_iter().collect();
         let sk = report.skipped;
@@ -345,13 +342,9 @@ impl Profile for TrivyJavaDb {
         drop(file);
         std::fs::remove_file(&db_path).map_err(|e| ExportError::io(&db_path, e))?;
         let mut report = DbReport { schema_version: 1, ..Default::default() };
-        let evidence = ctx.evidence();
         crate::java::build(ctx, &db_path, &mut report)?;
         if report.maven_entries == 0 {
-            return Err(ExportError::EvidenceEmpty {
-                root: evidence.describe(),
-                what: "Maven index entries (java/*.ndjson)".into(),
-            });
+            ctx.no_records("Maven index entries (java/*.ndjson)")?;
         }
         let anchor = ctx.time_anchor(None);
         let meta = package::metadata(1, anchor.created_at, 24 * 3);

@@ -11,7 +11,7 @@ use exportcore::store::{RunFilter, RunStore, SqliteStore};
 use exportcore::verify::{Signatures, StalenessPolicy, VerifyOptions};
 use exportcore::{
     Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, ProfileId, Profiles,
-    RunEvent, RunId, RunRequest, RunStatus, Target, TenantId, TimeAnchor, Timestamp,
+    RunEvent, RunId, RunRequest, RunStatus, Selectors, Target, TenantId, TimeAnchor, Timestamp,
 };
 use futures::StreamExt;
 use std::io::IsTerminal;
@@ -218,6 +218,24 @@ struct RunArgs {
     /// Fail on evidence the profile would otherwise skip with a warning.
     #[arg(long)]
     strict: bool,
+    /// Export only records of these OSV ecosystems (`PyPI`, `Alpine:v3.19`, or a family such
+    /// as `Alpine`); repeatable.
+    #[arg(long = "ecosystem", value_name = "ECOSYSTEM", num_args = 1..)]
+    ecosystems: Vec<String>,
+    /// Export only records modified at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Export only records modified before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Export only records about packages under this purl prefix (`pkg:pypi/django`,
+    /// `pkg:npm/@angular/`); repeatable.
+    #[arg(long = "package", value_name = "PURL", num_args = 1..)]
+    packages: Vec<String>,
+    /// Export only records about these advisory or vulnerability ids (aliases included);
+    /// repeatable.
+    #[arg(long = "id", value_name = "ID", num_args = 1..)]
+    ids: Vec<String>,
 }
 
 /// An error plus the exit code it maps to.
@@ -327,6 +345,16 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
     req.retention_days = args.retention_days;
     req.compression_level = args.compression_level;
     req.strict = args.strict;
+    let time = |flag: &str, t: &Option<String>| {
+        t.as_deref().map(|t| Timestamp::parse(t).map_err(|e| ExportError::invalid(flag, e))).transpose()
+    };
+    let mut selectors = Selectors::default()
+        .ecosystems(args.ecosystems.iter().cloned())
+        .packages(args.packages.iter().cloned())
+        .ids(args.ids.iter().cloned());
+    selectors.modified_since = time("--since", &args.since)?;
+    selectors.modified_until = time("--until", &args.until)?;
+    req.selectors = selectors;
     req.validate(&Limits::default())?;
     Ok(req)
 }
@@ -514,6 +542,9 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             outln!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
         }
     }
+    for w in &run.warnings {
+        errln!("warning: {}: {}", w.code, printable(&w.message));
+    }
     match run.errors.first() {
         None => Ok(ExitCode::SUCCESS),
         Some(e) => {
@@ -649,6 +680,9 @@ fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
             Signatures::Unsigned => "unsigned: origin not proven",
         };
         outln!("OK {}: {} entries verified, {signed}", report.target, report.verified);
+        if let Some(sel) = &report.selection {
+            outln!("{}", printable(&describe_selection(sel)));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {
@@ -657,6 +691,30 @@ fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
     let code = report.failures.first().map_or("ERR_EXPORT_VERIFY_FAILED", |f| f.code);
     errln!("error: {code}: {} problem(s) in {}", report.failures.len(), report.target);
     Ok(ExitCode::from(1))
+}
+
+/// One line saying what a run selected: `selection: ecosystems=PyPI; advisory 10/60, vex 1/4`.
+fn describe_selection(sel: &exportcore::Selection) -> String {
+    let s = &sel.selectors;
+    let mut parts = Vec::new();
+    for (name, values) in [("ecosystems", &s.ecosystems), ("packages", &s.packages), ("ids", &s.ids)] {
+        if !values.is_empty() {
+            parts.push(format!("{name}={}", values.join(",")));
+        }
+    }
+    if let Some(t) = s.modified_since {
+        parts.push(format!("since={t}"));
+    }
+    if let Some(t) = s.modified_until {
+        parts.push(format!("until={t}"));
+    }
+    let counts: Vec<String> =
+        sel.counts.iter().map(|(kind, c)| format!("{kind} {}/{} selected", c.selected, c.seen)).collect();
+    format!(
+        "selection: {}; {}",
+        parts.join(" "),
+        if counts.is_empty() { "no records read".into() } else { counts.join(", ") }
+    )
 }
 
 /// `30d`, `12h`, `90m`, `3600s` or plain seconds.

@@ -42,6 +42,8 @@ pub struct ProvenanceInput<'a> {
     pub time: Timestamp,
     /// The tenant (`internalParameters`).
     pub tenant: &'a str,
+    /// What the selectors selected (`internalParameters.selection`), when the request had any.
+    pub selection: Option<&'a crate::select::Selection>,
 }
 
 /// The builder id: this crate and its version.
@@ -57,6 +59,10 @@ pub fn statement(input: &ProvenanceInput<'_>) -> Value {
     for d in &input.dependencies {
         deps.insert(&d.name, &d.sha256);
     }
+    let mut internal = json!({"tenant": input.tenant, "profileId": input.request.profile_id});
+    if let Some(selection) = input.selection {
+        internal["selection"] = serde_json::to_value(selection).unwrap_or(Value::Null);
+    }
     json!({
         "_type": STATEMENT_TYPE,
         "subject": subjects.iter().map(|s| json!({"name": s.name, "digest": {"sha256": s.sha256.to_hex()}})).collect::<Vec<_>>(),
@@ -65,7 +71,7 @@ pub fn statement(input: &ProvenanceInput<'_>) -> Value {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": serde_json::to_value(input.request).unwrap_or(Value::Null),
-                "internalParameters": {"tenant": input.tenant, "profileId": input.request.profile_id},
+                "internalParameters": internal,
                 "resolvedDependencies": deps.iter().map(|(name, d)| json!({
                     "uri": format!("evidence:{name}"),
                     "name": name,
