@@ -10,7 +10,8 @@ mod common;
 
 use common::{interop_dir, interop_enabled, interop_python, samples, text};
 use exportcore::{
-    DirEvidence, EvidenceSource, FsSink, Profile, ProfileId, RunBuilder, RunRequest, RunStatus, TenantId, Timestamp,
+    DirEvidence, EvidenceSource, FsSink, Profile, ProfileId, RunBuilder, RunRequest, RunStatus, Selectors, TenantId,
+    Timestamp,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -48,9 +49,17 @@ async fn build(profile: Arc<dyn Profile>, evidence: Arc<dyn EvidenceSource>, out
 
 /// A Trivy cache dir holding our trivy.db (+ java-db) built from `evidence`.
 async fn make_cache(tmp: &Path, name: &str, evidence: PathBuf) -> PathBuf {
+    make_selected_cache(tmp, name, evidence, Selectors::default()).await
+}
+
+/// [`make_cache`] with the trivy.db built under `selectors`.
+async fn make_selected_cache(tmp: &Path, name: &str, evidence: PathBuf, selectors: Selectors) -> PathBuf {
     let ev: Arc<dyn EvidenceSource> = Arc::new(DirEvidence::new(evidence).unwrap());
     let (db_out, java_out) = (tmp.join(format!("{name}-db")), tmp.join(format!("{name}-java")));
-    build(Arc::new(exportcore_trivy::TrivyDb), Arc::clone(&ev), &db_out, "trivy:db").await;
+    let mut req = RunRequest::new(ProfileId::from_static("trivy:db"));
+    req.created_at = Some(Timestamp::parse("2025-06-01T00:00:00Z").unwrap());
+    req.selectors = selectors;
+    run(Arc::new(exportcore_trivy::TrivyDb), Arc::clone(&ev), &db_out, req).await;
     build(Arc::new(exportcore_trivy::TrivyJavaDb), ev, &java_out, "trivy:java-db").await;
     let cache = tmp.join(format!("{name}-cache"));
     // Install the way an operator would: extract the tarballs Trivy downloads.
@@ -169,6 +178,45 @@ async fn a_changed_database_fails_the_comparison() {
         got.iter().any(|f| f["PkgName"] == "lodash" && f["FixedVersion"].as_str().unwrap().contains("4.17.99")),
         "{got:?}"
     );
+}
+
+/// Lowercase names of the packages the sample advisories of `ecosystem` (family) affect.
+fn sample_packages(ecosystem: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![samples().join("advisories")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            for a in v["affected"].as_array().into_iter().flatten() {
+                let eco = a["package"]["ecosystem"].as_str().unwrap_or_default();
+                if eco.split(':').next() == Some(ecosystem) {
+                    names.push(a["package"]["name"].as_str().unwrap().to_lowercase());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_db_selected_by_ecosystem_finds_only_that_ecosystem() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = make_selected_cache(tmp.path(), "pypi", samples(), Selectors::default().ecosystems(["PyPI"])).await;
+    let got = findings(&cache, "rootfs", &fixtures().join("rootfs"));
+    let (pypi, alpine) = (sample_packages("PyPI"), sample_packages("Alpine"));
+    let name = |f: &Value| f["PkgName"].as_str().unwrap().to_lowercase();
+    let want: Vec<Value> = expected("expected-rootfs.json").into_iter().filter(|f| pypi.contains(&name(f))).collect();
+    assert!(!want.is_empty(), "the fixture has PyPI findings");
+    assert_eq!(got, want, "exactly the PyPI findings of the full database");
+    assert!(got.iter().all(|f| !alpine.contains(&name(f))), "no Alpine finding: {got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,16 +231,16 @@ impl Selectors {
             }
             Ok(run.to_vec())
         }
-        let bound =
-            |field: &str, d: Option<Timestamp>, r: Option<Timestamp>, widens: fn(Timestamp, Timestamp) -> bool| match (
-                d, r,
-            ) {
-                (Some(d), Some(r)) if widens(d, r) => Err(ExportError::invalid(
-                    format!("selectors.{field}"),
-                    format!("{r} widens the profile's window (bound {d})"),
-                )),
-                (d, r) => Ok(r.or(d)),
-            };
+        let bound = |field: &str,
+                     d: Option<Timestamp>,
+                     r: Option<Timestamp>,
+                     widens: fn(Timestamp, Timestamp) -> bool| match (d, r) {
+            (Some(d), Some(r)) if widens(d, r) => Err(ExportError::invalid(
+                format!("selectors.{field}"),
+                format!("{r} widens the profile's window (bound {d})"),
+            )),
+            (d, r) => Ok(r.or(d)),
+        };
         let out = Selectors {
             ecosystems: within("ecosystems", &self.ecosystems, &run.ecosystems, |d, r| {
                 let (d, r) = (d.to_ascii_lowercase(), r.to_ascii_lowercase());

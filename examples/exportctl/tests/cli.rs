@@ -824,3 +824,53 @@ fn a_full_or_read_only_disk_names_the_output() {
         assert!(listing.is_empty(), "{opts}: left behind: {listing:?}");
     }
 }
+
+#[test]
+fn selectors_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let pinned = ["--created-at", "2025-01-01T00:00:00Z"];
+    let o = export(
+        "json:raw",
+        &samples(),
+        &a,
+        &[&pinned[..], &["--ecosystem", "PyPI", "npm", "--since", "2020-01-01T00:00:00Z"]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = export(
+        "json:raw",
+        &samples(),
+        &b,
+        &[&pinned[..], &["--since", "2020-01-01T00:00:00Z", "--ecosystem", "npm", "--ecosystem", "PyPI"]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(tree(&a), tree(&b), "the order of selectors changes no byte");
+    let v = run_verify(&a);
+    assert!(v.status.success(), "{}", text(&v));
+    let line = String::from_utf8_lossy(&v.stdout).lines().find(|l| l.starts_with("selection:")).map(str::to_owned);
+    let line = line.unwrap_or_else(|| panic!("verify prints the selection: {}", text(&v)));
+    assert!(line.contains("ecosystems=PyPI,npm since=2020-01-01T00:00:00Z"), "{line}");
+    assert!(line.contains("advisory ") && line.contains(" selected"), "{line}");
+
+    // A window that selects nothing: an empty, verifiable run and a warning.
+    let empty = tmp.path().join("empty");
+    let o = export("trivy:db", &samples(), &empty, &["--until", "1990-01-01T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("warning: WARN_EXPORT_SELECTION_EMPTY"), "{}", text(&o));
+    let v = run_verify(&empty);
+    assert!(v.status.success(), "{}", text(&v));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("advisory 0/"), "{}", text(&v));
+
+    // Bad selectors: typed errors naming the flag or field, nothing under --out.
+    let s = samples();
+    assert_run_fails(&s, &["--package", "django"], "ERR_EXPORT_REQUEST_INVALID", "selectors.packages[0]");
+    assert_run_fails(&s, &["--package", "pkg:pypi/django@4.2"], "ERR_EXPORT_REQUEST_INVALID", "names a version");
+    assert_run_fails(&s, &["--since", "yesterday"], "ERR_EXPORT_REQUEST_INVALID", "--since");
+    assert_run_fails(
+        &s,
+        &["--since", "2024-02-01T00:00:00Z", "--until", "2024-01-01T00:00:00Z"],
+        "ERR_EXPORT_REQUEST_INVALID",
+        "selectors.modifiedUntil",
+    );
+    assert_run_fails(&s, &["--id", "CVE 1"], "ERR_EXPORT_REQUEST_INVALID", "selectors.ids[0]");
+}
