@@ -381,6 +381,8 @@ struct Matcher {
     ids: HashSet<String>,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
+    /// `\u`, `"ecosystem"`, `"modified"`, for [`Matcher::certainly_unselected`].
+    finders: [memchr::memmem::Finder<'static>; 3],
 }
 
 impl Matcher {
@@ -391,6 +393,8 @@ impl Matcher {
             ids: s.ids.iter().map(|i| i.to_ascii_uppercase()).collect(),
             since: s.modified_since,
             until: s.modified_until,
+            finders: [&b"\\u"[..], b"\"ecosystem\"", b"\"modified\""]
+                .map(|n| memchr::memmem::Finder::new(n).into_owned()),
         }
     }
 
@@ -399,17 +403,56 @@ impl Matcher {
         !self.ecosystems.is_empty() || !self.packages.is_empty()
     }
 
+    /// A record's ecosystem (lowercase) is selected by `ecosystems`.
+    fn ecosystem_ok(&self, e: &str) -> bool {
+        self.ecosystems.iter().any(|s| {
+            // A product's purl names only the family: a selector's release part is checked on
+            // advisories.
+            ecosystem_matches(s, e) || (!e.contains(':') && family(s) == e)
+        })
+    }
+
+    /// True only when the raw bytes of an OSV advisory prove it is not selected, without
+    /// parsing it: every `"ecosystem"` value (or every `"modified"` value) in the record
+    /// fails the selector. The real `affected[].package.ecosystem` and `modified` are among
+    /// those values, written literally: a key can only be disguised with a `\u` escape, and a
+    /// record holding one, or a value with any escape, is left to the full scan.
+    fn certainly_unselected(&self, raw: &[u8]) -> bool {
+        self.certainly_outside(raw, true)
+    }
+
+    /// [`Matcher::certainly_unselected`], looking at the window only when `window` is set.
+    fn certainly_outside(&self, raw: &[u8], window: bool) -> bool {
+        let [escape, ecosystem, modified] = &self.finders;
+        if escape.find(raw).is_some() {
+            return false;
+        }
+        if !self.ecosystems.is_empty() {
+            if let Some(values) = raw_string_values(raw, ecosystem) {
+                let selected =
+                    |v: &[u8]| std::str::from_utf8(v).map_or(true, |s| self.ecosystem_ok(&s.to_ascii_lowercase()));
+                if !values.is_empty() && !values.iter().any(|v| selected(v)) {
+                    return true;
+                }
+            }
+        }
+        if window && (self.since.is_some() || self.until.is_some()) {
+            if let Some(values) = raw_string_values(raw, modified) {
+                let selected = |v: &[u8]| {
+                    std::str::from_utf8(v).ok().and_then(|s| Timestamp::parse(s).ok()).is_none_or(|t| self.time_ok(t))
+                };
+                if !values.is_empty() && !values.iter().any(|v| selected(v)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn package_ok(&self, p: &Pkg<'_>) -> bool {
         let eco = p.ecosystem.as_deref().map(str::to_ascii_lowercase);
         let fam = eco.as_deref().map(family);
-        let eco_ok = self.ecosystems.is_empty()
-            || eco.as_deref().is_some_and(|e| {
-                self.ecosystems.iter().any(|s| {
-                    // A product's purl names only the family: a selector's release part is
-                    // checked on advisories.
-                    ecosystem_matches(s, e) || (!e.contains(':') && family(s) == e)
-                })
-            });
+        let eco_ok = self.ecosystems.is_empty() || eco.as_deref().is_some_and(|e| self.ecosystem_ok(e));
         if !eco_ok {
             return false;
         }
@@ -434,6 +477,28 @@ impl Matcher {
     fn time_ok(&self, t: Timestamp) -> bool {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
     }
+}
+
+/// The raw bytes of every string value of `key` (quoted) in `raw`; `None` when one of them
+/// cannot be read without unescaping (or is not a string).
+fn raw_string_values<'a>(raw: &'a [u8], key: &memchr::memmem::Finder<'_>) -> Option<Vec<&'a [u8]>> {
+    let skip_ws = |b: &'a [u8]| {
+        let n = b.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')).count();
+        &b[n..]
+    };
+    let mut out = Vec::new();
+    for at in key.find_iter(raw) {
+        let rest = skip_ws(&raw[at + key.needle().len()..]);
+        let Some(rest) = rest.strip_prefix(b":") else { continue }; // the word inside a value
+        let rest = skip_ws(rest).strip_prefix(b"\"")?;
+        let end = memchr::memchr(b'"', rest)?;
+        let value = &rest[..end];
+        if value.contains(&b'\\') {
+            return None;
+        }
+        out.push(value);
+    }
+    Some(out)
 }
 
 #[derive(Deserialize)]
@@ -559,6 +624,9 @@ impl Shared {
         let mut set = HashSet::new();
         for item in self.inner.list(EvidenceKind::Advisory)? {
             let mut add = |raw: &[u8]| {
+                if self.matcher.certainly_outside(raw, false) {
+                    return;
+                }
                 if let Ok(a) = serde_json::from_slice::<AdvisoryScan<'_>>(raw) {
                     if self.matcher.packages_ok(a.packages()) {
                         set.extend(a.ids().map(str::to_ascii_uppercase));
@@ -568,7 +636,7 @@ impl Shared {
             let reader = self.inner.open(&item.path)?;
             match FileType::of(&item.path) {
                 FileType::Lines => {
-                    let mut r = BufReader::with_capacity(256 * 1024, reader);
+                    let mut r = BufReader::with_capacity(CHUNK, reader);
                     let mut line = Vec::new();
                     loop {
                         line.clear();
@@ -607,6 +675,7 @@ impl Shared {
         };
         let time_ok = |t: Option<&str>| t.and_then(|t| Timestamp::parse(t).ok()).is_none_or(|t| m.time_ok(t));
         match kind {
+            EvidenceKind::Advisory if m.certainly_unselected(raw) => false,
             EvidenceKind::Advisory => match serde_json::from_slice::<AdvisoryScan<'_>>(raw) {
                 Ok(a) => time_ok(a.modified.as_deref()) && m.ids_ok(a.ids()) && m.packages_ok(a.packages()),
                 Err(_) => true,
@@ -764,18 +833,9 @@ impl EvidenceSource for SelectedEvidence {
         let joined = self.joined_for(kind)?;
         let reader = self.shared.inner.open(path)?;
         match FileType::of(path) {
-            FileType::Lines => Ok(Box::new(LineFilter {
-                inner: BufReader::with_capacity(256 * 1024, reader),
-                out: Vec::new(),
-                pos: 0,
-                done: false,
-                shared: Arc::clone(&self.shared),
-                joined,
-                kind,
-                path: path.clone(),
-                seen: 0,
-                selected: 0,
-            })),
+            FileType::Lines => {
+                Ok(Box::new(LineFilter::new(reader, Arc::clone(&self.shared), joined, kind, path.clone())))
+            }
             FileType::Document => {
                 // Listed as selected; checked again in case it changed since.
                 let doc = read_document(reader, path)?;
@@ -792,9 +852,21 @@ impl EvidenceSource for SelectedEvidence {
     }
 }
 
-/// Reads an `.ndjson` file line by line, blanking the lines outside the selection.
+/// Bytes read from the underlying file at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Reads an `.ndjson` file, blanking the lines outside the selection. Lines are found with
+/// SIMD `memchr` in a reused buffer and scanned in place; only kept lines are copied out.
 struct LineFilter {
-    inner: BufReader<Box<dyn Read + Send>>,
+    inner: Box<dyn Read + Send>,
+    /// Input: `buf[start..end]` is read but not yet processed.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Inside a line longer than the record limit: passed on unscanned up to its newline,
+    /// for the profile's reader to report.
+    overlong: bool,
     out: Vec<u8>,
     pos: usize,
     done: bool,
@@ -806,33 +878,118 @@ struct LineFilter {
     selected: u64,
 }
 
+impl LineFilter {
+    fn new(
+        inner: Box<dyn Read + Send>,
+        shared: Arc<Shared>,
+        joined: Option<Joined>,
+        kind: EvidenceKind,
+        path: ArtifactPath,
+    ) -> Self {
+        Self {
+            inner,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+            overlong: false,
+            out: Vec::new(),
+            pos: 0,
+            done: false,
+            shared,
+            joined,
+            kind,
+            path,
+            seen: 0,
+            selected: 0,
+        }
+    }
+
+    /// One line (with its newline, if any): kept as is, or reduced to its newline.
+    fn line(&mut self, from: usize, to: usize) {
+        let line = &self.buf[from..to];
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        // Blank, or too long to be a record: passed on for the profile's reader (which
+        // reports the latter at its line).
+        if body.len() as u64 > MAX_RECORD_BYTES || body.iter().all(u8::is_ascii_whitespace) {
+            self.out.extend_from_slice(line);
+            return;
+        }
+        self.seen += 1;
+        if self.shared.keep(self.kind, line, self.joined.as_ref()) {
+            self.selected += 1;
+            self.out.extend_from_slice(line);
+        } else if line.len() > body.len() {
+            self.out.push(b'\n');
+        }
+    }
+
+    /// Processes what is buffered, reading more when no whole line is left; fills `out`
+    /// (empty only at the end of the file).
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.out.clear();
+        self.pos = 0;
+        loop {
+            if self.overlong {
+                let rest = &self.buf[self.start..self.end];
+                let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                self.out.extend_from_slice(&rest[..n]);
+                self.overlong = rest.get(n.wrapping_sub(1)) != Some(&b'\n');
+                self.start += n;
+            }
+            let mut from = self.start;
+            while let Some(i) = memchr::memchr(b'\n', &self.buf[from..self.end]) {
+                self.line(from, from + i + 1);
+                from += i + 1;
+            }
+            self.start = from;
+            if !self.out.is_empty() {
+                return Ok(());
+            }
+            if self.eof {
+                if self.start < self.end {
+                    self.line(self.start, self.end);
+                    self.start = self.end;
+                }
+                if self.out.is_empty() {
+                    self.done = true;
+                    self.shared.record(&self.path, self.kind, self.seen, self.selected);
+                }
+                return Ok(());
+            }
+            // Keep the partial line, make room and read more.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end as u64 > MAX_RECORD_BYTES {
+                self.overlong = true;
+                continue;
+            }
+            if self.end + CHUNK / 2 > self.buf.len() {
+                let grown = (self.buf.len() * 2).max(CHUNK);
+                self.buf.resize(grown, 0);
+            }
+            let n = loop {
+                match self.inner.read(&mut self.buf[self.end..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
+}
+
 impl Read for LineFilter {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.out.len() {
             if self.done {
                 return Ok(0);
             }
-            self.out.clear();
-            self.pos = 0;
-            let n = self.inner.by_ref().take(MAX_RECORD_BYTES + 1).read_until(b'\n', &mut self.out)?;
-            if n == 0 {
-                self.done = true;
-                self.shared.record(&self.path, self.kind, self.seen, self.selected);
-                return Ok(0);
-            }
-            if self.out.iter().all(u8::is_ascii_whitespace) || n as u64 > MAX_RECORD_BYTES {
-                continue; // blank, or too long: passed on for the reader to report
-            }
-            self.seen += 1;
-            if self.shared.keep(self.kind, &self.out, self.joined.as_ref()) {
-                self.selected += 1;
-            } else {
-                let newline = self.out.ends_with(b"\n");
-                self.out.clear();
-                if newline {
-                    self.out.push(b'\n');
-                }
-            }
+            self.fill()?;
         }
         let n = buf.len().min(self.out.len() - self.pos);
         buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
@@ -981,6 +1138,70 @@ mod tests {
         let (_, selection) = selected(&Selectors::default().ecosystems(["PyPI"]));
         assert_eq!(selection.counts["advisory"], SelectionCount { seen: 6, selected: 2 });
         assert_eq!(selection.counts["java"], SelectionCount { seen: 2, selected: 0 });
+    }
+
+    #[test]
+    fn the_byte_prefilter_never_drops_a_selected_record() {
+        let m = Matcher::new(&Selectors::default().ecosystems(["PyPI"]));
+        let keep = |raw: &str| !m.certainly_unselected(raw.as_bytes());
+        // Disguised keys or values are left to the full parse.
+        assert!(keep(r#"{"id":"E","affected":[{"package":{"ecosyst\u0065m":"PyPI","name":"x"}}]}"#));
+        assert!(keep(r#"{"id":"E","affected":[{"package":{"ecosystem":"Py\u0050I","name":"x"}}]}"#));
+        assert!(keep(
+            r#"{"id":"E","affected":[{"package":{"ecosystem" :
+            "pypi","name":"x"}}]}"#
+        ));
+        // No ecosystem at all: undecided (the parse decides, and reports broken records).
+        assert!(keep(r#"{"id":"E","modified":"2024-01-01T00:00:00Z"}"#));
+        assert!(keep(r#"{"id":"E","affected":[{"package":{"ecosystem":7}}]}"#));
+        // The word in a text and a non-matching real value: certainly not selected.
+        assert!(!keep(
+            r#"{"details":"the \"ecosystem\": \"PyPI\" or ecosystem","affected":[{"package":{"ecosystem":"npm"}}]}"#
+        ));
+        assert!(!keep(r#"{"summary":"ecosystem","affected":[{"package":{"ecosystem":"npm"}}]}"#));
+        let t = |s: &str| Timestamp::parse(s).unwrap();
+        let m = Matcher::new(&Selectors::default().modified_since(t("2024-06-01T00:00:00Z")));
+        let keep = |raw: &str| !m.certainly_unselected(raw.as_bytes());
+        assert!(!keep(r#"{"modified":"2024-01-01T00:00:00Z"}"#));
+        assert!(keep(r#"{"modified":"2024-07-01T00:00:00Z"}"#));
+        assert!(keep(r#"{"modified":"2024-01-01T00:00:00Z","database_specific":{"modified":"2024-07-01T00:00:00Z"}}"#));
+        assert!(keep(r#"{"modified":"someday"}"#), "unparseable: undecided");
+    }
+
+    #[test]
+    fn line_filter_keeps_bytes_and_lines_exact() {
+        let a = adv("A1", "PyPI", "django", "2024-01-01T00:00:00Z");
+        let b = adv("B1", "npm", "x", "2024-01-01T00:00:00Z");
+        let read = |input: String| {
+            let mut ev = MemoryEvidence::new();
+            ev.insert("advisories/x.ndjson", input).unwrap();
+            let sel = SelectedEvidence::new(Arc::new(ev), &Selectors::default().ecosystems(["PyPI"])).unwrap();
+            let mut out = Vec::new();
+            sel.open(&ArtifactPath::parse("advisories/x.ndjson").unwrap()).unwrap().read_to_end(&mut out).unwrap();
+            (String::from_utf8(out).unwrap(), sel.selection().counts["advisory"])
+        };
+        let (out, c) = read(format!("{b}\r\n\n{a}\r\n  \n{b}\n{a}"));
+        assert_eq!(out, format!("\n\n{a}\r\n  \n\n{a}"), "no final newline kept as is");
+        assert_eq!(c, SelectionCount { seen: 4, selected: 2 });
+        let (out, _) = read(format!("{a}\n{b}"));
+        assert_eq!(out, format!("{a}\n"), "a dropped last line without newline leaves nothing");
+        // Many lines across buffer refills.
+        let many: String = (0..20_000).map(|i| if i % 3 == 0 { format!("{a}\n") } else { format!("{b}\n") }).collect();
+        let (out, c) = read(many);
+        assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 6667);
+        assert_eq!(out.lines().count(), 20_000);
+        assert_eq!(c, SelectionCount { seen: 20_000, selected: 6667 });
+    }
+
+    #[test]
+    fn an_overlong_line_passes_through_for_the_reader_to_report() {
+        let a = adv("A1", "PyPI", "django", "2024-01-01T00:00:00Z");
+        let long = format!("{{\"id\":\"{}\"}}", "x".repeat(MAX_RECORD_BYTES as usize + 10));
+        let mut ev = MemoryEvidence::new();
+        ev.insert("advisories/x.ndjson", format!("{a}\n{long}\n{a}\n")).unwrap();
+        let sel = SelectedEvidence::new(Arc::new(ev), &Selectors::default().ecosystems(["PyPI"])).unwrap();
+        let err = Records::new(&sel, EvidenceKind::Advisory).unwrap().find_map(|r| r.err()).unwrap();
+        assert!(err.to_string().contains("advisories/x.ndjson:2: line longer than 64 MiB"), "{err}");
     }
 
     #[test]

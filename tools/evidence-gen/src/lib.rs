@@ -36,7 +36,13 @@ pub struct GenOptions {
     pub seed: u64,
     /// Extra bytes of `details` text per advisory (to reach a target volume).
     pub details_bytes: usize,
+    /// When non-zero, every `rare_every`-th advisory (0, N, 2N, ...) affects an Alpine v3.20
+    /// package instead: the only advisories of [`RARE_ECOSYSTEM`], for selector benchmarks.
+    pub rare_every: u64,
 }
+
+/// The ecosystem of the advisories [`GenOptions::rare_every`] picks.
+pub const RARE_ECOSYSTEM: &str = "Alpine:v3.20";
 
 impl Default for GenOptions {
     fn default() -> Self {
@@ -48,6 +54,7 @@ impl Default for GenOptions {
             java_entries: 50,
             seed: 42,
             details_bytes: 200,
+            rare_every: 0,
         }
     }
 }
@@ -231,7 +238,12 @@ pub fn generate(dir: &Path, o: &GenOptions) -> io::Result<GenSummary> {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
         let end = (i + per_file).min(o.advisories);
         while i < end {
-            let line = serde_json::to_vec(&advisory(o.seed, i, o.details_bytes))?;
+            let mut adv = advisory(o.seed, i, o.details_bytes);
+            if o.rare_every > 0 && i % o.rare_every == 0 {
+                adv["affected"][0]["package"] =
+                    json!({"ecosystem": RARE_ECOSYSTEM, "name": "busybox", "purl": "pkg:apk/alpine/busybox"});
+            }
+            let line = serde_json::to_vec(&adv)?;
             w.write_all(&line)?;
             w.write_all(b"\n")?;
             s.bytes += line.len() as u64 + 1;
