@@ -31,9 +31,11 @@
 //! scope; `pkg:apk/alpine/` every Alpine package. The window is half-open: `modifiedSince`
 //! included, `modifiedUntil` excluded, so consecutive windows never overlap.
 //!
-//! A record the selector cannot read (malformed JSON, a field of the wrong type) is kept, so
-//! the profile's own parser reports it with its file and line. Unselected `.ndjson` lines are
-//! replaced by empty lines, so every line number stays that of the original file.
+//! Records outside the selection are not checked. A record whose selection cannot be decided
+//! (malformed JSON, a field of the wrong type) is kept, so the profile's own parser reports it
+//! with its file and line; one whose raw bytes already show it is outside is dropped unparsed.
+//! Unselected `.ndjson` lines are replaced by empty lines, so every line number stays that of
+//! the original file.
 //!
 //! ```
 //! use exportcore::select::{SelectedEvidence, Selectors};
@@ -1166,6 +1168,44 @@ mod tests {
         assert!(keep(r#"{"modified":"2024-07-01T00:00:00Z"}"#));
         assert!(keep(r#"{"modified":"2024-01-01T00:00:00Z","database_specific":{"modified":"2024-07-01T00:00:00Z"}}"#));
         assert!(keep(r#"{"modified":"someday"}"#), "unparseable: undecided");
+    }
+
+    proptest::proptest! {
+        /// Differential: whatever the byte pre-filter drops, the full scan drops too.
+        #[test]
+        fn the_prefilter_agrees_with_the_full_scan(
+            ecos in proptest::collection::vec(0usize..8, 0..3),
+            decoy in 0usize..8,
+            sel in 0usize..5,
+            month in 1u32..13,
+            nested_month in proptest::option::of(1u32..13),
+            window in proptest::bool::ANY,
+            spaced in proptest::bool::ANY,
+        ) {
+            const ECOS: [&str; 8] = ["PyPI", "pypi", "Py\\u0050I", "npm", "Alpine:v3.20", "Alpine", "Alpine:v3.2", "Debian:12"];
+            const SELS: [&str; 5] = ["PyPI", "alpine", "Alpine:v3.20", "npm", "Debian"];
+            let colon = if spaced { " : " } else { ":" };
+            let affected: Vec<String> = ecos
+                .iter()
+                .map(|e| format!(r#"{{"package":{{"ecosystem"{colon}"{}","name":"x"}}}}"#, ECOS[*e]))
+                .collect();
+            let nested = nested_month.map_or(String::new(), |m| format!(r#","database_specific":{{"modified":"2024-{m:02}-01T00:00:00Z","ecosystem":"{}"}}"#, ECOS[decoy]));
+            let raw = format!(
+                r#"{{"id":"X","summary":"ecosystem","modified"{colon}"2024-{month:02}-01T00:00:00Z","affected":[{}]{nested}}}"#,
+                affected.join(",")
+            );
+            let mut selectors = Selectors::default().ecosystems([SELS[sel]]);
+            if window {
+                selectors = selectors.modified_since(Timestamp::parse("2024-06-01T00:00:00Z").unwrap());
+            }
+            let m = Matcher::new(&selectors);
+            let a: AdvisoryScan<'_> = serde_json::from_str(&raw).unwrap();
+            let full = m.time_ok(Timestamp::parse(a.modified.as_deref().unwrap()).unwrap())
+                && m.packages_ok(a.packages());
+            if m.certainly_unselected(raw.as_bytes()) {
+                proptest::prop_assert!(!full, "dropped a selected record: {}", raw);
+            }
+        }
     }
 
     #[test]
