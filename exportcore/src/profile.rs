@@ -346,10 +346,16 @@ impl<'a> ExportContext<'a> {
         self.cancel.check()
     }
 
+    /// A fresh name in the staging area: never reused within the run, even when
+    /// [`ExportContext::run_nested`] takes artifacts off the list.
+    fn next_local(&mut self, what: &str) -> PathBuf {
+        self.scratch_seq += 1;
+        self.staging.join(format!("{what}-{}", self.scratch_seq))
+    }
+
     /// A new scratch file in the run's staging area (deleted with it), for spooling.
     pub fn scratch_file(&mut self) -> Result<(PathBuf, File)> {
-        self.scratch_seq += 1;
-        let path = self.staging.join(format!("scratch-{}", self.scratch_seq));
+        let path = self.next_local("scratch");
         let f = File::options().read(true).write(true).create_new(true).open(&path).at(&path)?;
         staged_mode(&path)?;
         Ok((path, f))
@@ -363,7 +369,7 @@ impl<'a> ExportContext<'a> {
         write: impl FnOnce(&mut dyn Write) -> Result<T>,
     ) -> Result<(StagedArtifact, T)> {
         self.check_new(&spec)?;
-        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
+        let local = self.next_local("artifact");
         let file = File::create(&local).at(&local)?;
         staged_mode(&local)?;
         let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
@@ -394,7 +400,7 @@ impl<'a> ExportContext<'a> {
         sha256: Sha256Digest,
     ) -> Result<StagedArtifact> {
         self.check_new(&spec)?;
-        let local = self.staging.join(format!("artifact-{}", self.artifacts.len()));
+        let local = self.next_local("artifact");
         if std::fs::rename(file, &local).is_err() {
             // Another filesystem: copy, then drop the original.
             std::fs::copy(file, &local).at(file)?;
@@ -404,6 +410,20 @@ impl<'a> ExportContext<'a> {
         let staged = StagedArtifact { spec, local, size, sha256 };
         self.artifacts.push(staged.clone());
         Ok(staged)
+    }
+
+    /// Runs another profile inside this run, for composite profiles (a mirror holding a
+    /// Trivy DB), and hands back the artifacts it staged, taken off this run's list:
+    /// re-publish the ones to keep under new paths with [`ExportContext::alias_artifact`];
+    /// the others are dropped. Its warnings and time anchor become this run's (anchor first
+    /// to keep your own).
+    ///
+    /// # Errors
+    /// Whatever the nested profile's `export` returns.
+    pub fn run_nested(&mut self, profile: &dyn Profile) -> Result<Vec<StagedArtifact>> {
+        let mark = self.artifacts.len();
+        profile.export(self)?;
+        Ok(self.artifacts.split_off(mark))
     }
 
     /// Publishes the bytes of an already staged artifact under a second path (e.g. an archive

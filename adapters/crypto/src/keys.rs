@@ -114,7 +114,7 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
             let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
                 .map_err(|e| key_err(format!("bad Ed25519 key: {e}")))?;
             let spki = key.verifying_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
-            Ok(Arc::new(Ed25519Signer { id: key_id(spki.as_bytes()), key }))
+            Ok(Arc::new(Ed25519Signer { id: key_id(spki.as_bytes()), spki: spki.as_bytes().to_vec(), key }))
         }
         #[cfg(feature = "p256")]
         Algorithm::EcdsaP256 => {
@@ -122,7 +122,7 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
             let key =
                 p256::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| key_err(format!("bad P-256 key: {e}")))?;
             let spki = key.verifying_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
-            Ok(Arc::new(P256Signer { id: key_id(spki.as_bytes()), key }))
+            Ok(Arc::new(P256Signer { id: key_id(spki.as_bytes()), spki: spki.as_bytes().to_vec(), key }))
         }
         #[cfg(feature = "sm2")]
         Algorithm::Sm2 => {
@@ -131,7 +131,7 @@ pub fn signer_from_pem(pem: &str) -> Result<Arc<dyn Signer>> {
             let spki = secret.public_key().to_public_key_der().map_err(|e| key_err(e.to_string()))?;
             let key =
                 sm2::dsa::SigningKey::new(SM2_DISTID, &secret).map_err(|e| key_err(format!("bad SM2 key: {e}")))?;
-            Ok(Arc::new(Sm2Signer { id: key_id(spki.as_bytes()), key }))
+            Ok(Arc::new(Sm2Signer { id: key_id(spki.as_bytes()), spki: spki.as_bytes().to_vec(), key }))
         }
         #[allow(unreachable_patterns)]
         other => Err(not_built(&format!("{other:?}"))),
@@ -214,6 +214,7 @@ pub fn generate(alg: Algorithm) -> Result<KeyPair> {
 #[cfg(feature = "ed25519")]
 struct Ed25519Signer {
     id: String,
+    spki: Vec<u8>,
     key: ed25519_dalek::SigningKey,
 }
 
@@ -230,6 +231,9 @@ impl Signer for Ed25519Signer {
     }
     fn algorithm(&self) -> SignatureAlgorithm {
         SignatureAlgorithm::Ed25519
+    }
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        Some(self.spki.clone())
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         use ed25519_dalek::Signer as _;
@@ -254,6 +258,7 @@ impl Verifier for Ed25519Verifier {
 #[cfg(feature = "p256")]
 struct P256Signer {
     id: String,
+    spki: Vec<u8>,
     key: p256::ecdsa::SigningKey,
 }
 
@@ -270,6 +275,9 @@ impl Signer for P256Signer {
     }
     fn algorithm(&self) -> SignatureAlgorithm {
         SignatureAlgorithm::EcdsaP256Sha256
+    }
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        Some(self.spki.clone())
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         use p256::ecdsa::signature::Signer as _;
@@ -297,6 +305,7 @@ impl Verifier for P256Verifier {
 #[cfg(feature = "sm2")]
 struct Sm2Signer {
     id: String,
+    spki: Vec<u8>,
     key: sm2::dsa::SigningKey,
 }
 
@@ -313,6 +322,9 @@ impl Signer for Sm2Signer {
     }
     fn algorithm(&self) -> SignatureAlgorithm {
         SignatureAlgorithm::Sm2Sm3
+    }
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        Some(self.spki.clone())
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         use sm2::dsa::signature::Signer as _;

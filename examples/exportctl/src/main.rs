@@ -258,6 +258,7 @@ fn profiles() -> Profiles {
     let mut all = exportcore_json::profiles();
     all.extend(exportcore_trivy::profiles());
     all.extend(exportcore_devportal::profiles());
+    all.extend(exportcore_mirror::profiles());
     all
 }
 
@@ -299,14 +300,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
                 options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
             }
-            if now.is_some() && max_age.is_none() && max_drift.is_none() {
-                return Err(ExportError::invalid("--now", "only applies with --max-age or --max-drift").into());
+            let mirror = exportcore_mirror::is_mirror(&path);
+            if now.is_some() && max_age.is_none() && max_drift.is_none() && !mirror {
+                return Err(ExportError::invalid(
+                    "--now",
+                    "only applies with --max-age or --max-drift, or to a mirror (TUF expiry)",
+                )
+                .into());
             }
+            let now = now.map(|t| Timestamp::parse(&t).map_err(|e| ExportError::invalid("--now", e))).transpose()?;
             if max_age.is_some() || max_drift.is_some() {
-                let now = match now {
-                    Some(t) => Timestamp::parse(&t).map_err(|e| ExportError::invalid("--now", e))?,
-                    None => Timestamp::now(),
-                };
+                let now = now.unwrap_or_else(Timestamp::now);
                 let max_age = max_age.as_deref().map(|d| parse_duration("--max-age", d)).transpose()?;
                 let max_drift = max_drift.as_deref().map(|d| parse_duration("--max-drift", d)).transpose()?;
                 options.staleness = Some(StalenessPolicy {
@@ -314,6 +318,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                     max_drift: max_drift.unwrap_or(std::time::Duration::from_secs(300)),
                     now,
                 });
+            }
+            if mirror {
+                return verify_report(exportcore_mirror::verify_path_with(
+                    &path,
+                    &options,
+                    now.unwrap_or_else(Timestamp::now),
+                )?);
             }
             verify(&path, &options)
         }
@@ -672,7 +683,10 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
 
 fn verify(path: &Path, options: &VerifyOptions) -> Result<ExitCode, Failure> {
     // Devportal bundles (and run outputs holding one) have their own manifest format.
-    let report = exportcore_devportal::verify_path_with(path, options)?;
+    verify_report(exportcore_devportal::verify_path_with(path, options)?)
+}
+
+fn verify_report(report: exportcore::verify::VerifyReport) -> Result<ExitCode, Failure> {
     if report.is_ok() {
         let signed = match report.signatures {
             Signatures::Valid => "signatures valid",

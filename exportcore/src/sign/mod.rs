@@ -60,6 +60,11 @@ pub trait Signer: Debug + Send + Sync + 'static {
     fn algorithm(&self) -> SignatureAlgorithm;
     /// Signs `message`.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+    /// The public key as DER SubjectPublicKeyInfo, for formats that embed it (TUF root
+    /// metadata); `None` for secret-key schemes (HMAC) or signers that do not expose it.
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Something that verifies signatures.
@@ -86,6 +91,9 @@ impl<S: Signer + ?Sized> Signer for Arc<S> {
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         (**self).sign(message)
+    }
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        (**self).public_key_der()
     }
 }
 

@@ -1,0 +1,324 @@
+//! # exportcore-mirror
+//!
+//! **`mirror:full`** ([`MirrorFull`]): everything an air-gapped site needs to seed a
+//! vulnerability-data mirror, in one run, verifiable on the far side:
+//!
+//! ```text
+//! mirror/   export.json provenance.json README.md
+//!           indexes/{advisories,vex,findings}.index.json
+//!           data/raw/advisories/<ecosystem>.jsonl.zst  data/raw/vex/openvex.jsonl.zst
+//!           data/policy/findings.jsonl.zst             trivy/db.tar.gz trivy/javadb.tar.gz
+//! oci/      an OCI image layout: tags `mirror`, `trivy-db`, `trivy-java-db`
+//! tuf/      metadata/{1.root,root,1.targets,1.snapshot,timestamp}.json, targets/<sha256>.<name>
+//! manifest.json (+ manifest.dsse.json, provenance.dsse.json when signed)
+//! ```
+//!
+//! Records are written in RFC 8785 canonical form, one per line, zstd-compressed, sharded by
+//! ecosystem family; each index lists every record's id, time, file, line and the SHA-256 of
+//! its canonical bytes. The Trivy DBs are built by `exportcore-trivy` inside the same run
+//! ([`exportcore::ExportContext::run_nested`]). `oci/` holds the same bytes as artifacts with
+//! Trivy's own media types, so `skopeo copy oci:OUT/oci:trivy-db docker://REGISTRY/trivy-db:2`
+//! gives a repository the real Trivy pulls from. `tuf/` is a TUF 1.0 repository (consistent
+//! snapshots) whose targets are the files of `mirror/`, signed through the run's signer
+//! ([`tuf`]; separate role keys and thresholds with [`TufOptions`]); its expiry is computed
+//! from the pinned time, so two builds of the same inputs are byte-identical. The OCI layout
+//! and TUF metadata are written by hand on the `oci-spec` types and `serde_json`: no
+//! maintained Rust TUF crate writes a static repository (see `tuf`).
+//!
+//! [`verify_path_with`] checks a run directory as a whole: the run manifest (and its
+//! signatures), the OCI layout's digests and the TUF chain at a chosen time.
+//!
+//! ```
+//! use exportcore::{InMemorySink, MemoryEvidence, RunBuilder, RunRequest};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut ev = MemoryEvidence::new();
+//! ev.insert("advisories/a.json", r#"{"id":"GHSA-1","modified":"2024-05-01T00:00:00Z",
+//!   "affected":[{"package":{"ecosystem":"npm","name":"lodash"},
+//!     "ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"4.17.21"}]}]}]}"#)?;
+//! let sink = InMemorySink::new();
+//! let run = RunBuilder::new(exportcore_mirror::MirrorFull::default(), ev, sink.clone())
+//!     .execute(RunRequest::builder("mirror:full").build()?)
+//!     .await?
+//!     .run;
+//! assert!(run.outputs.iter().any(|o| o.path == "mirror/data/raw/advisories/npm.jsonl.zst"));
+//! assert!(run.outputs.iter().any(|o| o.path == "tuf/metadata/timestamp.json"));
+//! assert!(run.outputs.iter().any(|o| o.path == "oci/index.json"));
+//! # Ok::<(), exportcore::ExportError>(())
+//! # }).unwrap();
+//! ```
+
+mod oci;
+mod tree;
+pub mod tuf;
+mod verify;
+
+pub use oci::{check_layout, MIRROR_ARTIFACT_TYPE};
+pub use tuf::{Role, TufOptions};
+pub use verify::{is_mirror, verify_path_with};
+
+use exportcore::{
+    check_supported, ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor,
+    Progress, Result, RunRequest, StagedArtifact,
+};
+use serde_json::{json, Value};
+
+/// `version` of `mirror/export.json`.
+pub const EXPORT_VERSION: &str = "exportcore-mirror/v1";
+
+/// The `mirror:full` profile (see the crate docs).
+#[derive(Clone, Debug, Default)]
+pub struct MirrorFull {
+    tuf: TufOptions,
+}
+
+impl MirrorFull {
+    /// Signs the TUF metadata with these role keys, thresholds and lifetimes instead of the
+    /// defaults (every role signed by the run's signer, threshold 1).
+    #[must_use]
+    pub fn tuf(mut self, options: TufOptions) -> Self {
+        self.tuf = options;
+        self
+    }
+}
+
+/// A registry holding `mirror:full`.
+pub fn profiles() -> exportcore::Profiles {
+    exportcore::Profiles::new().with(MirrorFull::default())
+}
+
+fn stage_json(ctx: &mut ExportContext<'_>, path: &str, kind: ArtifactType, v: &Value) -> Result<StagedArtifact> {
+    let bytes = exportcore::canonical::to_vec(v)
+        .map_err(|e| ExportError::internal_caused("mirror", format!("serialising {path}"), e))?;
+    stage_bytes(ctx, path, kind, "application/json", &bytes)
+}
+
+fn stage_bytes(
+    ctx: &mut ExportContext<'_>,
+    path: &str,
+    kind: ArtifactType,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<StagedArtifact> {
+    let spec = ArtifactSpec::new(path, kind, "raw", media_type)?;
+    let (staged, ()) = ctx.write_artifact(spec, |w| w.write_all(bytes).map_err(|e| ExportError::io(path, e)))?;
+    Ok(staged)
+}
+
+/// Runs a Trivy profile inside the mirror run and keeps its package (`keep` → new path) and
+/// report; `None` when the evidence has nothing that profile can use.
+fn nested_trivy(
+    ctx: &mut ExportContext<'_>,
+    profile: &dyn Profile,
+    package: &str,
+    report: &str,
+) -> Result<Option<(StagedArtifact, StagedArtifact)>> {
+    let staged = match ctx.run_nested(profile) {
+        Ok(s) => s,
+        Err(ExportError::EvidenceEmpty { what, .. }) => {
+            ctx.warn("WARN_MIRROR_NO_TRIVY_DB", format!("no {package}: the evidence holds no {what}"));
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let find = |name: &str| staged.iter().find(|a| a.spec.path == name).cloned();
+    let (Some(pkg), Some(rep)) = (find(package), find("trivy-export.json")) else {
+        return Err(ExportError::internal("mirror", format!("the nested Trivy profile wrote no {package}")));
+    };
+    let pkg = ctx.alias_artifact(
+        ArtifactSpec::new(&format!("mirror/trivy/{package}"), ArtifactType::Database, "tar+gzip", "application/gzip")?,
+        &pkg,
+    )?;
+    let rep = ctx.alias_artifact(
+        ArtifactSpec::new(&format!("mirror/trivy/{report}"), ArtifactType::Metadata, "json", "application/json")?,
+        &rep,
+    )?;
+    Ok(Some((pkg, rep)))
+}
+
+const README: &str = "# Air-gap mirror (exportcore mirror:full)
+
+This directory is one mirror bundle. Every file is listed with its size and SHA-256 in
+`export.json`, in the TUF targets metadata of `../tuf/` and in the run's `../manifest.json`.
+
+- `data/raw/advisories/*.jsonl.zst`, `data/raw/vex/*.jsonl.zst`, `data/policy/*.jsonl.zst`:
+  records in RFC 8785 canonical JSON, one per line, zstd-compressed (`zstd -dc FILE`).
+- `indexes/*.index.json`: every record's id, time, file, line and SHA-256.
+- `trivy/db.tar.gz`, `trivy/javadb.tar.gz`: databases for `trivy --cache-dir` (extract into
+  `db/` and `java-db/`), also in `../oci/` as `trivy-db` and `trivy-java-db` for a registry.
+
+Verify before use, on the far side:
+
+    exportctl verify OUT --key PUBLIC_KEY.pem [--now 2025-01-01T00:00:00Z]
+
+or with any TUF client, trusting `../tuf/metadata/1.root.json`.
+";
+
+impl Profile for MirrorFull {
+    fn descriptor(&self) -> ProfileDescriptor {
+        ProfileDescriptor::new(
+            "mirror:full",
+            "Air-gap mirror: canonical evidence, Trivy DBs, an OCI image layout and TUF metadata",
+        )
+    }
+
+    fn validate(&self, request: &RunRequest) -> Result<()> {
+        check_supported(&self.descriptor(), request)
+    }
+
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        let mut files: Vec<StagedArtifact> = Vec::new();
+        let mut counts = serde_json::Map::new();
+        let mut newest = None;
+        let spans = [(0u8, 30u8), (30, 35), (35, 40)];
+        for (kind, span) in tree::KINDS.iter().zip(spans) {
+            let out = tree::write_kind(ctx, *kind, span)?;
+            counts.insert(kind.name.into(), json!(out.records));
+            newest = newest.max(out.newest);
+            files.extend(out.files);
+        }
+        let java = !ctx.evidence().list(EvidenceKind::Java)?.is_empty();
+        let records: u64 = counts.values().filter_map(Value::as_u64).sum();
+        if records == 0 && !java {
+            ctx.no_records("advisories, VEX documents, policy findings or Maven index entries")?;
+        }
+        let anchor = ctx.time_anchor(newest);
+        let mut trivy = Vec::new();
+        if counts["advisory"].as_u64().unwrap_or(0) > 0 {
+            if let Some((db, report)) = nested_trivy(ctx, &exportcore_trivy::TrivyDb, "db.tar.gz", "db.report.json")? {
+                trivy.push((
+                    "trivy-db",
+                    exportcore_trivy::CONFIG_MEDIA_TYPE,
+                    exportcore_trivy::DB_LAYER_MEDIA_TYPE,
+                    db.clone(),
+                ));
+                files.extend([db, report]);
+            }
+        }
+        ctx.progress(Progress { percent: 70, items_completed: records, items_total: 0 });
+        if java {
+            if let Some((db, report)) =
+                nested_trivy(ctx, &exportcore_trivy::TrivyJavaDb, "javadb.tar.gz", "javadb.report.json")?
+            {
+                trivy.push((
+                    "trivy-java-db",
+                    exportcore_trivy::CONFIG_MEDIA_TYPE,
+                    exportcore_trivy::JAVADB_LAYER_MEDIA_TYPE,
+                    db.clone(),
+                ));
+                files.extend([db, report]);
+            }
+        }
+        ctx.progress(Progress { percent: 85, items_completed: records, items_total: 0 });
+
+        files.push(stage_bytes(ctx, "mirror/README.md", ArtifactType::Metadata, "text/markdown", README.as_bytes())?);
+        files.sort_by(|a, b| a.spec.path.cmp(&b.spec.path));
+        let listed: Vec<Value> = files
+            .iter()
+            .map(|f| {
+                json!({"path": rel(f), "size": f.size, "sha256": f.sha256.to_hex(), "mediaType": f.spec.media_type})
+            })
+            .collect();
+        let selectors = &ctx.request().selectors;
+        let mut export = json!({
+            "version": EXPORT_VERSION,
+            "profileId": "mirror:full",
+            "createdAt": anchor.created_at.to_string(),
+            "counts": counts,
+            "files": listed,
+        });
+        if !selectors.is_empty() {
+            export["selectors"] = serde_json::to_value(selectors).unwrap_or(Value::Null);
+        }
+        let export_file = stage_json(ctx, "mirror/export.json", ArtifactType::Manifest, &export)?;
+        let provenance = json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": "export.json", "digest": {"sha256": export_file.sha256.to_hex()}}],
+            "predicateType": "https://slsa.dev/provenance/v1",
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": "urn:exportcore:buildtype:mirror:v1",
+                    "externalParameters": {"profileId": "mirror:full", "selectors": export.get("selectors").cloned().unwrap_or(json!({}))},
+                    "internalParameters": {"counts": export["counts"].clone()},
+                    "resolvedDependencies": [],
+                },
+                "runDetails": {
+                    "builder": {"id": exportcore::sign::provenance::builder_id()},
+                    "metadata": {"startedOn": anchor.created_at.to_string(), "finishedOn": anchor.created_at.to_string()},
+                },
+            },
+        });
+        files.push(export_file);
+        files.push(stage_json(ctx, "mirror/provenance.json", ArtifactType::Provenance, &provenance)?);
+        files.sort_by(|a, b| a.spec.path.cmp(&b.spec.path));
+
+        // oci/: the mirror bundle and each Trivy DB.
+        let mut images = vec![oci::Image {
+            tag: "mirror",
+            artifact_type: MIRROR_ARTIFACT_TYPE,
+            config_media_type: oci::EMPTY_MEDIA_TYPE,
+            layers: files
+                .iter()
+                .map(|f| oci::Layer { title: rel(f).to_owned(), media_type: f.spec.media_type.clone(), blob: f })
+                .collect(),
+        }];
+        for (tag, config, layer, db) in &trivy {
+            let title = rel(db).rsplit('/').next().unwrap_or_default().to_owned();
+            images.push(oci::Image {
+                tag,
+                artifact_type: config,
+                config_media_type: config,
+                layers: vec![oci::Layer { title, media_type: (*layer).to_owned(), blob: db }],
+            });
+        }
+        oci::write_layout(ctx, &images, anchor.created_at)?;
+        ctx.progress(Progress { percent: 92, items_completed: records, items_total: 0 });
+
+        // tuf/: targets are the files of mirror/, stored under their hash-prefixed names.
+        let targets: Vec<tuf::Target> =
+            files.iter().map(|f| tuf::Target { path: rel(f).to_owned(), length: f.size, sha256: f.sha256 }).collect();
+        for (t, f) in targets.iter().zip(&files) {
+            let spec = ArtifactSpec::new(
+                &format!("tuf/targets/{}", t.hashed_path()),
+                ArtifactType::Data,
+                "raw",
+                f.spec.media_type.clone(),
+            )?;
+            ctx.alias_artifact(spec, f)?;
+        }
+        let signer = ctx.signer();
+        if signer.is_none() && Role::ALL.iter().any(|r| self.tuf.role(*r).signers.is_empty()) {
+            ctx.warn(
+                "WARN_MIRROR_TUF_UNSIGNED",
+                "no signing key: the TUF metadata carries no signatures, and TUF clients will refuse it (sign the run)",
+            );
+        }
+        for (name, bytes) in tuf::build(&targets, anchor.created_at, &self.tuf, ctx.signer())? {
+            stage_bytes(ctx, &format!("tuf/metadata/{name}"), ArtifactType::Metadata, "application/json", &bytes)?;
+        }
+        ctx.progress(Progress { percent: 100, items_completed: records, items_total: records });
+        Ok(())
+    }
+}
+
+/// A `mirror/` artifact's path relative to `mirror/`.
+fn rel(a: &StagedArtifact) -> &str {
+    a.spec.path.as_str().strip_prefix("mirror/").unwrap_or(a.spec.path.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exportcore::{conformance, DirEvidence, ProfileId};
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conforms() {
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+        conformance::profile_suite(
+            Arc::new(MirrorFull::default()),
+            Arc::new(DirEvidence::new(samples).unwrap()),
+            RunRequest::new(ProfileId::from_static("mirror:full")),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,221 @@
+//! `oci/`: an OCI image layout holding the mirror bundle and each Trivy DB as artifacts, built
+//! with the `oci-spec` types. Blobs are the staged files themselves (aliases, no copies);
+//! descriptors are sorted by digest, every manifest carries the pinned time as
+//! `org.opencontainers.image.created`, every layer its path as `org.opencontainers.image.title`,
+//! every index entry its tag as `org.opencontainers.image.ref.name`.
+
+use exportcore::{
+    canonical, ArtifactSpec, ArtifactType, ExportContext, ExportError, Result, StagedArtifact, Timestamp,
+};
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, Digest, ImageIndexBuilder, ImageManifestBuilder, MediaType, OciLayoutBuilder,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+
+/// `artifactType` of the mirror bundle artifact.
+pub const MIRROR_ARTIFACT_TYPE: &str = "application/vnd.exportcore.mirror.v1";
+/// The OCI empty descriptor's media type (config of the mirror artifact).
+pub(crate) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// One layer: its title (a path) and its bytes (a staged artifact).
+pub(crate) struct Layer<'a> {
+    pub title: String,
+    pub media_type: String,
+    pub blob: &'a StagedArtifact,
+}
+
+/// One tagged artifact.
+pub(crate) struct Image<'a> {
+    pub tag: &'static str,
+    pub artifact_type: &'static str,
+    pub config_media_type: &'static str,
+    pub layers: Vec<Layer<'a>>,
+}
+
+fn oci_err(what: &str) -> impl Fn(oci_spec::OciSpecError) -> ExportError + '_ {
+    move |e| ExportError::internal_caused("oci", format!("building {what}"), e)
+}
+
+fn digest(d: &exportcore::Sha256Digest) -> Result<Digest> {
+    Digest::from_str(&format!("sha256:{d}")).map_err(oci_err("a digest"))
+}
+
+fn descriptor(
+    media_type: &str,
+    d: &exportcore::Sha256Digest,
+    size: u64,
+    annotations: &[(&str, &str)],
+    artifact_type: Option<&str>,
+) -> Result<Descriptor> {
+    let mut b = DescriptorBuilder::default().media_type(MediaType::from(media_type)).digest(digest(d)?).size(size);
+    if !annotations.is_empty() {
+        let map: HashMap<String, String> =
+            annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        b = b.annotations(map);
+    }
+    if let Some(t) = artifact_type {
+        b = b.artifact_type(MediaType::from(t));
+    }
+    b.build().map_err(oci_err("a descriptor"))
+}
+
+/// Stages the layout under `oci/`.
+pub(crate) fn write_layout(ctx: &mut ExportContext<'_>, images: &[Image<'_>], created: Timestamp) -> Result<()> {
+    let mut staged: BTreeSet<String> = BTreeSet::new();
+    let mut blob = |ctx: &mut ExportContext<'_>, bytes: Option<&[u8]>, of: Option<&StagedArtifact>, media: &str| {
+        let (sha, spec_path) = match (bytes, of) {
+            (Some(b), _) => {
+                let d = exportcore::Sha256Digest::of(b);
+                (d, format!("oci/blobs/sha256/{d}"))
+            }
+            (None, Some(a)) => (a.sha256, format!("oci/blobs/sha256/{}", a.sha256)),
+            (None, None) => return Err(ExportError::internal("oci", "a blob without bytes")),
+        };
+        if staged.insert(spec_path.clone()) {
+            let spec = ArtifactSpec::new(&spec_path, ArtifactType::Data, "oci-blob", media)?;
+            match (bytes, of) {
+                (Some(b), _) => {
+                    ctx.write_artifact(spec, |w| w.write_all(b).map_err(|e| ExportError::io(&spec_path, e)))?;
+                }
+                (None, Some(a)) => {
+                    ctx.alias_artifact(spec, a)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(sha)
+    };
+    let created_s = created.to_string();
+    let mut entries = Vec::new();
+    for image in images {
+        let config = b"{}";
+        let config_sha = blob(ctx, Some(config), None, image.config_media_type)?;
+        let mut layers = Vec::new();
+        for l in &image.layers {
+            blob(ctx, None, Some(l.blob), &l.media_type)?;
+            layers.push(descriptor(
+                &l.media_type,
+                &l.blob.sha256,
+                l.blob.size,
+                &[("org.opencontainers.image.title", &l.title)],
+                None,
+            )?);
+        }
+        layers.sort_by_key(|d| (d.digest().to_string(), title(d)));
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .artifact_type(MediaType::from(image.artifact_type))
+            .config(descriptor(image.config_media_type, &config_sha, config.len() as u64, &[], None)?)
+            .layers(layers)
+            .annotations(HashMap::from([("org.opencontainers.image.created".to_owned(), created_s.clone())]))
+            .build()
+            .map_err(oci_err("an image manifest"))?;
+        let bytes = canonical::to_vec(&manifest)
+            .map_err(|e| ExportError::internal_caused("oci", "serialising an image manifest", e))?;
+        let sha = blob(ctx, Some(&bytes), None, "application/vnd.oci.image.manifest.v1+json")?;
+        entries.push(descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &sha,
+            bytes.len() as u64,
+            &[("org.opencontainers.image.created", &created_s), ("org.opencontainers.image.ref.name", image.tag)],
+            Some(image.artifact_type),
+        )?);
+    }
+    entries.sort_by_key(|d| d.digest().to_string());
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(entries)
+        .build()
+        .map_err(oci_err("index.json"))?;
+    let index_bytes =
+        canonical::to_vec(&index).map_err(|e| ExportError::internal_caused("oci", "serialising index.json", e))?;
+    let spec =
+        ArtifactSpec::new("oci/index.json", ArtifactType::Metadata, "json", "application/vnd.oci.image.index.v1+json")?;
+    ctx.write_artifact(spec, |w| w.write_all(&index_bytes).map_err(|e| ExportError::io("oci/index.json", e)))?;
+    let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build().map_err(oci_err("oci-layout"))?;
+    let layout_bytes =
+        canonical::to_vec(&layout).map_err(|e| ExportError::internal_caused("oci", "serialising oci-layout", e))?;
+    let spec = ArtifactSpec::new("oci/oci-layout", ArtifactType::Metadata, "json", "application/json")?;
+    ctx.write_artifact(spec, |w| w.write_all(&layout_bytes).map_err(|e| ExportError::io("oci/oci-layout", e)))?;
+    Ok(())
+}
+
+fn title(d: &Descriptor) -> String {
+    d.annotations().as_ref().and_then(|a| a.get("org.opencontainers.image.title").cloned()).unwrap_or_default()
+}
+
+/// Checks an OCI layout directory: `oci-layout`, `index.json`, and for every manifest it
+/// names (recursively through nested indexes) the blob's size and digest, its config and
+/// layers. Returns one message per problem, each naming the file.
+pub fn check_layout(dir: &std::path::Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let read = |rel: &str| exportcore::files::read_capped(&dir.join(rel), exportcore::files::MAX_MANIFEST_BYTES);
+    match read("oci-layout").ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        Some(v) if v["imageLayoutVersion"] == "1.0.0" => {}
+        _ => problems.push("oci/oci-layout: missing or not imageLayoutVersion 1.0.0".to_owned()),
+    }
+    let index = match read("index.json").map(|b| serde_json::from_slice::<oci_spec::image::ImageIndex>(&b)) {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => return [problems, vec![format!("oci/index.json: not an image index: {e}")]].concat(),
+        Err(e) => return [problems, vec![format!("oci/index.json: {e}")]].concat(),
+    };
+    let blob = |d: &Descriptor, problems: &mut Vec<String>| -> Option<Vec<u8>> {
+        let Some(hex) = d.as_digest_sha256() else {
+            problems.push(format!("oci: {} is not a sha256 digest", d.digest()));
+            return None;
+        };
+        let rel = format!("blobs/sha256/{hex}");
+        let path = dir.join(&rel);
+        let f = match exportcore::files::open_regular(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("oci/{rel}: {e}"));
+                return None;
+            }
+        };
+        match exportcore::hashing::hash_reader(f) {
+            Ok((size, sha)) if size == d.size() && sha.to_hex() == hex => {}
+            Ok((size, sha)) => {
+                problems.push(format!(
+                    "oci/{rel}: size {size} and sha256 {sha} do not match the descriptor ({})",
+                    d.size()
+                ));
+                return None;
+            }
+            Err(e) => {
+                problems.push(format!("oci/{rel}: {e}"));
+                return None;
+            }
+        }
+        let manifest_like = matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex);
+        if manifest_like {
+            exportcore::files::read_capped(&path, exportcore::files::MAX_MANIFEST_BYTES).ok()
+        } else {
+            Some(Vec::new())
+        }
+    };
+    let mut todo: Vec<Descriptor> = index.manifests().clone();
+    while let Some(d) = todo.pop() {
+        let Some(bytes) = blob(&d, &mut problems) else { continue };
+        match d.media_type() {
+            MediaType::ImageManifest => match serde_json::from_slice::<oci_spec::image::ImageManifest>(&bytes) {
+                Ok(m) => {
+                    let _ = blob(m.config(), &mut problems);
+                    for l in m.layers() {
+                        let _ = blob(l, &mut problems);
+                    }
+                }
+                Err(e) => problems.push(format!("oci: manifest {}: {e}", d.digest())),
+            },
+            MediaType::ImageIndex => match serde_json::from_slice::<oci_spec::image::ImageIndex>(&bytes) {
+                Ok(i) => todo.extend(i.manifests().iter().cloned()),
+                Err(e) => problems.push(format!("oci: index {}: {e}", d.digest())),
+            },
+            _ => {}
+        }
+    }
+    problems
+}

@@ -1,0 +1,575 @@
+//! TUF 1.0 repository metadata for a mirror (root, targets, snapshot, timestamp; consistent
+//! snapshots), signed through the core's [`Signer`], and a verifier of the chain at a chosen
+//! time.
+//!
+//! Written by hand: the Rust TUF crate (`tuf`) is unmaintained and async-only, and what a
+//! static repository needs is small: four documents, the canonical JSON TUF signs (the OLPC
+//! form securesystemslib uses: sorted keys, no whitespace, only `\` and `"` escaped, integers
+//! only) and the key ids. python-tuf's `ngclient.Updater` is the reference these are tested
+//! against (`tests/interop`).
+
+use exportcore::sign::{SignatureAlgorithm, Signer, Verifier};
+use exportcore::{ExportError, Result, Timestamp};
+use serde_json::{json, Map, Value};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// The TUF specification version written.
+pub const SPEC_VERSION: &str = "1.0.31";
+
+/// The four top-level roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Signs the root metadata: the keys of every role.
+    Root,
+    /// Signs the list of targets with their hashes.
+    Targets,
+    /// Signs the versions of the targets metadata.
+    Snapshot,
+    /// Signs the newest snapshot (short-lived: freshness).
+    Timestamp,
+}
+
+impl Role {
+    /// Every role, in metadata order.
+    pub const ALL: [Role; 4] = [Role::Root, Role::Targets, Role::Snapshot, Role::Timestamp];
+
+    /// The role's name in metadata (`root`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Targets => "targets",
+            Role::Snapshot => "snapshot",
+            Role::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// Keys, threshold and lifetime of one role.
+#[derive(Clone, Debug)]
+pub struct RoleKeys {
+    /// Signers (empty: the run's signer).
+    pub signers: Vec<Arc<dyn Signer>>,
+    /// Signatures required.
+    pub threshold: u32,
+    /// Days from the pinned time until the role's metadata expires.
+    pub expires_days: u32,
+}
+
+/// How a mirror's TUF metadata is signed: per role, its keys, threshold and lifetime. The
+/// default signs every role with the run's signer, threshold 1; root, targets and snapshot
+/// expire a year after the pinned time, timestamp after 90 days.
+#[derive(Clone, Debug)]
+pub struct TufOptions {
+    roles: BTreeMap<Role, RoleKeys>,
+}
+
+impl Default for TufOptions {
+    fn default() -> Self {
+        let keys = |days| RoleKeys { signers: Vec::new(), threshold: 1, expires_days: days };
+        Self {
+            roles: BTreeMap::from([
+                (Role::Root, keys(365)),
+                (Role::Targets, keys(365)),
+                (Role::Snapshot, keys(365)),
+                (Role::Timestamp, keys(90)),
+            ]),
+        }
+    }
+}
+
+impl TufOptions {
+    /// Signs `role` with `signers` (instead of the run's signer) and requires `threshold`
+    /// of them.
+    #[must_use]
+    pub fn role_keys(mut self, role: Role, signers: Vec<Arc<dyn Signer>>, threshold: u32) -> Self {
+        if let Some(r) = self.roles.get_mut(&role) {
+            r.signers = signers;
+            r.threshold = threshold;
+        }
+        self
+    }
+
+    /// Sets how many days after the pinned time `role`'s metadata expires.
+    #[must_use]
+    pub fn expires_days(mut self, role: Role, days: u32) -> Self {
+        if let Some(r) = self.roles.get_mut(&role) {
+            r.expires_days = days;
+        }
+        self
+    }
+
+    /// The settings of `role`.
+    pub fn role(&self, role: Role) -> &RoleKeys {
+        // Every role is present from `default` on.
+        &self.roles[&role]
+    }
+}
+
+/// OLPC canonical JSON, as TUF signs it: sorted keys, no whitespace, strings with only `\`
+/// and `"` escaped, integers only.
+///
+/// # Errors
+/// `ERR_EXPORT_INTERNAL` for a non-integer number.
+pub fn canonical(v: &Value) -> Result<Vec<u8>> {
+    fn write(v: &Value, out: &mut Vec<u8>) -> Result<()> {
+        match v {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Number(n) if n.is_i64() || n.is_u64() => out.extend_from_slice(n.to_string().as_bytes()),
+            Value::Number(n) => return Err(ExportError::internal("tuf", format!("non-integer number {n}"))),
+            Value::String(s) => {
+                out.push(b'"');
+                for b in s.bytes() {
+                    if b == b'"' || b == b'\\' {
+                        out.push(b'\\');
+                    }
+                    out.push(b);
+                }
+                out.push(b'"');
+            }
+            Value::Array(a) => {
+                out.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(x, out)?;
+                }
+                out.push(b']');
+            }
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(&Value::String(k.clone()), out)?;
+                    out.push(b':');
+                    write(&o[k], out)?;
+                }
+                out.push(b'}');
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    write(v, &mut out)?;
+    Ok(out)
+}
+
+/// The TUF key object of a signer's public key and its key id (SHA-256 of the object's
+/// canonical JSON, as python-tuf computes it).
+///
+/// # Errors
+/// `ERR_EXPORT_NOT_SUPPORTED` for a key TUF has no scheme for (SM2, HMAC) or a signer that
+/// does not expose its public key.
+pub fn key_object(signer: &dyn Signer) -> Result<(String, Value)> {
+    let spki = signer.public_key_der().ok_or_else(|| ExportError::NotSupported {
+        feature: format!("TUF signing with key {}: the signer does not expose its public key", signer.key_id()),
+    })?;
+    let key = match signer.algorithm() {
+        SignatureAlgorithm::Ed25519 => {
+            let raw = spki.get(spki.len().saturating_sub(32)..).unwrap_or_default();
+            json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": hex::encode(raw)}})
+        }
+        SignatureAlgorithm::EcdsaP256Sha256 => {
+            json!({"keytype": "ecdsa", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": pem("PUBLIC KEY", &spki)}})
+        }
+        other => {
+            return Err(ExportError::NotSupported {
+                feature: format!("TUF signing with {other:?} keys: TUF defines ed25519 and ecdsa-sha2-nistp256"),
+            })
+        }
+    };
+    let id = hex::encode(Sha256::digest(canonical(&key)?));
+    Ok((id, key))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    let _ = writeln!(out, "-----END {label}-----");
+    out
+}
+
+/// `expires`: seconds precision with a `Z`, as TUF requires.
+fn expiry(anchor: Timestamp, days: u32) -> String {
+    let t = anchor.plus_days(days).as_offset_date_time();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// One target: its path (relative to the targets directory), length and SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Path, `/`-separated.
+    pub path: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// SHA-256.
+    pub sha256: exportcore::Sha256Digest,
+}
+
+impl Target {
+    /// Where a consistent-snapshot client fetches it: the hash before the base name
+    /// (`data/raw/<sha256>.x.jsonl.zst`).
+    pub fn hashed_path(&self) -> String {
+        match self.path.rsplit_once('/') {
+            Some((dir, base)) => format!("{dir}/{}.{base}", self.sha256),
+            None => format!("{}.{}", self.sha256, self.path),
+        }
+    }
+}
+
+/// The metadata files of a repository: (file name, bytes), e.g. `1.root.json`.
+pub type MetadataFiles = Vec<(String, Vec<u8>)>;
+
+/// Builds and signs version 1 of a repository holding `targets`, pinned at `anchor`.
+///
+/// # Errors
+/// `ERR_EXPORT_NOT_SUPPORTED` for keys TUF cannot use; signing errors.
+pub fn build(
+    targets: &[Target],
+    anchor: Timestamp,
+    options: &TufOptions,
+    run_signer: Option<&dyn Signer>,
+) -> Result<MetadataFiles> {
+    let signers_of = |role: Role| -> Vec<&dyn Signer> {
+        let r = options.role(role);
+        if r.signers.is_empty() {
+            run_signer.into_iter().collect()
+        } else {
+            r.signers.iter().map(|s| &**s as &dyn Signer).collect()
+        }
+    };
+    let mut keys = Map::new();
+    let mut roles = Map::new();
+    let mut role_signers: BTreeMap<Role, Vec<(String, &dyn Signer)>> = BTreeMap::new();
+    for role in Role::ALL {
+        let mut ids = Vec::new();
+        for s in signers_of(role) {
+            let (id, key) = key_object(s)?;
+            keys.insert(id.clone(), key);
+            ids.push(id.clone());
+            role_signers.entry(role).or_default().push((id, s));
+        }
+        ids.sort();
+        ids.dedup();
+        roles.insert(role.as_str().into(), json!({"keyids": ids, "threshold": options.role(role).threshold}));
+    }
+    let common = |role: Role| {
+        json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": 1,
+               "expires": expiry(anchor, options.role(role).expires_days)})
+    };
+    let mut root = common(Role::Root);
+    root["consistent_snapshot"] = json!(true);
+    root["keys"] = Value::Object(keys);
+    root["roles"] = Value::Object(roles);
+
+    let mut listed = Map::new();
+    for t in targets {
+        listed.insert(t.path.clone(), json!({"length": t.length, "hashes": {"sha256": t.sha256.to_hex()}}));
+    }
+    let mut targets_md = common(Role::Targets);
+    targets_md["targets"] = Value::Object(listed);
+
+    let sign = |role: Role, signed: Value| -> Result<Vec<u8>> {
+        let bytes = canonical(&signed)?;
+        let mut signatures = Vec::new();
+        for (id, s) in role_signers.get(&role).into_iter().flatten() {
+            signatures.push(json!({"keyid": id, "sig": hex::encode(s.sign(&bytes)?)}));
+        }
+        signatures.sort_by(|a, b| a["keyid"].as_str().cmp(&b["keyid"].as_str()));
+        // The file is ordinary JSON (RFC 8785 form: control characters escaped); only the
+        // signed bytes use TUF's canonical form.
+        exportcore::canonical::to_vec(&json!({"signed": signed, "signatures": signatures}))
+            .map_err(|e| ExportError::internal_caused("tuf", "serialising metadata", e))
+    };
+    let meta = |bytes: &[u8]| json!({"version": 1, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
+
+    let root_bytes = sign(Role::Root, root)?;
+    let targets_bytes = sign(Role::Targets, targets_md)?;
+    let mut snapshot = common(Role::Snapshot);
+    snapshot["meta"] = json!({"targets.json": meta(&targets_bytes)});
+    let snapshot_bytes = sign(Role::Snapshot, snapshot)?;
+    let mut timestamp = common(Role::Timestamp);
+    timestamp["meta"] = json!({"snapshot.json": meta(&snapshot_bytes)});
+    let timestamp_bytes = sign(Role::Timestamp, timestamp)?;
+    Ok(vec![
+        ("1.root.json".into(), root_bytes.clone()),
+        ("1.snapshot.json".into(), snapshot_bytes),
+        ("1.targets.json".into(), targets_bytes),
+        ("root.json".into(), root_bytes),
+        ("timestamp.json".into(), timestamp_bytes),
+    ])
+}
+
+/// A role's keys and threshold as a root document names them.
+struct Trusted {
+    keys: BTreeMap<String, Arc<dyn Verifier>>,
+    roles: BTreeMap<String, (Vec<String>, u64)>,
+}
+
+fn verifier_of(key: &Value) -> std::result::Result<Arc<dyn Verifier>, String> {
+    let public = key["keyval"]["public"].as_str().ok_or("key without keyval.public")?;
+    let pem_text = match (key["keytype"].as_str(), key["scheme"].as_str()) {
+        (Some("ed25519"), Some("ed25519")) => {
+            let raw = hex::decode(public).map_err(|e| format!("ed25519 key is not hex: {e}"))?;
+            if raw.len() != 32 {
+                return Err("ed25519 key is not 32 bytes".into());
+            }
+            let mut der = hex::decode("302a300506032b6570032100").unwrap_or_default();
+            der.extend_from_slice(&raw);
+            pem("PUBLIC KEY", &der)
+        }
+        (Some("ecdsa" | "ecdsa-sha2-nistp256"), Some("ecdsa-sha2-nistp256")) => public.to_owned(),
+        (t, s) => return Err(format!("unsupported key type {t:?} / scheme {s:?}")),
+    };
+    exportcore_crypto::verifier_from_pem(&pem_text).map_err(|e| e.to_string())
+}
+
+fn trusted(root_signed: &Value) -> std::result::Result<Trusted, String> {
+    let mut keys = BTreeMap::new();
+    for (id, key) in root_signed["keys"].as_object().ok_or("root has no keys")? {
+        let computed = hex::encode(Sha256::digest(canonical(key).map_err(|e| e.to_string())?));
+        if &computed != id {
+            return Err(format!("key id {id} is not the SHA-256 of its key ({computed})"));
+        }
+        keys.insert(id.clone(), verifier_of(key)?);
+    }
+    let mut roles = BTreeMap::new();
+    for role in Role::ALL {
+        let r = &root_signed["roles"][role.as_str()];
+        let ids: Vec<String> = r["keyids"]
+            .as_array()
+            .ok_or_else(|| format!("root has no keyids for {}", role.as_str()))?
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        let threshold = r["threshold"].as_u64().filter(|t| *t >= 1).ok_or("threshold must be >= 1")?;
+        roles.insert(role.as_str().to_owned(), (ids, threshold));
+    }
+    Ok(Trusted { keys, roles })
+}
+
+/// Parses a metadata file and checks `role`'s threshold of signatures over its `signed`.
+fn checked(bytes: &[u8], role: Role, trust: &Trusted) -> std::result::Result<Value, String> {
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let signed = &doc["signed"];
+    if signed["_type"].as_str() != Some(role.as_str()) {
+        return Err(format!("_type is {:?}, expected {:?}", signed["_type"], role.as_str()));
+    }
+    let msg = canonical(signed).map_err(|e| e.to_string())?;
+    let (ids, threshold) = &trust.roles[role.as_str()];
+    let mut good = std::collections::BTreeSet::new();
+    for sig in doc["signatures"].as_array().into_iter().flatten() {
+        let (Some(id), Some(hex_sig)) = (sig["keyid"].as_str(), sig["sig"].as_str()) else { continue };
+        if !ids.iter().any(|k| k == id) {
+            continue;
+        }
+        let (Some(v), Ok(raw)) = (trust.keys.get(id), hex::decode(hex_sig)) else { continue };
+        if v.verify(&msg, &raw).is_ok() {
+            good.insert(id.to_owned());
+        }
+    }
+    if (good.len() as u64) < *threshold {
+        return Err(format!("{} was signed by {}/{} keys", role.as_str(), good.len(), threshold));
+    }
+    Ok(signed.clone())
+}
+
+fn check_expiry(signed: &Value, now: Timestamp, file: &str) -> std::result::Result<(), (bool, String)> {
+    let expires = signed["expires"].as_str().ok_or((false, format!("{file}: no expires")))?;
+    let t = Timestamp::parse(expires).map_err(|e| (false, format!("{file}: expires {e}")))?;
+    if t <= now {
+        return Err((true, format!("{file}: expired at {expires} (now {now})")));
+    }
+    Ok(())
+}
+
+fn check_meta(entry: &Value, bytes: &[u8], what: &str) -> std::result::Result<(), String> {
+    if let Some(len) = entry["length"].as_u64() {
+        if len != bytes.len() as u64 {
+            return Err(format!("{what}: length {} != {len}", bytes.len()));
+        }
+    }
+    if let Some(h) = entry["hashes"]["sha256"].as_str() {
+        if hex::encode(Sha256::digest(bytes)) != h {
+            return Err(format!("{what}: sha256 differs from the one listed"));
+        }
+    }
+    Ok(())
+}
+
+/// A problem the chain check found; `stale` marks expiry (ERR_EXPORT_STALE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// File it concerns, relative to the repository.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+    /// True for expiry.
+    pub stale: bool,
+}
+
+/// What a verified chain lists.
+#[derive(Clone, Debug, Default)]
+pub struct Verified {
+    /// The targets, from the trusted targets metadata.
+    pub targets: Vec<Target>,
+    /// Key ids (our scheme: SHA-256 of the SubjectPublicKeyInfo) of the root role's keys.
+    pub root_key_ids: Vec<String>,
+}
+
+/// Reads a metadata file by name (`1.root.json`, `timestamp.json`...); `None` when absent.
+pub type Fetch<'a> = dyn Fn(&str) -> std::result::Result<Option<Vec<u8>>, String> + 'a;
+
+/// Checks the chain as a TUF client would at time `now`: `1.root.json` (self-signed, the
+/// trust anchor), each `N.root.json` rotation, `timestamp.json`, the snapshot and targets
+/// versions it names (signatures, thresholds, versions, lengths and hashes), and expiry.
+pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified, Problem> {
+    let fail = |file: &str, message: String| Problem { file: file.to_owned(), message, stale: false };
+    let get = |file: &str| -> std::result::Result<Vec<u8>, Problem> {
+        fetch(file).map_err(|e| fail(file, e))?.ok_or_else(|| fail(file, "missing".into()))
+    };
+    let first = get("1.root.json")?;
+    let doc: Value = serde_json::from_slice(&first).map_err(|e| fail("1.root.json", format!("not JSON: {e}")))?;
+    let mut trust = trusted(&doc["signed"]).map_err(|e| fail("1.root.json", e))?;
+    let mut root = checked(&first, Role::Root, &trust).map_err(|e| fail("1.root.json", e))?;
+    if root["version"].as_u64() != Some(1) {
+        return Err(fail("1.root.json", "version is not 1".into()));
+    }
+    // Rotation: N+1 must be signed by the old root's threshold and its own.
+    for n in 2.. {
+        let file = format!("{n}.root.json");
+        let Some(bytes) = fetch(&file).map_err(|e| fail(&file, e))? else { break };
+        checked(&bytes, Role::Root, &trust)
+            .map_err(|e| fail(&file, format!("not signed by the previous root: {e}")))?;
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fail(&file, e.to_string()))?;
+        let next = trusted(&doc["signed"]).map_err(|e| fail(&file, e))?;
+        root = checked(&bytes, Role::Root, &next).map_err(|e| fail(&file, e))?;
+        if root["version"].as_u64() != Some(n) {
+            return Err(fail(&file, format!("version is not {n}")));
+        }
+        trust = next;
+    }
+    let expired = |signed: &Value, file: &str| {
+        check_expiry(signed, now, file).map_err(|(stale, message)| Problem { file: file.to_owned(), message, stale })
+    };
+    expired(&root, "root.json")?;
+    let consistent = root["consistent_snapshot"].as_bool().unwrap_or(false);
+
+    let ts_bytes = get("timestamp.json")?;
+    let ts = checked(&ts_bytes, Role::Timestamp, &trust).map_err(|e| fail("timestamp.json", e))?;
+    expired(&ts, "timestamp.json")?;
+    let snap_meta = &ts["meta"]["snapshot.json"];
+    let snap_version =
+        snap_meta["version"].as_u64().ok_or_else(|| fail("timestamp.json", "no snapshot version".into()))?;
+    let snap_file = if consistent { format!("{snap_version}.snapshot.json") } else { "snapshot.json".into() };
+    let snap_bytes = get(&snap_file)?;
+    check_meta(snap_meta, &snap_bytes, &snap_file).map_err(|e| fail(&snap_file, e))?;
+    let snap = checked(&snap_bytes, Role::Snapshot, &trust).map_err(|e| fail(&snap_file, e))?;
+    if snap["version"].as_u64() != Some(snap_version) {
+        return Err(fail(&snap_file, format!("version is not {snap_version} (rollback?)")));
+    }
+    expired(&snap, &snap_file)?;
+    let targets_meta = &snap["meta"]["targets.json"];
+    let targets_version =
+        targets_meta["version"].as_u64().ok_or_else(|| fail(&snap_file, "no targets version".into()))?;
+    let targets_file = if consistent { format!("{targets_version}.targets.json") } else { "targets.json".into() };
+    let targets_bytes = get(&targets_file)?;
+    check_meta(targets_meta, &targets_bytes, &targets_file).map_err(|e| fail(&targets_file, e))?;
+    let targets = checked(&targets_bytes, Role::Targets, &trust).map_err(|e| fail(&targets_file, e))?;
+    if targets["version"].as_u64() != Some(targets_version) {
+        return Err(fail(&targets_file, format!("version is not {targets_version} (rollback?)")));
+    }
+    expired(&targets, &targets_file)?;
+    let mut out = Verified::default();
+    for (path, info) in targets["targets"].as_object().into_iter().flatten() {
+        let length = info["length"].as_u64().ok_or_else(|| fail(&targets_file, format!("{path}: no length")))?;
+        let sha256 = info["hashes"]["sha256"]
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| fail(&targets_file, format!("{path}: no sha256")))?;
+        out.targets.push(Target { path: path.clone(), length, sha256 });
+    }
+    out.root_key_ids =
+        trust.roles["root"].0.iter().filter_map(|id| trust.keys.get(id)).map(|v| v.key_id().to_owned()).collect();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_is_the_olpc_form() {
+        let v = json!({"b": [1, "x\"y\\z\n"], "a": {"é": true, "A": null}});
+        assert_eq!(canonical(&v).unwrap(), "{\"a\":{\"A\":null,\"é\":true},\"b\":[1,\"x\\\"y\\\\z\n\"]}".as_bytes());
+        assert!(canonical(&json!(1.5)).is_err());
+    }
+
+    fn signer(alg: exportcore_crypto::Algorithm) -> Arc<dyn Signer> {
+        exportcore_crypto::signer_from_pem(&exportcore_crypto::generate(alg).unwrap().private_pem).unwrap()
+    }
+
+    fn repo(s: &Arc<dyn Signer>) -> BTreeMap<String, Vec<u8>> {
+        let t = Target { path: "data/x.json".into(), length: 2, sha256: exportcore::Sha256Digest::of(b"{}") };
+        let anchor = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        build(&[t], anchor, &TufOptions::default(), Some(&**s)).unwrap().into_iter().collect()
+    }
+
+    fn check(files: &BTreeMap<String, Vec<u8>>, now: &str) -> std::result::Result<Verified, Problem> {
+        verify(&|f: &str| Ok(files.get(f).cloned()), Timestamp::parse(now).unwrap())
+    }
+
+    #[test]
+    fn a_built_repository_verifies_and_tampering_fails() {
+        for alg in [exportcore_crypto::Algorithm::Ed25519, exportcore_crypto::Algorithm::EcdsaP256] {
+            let s = signer(alg);
+            let files = repo(&s);
+            let v = check(&files, "2025-02-01T00:00:00Z").unwrap();
+            assert_eq!(v.targets[0].path, "data/x.json");
+            assert_eq!(v.root_key_ids, [s.key_id().to_owned()], "our key id of the root key");
+            assert_eq!(v.targets[0].hashed_path(), format!("data/{}.x.json", exportcore::Sha256Digest::of(b"{}")));
+            // Expired timestamp (90 days), then everything.
+            let e = check(&files, "2025-06-01T00:00:00Z").unwrap_err();
+            assert!(e.stale && e.file == "timestamp.json", "{e:?}");
+            // A changed target list breaks the targets signature, and the snapshot's hash first.
+            let mut bad = files.clone();
+            let t = String::from_utf8(bad["1.targets.json"].clone()).unwrap().replace("\"length\":2", "\"length\":3");
+            bad.insert("1.targets.json".into(), t.into_bytes());
+            let e = check(&bad, "2025-02-01T00:00:00Z").unwrap_err();
+            assert!(e.message.contains("length") || e.message.contains("sha256"), "{e:?}");
+            // Another key's repository cannot pass for this root.
+            let other = repo(&signer(alg));
+            let mut mixed = files.clone();
+            mixed.insert("timestamp.json".into(), other["timestamp.json"].clone());
+            let e = check(&mixed, "2025-02-01T00:00:00Z").unwrap_err();
+            assert!(e.message.contains("signed by 0/1"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn sm2_keys_are_refused() {
+        let e = key_object(&*signer(exportcore_crypto::Algorithm::Sm2)).unwrap_err();
+        assert_eq!(e.code(), "ERR_EXPORT_NOT_SUPPORTED");
+    }
+}
