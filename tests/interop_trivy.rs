@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{interop_dir, interop_enabled, interop_python, samples, text};
+use common::{interop_dir, interop_enabled, interop_python, samples, text, trivy};
 use exportcore::{
     DirEvidence, EvidenceSource, FsSink, Profile, ProfileId, RunBuilder, RunRequest, RunStatus, Selectors, TenantId,
     Timestamp,
@@ -17,15 +17,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-
-fn trivy() -> PathBuf {
-    let venv = std::env::var_os("EXPORTCORE_TRIVY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/exportcore/trivy-venv"));
-    let t = venv.join("bin/trivy");
-    assert!(t.exists(), "Trivy missing at {}: run scripts/test-all (it runs scripts/install-trivy.sh)", t.display());
-    t
-}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy")

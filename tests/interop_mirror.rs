@@ -1,0 +1,176 @@
+//! mirror:full against the real consumers (with `EXPORTCORE_INTEROP=1`): python-tuf's
+//! `ngclient.Updater` verifies the TUF repository and every target (and refuses a tampered
+//! target and expired metadata); the OCI layout verifier accepts `oci/`; skopeo copies each
+//! artifact into a registry started here (loopback, killed by PID) and back with equal
+//! digests; the real Trivy pulls its databases from that registry and finds exactly what it
+//! finds with the local ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{interop_enabled, interop_py, keys, samples, text, trivy, Registry};
+use exportcore::{DirEvidence, FsSink, RunBuilder, RunRequest, Timestamp};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+async fn build(out: &Path, signer: Arc<dyn exportcore::sign::Signer>) {
+    let req = RunRequest::builder("mirror:full")
+        .created_at(Timestamp::parse("2025-06-01T00:00:00Z").unwrap())
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(
+        exportcore_mirror::MirrorFull::default(),
+        DirEvidence::new(samples()).unwrap(),
+        FsSink::new(out).unwrap(),
+    )
+    .signer(signer)
+    .execute(req)
+    .await
+    .unwrap_or_else(|e| panic!("mirror:full failed: {}", e.report()));
+}
+
+fn python_tuf(out: &Path, reference_time: &str) -> std::process::Output {
+    let (meta, targets) = (out.join("tuf/metadata"), out.join("tuf/targets"));
+    let rt = std::ffi::OsString::from(reference_time);
+    let args: [&Path; 4] = [&meta, &targets, Path::new("--reference-time"), Path::new(&rt)];
+    interop_py("verify_tuf.py", &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tuf_verifies_the_mirror_and_refuses_tampering() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for alg in [exportcore_crypto::Algorithm::Ed25519, exportcore_crypto::Algorithm::EcdsaP256] {
+        let k = keys(alg, tmp.path(), &format!("{alg:?}"));
+        let out = tmp.path().join(format!("m-{alg:?}"));
+        build(&out, Arc::clone(&k.signer)).await;
+        let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+        assert!(o.status.success(), "{alg:?}: {}", text(&o));
+        assert!(text(&o).contains("OK: TUF repository verified (22 targets)"), "{}", text(&o));
+        // Expired timestamp (90 days).
+        let o = python_tuf(&out, "2025-10-01T00:00:00Z");
+        assert!(!o.status.success() && text(&o).contains("expired"), "{}", text(&o));
+        // One target byte changed, same length.
+        let export: Value = serde_json::from_slice(&std::fs::read(out.join("mirror/export.json")).unwrap()).unwrap();
+        let db = export["files"].as_array().unwrap().iter().find(|f| f["path"] == "trivy/db.tar.gz").unwrap();
+        let target = out.join(format!("tuf/targets/trivy/{}.db.tar.gz", db["sha256"].as_str().unwrap()));
+        let mut bytes = std::fs::read(&target).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&target, bytes).unwrap();
+        let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+        assert!(!o.status.success(), "a tampered target passed python-tuf: {}", text(&o));
+        assert!(text(&o).contains("db.tar.gz"), "{}", text(&o));
+    }
+}
+
+fn skopeo(args: &[&str]) -> std::process::Output {
+    Command::new("skopeo").args(args).output().expect("skopeo missing: run sh tests/interop/install.sh")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    exportcore::Sha256Digest::of(bytes).to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_trivy_use_the_oci_layout_through_a_registry() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let out = tmp.path().join("m");
+    build(&out, Arc::clone(&k.signer)).await;
+    let oci = out.join("oci");
+    let o = interop_py("verify_oci_layout.py", &[&oci, Path::new("--strict-orphans")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("tags: mirror, trivy-java-db, trivy-db"), "{}", text(&o));
+
+    let registry = Registry::start();
+    let index: Value = serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    for (tag, dest) in [("trivy-db", "trivy-db:2"), ("trivy-java-db", "trivy-java-db:1"), ("mirror", "mirror:full")] {
+        let src = format!("oci:{}:{tag}", oci.display());
+        let dst = format!("docker://{}/{dest}", registry.addr());
+        let o = skopeo(&["copy", "--dest-tls-verify=false", &src, &dst]);
+        assert!(o.status.success(), "skopeo copy {tag}: {}", text(&o));
+        let want = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned();
+        let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &dst]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(sha256_hex(&o.stdout), want, "{tag}: the registry holds another manifest");
+        let back = tmp.path().join(format!("back-{tag}"));
+        let o = skopeo(&["copy", "--src-tls-verify=false", &dst, &format!("oci:{}:{tag}", back.display())]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = skopeo(&["inspect", "--raw", &format!("oci:{}:{tag}", back.display())]);
+        assert_eq!(sha256_hex(&o.stdout), want, "{tag}: pulled back, the digest changed");
+    }
+
+    // Trivy downloads both databases from the registry into an empty cache and reports what
+    // it reports with the local tarballs.
+    let scan = |args: &[String], cache: &Path| {
+        let report = cache.join("report.json");
+        let o = Command::new(trivy())
+            .arg("rootfs")
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(args)
+            .args(["--scanners", "vuln", "--format", "json", "--output"])
+            .arg(&report)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy/rootfs"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "trivy: {}", text(&o));
+        let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+        let mut found: Vec<(String, String, String)> = r["Results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|x| x["Vulnerabilities"].as_array().cloned().unwrap_or_default())
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                (s("PkgName"), s("VulnerabilityID"), s("FixedVersion"))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let remote_cache = tmp.path().join("remote-cache");
+    let remote = scan(
+        &[
+            "--db-repository".into(),
+            format!("{}/trivy-db:2", registry.addr()),
+            "--java-db-repository".into(),
+            format!("{}/trivy-java-db:1", registry.addr()),
+        ],
+        &remote_cache,
+    );
+    let local_cache = tmp.path().join("local-cache");
+    for (tgz, dir) in [("db.tar.gz", "db"), ("javadb.tar.gz", "java-db")] {
+        std::fs::create_dir_all(local_cache.join(dir)).unwrap();
+        let ok = Command::new("tar")
+            .arg("-xzf")
+            .arg(out.join("mirror/trivy").join(tgz))
+            .arg("-C")
+            .arg(local_cache.join(dir))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let local =
+        scan(&["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()], &local_cache);
+    assert!(!local.is_empty());
+    assert_eq!(remote, local, "findings with the DB pulled from the registry");
+}
