@@ -59,6 +59,14 @@ fn verify(dir: &Path, k: &Keys, now: &str) -> VerifyReport {
     exportcore_mirror::verify_path_with(dir, &options, t(now)).unwrap()
 }
 
+fn no_keys() -> VerifyOptions {
+    VerifyOptions::default()
+}
+
+fn with_key(k: &Keys) -> VerifyOptions {
+    VerifyOptions { verifiers: vec![Arc::clone(&k.verifier)], ..Default::default() }
+}
+
 fn copy(from: &Path, to: &Path) -> PathBuf {
     assert!(std::process::Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap().success());
     to.to_path_buf()
@@ -242,4 +250,221 @@ async fn sm2_keys_cannot_sign_tuf() {
     .unwrap_err();
     assert_eq!(e.code(), "ERR_EXPORT_NOT_SUPPORTED", "{e}");
     assert!(e.to_string().contains("TUF"), "{e}");
+}
+
+/// The samples with one advisory removed, one changed and one added.
+fn changed_samples(tmp: &Path) -> PathBuf {
+    let ev = copy(&samples(), &tmp.join("ev2"));
+    std::fs::remove_file(ev.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
+    let go = ev.join("advisories/go/GO-2024-2611.json");
+    let text = std::fs::read_to_string(&go).unwrap();
+    let added = text.replace("\"GO-2024-2611\"", "\"GO-2099-0001\"");
+    assert_ne!(added, text);
+    std::fs::write(ev.join("advisories/go/GO-2099-0001.json"), added).unwrap();
+    let mut npm: Vec<PathBuf> =
+        std::fs::read_dir(ev.join("advisories/npm")).unwrap().map(|e| e.unwrap().path()).collect();
+    npm.sort();
+    let mut edited: Value = serde_json::from_slice(&std::fs::read(&npm[0]).unwrap()).unwrap();
+    edited["modified"] = Value::String("2025-06-10T00:00:00Z".into());
+    std::fs::write(&npm[0], serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    ev
+}
+
+async fn run_profile(
+    profile: impl exportcore::Profile,
+    ev: &Path,
+    out: &Path,
+    k: Option<&Keys>,
+    created: &str,
+) -> exportcore::Run {
+    let mut req = RunRequest::builder(profile.descriptor().id.as_str()).created_at(t(created));
+    if k.is_some() {
+        req =
+            req.distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"));
+    }
+    let mut b = RunBuilder::new(profile, DirEvidence::new(ev).unwrap(), FsSink::new(out).unwrap())
+        .run_id(RunId::parse("delta-run").unwrap());
+    if let Some(k) = k {
+        b = b.signer(Arc::clone(&k.signer));
+    }
+    b.execute(req.build().unwrap()).await.unwrap_or_else(|e| panic!("run failed: {}", e.report())).run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_applied_to_its_base_is_the_full_build_of_the_new_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-3").await;
+    let ev2 = changed_samples(tmp.path());
+    let (delta, delta_b) = (tmp.path().join("delta"), tmp.path().join("delta-b"));
+    let new_created = "2025-06-11T00:00:00Z";
+    for d in [&delta, &delta_b] {
+        run_profile(exportcore_mirror::MirrorDelta::new(&old), &ev2, d, Some(&k), new_created).await;
+    }
+    assert_eq!(tree(&delta), tree(&delta_b), "two delta builds of the same inputs differ");
+    let diff: Value = serde_json::from_slice(&std::fs::read(delta.join("delta/manifest.diff.json")).unwrap()).unwrap();
+    assert_eq!(diff["counts"]["records"]["advisory"], serde_json::json!({"added": 1, "changed": 1, "removed": 1}));
+    let changed: Vec<&str> = diff["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(changed.contains(&"mirror/data/raw/advisories/pypi.jsonl.zst"), "{changed:?}");
+    assert!(!delta.join("mirror/data/raw/advisories/alpine.jsonl.zst").exists(), "an unchanged file travelled");
+    assert!(!delta.join("tuf/metadata/1.root.json").exists(), "the root did not change");
+    assert!(delta.join("tuf/metadata/2.targets.json").exists());
+    let removed = diff["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), diff["tombstones"].as_array().unwrap().len());
+    assert!(removed.iter().any(|p| p == "tuf/metadata/1.targets.json"));
+
+    let new = tmp.path().join("new");
+    let applied = exportcore_mirror::apply(&old, &delta, &new, &with_key(&k)).unwrap();
+    assert_eq!(applied.export_id, diff["exportId"].as_str().unwrap());
+    let full = tmp.path().join("full");
+    run_profile(exportcore_mirror::MirrorFull::default(), &ev2, &full, Some(&k), new_created).await;
+    let (tn, tf) = (tree(&new.join("mirror")), tree(&full.join("mirror")));
+    assert_eq!(tn.keys().collect::<Vec<_>>(), tf.keys().collect::<Vec<_>>());
+    for (p, b) in &tn {
+        assert!(b == &tf[p], "mirror/{p}: applied delta and full build differ");
+    }
+    let r = verify(&new, &k, "2025-06-12T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    assert_eq!(r.signatures, exportcore::verify::Signatures::Valid);
+    let log = std::fs::read_to_string(new.join("appliedExportIds.log")).unwrap();
+    assert_eq!(log.trim(), diff["exportId"].as_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bases_and_deltas_are_typed_errors_that_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-4").await;
+    let ev2 = changed_samples(tmp.path());
+    let created = "2025-06-11T00:00:00Z";
+    let fails = |e: exportcore::ExportError, code: &str, naming: &str| {
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.to_string().contains(naming), "{e} should name {naming}");
+    };
+    let delta_run = |base: PathBuf, out: PathBuf| {
+        let (ev2, signer) = (ev2.clone(), Arc::clone(&k.signer));
+        async move {
+            let req = RunRequest::builder("mirror:delta")
+                .created_at(t(created))
+                .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+                .build()
+                .unwrap();
+            RunBuilder::new(
+                exportcore_mirror::MirrorDelta::new(base),
+                DirEvidence::new(&ev2).unwrap(),
+                FsSink::new(&out).unwrap(),
+            )
+            .signer(signer)
+            .execute(req)
+            .await
+        }
+    };
+    // Not a mirror.
+    let raw = tmp.path().join("raw");
+    run_profile(exportcore_json::JsonRaw, &samples(), &raw, None, CREATED).await;
+    fails(delta_run(raw.clone(), tmp.path().join("d1")).await.unwrap_err(), "ERR_EXPORT_BASE_MISSING", "not a mirror");
+    // Missing.
+    fails(
+        delta_run(tmp.path().join("nope"), tmp.path().join("d2")).await.unwrap_err(),
+        "ERR_EXPORT_BASE_MISSING",
+        "nope",
+    );
+    // A corrupted base file, and an OCI blob gone.
+    let bad = copy(&old, &tmp.path().join("corrupt"));
+    std::fs::write(bad.join("mirror/data/raw/advisories/npm.jsonl.zst"), b"garbage").unwrap();
+    fails(delta_run(bad, tmp.path().join("d3")).await.unwrap_err(), "ERR_EXPORT_BASE_MISSING", "npm.jsonl.zst");
+    let bad = copy(&old, &tmp.path().join("noblob"));
+    let blob = std::fs::read_dir(bad.join("oci/blobs/sha256")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&blob).unwrap();
+    let name = blob.file_name().unwrap().to_string_lossy().into_owned();
+    fails(delta_run(bad, tmp.path().join("d4")).await.unwrap_err(), "ERR_EXPORT_BASE_MISSING", &name);
+    // mirror:delta without a base.
+    let e = RunBuilder::new(
+        exportcore_mirror::MirrorDelta::default(),
+        DirEvidence::new(&ev2).unwrap(),
+        FsSink::new(tmp.path().join("d5")).unwrap(),
+    )
+    .execute(RunRequest::builder("mirror:delta").build().unwrap())
+    .await
+    .unwrap_err();
+    fails(e, "ERR_EXPORT_REQUEST_INVALID", "base");
+
+    // Apply: twice, out of order, to another base, with inconsistent tombstones.
+    let delta = tmp.path().join("delta");
+    delta_run(old.clone(), delta.clone()).await.unwrap();
+    let new = tmp.path().join("new");
+    exportcore_mirror::apply(&old, &delta, &new, &with_key(&k)).unwrap();
+    let out = tmp.path().join("out1");
+    fails(
+        exportcore_mirror::apply(&new, &delta, &out, &no_keys()).unwrap_err(),
+        "ERR_EXPORT_BASE_MISSING",
+        "already applied",
+    );
+    assert!(!out.exists(), "a failed apply left {}", out.display());
+    let delta2 = tmp.path().join("delta2");
+    run_profile(exportcore_mirror::MirrorDelta::new(&new), &samples(), &delta2, Some(&k), "2025-06-12T00:00:00Z").await;
+    // An unsigned delta of a signed base would need a key rotation.
+    let e = RunBuilder::new(
+        exportcore_mirror::MirrorDelta::new(&old),
+        DirEvidence::new(&ev2).unwrap(),
+        FsSink::new(tmp.path().join("d6")).unwrap(),
+    )
+    .execute(RunRequest::builder("mirror:delta").created_at(t(created)).build().unwrap())
+    .await
+    .unwrap_err();
+    fails(e, "ERR_EXPORT_NOT_SUPPORTED", "key rotation");
+    fails(
+        exportcore_mirror::apply(&old, &delta2, &out, &no_keys()).unwrap_err(),
+        "ERR_EXPORT_BASE_MISSING",
+        "baseManifestHash",
+    );
+    assert!(!out.exists());
+    let other = tmp.path().join("other");
+    run_profile(exportcore_mirror::MirrorFull::default(), &ev2, &other, Some(&k), CREATED).await;
+    fails(
+        exportcore_mirror::apply(&other, &delta, &out, &no_keys()).unwrap_err(),
+        "ERR_EXPORT_BASE_MISSING",
+        "baseManifestHash",
+    );
+    // Tombstones that disagree with `removed`, in a delta whose manifest was made to match.
+    let bent = copy(&delta, &tmp.path().join("bent"));
+    // Re-made by someone without the key: the signatures have to go.
+    for f in ["manifest.dsse.json", "provenance.dsse.json"] {
+        std::fs::remove_file(bent.join(f)).unwrap();
+    }
+    let diff_path = bent.join("delta/manifest.diff.json");
+    let mut diff: Value = serde_json::from_slice(&std::fs::read(&diff_path).unwrap()).unwrap();
+    diff["tombstones"].as_array_mut().unwrap().pop();
+    let bytes = exportcore::canonical::to_vec(&diff).unwrap();
+    std::fs::write(&diff_path, &bytes).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(bent.join("manifest.json")).unwrap()).unwrap();
+    for e in manifest["entries"].as_array_mut().unwrap() {
+        if e["path"] == "delta/manifest.diff.json" {
+            e["size"] = bytes.len().into();
+            e["sha256"] = exportcore::Sha256Digest::of(&bytes).to_hex().into();
+        }
+    }
+    let total: u64 = manifest["entries"].as_array().unwrap().iter().map(|e| e["size"].as_u64().unwrap()).sum();
+    manifest["totals"]["bytes"] = total.into();
+    std::fs::write(bent.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
+    fails(
+        exportcore_mirror::apply(&old, &bent, &out, &no_keys()).unwrap_err(),
+        "ERR_EXPORT_VERIFY_FAILED",
+        "tombstones",
+    );
+    assert!(!out.exists());
+    // With the producer's key, an unsigned delta is refused before anything else.
+    fails(exportcore_mirror::apply(&old, &bent, &out, &with_key(&k)).unwrap_err(), "ERR_EXPORT_VERIFY_FAILED", "dsse");
+    assert!(!out.exists());
+    // A tampered delta file.
+    let torn = copy(&delta, &tmp.path().join("torn"));
+    std::fs::write(torn.join("mirror/export.json"), b"{}").unwrap();
+    fails(
+        exportcore_mirror::apply(&old, &torn, &out, &no_keys()).unwrap_err(),
+        "ERR_EXPORT_VERIFY_FAILED",
+        "export.json",
+    );
+    assert!(!out.exists());
 }

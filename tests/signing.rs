@@ -13,7 +13,7 @@ use exportcore_crypto::Algorithm;
 use std::time::Duration;
 
 fn opts(keys: &Keys) -> VerifyOptions {
-    VerifyOptions { verifiers: vec![keys.verifier.clone()], staleness: None }
+    VerifyOptions { verifiers: vec![keys.verifier.clone()], ..Default::default() }
 }
 
 fn problems(dir: &std::path::Path, o: &VerifyOptions) -> Vec<String> {
@@ -144,6 +144,7 @@ async fn staleness_policy() {
             max_drift: Duration::from_secs(drift_s),
             now: Timestamp::parse(now).unwrap(),
         }),
+        ..Default::default()
     };
     assert!(problems(&out, &policy("2025-01-20T00:00:00Z", 30, 60)).is_empty());
     let stale = verify_path_with(&out, &policy("2025-03-01T00:00:00Z", 30, 60)).unwrap();

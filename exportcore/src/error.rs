@@ -126,6 +126,15 @@ pub enum ExportError {
         /// Why.
         reason: String,
     },
+    /// The base a delta is built on or applied to is missing, is not what the delta needs
+    /// (another mirror, another state), or is corrupted.
+    #[error("base {path}: {reason}")]
+    BaseMissing {
+        /// The base, or the file of it that failed.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The run was cancelled.
     #[error("run cancelled")]
     Cancelled,
@@ -193,6 +202,7 @@ impl ExportError {
             ExportError::NotFound { .. } => "ERR_EXPORT_NOT_FOUND",
             ExportError::VerificationFailed { .. } => "ERR_EXPORT_VERIFY_FAILED",
             ExportError::Stale { .. } => "ERR_EXPORT_STALE",
+            ExportError::BaseMissing { .. } => "ERR_EXPORT_BASE_MISSING",
             ExportError::Cancelled => "ERR_EXPORT_CANCELLED",
             ExportError::Timeout { .. } => "ERR_EXPORT_TIMEOUT",
             ExportError::Interrupted { .. } => "ERR_EXPORT_INTERRUPTED",
@@ -293,6 +303,7 @@ mod tests {
             (ExportError::NotFound { path: "p".into() }, "ERR_EXPORT_NOT_FOUND"),
             (ExportError::VerificationFailed { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_VERIFY_FAILED"),
             (ExportError::Stale { path: "p".into(), reason: "r".into() }, "ERR_EXPORT_STALE"),
+            (ExportError::BaseMissing { path: "b".into(), reason: "r".into() }, "ERR_EXPORT_BASE_MISSING"),
             (ExportError::Cancelled, "ERR_EXPORT_CANCELLED"),
             (ExportError::Timeout { after_secs: 1 }, "ERR_EXPORT_TIMEOUT"),
             (ExportError::Interrupted { reason: "r".into() }, "ERR_EXPORT_INTERRUPTED"),

@@ -80,6 +80,9 @@ pub struct VerifyOptions {
     pub verifiers: Vec<Arc<dyn Verifier>>,
     /// Refuse bundles outside this time window.
     pub staleness: Option<StalenessPolicy>,
+    /// Top-level files of local state that are not part of the output (an applied mirror's
+    /// `appliedExportIds.log`): neither checked nor reported as extra.
+    pub local_files: Vec<String>,
 }
 
 /// What a verification found about signatures.
@@ -247,6 +250,9 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
                 report.fail(rel_child, "not a regular file");
             }
         }
+    }
+    for local in &options.local_files {
+        found.remove(local.as_str());
     }
     let manifest_path = dir.join(MANIFEST_FILE);
     if !found.contains_key(MANIFEST_FILE) {

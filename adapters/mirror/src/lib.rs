@@ -47,11 +47,16 @@
 //! # }).unwrap();
 //! ```
 
+mod delta;
 mod oci;
 mod tree;
 pub mod tuf;
 mod verify;
 
+pub use delta::{
+    apply, Applied, Base, MirrorDelta, APPLIED_LOG, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST, FULL_MANIFEST_DSSE,
+    FULL_PROVENANCE,
+};
 pub use oci::{check_layout, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};
 pub use verify::{is_mirror, verify_path_with};
@@ -81,9 +86,10 @@ impl MirrorFull {
     }
 }
 
-/// A registry holding `mirror:full`.
+/// A registry holding `mirror:full` and an unconfigured `mirror:delta` (its runs are refused
+/// until it is registered again with a base: [`MirrorDelta::new`]).
 pub fn profiles() -> exportcore::Profiles {
-    exportcore::Profiles::new().with(MirrorFull::default())
+    exportcore::Profiles::new().with(MirrorFull::default()).with(MirrorDelta::default())
 }
 
 fn stage_json(ctx: &mut ExportContext<'_>, path: &str, kind: ArtifactType, v: &Value) -> Result<StagedArtifact> {
@@ -166,6 +172,21 @@ impl Profile for MirrorFull {
     }
 
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        build_tree(ctx, &self.tuf, None)
+    }
+}
+
+/// Builds the whole output (`mirror/`, `oci/`, `tuf/`) into the run; with `previous`, the TUF
+/// metadata continues that repository (its root, the next versions). The tree always
+/// describes a full mirror (`profileId` `mirror:full` in `export.json`): a delta applied to its
+/// base gives exactly the `mirror/` a full build of the same evidence gives.
+pub(crate) fn build_tree(
+    ctx: &mut ExportContext<'_>,
+    tuf_options: &TufOptions,
+    previous: Option<&tuf::Previous>,
+) -> Result<()> {
+    let profile_id = "mirror:full";
+    {
         let mut files: Vec<StagedArtifact> = Vec::new();
         let mut counts = serde_json::Map::new();
         let mut newest = None;
@@ -221,7 +242,7 @@ impl Profile for MirrorFull {
         let selectors = &ctx.request().selectors;
         let mut export = json!({
             "version": EXPORT_VERSION,
-            "profileId": "mirror:full",
+            "profileId": profile_id,
             "createdAt": anchor.created_at.to_string(),
             "counts": counts,
             "files": listed,
@@ -237,7 +258,7 @@ impl Profile for MirrorFull {
             "predicate": {
                 "buildDefinition": {
                     "buildType": "urn:exportcore:buildtype:mirror:v1",
-                    "externalParameters": {"profileId": "mirror:full", "selectors": export.get("selectors").cloned().unwrap_or(json!({}))},
+                    "externalParameters": {"profileId": profile_id, "selectors": export.get("selectors").cloned().unwrap_or(json!({}))},
                     "internalParameters": {"counts": export["counts"].clone()},
                     "resolvedDependencies": [],
                 },
@@ -286,13 +307,13 @@ impl Profile for MirrorFull {
             ctx.alias_artifact(spec, f)?;
         }
         let signer = ctx.signer();
-        if signer.is_none() && Role::ALL.iter().any(|r| self.tuf.role(*r).signers.is_empty()) {
+        if signer.is_none() && Role::ALL.iter().any(|r| tuf_options.role(*r).signers.is_empty()) {
             ctx.warn(
                 "WARN_MIRROR_TUF_UNSIGNED",
                 "no signing key: the TUF metadata carries no signatures, and TUF clients will refuse it (sign the run)",
             );
         }
-        for (name, bytes) in tuf::build(&targets, anchor.created_at, &self.tuf, ctx.signer())? {
+        for (name, bytes) in tuf::build(&targets, anchor.created_at, tuf_options, ctx.signer(), previous)? {
             stage_bytes(ctx, &format!("tuf/metadata/{name}"), ArtifactType::Metadata, "application/json", &bytes)?;
         }
         ctx.progress(Progress { percent: 100, items_completed: records, items_total: records });

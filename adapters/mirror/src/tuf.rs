@@ -241,15 +241,65 @@ impl Target {
 /// The metadata files of a repository: (file name, bytes), e.g. `1.root.json`.
 pub type MetadataFiles = Vec<(String, Vec<u8>)>;
 
-/// Builds and signs version 1 of a repository holding `targets`, pinned at `anchor`.
+/// An existing repository a new version continues: its root files (kept as they are) and
+/// the current versions of targets, snapshot and timestamp.
+#[derive(Clone, Debug, Default)]
+pub struct Previous {
+    /// `N.root.json` files and `root.json`, unchanged.
+    pub root_files: MetadataFiles,
+    /// The root's `signed` part (the keys new metadata must be signed with).
+    pub root: Value,
+    /// Current targets version.
+    pub targets: u64,
+    /// Current snapshot version.
+    pub snapshot: u64,
+    /// Current timestamp version.
+    pub timestamp: u64,
+}
+
+impl Previous {
+    /// Reads the current state of the repository whose metadata `fetch` reads.
+    ///
+    /// # Errors
+    /// A message naming the file that is missing or malformed.
+    pub fn read(fetch: &Fetch<'_>) -> std::result::Result<Self, String> {
+        let get = |f: &str| fetch(f)?.ok_or_else(|| format!("{f}: missing"));
+        let json = |f: &str, b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| format!("{f}: not JSON: {e}"));
+        let mut root_files = Vec::new();
+        let mut root = Value::Null;
+        for n in 1.. {
+            let name = format!("{n}.root.json");
+            let Some(bytes) = fetch(&name)? else { break };
+            root = json(&name, &bytes)?["signed"].clone();
+            root_files.push((name, bytes));
+        }
+        if root_files.is_empty() {
+            return Err("1.root.json: missing".into());
+        }
+        root_files.push(("root.json".into(), get("root.json")?));
+        let ts = json("timestamp.json", &get("timestamp.json")?)?;
+        let version = |v: &Value, what: &str| v.as_u64().ok_or_else(|| format!("{what}: no version"));
+        let timestamp = version(&ts["signed"]["version"], "timestamp.json")?;
+        let snapshot = version(&ts["signed"]["meta"]["snapshot.json"]["version"], "timestamp.json")?;
+        let snap_file = format!("{snapshot}.snapshot.json");
+        let snap = json(&snap_file, &get(&snap_file)?)?;
+        let targets = version(&snap["signed"]["meta"]["targets.json"]["version"], &snap_file)?;
+        Ok(Self { root_files, root, targets, snapshot, timestamp })
+    }
+}
+
+/// Builds and signs version 1 of a repository holding `targets`, pinned at `anchor`; or,
+/// after `previous`, the next versions of targets, snapshot and timestamp under its root.
 ///
 /// # Errors
-/// `ERR_EXPORT_NOT_SUPPORTED` for keys TUF cannot use; signing errors.
+/// `ERR_EXPORT_NOT_SUPPORTED` for keys TUF cannot use, or for signers other than the keys
+/// `previous`'s root names (key rotation); signing errors.
 pub fn build(
     targets: &[Target],
     anchor: Timestamp,
     options: &TufOptions,
     run_signer: Option<&dyn Signer>,
+    previous: Option<&Previous>,
 ) -> Result<MetadataFiles> {
     let signers_of = |role: Role| -> Vec<&dyn Signer> {
         let r = options.role(role);
@@ -274,8 +324,34 @@ pub fn build(
         ids.dedup();
         roles.insert(role.as_str().into(), json!({"keyids": ids, "threshold": options.role(role).threshold}));
     }
+    if let Some(prev) = previous {
+        for role in Role::ALL {
+            let want: Vec<&str> = prev.root["roles"][role.as_str()]["keyids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let have: Vec<&str> =
+                roles[role.as_str()]["keyids"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if want != have {
+                return Err(ExportError::NotSupported {
+                    feature: format!(
+                        "signing {} metadata with other keys than the base's TUF root names (key rotation)",
+                        role.as_str()
+                    ),
+                });
+            }
+        }
+    }
+    let version_of = |role: Role| match (previous, role) {
+        (None, _) | (_, Role::Root) => 1,
+        (Some(p), Role::Targets) => p.targets + 1,
+        (Some(p), Role::Snapshot) => p.snapshot + 1,
+        (Some(p), Role::Timestamp) => p.timestamp + 1,
+    };
     let common = |role: Role| {
-        json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": 1,
+        json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": version_of(role),
                "expires": expiry(anchor, options.role(role).expires_days)})
     };
     let mut root = common(Role::Root);
@@ -302,23 +378,28 @@ pub fn build(
         exportcore::canonical::to_vec(&json!({"signed": signed, "signatures": signatures}))
             .map_err(|e| ExportError::internal_caused("tuf", "serialising metadata", e))
     };
-    let meta = |bytes: &[u8]| json!({"version": 1, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
+    let meta = |version: u64, bytes: &[u8]| json!({"version": version, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
 
-    let root_bytes = sign(Role::Root, root)?;
+    let (tv, sv) = (version_of(Role::Targets), version_of(Role::Snapshot));
     let targets_bytes = sign(Role::Targets, targets_md)?;
     let mut snapshot = common(Role::Snapshot);
-    snapshot["meta"] = json!({"targets.json": meta(&targets_bytes)});
+    snapshot["meta"] = json!({"targets.json": meta(tv, &targets_bytes)});
     let snapshot_bytes = sign(Role::Snapshot, snapshot)?;
     let mut timestamp = common(Role::Timestamp);
-    timestamp["meta"] = json!({"snapshot.json": meta(&snapshot_bytes)});
+    timestamp["meta"] = json!({"snapshot.json": meta(sv, &snapshot_bytes)});
     let timestamp_bytes = sign(Role::Timestamp, timestamp)?;
-    Ok(vec![
-        ("1.root.json".into(), root_bytes.clone()),
-        ("1.snapshot.json".into(), snapshot_bytes),
-        ("1.targets.json".into(), targets_bytes),
-        ("root.json".into(), root_bytes),
-        ("timestamp.json".into(), timestamp_bytes),
-    ])
+    let mut files = match previous {
+        Some(p) => p.root_files.clone(),
+        None => {
+            let root_bytes = sign(Role::Root, root)?;
+            vec![("1.root.json".into(), root_bytes.clone()), ("root.json".into(), root_bytes)]
+        }
+    };
+    files.push((format!("{sv}.snapshot.json"), snapshot_bytes));
+    files.push((format!("{tv}.targets.json"), targets_bytes));
+    files.push(("timestamp.json".into(), timestamp_bytes));
+    files.sort();
+    Ok(files)
 }
 
 /// A role's keys and threshold as a root document names them.
@@ -533,7 +614,7 @@ mod tests {
     fn repo(s: &Arc<dyn Signer>) -> BTreeMap<String, Vec<u8>> {
         let t = Target { path: "data/x.json".into(), length: 2, sha256: exportcore::Sha256Digest::of(b"{}") };
         let anchor = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
-        build(&[t], anchor, &TufOptions::default(), Some(&**s)).unwrap().into_iter().collect()
+        build(&[t], anchor, &TufOptions::default(), Some(&**s), None).unwrap().into_iter().collect()
     }
 
     fn check(files: &BTreeMap<String, Vec<u8>>, now: &str) -> std::result::Result<Verified, Problem> {

@@ -34,7 +34,20 @@ fn fail(report: &mut VerifyReport, path: impl Into<String>, problem: impl Into<S
 /// # Errors
 /// I/O errors reading the directory; every verification problem is in the report instead.
 pub fn verify_path_with(dir: &Path, options: &VerifyOptions, now: Timestamp) -> Result<VerifyReport> {
-    let mut report = exportcore::verify::verify_path_with(dir, options)?;
+    // An applied mirror keeps its log of applied deltas: local state, outside every list.
+    let mut options = options.clone();
+    options.local_files.push(crate::APPLIED_LOG.to_owned());
+    let mut report = exportcore::verify::verify_path_with(dir, &options)?;
+    let log = dir.join(crate::APPLIED_LOG);
+    if log.is_file() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ok = |l: &str| {
+            l.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if !text.lines().all(ok) {
+            fail(&mut report, crate::APPLIED_LOG, "not a list of export ids (sha256:<hex>, one per line)");
+        }
+    }
     for p in crate::oci::check_layout(&dir.join("oci")) {
         let (file, problem) = p.split_once(": ").unwrap_or(("oci", &p));
         fail(&mut report, file, problem);

@@ -159,14 +159,20 @@ enum RunsCommand {
 
 #[derive(Subcommand, Debug)]
 enum MirrorCommand {
-    /// Apply a delta bundle to a base.
+    /// Apply a delta bundle to a base, writing the new mirror to --out.
     Apply {
+        /// The mirror the delta was built on (left unchanged).
         #[arg(long)]
         base: PathBuf,
+        /// The mirror:delta run output.
         #[arg(long)]
         delta: PathBuf,
+        /// Where the new mirror goes (absent or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Public key (PEM) the delta must be signed with; repeat to trust several.
+        #[arg(long)]
+        key: Vec<PathBuf>,
     },
 }
 
@@ -329,7 +335,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             verify(&path, &options)
         }
         Command::Runs { command, store, json, tenant } => runs(command, store, json, &tenant).await,
-        Command::Mirror { .. } => Err(not_supported("mirror apply")),
+        Command::Mirror { command: MirrorCommand::Apply { base, delta, out, key } } => {
+            let mut options = VerifyOptions::default();
+            for k in &key {
+                let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
+                options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
+            }
+            let applied = exportcore_mirror::apply(&base, &delta, &out, &options)?;
+            outln!(
+                "applied {} to {}: {} files from the base, {} from the delta, {} removed -> {}",
+                applied.export_id,
+                base.display(),
+                applied.kept,
+                applied.written,
+                applied.removed,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { algorithm, out } => keygen(&algorithm, &out),
         Command::Serve { .. } => Err(not_supported("serve (gateway)")),
     }
@@ -442,10 +465,16 @@ impl OutDir {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    if args.base.is_some() {
-        return Err(not_supported("--base (mirror:delta)"));
-    }
     let mut request = build_request(&args)?;
+    // `--base` configures mirror:delta (the only profile that takes one).
+    let mut registry = profiles();
+    match (&args.base, request.profile_id.as_str()) {
+        (Some(base), "mirror:delta") => registry.register(Arc::new(exportcore_mirror::MirrorDelta::new(base))),
+        (Some(_), other) => {
+            return Err(ExportError::invalid("--base", format!("only mirror:delta takes a base, not {other}")).into())
+        }
+        (None, _) => {}
+    }
     // An output inside the evidence would be read back as evidence by the next run.
     if let (Ok(ev), Ok(parent)) =
         (std::fs::canonicalize(&args.evidence), std::fs::canonicalize(staging_root(&args.out)))
@@ -468,7 +497,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
         }
     };
-    profiles().get(&request.profile_id)?.validate(&request)?;
+    registry.get(&request.profile_id)?.validate(&request)?;
     let evidence = DirEvidence::new(&args.evidence)?;
     let pinned = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(sde) => Some(TimeAnchor::from_source_date_epoch(&sde)?),
@@ -484,7 +513,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let staging = staging_root(&args.out);
     exportcore::run::sweep_stale_staging(&staging)?;
     let mut builder = Exporter::builder()
-        .profiles(profiles())
+        .profiles(registry)
         .sink(sink)
         .store(store)
         .evidence(evidence)

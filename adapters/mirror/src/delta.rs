@@ -1,0 +1,466 @@
+//! `mirror:delta`: only what a base mirror lacks, and applying it.
+//!
+//! A delta run builds the whole new tree in staging (as `mirror:full` would, with the TUF
+//! metadata continuing the base's repository: same root, next versions), compares it file by
+//! file with the base's run manifest and publishes only the added and changed files, plus:
+//!
+//! - `delta/manifest.diff.json`: `baseExportId`, `baseManifestHash`, `exportId`, sorted
+//!   `added`/`changed`/`removed` paths, one tombstone (`path`, `sha256`) per removal, record
+//!   counts per kind (from the indexes), `resetBaseline`, and `files`: the whole new tree;
+//! - `delta/full-manifest.json` (+ `.dsse.json`) and `delta/full-provenance.dsse.json` when
+//!   signed: the run manifest and provenance of the new tree, which [`apply`] installs, so the
+//!   applied directory verifies like a full run.
+//!
+//! An export id is `sha256:` + the SHA-256 of a mirror's `mirror/export.json`.
+
+use crate::tuf;
+use exportcore::manifest::{ManifestBuilder, ManifestEntry, MANIFEST_FILE, PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
+use exportcore::sign::dsse;
+use exportcore::{
+    check_supported, ArtifactType, ExportContext, ExportError, Profile, ProfileDescriptor, Result, RunRequest,
+    Sha256Digest, StagedArtifact,
+};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// `version` of `delta/manifest.diff.json`.
+pub const DIFF_VERSION: &str = "exportcore-mirror-delta/v1";
+/// Where the diff lives in a delta.
+pub const DIFF_FILE: &str = "delta/manifest.diff.json";
+/// The new tree's run manifest, in a delta.
+pub const FULL_MANIFEST: &str = "delta/full-manifest.json";
+/// Its signature.
+pub const FULL_MANIFEST_DSSE: &str = "delta/full-manifest.dsse.json";
+/// The new tree's provenance.
+pub const FULL_PROVENANCE: &str = "delta/full-provenance.dsse.json";
+/// The log of applied export ids, one per line, in an applied mirror.
+pub const APPLIED_LOG: &str = "appliedExportIds.log";
+
+fn base_err(path: impl Into<String>, reason: impl Into<String>) -> ExportError {
+    ExportError::BaseMissing { path: path.into(), reason: reason.into() }
+}
+
+/// What a delta needs of its base, read and checked.
+#[derive(Clone, Debug)]
+pub struct Base {
+    dir: PathBuf,
+    /// `sha256:` + SHA-256 of `mirror/export.json`.
+    pub export_id: String,
+    /// SHA-256 of `manifest.json`.
+    pub manifest_hash: Sha256Digest,
+    /// Every file of the base's tree (run manifest entries): path → (size, sha256).
+    pub files: BTreeMap<String, (u64, Sha256Digest)>,
+    /// The base's TUF repository state.
+    pub previous: tuf::Previous,
+    /// Export ids already applied to it (its `appliedExportIds.log`).
+    pub applied: Vec<String>,
+}
+
+/// The export id of a mirror directory.
+fn export_id_of(dir: &Path) -> Result<String> {
+    let p = dir.join("mirror/export.json");
+    let bytes = exportcore::files::read_capped(&p, exportcore::files::MAX_MANIFEST_BYTES)
+        .map_err(|e| base_err(p.display().to_string(), format!("not a mirror: {e}")))?;
+    Ok(format!("sha256:{}", Sha256Digest::of(&bytes)))
+}
+
+impl Base {
+    /// Opens and checks a base: a directory holding a mirror run's output whose every file
+    /// matches its run manifest and whose OCI layout and TUF metadata are whole.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_BASE_MISSING` naming the file: absent, not a mirror, corrupted.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(base_err(dir.display().to_string(), "missing or not a directory"));
+        }
+        let mp = dir.join(MANIFEST_FILE);
+        let bytes = exportcore::files::read_capped(&mp, exportcore::files::MAX_MANIFEST_BYTES)
+            .map_err(|e| base_err(mp.display().to_string(), e.to_string()))?;
+        let manifest = exportcore::Manifest::parse(&bytes).map_err(|e| base_err(mp.display().to_string(), e))?;
+        if !manifest.profile_id.starts_with("mirror:") {
+            return Err(base_err(
+                mp.display().to_string(),
+                format!("not a mirror: made by profile {}", manifest.profile_id),
+            ));
+        }
+        let export_id = export_id_of(dir)?;
+        let options =
+            exportcore::verify::VerifyOptions { local_files: vec![APPLIED_LOG.to_owned()], ..Default::default() };
+        let report = exportcore::verify::verify_path_with(dir, &options)?;
+        let log = dir.join(APPLIED_LOG);
+        if let Some(f) = report.failures.first() {
+            return Err(base_err(dir.join(&f.path).display().to_string(), format!("corrupted: {}", f.problem)));
+        }
+        if let Some(p) = crate::oci::check_layout(&dir.join("oci")).first() {
+            return Err(base_err(dir.display().to_string(), format!("corrupted: {p}")));
+        }
+        let meta = dir.join("tuf/metadata");
+        let fetch = |name: &str| -> std::result::Result<Option<Vec<u8>>, String> {
+            let p = meta.join(name);
+            if !p.exists() {
+                return Ok(None);
+            }
+            exportcore::files::read_capped(&p, exportcore::files::MAX_MANIFEST_BYTES)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        let previous = tuf::Previous::read(&fetch)
+            .map_err(|e| base_err(meta.display().to_string(), format!("TUF metadata: {e}")))?;
+        let applied = match std::fs::read_to_string(&log) {
+            Ok(s) => s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ExportError::io(&log, e)),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            export_id,
+            manifest_hash: Sha256Digest::of(&bytes),
+            files: manifest.entries.iter().map(|e| (e.path.to_string(), (e.size, e.sha256))).collect(),
+            previous,
+            applied,
+        })
+    }
+
+    /// The base directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The `mirror:delta` profile: configured with its base (`exportctl run --base DIR`).
+#[derive(Clone, Debug, Default)]
+pub struct MirrorDelta {
+    base: Option<PathBuf>,
+    tuf: tuf::TufOptions,
+}
+
+impl MirrorDelta {
+    /// A delta against the mirror run output in `base`.
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self { base: Some(base.into()), tuf: tuf::TufOptions::default() }
+    }
+
+    /// TUF role options (as for `mirror:full`; the keys must be the base root's).
+    #[must_use]
+    pub fn tuf(mut self, options: tuf::TufOptions) -> Self {
+        self.tuf = options;
+        self
+    }
+}
+
+/// The new tree, built inside the delta run.
+#[derive(Debug)]
+struct NewTree {
+    tuf: tuf::TufOptions,
+    previous: tuf::Previous,
+}
+
+impl Profile for NewTree {
+    fn descriptor(&self) -> ProfileDescriptor {
+        ProfileDescriptor::new("mirror:delta", "the new tree of a delta")
+    }
+    fn validate(&self, _: &RunRequest) -> Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        crate::build_tree(ctx, &self.tuf, Some(&self.previous))
+    }
+}
+
+/// id → sha256 of every entry of an index document.
+fn index_digests(bytes: &[u8]) -> BTreeMap<String, String> {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["id"].as_str()?.to_owned(), e["sha256"].as_str()?.to_owned())))
+        .collect()
+}
+
+impl Profile for MirrorDelta {
+    fn descriptor(&self) -> ProfileDescriptor {
+        ProfileDescriptor::new("mirror:delta", "Air-gap mirror update: only what a base mirror lacks, with tombstones")
+    }
+
+    fn validate(&self, request: &RunRequest) -> Result<()> {
+        check_supported(&self.descriptor(), request)?;
+        if self.base.is_none() {
+            return Err(ExportError::invalid(
+                "base",
+                "mirror:delta needs a base: the output directory of an earlier mirror run (exportctl run --base DIR)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
+        let dir = self.base.as_ref().ok_or_else(|| ExportError::invalid("base", "mirror:delta needs a base"))?;
+        let base = Base::open(dir)?;
+        let all = ctx.run_nested(&NewTree { tuf: self.tuf.clone(), previous: base.previous.clone() })?;
+        let anchor = ctx.time_anchor(None);
+        let new: BTreeMap<String, &StagedArtifact> = all.iter().map(|a| (a.spec.path.to_string(), a)).collect();
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for (path, a) in &new {
+            match base.files.get(path) {
+                None => added.push(path.clone()),
+                Some((size, sha)) if *size != a.size || *sha != a.sha256 => changed.push(path.clone()),
+                Some(_) => {}
+            }
+        }
+        let removed: Vec<String> = base.files.keys().filter(|p| !new.contains_key(*p)).cloned().collect();
+        for path in added.iter().chain(&changed) {
+            let a = new[path];
+            ctx.alias_artifact(a.spec.clone(), a)?;
+        }
+        // Record counts from the indexes, by id and digest.
+        let mut records = serde_json::Map::new();
+        for kind in crate::tree::KINDS {
+            let path = format!("mirror/indexes/{}", kind.index);
+            let old = std::fs::read(base.dir.join(&path)).map(|b| index_digests(&b)).unwrap_or_default();
+            let cur = match new.get(&path) {
+                Some(a) => {
+                    std::fs::read(&a.local).map(|b| index_digests(&b)).map_err(|e| ExportError::io(&a.local, e))?
+                }
+                None => BTreeMap::new(),
+            };
+            let added = cur.keys().filter(|k| !old.contains_key(*k)).count();
+            let changed = cur.iter().filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v)).count();
+            let removed = old.keys().filter(|k| !cur.contains_key(*k)).count();
+            records.insert(kind.name.into(), json!({"added": added, "changed": changed, "removed": removed}));
+        }
+        let export_id = match new.get("mirror/export.json") {
+            Some(a) => format!("sha256:{}", a.sha256),
+            None => return Err(ExportError::internal("mirror", "the new tree has no export.json")),
+        };
+        let files: Vec<Value> = all
+            .iter()
+            .map(|a| json!({"path": a.spec.path.as_str(), "size": a.size, "sha256": a.sha256.to_hex()}))
+            .collect();
+        let tombstones: Vec<Value> =
+            removed.iter().map(|p| json!({"path": p, "sha256": base.files[p].1.to_hex()})).collect();
+        let diff = json!({
+            "version": DIFF_VERSION,
+            "baseExportId": base.export_id,
+            "baseManifestHash": base.manifest_hash.to_hex(),
+            "exportId": export_id,
+            "createdAt": anchor.created_at.to_string(),
+            "resetBaseline": false,
+            "added": added,
+            "changed": changed,
+            "removed": removed,
+            "tombstones": tombstones,
+            "counts": {"files": {"added": added.len(), "changed": changed.len(), "removed": removed.len()}, "records": records},
+            "files": files,
+        });
+        crate::stage_json(ctx, DIFF_FILE, ArtifactType::Manifest, &diff)?;
+
+        // The new tree's run manifest and provenance, for `apply` to install.
+        let mut builder = ManifestBuilder::run("mirror:delta", anchor);
+        for a in &all {
+            builder.add(
+                ManifestEntry::new(a.spec.path.clone(), a.size, a.sha256, a.spec.media_type.clone())
+                    .with_kind(a.spec.kind, a.spec.format.clone()),
+            )?;
+        }
+        let manifest_bytes = builder.build().to_canonical_bytes();
+        let manifest =
+            crate::stage_bytes(ctx, FULL_MANIFEST, ArtifactType::Manifest, "application/json", &manifest_bytes)?;
+        if let Some(signer) = ctx.signer() {
+            let signers: [&dyn exportcore::sign::Signer; 1] = [signer];
+            let env = dsse::sign(dsse::MANIFEST_PAYLOAD_TYPE, &manifest_bytes, &signers)?;
+            let mut subjects: Vec<exportcore::sign::provenance::Resource> = all
+                .iter()
+                .map(|a| exportcore::sign::provenance::Resource { name: a.spec.path.to_string(), sha256: a.sha256 })
+                .collect();
+            subjects
+                .push(exportcore::sign::provenance::Resource { name: MANIFEST_FILE.into(), sha256: manifest.sha256 });
+            let request = ctx.request().clone();
+            let statement = exportcore::sign::provenance::statement(&exportcore::sign::provenance::ProvenanceInput {
+                run_id: &export_id,
+                request: &request,
+                subjects,
+                dependencies: Vec::new(),
+                time: anchor.created_at,
+                tenant: "",
+                selection: None,
+            });
+            let statement_bytes = exportcore::canonical::to_vec(&statement)
+                .map_err(|e| ExportError::internal_caused("mirror", "serialising the provenance", e))?;
+            let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
+            let media = exportcore::manifest::DSSE_MEDIA_TYPE;
+            crate::stage_bytes(ctx, FULL_MANIFEST_DSSE, ArtifactType::Signature, media, &env.to_bytes())?;
+            crate::stage_bytes(ctx, FULL_PROVENANCE, ArtifactType::Provenance, media, &prov.to_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Applied {
+    /// The new export id.
+    pub export_id: String,
+    /// Files taken from the base, written from the delta, and left out (tombstones).
+    pub kept: usize,
+    /// Files written from the delta.
+    pub written: usize,
+    /// Files removed.
+    pub removed: usize,
+}
+
+fn delta_err(path: &str, reason: impl Into<String>) -> ExportError {
+    ExportError::VerificationFailed { path: path.to_owned(), reason: reason.into() }
+}
+
+/// Applies `delta` to `base`, writing the new mirror to `out` (absent or empty; filled
+/// atomically: built beside it and renamed into place). Before writing anything it checks
+/// that the delta is whole (its run manifest; with `options.verifiers`, also signed by one of
+/// those keys: without keys nothing proves who made it), that its tombstones are exactly its `removed`
+/// list, that the base is the one the delta was built on (`baseManifestHash`,
+/// `baseExportId`) and was not given this delta already (`appliedExportIds.log`), and that
+/// every removed file is the one the tombstone names. The result's files are checked against
+/// the diff's list of the whole new tree; the run manifest and provenance of the new tree
+/// replace the base's, and the log gains the new export id.
+///
+/// # Errors
+/// `ERR_EXPORT_BASE_MISSING` for a wrong, changed or corrupted base (or a delta applied
+/// twice or out of order); `ERR_EXPORT_VERIFY_FAILED` for a delta that is not whole or not
+/// consistent; `ERR_EXPORT_REQUEST_INVALID` for an `out` that is not empty; I/O errors.
+pub fn apply(
+    base_dir: &Path,
+    delta_dir: &Path,
+    out: &Path,
+    options: &exportcore::verify::VerifyOptions,
+) -> Result<Applied> {
+    let report = exportcore::verify::verify_path_with(delta_dir, options)?;
+    if let Some(f) = report.failures.first() {
+        return Err(delta_err(
+            &delta_dir.join(&f.path).display().to_string(),
+            format!("the delta is not whole: {}", f.problem),
+        ));
+    }
+    let diff_path = delta_dir.join(DIFF_FILE);
+    let diff: Value = serde_json::from_slice(
+        &exportcore::files::read_capped(&diff_path, exportcore::files::MAX_MANIFEST_BYTES)
+            .map_err(|_| delta_err(&diff_path.display().to_string(), "missing: not a mirror delta"))?,
+    )
+    .map_err(|e| delta_err(&diff_path.display().to_string(), format!("not JSON: {e}")))?;
+    let d = diff_path.display().to_string();
+    if diff["version"] != DIFF_VERSION {
+        return Err(delta_err(&d, format!("unknown version {}", diff["version"])));
+    }
+    let strings = |key: &str| -> Result<Vec<String>> {
+        diff[key]
+            .as_array()
+            .ok_or_else(|| delta_err(&d, format!("{key} is not a list")))?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| delta_err(&d, format!("{key} holds a non-string"))))
+            .collect()
+    };
+    let (added, changed, removed) = (strings("added")?, strings("changed")?, strings("removed")?);
+    let mut tombstones = BTreeMap::new();
+    for t in diff["tombstones"].as_array().into_iter().flatten() {
+        let (Some(p), Some(sha)) =
+            (t["path"].as_str(), t["sha256"].as_str().and_then(|h| h.parse::<Sha256Digest>().ok()))
+        else {
+            return Err(delta_err(&d, "a tombstone lacks path or sha256"));
+        };
+        tombstones.insert(p.to_owned(), sha);
+    }
+    if tombstones.keys().cloned().collect::<BTreeSet<_>>() != removed.iter().cloned().collect::<BTreeSet<_>>() {
+        return Err(delta_err(&d, "the tombstones disagree with the removed list"));
+    }
+    let export_id = diff["exportId"].as_str().ok_or_else(|| delta_err(&d, "no exportId"))?.to_owned();
+    let base = Base::open(base_dir)?;
+    if base.applied.contains(&export_id) || base.export_id == export_id {
+        return Err(base_err(base_dir.display().to_string(), format!("delta {export_id} was already applied to it")));
+    }
+    if diff["baseManifestHash"].as_str() != Some(base.manifest_hash.to_hex().as_str()) {
+        return Err(base_err(
+            base_dir.join(MANIFEST_FILE).display().to_string(),
+            "its manifest hash differs from the delta's baseManifestHash: another base, or deltas out of order",
+        ));
+    }
+    if diff["baseExportId"].as_str() != Some(base.export_id.as_str()) {
+        return Err(base_err(base_dir.display().to_string(), "its export id differs from the delta's baseExportId"));
+    }
+    for (path, sha) in &tombstones {
+        if base.files.get(path).map(|f| f.1) != Some(*sha) {
+            return Err(base_err(base_dir.join(path).display().to_string(), "differs from the delta's tombstone"));
+        }
+    }
+    let mut want: BTreeMap<String, (u64, Sha256Digest)> = BTreeMap::new();
+    for f in diff["files"].as_array().into_iter().flatten() {
+        let (Some(p), Some(size), Some(sha)) =
+            (f["path"].as_str(), f["size"].as_u64(), f["sha256"].as_str().and_then(|h| h.parse().ok()))
+        else {
+            return Err(delta_err(&d, "a files[] entry lacks path, size or sha256"));
+        };
+        want.insert(p.to_owned(), (size, sha));
+    }
+
+    // Claim `out`, build beside it, rename into place.
+    match std::fs::read_dir(out) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(ExportError::invalid("--out", format!("{} is not empty", out.display())));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ExportError::io(out, e)),
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging =
+        tempfile::Builder::new().prefix(".mirror-apply-").tempdir_in(parent).map_err(|e| ExportError::io(parent, e))?;
+    let from_delta: BTreeSet<&String> = added.iter().chain(&changed).collect();
+    let (mut kept, mut written) = (0, 0);
+    for (path, (size, sha)) in &want {
+        let src = if from_delta.contains(path) {
+            written += 1;
+            delta_dir.join(path)
+        } else {
+            kept += 1;
+            base_dir.join(path)
+        };
+        let dst = staging.path().join(path);
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e))?;
+        }
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| ExportError::io(&src, e))?;
+        }
+        let f = exportcore::files::open_regular(&dst)?;
+        let (got_size, got_sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(&dst, e))?;
+        if got_size != *size || got_sha != *sha {
+            let who = if from_delta.contains(path) { "the delta" } else { "the base" };
+            return Err(delta_err(
+                &src.display().to_string(),
+                format!("{who}'s copy is not the file the new tree lists"),
+            ));
+        }
+    }
+    for (from, to) in
+        [(FULL_MANIFEST, MANIFEST_FILE), (FULL_MANIFEST_DSSE, SIGNED_MANIFEST_FILE), (FULL_PROVENANCE, PROVENANCE_FILE)]
+    {
+        let src = delta_dir.join(from);
+        if src.exists() {
+            std::fs::copy(&src, staging.path().join(to)).map_err(|e| ExportError::io(&src, e))?;
+        }
+    }
+    let mut log = base.applied;
+    log.push(export_id.clone());
+    std::fs::write(staging.path().join(APPLIED_LOG), log.join("\n") + "\n").map_err(|e| ExportError::io(out, e))?;
+    let staged = staging.keep();
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| ExportError::io(out, e))?;
+    }
+    if let Err(e) = std::fs::rename(&staged, out) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(ExportError::io(out, e));
+    }
+    Ok(Applied { export_id, kept, written, removed: removed.len() })
+}
