@@ -174,3 +174,59 @@ async fn skopeo_and_trivy_use_the_oci_layout_through_a_registry() {
     assert!(!local.is_empty());
     assert_eq!(remote, local, "findings with the DB pulled from the registry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tuf_takes_an_applied_delta_as_an_update_and_refuses_a_rollback() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build(&old, Arc::clone(&k.signer)).await;
+    let ev2 = tmp.path().join("ev2");
+    assert!(Command::new("cp").arg("-r").arg(samples()).arg(&ev2).status().unwrap().success());
+    std::fs::remove_file(ev2.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
+    let delta = tmp.path().join("delta");
+    let req = RunRequest::builder("mirror:delta")
+        .created_at(Timestamp::parse("2025-06-11T00:00:00Z").unwrap())
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(
+        exportcore_mirror::MirrorDelta::new(&old),
+        DirEvidence::new(&ev2).unwrap(),
+        FsSink::new(&delta).unwrap(),
+    )
+    .signer(Arc::clone(&k.signer))
+    .execute(req)
+    .await
+    .unwrap();
+    let new = tmp.path().join("new");
+    let options = exportcore::verify::VerifyOptions { verifiers: vec![Arc::clone(&k.verifier)], ..Default::default() };
+    exportcore_mirror::apply(&old, &delta, &new, &options).unwrap();
+    let tuf = |repo: &Path, trusted: &Path| {
+        let (meta, targets, root) =
+            (repo.join("tuf/metadata"), repo.join("tuf/targets"), old.join("tuf/metadata/1.root.json"));
+        let trusted = trusted.join("tuf/metadata");
+        let args: [&Path; 8] = [
+            &meta,
+            &targets,
+            Path::new("--root"),
+            &root,
+            Path::new("--trusted-metadata"),
+            &trusted,
+            Path::new("--reference-time"),
+            Path::new("2025-06-12T00:00:00Z"),
+        ];
+        interop_py("verify_tuf.py", &args)
+    };
+    // The new mirror, for a client that trusted the old one: an update (versions 2).
+    let o = tuf(&new, &old);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("timestamp v2, snapshot v2, targets v2"), "{}", text(&o));
+    // The old mirror served to a client that has seen the new one: a rollback.
+    let o = tuf(&old, &new);
+    assert!(!o.status.success(), "a rollback passed: {}", text(&o));
+    assert!(text(&o).contains("must be >= 2"), "{}", text(&o));
+}

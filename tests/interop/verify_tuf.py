@@ -3,6 +3,7 @@
 
 usage: verify_tuf.py <metadata_dir> <targets_dir> [--root trusted_root.json]
                      [--reference-time 2030-01-01T00:00:00Z] [--no-hash-prefix]
+                     [--trusted-metadata DIR]
 
 Runs Updater.refresh() (root rotation N.root.json..., timestamp, snapshot, targets: signature
 thresholds, versions, meta hashes/lengths, expiry), then get_targetinfo() + download_target()
@@ -14,6 +15,9 @@ first use, acceptable for tests only). With consistent_snapshot targets are fetc
 <dir>/<first hash>.<name> unless --no-hash-prefix.
 --reference-time pins the clock used for expiry checks by setting the PRIVATE attribute
 Updater._trusted_set.reference_time before refresh() (works with tuf 7.0.1; may break on upgrade).
+--trusted-metadata DIR is a repository this client verified before (e.g. a base mirror's
+tuf/metadata): its timestamp, snapshot and targets are put in the client cache as its trusted
+state, so the refresh is an update from it, and an older version served now is a rollback.
 Exit 0 = verified; otherwise a `FAIL:` line, exit 1 (2 = bad input).
 """
 import datetime
@@ -21,6 +25,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from urllib.parse import unquote
 
@@ -68,6 +73,25 @@ def listed_targets(metadata_dir):
     return sorted({t for _, ts in newest.values() for t in ts})
 
 
+def seed_cache(prev, cache):
+    """Copies the current timestamp, snapshot and targets of the repository in `prev` into the
+    client cache under the names ngclient keeps them by."""
+    def signed(name):
+        try:
+            with open(os.path.join(prev, name), "rb") as f:
+                return json.load(f)["signed"]
+        except (OSError, ValueError, KeyError) as e:
+            raise Fail("--trusted-metadata: %s: %s" % (name, e), 2)
+
+    sv = signed("timestamp.json")["meta"]["snapshot.json"]["version"]
+    snap = "%d.snapshot.json" % sv if os.path.isfile(os.path.join(prev, "%d.snapshot.json" % sv)) else "snapshot.json"
+    tv = signed(snap)["meta"]["targets.json"]["version"]
+    targets = "%d.targets.json" % tv if os.path.isfile(os.path.join(prev, "%d.targets.json" % tv)) else "targets.json"
+    for src, dst in (("timestamp.json", "timestamp.json"), (snap, "snapshot.json"), (targets, "targets.json")):
+        shutil.copyfile(os.path.join(prev, src), os.path.join(cache, dst))
+    print("trusted state: timestamp and snapshot v%d, targets v%d from %s" % (sv, tv, prev))
+
+
 def parse_time(s):
     try:
         t = datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -83,6 +107,7 @@ def main():
     ap.add_argument("--root", help="trusted root metadata (trust anchor)")
     ap.add_argument("--reference-time", help="ISO 8601 time for expiry checks (sets a private attribute)")
     ap.add_argument("--no-hash-prefix", action="store_true", help="targets are stored without <hash>. prefix")
+    ap.add_argument("--trusted-metadata", help="metadata this client trusted before (rollback checks)")
     a = ap.parse_args()
     for d in (a.metadata_dir, a.targets_dir):
         if not os.path.isdir(d):
@@ -96,6 +121,8 @@ def main():
         bootstrap = f.read()
     ref_time = parse_time(a.reference_time) if a.reference_time else None
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+        if a.trusted_metadata:
+            seed_cache(a.trusted_metadata, cache)
         try:
             up = Updater(metadata_dir=cache, metadata_base_url=METADATA_URL, target_base_url=TARGETS_URL,
                          target_dir=out, fetcher=DirFetcher(a.metadata_dir, a.targets_dir),

@@ -316,7 +316,8 @@ fn signed_run_output_verifies_with_the_run_key() {
     let wrong = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "wrong");
     let out = tmp.path().join("out");
     build_samples(&out, Some(k.signer.clone()));
-    let with = |v: &Keys| exportcore::verify::VerifyOptions { verifiers: vec![v.verifier.clone()], ..Default::default() };
+    let with =
+        |v: &Keys| exportcore::verify::VerifyOptions { verifiers: vec![v.verifier.clone()], ..Default::default() };
 
     // The run directory: run manifest, run signatures, provenance, and the bundle's own DSSE.
     let r = verify_path_with(&out, &with(&k)).unwrap();
