@@ -230,3 +230,100 @@ async fn python_tuf_takes_an_applied_delta_as_an_update_and_refuses_a_rollback()
     assert!(!o.status.success(), "a rollback passed: {}", text(&o));
     assert!(text(&o).contains("must be >= 2"), "{}", text(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_and_python_cryptography_open_what_we_seal_and_we_open_theirs() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let id_file = tmp.path().join("id.txt");
+    let o = Command::new("age-keygen").arg("-o").arg(&id_file).output().expect("age-keygen missing");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("age-keygen").arg("-y").arg(&id_file).output().unwrap();
+    let recipient = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let out = tmp.path().join("m");
+    let req = RunRequest::builder("mirror:full")
+        .created_at(Timestamp::parse("2025-06-01T00:00:00Z").unwrap())
+        .encryption(exportcore::Encryption::new(&recipient))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(
+        exportcore_mirror::MirrorFull::default(),
+        DirEvidence::new(samples()).unwrap(),
+        FsSink::new(&out).unwrap(),
+    )
+    .signer(Arc::clone(&k.signer))
+    .execute(req)
+    .await
+    .unwrap();
+    let export: Value = serde_json::from_slice(&std::fs::read(out.join("mirror/export.json")).unwrap()).unwrap();
+    let enc = &export["encryption"];
+    // The age CLI unwraps the data key we wrapped.
+    use base64::Engine as _;
+    let wrapped =
+        base64::engine::general_purpose::STANDARD.decode(enc["recipients"][0]["wrappedKey"].as_str().unwrap()).unwrap();
+    std::fs::write(tmp.path().join("key.age"), wrapped).unwrap();
+    let key_file = tmp.path().join("key.bin");
+    let o = Command::new("age")
+        .arg("--decrypt")
+        .arg("-i")
+        .arg(&id_file)
+        .arg("-o")
+        .arg(&key_file)
+        .arg(tmp.path().join("key.age"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "age: {}", text(&o));
+    let key = std::fs::read(&key_file).unwrap();
+    assert_eq!(key.len(), 32);
+    // Python's cryptography opens one sealed file with the recorded associated data; the
+    // plaintext is what our decrypt gives.
+    let identities = exportcore_mirror::encryption::read_identities(&id_file).unwrap();
+    let plain = tmp.path().join("plain");
+    exportcore_mirror::encryption::decrypt(&out, &identities, &plain).unwrap();
+    let rel = "data/raw/advisories/pypi.jsonl.zst";
+    let aad = format!("{}:{rel}", enc["runId"].as_str().unwrap());
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key = open(sys.argv[1], "rb").read()
+mode, aad = sys.argv[2], sys.argv[3].encode()
+src, dst = sys.argv[4], sys.argv[5]
+data = open(src, "rb").read()
+if mode == "open":
+    out = AESGCM(key).decrypt(data[:12], data[12:], aad)
+else:
+    import os
+    nonce = os.urandom(12)
+    out = nonce + AESGCM(key).encrypt(nonce, data, aad)
+open(dst, "wb").write(out)
+"#;
+    let py = |mode: &str, src: &Path, dst: &Path| {
+        let o = Command::new(common::interop_python())
+            .arg("-c")
+            .arg(script)
+            .arg(&key_file)
+            .arg(mode)
+            .arg(&aad)
+            .arg(src)
+            .arg(dst)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "python {mode}: {}", text(&o));
+    };
+    let opened = tmp.path().join("opened");
+    py("open", &out.join("mirror").join(rel), &opened);
+    assert_eq!(std::fs::read(&opened).unwrap(), std::fs::read(plain.join(rel)).unwrap());
+    // And we open what Python sealed.
+    let sealed = tmp.path().join("sealed");
+    py("seal", &plain.join(rel), &sealed);
+    let mut key32 = [0u8; 32];
+    key32.copy_from_slice(&key);
+    let ours =
+        exportcore_mirror::encryption::open_file(&key32, aad.as_bytes(), &std::fs::read(&sealed).unwrap()).unwrap();
+    assert_eq!(ours, std::fs::read(plain.join(rel)).unwrap());
+    assert!(exportcore_mirror::encryption::open_file(&key32, b"other:aad", &std::fs::read(&sealed).unwrap()).is_err());
+}

@@ -468,3 +468,103 @@ async fn bad_bases_and_deltas_are_typed_errors_that_write_nothing() {
     );
     assert!(!out.exists());
 }
+
+async fn encrypted_build(out: &Path, k: &Keys, recipient: &str, seed: &[u8]) -> exportcore::Run {
+    let req = RunRequest::builder("mirror:full")
+        .created_at(t(CREATED))
+        .encryption(exportcore::Encryption::new(recipient))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    let profile = exportcore_mirror::MirrorFull::default()
+        .entropy(Arc::new(exportcore_mirror::encryption::SeededEntropy::new(seed)));
+    RunBuilder::new(profile, DirEvidence::new(samples()).unwrap(), FsSink::new(out).unwrap())
+        .signer(Arc::clone(&k.signer))
+        .run_id(RunId::parse("enc-run").unwrap())
+        .execute(req)
+        .await
+        .unwrap_or_else(|e| panic!("encrypted mirror failed: {}", e.report()))
+        .run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let (id_a, id_b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+    // Two recipients, given in either order.
+    let recipients = format!("{},age:{}", id_b.to_public(), id_a.to_public());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    encrypted_build(&a, &k, &recipients, b"seed").await;
+    encrypted_build(&b, &k, &recipients, b"seed").await;
+    let (ta, tb) = (tree(&a), tree(&b));
+    // The injected entropy pins the data key and nonces: every sealed file repeats; only the
+    // age-wrapped keys (age draws its own randomness) and what lists them differ.
+    let pypi = "mirror/data/raw/advisories/pypi.jsonl.zst";
+    assert_eq!(ta[pypi], tb[pypi], "sealed bytes differ with the same entropy");
+    assert!(zstd::decode_all(&ta[pypi][..]).is_err(), "data left in the clear");
+    let export: Value = serde_json::from_slice(&ta["mirror/export.json"]).unwrap();
+    let enc = &export["encryption"];
+    assert_eq!(enc["mode"], "age");
+    assert_eq!(enc["aadFormat"], "{runId}:{relativePath}");
+    assert_eq!(enc["runId"], "enc-run");
+    let listed: Vec<&str> =
+        enc["recipients"].as_array().unwrap().iter().map(|r| r["recipient"].as_str().unwrap()).collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "recipients are recorded sorted");
+    assert!(enc["files"].as_array().unwrap().iter().all(|f| f.as_str().unwrap().starts_with("data/")));
+    let prov: Value = serde_json::from_slice(&ta["mirror/provenance.json"]).unwrap();
+    assert_eq!(prov["predicate"]["buildDefinition"]["internalParameters"]["encryption"], *enc);
+    // The manifest and TUF cover the ciphertext: it verifies without any key to open it.
+    let r = verify(&a, &k, "2025-06-02T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+
+    // Either recipient restores the plain tree, equal to an unencrypted build's.
+    let plain_build = tmp.path().join("plain-build");
+    build_mirror(&plain_build, &k, "enc-run").await;
+    for (i, id) in [id_a, id_b].into_iter().enumerate() {
+        let identities: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
+        let plain = tmp.path().join(format!("plain-{i}"));
+        let n = exportcore_mirror::encryption::decrypt(&a, &identities, &plain).unwrap();
+        assert_eq!(n, enc["files"].as_array().unwrap().len());
+        let got = tree(&plain);
+        for (path, bytes) in tree(&plain_build.join("mirror")) {
+            if path.starts_with("data/") {
+                assert!(got[&path] == bytes, "{path}: decrypted bytes differ from the plain build");
+            }
+        }
+    }
+    // A foreign identity, a sealed file changed by one byte.
+    let stranger: Vec<Box<dyn age::Identity>> = vec![Box::new(age::x25519::Identity::generate())];
+    let e = exportcore_mirror::encryption::decrypt(&a, &stranger, &tmp.path().join("x")).unwrap_err();
+    assert!(e.to_string().contains("--identity"), "{e}");
+    assert!(!tmp.path().join("x").exists());
+    let bent = copy(&a, &tmp.path().join("bent"));
+    let mut bytes = std::fs::read(bent.join(pypi)).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(bent.join(pypi), bytes).unwrap();
+    assert!(!verify(&bent, &k, "2025-06-02T00:00:00Z").is_ok(), "a changed sealed file verified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_recipients_and_unencrypting_profiles_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    for (bad, says) in [("age1notakey", "encryption.kmsKey"), ("kms:alias/export", "no key resolver")] {
+        let out = tmp.path().join(format!("m{}", bad.len()));
+        let req = RunRequest::builder("mirror:full").encryption(exportcore::Encryption::new(bad)).build().unwrap();
+        let e = RunBuilder::new(
+            exportcore_mirror::MirrorFull::default(),
+            DirEvidence::new(samples()).unwrap(),
+            FsSink::new(&out).unwrap(),
+        )
+        .signer(Arc::clone(&k.signer))
+        .execute(req)
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), "ERR_EXPORT_REQUEST_INVALID", "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+        assert_eq!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0, "partial output");
+    }
+}

@@ -324,6 +324,8 @@ pub async fn profile_honours_cancel(
     let cancelling = CancelOnRead { inner: Arc::clone(evidence), flag: flag.clone() };
     let staging = tempfile::tempdir().expect("tempdir");
     let progress = |_| {};
+    let tenant = crate::id::TenantId::from_static("conformance");
+    let run_id = crate::id::RunId::generate(&tenant);
     let mut ctx = ExportContext {
         request,
         evidence: &cancelling,
@@ -337,6 +339,8 @@ pub async fn profile_honours_cancel(
         signer: None,
         warnings: Vec::new(),
         selection: None,
+        run_id: &run_id,
+        tenant: &tenant,
     };
     let result = profile.export(&mut ctx);
     assert!(flag.is_cancelled(), "the profile never opened an evidence file");

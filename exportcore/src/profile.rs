@@ -30,13 +30,22 @@ pub struct ProfileDescriptor {
     pub targets: Vec<Target>,
     /// Formats it understands (empty: it ignores `formats`).
     pub formats: Vec<Format>,
+    /// Whether it implements the request's `encryption` (else a request asking for it is
+    /// refused with `ERR_EXPORT_NOT_SUPPORTED`).
+    pub encryption: bool,
 }
 
 impl ProfileDescriptor {
     /// A descriptor for `id` (a literal: see [`ProfileId::from_static`]) that understands no
     /// targets or formats (it ignores them).
     pub fn new(id: &'static str, description: impl Into<String>) -> Self {
-        Self { id: ProfileId::from_static(id), description: description.into(), targets: vec![], formats: vec![] }
+        Self {
+            id: ProfileId::from_static(id),
+            description: description.into(),
+            targets: vec![],
+            formats: vec![],
+            encryption: false,
+        }
     }
     /// The targets it understands.
     pub fn targets(mut self, targets: impl IntoIterator<Item = Target>) -> Self {
@@ -46,6 +55,12 @@ impl ProfileDescriptor {
     /// The formats it understands.
     pub fn formats(mut self, formats: impl IntoIterator<Item = Format>) -> Self {
         self.formats = formats.into_iter().collect();
+        self
+    }
+    /// Declares that it implements the request's `encryption`.
+    #[must_use]
+    pub fn encrypts(mut self) -> Self {
+        self.encryption = true;
         self
     }
 }
@@ -231,6 +246,8 @@ pub struct ExportContext<'a> {
     pub(crate) signer: Option<Arc<dyn crate::sign::Signer>>,
     pub(crate) warnings: Vec<crate::model::RunError>,
     pub(crate) selection: Option<&'a crate::select::SelectedEvidence>,
+    pub(crate) run_id: &'a crate::id::RunId,
+    pub(crate) tenant: &'a crate::id::TenantId,
 }
 
 impl Debug for ExportContext<'_> {
@@ -252,6 +269,16 @@ impl<'a> ExportContext<'a> {
     /// The evidence to read.
     pub fn evidence(&self) -> &'a dyn EvidenceSource {
         self.evidence
+    }
+
+    /// The run's id (e.g. for associated data that binds an output to its run).
+    pub fn run_id(&self) -> &crate::id::RunId {
+        self.run_id
+    }
+
+    /// The tenant the run belongs to.
+    pub fn tenant(&self) -> &crate::id::TenantId {
+        self.tenant
     }
 
     /// Call when the profile found no records to export (`what` names what it looked for).

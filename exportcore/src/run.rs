@@ -286,10 +286,13 @@ pub fn sweep_stale_staging(dir: &std::path::Path) -> Result<usize> {
 
 /// Refuses request fields that this build accepts on the wire but does not implement yet, so
 /// nothing requested is silently ignored.
-pub fn check_implemented(request: &RunRequest) -> Result<()> {
-    if request.encryption.as_ref().is_some_and(|e| e.enabled) {
+pub fn check_implemented(request: &RunRequest, profile: &crate::profile::ProfileDescriptor) -> Result<()> {
+    if request.encryption.as_ref().is_some_and(|e| e.enabled) && !profile.encryption {
         return Err(ExportError::NotSupported {
-            feature: "encryption.enabled: payload encryption is not implemented in this build".into(),
+            feature: format!(
+                "encryption.enabled: profile {} does not encrypt its outputs (mirror:full and mirror:delta do)",
+                profile.id
+            ),
         });
     }
     if let Some(d) = &request.distribution {
@@ -323,7 +326,7 @@ async fn stage_and_publish(
 ) -> Result<(Vec<Output>, Vec<RunError>)> {
     let (profile, sink, run_id) = (&options.profile, &options.sink, &run.run_id);
     options.cancel.check()?;
-    check_implemented(request)?;
+    check_implemented(request, &profile.descriptor())?;
     profile.validate(request)?;
     // Selectors in canonical order: the order a user wrote them in never changes a byte.
     let normalized;
@@ -382,6 +385,8 @@ async fn stage_and_publish(
         let progress = Arc::clone(progress);
         let profile_signer = signer.clone();
         let profile_selected = selected.clone();
+        let tenant = run.tenant.clone();
+        let ctx_run_id = run_id.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor, Vec<RunError>)> {
             let report = move |p: Progress| {
                 let changed = {
@@ -407,6 +412,8 @@ async fn stage_and_publish(
                 signer: profile_signer,
                 warnings: Vec::new(),
                 selection: profile_selected.as_deref(),
+                run_id: &ctx_run_id,
+                tenant: &tenant,
             };
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;

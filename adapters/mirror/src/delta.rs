@@ -55,6 +55,8 @@ pub struct Base {
     pub previous: tuf::Previous,
     /// Export ids already applied to it (its `appliedExportIds.log`).
     pub applied: Vec<String>,
+    /// The tenant its `export.json` names.
+    pub tenant: Option<String>,
 }
 
 /// The export id of a mirror directory.
@@ -86,6 +88,10 @@ impl Base {
             ));
         }
         let export_id = export_id_of(dir)?;
+        let tenant = std::fs::read(dir.join("mirror/export.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["tenant"].as_str().map(str::to_owned));
         let options =
             exportcore::verify::VerifyOptions { local_files: vec![APPLIED_LOG.to_owned()], ..Default::default() };
         let report = exportcore::verify::verify_path_with(dir, &options)?;
@@ -120,6 +126,7 @@ impl Base {
             files: manifest.entries.iter().map(|e| (e.path.to_string(), (e.size, e.sha256))).collect(),
             previous,
             applied,
+            tenant,
         })
     }
 
@@ -129,31 +136,27 @@ impl Base {
     }
 }
 
-/// The `mirror:delta` profile: configured with its base (`exportctl run --base DIR`).
+/// The `mirror:delta` profile: configured with its base (`exportctl run --base DIR`). Its
+/// TUF keys must be the ones the base's root names.
 #[derive(Clone, Debug, Default)]
 pub struct MirrorDelta {
     base: Option<PathBuf>,
-    tuf: tuf::TufOptions,
+    options: crate::Options,
 }
 
 impl MirrorDelta {
     /// A delta against the mirror run output in `base`.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: Some(base.into()), tuf: tuf::TufOptions::default() }
+        Self { base: Some(base.into()), options: crate::Options::default() }
     }
 
-    /// TUF role options (as for `mirror:full`; the keys must be the base root's).
-    #[must_use]
-    pub fn tuf(mut self, options: tuf::TufOptions) -> Self {
-        self.tuf = options;
-        self
-    }
+    crate::mirror_options!();
 }
 
 /// The new tree, built inside the delta run.
 #[derive(Debug)]
 struct NewTree {
-    tuf: tuf::TufOptions,
+    options: crate::Options,
     previous: tuf::Previous,
 }
 
@@ -165,7 +168,7 @@ impl Profile for NewTree {
         Ok(())
     }
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
-        crate::build_tree(ctx, &self.tuf, Some(&self.previous))
+        crate::build_tree(ctx, &self.options, Some(&self.previous))
     }
 }
 
@@ -183,6 +186,7 @@ fn index_digests(bytes: &[u8]) -> BTreeMap<String, String> {
 impl Profile for MirrorDelta {
     fn descriptor(&self) -> ProfileDescriptor {
         ProfileDescriptor::new("mirror:delta", "Air-gap mirror update: only what a base mirror lacks, with tombstones")
+            .encrypts()
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {
@@ -199,7 +203,13 @@ impl Profile for MirrorDelta {
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
         let dir = self.base.as_ref().ok_or_else(|| ExportError::invalid("base", "mirror:delta needs a base"))?;
         let base = Base::open(dir)?;
-        let all = ctx.run_nested(&NewTree { tuf: self.tuf.clone(), previous: base.previous.clone() })?;
+        if let Some(tenant) = base.tenant.as_deref().filter(|t| *t != ctx.tenant().as_str()) {
+            return Err(base_err(
+                base.dir.join("mirror/export.json").display().to_string(),
+                format!("belongs to tenant {tenant}, not {}", ctx.tenant()),
+            ));
+        }
+        let all = ctx.run_nested(&NewTree { options: self.options.clone(), previous: base.previous.clone() })?;
         let anchor = ctx.time_anchor(None);
         let new: BTreeMap<String, &StagedArtifact> = all.iter().map(|a| (a.spec.path.to_string(), a)).collect();
         let (mut added, mut changed) = (Vec::new(), Vec::new());

@@ -48,6 +48,7 @@
 //! ```
 
 mod delta;
+pub mod encryption;
 mod oci;
 mod tree;
 pub mod tuf;
@@ -66,25 +67,65 @@ use exportcore::{
     Progress, Result, RunRequest, StagedArtifact,
 };
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// `version` of `mirror/export.json`.
 pub const EXPORT_VERSION: &str = "exportcore-mirror/v1";
 
+/// What both mirror profiles are configured with.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub tuf: TufOptions,
+    pub resolvers: Vec<Arc<dyn encryption::KeyResolver>>,
+    pub entropy: Arc<dyn encryption::Entropy>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { tuf: TufOptions::default(), resolvers: Vec::new(), entropy: Arc::new(encryption::OsEntropy) }
+    }
+}
+
 /// The `mirror:full` profile (see the crate docs).
 #[derive(Clone, Debug, Default)]
 pub struct MirrorFull {
-    tuf: TufOptions,
+    options: Options,
+}
+
+macro_rules! mirror_options {
+    () => {
+        /// Signs the TUF metadata with these role keys, thresholds and lifetimes instead of
+        /// the defaults (every role signed by the run's signer, threshold 1).
+        #[must_use]
+        pub fn tuf(mut self, options: $crate::TufOptions) -> Self {
+            self.options.tuf = options;
+            self
+        }
+
+        /// Adds a resolver for `encryption.kmsKey` references other than age recipients
+        /// (a key service); age recipients (`age1…`, `age:age1…`) are built in.
+        #[must_use]
+        pub fn key_resolver(mut self, resolver: std::sync::Arc<dyn $crate::encryption::KeyResolver>) -> Self {
+            self.options.resolvers.push(resolver);
+            self
+        }
+
+        /// Takes the data key and nonces from `entropy` instead of the operating system
+        /// (tests: [`crate::encryption::SeededEntropy`] makes encrypted builds repeatable, all but the
+        /// age-wrapped keys).
+        #[must_use]
+        pub fn entropy(mut self, entropy: std::sync::Arc<dyn $crate::encryption::Entropy>) -> Self {
+            self.options.entropy = entropy;
+            self
+        }
+    };
 }
 
 impl MirrorFull {
-    /// Signs the TUF metadata with these role keys, thresholds and lifetimes instead of the
-    /// defaults (every role signed by the run's signer, threshold 1).
-    #[must_use]
-    pub fn tuf(mut self, options: TufOptions) -> Self {
-        self.tuf = options;
-        self
-    }
+    mirror_options!();
 }
+
+pub(crate) use mirror_options;
 
 /// A registry holding `mirror:full` and an unconfigured `mirror:delta` (its runs are refused
 /// until it is registered again with a base: [`MirrorDelta::new`]).
@@ -165,6 +206,7 @@ impl Profile for MirrorFull {
             "mirror:full",
             "Air-gap mirror: canonical evidence, Trivy DBs, an OCI image layout and TUF metadata",
         )
+        .encrypts()
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {
@@ -172,7 +214,7 @@ impl Profile for MirrorFull {
     }
 
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {
-        build_tree(ctx, &self.tuf, None)
+        build_tree(ctx, &self.options, None)
     }
 }
 
@@ -182,17 +224,28 @@ impl Profile for MirrorFull {
 /// base gives exactly the `mirror/` a full build of the same evidence gives.
 pub(crate) fn build_tree(
     ctx: &mut ExportContext<'_>,
-    tuf_options: &TufOptions,
+    options: &Options,
     previous: Option<&tuf::Previous>,
 ) -> Result<()> {
     let profile_id = "mirror:full";
+    let tuf_options = &options.tuf;
+    let sealer = match ctx.request().encryption.as_ref().filter(|e| e.enabled) {
+        None => None,
+        Some(e) => Some(encryption::Sealer::new(
+            e.kms_key.as_deref().unwrap_or_default(),
+            &options.resolvers,
+            Arc::clone(&options.entropy),
+            ctx.run_id(),
+            ctx.tenant(),
+        )?),
+    };
     {
         let mut files: Vec<StagedArtifact> = Vec::new();
         let mut counts = serde_json::Map::new();
         let mut newest = None;
         let spans = [(0u8, 30u8), (30, 35), (35, 40)];
         for (kind, span) in tree::KINDS.iter().zip(spans) {
-            let out = tree::write_kind(ctx, *kind, span)?;
+            let out = tree::write_kind(ctx, *kind, span, sealer.as_ref())?;
             counts.insert(kind.name.into(), json!(out.records));
             newest = newest.max(out.newest);
             files.extend(out.files);
@@ -250,6 +303,10 @@ pub(crate) fn build_tree(
         if !selectors.is_empty() {
             export["selectors"] = serde_json::to_value(selectors).unwrap_or(Value::Null);
         }
+        export["tenant"] = json!(ctx.tenant().as_str());
+        if let Some(s) = &sealer {
+            export["encryption"] = s.record();
+        }
         let export_file = stage_json(ctx, "mirror/export.json", ArtifactType::Manifest, &export)?;
         let provenance = json!({
             "_type": "https://in-toto.io/Statement/v1",
@@ -268,6 +325,10 @@ pub(crate) fn build_tree(
                 },
             },
         });
+        let mut provenance = provenance;
+        if let Some(enc) = export.get("encryption") {
+            provenance["predicate"]["buildDefinition"]["internalParameters"]["encryption"] = enc.clone();
+        }
         files.push(export_file);
         files.push(stage_json(ctx, "mirror/provenance.json", ArtifactType::Provenance, &provenance)?);
         files.sort_by(|a, b| a.spec.path.cmp(&b.spec.path));

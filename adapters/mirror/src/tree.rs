@@ -119,7 +119,12 @@ pub(crate) struct KindOutput {
 
 /// Reads every record of `kind`, writes `mirror/<dir>/<shard>.jsonl.zst` files and
 /// `mirror/indexes/<index>`. Returns nothing staged when the kind has no records.
-pub(crate) fn write_kind(ctx: &mut ExportContext<'_>, kind: Kind, progress: (u8, u8)) -> Result<KindOutput> {
+pub(crate) fn write_kind(
+    ctx: &mut ExportContext<'_>,
+    kind: Kind,
+    progress: (u8, u8),
+    sealer: Option<&crate::encryption::Sealer>,
+) -> Result<KindOutput> {
     let evidence = ctx.evidence();
     let mut records = Records::new(evidence, kind.evidence)?;
     let total = records.bytes_total().max(1);
@@ -176,13 +181,24 @@ pub(crate) fn write_kind(ctx: &mut ExportContext<'_>, kind: Kind, progress: (u8,
         let (mut buf, size, sha256) = hashing.finish();
         buf.flush().map_err(|e| ExportError::io(&w.path, e))?;
         drop(buf);
-        let spec = ArtifactSpec::new(
-            &format!("mirror/{}/{name}.jsonl.zst", kind.dir),
-            ArtifactType::Data,
-            "jsonl+zstd",
-            "application/zstd",
-        )?;
-        out.files.push(ctx.adopt_file_with_digest(spec, &w.path, size, sha256)?);
+        let rel = format!("{}/{name}.jsonl.zst", kind.dir);
+        let path = format!("mirror/{rel}");
+        match sealer {
+            None => {
+                let spec = ArtifactSpec::new(&path, ArtifactType::Data, "jsonl+zstd", "application/zstd")?;
+                out.files.push(ctx.adopt_file_with_digest(spec, &w.path, size, sha256)?);
+            }
+            Some(sealer) => {
+                // One AES-256-GCM message per file: the shard is read whole (compressed).
+                let plain = std::fs::read(&w.path).map_err(|e| ExportError::io(&w.path, e))?;
+                let sealed = sealer.seal(&rel, &plain)?;
+                let spec =
+                    ArtifactSpec::new(&path, ArtifactType::Data, "jsonl+zstd+aes-256-gcm", "application/octet-stream")?;
+                let (staged, ()) =
+                    ctx.write_artifact(spec, |wr| wr.write_all(&sealed).map_err(|e| ExportError::io(&path, e)))?;
+                out.files.push(staged);
+            }
+        }
     }
     // The index document: `{"entries":[...],"kind":...,"version":...}` (canonical: keys sorted).
     let spec = ArtifactSpec::new(

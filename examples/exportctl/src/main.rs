@@ -10,8 +10,8 @@ use exportcore::sign::Verifier as _;
 use exportcore::store::{RunFilter, RunStore, SqliteStore};
 use exportcore::verify::{Signatures, StalenessPolicy, VerifyOptions};
 use exportcore::{
-    Compression, DirEvidence, Distribution, DistributionType, ExportError, Format, FsSink, Limits, ProfileId, Profiles,
-    RunEvent, RunId, RunRequest, RunStatus, Selectors, Target, TenantId, TimeAnchor, Timestamp,
+    Compression, DirEvidence, Distribution, DistributionType, Encryption, ExportError, Format, FsSink, Limits,
+    ProfileId, Profiles, RunEvent, RunId, RunRequest, RunStatus, Selectors, Target, TenantId, TimeAnchor, Timestamp,
 };
 use futures::StreamExt;
 use std::io::IsTerminal;
@@ -113,6 +113,17 @@ enum Command {
     Mirror {
         #[command(subcommand)]
         command: MirrorCommand,
+    },
+    /// Restore the plain tree of an encrypted mirror (`run --encrypt-to`).
+    Decrypt {
+        /// The encrypted mirror run's output directory.
+        out_dir: PathBuf,
+        /// An age identity file (`AGE-SECRET-KEY-1…`) matching one of the recipients.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Where the plain `mirror/` tree goes (absent or empty).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Generate a signing key pair.
     Keygen {
@@ -242,6 +253,10 @@ struct RunArgs {
     /// repeatable.
     #[arg(long = "id", value_name = "ID", num_args = 1..)]
     ids: Vec<String>,
+    /// Encrypt the mirror's data to this age recipient (`age1…`) or to every recipient in
+    /// this file; repeatable (mirror profiles).
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
+    encrypt_to: Vec<String>,
 }
 
 /// An error plus the exit code it maps to.
@@ -335,6 +350,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             verify(&path, &options)
         }
         Command::Runs { command, store, json, tenant } => runs(command, store, json, &tenant).await,
+        Command::Decrypt { out_dir, identity, out } => {
+            let identities = exportcore_mirror::encryption::read_identities(&identity)?;
+            let n = exportcore_mirror::encryption::decrypt(&out_dir, &identities, &out)?;
+            outln!("decrypted {n} files of {} into {}", out_dir.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mirror { command: MirrorCommand::Apply { base, delta, out, key } } => {
             let mut options = VerifyOptions::default();
             for k in &key {
@@ -389,8 +410,39 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
     selectors.modified_since = time("--since", &args.since)?;
     selectors.modified_until = time("--until", &args.until)?;
     req.selectors = selectors;
+    if !args.encrypt_to.is_empty() {
+        req.encryption = Some(Encryption::new(encrypt_to(&args.encrypt_to)?.join(",")));
+    }
     req.validate(&Limits::default())?;
     Ok(req)
+}
+
+/// The age recipients `--encrypt-to` names: each value is a recipient (`age1…`) or a file of
+/// them (one per line; `#` comments and blank lines skipped).
+fn encrypt_to(values: &[String]) -> Result<Vec<String>, Failure> {
+    let mut out = Vec::new();
+    for v in values {
+        let lines = if v.trim().starts_with("age1") {
+            vec![v.trim().to_owned()]
+        } else {
+            let text =
+                exportcore::files::read_capped_string(Path::new(v), exportcore::files::MAX_KEY_BYTES).map_err(|e| {
+                    ExportError::invalid(
+                        "--encrypt-to",
+                        format!("{v:?} is neither an age recipient nor a readable file: {e}"),
+                    )
+                })?;
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+        };
+        for l in lines {
+            exportcore_mirror::encryption::AgeRecipient::parse(&l, "--encrypt-to")?;
+            out.push(l);
+        }
+    }
+    if out.is_empty() {
+        return Err(ExportError::invalid("--encrypt-to", "names no recipient").into());
+    }
+    Ok(out)
 }
 
 /// Where a run into `out` stages its files: the directory that holds `out`.

@@ -305,7 +305,7 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     // Later issues' flags: a clear "not supported yet", not a panic.
     assert_run_fails(&s, &["--sign-key", "/nonexistent/k.pem"], "ERR_EXPORT_IO", "k.pem");
-    assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_NOT_SUPPORTED", "mirror:delta");
+    assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_REQUEST_INVALID", "only mirror:delta takes a base");
     let o = run(&["serve", "--listen", "127.0.0.1:0"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
@@ -327,7 +327,10 @@ fn profiles_lists_every_bundled_profile() {
     assert!(o.status.success());
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["devportal:offline", "json:policy", "json:raw", "mirror:full", "trivy:db", "trivy:java-db"]);
+    assert_eq!(
+        ids,
+        ["devportal:offline", "json:policy", "json:raw", "mirror:delta", "mirror:full", "trivy:db", "trivy:java-db"]
+    );
     assert!(list.as_array().unwrap().iter().all(|p| !p["description"].as_str().unwrap().is_empty()));
 }
 
@@ -908,4 +911,83 @@ fn mirror_full_through_the_cli() {
     let o = run(&["verify", out.to_str().unwrap(), "--key", &public, "--now", "2025-06-02T00:00:00Z"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("README.md"), "{}", text(&o));
+}
+
+#[test]
+fn mirror_delta_apply_decrypt_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("signer");
+    assert!(run(&["keygen", "--algorithm", "ecdsa-p256", "--out", prefix.to_str().unwrap()]).status.success());
+    let (key, public) = (format!("{}.key", prefix.display()), format!("{}.pub", prefix.display()));
+    let old = tmp.path().join("old");
+    let o = export("mirror:full", &samples(), &old, &["--sign-key", &key, "--created-at", "2025-06-01T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // New evidence: one advisory fewer.
+    let ev2 = tmp.path().join("ev2");
+    assert!(std::process::Command::new("cp").arg("-r").arg(samples()).arg(&ev2).status().unwrap().success());
+    std::fs::remove_file(ev2.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
+    let delta = tmp.path().join("delta");
+    let args = ["--sign-key", &key, "--created-at", "2025-06-05T00:00:00Z", "--base", old.to_str().unwrap()];
+    let o = export("mirror:delta", &ev2, &delta, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(delta.join("delta/manifest.diff.json").is_file());
+    // --base belongs to mirror:delta only, and mirror:delta needs it.
+    let o = export("json:raw", &samples(), &tmp.path().join("x"), &["--base", old.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--base"), "{}", text(&o));
+    let o = export("mirror:delta", &samples(), &tmp.path().join("y"), &[]);
+    assert!(!o.status.success() && text(&o).contains("base"), "{}", text(&o));
+
+    let new = tmp.path().join("new");
+    let paths = |p: &Path| p.to_str().unwrap().to_owned();
+    let apply = |base: &Path, out: &Path| {
+        run(&[
+            "mirror",
+            "apply",
+            "--base",
+            &paths(base),
+            "--delta",
+            &paths(&delta),
+            "--out",
+            &paths(out),
+            "--key",
+            &public,
+        ])
+    };
+    let o = apply(&old, &new);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["verify", new.to_str().unwrap(), "--key", &public, "--now", "2025-06-06T00:00:00Z"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = apply(&new, &tmp.path().join("again"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_BASE_MISSING") && text(&o).contains("already applied"), "{}", text(&o));
+    assert!(!tmp.path().join("again").exists());
+
+    // Encrypted to an age recipient file; decrypted with the identity.
+    let id = age::x25519::Identity::generate();
+    let recipients = tmp.path().join("recipients.txt");
+    std::fs::write(&recipients, format!("# ops team\n{}\n", id.to_public())).unwrap();
+    let identity = tmp.path().join("identity.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(&identity, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    }
+    let enc = tmp.path().join("enc");
+    let o =
+        export("mirror:full", &samples(), &enc, &["--sign-key", &key, "--encrypt-to", recipients.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let plain = tmp.path().join("plain");
+    let o = run(&[
+        "decrypt",
+        enc.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(plain.join("data/raw/advisories/pypi.jsonl.zst").is_file());
+    let o = export("mirror:full", &samples(), &tmp.path().join("z"), &["--encrypt-to", "age1nope"]);
+    assert!(!o.status.success() && text(&o).contains("--encrypt-to"), "{}", text(&o));
+    let o = export("json:raw", &samples(), &tmp.path().join("w"), &["--encrypt-to", &id.to_public().to_string()]);
+    assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
 }
