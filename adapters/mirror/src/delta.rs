@@ -172,15 +172,49 @@ impl Profile for NewTree {
     }
 }
 
-/// id → sha256 of every entry of an index document.
-fn index_digests(bytes: &[u8]) -> BTreeMap<String, String> {
-    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-    v["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e["id"].as_str()?.to_owned(), e["sha256"].as_str()?.to_owned())))
-        .collect()
+/// One index entry, as the delta counts records: its id and the digest of its bytes.
+#[derive(serde::Deserialize)]
+struct IndexEntry {
+    id: String,
+    sha256: Sha256Digest,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexDoc {
+    entries: Vec<IndexEntry>,
+}
+
+/// The entries of an index file, read as a stream (no `Value` tree); none when absent.
+fn index_entries(path: &Path) -> Result<Vec<IndexEntry>> {
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ExportError::io(path, e)),
+        Ok(f) => serde_json::from_reader::<_, IndexDoc>(std::io::BufReader::with_capacity(1 << 20, f))
+            .map(|d| d.entries)
+            .map_err(|e| ExportError::VerificationFailed {
+                path: path.display().to_string(),
+                reason: format!("index: {e}"),
+            }),
+    }
+}
+
+/// Records added, changed and removed between two indexes (by id and digest).
+fn record_counts(old: &Path, new: &Path) -> Result<Value> {
+    let old: std::collections::HashMap<String, Sha256Digest> =
+        index_entries(old)?.into_iter().map(|e| (e.id, e.sha256)).collect();
+    let (mut added, mut changed, mut seen) = (0u64, 0u64, 0u64);
+    for e in index_entries(new)? {
+        match old.get(&e.id) {
+            None => added += 1,
+            Some(d) => {
+                seen += 1;
+                if *d != e.sha256 {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    Ok(json!({"added": added, "changed": changed, "removed": old.len() as u64 - seen}))
 }
 
 impl Profile for MirrorDelta {
@@ -229,17 +263,8 @@ impl Profile for MirrorDelta {
         let mut records = serde_json::Map::new();
         for kind in crate::tree::KINDS {
             let path = format!("mirror/indexes/{}", kind.index);
-            let old = std::fs::read(base.dir.join(&path)).map(|b| index_digests(&b)).unwrap_or_default();
-            let cur = match new.get(&path) {
-                Some(a) => {
-                    std::fs::read(&a.local).map(|b| index_digests(&b)).map_err(|e| ExportError::io(&a.local, e))?
-                }
-                None => BTreeMap::new(),
-            };
-            let added = cur.keys().filter(|k| !old.contains_key(*k)).count();
-            let changed = cur.iter().filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v)).count();
-            let removed = old.keys().filter(|k| !cur.contains_key(*k)).count();
-            records.insert(kind.name.into(), json!({"added": added, "changed": changed, "removed": removed}));
+            let cur = new.get(&path).map_or_else(|| base.dir.join("no-such-index"), |a| a.local.clone());
+            records.insert(kind.name.into(), record_counts(&base.dir.join(&path), &cur)?);
         }
         let export_id = match new.get("mirror/export.json") {
             Some(a) => format!("sha256:{}", a.sha256),

@@ -58,19 +58,7 @@ struct Row {
 fn shard(kind: EvidenceKind, v: &Value) -> String {
     match kind {
         EvidenceKind::Advisory => {
-            let eco = v["affected"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find_map(|a| a["package"]["ecosystem"].as_str())
-                .unwrap_or("none");
-            let family = eco.split(':').next().unwrap_or("none").to_ascii_lowercase();
-            let name: String = family.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-            if name.trim_matches('-').is_empty() {
-                "none".into()
-            } else {
-                name
-            }
+            shard_name(v["affected"].as_array().into_iter().flatten().find_map(|a| a["package"]["ecosystem"].as_str()))
         }
         EvidenceKind::Vex => "openvex".into(),
         _ => "findings".into(),
@@ -86,11 +74,47 @@ fn id_of(kind: EvidenceKind, v: &Value) -> String {
     v[key].as_str().unwrap_or_default().to_owned()
 }
 
+/// The shard name of an ecosystem (`Alpine:v3.19` → `alpine`, `crates.io` → `crates-io`).
+fn shard_name(ecosystem: Option<&str>) -> String {
+    let family = ecosystem.unwrap_or("none").split(':').next().unwrap_or("none").to_ascii_lowercase();
+    let name: String = family.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    if name.trim_matches('-').is_empty() {
+        "none".into()
+    } else {
+        name
+    }
+}
+
 fn rows(batch: RecordBatch) -> Result<Vec<Row>> {
     let kind = batch.kind();
     let mut out = Vec::with_capacity(batch.len());
-    for rec in batch.records() {
-        let rec = rec?;
+    for i in 0..batch.len() {
+        // Fast path (as json:raw's): an OSV record already in canonical form is checked
+        // through the typed view and copied as it is, the bytes the slow path would write.
+        let raw = batch.raw(i);
+        if kind == EvidenceKind::Advisory && canonical::is_canonical(raw) {
+            if let Ok(osv) = exportcore::evidence::osv::Osv::from_json(raw) {
+                if let Ok(modified) = osv.check() {
+                    let eco = osv
+                        .affected
+                        .items()
+                        .iter()
+                        .filter_map(|a| a.get())
+                        .find_map(|a| a.package.get().and_then(|p| p.ecosystem.as_str().map(str::to_owned)));
+                    let mut line = Vec::with_capacity(raw.len() + 1);
+                    line.extend_from_slice(raw);
+                    line.push(b'\n');
+                    out.push(Row {
+                        shard: shard_name(eco.as_deref()),
+                        id: osv.id.as_str().unwrap_or_default().to_owned(),
+                        modified: Some(modified),
+                        line,
+                    });
+                    continue;
+                }
+            }
+        }
+        let rec = batch.parse(i)?;
         let mut line = canonical::to_vec(&rec.value)
             .map_err(|e| ExportError::internal_caused("mirror", "serialising a record", e))?;
         line.push(b'\n');

@@ -1,0 +1,181 @@
+//! `mirror:full` against `cp -r` plus `sha256sum` of the same evidence, and `mirror:delta` of
+//! 1 % changed records against the full build (issue 12).
+//!
+//! ```text
+//! cargo run --release -p exportcore-benches --bin mirror-vs-cp -- [--sizes 100M,1G] [--repeat 1] [--dir DIR]
+//! ```
+//! Per size: generates about that much NDJSON evidence (seeded), times the reference (`cp -r`
+//! of the evidence, then `sha256sum` of every copied file) and our `mirror:full` of it (in a
+//! child process: wall time and peak RSS, VmHWM), then changes the `modified` time of every
+//! 100th advisory and times `mirror:delta` against the full build. Prints medians of
+//! `--repeat` runs, the ratios and peak RSS.
+
+use exportcore::run::RunBuilder;
+use exportcore::{DirEvidence, FsSink, Profile, RunRequest, Timestamp};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// mimalloc, as in the other bench binaries (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_uppercase();
+    let (num, mul) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (&s[..], 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul)
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
+}
+
+/// In the child: one run, then "seconds peak_rss_kib" on stdout.
+fn child(kind: &str, evidence: &Path, out: &Path, base: Option<&Path>) -> ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let start = Instant::now();
+    let profile: Box<dyn Fn() -> std::sync::Arc<dyn Profile>> = match (kind, base) {
+        ("delta", Some(b)) => {
+            let b = b.to_path_buf();
+            Box::new(move || std::sync::Arc::new(exportcore_mirror::MirrorDelta::new(&b)))
+        }
+        _ => Box::new(|| std::sync::Arc::new(exportcore_mirror::MirrorFull::default())),
+    };
+    let created = if kind == "delta" { "2026-01-02T00:00:00Z" } else { "2026-01-01T00:00:00Z" };
+    let outcome = rt.block_on(async {
+        let p = profile();
+        let mut req = RunRequest::new(p.descriptor().id);
+        req.created_at = Timestamp::parse(created).ok();
+        RunBuilder::from_arcs(
+            p,
+            std::sync::Arc::new(DirEvidence::new(evidence).expect("evidence")),
+            std::sync::Arc::new(FsSink::new(out).expect("sink")),
+        )
+        .staging_dir(out.parent().expect("parent"))
+        .execute(req)
+        .await
+    });
+    if let Err(e) = outcome {
+        eprintln!("run failed: {}", e.report());
+        return ExitCode::from(1);
+    }
+    println!("{:.3} {}", start.elapsed().as_secs_f64(), exportcore_benches::vm_hwm_kib());
+    ExitCode::SUCCESS
+}
+
+fn run_child(kind: &str, ev: &Path, out: &Path, base: Option<&Path>) -> (f64, f64) {
+    let _ = std::fs::remove_dir_all(out);
+    let mut c = Command::new(std::env::current_exe().expect("exe"));
+    c.arg("--child").arg(kind).arg(ev).arg(out);
+    if let Some(b) = base {
+        c.arg(b);
+    }
+    let o = c.output().expect("child");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (f[0], f[1])
+}
+
+fn reference(ev: &Path, dir: &Path) -> f64 {
+    let copy = dir.join("reference-copy");
+    let _ = std::fs::remove_dir_all(&copy);
+    let start = Instant::now();
+    let script = "cp -r \"$1\" \"$2\" && find \"$2\" -type f -print0 | xargs -0 sha256sum > /dev/null";
+    let st = Command::new("sh").arg("-c").arg(script).arg("sh").arg(ev).arg(&copy).status().expect("sh");
+    assert!(st.success(), "reference failed");
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&copy);
+    secs
+}
+
+/// A copy of `ev` with the `modified` time of every 100th advisory changed.
+fn change_one_percent(ev: &Path, to: &Path) -> u64 {
+    let _ = std::fs::remove_dir_all(to);
+    assert!(Command::new("cp").arg("-r").arg(ev).arg(to).status().expect("cp").success());
+    let mut changed = 0;
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(to.join("advisories")).expect("dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    let mut n = 0u64;
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "ndjson")) {
+        let input = std::io::BufReader::new(std::fs::File::open(f).expect("open"));
+        let tmp = f.with_extension("tmp");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
+        for line in input.lines() {
+            let mut line = line.expect("line");
+            if n % 100 == 0 {
+                if let Some(i) = line.find("\"modified\":\"") {
+                    let start = i + "\"modified\":\"".len();
+                    line.replace_range(start..start + 20, "2025-12-31T00:00:00Z");
+                    changed += 1;
+                }
+            }
+            n += 1;
+            writeln!(out, "{line}").expect("write");
+        }
+        out.flush().expect("flush");
+        drop(out);
+        std::fs::rename(&tmp, f).expect("rename");
+    }
+    changed
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        return child(&args[2], Path::new(&args[3]), Path::new(&args[4]), args.get(5).map(Path::new));
+    }
+    let sizes: Vec<u64> = arg(&args, "--sizes").unwrap_or("100M,1G").split(',').filter_map(parse_size).collect();
+    let repeat: usize = arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
+    let tmp = match arg(&args, "--dir") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
+    println!(
+        "| evidence | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | delta 1 % (s) | delta / full | peak RSS delta |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in sizes {
+        let ev = tmp.path().join(format!("ev-{size}"));
+        let summary = evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size)).expect("generate");
+        let (mut refs, mut fulls, mut deltas, mut rss, mut delta_rss) =
+            (Vec::new(), Vec::new(), Vec::new(), 0f64, 0f64);
+        let full_out = tmp.path().join("full");
+        let ev2 = tmp.path().join("ev2");
+        let changed = change_one_percent(&ev, &ev2);
+        for _ in 0..repeat {
+            refs.push(reference(&ev, tmp.path()));
+            let (secs, kib) = run_child("full", &ev, &full_out, None);
+            fulls.push(secs);
+            rss = rss.max(kib);
+            let (secs, kib) = run_child("delta", &ev2, &tmp.path().join("delta"), Some(&full_out));
+            deltas.push(secs);
+            delta_rss = delta_rss.max(kib);
+        }
+        let (r, f, d) = (
+            exportcore_benches::median(&refs),
+            exportcore_benches::median(&fulls),
+            exportcore_benches::median(&deltas),
+        );
+        println!(
+            "| {:.0} MiB, {} advisories ({changed} changed) | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {:.0} MiB | {d:.2} | {:.2} (target <= 0.05) | {:.0} MiB |",
+            summary.bytes as f64 / f64::from(1 << 20),
+            summary.advisories,
+            f / r,
+            rss / 1024.0,
+            d / f,
+            delta_rss / 1024.0
+        );
+        let _ = std::fs::remove_dir_all(&ev);
+        let _ = std::fs::remove_dir_all(&ev2);
+    }
+    ExitCode::SUCCESS
+}
