@@ -110,7 +110,7 @@ fn change_one_percent(ev: &Path, to: &Path) -> u64 {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
         for line in input.lines() {
             let mut line = line.expect("line");
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 if let Some(i) = line.find("\"modified\":\"") {
                     let start = i + "\"modified\":\"".len();
                     line.replace_range(start..start + 20, "2025-12-31T00:00:00Z");
