@@ -327,3 +327,43 @@ open(dst, "wb").write(out)
     assert_eq!(ours, std::fs::read(plain.join(rel)).unwrap());
     assert!(exportcore_mirror::encryption::open_file(&key32, b"other:aad", &std::fs::read(&sealed).unwrap()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tuf_accepts_separate_role_keys_and_thresholds() {
+    use exportcore_mirror::{Role, TufOptions};
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run_key = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "run");
+    let t1 = keys(exportcore_crypto::Algorithm::EcdsaP256, tmp.path(), "t1");
+    let t2 = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "t2");
+    let s1 = keys(exportcore_crypto::Algorithm::EcdsaP256, tmp.path(), "s1");
+    let tuf = TufOptions::default()
+        .role_keys(Role::Timestamp, vec![Arc::clone(&t1.signer), Arc::clone(&t2.signer)], 2)
+        .role_keys(Role::Snapshot, vec![Arc::clone(&s1.signer)], 1);
+    let out = tmp.path().join("m");
+    let req = RunRequest::builder("mirror:full")
+        .created_at(Timestamp::parse("2025-06-01T00:00:00Z").unwrap())
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(
+        exportcore_mirror::MirrorFull::default().tuf(tuf),
+        DirEvidence::new(samples()).unwrap(),
+        FsSink::new(&out).unwrap(),
+    )
+    .signer(Arc::clone(&run_key.signer))
+    .execute(req)
+    .await
+    .unwrap();
+    let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+    assert!(o.status.success(), "{}", text(&o));
+    // Below the timestamp threshold, python-tuf refuses too.
+    let path = out.join("tuf/metadata/timestamp.json");
+    let mut ts: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    ts["signatures"].as_array_mut().unwrap().pop();
+    std::fs::write(&path, serde_json::to_vec(&ts).unwrap()).unwrap();
+    let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+    assert!(!o.status.success() && text(&o).contains("1/2"), "{}", text(&o));
+}

@@ -568,3 +568,73 @@ async fn bad_recipients_and_unencrypting_profiles_are_refused() {
         assert_eq!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0, "partial output");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_role_keys_and_thresholds_through_the_library() {
+    use exportcore_mirror::{Role, TufOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let run_key = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "run");
+    let (t1, t2) = (
+        keys(exportcore_crypto::Algorithm::EcdsaP256, tmp.path(), "t1"),
+        keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "t2"),
+    );
+    let tuf = TufOptions::default()
+        .role_keys(Role::Timestamp, vec![Arc::clone(&t1.signer), Arc::clone(&t2.signer)], 2)
+        .expires_days(Role::Timestamp, 7);
+    let out = tmp.path().join("m");
+    let req = RunRequest::builder("mirror:full")
+        .created_at(t(CREATED))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(
+        exportcore_mirror::MirrorFull::default().tuf(tuf),
+        DirEvidence::new(samples()).unwrap(),
+        FsSink::new(&out).unwrap(),
+    )
+    .signer(Arc::clone(&run_key.signer))
+    .execute(req)
+    .await
+    .unwrap();
+    let root: Value = serde_json::from_slice(&std::fs::read(out.join("tuf/metadata/root.json")).unwrap()).unwrap();
+    assert_eq!(root["signed"]["roles"]["timestamp"]["threshold"], 2);
+    assert_eq!(root["signed"]["roles"]["timestamp"]["keyids"].as_array().unwrap().len(), 2);
+    assert_eq!(root["signed"]["roles"]["root"]["keyids"].as_array().unwrap().len(), 1);
+    let ts: Value = serde_json::from_slice(&std::fs::read(out.join("tuf/metadata/timestamp.json")).unwrap()).unwrap();
+    assert_eq!(ts["signatures"].as_array().unwrap().len(), 2);
+    assert_eq!(ts["signed"]["expires"], "2025-06-08T00:00:00Z");
+    let r = verify(&out, &run_key, "2025-06-02T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    // One of the two timestamp signatures dropped: below the threshold. (The run manifest
+    // fails too: the file changed.)
+    let mut one = ts.clone();
+    one["signatures"].as_array_mut().unwrap().pop();
+    std::fs::write(out.join("tuf/metadata/timestamp.json"), exportcore::canonical::to_vec(&one).unwrap()).unwrap();
+    let r = verify(&out, &run_key, "2025-06-02T00:00:00Z");
+    assert!(r.failures.iter().any(|f| f.problem.contains("timestamp was signed by 1/2 keys")), "{}", failures(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_of_another_tenant_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-5").await;
+    let req = RunRequest::builder("mirror:delta")
+        .created_at(t("2025-06-11T00:00:00Z"))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    let e = RunBuilder::new(
+        exportcore_mirror::MirrorDelta::new(&old),
+        DirEvidence::new(samples()).unwrap(),
+        FsSink::new(tmp.path().join("d")).unwrap(),
+    )
+    .tenant(exportcore::TenantId::parse("other-tenant").unwrap())
+    .signer(Arc::clone(&k.signer))
+    .execute(req)
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_BASE_MISSING", "{e}");
+    assert!(e.to_string().contains("belongs to tenant"), "{e}");
+}

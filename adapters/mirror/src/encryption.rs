@@ -406,6 +406,62 @@ mod tests {
         assert!(e.to_string().contains("--identity"), "{e}");
     }
 
+    /// A stand-in key service: "wraps" by XOR with a fixed pad, records its key id.
+    #[derive(Debug)]
+    struct FakeKms;
+
+    impl KeyWrapper for FakeKms {
+        fn wrap(&self, key: &[u8; 32], run_id: &RunId, tenant: &TenantId) -> Result<WrappedKey> {
+            use base64::Engine as _;
+            let wrapped: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+            assert_eq!((run_id.as_str(), tenant.as_str()), ("r1", "t"), "the encryption context");
+            Ok(WrappedKey {
+                kind: "kms".into(),
+                recipient: None,
+                kms_key_id: Some("alias/export/envelope".into()),
+                algorithm: Some("SYMMETRIC_DEFAULT".into()),
+                wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
+            })
+        }
+    }
+
+    impl KeyResolver for FakeKms {
+        fn resolve(&self, reference: &str) -> Result<Option<Arc<dyn KeyWrapper>>> {
+            Ok(reference.starts_with("kms:").then(|| Arc::new(FakeKms) as Arc<dyn KeyWrapper>))
+        }
+    }
+
+    #[test]
+    fn a_key_service_plugs_in_and_is_recorded_after_age() {
+        let id = age::x25519::Identity::generate();
+        let refs = format!("kms:alias/export/envelope,{}", id.to_public());
+        let resolvers: Vec<Arc<dyn KeyResolver>> = vec![Arc::new(FakeKms)];
+        let s = Sealer::new(
+            &refs,
+            &resolvers,
+            Arc::new(OsEntropy),
+            &RunId::parse("r1").unwrap(),
+            &TenantId::from_static("t"),
+        )
+        .unwrap();
+        let rec = s.record();
+        assert_eq!(rec["mode"], "aes-gcm+kms");
+        let kinds: Vec<&str> =
+            rec["recipients"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["age", "kms"], "age entries first, then key services");
+        assert_eq!(rec["recipients"][1]["kmsKeyId"], "alias/export/envelope");
+        // Both copies wrap the same key.
+        use base64::Engine as _;
+        let kms: Vec<u8> = base64::engine::general_purpose::STANDARD
+            .decode(rec["recipients"][1]["wrappedKey"].as_str().unwrap())
+            .unwrap()
+            .iter()
+            .map(|b| b ^ 0x5a)
+            .collect();
+        let identities: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
+        assert_eq!(unwrap_key(&serde_json::json!({"encryption": rec}), &identities).unwrap().to_vec(), kms);
+    }
+
     #[test]
     fn bad_recipients_name_the_field() {
         let e =
