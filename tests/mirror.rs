@@ -607,7 +607,7 @@ async fn separate_role_keys_and_thresholds_through_the_library() {
     assert!(r.is_ok(), "{}", failures(&r));
     // One of the two timestamp signatures dropped: below the threshold. (The run manifest
     // fails too: the file changed.)
-    let mut one = ts.clone();
+    let mut one = ts;
     one["signatures"].as_array_mut().unwrap().pop();
     std::fs::write(out.join("tuf/metadata/timestamp.json"), exportcore::canonical::to_vec(&one).unwrap()).unwrap();
     let r = verify(&out, &run_key, "2025-06-02T00:00:00Z");
