@@ -110,13 +110,30 @@ pub struct Registry {
 impl Registry {
     /// Starts one and waits until `/v2/` answers (10 s at most).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// One that requires HTTP basic auth: `user` with `bcrypt_hash` (an htpasswd line's hash).
+    pub fn start_with_htpasswd(user: &str, bcrypt_hash: &str) -> Self {
+        Self::start_with(Some(format!("{user}:{bcrypt_hash}\n")))
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let auth = match htpasswd {
+            None => String::new(),
+            Some(line) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, line).unwrap();
+                format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", file.display())
+            }
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("storage").display()
             ),
         )
@@ -132,7 +149,12 @@ impl Registry {
         let registry = Self { child, port, dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            if registry.get("/v2/").is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200")) {
+            let up = |r: String| {
+                let status =
+                    r.lines().next().unwrap_or_default().split_whitespace().nth(1).unwrap_or_default().to_owned();
+                status == "200" || status == "401"
+            };
+            if registry.get("/v2/").is_some_and(up) {
                 return registry;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

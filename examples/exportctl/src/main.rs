@@ -114,6 +114,23 @@ enum Command {
         #[command(subcommand)]
         command: MirrorCommand,
     },
+    /// Push an existing run output to a registry (`oci://HOST[:PORT]/REPO:TAG`); verified first.
+    Distribute {
+        /// The run's output directory.
+        out_dir: PathBuf,
+        /// Where to: `oci://HOST[:PORT]/REPO:TAG` (credentials from EXPORTCORE_OCI_USERNAME /
+        /// EXPORTCORE_OCI_PASSWORD or a docker config.json).
+        uri: String,
+        /// Sign the pushed manifest (cosign-compatible `sha256-<hex>.sig` tag) with this key.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        /// Use plain HTTP for this registry (loopback registries always do); repeatable.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+        /// Mount blobs from these repositories of the same registry when they are there.
+        #[arg(long = "mount-from")]
+        mount_from: Vec<String>,
+    },
     /// Restore the plain tree of an encrypted mirror (`run --encrypt-to`).
     Decrypt {
         /// The encrypted mirror run's output directory.
@@ -350,6 +367,34 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             verify(&path, &options)
         }
         Command::Runs { command, store, json, tenant } => runs(command, store, json, &tenant).await,
+        Command::Distribute { out_dir, uri, sign_key, insecure, mount_from } => {
+            if !uri.starts_with("oci://") {
+                return Err(not_supported("distribute to s3:// and file:// (this build pushes to oci:// registries)"));
+            }
+            let target = exportcore_distribution::OciTarget::parse(&uri, "URI")?;
+            let target = if insecure.contains(&target.registry) { target.insecure(true) } else { target };
+            let mut options = exportcore_distribution::PushOptions::default();
+            options.mount_from = mount_from;
+            if let Some(k) = &sign_key {
+                let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
+                options.signer = Some(exportcore_crypto::signer_from_pem(&pem)?);
+            }
+            let creds = exportcore_distribution::Credentials::lookup(&target.registry)?;
+            let pushed = exportcore_distribution::push_oci(&out_dir, &target, creds, &options).await?;
+            outln!("pushed {} {}", pushed.reference, pushed.digest);
+            outln!("  pull: {}", pushed.pinned);
+            if let Some(tag) = &pushed.signature_tag {
+                outln!("  signature: {}/{}:{tag}", target.registry, target.repository);
+            }
+            outln!(
+                "  blobs: {} uploaded ({} bytes), {} already there, {} mounted",
+                pushed.stats.uploaded,
+                pushed.stats.bytes,
+                pushed.stats.present,
+                pushed.stats.mounted
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Decrypt { out_dir, identity, out } => {
             let identities = exportcore_mirror::encryption::read_identities(&identity)?;
             let n = exportcore_mirror::encryption::decrypt(&out_dir, &identities, &out)?;

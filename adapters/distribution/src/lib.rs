@@ -1,0 +1,342 @@
+//! # exportcore-distribution
+//!
+//! Moves a run's output to where readers fetch it. This first part pushes to **OCI
+//! registries** by the distribution spec ([`push_oci`]), with a cosign-compatible signature
+//! for signed runs.
+//!
+//! What is pushed for a run directory (checked first against its run manifest: nothing that
+//! does not verify leaves the machine):
+//! - a run whose output holds an OCI layout with one manifest (`trivy:db`, `trivy:java-db`):
+//!   that manifest and its blobs, tagged `TAG`, so the reference is what the consumer expects
+//!   (`trivy --db-repository HOST/REPO:TAG`);
+//! - any other run: one artifact manifest (`artifactType application/vnd.exportcore.run.v1`,
+//!   empty config) with every file of the run as a layer titled with its path.
+//!
+//! Blobs go up first (each one `HEAD`ed, mounted from `mount_from` repositories when the
+//! registry has it there, else uploaded: one `PUT` up to 8 MiB, else 8 MiB `PATCH` chunks
+//! streamed from the file), the manifest last and then its tag, so a tag never names a blob
+//! that is not fully uploaded; a retried push re-uses what is already there. Transient
+//! failures (5xx, 429, connection errors, timeouts) are retried with backoff (4 retries,
+//! 0.4 to 3.2 s), then the push fails with `ERR_EXPORT_DISTRIBUTION_FAILED` naming the target.
+//!
+//! Credentials come from `EXPORTCORE_OCI_USERNAME`/`EXPORTCORE_OCI_PASSWORD`, else the docker
+//! `config.json` (`$DOCKER_CONFIG` or `~/.docker`) entry for the registry; never from a
+//! reference, and never in a log, error or record ([`Credentials`] redacts itself). TLS by
+//! default; plain HTTP only for a target marked insecure.
+//!
+//! ```no_run
+//! use exportcore_distribution::{push_oci, Credentials, OciTarget, PushOptions};
+//! # async fn f() -> exportcore::Result<()> {
+//! let target = OciTarget::parse("oci://registry.internal:5000/mirror/trivy-db:2", "--distribute")?;
+//! let creds = Credentials::lookup(&target.registry)?;
+//! let pushed = push_oci("out/trivy-db".as_ref(), &target, creds, &PushOptions::default()).await?;
+//! println!("{} {}", pushed.reference, pushed.digest);
+//! # Ok(()) }
+//! ```
+
+mod cosign;
+mod oci;
+
+pub use oci::{OciTarget, PushStats, CHUNK, MONOLITHIC_MAX};
+
+use bytes::Bytes;
+use exportcore::manifest::{MANIFEST_FILE, PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
+use exportcore::sign::Signer;
+use exportcore::{ExportError, Result, Sha256Digest};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// `artifactType` of a run pushed as one artifact.
+pub const RUN_ARTIFACT_TYPE: &str = "application/vnd.exportcore.run.v1";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A failure while distributing: transient ones were retried within the budget.
+#[derive(Debug)]
+pub(crate) struct DistributionError {
+    message: String,
+    #[allow(dead_code)]
+    transient: bool,
+}
+
+impl DistributionError {
+    pub(crate) fn fatal(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: false }
+    }
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: true }
+    }
+    fn at(self, target: &str) -> ExportError {
+        ExportError::distribution_failed(target, self.message)
+    }
+}
+
+/// A secret string: shown as `***` by `Debug` and `Display`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself (for the one place that sends it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Registry credentials.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: Secret,
+}
+
+impl Credentials {
+    /// Credentials for `registry` (`host[:port]`): `EXPORTCORE_OCI_USERNAME` and
+    /// `EXPORTCORE_OCI_PASSWORD` when set, else the docker `config.json` entry (`auth` or
+    /// `username`/`password`); `None` for anonymous access.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` for a malformed `config.json` entry (never showing it).
+    pub fn lookup(registry: &str) -> Result<Option<Self>> {
+        if let (Ok(username), Ok(password)) =
+            (std::env::var("EXPORTCORE_OCI_USERNAME"), std::env::var("EXPORTCORE_OCI_PASSWORD"))
+        {
+            return Ok(Some(Self { username, password: Secret(password) }));
+        }
+        let dir = std::env::var_os("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+        let Some(path) = dir.map(|d| d.join("config.json")).filter(|p| p.is_file()) else { return Ok(None) };
+        let text = exportcore::files::read_capped_string(&path, exportcore::files::MAX_KEY_BYTES)?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|_| ExportError::invalid("docker config", format!("{} is not JSON", path.display())))?;
+        let Some(entry) = v["auths"].as_object().and_then(|a| {
+            a.get(registry).or_else(|| {
+                a.iter()
+                    .find(|(k, _)| {
+                        k.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry
+                    })
+                    .map(|(_, v)| v)
+            })
+        }) else {
+            return Ok(None);
+        };
+        if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
+            return Ok(Some(Self { username: u.to_owned(), password: Secret(p.to_owned()) }));
+        }
+        let bad = || {
+            ExportError::invalid("docker config", format!("{}: the entry for {registry} is malformed", path.display()))
+        };
+        let auth = entry["auth"].as_str().ok_or_else(bad)?;
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(auth).map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let (u, p) = raw.split_once(':').ok_or_else(bad)?;
+        Ok(Some(Self { username: u.to_owned(), password: Secret(p.to_owned()) }))
+    }
+}
+
+/// Options of a push.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct PushOptions {
+    /// Repositories of the same registry to mount blobs from when they are there.
+    pub mount_from: Vec<String>,
+    /// Signs the pushed manifest (a cosign-compatible `sha256-<hex>.sig` tag).
+    pub signer: Option<std::sync::Arc<dyn Signer>>,
+}
+
+/// What a push left in the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OciPushed {
+    /// `HOST/REPO:TAG`.
+    pub reference: String,
+    /// The manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// `HOST/REPO@sha256:…`: the pullable, immutable reference.
+    pub pinned: String,
+    /// The signature's tag, when signed.
+    pub signature_tag: Option<String>,
+    /// Per blob: uploaded, present, mounted.
+    pub stats: PushStats,
+}
+
+/// One blob to push: a file, or bytes made here (a config).
+struct Blob {
+    digest: Sha256Digest,
+    size: u64,
+    path: Option<PathBuf>,
+    inline: Option<Bytes>,
+}
+
+/// The manifest and blobs a run directory is pushed as.
+fn plan(dir: &Path, created: &str) -> Result<(Bytes, Vec<Blob>)> {
+    let index_path = dir.join("oci/index.json");
+    if index_path.is_file() {
+        let index: Value = serde_json::from_slice(&exportcore::files::read_capped(
+            &index_path,
+            exportcore::files::MAX_MANIFEST_BYTES,
+        )?)
+        .map_err(|e| ExportError::VerificationFailed {
+            path: index_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if let [only] = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let digest: Sha256Digest = only["digest"]
+                .as_str()
+                .and_then(|d| d.strip_prefix("sha256:"))
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| ExportError::VerificationFailed {
+                    path: index_path.display().to_string(),
+                    reason: "bad digest".into(),
+                })?;
+            let blob = |d: &Sha256Digest| dir.join(format!("oci/blobs/sha256/{d}"));
+            let bytes = exportcore::files::read_capped(&blob(&digest), exportcore::files::MAX_MANIFEST_BYTES)?;
+            let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| ExportError::VerificationFailed {
+                path: blob(&digest).display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let mut blobs = Vec::new();
+            for d in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten()) {
+                let digest: Sha256Digest = d["digest"]
+                    .as_str()
+                    .and_then(|d| d.strip_prefix("sha256:"))
+                    .and_then(|h| h.parse().ok())
+                    .ok_or_else(|| ExportError::VerificationFailed {
+                        path: "oci manifest".into(),
+                        reason: "bad descriptor".into(),
+                    })?;
+                blobs.push(Blob {
+                    size: d["size"].as_u64().unwrap_or(0),
+                    path: Some(blob(&digest)),
+                    inline: None,
+                    digest,
+                });
+            }
+            return Ok((Bytes::from(bytes), blobs));
+        }
+    }
+    // One artifact: every file of the run, the run manifest and its signatures included.
+    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &dir.join(MANIFEST_FILE),
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
+    let mut files: Vec<(String, String)> =
+        manifest.entries.iter().map(|e| (e.path.to_string(), e.media_type.clone())).collect();
+    files.push((MANIFEST_FILE.into(), "application/json".into()));
+    for side in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE] {
+        if dir.join(side).is_file() {
+            files.push((side.into(), exportcore::manifest::DSSE_MEDIA_TYPE.into()));
+        }
+    }
+    let mut blobs = Vec::new();
+    let mut layers = Vec::new();
+    for (path, media_type) in files {
+        let local = dir.join(&path);
+        let f = exportcore::files::open_regular(&local)?;
+        let (size, digest) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(&local, e))?;
+        layers.push(json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": size,
+                           "annotations": {"org.opencontainers.image.title": path}}));
+        blobs.push(Blob { digest, size, path: Some(local), inline: None });
+    }
+    let config_digest = Sha256Digest::of(b"{}");
+    blobs.push(Blob { digest: config_digest, size: 2, path: None, inline: Some(Bytes::from_static(b"{}")) });
+    let doc = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": RUN_ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": format!("sha256:{config_digest}"), "size": 2, "data": "e30="},
+        "layers": layers,
+        "annotations": {"org.opencontainers.image.created": created},
+    });
+    let bytes = exportcore::canonical::to_vec(&doc)
+        .map_err(|e| ExportError::internal_caused("oci", "serialising a manifest", e))?;
+    Ok((Bytes::from(bytes), blobs))
+}
+
+/// Pushes the run output in `dir` to `target` (see the crate docs).
+///
+/// # Errors
+/// `ERR_EXPORT_VERIFY_FAILED` when `dir` does not verify against its run manifest;
+/// `ERR_EXPORT_DISTRIBUTION_FAILED` naming the target and the cause (after the retry budget for
+/// transient failures); I/O errors reading `dir`.
+pub async fn push_oci(
+    dir: &Path,
+    target: &OciTarget,
+    credentials: Option<Credentials>,
+    options: &PushOptions,
+) -> Result<OciPushed> {
+    let report = exportcore::verify::verify_path(dir)?;
+    if let Some(f) = report.failures.first() {
+        return Err(ExportError::VerificationFailed {
+            path: dir.join(&f.path).display().to_string(),
+            reason: format!("not pushed: the output does not verify: {}", f.problem),
+        });
+    }
+    let created = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &dir.join(MANIFEST_FILE),
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map(|m| m.created_at.to_string())
+    .unwrap_or_default();
+    let (manifest, blobs) = plan(dir, &created)?;
+    let name = format!("oci://{}", target.reference());
+    let registry = oci::Registry::new(target, credentials).map_err(|e| e.at(&name))?;
+    let mut stats = PushStats::default();
+    for b in &blobs {
+        if registry.has_blob(&b.digest).await.map_err(|e| e.at(&name))? {
+            stats.present += 1;
+            continue;
+        }
+        let mut mounted = false;
+        for from in &options.mount_from {
+            if registry.mount(&b.digest, from).await.map_err(|e| e.at(&name))? {
+                mounted = true;
+                break;
+            }
+        }
+        if mounted {
+            stats.mounted += 1;
+            continue;
+        }
+        match (&b.inline, &b.path) {
+            (Some(bytes), _) => registry.upload_bytes(bytes.clone(), &b.digest).await,
+            (None, Some(path)) => registry.upload(path, &b.digest, b.size).await,
+            (None, None) => Err(DistributionError::fatal("a blob without bytes")),
+        }
+        .map_err(|e| e.at(&name))?;
+        stats.uploaded += 1;
+        stats.bytes += b.size;
+    }
+    // The manifest by digest first, then the tag: a tag never names something half pushed.
+    let digest = Sha256Digest::of(&manifest);
+    registry
+        .put_manifest(&format!("sha256:{digest}"), MANIFEST_MEDIA_TYPE, &manifest)
+        .await
+        .map_err(|e| e.at(&name))?;
+    registry.put_manifest(&target.tag, MANIFEST_MEDIA_TYPE, &manifest).await.map_err(|e| e.at(&name))?;
+    let signature_tag = match &options.signer {
+        None => None,
+        Some(s) => Some(cosign::push_signature(&registry, target, &digest, &**s).await.map_err(|e| e.at(&name))?),
+    };
+    Ok(OciPushed {
+        reference: target.reference(),
+        digest: format!("sha256:{digest}"),
+        pinned: format!("{}/{}@sha256:{digest}", target.registry, target.repository),
+        signature_tag,
+        stats,
+    })
+}

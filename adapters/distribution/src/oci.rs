@@ -1,0 +1,523 @@
+//! Pushing to an OCI registry by the distribution spec: blob `HEAD` first, cross-repository
+//! mount, monolithic upload for small blobs and chunked (`PATCH` with `Content-Range`) for
+//! large ones, streamed from the file, the manifest last, then its tag. Authentication
+//! answers the registry's `WWW-Authenticate` challenge: `Basic` with credentials, `Bearer`
+//! through the token realm (anonymous or with credentials).
+//!
+//! Written on `reqwest` rather than `oci-client`: that crate pushes blobs from a `&[u8]` (a
+//! 300 MB database would sit in memory), has no blob `HEAD` (a retried push re-uploads
+//! everything) and no docker `config.json` lookup.
+
+use crate::{Credentials, DistributionError};
+use bytes::Bytes;
+use exportcore::Sha256Digest;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Blobs up to this size go up in one `PUT`; larger ones in chunks of [`CHUNK`].
+pub const MONOLITHIC_MAX: u64 = 8 << 20;
+/// Chunk size of chunked uploads.
+pub const CHUNK: usize = 8 << 20;
+
+/// Where to push: `oci://HOST[:PORT]/REPO[/…]:TAG`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciTarget {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Repository path (`team/trivy-db`).
+    pub repository: String,
+    /// Tag.
+    pub tag: String,
+    /// Plain HTTP (only for a registry explicitly named insecure).
+    pub insecure: bool,
+}
+
+impl OciTarget {
+    /// Parses `oci://HOST[:PORT]/REPO:TAG`.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` naming `field` for anything else.
+    pub fn parse(uri: &str, field: &str) -> exportcore::Result<Self> {
+        let bad =
+            |why: &str| exportcore::ExportError::invalid(field, format!("{uri:?}: {why} (oci://HOST[:PORT]/REPO:TAG)"));
+        let rest = uri.strip_prefix("oci://").ok_or_else(|| bad("not an oci:// reference"))?;
+        let (registry, path) = rest.split_once('/').ok_or_else(|| bad("no repository"))?;
+        if registry.is_empty() || registry.contains('@') {
+            return Err(bad("no registry host (credentials never go in the reference)"));
+        }
+        let (repository, tag) = path.rsplit_once(':').filter(|(r, _)| !r.contains('@')).ok_or_else(|| bad("no tag"))?;
+        let repo_ok = !repository.is_empty()
+            && repository.split('/').all(|c| {
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            });
+        if !repo_ok {
+            return Err(bad("a repository is lowercase letters, digits and ._- separated by /"));
+        }
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && b"._-".contains(&b)));
+        if !tag_ok {
+            return Err(bad("a tag is [A-Za-z0-9_][A-Za-z0-9._-]{0,127}"));
+        }
+        let insecure = is_loopback(registry)
+            || std::env::var("EXPORTCORE_INSECURE_REGISTRIES")
+                .is_ok_and(|list| list.split(',').any(|r| r.trim() == registry));
+        Ok(Self { registry: registry.to_owned(), repository: repository.to_owned(), tag: tag.to_owned(), insecure })
+    }
+
+    /// Uses plain HTTP for this registry (as `--insecure-registry` does).
+    #[must_use]
+    pub fn insecure(mut self, yes: bool) -> Self {
+        self.insecure = yes;
+        self
+    }
+
+    /// `HOST[:PORT]/REPO:TAG`, what `docker pull` and `trivy --db-repository` take.
+    pub fn reference(&self) -> String {
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}
+
+/// A registry on this machine (`localhost`, `127.0.0.0/8`, `[::1]`): plain HTTP, as Docker and
+/// go-containerregistry treat it; any other needs to be named insecure explicitly.
+fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a push went, blob by blob.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushStats {
+    /// Blobs uploaded.
+    pub uploaded: u64,
+    /// Blobs the registry already had in the repository.
+    pub present: u64,
+    /// Blobs mounted from another repository.
+    pub mounted: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+}
+
+/// A registry session for one repository.
+pub(crate) struct Registry {
+    http: reqwest::Client,
+    base: String,
+    repository: String,
+    registry: String,
+    credentials: Option<Credentials>,
+    auth: Mutex<Option<HeaderValue>>,
+    retries: u32,
+    backoff: Duration,
+}
+
+fn transient(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// `key="value"` pairs of a `WWW-Authenticate` header after its scheme.
+fn challenge_params(header: &str) -> (String, Vec<(String, String)>) {
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = Vec::new();
+    let mut s = rest.trim();
+    while let Some((key, after)) = s.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (q[..end].to_owned(), q.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.push((key, value));
+        s = next.trim_start_matches(',').trim();
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+impl Registry {
+    pub(crate) fn new(target: &OciTarget, credentials: Option<Credentials>) -> Result<Self, DistributionError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| DistributionError::fatal(format!("HTTP client: {e}")))?;
+        let scheme = if target.insecure { "http" } else { "https" };
+        Ok(Self {
+            http,
+            base: format!("{scheme}://{}", target.registry),
+            repository: target.repository.clone(),
+            registry: target.registry.clone(),
+            credentials,
+            auth: Mutex::new(None),
+            retries: 4,
+            backoff: Duration::from_millis(200),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// An absolute URL for a `Location` header (which may be relative).
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_owned()
+        } else {
+            format!("{}{}", self.base, location)
+        }
+    }
+
+    /// Obtains the `Authorization` a challenge asks for.
+    async fn authorize(&self, challenge: &str) -> Result<HeaderValue, DistributionError> {
+        use base64::Engine as _;
+        let (scheme, params) = challenge_params(challenge);
+        let basic = self.credentials.as_ref().map(|c| {
+            let raw = format!("{}:{}", c.username, c.password.expose());
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        });
+        match scheme.as_str() {
+            "basic" => {
+                let value = basic.ok_or_else(|| {
+                    DistributionError::fatal(format!(
+                        "{} asks for credentials (EXPORTCORE_OCI_USERNAME/EXPORTCORE_OCI_PASSWORD or a docker config.json)",
+                        self.registry
+                    ))
+                })?;
+                HeaderValue::from_str(&value)
+                    .map_err(|_| DistributionError::fatal("credentials are not valid header text"))
+            }
+            "bearer" => {
+                let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                let realm = get("realm").ok_or_else(|| DistributionError::fatal("Bearer challenge without a realm"))?;
+                let mut req = self.http.get(&realm);
+                let mut query = Vec::new();
+                if let Some(s) = get("service") {
+                    query.push(("service", s));
+                }
+                query.push((
+                    "scope",
+                    get("scope").unwrap_or_else(|| format!("repository:{}:pull,push", self.repository)),
+                ));
+                req = req.query(&query);
+                if let Some(b) = &basic {
+                    req = req.header(AUTHORIZATION, b);
+                }
+                let resp = req.send().await.map_err(|e| DistributionError::transient(format!("token realm: {e}")))?;
+                if !resp.status().is_success() {
+                    return Err(DistributionError::fatal(format!("token realm answered {}", resp.status())));
+                }
+                let v: serde_json::Value = serde_json::from_slice(
+                    &resp.bytes().await.map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?,
+                )
+                .map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?;
+                let token = v["token"]
+                    .as_str()
+                    .or_else(|| v["access_token"].as_str())
+                    .ok_or_else(|| DistributionError::fatal("token realm gave no token"))?;
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| DistributionError::fatal("token is not header text"))
+            }
+            other => Err(DistributionError::fatal(format!("unsupported authentication scheme {other:?}"))),
+        }
+    }
+
+    /// Sends a request (rebuilt for each attempt), answering an authentication challenge once
+    /// and retrying transient failures with backoff.
+    async fn send(&self, what: &str, build: impl Fn() -> RequestBuilder) -> Result<Response, DistributionError> {
+        let mut attempt = 0;
+        let mut challenged = false;
+        loop {
+            let mut req = build();
+            if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let result = req.send().await;
+            let retry = match result {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+                    challenged = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                        .ok_or_else(|| DistributionError::fatal(format!("{what}: 401 without a challenge")))?;
+                    let value = self.authorize(&challenge).await?;
+                    *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                    continue;
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN => {
+                    return Err(DistributionError::fatal(format!(
+                        "{what}: {} (credentials refused by {})",
+                        resp.status(),
+                        self.registry
+                    )))
+                }
+                Ok(resp) if transient(resp.status()) => format!("{what}: {}", resp.status()),
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => format!("{what}: {e}"),
+                Err(e) => return Err(DistributionError::fatal(format!("{what}: {e}"))),
+            };
+            attempt += 1;
+            if attempt > self.retries {
+                return Err(DistributionError::transient(format!("{retry} (after {attempt} attempts)")));
+            }
+            tokio::time::sleep(self.backoff * (1 << attempt.min(5))).await;
+        }
+    }
+
+    async fn expect(resp: Response, want: &[StatusCode], what: &str) -> Result<Response, DistributionError> {
+        if want.contains(&resp.status()) {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+        let msg = format!("{what}: {status}: {}", body.trim());
+        Err(if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            DistributionError::fatal(format!("{msg} (credentials refused)"))
+        } else {
+            DistributionError::fatal(msg)
+        })
+    }
+
+    /// True when the repository has the blob.
+    pub(crate) async fn has_blob(&self, digest: &Sha256Digest) -> Result<bool, DistributionError> {
+        let url = self.url(&format!("blobs/sha256:{digest}"));
+        let resp = self.send("blob HEAD", || self.http.head(&url)).await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(DistributionError::fatal(format!("blob HEAD: {s}"))),
+        }
+    }
+
+    /// Mounts the blob from `from` (another repository of the registry); false when the
+    /// registry would not.
+    pub(crate) async fn mount(&self, digest: &Sha256Digest, from: &str) -> Result<bool, DistributionError> {
+        let url = self.url("blobs/uploads/");
+        let query = [("mount", format!("sha256:{digest}")), ("from", from.to_owned())];
+        let resp = self.send("blob mount", || self.http.post(&url).query(&query).header(CONTENT_LENGTH, 0)).await?;
+        Ok(resp.status() == StatusCode::CREATED)
+    }
+
+    /// Uploads the file at `path` (whose digest and size are given), in one `PUT` or in chunks.
+    pub(crate) async fn upload(&self, path: &Path, digest: &Sha256Digest, size: u64) -> Result<(), DistributionError> {
+        let start = self.url("blobs/uploads/");
+        let resp = self.send("upload start", || self.http.post(&start).header(CONTENT_LENGTH, 0)).await?;
+        let resp = Self::expect(resp, &[StatusCode::ACCEPTED], "upload start").await?;
+        let mut location = self.location(&resp)?;
+        let with_digest = |loc: &str| {
+            let sep = if loc.contains('?') { '&' } else { '?' };
+            format!("{loc}{sep}digest=sha256:{digest}")
+        };
+        let read_err = |e: std::io::Error| DistributionError::fatal(format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        if size <= MONOLITHIC_MAX {
+            let mut buf = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut buf).map_err(read_err)?;
+            let body = Bytes::from(buf);
+            let url = with_digest(&location);
+            let resp = self
+                .send("blob PUT", || {
+                    self.http
+                        .put(&url)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, body.len())
+                        .body(body.clone())
+                })
+                .await?;
+            Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
+            return Ok(());
+        }
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let mut n = 0;
+            while n < CHUNK {
+                let r = file.read(&mut buf[n..]).map_err(read_err)?;
+                if r == 0 {
+                    break;
+                }
+                n += r;
+            }
+            if n == 0 {
+                break;
+            }
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
+            let range = format!("{offset}-{}", offset + n as u64 - 1);
+            let url = location.clone();
+            let resp = self
+                .send("blob PATCH", || {
+                    self.http
+                        .request(Method::PATCH, &url)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header("Content-Range", &range)
+                        .header(CONTENT_LENGTH, chunk.len())
+                        .body(chunk.clone())
+                })
+                .await?;
+            let resp = Self::expect(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], "blob PATCH").await?;
+            location = self.location(&resp)?;
+            offset += n as u64;
+        }
+        if offset != size {
+            return Err(DistributionError::fatal(format!("{}: {offset} bytes read, {size} expected", path.display())));
+        }
+        let url = with_digest(&location);
+        let resp = self.send("blob PUT", || self.http.put(&url).header(CONTENT_LENGTH, 0)).await?;
+        Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
+        Ok(())
+    }
+
+    /// Uploads bytes held in memory (a config, a signature payload) in one `PUT`.
+    pub(crate) async fn upload_bytes(&self, body: Bytes, digest: &Sha256Digest) -> Result<(), DistributionError> {
+        let start = self.url("blobs/uploads/");
+        let resp = self.send("upload start", || self.http.post(&start).header(CONTENT_LENGTH, 0)).await?;
+        let resp = Self::expect(resp, &[StatusCode::ACCEPTED], "upload start").await?;
+        let location = self.location(&resp)?;
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest=sha256:{digest}");
+        let resp = self
+            .send("blob PUT", || {
+                self.http
+                    .put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, body.len())
+                    .body(body.clone())
+            })
+            .await?;
+        Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
+        Ok(())
+    }
+
+    fn location(&self, resp: &Response) -> Result<String, DistributionError> {
+        resp.headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| self.absolute(l))
+            .ok_or_else(|| DistributionError::fatal("upload answer without a Location"))
+    }
+
+    /// Puts a manifest under `reference` (a tag or digest); checks the registry's digest.
+    pub(crate) async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<(), DistributionError> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let resp = self
+            .send("manifest PUT", || {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(media_type) {
+                    h.insert(CONTENT_TYPE, v);
+                }
+                self.http.put(&url).headers(h).body(bytes.clone())
+            })
+            .await?;
+        let resp = Self::expect(resp, &[StatusCode::CREATED, StatusCode::OK], "manifest PUT").await?;
+        let want = format!("sha256:{}", Sha256Digest::of(bytes));
+        if let Some(got) = resp.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()) {
+            if got != want {
+                return Err(DistributionError::fatal(format!("manifest PUT: registry stored {got}, we sent {want}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on a loopback port that answers each connection with the next status of
+    /// `statuses` (the last one repeats); returns its address and how many it served.
+    fn fake(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&served);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = statuses[n.min(statuses.len() - 1)];
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        (addr, served)
+    }
+
+    fn registry(addr: &str) -> Registry {
+        let target = OciTarget::parse(&format!("oci://{addr}/r:1"), "t").unwrap();
+        let mut r = Registry::new(&target, None).unwrap();
+        r.backoff = Duration::from_millis(1);
+        r
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_within_the_budget() {
+        let d = Sha256Digest::of(b"x");
+        let (addr, served) = fake(vec![503, 500, 200]);
+        assert!(registry(&addr).has_blob(&d).await.unwrap(), "503, 500, then 200");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let (addr, served) = fake(vec![503]);
+        let e = registry(&addr).has_blob(&d).await.unwrap_err();
+        assert!(e.message.contains("after 5 attempts"), "{}", e.message);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 5);
+        let (addr, served) = fake(vec![404]);
+        assert!(!registry(&addr).has_blob(&d).await.unwrap());
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "a 404 is an answer, not retried");
+    }
+
+    #[test]
+    fn references_parse_strictly() {
+        let t = OciTarget::parse("oci://127.0.0.1:5000/team/trivy-db:2", "d").unwrap();
+        assert_eq!(
+            (t.registry.as_str(), t.repository.as_str(), t.tag.as_str()),
+            ("127.0.0.1:5000", "team/trivy-db", "2")
+        );
+        assert_eq!(t.reference(), "127.0.0.1:5000/team/trivy-db:2");
+        assert!(t.insecure, "loopback registries are plain HTTP");
+        assert!(!OciTarget::parse("oci://registry.internal:5000/a:1", "d").unwrap().insecure);
+        assert!(OciTarget::parse("oci://[::1]:5000/a:1", "d").unwrap().insecure);
+        for bad in [
+            "oci://host/Repo:1",
+            "oci://host/repo",
+            "oci://host:5000",
+            "s3://b/k",
+            "oci://u:p@host/r:1",
+            "oci://host/r:-x",
+        ] {
+            assert!(OciTarget::parse(bad, "d").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn challenges_parse() {
+        let (s, p) = challenge_params(
+            r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "bearer");
+        assert_eq!(p[0], ("realm".into(), "https://auth.example/token".into()));
+        assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
+        let (s, p) = challenge_params(r#"Basic realm="Registry Realm""#);
+        assert_eq!((s.as_str(), p.len()), ("basic", 1));
+    }
+}

@@ -1,0 +1,206 @@
+//! Pushing runs to a real OCI registry (Debian's `docker-registry` on a loopback port, started
+//! and killed by PID here; with `EXPORTCORE_INTEROP=1`): skopeo pulls back what we pushed with
+//! the same digests, the project's cosign verifier accepts the signature, the real Trivy
+//! downloads the pushed DB with `--db-repository` and finds what it finds locally; re-pushes
+//! upload nothing, mounts work, basic auth is answered and wrong credentials are a typed error
+//! that never shows the password; an output that does not verify is never pushed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{interop_enabled, interop_py, keys, samples, text, trivy, Registry};
+use exportcore::{DirEvidence, FsSink, Profile, RunBuilder, RunRequest, Timestamp};
+use exportcore_distribution::{push_oci, Credentials, OciTarget, PushOptions, Secret};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+async fn build(profile: impl Profile, out: &Path, signer: Arc<dyn exportcore::sign::Signer>) {
+    let id = profile.descriptor().id;
+    let req = RunRequest::builder(id.as_str())
+        .created_at(Timestamp::parse("2025-06-01T00:00:00Z").unwrap())
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(profile, DirEvidence::new(samples()).unwrap(), FsSink::new(out).unwrap())
+        .signer(signer)
+        .execute(req)
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {}", e.report()));
+}
+
+fn skopeo(args: &[&str]) -> std::process::Output {
+    Command::new("skopeo").args(args).output().expect("skopeo missing: run sh tests/interop/install.sh")
+}
+
+fn scan(cache: &Path, args: &[String]) -> Vec<(String, String)> {
+    let report = cache.join("report.json");
+    let o = Command::new(trivy())
+        .arg("rootfs")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .args(["--scanners", "vuln", "--format", "json", "--output"])
+        .arg(&report)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy/rootfs"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "trivy: {}", text(&o));
+    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let mut out: Vec<(String, String)> = r["Results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|x| x["Vulnerabilities"].as_array().cloned().unwrap_or_default())
+        .map(|v| (v["PkgName"].as_str().unwrap().to_owned(), v["VulnerabilityID"].as_str().unwrap().to_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_trivy_db_is_pulled_by_skopeo_cosign_and_trivy() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::EcdsaP256, tmp.path(), "k");
+    let db = tmp.path().join("db");
+    build(exportcore_trivy::TrivyDb, &db, Arc::clone(&k.signer)).await;
+    let registry = Registry::start();
+    let target = OciTarget::parse(&format!("oci://{}/mirror/trivy-db:2", registry.addr()), "t").unwrap();
+    let mut options = PushOptions::default();
+    options.signer = Some(Arc::clone(&k.signer));
+    let pushed = push_oci(&db, &target, None, &options).await.unwrap();
+    assert_eq!(pushed.stats.uploaded, 2, "{:?}", pushed.stats);
+    // The manifest is the one of the run's own OCI layout, byte for byte.
+    let index: Value = serde_json::from_slice(&std::fs::read(db.join("oci/index.json")).unwrap()).unwrap();
+    assert_eq!(pushed.digest, index["manifests"][0]["digest"].as_str().unwrap());
+    let remote = format!("docker://{}:2", pushed.reference.trim_end_matches(":2"));
+    let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &remote]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(format!("sha256:{}", exportcore::Sha256Digest::of(&o.stdout)), pushed.digest);
+    // Pulled back with its signature: the cosign verifier accepts it.
+    let back = tmp.path().join("back");
+    let o = skopeo(&["copy", "--src-tls-verify=false", &remote, &format!("oci:{}:2", back.display())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sig_tag = pushed.signature_tag.clone().unwrap();
+    let sig = format!("docker://{}/mirror/trivy-db:{sig_tag}", registry.addr());
+    let o = skopeo(&["copy", "--src-tls-verify=false", &sig, &format!("oci:{}:{sig_tag}", back.display())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let repo_ref = format!("{}/mirror/trivy-db", registry.addr());
+    let o = interop_py(
+        "verify_cosign_sig.py",
+        &[
+            &back,
+            &k.public_pem,
+            Path::new("--tag"),
+            Path::new("2"),
+            Path::new("--docker-reference"),
+            Path::new(&repo_ref),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // Trivy downloads it and finds what the local DB finds.
+    let remote_cache = tmp.path().join("remote-cache");
+    let remote_found =
+        scan(&remote_cache, &["--db-repository".into(), format!("{repo_ref}:2"), "--skip-java-db-update".into()]);
+    let local_cache = tmp.path().join("local-cache");
+    std::fs::create_dir_all(local_cache.join("db")).unwrap();
+    assert!(Command::new("tar")
+        .arg("-xzf")
+        .arg(db.join("db.tar.gz"))
+        .arg("-C")
+        .arg(local_cache.join("db"))
+        .status()
+        .unwrap()
+        .success());
+    let local_found =
+        scan(&local_cache, &["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()]);
+    assert!(!local_found.is_empty());
+    assert_eq!(remote_found, local_found);
+
+    // A second push uploads nothing; another repository mounts the blobs.
+    let again = push_oci(&db, &target, None, &PushOptions::default()).await.unwrap();
+    assert_eq!((again.stats.uploaded, again.stats.present), (0, 2));
+    let other = OciTarget::parse(&format!("oci://{}/other/trivy-db:2", registry.addr()), "t").unwrap();
+    let mut mount = PushOptions::default();
+    mount.mount_from = vec!["mirror/trivy-db".into()];
+    let mounted = push_oci(&db, &other, None, &mount).await.unwrap();
+    assert_eq!((mounted.stats.uploaded, mounted.stats.mounted), (0, 2));
+    assert_eq!(mounted.digest, pushed.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_run_goes_up_as_one_artifact_and_unverified_output_never_does() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let raw = tmp.path().join("raw");
+    build(exportcore_json::JsonRaw, &raw, Arc::clone(&k.signer)).await;
+    let registry = Registry::start();
+    let target = OciTarget::parse(&format!("oci://{}/runs/json-raw:v1", registry.addr()), "t").unwrap();
+    let pushed = push_oci(&raw, &target, None, &PushOptions::default()).await.unwrap();
+    // Pulled back into a layout, every file of the run is a layer titled with its path.
+    let back = tmp.path().join("back");
+    let o = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", pushed.reference),
+        &format!("oci:{}:v1", back.display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = skopeo(&["inspect", "--raw", &format!("oci:{}:v1", back.display())]);
+    let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(manifest["artifactType"], exportcore_distribution::RUN_ARTIFACT_TYPE);
+    let mut titles: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["annotations"]["org.opencontainers.image.title"].as_str().unwrap())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["json-raw.tar.zst", "manifest.dsse.json", "manifest.json", "provenance.dsse.json"]);
+    for l in manifest["layers"].as_array().unwrap() {
+        let title = l["annotations"]["org.opencontainers.image.title"].as_str().unwrap();
+        let blob = back.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        assert_eq!(std::fs::read(blob).unwrap(), std::fs::read(raw.join(title)).unwrap(), "{title}");
+    }
+    // A changed file: nothing is pushed.
+    std::fs::write(raw.join("json-raw.tar.zst"), b"tampered").unwrap();
+    let t2 = OciTarget::parse(&format!("oci://{}/runs/tampered:v1", registry.addr()), "t").unwrap();
+    let e = push_oci(&raw, &t2, None, &PushOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_VERIFY_FAILED", "{e}");
+    let tags = registry.get("/v2/runs/tampered/tags/list").unwrap();
+    assert!(!tags.contains("\"v1\""), "a tag was pushed for unverified output: {tags}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_answered_and_wrong_credentials_fail_without_showing_them() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let db = tmp.path().join("db");
+    build(exportcore_trivy::TrivyJavaDb, &db, Arc::clone(&k.signer)).await;
+    let hash = bcrypt::hash("s3cret-pass", 4).unwrap();
+    let registry = Registry::start_with_htpasswd("pusher", &hash);
+    let target = OciTarget::parse(&format!("oci://{}/java-db:1", registry.addr()), "t").unwrap();
+    let creds = |p: &str| Some(Credentials { username: "pusher".into(), password: Secret::new(p) });
+    let e = push_oci(&db, &target, None, &PushOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{e}");
+    assert!(e.report().contains("asks for credentials") && e.report().contains(&registry.addr()), "{}", e.report());
+    let e = push_oci(&db, &target, creds("wrong-pass-xyz"), &PushOptions::default()).await.unwrap_err();
+    assert!(e.report().contains("credentials refused"), "{}", e.report());
+    assert!(
+        !e.report().contains("wrong-pass-xyz") && !format!("{e:?}").contains("wrong-pass-xyz"),
+        "the password leaked"
+    );
+    let pushed = push_oci(&db, &target, creds("s3cret-pass"), &PushOptions::default()).await.unwrap();
+    assert_eq!(pushed.stats.uploaded, 2);
+}
