@@ -154,6 +154,19 @@ impl RunStore for ArcStore {
     async fn purge_idempotency(&self, now: Timestamp) -> exportcore::Result<u64> {
         self.0.purge_idempotency(now).await
     }
+    async fn put_distribution(&self, d: &exportcore::DistributionRecord) -> exportcore::Result<()> {
+        self.0.put_distribution(d).await
+    }
+    async fn get_distribution(&self, t: &TenantId, id: &str) -> exportcore::Result<exportcore::DistributionRecord> {
+        self.0.get_distribution(t, id).await
+    }
+    async fn list_distributions(
+        &self,
+        t: &TenantId,
+        run: Option<&RunId>,
+    ) -> exportcore::Result<Vec<exportcore::DistributionRecord>> {
+        self.0.list_distributions(t, run).await
+    }
 }
 
 fn stores() -> Vec<(&'static str, Arc<dyn RunStore>, Option<tempfile::TempDir>)> {

@@ -461,6 +461,43 @@ mod stores {
         store_events(store).await;
         store_finish_is_one_step(store).await;
         store_expiry_running_and_durations(store).await;
+        store_distributions(store).await;
+    }
+
+    /// Distribution records: stored whole, per tenant, listed newest first and by run.
+    pub async fn store_distributions(store: &dyn RunStore) {
+        use crate::model::{DistributedArtifact, DistributionRecord, DistributionType};
+        let artifact = DistributedArtifact::new(
+            crate::path::ArtifactPath::parse("db.tar.gz").expect("path"),
+            crate::hashing::Sha256Digest::of(b"x"),
+            1,
+            "registry.example/trivy-db@sha256:00",
+        );
+        let rec = |run: &str, tenant: &str, secs: i64| {
+            DistributionRecord::succeeded(
+                r(run),
+                t(tenant),
+                DistributionType::Oci,
+                "registry.example/trivy-db:2",
+                vec![artifact.clone()],
+                at(secs),
+            )
+        };
+        let (first, second, foreign) = (rec("d1", "t-d", 10), rec("d2", "t-d", 20), rec("d1", "t-e", 30));
+        for d in [&first, &second, &foreign] {
+            store.put_distribution(d).await.expect("put_distribution");
+        }
+        assert_eq!(store.get_distribution(&t("t-d"), &first.id).await.expect("get_distribution"), first);
+        let err = store.get_distribution(&t("t-e"), &first.id).await.expect_err("another tenant's distribution");
+        assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
+        let all = store.list_distributions(&t("t-d"), None).await.expect("list_distributions");
+        assert_eq!(all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [second.id.as_str(), first.id.as_str()]);
+        let one = store.list_distributions(&t("t-d"), Some(&r("d1"))).await.expect("list_distributions");
+        assert_eq!(one, std::slice::from_ref(&first));
+        let mut failed = first.clone();
+        failed.status = crate::model::DistributionStatus::Failed;
+        store.put_distribution(&failed).await.expect("replace");
+        assert_eq!(store.get_distribution(&t("t-d"), &first.id).await.expect("get").status, failed.status);
     }
 
     /// Create, get, list (newest first, filters, paging) and tenant isolation.

@@ -107,8 +107,9 @@ pub use hashing::{HashingWriter, Sha256Digest};
 pub use id::{ProfileId, RunId, TenantId};
 pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
 pub use model::{
-    ArtifactType, Compression, Distribution, DistributionType, Encryption, Format, Limits, Output, Priority, Progress,
-    Run, RunError, RunEvent, RunRequest, RunRequestBuilder, RunStatus, Signing, Target, Timestamp,
+    ArtifactType, Compression, DistributedArtifact, Distribution, DistributionRecord, DistributionStatus,
+    DistributionType, Encryption, Format, Limits, Output, Priority, Progress, Run, RunError, RunEvent, RunRequest,
+    RunRequestBuilder, RunStatus, Signing, Target, Timestamp,
 };
 pub use path::ArtifactPath;
 pub use profile::{

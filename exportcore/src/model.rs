@@ -235,6 +235,95 @@ pub struct Distribution {
     pub signing: Option<Signing>,
 }
 
+/// One artifact as a distribution placed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DistributedArtifact {
+    /// Its path in the run.
+    pub path: ArtifactPath,
+    /// SHA-256.
+    pub sha256: Sha256Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where it is: a pullable reference (`HOST/REPO@sha256:…`), an object key, a path.
+    pub location: String,
+}
+
+impl DistributedArtifact {
+    /// An artifact at `location`.
+    pub fn new(path: ArtifactPath, sha256: Sha256Digest, size: u64, location: impl Into<String>) -> Self {
+        Self { path, sha256, size, location: location.into() }
+    }
+}
+
+/// Outcome of a distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributionStatus {
+    /// Everything is where the record says.
+    Succeeded,
+    /// It failed (see `error`).
+    Failed,
+}
+
+/// A distribution of a run's outputs (`GET /export-center/distributions/{id}`): kept in the
+/// run store; the URLs a reader uses are made from it when it is read (signed, expiring).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DistributionRecord {
+    /// Id (`dist-` + a UUIDv7).
+    pub id: String,
+    /// The run.
+    pub run_id: RunId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Driver.
+    #[serde(rename = "type")]
+    pub kind: DistributionType,
+    /// The destination (`HOST/REPO:TAG`, `s3://BUCKET/PREFIX`, a directory): never holding
+    /// credentials.
+    pub reference: String,
+    /// What went where.
+    pub artifacts: Vec<DistributedArtifact>,
+    /// Outcome.
+    pub status: DistributionStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When its artifacts stop being served (the run's expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl DistributionRecord {
+    /// A succeeded distribution of `run_id` to `reference`, made `now`.
+    pub fn succeeded(
+        run_id: RunId,
+        tenant: TenantId,
+        kind: DistributionType,
+        reference: impl Into<String>,
+        artifacts: Vec<DistributedArtifact>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            id: format!("dist-{}", crate::id::uuid_v7()),
+            run_id,
+            tenant,
+            kind,
+            reference: reference.into(),
+            artifacts,
+            status: DistributionStatus::Succeeded,
+            error: None,
+            created_at: now,
+            expires_at: None,
+        }
+    }
+}
+
 /// `encryption`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -124,7 +124,8 @@ impl UrlSigner {
         let mac = self
             .mac(kid, &method.to_ascii_uppercase(), path, tenant, exp)
             .ok_or_else(|| refused("signed with an unknown or retired key"))?;
-        mac.verify_slice(&sig).map_err(|_| refused("the signature does not match (tampered, or for another path, method or tenant)"))?;
+        mac.verify_slice(&sig)
+            .map_err(|_| refused("the signature does not match (tampered, or for another path, method or tenant)"))?;
         if now.unix() >= exp {
             return Err(refused("expired"));
         }

@@ -23,6 +23,7 @@ struct State {
     events: HashMap<RunId, Vec<StoredEvent>>,
     idempotency: HashMap<(TenantId, String), (Sha256Digest, RunId, Timestamp)>,
     next_seq: u64,
+    distributions: BTreeMap<(TenantId, String), crate::model::DistributionRecord>,
 }
 
 /// A run store in memory: for tests and embedders that need no durability.
@@ -251,6 +252,35 @@ impl RunStore for MemoryStore {
         let before = st.idempotency.len();
         st.idempotency.retain(|_, (_, _, exp)| *exp > now);
         Ok((before - st.idempotency.len()) as u64)
+    }
+
+    async fn put_distribution(&self, record: &crate::model::DistributionRecord) -> Result<()> {
+        self.lock().distributions.insert((record.tenant.clone(), record.id.clone()), record.clone());
+        Ok(())
+    }
+
+    async fn get_distribution(&self, tenant: &TenantId, id: &str) -> Result<crate::model::DistributionRecord> {
+        self.lock()
+            .distributions
+            .get(&(tenant.clone(), id.to_owned()))
+            .cloned()
+            .ok_or_else(|| ExportError::NotFound { path: format!("distribution {id}") })
+    }
+
+    async fn list_distributions(
+        &self,
+        tenant: &TenantId,
+        run_id: Option<&RunId>,
+    ) -> Result<Vec<crate::model::DistributionRecord>> {
+        let mut out: Vec<_> = self
+            .lock()
+            .distributions
+            .values()
+            .filter(|d| &d.tenant == tenant && run_id.is_none_or(|r| &d.run_id == r))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
     }
 }
 

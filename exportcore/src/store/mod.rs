@@ -172,6 +172,17 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn queued_count(&self) -> Result<u64>;
     /// Drops idempotency keys that lapsed before `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
+    /// Stores a distribution record (replacing one with the same id and tenant).
+    async fn put_distribution(&self, record: &crate::model::DistributionRecord) -> Result<()>;
+    /// One distribution record of `tenant` ([`crate::ExportError::NotFound`] for another
+    /// tenant's).
+    async fn get_distribution(&self, tenant: &TenantId, id: &str) -> Result<crate::model::DistributionRecord>;
+    /// Distribution records of `tenant` (of one run, when given), newest first.
+    async fn list_distributions(
+        &self,
+        tenant: &TenantId,
+        run_id: Option<&RunId>,
+    ) -> Result<Vec<crate::model::DistributionRecord>>;
 }
 
 /// Refuses to move a run out of a final state: `succeeded` and `failed` may only become

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 /// `PRAGMA application_id` of our stores ("EXC1"): tells our files from foreign SQLite files.
 const APPLICATION_ID: i64 = 0x4558_4331;
 /// The newest schema this build knows. `PRAGMA user_version` holds a store's version.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Forward migrations; entry `i` takes a store from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id     TEXT NOT NULL UNIQUE,
@@ -47,7 +48,19 @@ CREATE TABLE idempotency (
     expires_ms   INTEGER NOT NULL,
     PRIMARY KEY (tenant, key)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE distributions (
+    tenant     TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    record     TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+) WITHOUT ROWID;
+CREATE INDEX distributions_run ON distributions(tenant, run_id, created_ms);
+"#,
+];
 
 /// A run store in a SQLite file (WAL journal, `synchronous=NORMAL`: a committed change
 /// survives a crash of the process; a power loss may lose the last commits but never corrupts
@@ -613,6 +626,72 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+
+    async fn put_distribution(&self, record: &crate::model::DistributionRecord) -> Result<()> {
+        let r = record.clone();
+        let json =
+            serde_json::to_string(&r).map_err(|e| ExportError::internal_caused("sqlite", "serialising a record", e))?;
+        self.with(move |conn, path| {
+            conn.execute(
+                "INSERT OR REPLACE INTO distributions (tenant, id, run_id, created_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.tenant.as_str(), r.id, r.run_id.as_str(), millis(r.created_at), json],
+            )
+            .map(|_| ())
+            .map_err(|e| store_err(path, e))
+        })
+        .await
+    }
+
+    async fn get_distribution(&self, tenant: &TenantId, id: &str) -> Result<crate::model::DistributionRecord> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.with(move |conn, path| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM distributions WHERE tenant = ?1 AND id = ?2",
+                    params![tenant.as_str(), id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| store_err(path, e))?;
+            let json = json.ok_or_else(|| ExportError::NotFound { path: format!("distribution {id}") })?;
+            serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
+                path: path.to_owned(),
+                reason: format!("distribution {id}: {e}"),
+            })
+        })
+        .await
+    }
+
+    async fn list_distributions(
+        &self,
+        tenant: &TenantId,
+        run_id: Option<&RunId>,
+    ) -> Result<Vec<crate::model::DistributionRecord>> {
+        let (tenant, run_id) = (tenant.clone(), run_id.cloned());
+        self.with(move |conn, path| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT record FROM distributions WHERE tenant = ?1 AND (?2 IS NULL OR run_id = ?2) \
+                     ORDER BY created_ms DESC, id DESC",
+                )
+                .map_err(|e| store_err(path, e))?;
+            let rows = stmt
+                .query_map(params![tenant.as_str(), run_id.as_ref().map(|r| r.as_str().to_owned())], |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(|e| store_err(path, e))?;
+            let mut out = Vec::new();
+            for json in rows {
+                let json = json.map_err(|e| store_err(path, e))?;
+                out.push(serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
+                    path: path.to_owned(),
+                    reason: format!("a distribution record: {e}"),
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -652,6 +731,43 @@ mod tests {
             }
             SqliteStore::open(&path).unwrap().integrity_check().unwrap();
         }
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_forward_and_keeps_its_runs() {
+        use crate::model::{DistributionRecord, DistributionType};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute(
+                "INSERT INTO runs (run_id, tenant, profile_id, status, rank, record, request) VALUES ('r1','t','json:raw','queued',0,'{}','{}')",
+                [],
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tenant = TenantId::parse("t").unwrap();
+        let run = RunId::parse("r1").unwrap();
+        let rec = DistributionRecord::succeeded(
+            run.clone(),
+            tenant.clone(),
+            DistributionType::Oci,
+            "r/x:1",
+            vec![],
+            Timestamp::now(),
+        );
+        rt.block_on(store.put_distribution(&rec)).unwrap();
+        assert_eq!(rt.block_on(store.list_distributions(&tenant, Some(&run))).unwrap(), [rec]);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let runs: i64 = c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
+        assert_eq!(runs, 1, "the old run survived the migration");
     }
 
     #[test]
