@@ -172,6 +172,8 @@ pub struct OciPushed {
     pub signature_tag: Option<String>,
     /// Per blob: uploaded, present, mounted.
     pub stats: PushStats,
+    /// Digests of every blob the manifest names (config and layers).
+    pub blobs: Vec<Sha256Digest>,
 }
 
 /// One blob to push: a file, or bytes made here (a config).
@@ -339,5 +341,6 @@ pub async fn push_oci(
         pinned: format!("{}/{}@sha256:{digest}", target.registry, target.repository),
         signature_tag,
         stats,
+        blobs: blobs.iter().map(|b| b.digest).collect(),
     })
 }

@@ -130,6 +130,27 @@ enum Command {
         /// Mount blobs from these repositories of the same registry when they are there.
         #[arg(long = "mount-from")]
         mount_from: Vec<String>,
+        /// Run store the distribution is recorded in (default ./exports.sqlite, when it
+        /// holds the run that wrote OUT).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Tenant of the run.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Inspect distribution records.
+    Distributions {
+        #[command(subcommand)]
+        command: DistributionsCommand,
+        /// Run store (SQLite file; default ./exports.sqlite).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Tenant whose distributions to show.
+        #[arg(long, global = true, default_value = "default")]
+        tenant: String,
     },
     /// Restore the plain tree of an encrypted mirror (`run --encrypt-to`).
     Decrypt {
@@ -183,6 +204,21 @@ enum RunsCommand {
     Show { run_id: String },
     /// Print a run's events, one JSON object per line.
     Events { run_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DistributionsCommand {
+    /// Distribution records, newest first.
+    List {
+        /// Only this run's.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// One distribution record, with where each artifact is.
+    Show {
+        /// Distribution id (`dist-…`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -367,7 +403,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             verify(&path, &options)
         }
         Command::Runs { command, store, json, tenant } => runs(command, store, json, &tenant).await,
-        Command::Distribute { out_dir, uri, sign_key, insecure, mount_from } => {
+        Command::Distributions { command, store, json, tenant } => distributions(command, store, json, &tenant).await,
+        Command::Distribute { out_dir, uri, sign_key, insecure, mount_from, store, tenant } => {
             if !uri.starts_with("oci://") {
                 return Err(not_supported("distribute to s3:// and file:// (this build pushes to oci:// registries)"));
             }
@@ -393,6 +430,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 pushed.stats.present,
                 pushed.stats.mounted
             );
+            match record_distribution(&out_dir, store, &tenant, &pushed).await? {
+                Some(id) => outln!("  recorded: {id}"),
+                None => {
+                    errln!("note: no run in the store wrote {}; the distribution is not recorded", out_dir.display())
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Decrypt { out_dir, identity, out } => {
@@ -742,6 +785,97 @@ impl EngineLock {
         }
         Ok(())
     }
+}
+
+/// Records a push in the run store, on the run whose outputs live in `out_dir`; the record's
+/// id, or `None` when no run of `tenant` in the store wrote there.
+async fn record_distribution(
+    out_dir: &Path,
+    store: Option<PathBuf>,
+    tenant: &str,
+    pushed: &exportcore_distribution::OciPushed,
+) -> Result<Option<String>, Failure> {
+    let tenant = TenantId::parse(tenant)?;
+    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    if !store_path.exists() {
+        return Ok(None);
+    }
+    let store = SqliteStore::open(&store_path)?;
+    let dir = std::fs::canonicalize(out_dir).map_err(|e| ExportError::io(out_dir, e))?;
+    let prefix = format!("file://{}/", dir.display());
+    let mut filter = RunFilter { limit: Some(200), ..Default::default() };
+    loop {
+        let page = store.list(&tenant, &filter).await?;
+        let found =
+            page.runs.iter().find(|r| !r.outputs.is_empty() && r.outputs.iter().all(|o| o.url.starts_with(&prefix)));
+        if let Some(run) = found {
+            // The outputs the pushed manifest carries (all of them for a run artifact; the
+            // database for a Trivy layout), each found at the pinned reference.
+            let artifacts = run
+                .outputs
+                .iter()
+                .filter(|o| pushed.blobs.contains(&o.sha256))
+                .map(|o| exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, pushed.pinned.clone()))
+                .collect();
+            let mut record = exportcore::DistributionRecord::succeeded(
+                run.run_id.clone(),
+                tenant.clone(),
+                DistributionType::Oci,
+                pushed.reference.clone(),
+                artifacts,
+                Timestamp::now(),
+            );
+            record.expires_at = run.expires_at;
+            store.put_distribution(&record).await?;
+            return Ok(Some(record.id));
+        }
+        match page.next_cursor {
+            Some(c) => filter.cursor = Some(c),
+            None => return Ok(None),
+        }
+    }
+}
+
+async fn distributions(
+    command: DistributionsCommand,
+    store: Option<PathBuf>,
+    json: bool,
+    tenant: &str,
+) -> Result<ExitCode, Failure> {
+    let tenant = &TenantId::parse(tenant)?;
+    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    if !store_path.exists() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no run store");
+        return Err(ExportError::io(&store_path, missing).into());
+    }
+    let store = SqliteStore::open(&store_path)?;
+    match command {
+        DistributionsCommand::List { run } => {
+            let run = run.map(RunId::parse).transpose()?;
+            let list = store.list_distributions(tenant, run.as_ref()).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                for d in &list {
+                    let status =
+                        if d.status == exportcore::DistributionStatus::Succeeded { "succeeded" } else { "failed" };
+                    outln!("{} {} {:<9} {} {}", d.id, d.run_id, status, d.kind, printable(&d.reference));
+                }
+            }
+        }
+        DistributionsCommand::Show { id } => {
+            let d = store.get_distribution(tenant, &id).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            } else {
+                outln!("distribution {} of run {} ({}): {}", d.id, d.run_id, d.kind, printable(&d.reference));
+                for a in &d.artifacts {
+                    outln!("  {:<28} sha256:{} {}", a.path, a.sha256, printable(&a.location));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: &str) -> Result<ExitCode, Failure> {

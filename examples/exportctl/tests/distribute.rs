@@ -1,0 +1,102 @@
+//! `exportctl distribute` and `exportctl distributions` against a real registry (Debian's
+//! `docker-registry` on a loopback port, killed by PID; with `EXPORTCORE_INTEROP=1`): the push,
+//! its record in the run store, credentials from the environment only, and a failure that
+//! names the target without showing the password.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)]
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{interop_enabled, Registry};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn exportctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .current_dir(dir)
+        .env_remove("EXPORTCORE_OCI_USERNAME")
+        .env_remove("EXPORTCORE_OCI_PASSWORD")
+        .env("DOCKER_CONFIG", dir.join("no-docker-config"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn distribute_records_and_lists_and_keeps_secrets_out() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let o = exportctl(dir, &["run", "--profile", "trivy:db", "--evidence", samples.to_str().unwrap(), "--out", "db"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let registry = Registry::start();
+    let uri = format!("oci://{}/trivy-db:2", registry.addr());
+    let o = exportctl(dir, &["distribute", "db", &uri]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id = text(&o).lines().find_map(|l| l.trim().strip_prefix("recorded: ").map(str::to_owned)).expect("recorded");
+    let o = exportctl(dir, &["distributions", "show", &id, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(record["type"], "oci");
+    assert_eq!(record["reference"], format!("{}/trivy-db:2", registry.addr()));
+    let paths: Vec<&str> =
+        record["artifacts"].as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).collect();
+    // The outputs whose bytes the pushed manifest carries: the database (and its copy as an
+    // OCI blob), not the unpacked files.
+    assert!(paths.contains(&"db.tar.gz") && !paths.contains(&"db/trivy.db"), "{paths:?}");
+    assert!(record["artifacts"][0]["location"].as_str().unwrap().contains("@sha256:"));
+    let o = exportctl(dir, &["distributions", "list", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len(), 1);
+    let o = exportctl(dir, &["distributions", "show", "dist-nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_NOT_FOUND"), "{}", text(&o));
+
+    // A registry that wants a password: none, a wrong one from the environment, the right one.
+    let hash = bcrypt::hash("right-password", 4).unwrap();
+    let locked = Registry::start_with_htpasswd("ci", &hash);
+    let uri = format!("oci://{}/trivy-db:2", locked.addr());
+    let o = exportctl(dir, &["distribute", "db", &uri]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_DISTRIBUTION_FAILED") && text(&o).contains(&locked.addr()), "{}", text(&o));
+    let with = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_exportctl"))
+            .current_dir(dir)
+            .env("EXPORTCORE_OCI_USERNAME", "ci")
+            .env("EXPORTCORE_OCI_PASSWORD", password)
+            .env("DOCKER_CONFIG", dir.join("no-docker-config"))
+            .args(["distribute", "db", &uri])
+            .output()
+            .unwrap()
+    };
+    let o = with("wrong-password-123");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!text(&o).contains("wrong-password-123"), "the password leaked: {}", text(&o));
+    let o = with("right-password");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("right-password"));
+    // A docker config.json works as well.
+    use base64::Engine as _;
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:right-password");
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, locked.addr()))
+        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .current_dir(dir)
+        .env_remove("EXPORTCORE_OCI_USERNAME")
+        .env_remove("EXPORTCORE_OCI_PASSWORD")
+        .env("DOCKER_CONFIG", &docker)
+        .args(["distribute", "db", &format!("oci://{}/other:2", locked.addr())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
