@@ -204,3 +204,58 @@ async fn basic_auth_is_answered_and_wrong_credentials_fail_without_showing_them(
     let pushed = push_oci(&db, &target, creds("s3cret-pass"), &PushOptions::default()).await.unwrap();
     assert_eq!(pushed.stats.uploaded, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_distributes_after_publishing_and_fails_the_run_when_the_push_does() {
+    use exportcore::engine::{Exporter, Submission};
+    use exportcore::store::RunStore as _;
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let store = Arc::new(exportcore::store::MemoryStore::new());
+    let exporter = Exporter::builder()
+        .profiles(exportcore_trivy::profiles())
+        .sink(FsSink::new(tmp.path().join("out")).unwrap())
+        .store_arc(Arc::clone(&store) as Arc<dyn exportcore::store::RunStore>)
+        .evidence(DirEvidence::new(samples()).unwrap())
+        .distributor(Arc::new(exportcore_distribution::OciDistributor::new()))
+        // One attempt: the push retries its own transient failures; the engine would retry
+        // the whole run on top (three attempts by default).
+        .retries(1, std::time::Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let tenant = exportcore::TenantId::parse("acme").unwrap();
+    let submit = |reference: String| {
+        let mut req = RunRequest::new(exportcore::ProfileId::from_static("trivy:db"));
+        req.distribution = Some(exportcore::Distribution::new(exportcore::DistributionType::Oci, Some(reference)));
+        Submission::new(tenant.clone(), req)
+    };
+    // `ref` without a scheme is a registry reference as well.
+    let accepted = exporter.submit(submit(format!("{}/acme/trivy-db:2", registry.addr()))).await.unwrap();
+    let run = exporter.execute_now(&tenant, &accepted.run_id).await.unwrap();
+    assert_eq!(run.status, exportcore::RunStatus::Succeeded, "{:?}", run.errors);
+    let records = store.list_distributions(&tenant, Some(&run.run_id)).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].reference, format!("{}/acme/trivy-db:2", registry.addr()));
+    assert!(records[0].artifacts.iter().any(|a| a.path == "db.tar.gz" && a.location.contains("@sha256:")));
+    let events = store.events(&tenant, &run.run_id, 0, 100).await.unwrap();
+    let distributed = events
+        .iter()
+        .filter(|e| matches!(&e.event, exportcore::RunEvent::ArtifactReady { url, .. } if url.contains("@sha256:")))
+        .count();
+    assert!(distributed >= 1, "an artifact_ready with the distributed location");
+    let tags = registry.get("/v2/acme/trivy-db/tags/list").unwrap();
+    assert!(tags.contains("\"2\""), "{tags}");
+
+    // A registry that is not there: the run fails naming the target, and leaves no output.
+    let dead =
+        format!("127.0.0.1:{}/x:1", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let accepted = exporter.submit(submit(dead.clone())).await.unwrap();
+    let run = exporter.execute_now(&tenant, &accepted.run_id).await.unwrap();
+    assert_eq!(run.status, exportcore::RunStatus::Failed);
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_DISTRIBUTION_FAILED");
+    assert!(run.errors[0].message.contains(&dead), "{}", run.errors[0].message);
+    assert!(run.outputs.is_empty());
+}

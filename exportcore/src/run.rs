@@ -62,6 +62,32 @@ pub type EventSender = UnboundedSender<RunEvent>;
 pub struct RunOutcome {
     /// The run record.
     pub run: Run,
+    /// Where the request's `distribution` put the outputs (the engine stores these records).
+    pub distributions: Vec<crate::model::DistributionRecord>,
+}
+
+/// What a [`Distributor`] is given: the published run and the request's `distribution`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DistributeContext<'a> {
+    /// The run, with its published outputs (their sink URLs).
+    pub run: &'a Run,
+    /// The request's `distribution`.
+    pub distribution: &'a crate::model::Distribution,
+    /// The run's signer, when the request is signed.
+    pub signer: Option<&'a Arc<dyn Signer>>,
+}
+
+/// Delivers a run's published outputs to the destination a request's `distribution` names
+/// (an OCI registry, object storage): the step after publishing, before the run succeeds.
+/// A failure fails the run (`ERR_EXPORT_DISTRIBUTION_FAILED`, naming the target); transient
+/// failures are retried by the distributor within its budget first.
+#[async_trait::async_trait]
+pub trait Distributor: std::fmt::Debug + Send + Sync + 'static {
+    /// Whether it delivers this type.
+    fn handles(&self, kind: crate::model::DistributionType) -> bool;
+    /// Delivers the run; returns the record of where everything went.
+    async fn distribute(&self, ctx: DistributeContext<'_>) -> Result<crate::model::DistributionRecord>;
 }
 
 impl RunOutcome {
@@ -88,6 +114,7 @@ pub struct RunBuilder {
     signer: Option<Arc<dyn Signer>>,
     prefix: Option<ArtifactPath>,
     events: Option<EventSender>,
+    distributors: Vec<Arc<dyn Distributor>>,
 }
 
 impl RunBuilder {
@@ -111,7 +138,14 @@ impl RunBuilder {
             signer: None,
             prefix: None,
             events: None,
+            distributors: Vec::new(),
         }
+    }
+
+    /// Delivers runs whose request names a `distribution` of a type this distributor handles.
+    pub fn distributor(mut self, d: Arc<dyn Distributor>) -> Self {
+        self.distributors.push(d);
+        self
     }
     /// Owning tenant (default `default`).
     pub fn tenant(mut self, tenant: TenantId) -> Self {
@@ -188,19 +222,25 @@ impl RunBuilder {
         let finished = Timestamp::now();
         run.finished_at = Some(finished);
         run.progress = *progress.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match result {
+            Ok((outputs, warnings)) => {
+                run.outputs = outputs;
+                self.distribute(&run, &request, &emit).await.map(|d| (warnings, d))
+            }
+            Err(e) => Err(e),
+        };
         match result {
-            Ok((mut outputs, warnings)) => {
+            Ok((warnings, distributions)) => {
                 run.warnings = warnings;
                 if let Some(days) = request.retention_days {
                     let exp = finished.plus_days(days);
                     run.expires_at = Some(exp);
-                    outputs.iter_mut().for_each(|o| o.expires_at = Some(exp));
+                    run.outputs.iter_mut().for_each(|o| o.expires_at = Some(exp));
                 }
-                run.outputs = outputs;
                 run.status = RunStatus::Succeeded;
                 run.progress = Progress { percent: 100, ..run.progress };
                 emit.send(RunEvent::Completed { run_id, status: RunStatus::Succeeded });
-                Ok(RunOutcome { run })
+                Ok(RunOutcome { run, distributions })
             }
             Err(e) => {
                 for path in published.iter().rev() {
@@ -212,6 +252,42 @@ impl RunBuilder {
                 Err(e)
             }
         }
+    }
+}
+
+impl RunBuilder {
+    /// The distribution step: with a non-filesystem `distribution`, its distributor delivers
+    /// the published run; each artifact it placed is announced again (`artifact_ready`) with
+    /// its distributed location.
+    async fn distribute(
+        &self,
+        run: &Run,
+        request: &RunRequest,
+        emit: &Emitter,
+    ) -> Result<Vec<crate::model::DistributionRecord>> {
+        let Some(d) = request.distribution.as_ref().filter(|d| d.kind != crate::model::DistributionType::Filesystem)
+        else {
+            return Ok(Vec::new());
+        };
+        let distributor =
+            self.distributors.iter().find(|x| x.handles(d.kind)).ok_or_else(|| ExportError::NotSupported {
+                feature: format!("distribution.type {}: no distributor for it is configured", d.kind),
+            })?;
+        self.cancel.check()?;
+        let signer = if request.signing_enabled() { self.signer.as_ref() } else { None };
+        let record = distributor.distribute(DistributeContext { run, distribution: d, signer }).await?;
+        for a in &record.artifacts {
+            let kind = run.outputs.iter().find(|o| o.path == a.path).map_or(ArtifactType::Data, |o| o.kind);
+            emit.send(RunEvent::ArtifactReady {
+                run_id: run.run_id.clone(),
+                url: a.location.clone(),
+                sha256: a.sha256,
+                kind,
+                path: a.path.clone(),
+                size: a.size,
+            });
+        }
+        Ok(vec![record])
     }
 }
 
@@ -286,7 +362,11 @@ pub fn sweep_stale_staging(dir: &std::path::Path) -> Result<usize> {
 
 /// Refuses request fields that this build accepts on the wire but does not implement yet, so
 /// nothing requested is silently ignored.
-pub fn check_implemented(request: &RunRequest, profile: &crate::profile::ProfileDescriptor) -> Result<()> {
+pub fn check_implemented(
+    request: &RunRequest,
+    profile: &crate::profile::ProfileDescriptor,
+    distributors: &[Arc<dyn Distributor>],
+) -> Result<()> {
     if request.encryption.as_ref().is_some_and(|e| e.enabled) && !profile.encryption {
         return Err(ExportError::NotSupported {
             feature: format!(
@@ -297,15 +377,15 @@ pub fn check_implemented(request: &RunRequest, profile: &crate::profile::Profile
     }
     if let Some(d) = &request.distribution {
         use crate::model::DistributionType;
-        if d.kind != DistributionType::Filesystem {
+        if d.kind != DistributionType::Filesystem && !distributors.iter().any(|x| x.handles(d.kind)) {
             return Err(ExportError::NotSupported {
                 feature: format!(
-                    "distribution.type {}: only \"filesystem\" (the engine's own sink) is implemented in this build",
+                    "distribution.type {}: no distributor for it is configured (the engine's own sink is \"filesystem\")",
                     d.kind
                 ),
             });
         }
-        if d.reference.is_some() {
+        if d.kind == DistributionType::Filesystem && d.reference.is_some() {
             return Err(ExportError::NotSupported {
                 feature: "distribution.ref: runs publish to the engine's sink; a per-request destination is not \
                           implemented in this build"
@@ -326,7 +406,7 @@ async fn stage_and_publish(
 ) -> Result<(Vec<Output>, Vec<RunError>)> {
     let (profile, sink, run_id) = (&options.profile, &options.sink, &run.run_id);
     options.cancel.check()?;
-    check_implemented(request, &profile.descriptor())?;
+    check_implemented(request, &profile.descriptor(), &options.distributors)?;
     profile.validate(request)?;
     // Selectors in canonical order: the order a user wrote them in never changes a byte.
     let normalized;

@@ -344,3 +344,81 @@ pub async fn push_oci(
         blobs: blobs.iter().map(|b| b.digest).collect(),
     })
 }
+
+/// The engine's distribution step for `distribution {type: oci, ref: "oci://HOST/REPO:TAG"}`
+/// (or `HOST/REPO:TAG`): pushes the published run with [`push_oci`] (signed when the run is),
+/// credentials from [`Credentials::lookup`], and records where it went. The run must be
+/// published by a filesystem sink (its outputs are read from their directory).
+#[derive(Clone, Debug, Default)]
+pub struct OciDistributor {
+    insecure: Vec<String>,
+    mount_from: Vec<String>,
+}
+
+impl OciDistributor {
+    /// A distributor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Uses plain HTTP for these registries (`HOST:PORT`) besides loopback ones.
+    #[must_use]
+    pub fn insecure(mut self, registries: impl IntoIterator<Item = String>) -> Self {
+        self.insecure.extend(registries);
+        self
+    }
+    /// Mounts blobs from these repositories when the registry has them there.
+    #[must_use]
+    pub fn mount_from(mut self, repositories: impl IntoIterator<Item = String>) -> Self {
+        self.mount_from.extend(repositories);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl exportcore::run::Distributor for OciDistributor {
+    fn handles(&self, kind: exportcore::DistributionType) -> bool {
+        kind == exportcore::DistributionType::Oci
+    }
+
+    async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {
+        let reference = ctx
+            .distribution
+            .reference
+            .as_deref()
+            .ok_or_else(|| ExportError::invalid("distribution.ref", "required for type oci"))?;
+        let uri = if reference.starts_with("oci://") { reference.to_owned() } else { format!("oci://{reference}") };
+        let target = OciTarget::parse(&uri, "distribution.ref")?;
+        let target = if self.insecure.contains(&target.registry) { target.insecure(true) } else { target };
+        let manifest = ctx
+            .run
+            .outputs
+            .iter()
+            .find(|o| o.path == MANIFEST_FILE)
+            .ok_or_else(|| ExportError::internal("oci distributor", "the run has no manifest output"))?;
+        let dir = manifest.url.strip_prefix("file://").map(Path::new).and_then(Path::parent).ok_or_else(|| {
+            ExportError::NotSupported {
+                feature: format!(
+                    "distribution to oci from {}: the run must be published to a filesystem sink",
+                    manifest.url
+                ),
+            }
+        })?;
+        let options = PushOptions { mount_from: self.mount_from.clone(), signer: ctx.signer.cloned() };
+        let pushed = push_oci(dir, &target, Credentials::lookup(&target.registry)?, &options).await?;
+        let artifacts = ctx
+            .run
+            .outputs
+            .iter()
+            .filter(|o| pushed.blobs.contains(&o.sha256))
+            .map(|o| exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, pushed.pinned.clone()))
+            .collect();
+        Ok(exportcore::DistributionRecord::succeeded(
+            ctx.run.run_id.clone(),
+            ctx.run.tenant.clone(),
+            exportcore::DistributionType::Oci,
+            pushed.reference,
+            artifacts,
+            exportcore::Timestamp::now(),
+        ))
+    }
+}

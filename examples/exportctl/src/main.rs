@@ -310,6 +310,10 @@ struct RunArgs {
     /// this file; repeatable (mirror profiles).
     #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
     encrypt_to: Vec<String>,
+    /// After publishing, push the run to `oci://HOST[:PORT]/REPO:TAG` (signed with
+    /// --sign-key when given); the run succeeds only when the push does.
+    #[arg(long, value_name = "URI")]
+    distribute: Option<String>,
 }
 
 /// An error plus the exit code it maps to.
@@ -501,6 +505,13 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
     if !args.encrypt_to.is_empty() {
         req.encryption = Some(Encryption::new(encrypt_to(&args.encrypt_to)?.join(",")));
     }
+    if let Some(uri) = &args.distribute {
+        if !uri.starts_with("oci://") {
+            return Err(not_supported("--distribute to s3:// and file:// (this build pushes to oci:// registries)"));
+        }
+        exportcore_distribution::OciTarget::parse(uri, "--distribute")?;
+        req.distribution = Some(Distribution::new(DistributionType::Oci, Some(uri.clone())));
+    }
     req.validate(&Limits::default())?;
     Ok(req)
 }
@@ -633,7 +644,9 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             }
             let key_ref = format!("file:{}", key.display());
             // The destination is the sink (--out): no `ref`.
-            request.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed(key_ref.clone()));
+            let d =
+                request.distribution.take().unwrap_or_else(|| Distribution::new(DistributionType::Filesystem, None));
+            request.distribution = Some(d.signed(key_ref.clone()));
             Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
         }
     };
@@ -665,6 +678,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if let Some(signer) = signer {
         builder = builder.signer_resolver(Arc::new(move |_| Ok(Arc::clone(&signer))));
     }
+    builder = builder.distributor(Arc::new(exportcore_distribution::OciDistributor::new()));
     let exporter = builder.build()?;
     lock.recover_then_share(&exporter).await?;
 

@@ -59,6 +59,19 @@ fn distribute_records_and_lists_and_keeps_secrets_out() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("ERR_EXPORT_NOT_FOUND"), "{}", text(&o));
 
+    // `run --distribute`: the push is a step of the run, recorded by the engine.
+    let uri = format!("oci://{}/java-db:1", registry.addr());
+    let args = ["run", "--profile", "trivy:java-db", "--evidence", samples.to_str().unwrap(), "--out", "java"];
+    let o = exportctl(dir, &[&args[..], &["--distribute", &uri, "--json"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = exportctl(dir, &["distributions", "list", "--run", run["runId"].as_str().unwrap(), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0]["reference"], format!("{}/java-db:1", registry.addr()));
+    let o = exportctl(dir, &[&args[..], &["--distribute", "s3://bucket/prefix"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
+
     // A registry that wants a password: none, a wrong one from the environment, the right one.
     let hash = bcrypt::hash("right-password", 4).unwrap();
     let locked = Registry::start_with_htpasswd("ci", &hash);

@@ -25,6 +25,7 @@ pub struct ExporterBuilder {
     pub(super) store: Arc<dyn RunStore>,
     evidence: Option<EvidenceResolver>,
     pub(super) signers: Option<SignerResolver>,
+    pub(super) distributors: Vec<Arc<dyn crate::run::Distributor>>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) limits: Limits,
     pub(super) concurrency: usize,
@@ -56,6 +57,7 @@ impl Default for ExporterBuilder {
             store: Arc::new(MemoryStore::new()),
             evidence: None,
             signers: None,
+            distributors: Vec::new(),
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             concurrency: 2,
@@ -113,6 +115,12 @@ impl ExporterBuilder {
     /// Resolves `keyRef`s of signing requests.
     pub fn signer_resolver(mut self, resolver: SignerResolver) -> Self {
         self.signers = Some(resolver);
+        self
+    }
+    /// Delivers runs whose request names a `distribution` this distributor handles (an OCI
+    /// registry, object storage); its records are kept in the store.
+    pub fn distributor(mut self, d: Arc<dyn crate::run::Distributor>) -> Self {
+        self.distributors.push(d);
         self
     }
     /// The clock the engine records and compares times with (default: [`SystemClock`]).

@@ -188,7 +188,13 @@ impl Exporter {
         let now = self.now();
         run.finished_at = Some(now);
         let terminal = match outcome {
-            Ok(RunOutcome { run: r, .. }) => {
+            Ok(RunOutcome { run: r, distributions, .. }) => {
+                for mut d in distributions {
+                    d.expires_at = retention_days.map(|days| now.plus_days(days));
+                    if let Err(e) = cfg.store.put_distribution(&d).await {
+                        tracing::error!(error = %e.report(), "saving a distribution record failed");
+                    }
+                }
                 run.status = r.status;
                 run.progress = r.progress;
                 run.outputs = r.outputs;
@@ -247,6 +253,9 @@ impl Exporter {
         }
         if let Some(dir) = &cfg.staging_dir {
             builder = builder.staging_dir(dir.clone());
+        }
+        for d in &cfg.distributors {
+            builder = builder.distributor(Arc::clone(d));
         }
         if cfg.per_run_prefix {
             builder = builder.prefix(run.run_id.sink_prefix()?);

@@ -185,7 +185,7 @@ impl Exporter {
         let cfg = &self.inner.cfg;
         request.validate(&cfg.limits)?;
         let profile = cfg.profiles.get(&request.profile_id)?;
-        crate::run::check_implemented(&request, &profile.descriptor())?;
+        crate::run::check_implemented(&request, &profile.descriptor(), &cfg.distributors)?;
         profile.validate(&request)?;
         if request.signing_enabled() && cfg.signers.is_none() {
             return Err(ExportError::invalid("distribution.signing", "this exporter has no signing keys configured"));
