@@ -259,3 +259,90 @@ async fn the_engine_distributes_after_publishing_and_fails_the_run_when_the_push
     assert!(run.errors[0].message.contains(&dead), "{}", run.errors[0].message);
     assert!(run.outputs.is_empty());
 }
+
+/// Writes one `blob.bin` of `mib` MiB (deterministic bytes that do not compress).
+#[derive(Debug)]
+struct BigBlob {
+    mib: usize,
+}
+
+impl exportcore::Profile for BigBlob {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("test:blob", "one large file")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        ctx.time_anchor(None);
+        let spec = exportcore::ArtifactSpec::new(
+            "blob.bin",
+            exportcore::ArtifactType::Data,
+            "bin",
+            "application/octet-stream",
+        )?;
+        let mib = self.mib;
+        ctx.write_artifact(spec, |w| {
+            let mut block = [0u8; 1 << 20];
+            for i in 0..mib {
+                let seed = exportcore::Sha256Digest::of(&i.to_be_bytes()).to_hex();
+                for (j, b) in block.iter_mut().enumerate() {
+                    *b = seed.as_bytes()[j % 64] ^ (j as u8);
+                }
+                w.write_all(&block).map_err(|e| exportcore::ExportError::io("blob", e))?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_uploads_check_digests_and_presigned_urls_serve_and_expire() {
+    use common::S3Server;
+    use exportcore_distribution::s3::{presign, push_s3, S3Config, S3Target};
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let raw = tmp.path().join("raw");
+    build(exportcore_json::JsonRaw, &raw, Arc::clone(&k.signer)).await;
+    let s3 = S3Server::start();
+    let config = S3Config::new(s3.endpoint(), S3Server::ACCESS_KEY, S3Server::SECRET_KEY);
+    let target = S3Target::parse("s3://exports/acme/run-1", "t").unwrap();
+    let pushed = push_s3(&raw, &target, &config).await.unwrap();
+    let keys: Vec<&str> = pushed.objects.iter().map(|o| o.key.as_str()).collect();
+    assert!(
+        keys.contains(&"acme/run-1/json-raw.tar.zst") && keys.last() == Some(&"acme/run-1/manifest.json"),
+        "{keys:?}"
+    );
+    // A presigned GET serves the bytes to curl; expired, it is refused.
+    let url =
+        presign(&config, "exports", "acme/run-1/json-raw.tar.zst", std::time::Duration::from_secs(300)).await.unwrap();
+    let got = tmp.path().join("got");
+    let o = Command::new("curl").args(["-fsS", "-o"]).arg(&got).arg(&url).output().unwrap();
+    assert!(o.status.success(), "curl: {}", text(&o));
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(raw.join("json-raw.tar.zst")).unwrap());
+    let short =
+        presign(&config, "exports", "acme/run-1/json-raw.tar.zst", std::time::Duration::from_secs(1)).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let o = Command::new("curl").args(["-fsS", "-o", "/dev/null", &short]).output().unwrap();
+    assert!(!o.status.success(), "an expired presigned URL was served");
+    // Wrong credentials: a typed failure naming the target, never the secret.
+    let mut wrong = S3Config::new(s3.endpoint(), S3Server::ACCESS_KEY, "not-the-secret-key-xyz");
+    wrong.max_retries = Some(0);
+    let e = push_s3(&raw, &target, &wrong).await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{e}");
+    assert!(e.report().contains("s3://exports/acme/run-1"), "{}", e.report());
+    assert!(!e.report().contains("not-the-secret-key-xyz") && !format!("{e:?}").contains("not-the-secret-key-xyz"));
+    // 200 MiB: a multipart upload streamed from disk, read back and checked.
+    let big = tmp.path().join("big");
+    RunBuilder::new(BigBlob { mib: 200 }, exportcore::MemoryEvidence::new(), FsSink::new(&big).unwrap())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:blob")))
+        .await
+        .unwrap();
+    let pushed = push_s3(&big, &S3Target::parse("s3://exports/big", "t").unwrap(), &config).await.unwrap();
+    let blob = pushed.objects.iter().find(|o| o.path == "blob.bin").unwrap();
+    assert_eq!(blob.size, 200 << 20);
+}

@@ -198,3 +198,60 @@ pub fn trivy() -> PathBuf {
     assert!(t.exists(), "Trivy missing at {}: run scripts/test-all (it runs scripts/install-trivy.sh)", t.display());
     t
 }
+
+/// An S3-protocol server that checks request signatures (s3s-fs, built by
+/// `tests/interop/install.sh`) on a loopback port, storing into a temp dir with one bucket,
+/// `exports`; killed by PID when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &'static str = "EXPORTCORETESTKEY";
+    pub const SECRET_KEY: &'static str = "exportcore-test-secret-0123456789";
+
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("exports")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let root = std::env::var_os("EXPORTCORE_S3S_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/exportcore/s3s-fs"));
+        let bin = root.join("bin/s3s-fs");
+        assert!(bin.exists(), "s3s-fs missing at {}: run sh tests/interop/install.sh", bin.display());
+        let log = std::fs::File::create(dir.path().join("s3s.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Self { child, port, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "s3s-fs did not start: {}",
+            std::fs::read_to_string(server.dir.path().join("s3s.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -37,7 +37,18 @@ if [ ! -x "$VENV/bin/python" ] || ! pyok; then
   pyok || die "venv $VENV still cannot import tuf/securesystemslib/in_toto/cryptography/gmssl"
 fi
 
+# An S3-protocol server that checks request signatures (s3s-fs), for the object-storage
+# distribution tests; built once from crates.io into its own cached root.
+S3S_ROOT=${EXPORTCORE_S3S_ROOT:-$HOME/.cache/exportcore/s3s-fs}
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build s3s-fs)"
+  echo "building s3s-fs 0.14.1 into $S3S_ROOT (once)"
+  cargo install -q s3s-fs --version 0.14.1 --features binary --locked --root "$S3S_ROOT" \
+    || die "cargo install s3s-fs failed"
+fi
+
 PYV=$("$VENV/bin/python" -c 'import importlib.metadata as m
 print(", ".join("%s %s" % (p, m.version(p)) for p in ("tuf", "securesystemslib", "in-toto", "cryptography", "gmssl")))')
 echo "interop tools ready: $(skopeo --version | head -n1), umoci $(umoci --version | awk '{print $NF}'),\
- age $(age --version), $(openssl version | cut -d' ' -f1-2), venv $VENV ($PYV)"
+ age $(age --version), $(openssl version | cut -d' ' -f1-2), s3s-fs $("$S3S_ROOT/bin/s3s-fs" --version | awk '{print $NF}'),\
+ venv $VENV ($PYV)"

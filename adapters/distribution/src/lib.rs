@@ -36,6 +36,7 @@
 
 mod cosign;
 mod oci;
+pub mod s3;
 pub mod signed_url;
 
 pub use oci::{OciTarget, PushStats, CHUNK, MONOLITHIC_MAX};
