@@ -390,22 +390,9 @@ impl exportcore::run::Distributor for OciDistributor {
         let uri = if reference.starts_with("oci://") { reference.to_owned() } else { format!("oci://{reference}") };
         let target = OciTarget::parse(&uri, "distribution.ref")?;
         let target = if self.insecure.contains(&target.registry) { target.insecure(true) } else { target };
-        let manifest = ctx
-            .run
-            .outputs
-            .iter()
-            .find(|o| o.path == MANIFEST_FILE)
-            .ok_or_else(|| ExportError::internal("oci distributor", "the run has no manifest output"))?;
-        let dir = manifest.url.strip_prefix("file://").map(Path::new).and_then(Path::parent).ok_or_else(|| {
-            ExportError::NotSupported {
-                feature: format!(
-                    "distribution to oci from {}: the run must be published to a filesystem sink",
-                    manifest.url
-                ),
-            }
-        })?;
+        let dir = run_dir(ctx.run, "oci")?;
         let options = PushOptions { mount_from: self.mount_from.clone(), signer: ctx.signer.cloned() };
-        let pushed = push_oci(dir, &target, Credentials::lookup(&target.registry)?, &options).await?;
+        let pushed = push_oci(&dir, &target, Credentials::lookup(&target.registry)?, &options).await?;
         let artifacts = ctx
             .run
             .outputs
@@ -418,6 +405,136 @@ impl exportcore::run::Distributor for OciDistributor {
             ctx.run.tenant.clone(),
             exportcore::DistributionType::Oci,
             pushed.reference,
+            artifacts,
+            exportcore::Timestamp::now(),
+        ))
+    }
+}
+
+/// The engine's distribution step for `distribution {type: object, ref: "s3://BUCKET/PREFIX"}`
+/// (or `file://DIR`): uploads the published run with [`s3::push_s3`] (or copies it), and
+/// records each object's location (`s3://BUCKET/KEY`, or the file's path). The run must be
+/// published by a filesystem sink.
+#[derive(Clone, Debug)]
+pub struct ObjectDistributor {
+    config: s3::S3Config,
+}
+
+impl ObjectDistributor {
+    /// A distributor reaching object storage with `config` ([`s3::S3Config::from_env`] for the
+    /// environment's).
+    pub fn new(config: s3::S3Config) -> Self {
+        Self { config }
+    }
+}
+
+/// The directory a published run lives in (its manifest output's `file://` URL).
+fn run_dir(run: &exportcore::Run, what: &str) -> Result<PathBuf> {
+    let manifest = run
+        .outputs
+        .iter()
+        .find(|o| o.path == MANIFEST_FILE)
+        .ok_or_else(|| ExportError::internal("distributor", "the run has no manifest output"))?;
+    manifest.url.strip_prefix("file://").map(Path::new).and_then(Path::parent).map(Path::to_path_buf).ok_or_else(|| {
+        ExportError::NotSupported {
+            feature: format!(
+                "distribution to {what} from {}: the run must be published to a filesystem sink",
+                manifest.url
+            ),
+        }
+    })
+}
+
+/// Copies the run output in `dir` (verified first) into `target` (created; must be empty or
+/// absent), each file linked or copied and checked; returns the files' paths.
+///
+/// # Errors
+/// `ERR_EXPORT_VERIFY_FAILED` for output that does not verify; `ERR_EXPORT_DISTRIBUTION_FAILED`
+/// naming the target.
+pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let report = exportcore::verify::verify_path(dir)?;
+    if let Some(f) = report.failures.first() {
+        return Err(ExportError::VerificationFailed {
+            path: dir.join(&f.path).display().to_string(),
+            reason: format!("not copied: the output does not verify: {}", f.problem),
+        });
+    }
+    let name = format!("file://{}", target.display());
+    if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(ExportError::distribution_failed(&name, "the directory is not empty"));
+    }
+    let sink = exportcore::FsSink::new(target).map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
+    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &dir.join(MANIFEST_FILE),
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
+    let mut paths: Vec<String> = manifest.entries.iter().map(|e| e.path.to_string()).collect();
+    for side in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE, MANIFEST_FILE] {
+        if dir.join(side).is_file() {
+            paths.push(side.to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let ap = exportcore::ArtifactPath::parse(&p)?;
+        let src = dir.join(&p);
+        // FsSink links or copies, fsyncs, hashes and checks.
+        let receipt = exportcore::Sink::put_file(&sink, &ap, &src)
+            .await
+            .map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
+        out.push((p, target.join(receipt.path.as_str())));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl exportcore::run::Distributor for ObjectDistributor {
+    fn handles(&self, kind: exportcore::DistributionType) -> bool {
+        kind == exportcore::DistributionType::Object
+    }
+
+    async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {
+        let reference = ctx
+            .distribution
+            .reference
+            .as_deref()
+            .ok_or_else(|| ExportError::invalid("distribution.ref", "required for type object"))?;
+        let dir = run_dir(ctx.run, reference)?;
+        let sha_of = |path: &str| ctx.run.outputs.iter().find(|o| o.path == path).map(|o| (o.sha256, o.size));
+        let mut artifacts = Vec::new();
+        if let Some(local) = reference.strip_prefix("file://") {
+            let target = PathBuf::from(local);
+            let copied = push_dir(&dir, &target).await?;
+            for (path, at) in copied {
+                if let Some((sha, size)) = sha_of(&path) {
+                    artifacts.push(exportcore::DistributedArtifact::new(
+                        exportcore::ArtifactPath::parse(&path)?,
+                        sha,
+                        size,
+                        at.display().to_string(),
+                    ));
+                }
+            }
+        } else {
+            let target = s3::S3Target::parse(reference, "distribution.ref")?;
+            let pushed = s3::push_s3(&dir, &target, &self.config).await?;
+            for o in pushed.objects {
+                if let Some((sha, size)) = sha_of(&o.path) {
+                    artifacts.push(exportcore::DistributedArtifact::new(
+                        exportcore::ArtifactPath::parse(&o.path)?,
+                        sha,
+                        size,
+                        format!("s3://{}/{}", target.bucket, o.key),
+                    ));
+                }
+            }
+        }
+        Ok(exportcore::DistributionRecord::succeeded(
+            ctx.run.run_id.clone(),
+            ctx.run.tenant.clone(),
+            exportcore::DistributionType::Object,
+            reference.to_owned(),
             artifacts,
             exportcore::Timestamp::now(),
         ))

@@ -218,6 +218,10 @@ enum DistributionsCommand {
     Show {
         /// Distribution id (`dist-…`).
         id: String,
+        /// Also print, for objects in S3, a presigned GET URL valid this many seconds
+        /// (credentials from the environment).
+        #[arg(long, value_name = "SECONDS")]
+        presign: Option<u64>,
     },
 }
 
@@ -410,7 +414,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Distributions { command, store, json, tenant } => distributions(command, store, json, &tenant).await,
         Command::Distribute { out_dir, uri, sign_key, insecure, mount_from, store, tenant } => {
             if !uri.starts_with("oci://") {
-                return Err(not_supported("distribute to s3:// and file:// (this build pushes to oci:// registries)"));
+                return distribute_object(&out_dir, &uri, store, &tenant).await;
             }
             let target = exportcore_distribution::OciTarget::parse(&uri, "URI")?;
             let target = if insecure.contains(&target.registry) { target.insecure(true) } else { target };
@@ -434,7 +438,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 pushed.stats.present,
                 pushed.stats.mounted
             );
-            match record_distribution(&out_dir, store, &tenant, &pushed).await? {
+            let pinned = pushed.pinned.clone();
+            let locate = |o: &exportcore::Output| pushed.blobs.contains(&o.sha256).then(|| pinned.clone());
+            match record_distribution(&out_dir, store, &tenant, DistributionType::Oci, &pushed.reference, locate)
+                .await?
+            {
                 Some(id) => outln!("  recorded: {id}"),
                 None => {
                     errln!("note: no run in the store wrote {}; the distribution is not recorded", out_dir.display())
@@ -506,11 +514,18 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
         req.encryption = Some(Encryption::new(encrypt_to(&args.encrypt_to)?.join(",")));
     }
     if let Some(uri) = &args.distribute {
-        if !uri.starts_with("oci://") {
-            return Err(not_supported("--distribute to s3:// and file:// (this build pushes to oci:// registries)"));
-        }
-        exportcore_distribution::OciTarget::parse(uri, "--distribute")?;
-        req.distribution = Some(Distribution::new(DistributionType::Oci, Some(uri.clone())));
+        let kind = if uri.starts_with("oci://") {
+            exportcore_distribution::OciTarget::parse(uri, "--distribute")?;
+            DistributionType::Oci
+        } else if uri.starts_with("s3://") {
+            exportcore_distribution::s3::S3Target::parse(uri, "--distribute")?;
+            DistributionType::Object
+        } else if uri.starts_with("file://") {
+            DistributionType::Object
+        } else {
+            return Err(ExportError::invalid("--distribute", format!("{uri:?}: oci://, s3:// or file://")).into());
+        };
+        req.distribution = Some(Distribution::new(kind, Some(uri.clone())));
     }
     req.validate(&Limits::default())?;
     Ok(req)
@@ -678,7 +693,9 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if let Some(signer) = signer {
         builder = builder.signer_resolver(Arc::new(move |_| Ok(Arc::clone(&signer))));
     }
-    builder = builder.distributor(Arc::new(exportcore_distribution::OciDistributor::new()));
+    builder = builder.distributor(Arc::new(exportcore_distribution::OciDistributor::new())).distributor(Arc::new(
+        exportcore_distribution::ObjectDistributor::new(exportcore_distribution::s3::S3Config::from_env()),
+    ));
     let exporter = builder.build()?;
     lock.recover_then_share(&exporter).await?;
 
@@ -801,13 +818,45 @@ impl EngineLock {
     }
 }
 
+/// `exportctl distribute OUT s3://BUCKET/PREFIX|file://DIR`: credentials for S3 from the
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`).
+async fn distribute_object(
+    out_dir: &Path,
+    uri: &str,
+    store: Option<PathBuf>,
+    tenant: &str,
+) -> Result<ExitCode, Failure> {
+    let placed: std::collections::BTreeMap<String, String> = if let Some(dir) = uri.strip_prefix("file://") {
+        let copied = exportcore_distribution::push_dir(out_dir, Path::new(dir)).await?;
+        outln!("copied {} files to {}", copied.len(), dir);
+        copied.into_iter().map(|(p, at)| (p, at.display().to_string())).collect()
+    } else if uri.starts_with("s3://") {
+        let target = exportcore_distribution::s3::S3Target::parse(uri, "URI")?;
+        let pushed =
+            exportcore_distribution::s3::push_s3(out_dir, &target, &exportcore_distribution::s3::S3Config::from_env())
+                .await?;
+        outln!("uploaded {} objects ({} bytes) to {}", pushed.objects.len(), pushed.bytes, pushed.url);
+        pushed.objects.into_iter().map(|o| (o.path, format!("s3://{}/{}", target.bucket, o.key))).collect()
+    } else {
+        return Err(ExportError::invalid("URI", format!("{uri:?}: oci://, s3:// or file://")).into());
+    };
+    let locate = |o: &exportcore::Output| placed.get(o.path.as_str()).cloned();
+    match record_distribution(out_dir, store, tenant, DistributionType::Object, uri, locate).await? {
+        Some(id) => outln!("  recorded: {id}"),
+        None => errln!("note: no run in the store wrote {}; the distribution is not recorded", out_dir.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Records a push in the run store, on the run whose outputs live in `out_dir`; the record's
 /// id, or `None` when no run of `tenant` in the store wrote there.
 async fn record_distribution(
     out_dir: &Path,
     store: Option<PathBuf>,
     tenant: &str,
-    pushed: &exportcore_distribution::OciPushed,
+    kind: DistributionType,
+    reference: &str,
+    locate: impl Fn(&exportcore::Output) -> Option<String>,
 ) -> Result<Option<String>, Failure> {
     let tenant = TenantId::parse(tenant)?;
     let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
@@ -823,19 +872,20 @@ async fn record_distribution(
         let found =
             page.runs.iter().find(|r| !r.outputs.is_empty() && r.outputs.iter().all(|o| o.url.starts_with(&prefix)));
         if let Some(run) = found {
-            // The outputs the pushed manifest carries (all of them for a run artifact; the
-            // database for a Trivy layout), each found at the pinned reference.
+            // The outputs the distribution placed (for an OCI push: the ones the pushed
+            // manifest carries), each with its location.
             let artifacts = run
                 .outputs
                 .iter()
-                .filter(|o| pushed.blobs.contains(&o.sha256))
-                .map(|o| exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, pushed.pinned.clone()))
+                .filter_map(|o| {
+                    locate(o).map(|at| exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, at))
+                })
                 .collect();
             let mut record = exportcore::DistributionRecord::succeeded(
                 run.run_id.clone(),
                 tenant.clone(),
-                DistributionType::Oci,
-                pushed.reference.clone(),
+                kind,
+                reference,
                 artifacts,
                 Timestamp::now(),
             );
@@ -877,14 +927,38 @@ async fn distributions(
                 }
             }
         }
-        DistributionsCommand::Show { id } => {
+        DistributionsCommand::Show { id, presign } => {
             let d = store.get_distribution(tenant, &id).await?;
+            // URLs a reader can use now: presigned for S3 objects (records keep locations).
+            let mut urls = std::collections::BTreeMap::new();
+            if let Some(secs) = presign {
+                let config = exportcore_distribution::s3::S3Config::from_env();
+                for a in &d.artifacts {
+                    if let Some((bucket, key)) = a.location.strip_prefix("s3://").and_then(|r| r.split_once('/')) {
+                        let url = exportcore_distribution::s3::presign(
+                            &config,
+                            bucket,
+                            key,
+                            std::time::Duration::from_secs(secs),
+                        )
+                        .await?;
+                        urls.insert(a.path.to_string(), url);
+                    }
+                }
+            }
             if json {
-                outln!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                let mut v = serde_json::to_value(&d).unwrap_or_default();
+                if !urls.is_empty() {
+                    v["urls"] = serde_json::to_value(&urls).unwrap_or_default();
+                }
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 outln!("distribution {} of run {} ({}): {}", d.id, d.run_id, d.kind, printable(&d.reference));
                 for a in &d.artifacts {
                     outln!("  {:<28} sha256:{} {}", a.path, a.sha256, printable(&a.location));
+                    if let Some(u) = urls.get(a.path.as_str()) {
+                        outln!("    {u}");
+                    }
                 }
             }
         }

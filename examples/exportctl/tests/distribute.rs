@@ -68,9 +68,22 @@ fn distribute_records_and_lists_and_keeps_secrets_out() {
     let o = exportctl(dir, &["distributions", "list", "--run", run["runId"].as_str().unwrap(), "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0]["reference"], format!("{}/java-db:1", registry.addr()));
-    let o = exportctl(dir, &[&args[..], &["--distribute", "s3://bucket/prefix"]].concat());
+    let o = exportctl(
+        dir,
+        &[
+            "run",
+            "--profile",
+            "trivy:java-db",
+            "--evidence",
+            samples.to_str().unwrap(),
+            "--out",
+            "x",
+            "--distribute",
+            "ftp://host/x",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID") && text(&o).contains("--distribute"), "{}", text(&o));
 
     // A registry that wants a password: none, a wrong one from the environment, the right one.
     let hash = bcrypt::hash("right-password", 4).unwrap();
@@ -111,4 +124,59 @@ fn distribute_records_and_lists_and_keeps_secrets_out() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn object_storage_and_directories_through_the_cli() {
+    use common::S3Server;
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let s3 = S3Server::start();
+    let with_s3 = |secret: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_exportctl"))
+            .current_dir(dir)
+            .env("AWS_ENDPOINT_URL", s3.endpoint())
+            .env("AWS_ACCESS_KEY_ID", S3Server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let run = ["run", "--profile", "json:raw", "--evidence", samples.to_str().unwrap(), "--out", "raw", "--json"];
+    let o = with_s3(S3Server::SECRET_KEY, &[&run[..], &["--distribute", "s3://exports/acme/raw"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o =
+        with_s3(S3Server::SECRET_KEY, &["distributions", "list", "--run", record["runId"].as_str().unwrap(), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["type"], "object");
+    let o = with_s3(S3Server::SECRET_KEY, &["distributions", "show", &id, "--presign", "300", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let url = shown["urls"]["json-raw.tar.zst"].as_str().unwrap().to_owned();
+    let got = dir.join("got");
+    let c = Command::new("curl").args(["-fsS", "-o"]).arg(&got).arg(&url).output().unwrap();
+    assert!(c.status.success(), "{}", text(&c));
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(dir.join("raw/json-raw.tar.zst")).unwrap());
+    // Wrong secret: exit 2, the target named, the secret nowhere.
+    let o = with_s3("a-wrong-secret-9876", &["distribute", "raw", "s3://exports/again"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("ERR_EXPORT_DISTRIBUTION_FAILED") && text(&o).contains("s3://exports/again"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("a-wrong-secret-9876"));
+    // A directory: the run's files copied and checked.
+    let copy = dir.join("copy");
+    let o = exportctl(dir, &["distribute", "raw", &format!("file://{}", copy.display())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = exportctl(dir, &["verify", copy.to_str().unwrap()]);
+    assert!(o.status.success(), "the copy verifies: {}", text(&o));
 }
