@@ -177,6 +177,24 @@ async fn any_run_goes_up_as_one_artifact_and_unverified_output_never_does() {
     assert_eq!(e.code(), "ERR_EXPORT_VERIFY_FAILED", "{e}");
     let tags = registry.get("/v2/runs/tampered/tags/list").unwrap();
     assert!(!tags.contains("\"v1\""), "a tag was pushed for unverified output: {tags}");
+    // A layout whose layer was changed (same length): the registry refuses the bytes for the
+    // digest the manifest names; no tag appears.
+    let db = tmp.path().join("db");
+    build(exportcore_trivy::TrivyDb, &db, Arc::clone(&k.signer)).await;
+    let layer = std::fs::read_dir(db.join("oci/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&layer).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::remove_file(&layer).unwrap();
+    std::fs::write(&layer, &bytes).unwrap();
+    let t3 = OciTarget::parse(&format!("oci://{}/runs/bent-layer:2", registry.addr()), "t").unwrap();
+    let e = push_oci(&db, &t3, None, &PushOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{e}");
+    let tags = registry.get("/v2/runs/bent-layer/tags/list").unwrap();
+    assert!(!tags.contains("\"2\""), "a tag names a layer the registry refused: {tags}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@
 //!   empty config) with every file of the run as a layer titled with its path.
 //!
 //! Blobs go up first (each one `HEAD`ed, mounted from `mount_from` repositories when the
-//! registry has it there, else uploaded: one `PUT` up to 8 MiB, else 8 MiB `PATCH` chunks
-//! streamed from the file), the manifest last and then its tag, so a tag never names a blob
+//! registry has it there, else uploaded: one `PUT` up to 8 MiB, else one `PATCH` streamed
+//! from the file), the manifest last and then its tag, so a tag never names a blob
 //! that is not fully uploaded; a retried push re-uses what is already there. Transient
 //! failures (5xx, 429, connection errors, timeouts) are retried with backoff (4 retries,
 //! 0.4 to 3.2 s), then the push fails with `ERR_EXPORT_DISTRIBUTION_FAILED` naming the target.
@@ -39,7 +39,7 @@ mod oci;
 pub mod s3;
 pub mod signed_url;
 
-pub use oci::{OciTarget, PushStats, CHUNK, MONOLITHIC_MAX};
+pub use oci::{OciTarget, PushStats, MONOLITHIC_MAX};
 
 use bytes::Bytes;
 use exportcore::manifest::{MANIFEST_FILE, PROVENANCE_FILE, SIGNED_MANIFEST_FILE};
@@ -57,8 +57,7 @@ const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 #[derive(Debug)]
 pub(crate) struct DistributionError {
     message: String,
-    #[allow(dead_code)]
-    transient: bool,
+    pub(crate) transient: bool,
 }
 
 impl DistributionError {
@@ -271,6 +270,53 @@ fn plan(dir: &Path, created: &str) -> Result<(Bytes, Vec<Blob>)> {
     Ok((Bytes::from(bytes), blobs))
 }
 
+/// Nothing that does not verify leaves the machine. A run pushed as its own one-manifest OCI
+/// layout is checked where the push relies on local bytes — `oci/index.json` and the manifest
+/// blob against the run manifest — while every other blob is checked by the registry, which
+/// refuses an upload whose bytes do not match the digest the manifest names (so the large
+/// files are read once, not twice). Any other run is verified whole.
+fn check_before_push(dir: &Path) -> Result<()> {
+    let fail = |path: &str, problem: &str| ExportError::VerificationFailed {
+        path: dir.join(path).display().to_string(),
+        reason: format!("not pushed: the output does not verify: {problem}"),
+    };
+    let single_layout = dir.join("oci/index.json").is_file() && {
+        let index: Value = serde_json::from_slice(&exportcore::files::read_capped(
+            &dir.join("oci/index.json"),
+            exportcore::files::MAX_MANIFEST_BYTES,
+        )?)
+        .unwrap_or(Value::Null);
+        index["manifests"].as_array().is_some_and(|m| m.len() == 1)
+    };
+    if !single_layout {
+        let report = exportcore::verify::verify_path(dir)?;
+        return match report.failures.first() {
+            Some(f) => Err(fail(&f.path, &f.problem)),
+            None => Ok(()),
+        };
+    }
+    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &dir.join(MANIFEST_FILE),
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| fail(MANIFEST_FILE, &e))?;
+    let index: Value = serde_json::from_slice(&exportcore::files::read_capped(
+        &dir.join("oci/index.json"),
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| fail("oci/index.json", &e.to_string()))?;
+    let blob = index["manifests"][0]["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).unwrap_or_default();
+    for path in ["oci/index.json".to_owned(), format!("oci/blobs/sha256/{blob}")] {
+        let entry = manifest.entry(&path).ok_or_else(|| fail(&path, "not listed in the run manifest"))?;
+        let f = exportcore::files::open_regular(&dir.join(&path))?;
+        let (size, sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(dir.join(&path), e))?;
+        if size != entry.size || sha != entry.sha256 {
+            return Err(fail(&path, "differs from the run manifest"));
+        }
+    }
+    Ok(())
+}
+
 /// Pushes the run output in `dir` to `target` (see the crate docs).
 ///
 /// # Errors
@@ -283,13 +329,7 @@ pub async fn push_oci(
     credentials: Option<Credentials>,
     options: &PushOptions,
 ) -> Result<OciPushed> {
-    let report = exportcore::verify::verify_path(dir)?;
-    if let Some(f) = report.failures.first() {
-        return Err(ExportError::VerificationFailed {
-            path: dir.join(&f.path).display().to_string(),
-            reason: format!("not pushed: the output does not verify: {}", f.problem),
-        });
-    }
+    check_before_push(dir)?;
     let created = exportcore::Manifest::parse(&exportcore::files::read_capped(
         &dir.join(MANIFEST_FILE),
         exportcore::files::MAX_MANIFEST_BYTES,

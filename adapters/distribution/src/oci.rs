@@ -1,6 +1,6 @@
 //! Pushing to an OCI registry by the distribution spec: blob `HEAD` first, cross-repository
-//! mount, monolithic upload for small blobs and chunked (`PATCH` with `Content-Range`) for
-//! large ones, streamed from the file, the manifest last, then its tag. Authentication
+//! mount, a monolithic `PUT` for small blobs and for large ones one `PATCH` (with
+//! `Content-Range`) streamed from the file, the manifest last, then its tag. Authentication
 //! answers the registry's `WWW-Authenticate` challenge: `Basic` with credentials, `Bearer`
 //! through the token realm (anonymous or with credentials).
 //!
@@ -18,10 +18,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Blobs up to this size go up in one `PUT`; larger ones in chunks of [`CHUNK`].
+/// Blobs up to this size go up in one `PUT`; larger ones as one `PATCH` streamed from the file.
 pub const MONOLITHIC_MAX: u64 = 8 << 20;
-/// Chunk size of chunked uploads.
-pub const CHUNK: usize = 8 << 20;
 
 /// Where to push: `oci://HOST[:PORT]/REPO[/…]:TAG`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,40 +337,27 @@ impl Registry {
             Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
             return Ok(());
         }
-        let mut offset = 0u64;
-        let mut buf = vec![0u8; CHUNK];
+        // Large blobs: the whole file as one streamed PATCH (nothing buffered beyond the
+        // reader's chunks), then the closing PUT. A transient failure restarts the blob's
+        // upload session, up to the retry budget.
+        let mut attempt = 0;
         loop {
-            let mut n = 0;
-            while n < CHUNK {
-                let r = file.read(&mut buf[n..]).map_err(read_err)?;
-                if r == 0 {
+            match self.stream_patch(&location, path, size).await {
+                Ok(next) => {
+                    location = next;
                     break;
                 }
-                n += r;
+                Err(e) if e.transient && attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(self.backoff * (1 << attempt.min(5))).await;
+                    let resp = self.send("upload start", || self.http.post(&start).header(CONTENT_LENGTH, 0)).await?;
+                    let resp = Self::expect(resp, &[StatusCode::ACCEPTED], "upload start").await?;
+                    location = self.location(&resp)?;
+                }
+                Err(e) => return Err(e),
             }
-            if n == 0 {
-                break;
-            }
-            let chunk = Bytes::copy_from_slice(&buf[..n]);
-            let range = format!("{offset}-{}", offset + n as u64 - 1);
-            let url = location.clone();
-            let resp = self
-                .send("blob PATCH", || {
-                    self.http
-                        .request(Method::PATCH, &url)
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header("Content-Range", &range)
-                        .header(CONTENT_LENGTH, chunk.len())
-                        .body(chunk.clone())
-                })
-                .await?;
-            let resp = Self::expect(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], "blob PATCH").await?;
-            location = self.location(&resp)?;
-            offset += n as u64;
         }
-        if offset != size {
-            return Err(DistributionError::fatal(format!("{}: {offset} bytes read, {size} expected", path.display())));
-        }
+        drop(file);
         let url = with_digest(&location);
         let resp = self.send("blob PUT", || self.http.put(&url).header(CONTENT_LENGTH, 0)).await?;
         Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
@@ -398,6 +383,33 @@ impl Registry {
             .await?;
         Self::expect(resp, &[StatusCode::CREATED], "blob PUT").await?;
         Ok(())
+    }
+
+    /// One `PATCH` whose body streams the file; the next `Location`.
+    async fn stream_patch(&self, location: &str, path: &Path, size: u64) -> Result<String, DistributionError> {
+        let f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| DistributionError::fatal(format!("{}: {e}", path.display())))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+        let mut req = self
+            .http
+            .request(Method::PATCH, location)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header("Content-Range", format!("0-{}", size.saturating_sub(1)))
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = match req.send().await {
+            Ok(r) if transient(r.status()) => {
+                return Err(DistributionError::transient(format!("blob PATCH: {}", r.status())))
+            }
+            Ok(r) => r,
+            Err(e) => return Err(DistributionError::transient(format!("blob PATCH: {e}"))),
+        };
+        let resp = Self::expect(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], "blob PATCH").await?;
+        self.location(&resp)
     }
 
     fn location(&self, resp: &Response) -> Result<String, DistributionError> {
