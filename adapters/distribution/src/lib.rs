@@ -580,3 +580,115 @@ impl exportcore::run::Distributor for ObjectDistributor {
         ))
     }
 }
+
+/// What a reader uses to fetch one distributed artifact.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ReaderUrl {
+    /// The artifact's path in the run.
+    pub path: exportcore::ArtifactPath,
+    /// A pullable reference (OCI), a presigned URL (S3), a path (directory) or a signed URL
+    /// (HTTP through the gateway).
+    pub url: String,
+    /// Its digest.
+    pub sha256: Sha256Digest,
+    /// Its size.
+    pub size: u64,
+    /// When the URL stops working (`None`: a pinned reference or a path, which do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<exportcore::Timestamp>,
+}
+
+/// The URLs a reader can use for a record's artifacts, valid for `ttl` from `now` (never past
+/// the record's `expiresAt`): OCI records give the pinned `HOST/REPO@sha256:…` reference;
+/// object records in S3 a presigned `GET` URL (`s3` reaches the store), in a directory the
+/// path; HTTP records a gateway URL (`/export-center/runs/{runId}/artifacts/{path}`) signed
+/// with `http` for the record's tenant. Records keep locations, not URLs: this is where URLs
+/// are made, when a reader asks (`GET /export-center/distributions/{id}`).
+///
+/// # Errors
+/// `ERR_EXPORT_NOT_FOUND` for an expired record; `ERR_EXPORT_REQUEST_INVALID` for an HTTP record
+/// without a URL signer; presigning errors.
+pub async fn reader_urls(
+    record: &exportcore::DistributionRecord,
+    s3: &s3::S3Config,
+    http: Option<&signed_url::UrlSigner>,
+    now: exportcore::Timestamp,
+    ttl: std::time::Duration,
+) -> Result<Vec<ReaderUrl>> {
+    use exportcore::DistributionType as T;
+    if record.expires_at.is_some_and(|e| e <= now) {
+        return Err(ExportError::NotFound { path: format!("distribution {} (expired)", record.id) });
+    }
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    let mut until = exportcore::Timestamp::from_unix(now.unix().saturating_add(ttl_secs))?;
+    if let Some(e) = record.expires_at {
+        until = until.min(e);
+    }
+    let left = std::time::Duration::from_secs(u64::try_from(until.unix() - now.unix()).unwrap_or(0));
+    let mut out = Vec::new();
+    for a in &record.artifacts {
+        let (url, expires_at) = match record.kind {
+            T::Object if a.location.starts_with("s3://") => {
+                let (bucket, key) = a.location["s3://".len()..].split_once('/').unwrap_or((&a.location, ""));
+                (s3::presign(s3, bucket, key, left).await?, Some(until))
+            }
+            T::Http => {
+                let signer = http.ok_or_else(|| ExportError::invalid("http", "no URL signer configured"))?;
+                let path = format!("/export-center/runs/{}/artifacts/{}", record.run_id, a.path);
+                (signer.sign("GET", &path, &record.tenant, until)?, Some(until))
+            }
+            _ => (a.location.clone(), None),
+        };
+        out.push(ReaderUrl { path: a.path.clone(), url, sha256: a.sha256, size: a.size, expires_at });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exportcore::{DistributedArtifact, DistributionRecord, DistributionType, RunId, TenantId, Timestamp};
+
+    fn record(kind: DistributionType, location: &str) -> DistributionRecord {
+        let a = DistributedArtifact::new(
+            exportcore::ArtifactPath::parse("db.tar.gz").unwrap(),
+            Sha256Digest::of(b"x"),
+            1,
+            location,
+        );
+        let now = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        DistributionRecord::succeeded(
+            RunId::parse("r1").unwrap(),
+            TenantId::parse("acme").unwrap(),
+            kind,
+            "ref",
+            vec![a],
+            now,
+        )
+    }
+
+    #[tokio::test]
+    async fn reader_urls_by_kind_and_expiry() {
+        let now = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let none = s3::S3Config::default();
+        let oci = reader_urls(&record(DistributionType::Oci, "reg/x@sha256:00"), &none, None, now, day).await.unwrap();
+        assert_eq!((oci[0].url.as_str(), oci[0].expires_at), ("reg/x@sha256:00", None));
+        let signer = signed_url::UrlSigner::new("k1", &[1u8; 32]).unwrap();
+        let mut http = record(DistributionType::Http, "");
+        http.expires_at = Some(Timestamp::parse("2025-01-01T06:00:00Z").unwrap());
+        let urls = reader_urls(&http, &none, Some(&signer), now, day).await.unwrap();
+        assert!(urls[0].url.starts_with("/export-center/runs/r1/artifacts/db.tar.gz?exp="), "{}", urls[0].url);
+        assert_eq!(urls[0].expires_at, http.expires_at, "never past the record's expiry");
+        let q = urls[0].url.split_once('?').unwrap().1;
+        signer
+            .verify("GET", "/export-center/runs/r1/artifacts/db.tar.gz", &TenantId::parse("acme").unwrap(), q, now)
+            .unwrap();
+        assert!(reader_urls(&http, &none, None, now, day).await.is_err(), "HTTP needs a signer");
+        let later = Timestamp::parse("2025-01-02T00:00:00Z").unwrap();
+        let e = reader_urls(&http, &none, Some(&signer), later, day).await.unwrap_err();
+        assert_eq!(e.code(), "ERR_EXPORT_NOT_FOUND");
+    }
+}

@@ -483,6 +483,55 @@ mod tests {
         r
     }
 
+    /// A registry that wants a bearer token from its realm (on the same port).
+    fn token_registry() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let realm = format!("http://{addr}/token");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut first, mut auth, mut line) = (String::new(), String::new(), String::new());
+                reader.read_line(&mut first).unwrap();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if line.to_ascii_lowercase().starts_with("authorization:") {
+                        auth = line.trim().to_owned();
+                    }
+                    line.clear();
+                }
+                log.lock().unwrap().push(format!("{} | {auth}", first.trim()));
+                let reply = if first.starts_with("GET /token") {
+                    let body = r#"{"token":"t0k"}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                } else if auth == "authorization: Bearer t0k" || auth == "Authorization: Bearer t0k" {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                } else {
+                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:r:pull,push\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_bearer_challenge_is_answered_through_the_token_realm() {
+        let (addr, seen) = token_registry();
+        let r = registry(&addr);
+        assert!(r.has_blob(&Sha256Digest::of(b"x")).await.unwrap());
+        // The token is kept: a second request goes straight through.
+        assert!(r.has_blob(&Sha256Digest::of(b"y")).await.unwrap());
+        let log = seen.lock().unwrap().clone();
+        assert_eq!(log.len(), 4, "{log:?}");
+        assert!(log[1].starts_with("GET /token?service=reg&scope=repository%3Ar%3Apull%2Cpush"), "{log:?}");
+        assert!(log[1].ends_with("| "), "anonymous: no credentials sent to the realm: {log:?}");
+        assert!(log[2].contains("Bearer t0k") && log[3].contains("Bearer t0k"), "{log:?}");
+    }
+
     #[tokio::test]
     async fn transient_failures_are_retried_within_the_budget() {
         let d = Sha256Digest::of(b"x");

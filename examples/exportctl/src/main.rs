@@ -929,20 +929,14 @@ async fn distributions(
         }
         DistributionsCommand::Show { id, presign } => {
             let d = store.get_distribution(tenant, &id).await?;
-            // URLs a reader can use now: presigned for S3 objects (records keep locations).
+            // URLs a reader can use now (records keep locations): presigned for S3 objects.
             let mut urls = std::collections::BTreeMap::new();
             if let Some(secs) = presign {
                 let config = exportcore_distribution::s3::S3Config::from_env();
-                for a in &d.artifacts {
-                    if let Some((bucket, key)) = a.location.strip_prefix("s3://").and_then(|r| r.split_once('/')) {
-                        let url = exportcore_distribution::s3::presign(
-                            &config,
-                            bucket,
-                            key,
-                            std::time::Duration::from_secs(secs),
-                        )
-                        .await?;
-                        urls.insert(a.path.to_string(), url);
+                let ttl = std::time::Duration::from_secs(secs);
+                for u in exportcore_distribution::reader_urls(&d, &config, None, Timestamp::now(), ttl).await? {
+                    if u.expires_at.is_some() {
+                        urls.insert(u.path.to_string(), u.url);
                     }
                 }
             }
