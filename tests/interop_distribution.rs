@@ -364,3 +364,61 @@ async fn s3_uploads_check_digests_and_presigned_urls_serve_and_expire() {
     let blob = pushed.objects.iter().find(|o| o.path == "blob.bin").unwrap();
     assert_eq!(blob.size, 200 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_killed_mid_push_and_restarted_gets_the_whole_push_and_never_a_dangling_tag() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big");
+    RunBuilder::new(BigBlob { mib: 300 }, exportcore::MemoryEvidence::new(), FsSink::new(&big).unwrap())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:blob")))
+        .await
+        .unwrap();
+    let mut registry = Registry::start();
+    let target = OciTarget::parse(&format!("oci://{}/big:1", registry.addr()), "t").unwrap();
+    let push = {
+        let (big, target) = (big.clone(), target.clone());
+        tokio::spawn(async move { push_oci(&big, &target, None, &PushOptions::default()).await })
+    };
+    // Kill it while the 300 MiB blob streams up; bring it back a moment later.
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    registry.kill();
+    let tags = registry.get("/v2/big/tags/list");
+    assert!(tags.is_none(), "the registry is down");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    registry.restart();
+    let pushed = push.await.unwrap().unwrap();
+    // Everything arrived: skopeo reads the manifest back, the big layer has the right digest.
+    let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{}", pushed.reference)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(format!("sha256:{}", exportcore::Sha256Digest::of(&o.stdout)), pushed.digest);
+    let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"]["org.opencontainers.image.title"] == "blob.bin")
+        .unwrap();
+    let sha = exportcore::hashing::hash_reader(std::fs::File::open(big.join("blob.bin")).unwrap()).unwrap().1;
+    assert_eq!(layer["digest"], format!("sha256:{sha}"));
+    // And the registry holds those bytes (it checked the digest when the upload closed).
+    let again = push_oci(&big, &target, None, &PushOptions::default()).await.unwrap();
+    assert_eq!(again.stats.uploaded, 0, "every blob is there: {:?}", again.stats);
+
+    // Killed for good: the push fails after its budget, naming the target, and no tag exists.
+    let target2 = OciTarget::parse(&format!("oci://{}/never:1", registry.addr()), "t").unwrap();
+    let push = {
+        let big = big.clone();
+        tokio::spawn(async move { push_oci(&big, &target2, None, &PushOptions::default()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    registry.kill();
+    let e = push.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{e}");
+    assert!(e.report().contains("never:1"), "{}", e.report());
+    registry.restart();
+    let tags = registry.get("/v2/never/tags/list").unwrap();
+    assert!(!tags.contains("\"1\""), "a dangling tag: {tags}");
+}

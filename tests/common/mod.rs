@@ -105,6 +105,7 @@ pub struct Registry {
     child: std::process::Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    config: PathBuf,
 }
 
 impl Registry {
@@ -146,7 +147,32 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry missing: run sh tests/interop/install.sh");
-        let registry = Self { child, port, dir };
+        let registry = Self { child, port, dir, config };
+        registry.wait_up();
+        registry
+    }
+
+    /// Kills the registry (by PID) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("registry.log")).unwrap();
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_up();
+    }
+
+    /// Kills the registry by PID.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_up(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             let up = |r: String| {
@@ -154,14 +180,14 @@ impl Registry {
                     r.lines().next().unwrap_or_default().split_whitespace().nth(1).unwrap_or_default().to_owned();
                 status == "200" || status == "401"
             };
-            if registry.get("/v2/").is_some_and(up) {
-                return registry;
+            if self.get("/v2/").is_some_and(up) {
+                return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!(
             "the registry did not start: {}",
-            std::fs::read_to_string(registry.dir.path().join("registry.log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
         );
     }
 
