@@ -4,7 +4,7 @@
 set -eu
 VENV=${EXPORTCORE_INTEROP_VENV:-$HOME/.cache/exportcore/interop-venv}
 PKGS="skopeo umoci age docker-registry openssl zstd dash"
-PYPKGS="tuf==7.0.1 securesystemslib==1.6.0 in-toto==3.1.0 cryptography gmssl"
+PYPKGS="tuf==7.0.1 securesystemslib==1.6.0 in-toto==3.1.0 cryptography gmssl boto3"
 die() { echo "install.sh: FAIL: $*" >&2; exit 1; }
 
 missing=""
@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
 fi
 
 pyok() { "$VENV/bin/python" - <<'PY' 2>/dev/null
-import importlib.metadata as m, tuf, securesystemslib, in_toto, cryptography, gmssl
+import importlib.metadata as m, tuf, securesystemslib, in_toto, cryptography, gmssl, boto3
 assert m.version("tuf") == "7.0.1" and m.version("securesystemslib") == "1.6.0" and m.version("in-toto") == "3.1.0"
 PY
 }
@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ] || ! pyok; then
   python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (Debian: apt-get install python3-venv)"
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $PYPKGS || die "pip install $PYPKGS failed"
-  pyok || die "venv $VENV still cannot import tuf/securesystemslib/in_toto/cryptography/gmssl"
+  pyok || die "venv $VENV still cannot import tuf/securesystemslib/in_toto/cryptography/gmssl/boto3"
 fi
 
 # An S3-protocol server that checks request signatures (s3s-fs), for the object-storage
