@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{interop_enabled, interop_py, keys, samples, text, trivy, Registry};
+use common::{interop_enabled, interop_py, keys, samples, text, Registry};
 use exportcore::{DirEvidence, FsSink, Profile, RunBuilder, RunRequest, Timestamp};
 use exportcore_distribution::{push_oci, Credentials, OciTarget, PushOptions, Secret};
 use serde_json::Value;
@@ -33,31 +33,6 @@ async fn build(profile: impl Profile, out: &Path, signer: Arc<dyn exportcore::si
 
 fn skopeo(args: &[&str]) -> std::process::Output {
     Command::new("skopeo").args(args).output().expect("skopeo missing: run sh tests/interop/install.sh")
-}
-
-fn scan(cache: &Path, args: &[String]) -> Vec<(String, String)> {
-    let report = cache.join("report.json");
-    let o = Command::new(trivy())
-        .arg("rootfs")
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .args(["--scanners", "vuln", "--format", "json", "--output"])
-        .arg(&report)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy/rootfs"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "trivy: {}", text(&o));
-    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-    let mut out: Vec<(String, String)> = r["Results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|x| x["Vulnerabilities"].as_array().cloned().unwrap_or_default())
-        .map(|v| (v["PkgName"].as_str().unwrap().to_owned(), v["VulnerabilityID"].as_str().unwrap().to_owned()))
-        .collect();
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,8 +80,10 @@ async fn a_pushed_trivy_db_is_pulled_by_skopeo_cosign_and_trivy() {
     assert!(o.status.success(), "{}", text(&o));
     // Trivy downloads it and finds what the local DB finds.
     let remote_cache = tmp.path().join("remote-cache");
-    let remote_found =
-        scan(&remote_cache, &["--db-repository".into(), format!("{repo_ref}:2"), "--skip-java-db-update".into()]);
+    let remote_found = common::trivy_rootfs_findings(
+        &remote_cache,
+        &["--db-repository".into(), format!("{repo_ref}:2"), "--skip-java-db-update".into()],
+    );
     let local_cache = tmp.path().join("local-cache");
     std::fs::create_dir_all(local_cache.join("db")).unwrap();
     assert!(Command::new("tar")
@@ -117,8 +94,10 @@ async fn a_pushed_trivy_db_is_pulled_by_skopeo_cosign_and_trivy() {
         .status()
         .unwrap()
         .success());
-    let local_found =
-        scan(&local_cache, &["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()]);
+    let local_found = common::trivy_rootfs_findings(
+        &local_cache,
+        &["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()],
+    );
     assert!(!local_found.is_empty());
     assert_eq!(remote_found, local_found);
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{interop_enabled, interop_py, keys, samples, text, trivy, Registry};
+use common::{interop_enabled, interop_py, keys, samples, text, Registry};
 use exportcore::{DirEvidence, FsSink, RunBuilder, RunRequest, Timestamp};
 use serde_json::Value;
 use std::path::Path;
@@ -120,33 +120,7 @@ async fn skopeo_and_trivy_use_the_oci_layout_through_a_registry() {
 
     // Trivy downloads both databases from the registry into an empty cache and reports what
     // it reports with the local tarballs.
-    let scan = |args: &[String], cache: &Path| {
-        let report = cache.join("report.json");
-        let o = Command::new(trivy())
-            .arg("rootfs")
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(args)
-            .args(["--scanners", "vuln", "--format", "json", "--output"])
-            .arg(&report)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy/rootfs"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "trivy: {}", text(&o));
-        let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-        let mut found: Vec<(String, String, String)> = r["Results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|x| x["Vulnerabilities"].as_array().cloned().unwrap_or_default())
-            .map(|v| {
-                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-                (s("PkgName"), s("VulnerabilityID"), s("FixedVersion"))
-            })
-            .collect();
-        found.sort();
-        found
-    };
+    let scan = |args: &[String], cache: &Path| common::trivy_rootfs_findings(cache, args);
     let remote_cache = tmp.path().join("remote-cache");
     let remote = scan(
         &[

@@ -83,3 +83,39 @@ pub fn median(xs: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// `512K`, `100M`, `1G` or plain bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_uppercase();
+    let (num, mul) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (&s[..], 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul)
+}
+
+/// The value after `--name` on the command line.
+pub fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
+}
+
+/// Writes `bytes` of incompressible, deterministic bytes (xorshift) to `w`.
+pub fn write_incompressible(w: &mut dyn std::io::Write, bytes: u64, seed: u64) -> std::io::Result<()> {
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = seed | 1;
+    let mut left = bytes;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        let take = left.min(block.len() as u64) as usize;
+        w.write_all(&block[..take])?;
+        left -= take as u64;
+    }
+    Ok(())
+}

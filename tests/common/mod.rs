@@ -281,3 +281,33 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// The findings of the real Trivy scanning the rootfs fixture with `cache` as its cache dir
+/// and `args` (where its databases come from): sorted (package, vulnerability, fixed version).
+pub fn trivy_rootfs_findings(cache: &Path, args: &[String]) -> Vec<(String, String, String)> {
+    let report = cache.join("report.json");
+    let o = Command::new(trivy())
+        .arg("rootfs")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .args(["--scanners", "vuln", "--format", "json", "--output"])
+        .arg(&report)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy/rootfs"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "trivy: {}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let mut found: Vec<(String, String, String)> = r["Results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|x| x["Vulnerabilities"].as_array().cloned().unwrap_or_default())
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (s("PkgName"), s("VulnerabilityID"), s("FixedVersion"))
+        })
+        .collect();
+    found.sort();
+    found
+}

@@ -34,17 +34,6 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_uppercase();
-    let (num, mul) = match s.chars().last()? {
-        'K' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' => (&s[..s.len() - 1], 1 << 20),
-        'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul)
-}
-
 /// The core's bundle path with no format work: the advisory files verbatim, then a
 /// `manifest.json` with their sizes and digests, in one deterministic tar.zst.
 #[derive(Debug)]
@@ -189,7 +178,7 @@ fn main() -> ExitCode {
     let mut i = 1;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
-            ("--sizes", Some(v)) => sizes = v.split(',').filter_map(parse_size).collect(),
+            ("--sizes", Some(v)) => sizes = v.split(',').filter_map(exportcore_benches::parse_size).collect(),
             ("--dir", Some(v)) => base = Some(PathBuf::from(v)),
             ("--repeat", Some(v)) if v.parse::<usize>().is_ok_and(|n| n >= 1) => repeat = v.parse().unwrap_or(3),
             ("--bench", _) => {

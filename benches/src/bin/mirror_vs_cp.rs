@@ -21,21 +21,6 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_uppercase();
-    let (num, mul) = match s.chars().last()? {
-        'K' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' => (&s[..s.len() - 1], 1 << 20),
-        'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul)
-}
-
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
-}
-
 /// In the child: one run, then "seconds peak_rss_kib" on stdout.
 fn child(kind: &str, evidence: &Path, out: &Path, base: Option<&Path>) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -132,9 +117,13 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(&args[2], Path::new(&args[3]), Path::new(&args[4]), args.get(5).map(Path::new));
     }
-    let sizes: Vec<u64> = arg(&args, "--sizes").unwrap_or("100M,1G").split(',').filter_map(parse_size).collect();
-    let repeat: usize = arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
-    let tmp = match arg(&args, "--dir") {
+    let sizes: Vec<u64> = exportcore_benches::arg(&args, "--sizes")
+        .unwrap_or("100M,1G")
+        .split(',')
+        .filter_map(exportcore_benches::parse_size)
+        .collect();
+    let repeat: usize = exportcore_benches::arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
+    let tmp = match exportcore_benches::arg(&args, "--dir") {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
     }

@@ -38,21 +38,7 @@ impl Profile for Layout {
         let spec = ArtifactSpec::new("layer.bin", ArtifactType::Data, "bin", "application/octet-stream")?;
         let n = self.bytes;
         let (layer, ()) = ctx.write_artifact(spec, |w| {
-            let mut block = vec![0u8; 1 << 20];
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            let mut left = n;
-            while left > 0 {
-                for chunk in block.chunks_mut(8) {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-                }
-                let take = left.min(block.len() as u64) as usize;
-                w.write_all(&block[..take]).map_err(io)?;
-                left -= take as u64;
-            }
-            Ok(())
+            exportcore_benches::write_incompressible(w, n, 0x9E37_79B9_7F4A_7C15).map_err(io)
         })?;
         let blob = |ctx: &mut ExportContext<'_>, bytes: &[u8]| -> exportcore::Result<exportcore::Sha256Digest> {
             let d = exportcore::Sha256Digest::of(bytes);
@@ -97,20 +83,6 @@ impl Profile for Layout {
     }
 }
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_uppercase();
-    let (num, mul) = match s.chars().last()? {
-        'M' => (&s[..s.len() - 1], 1u64 << 20),
-        'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul)
-}
-
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
-}
-
 fn child(dir: &Path, uri: &str) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let target = exportcore_distribution::OciTarget::parse(uri, "uri").expect("uri");
@@ -129,8 +101,8 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(Path::new(&args[2]), &args[3]);
     }
-    let size = arg(&args, "--size").and_then(parse_size).unwrap_or(1 << 30);
-    let repeat: usize = arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let size = exportcore_benches::arg(&args, "--size").and_then(exportcore_benches::parse_size).unwrap_or(1 << 30);
+    let repeat: usize = exportcore_benches::arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -38,21 +38,8 @@ impl Profile for Blob {
         let spec = ArtifactSpec::new("blob.bin", ArtifactType::Data, "bin", "application/octet-stream")?;
         let n = self.bytes;
         ctx.write_artifact(spec, |w| {
-            let mut block = vec![0u8; 1 << 20];
-            let mut state = 0x2545_F491_4F6C_DD1Du64;
-            let mut left = n;
-            while left > 0 {
-                for chunk in block.chunks_mut(8) {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-                }
-                let take = left.min(block.len() as u64) as usize;
-                w.write_all(&block[..take]).map_err(|e| exportcore::ExportError::io("blob", e))?;
-                left -= take as u64;
-            }
-            Ok(())
+            exportcore_benches::write_incompressible(w, n, 0x2545_F491_4F6C_DD1D)
+                .map_err(|e| exportcore::ExportError::io("blob", e))
         })?;
         Ok(())
     }
@@ -60,20 +47,6 @@ impl Profile for Blob {
 
 fn cache() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/exportcore")
-}
-
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
-}
-
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_uppercase();
-    let (num, mul) = match s.chars().last()? {
-        'M' => (&s[..s.len() - 1], 1u64 << 20),
-        'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul)
 }
 
 fn child(dir: &Path, endpoint: &str, prefix: &str, read_back: bool) -> ExitCode {
@@ -107,8 +80,8 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(Path::new(&args[2]), &args[3], &args[4], args[5] == "read-back");
     }
-    let size = arg(&args, "--size").and_then(parse_size).unwrap_or(1 << 30);
-    let repeat: usize = arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let size = exportcore_benches::arg(&args, "--size").and_then(exportcore_benches::parse_size).unwrap_or(1 << 30);
+    let repeat: usize = exportcore_benches::arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -21,21 +21,6 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_uppercase();
-    let (num, mul) = match s.chars().last()? {
-        'K' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' => (&s[..s.len() - 1], 1 << 20),
-        'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mul)
-}
-
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
-}
-
 /// One run; its wall-clock seconds and the selection line of its manifest.
 fn run(
     rt: &tokio::runtime::Runtime,
@@ -73,11 +58,11 @@ fn run(
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let size = arg(&args, "--size").and_then(parse_size).unwrap_or(1 << 30);
+    let size = exportcore_benches::arg(&args, "--size").and_then(exportcore_benches::parse_size).unwrap_or(1 << 30);
     // For profiling the selected path alone.
     let selected_only = args.iter().any(|a| a == "--selected-only");
-    let repeat: usize = arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    let tmp = match arg(&args, "--dir") {
+    let repeat: usize = exportcore_benches::arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let tmp = match exportcore_benches::arg(&args, "--dir") {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
     }
