@@ -476,6 +476,52 @@ mod tests {
         (addr, served)
     }
 
+    /// A server that answers each connection with the next of `replies` (raw HTTP responses,
+    /// the last one repeating).
+    fn scripted(replies: Vec<String>) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut length) = (String::new(), 0usize);
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                let _ = stream.write_all(replies[n.min(replies.len() - 1)].as_bytes());
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_upload_answered_500_then_201_succeeds() {
+        let reply = |status: &str, extra: &str| {
+            format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        let addr = scripted(vec![
+            reply("202 Accepted", "Location: /v2/r/blobs/uploads/u1?_state=x\r\n"),
+            reply("500 Internal Server Error", ""),
+            reply("201 Created", ""),
+        ]);
+        let body = Bytes::from_static(b"{}");
+        registry(&addr).upload_bytes(body.clone(), &Sha256Digest::of(&body)).await.unwrap();
+        // Always 500: the budget runs out and the failure says so.
+        let addr = scripted(vec![
+            reply("202 Accepted", "Location: /v2/r/blobs/uploads/u1\r\n"),
+            reply("500 Internal Server Error", ""),
+        ]);
+        let e = registry(&addr).upload_bytes(body.clone(), &Sha256Digest::of(&body)).await.unwrap_err();
+        assert!(e.transient && e.message.contains("blob PUT: 500"), "{}", e.message);
+    }
+
     fn registry(addr: &str) -> Registry {
         let target = OciTarget::parse(&format!("oci://{addr}/r:1"), "t").unwrap();
         let mut r = Registry::new(&target, None).unwrap();
