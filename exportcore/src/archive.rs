@@ -123,6 +123,10 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// zstd job size of multithreaded compression.
+#[cfg(feature = "zstd")]
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
 impl<W: Write> Encoder<W> {
     fn new(w: W, o: &ArchiveOptions) -> Result<Self> {
         match o.compression {
@@ -137,6 +141,9 @@ impl<W: Write> Encoder<W> {
                     let mut e = zstd::stream::write::Encoder::new(w, o.zstd_level)?;
                     e.include_checksum(true)?;
                     e.multithread(o.workers.max(1))?;
+                    // A fixed job size keeps the output the same for any worker count and bounds
+                    // the compressor's buffers (the default for level 3 is 8 MiB per job).
+                    e.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                     Ok(e)
                 };
                 mk().map(Encoder::Zstd).map_err(|e| ExportError::internal_caused("zstd", "starting the compressor", e))
