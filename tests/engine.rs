@@ -319,7 +319,7 @@ async fn idempotency_keys() {
         assert_eq!(a.run_id, b.run_id, "{name}");
         assert_eq!(ex.list(&t("t"), &RunFilter::default()).await.unwrap().runs.len(), 1, "no second run");
         let err = ex.submit(Submission::new(t("t"), req(Priority::High)).idempotency_key("k")).await.unwrap_err();
-        assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+        assert_eq!(err.code(), "ERR_EXPORT_CONFLICT");
         assert!(err.to_string().contains("different request"), "{err}");
         // Another tenant may use the same key.
         let c = ex.submit(Submission::new(t("other"), req(Priority::Normal)).idempotency_key("k")).await.unwrap();

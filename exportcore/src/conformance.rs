@@ -462,6 +462,39 @@ mod stores {
         store_finish_is_one_step(store).await;
         store_expiry_running_and_durations(store).await;
         store_distributions(store).await;
+        store_profiles(store).await;
+    }
+
+    /// Saved profiles: revisions are immutable, the latest is the default, tenants are apart.
+    pub async fn store_profiles(store: &dyn RunStore) {
+        use crate::saved::{ProfileSpec, SavedProfile};
+        let spec = |name: &str, days: u32| -> ProfileSpec {
+            serde_json::from_value(
+                serde_json::json!({"name": name, "kind": "json", "variant": "raw", "retentionDays": days}),
+            )
+            .expect("spec")
+        };
+        let p = |tenant: &str, name: &str, rev: u32, days: u32| {
+            SavedProfile::new(&t(tenant), spec(name, days), rev, at(rev as i64)).expect("profile")
+        };
+        store.put_profile(&p("t-p", "daily", 1, 7)).await.expect("put r1");
+        store.put_profile(&p("t-p", "daily", 2, 14)).await.expect("put r2");
+        store.put_profile(&p("t-p", "adhoc", 1, 1)).await.expect("put adhoc");
+        store.put_profile(&p("t-q", "daily", 1, 30)).await.expect("put foreign");
+        let again = store.put_profile(&p("t-p", "daily", 2, 99)).await.expect_err("a revision never changes");
+        assert!(matches!(again, ExportError::Conflict { .. }), "{again:?}");
+        let latest = store.get_profile(&t("t-p"), "daily", None).await.expect("latest");
+        assert_eq!((latest.revision, latest.spec.retention_days), (2, Some(14)));
+        assert_eq!(latest, p("t-p", "daily", 2, 14), "stored whole");
+        let first = store.get_profile(&t("t-p"), "daily", Some(1)).await.expect("r1");
+        assert_eq!(first.spec.retention_days, Some(7));
+        for (tenant, name, rev) in [("t-p", "daily", Some(3)), ("t-p", "none", None), ("t-r", "daily", None)] {
+            let err = store.get_profile(&t(tenant), name, rev).await.expect_err("absent");
+            assert!(matches!(err, ExportError::ProfileNotFound { .. }), "{tenant}/{name}: {err:?}");
+        }
+        let list = store.list_profiles(&t("t-p")).await.expect("list");
+        let names: Vec<_> = list.iter().map(|p| (p.spec.name.as_str(), p.revision)).collect();
+        assert_eq!(names, vec![("adhoc", 1), ("daily", 2)], "latest revision of each, by name, own tenant only");
     }
 
     /// Distribution records: stored whole, per tenant, listed newest first and by run.
@@ -560,7 +593,7 @@ mod stores {
         assert_eq!(again, Created::Existing(first.run().clone()), "same key and request must return the first run");
         let err =
             store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
-        assert!(matches!(err, ExportError::RequestInvalid { .. }), "{err:?}");
+        assert!(matches!(err, ExportError::Conflict { .. }), "{err:?}");
         // Keys are per tenant.
         let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
         assert!(matches!(other, Created::New(_)));

@@ -65,6 +65,15 @@ pub enum ExportError {
         /// The measured value.
         actual: u64,
     },
+    /// The request collides with the state of a stored resource: an `Idempotency-Key` reused
+    /// with another request, a saved-profile revision written twice at once.
+    #[error("conflict: {what}: {reason}")]
+    Conflict {
+        /// What collided (`Idempotency-Key`, `profile acme/daily revision 3`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// Too many runs queued; try again after the given number of seconds.
     #[error("rate limited: retry after {retry_after_secs}s")]
     RateLimit {
@@ -194,6 +203,7 @@ impl ExportError {
             ExportError::ProfileNotFound { .. } => "ERR_EXPORT_PROFILE_NOT_FOUND",
             ExportError::RequestInvalid { .. } => "ERR_EXPORT_REQUEST_INVALID",
             ExportError::TooLarge { .. } => "ERR_EXPORT_TOO_LARGE",
+            ExportError::Conflict { .. } => "ERR_EXPORT_CONFLICT",
             ExportError::RateLimit { .. } => "ERR_EXPORT_RATE_LIMIT",
             ExportError::DistributionFailed { .. } => "ERR_EXPORT_DISTRIBUTION_FAILED",
             ExportError::EvidenceInvalid { .. } => "ERR_EXPORT_EVIDENCE_INVALID",
@@ -293,6 +303,7 @@ mod tests {
             (ExportError::invalid("targets", "bad"), "ERR_EXPORT_REQUEST_INVALID"),
             (ExportError::TooLarge { what: "body".into(), limit: 1, actual: 2 }, "ERR_EXPORT_TOO_LARGE"),
             (ExportError::RateLimit { retry_after_secs: 3 }, "ERR_EXPORT_RATE_LIMIT"),
+            (ExportError::Conflict { what: "k".into(), reason: "r".into() }, "ERR_EXPORT_CONFLICT"),
             (
                 ExportError::DistributionFailed { target: "fs".into(), source: "x".into() },
                 "ERR_EXPORT_DISTRIBUTION_FAILED",

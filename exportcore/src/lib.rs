@@ -94,6 +94,7 @@ mod pgzip;
 pub mod profile;
 pub mod purl;
 pub mod run;
+pub mod saved;
 pub mod select;
 pub mod sign;
 pub mod sink;
@@ -109,7 +110,7 @@ pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSou
 pub use model::{
     ArtifactType, Compression, DistributedArtifact, Distribution, DistributionRecord, DistributionStatus,
     DistributionType, Encryption, Format, Limits, Output, Priority, Progress, Run, RunError, RunEvent, RunRequest,
-    RunRequestBuilder, RunStatus, Signing, Target, Timestamp,
+    RunRequestBuilder, RunStatus, SavedProfileRef, Signing, Target, Timestamp,
 };
 pub use path::ArtifactPath;
 pub use profile::{

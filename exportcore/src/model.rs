@@ -750,6 +750,20 @@ pub struct Run {
     /// What the profile skipped or worked around, counted (the run still succeeded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<RunError>,
+    /// The saved profile the run named, and the revision it used (`profileId` is then the
+    /// built-in profile that ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_profile: Option<SavedProfileRef>,
+}
+
+/// A saved profile revision a run used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedProfileRef {
+    /// `export-profile::<tenant>::<name>`.
+    pub id: String,
+    /// The revision.
+    pub revision: u32,
 }
 
 impl Run {
@@ -776,6 +790,7 @@ impl Run {
             errors: Vec::new(),
             attempts: 0,
             warnings: Vec::new(),
+            saved_profile: None,
         }
     }
 }

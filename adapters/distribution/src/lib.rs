@@ -680,7 +680,11 @@ mod tests {
         let mut http = record(DistributionType::Http, "");
         http.expires_at = Some(Timestamp::parse("2025-01-01T06:00:00Z").unwrap());
         let urls = reader_urls(&http, &none, Some(&signer), now, day).await.unwrap();
-        assert!(urls[0].url.starts_with("/export-center/runs/r1/artifacts/db.tar.gz?exp="), "{}", urls[0].url);
+        assert!(
+            urls[0].url.starts_with("/export-center/runs/r1/artifacts/db.tar.gz?tenant=acme&exp="),
+            "{}",
+            urls[0].url
+        );
         assert_eq!(urls[0].expires_at, http.expires_at, "never past the record's expiry");
         let q = urls[0].url.split_once('?').unwrap().1;
         signer

@@ -86,7 +86,7 @@ impl UrlSigner {
         Some(mac)
     }
 
-    /// `path?exp=…&kid=…&sig=…`, valid for `method` on `path` for `tenant` until `expires`.
+    /// `path?tenant=…&exp=…&kid=…&sig=…`, valid for `method` on `path` for `tenant` until `expires`.
     ///
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` for a path with a query or fragment.
@@ -99,7 +99,23 @@ impl UrlSigner {
             .mac(&self.active, &method.to_ascii_uppercase(), path, tenant, exp)
             .ok_or_else(|| ExportError::internal("signed url", "the active key is missing"))?;
         let sig = hex::encode(mac.finalize().into_bytes());
-        Ok(format!("{path}?exp={exp}&kid={}&sig={sig}", self.active))
+        Ok(format!("{path}?tenant={tenant}&exp={exp}&kid={}&sig={sig}", self.active))
+    }
+
+    /// Checks a request whose URL names its tenant (`tenant=` in `query`, as [`UrlSigner::sign`]
+    /// writes it) and returns that tenant. The tenant is covered by the signature, so changing
+    /// it breaks the URL.
+    ///
+    /// # Errors
+    /// As [`UrlSigner::verify`]; also when `tenant` is missing or malformed.
+    pub fn verify_request(&self, method: &str, path: &str, query: &str, now: Timestamp) -> Result<TenantId> {
+        let tenant = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("tenant="))
+            .ok_or_else(|| refused("the URL names no tenant"))?;
+        let tenant = TenantId::parse(tenant).map_err(|_| refused("the URL's tenant is malformed"))?;
+        self.verify(method, path, &tenant, query, now)?;
+        Ok(tenant)
     }
 
     /// Checks a request: `query` is the URL's query string. Refused when tampered (any part),

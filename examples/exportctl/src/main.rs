@@ -172,18 +172,48 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serve the gateway HTTP contract.
-    Serve {
-        /// Address to listen on (127.0.0.1:PORT).
-        #[arg(long)]
-        listen: String,
-        /// Run store.
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Data directory.
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
+    /// Serve the gateway HTTP contract (`/export-center/...`) until SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:PORT`; port 0 picks a free one). The bound address is
+    /// printed on stderr.
+    #[arg(long)]
+    listen: String,
+    /// Run store (SQLite file; default exports.sqlite).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Where runs publish their artifacts, one directory per run (default ./export-data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The evidence runs read (default ./samples/evidence when present).
+    #[arg(long)]
+    evidence: Option<PathBuf>,
+    /// JWKS file of the token issuer (DPoP-bound JWT access tokens).
+    #[arg(long, requires_all = ["issuer", "audience"])]
+    jwks: Option<PathBuf>,
+    /// Expected `iss` of access tokens.
+    #[arg(long, requires = "jwks")]
+    issuer: Option<String>,
+    /// Expected `aud` of access tokens.
+    #[arg(long, requires = "jwks")]
+    audience: Option<String>,
+    /// DEVELOPMENT ONLY: a static bearer token, `TOKEN=TENANT[,TENANT]:SCOPE[,SCOPE]`
+    /// (repeatable). Sent as `Authorization: Bearer TOKEN`, no DPoP.
+    #[arg(long = "dev-token")]
+    dev_tokens: Vec<String>,
+    /// Concurrent runs (default 2).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Requests per tenant per minute (default 6000).
+    #[arg(long, default_value_t = 6000)]
+    rate_limit: u32,
+    /// HMAC key file for signed download URLs (at least 32 bytes; share it across nodes).
+    /// Default: a random key per start.
+    #[arg(long)]
+    url_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -332,10 +362,6 @@ impl From<ExportError> for Failure {
     }
 }
 
-fn not_supported(feature: &str) -> Failure {
-    ExportError::NotSupported { feature: feature.to_owned() }.into()
-}
-
 fn profiles() -> Profiles {
     let mut all = exportcore_json::profiles();
     all.extend(exportcore_trivy::profiles());
@@ -475,7 +501,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { algorithm, out } => keygen(&algorithm, &out),
-        Command::Serve { .. } => Err(not_supported("serve (gateway)")),
+        Command::Serve(args) => serve(args).await,
     }
 }
 
@@ -763,6 +789,72 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `exportctl serve`: the gateway over an engine with every built-in profile.
+async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
+    use exportcore_gateway::auth::{Authenticator, DevTokens, DpopAuthenticator};
+    let auth: Arc<dyn Authenticator> = match (&args.jwks, args.dev_tokens.is_empty()) {
+        (Some(jwks), true) => Arc::new(DpopAuthenticator::from_jwks_file(
+            jwks,
+            args.issuer.as_deref().unwrap_or_default(),
+            args.audience.as_deref().unwrap_or_default(),
+        )?),
+        (None, false) => {
+            errln!(
+                "warning: DEVELOPMENT MODE: {} static bearer token(s) accepted without DPoP; never use this in production",
+                args.dev_tokens.len()
+            );
+            Arc::new(DevTokens::parse(&args.dev_tokens)?)
+        }
+        (Some(_), false) => {
+            return Err(ExportError::invalid("--dev-token", "use either --jwks or --dev-token, not both").into())
+        }
+        (None, true) => {
+            return Err(ExportError::invalid(
+                "--jwks",
+                "no authentication configured: pass --jwks/--issuer/--audience (or --dev-token for development)",
+            )
+            .into())
+        }
+    };
+    let data = args.data.clone().unwrap_or_else(|| PathBuf::from("export-data"));
+    std::fs::create_dir_all(&data).map_err(|e| ExportError::io(&data, e))?;
+    let evidence_dir = args.evidence.clone().unwrap_or_else(|| PathBuf::from("samples/evidence"));
+    let evidence = DirEvidence::new(&evidence_dir)?;
+    let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    let store = SqliteStore::open(&store_path)?;
+    let lock = EngineLock::open(&store_path)?;
+    // Stage beside --data, as `run` stages beside --out: same filesystem, swept at start.
+    let staging = staging_root(&data);
+    exportcore::run::sweep_stale_staging(&staging)?;
+    let exporter = Exporter::builder()
+        .profiles(profiles())
+        .sink(FsSink::new(&data)?)
+        .store(store)
+        .evidence(evidence)
+        .concurrency(args.workers.max(1))
+        .staging_dir(&staging)
+        .distributor(Arc::new(exportcore_distribution::OciDistributor::new()))
+        .distributor(Arc::new(exportcore_distribution::ObjectDistributor::new(
+            exportcore_distribution::s3::S3Config::from_env(),
+        )))
+        .build()?;
+    lock.recover_then_share(&exporter).await?;
+    let mut config = exportcore_gateway::GatewayConfig::default()
+        .rate_limit(args.rate_limit.max(1), std::time::Duration::from_secs(60));
+    if let Some(path) = &args.url_key {
+        let key = std::fs::read(path).map_err(|e| ExportError::io(path, e))?;
+        config = config.url_signer(exportcore_distribution::signed_url::UrlSigner::new("k1", &key)?);
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| ExportError::io(&args.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| ExportError::io(&args.listen, e))?;
+    errln!("listening on http://{addr}/export-center/ (data {}, store {})", data.display(), store_path.display());
+    let options = exportcore_gateway::ServeOptions::new(auth).config(config);
+    exportcore_gateway::serve(exporter, listener, options, exportcore_gateway::shutdown_signal()).await?;
+    errln!("stopped");
+    drop(lock);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The default run store.

@@ -55,6 +55,7 @@ use crate::id::{RunId, TenantId};
 use crate::model::{Priority, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::path::ArtifactPath;
 use crate::profile::{CancelFlag, Profiles};
+use crate::saved::{ProfileSpec, SavedProfile};
 use crate::sign::Signer;
 use crate::sink::Sink;
 use crate::store::{Created, IdempotencyKey, NewRun, Page, RunFilter, RunStore};
@@ -184,6 +185,16 @@ impl Exporter {
         let Submission { tenant, project, request, idempotency_key } = submission;
         let cfg = &self.inner.cfg;
         request.validate(&cfg.limits)?;
+        let hash_input = serde_json::json!({"project": project, "request": request});
+        let request_hash = Sha256Digest::of(&crate::canonical::to_vec(&hash_input).unwrap_or_default());
+        let (request, saved) = if crate::saved::is_saved_id(request.profile_id.as_str()) {
+            let saved = self.saved_profile(&tenant, request.profile_id.as_str()).await?;
+            let applied = saved.apply(request)?;
+            applied.validate(&cfg.limits)?;
+            (applied, Some(crate::model::SavedProfileRef { id: saved.id, revision: saved.revision }))
+        } else {
+            (request, None)
+        };
         let profile = cfg.profiles.get(&request.profile_id)?;
         crate::run::check_implemented(&request, &profile.descriptor(), &cfg.distributors)?;
         profile.validate(&request)?;
@@ -194,15 +205,14 @@ impl Exporter {
             return Err(ExportError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
         }
         let now = self.now();
-        let hash_input = serde_json::json!({"project": project, "request": request});
-        let request_hash = Sha256Digest::of(&crate::canonical::to_vec(&hash_input).unwrap_or_default());
         let queued = cfg.store.queued_count().await?;
         let avg = self.average_duration(&request).await?;
         if queued >= cfg.max_queued {
             let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
             return Err(ExportError::RateLimit { retry_after_secs: retry_after });
         }
-        let run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);
+        let mut run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);
+        run.saved_profile = saved;
         let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
         let idempotency =
             idempotency_key.map(|key| IdempotencyKey { key, expires_at: clock::plus(now, cfg.idempotency_ttl) });
@@ -222,6 +232,69 @@ impl Exporter {
     async fn average_duration(&self, request: &RunRequest) -> Result<f64> {
         let recent = self.inner.cfg.store.recent_durations(&request.profile_id, 20).await?;
         Ok(if recent.is_empty() { 30.0 } else { recent.iter().sum::<f64>() / recent.len() as f64 })
+    }
+
+    fn check_spec(&self, spec: &ProfileSpec) -> Result<()> {
+        spec.validate_shape()?;
+        let request = spec.as_request()?;
+        request.validate(&self.inner.cfg.limits)?;
+        let profile = self.inner.cfg.profiles.get(&request.profile_id)?;
+        crate::run::check_implemented(&request, &profile.descriptor(), &self.inner.cfg.distributors)?;
+        profile.validate(&request)
+    }
+
+    /// Saves a new profile of `tenant` (revision 1).
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` for a spec no run could use (unknown `kind:variant` is
+    /// `ERR_EXPORT_PROFILE_NOT_FOUND`); `ERR_EXPORT_CONFLICT` when the name exists.
+    pub async fn create_profile(&self, tenant: &TenantId, spec: ProfileSpec) -> Result<SavedProfile> {
+        self.check_spec(&spec)?;
+        let store = &self.inner.cfg.store;
+        match store.get_profile(tenant, &spec.name, None).await {
+            Ok(p) => {
+                return Err(ExportError::Conflict {
+                    what: format!("profile {}", p.id),
+                    reason: format!("it exists (revision {}); update it instead", p.revision),
+                })
+            }
+            Err(ExportError::ProfileNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let saved = SavedProfile::new(tenant, spec, 1, self.now())?;
+        store.put_profile(&saved).await?;
+        Ok(saved)
+    }
+
+    /// Stores the next revision of the saved profile `id` of `tenant`; earlier revisions stay
+    /// as they were.
+    ///
+    /// # Errors
+    /// As [`Exporter::create_profile`]; `ERR_EXPORT_PROFILE_NOT_FOUND` for an unknown or foreign
+    /// id; `ERR_EXPORT_REQUEST_INVALID` when the spec renames the profile; `ERR_EXPORT_CONFLICT`
+    /// when another update stored the same revision first.
+    pub async fn update_profile(&self, tenant: &TenantId, id: &str, spec: ProfileSpec) -> Result<SavedProfile> {
+        let current = self.saved_profile(tenant, id).await?;
+        if spec.name != current.spec.name {
+            return Err(ExportError::invalid("name", format!("{:?} does not match the profile id {id}", spec.name)));
+        }
+        self.check_spec(&spec)?;
+        let saved = SavedProfile::new(tenant, spec, current.revision + 1, self.now())?;
+        self.inner.cfg.store.put_profile(&saved).await?;
+        Ok(saved)
+    }
+
+    /// The latest revision of the saved profile `id` (`export-profile::<tenant>::<name>`) of
+    /// `tenant`; another tenant's id is `ERR_EXPORT_PROFILE_NOT_FOUND`.
+    pub async fn saved_profile(&self, tenant: &TenantId, id: &str) -> Result<SavedProfile> {
+        let name =
+            crate::saved::name_in(tenant, id).ok_or_else(|| ExportError::ProfileNotFound { profile: id.into() })?;
+        self.inner.cfg.store.get_profile(tenant, &name, None).await
+    }
+
+    /// The latest revision of each saved profile of `tenant`.
+    pub async fn saved_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>> {
+        self.inner.cfg.store.list_profiles(tenant).await
     }
 
     /// A run of `tenant`.

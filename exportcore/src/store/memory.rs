@@ -3,6 +3,7 @@ use crate::error::{ExportError, Result};
 use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -24,6 +25,7 @@ struct State {
     idempotency: HashMap<(TenantId, String), (Sha256Digest, RunId, Timestamp)>,
     next_seq: u64,
     distributions: BTreeMap<(TenantId, String), crate::model::DistributionRecord>,
+    profiles: BTreeMap<(TenantId, String, u32), SavedProfile>,
 }
 
 /// A run store in memory: for tests and embedders that need no durability.
@@ -78,10 +80,10 @@ impl RunStore for MemoryStore {
             if let Some((hash, run_id, expires)) = st.idempotency.get(&slot).cloned() {
                 if expires > now {
                     if hash != new.request_hash {
-                        return Err(ExportError::invalid(
-                            "Idempotency-Key",
-                            format!("key {:?} was used for a different request (run {run_id})", k.key),
-                        ));
+                        return Err(ExportError::Conflict {
+                            what: "Idempotency-Key".into(),
+                            reason: format!("key {:?} was used for a different request (run {run_id})", k.key),
+                        });
                     }
                     if let Some(e) = st.runs.get(&run_id) {
                         return Ok(Created::Existing(e.run.clone()));
@@ -281,6 +283,40 @@ impl RunStore for MemoryStore {
             .collect();
         out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(out)
+    }
+
+    async fn put_profile(&self, profile: &SavedProfile) -> Result<()> {
+        let key = (profile.tenant.clone(), profile.spec.name.clone(), profile.revision);
+        let mut st = self.lock();
+        if st.profiles.contains_key(&key) {
+            return Err(super::profile_conflict(profile));
+        }
+        st.profiles.insert(key, profile.clone());
+        Ok(())
+    }
+
+    async fn get_profile(&self, tenant: &TenantId, name: &str, revision: Option<u32>) -> Result<SavedProfile> {
+        let st = self.lock();
+        let lo = (tenant.clone(), name.to_owned(), 0);
+        let hi = (tenant.clone(), name.to_owned(), u32::MAX);
+        let mut revs = st.profiles.range(lo..=hi).map(|(_, p)| p);
+        match revision {
+            Some(r) => revs.find(|p| p.revision == r),
+            None => revs.next_back(),
+        }
+        .cloned()
+        .ok_or_else(|| super::profile_not_found(tenant, name, revision))
+    }
+
+    async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>> {
+        let st = self.lock();
+        let mut latest: BTreeMap<&str, &SavedProfile> = BTreeMap::new();
+        for ((t, name, _), p) in st.profiles.iter() {
+            if t == tenant {
+                latest.insert(name, p);
+            }
+        }
+        Ok(latest.into_values().cloned().collect())
     }
 }
 

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -120,7 +121,7 @@ pub struct StoredEvent {
 /// - Every tenant-facing call takes the tenant and never returns, lists or changes another
 ///   tenant's run: a foreign run id is [`crate::ExportError::NotFound`].
 /// - `create` is atomic with its idempotency check: same tenant + live key + same request hash
-///   → `Existing` (nothing stored); same key + different request → `RequestInvalid`.
+///   → `Existing` (nothing stored); same key + different request → `Conflict`.
 /// - `claim_next` atomically moves the queued run with the lowest `(rank, submission order)`
 ///   to `running`, sets `startedAt` (first attempt) and increments `attempts`.
 /// - Event ids increase by one per run, from 1.
@@ -183,6 +184,31 @@ pub trait RunStore: Debug + Send + Sync + 'static {
         tenant: &TenantId,
         run_id: Option<&RunId>,
     ) -> Result<Vec<crate::model::DistributionRecord>>;
+    /// Stores a new revision of a saved profile. Revisions never change: storing a revision
+    /// that exists (`tenant`, `name`, `revision`) is [`crate::ExportError::Conflict`] and
+    /// changes nothing.
+    async fn put_profile(&self, profile: &SavedProfile) -> Result<()>;
+    /// A saved profile of `tenant` by name: revision `revision`, or the latest when `None`
+    /// ([`crate::ExportError::NotFound`] for another tenant's).
+    async fn get_profile(&self, tenant: &TenantId, name: &str, revision: Option<u32>) -> Result<SavedProfile>;
+    /// The latest revision of each saved profile of `tenant`, by name.
+    async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>>;
+}
+
+pub(crate) fn profile_not_found(tenant: &TenantId, name: &str, revision: Option<u32>) -> crate::ExportError {
+    crate::ExportError::ProfileNotFound {
+        profile: match revision {
+            Some(r) => format!("{} revision {r}", crate::saved::profile_id(tenant, name)),
+            None => crate::saved::profile_id(tenant, name),
+        },
+    }
+}
+
+pub(crate) fn profile_conflict(p: &SavedProfile) -> crate::ExportError {
+    crate::ExportError::Conflict {
+        what: format!("profile {} revision {}", p.id, p.revision),
+        reason: "that revision exists already and revisions never change".into(),
+    }
 }
 
 /// Refuses to move a run out of a final state: `succeeded` and `failed` may only become

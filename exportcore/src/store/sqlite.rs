@@ -2,6 +2,7 @@ use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunSt
 use crate::error::{ExportError, Result};
 use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -59,6 +60,15 @@ CREATE TABLE distributions (
     PRIMARY KEY (tenant, id)
 ) WITHOUT ROWID;
 CREATE INDEX distributions_run ON distributions(tenant, run_id, created_ms);
+"#,
+    r#"
+CREATE TABLE profiles (
+    tenant   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    record   TEXT NOT NULL,
+    PRIMARY KEY (tenant, name, revision)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -363,10 +373,10 @@ impl RunStore for SqliteStore {
                 if let Some((hash, run_id, expires)) = existing {
                     if expires > millis(now) {
                         if hash != new.request_hash.to_hex() {
-                            return Err(ExportError::invalid(
-                                "Idempotency-Key",
-                                format!("key {:?} was used for a different request (run {run_id})", k.key),
-                            ));
+                            return Err(ExportError::Conflict {
+                            what: "Idempotency-Key".into(),
+                            reason: format!("key {:?} was used for a different request (run {run_id})", k.key),
+                        });
                         }
                         let record: Option<String> = tx
                             .query_row("SELECT record FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0))
@@ -686,6 +696,71 @@ impl RunStore for SqliteStore {
                 out.push(serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
                     path: path.to_owned(),
                     reason: format!("a distribution record: {e}"),
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+    async fn put_profile(&self, profile: &SavedProfile) -> Result<()> {
+        let p = profile.clone();
+        let json = serde_json::to_string(&p)
+            .map_err(|e| ExportError::internal_caused("sqlite", "serialising a profile", e))?;
+        self.with(move |conn, path| {
+            match conn.execute(
+                "INSERT INTO profiles (tenant, name, revision, record) VALUES (?1, ?2, ?3, ?4)",
+                params![p.tenant.as_str(), p.spec.name, p.revision, json],
+            ) {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(super::profile_conflict(&p))
+                }
+                Err(e) => Err(store_err(path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_profile(&self, tenant: &TenantId, name: &str, revision: Option<u32>) -> Result<SavedProfile> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.with(move |conn, path| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM profiles WHERE tenant = ?1 AND name = ?2 AND (?3 IS NULL OR revision = ?3) \
+                     ORDER BY revision DESC LIMIT 1",
+                    params![tenant.as_str(), name, revision],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| store_err(path, e))?;
+            let json = json.ok_or_else(|| super::profile_not_found(&tenant, &name, revision))?;
+            serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
+                path: path.to_owned(),
+                reason: format!("profile {name}: {e}"),
+            })
+        })
+        .await
+    }
+
+    async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>> {
+        let tenant = tenant.clone();
+        self.with(move |conn, path| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT p.record FROM profiles p WHERE p.tenant = ?1 AND p.revision = \
+                     (SELECT MAX(q.revision) FROM profiles q WHERE q.tenant = p.tenant AND q.name = p.name) \
+                     ORDER BY p.name",
+                )
+                .map_err(|e| store_err(path, e))?;
+            let rows = stmt
+                .query_map(params![tenant.as_str()], |row| row.get::<_, String>(0))
+                .map_err(|e| store_err(path, e))?;
+            let mut out = Vec::new();
+            for json in rows {
+                let json = json.map_err(|e| store_err(path, e))?;
+                out.push(serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
+                    path: path.to_owned(),
+                    reason: format!("a saved profile: {e}"),
                 })?);
             }
             Ok(out)

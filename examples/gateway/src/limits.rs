@@ -1,0 +1,182 @@
+//! Per-tenant rate limits, per-tenant caps on open event streams, and the replay cache of
+//! `Idempotency-Key`s.
+//!
+//! The rate limit is a fixed window per tenant, written here rather than taken from
+//! `governor`: the quota headers (`X-Stella-Quota-Limit/-Remaining/-Reset`) need the window's
+//! count and end, which a GCRA limiter does not expose.
+
+use exportcore::TenantId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests allowed per tenant per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per window.
+    pub requests: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { requests: 6_000, window: Duration::from_secs(60) }
+    }
+}
+
+/// The quota state reported on every authenticated reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// `X-Stella-Quota-Limit`.
+    pub limit: u32,
+    /// `X-Stella-Quota-Remaining`.
+    pub remaining: u32,
+    /// `X-Stella-Quota-Reset`: seconds until the window ends.
+    pub reset_secs: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    cfg: RateLimit,
+    windows: Mutex<HashMap<TenantId, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(cfg: RateLimit) -> Self {
+        Self { cfg, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a request of `tenant`: `Ok` with the quota left, `Err` with the quota when over.
+    pub(crate) fn check(&self, tenant: &TenantId) -> Result<Quota, Quota> {
+        let now = Instant::now();
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < self.cfg.window);
+        }
+        let slot = w.entry(tenant.clone()).or_insert((now, 0));
+        if now.duration_since(slot.0) >= self.cfg.window {
+            *slot = (now, 0);
+        }
+        let reset = self.cfg.window.saturating_sub(now.duration_since(slot.0));
+        let reset_secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+        if slot.1 >= self.cfg.requests {
+            return Err(Quota { limit: self.cfg.requests, remaining: 0, reset_secs });
+        }
+        slot.1 += 1;
+        Ok(Quota { limit: self.cfg.requests, remaining: self.cfg.requests - slot.1, reset_secs })
+    }
+}
+
+/// Open event streams per tenant, capped.
+#[derive(Debug, Default)]
+pub(crate) struct StreamSlots {
+    open: Mutex<HashMap<TenantId, usize>>,
+}
+
+/// Holds one stream slot; released when dropped (the stream ended or the client left).
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    tenant: TenantId,
+}
+
+impl StreamSlots {
+    pub(crate) fn acquire(self: &Arc<Self>, tenant: &TenantId, cap: usize) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(tenant.clone()).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        metrics::gauge!("gateway_sse_streams_open").increment(1.0);
+        Some(StreamSlot { slots: self.clone(), tenant: tenant.clone() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+        metrics::gauge!("gateway_sse_streams_open").decrement(1.0);
+    }
+}
+
+/// A stored first reply to a `POST` with an `Idempotency-Key`.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredReply {
+    pub(crate) body_hash: [u8; 32],
+    pub(crate) status: u16,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) location: Option<String>,
+}
+
+/// (tenant, route, `Idempotency-Key`).
+pub(crate) type ReplyKey = (TenantId, String, String);
+
+/// First replies by (tenant, route, key), for 24 hours, bounded in count.
+#[derive(Debug, Default)]
+pub(crate) struct ReplyCache {
+    entries: Mutex<HashMap<ReplyKey, (Instant, StoredReply)>>,
+}
+
+const REPLY_TTL: Duration = Duration::from_secs(24 * 3600);
+const REPLY_CAPACITY: usize = 100_000;
+
+impl ReplyCache {
+    pub(crate) fn get(&self, key: &ReplyKey) -> Option<StoredReply> {
+        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.get(key).filter(|(at, _)| at.elapsed() < REPLY_TTL).map(|(_, r)| r.clone())
+    }
+
+    pub(crate) fn put(&self, key: ReplyKey, reply: StoredReply) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() >= REPLY_CAPACITY {
+            e.retain(|_, (at, _)| at.elapsed() < REPLY_TTL);
+            if e.len() >= REPLY_CAPACITY {
+                // Still full of live entries: forget the oldest tenth.
+                let mut ages: Vec<_> = e.iter().map(|(k, (at, _))| (*at, k.clone())).collect();
+                ages.sort();
+                for (_, k) in ages.into_iter().take(REPLY_CAPACITY / 10) {
+                    e.remove(&k);
+                }
+            }
+        }
+        e.entry(key).or_insert((Instant::now(), reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_and_resets() {
+        let l = RateLimiter::new(RateLimit { requests: 2, window: Duration::from_millis(200) });
+        let t = TenantId::from_static("a");
+        assert_eq!(l.check(&t).map(|q| q.remaining), Ok(1));
+        assert_eq!(l.check(&t).map(|q| q.remaining), Ok(0));
+        let over = l.check(&t).expect_err("third is over");
+        assert!(over.reset_secs >= 1);
+        assert!(l.check(&TenantId::from_static("b")).is_ok(), "tenants are apart");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(l.check(&t).map(|q| q.remaining), Ok(1), "a new window");
+    }
+
+    #[test]
+    fn stream_slots_are_capped_and_released() {
+        let s = Arc::new(StreamSlots::default());
+        let t = TenantId::from_static("a");
+        let a = s.acquire(&t, 2);
+        let b = s.acquire(&t, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(s.acquire(&t, 2).is_none());
+        drop(a);
+        assert!(s.acquire(&t, 2).is_some());
+    }
+}
