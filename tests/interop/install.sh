@@ -3,12 +3,12 @@
 # is missing. apt needs root. Venv: ${EXPORTCORE_INTEROP_VENV:-$HOME/.cache/exportcore/interop-venv}
 set -eu
 VENV=${EXPORTCORE_INTEROP_VENV:-$HOME/.cache/exportcore/interop-venv}
-PKGS="skopeo umoci age docker-registry openssl zstd dash"
-PYPKGS="tuf==7.0.1 securesystemslib==1.6.0 in-toto==3.1.0 cryptography gmssl boto3"
+PKGS="skopeo umoci age docker-registry openssl zstd dash curl chromium"
+PYPKGS="tuf==7.0.1 securesystemslib==1.6.0 in-toto==3.1.0 cryptography gmssl boto3 openapi-core==0.23.1 openapi-spec-validator sseclient-py==1.9.0"
 die() { echo "install.sh: FAIL: $*" >&2; exit 1; }
 
 missing=""
-for c in skopeo umoci age age-keygen openssl zstd dash; do
+for c in skopeo umoci age age-keygen openssl zstd dash curl chromium; do
   command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
 [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
 fi
 
 pyok() { "$VENV/bin/python" - <<'PY' 2>/dev/null
-import importlib.metadata as m, tuf, securesystemslib, in_toto, cryptography, gmssl, boto3
+import importlib.metadata as m, tuf, securesystemslib, in_toto, cryptography, gmssl, boto3, openapi_core, openapi_spec_validator, sseclient
 assert m.version("tuf") == "7.0.1" and m.version("securesystemslib") == "1.6.0" and m.version("in-toto") == "3.1.0"
 PY
 }
@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ] || ! pyok; then
   python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (Debian: apt-get install python3-venv)"
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $PYPKGS || die "pip install $PYPKGS failed"
-  pyok || die "venv $VENV still cannot import tuf/securesystemslib/in_toto/cryptography/gmssl/boto3"
+  pyok || die "venv $VENV still cannot import tuf/securesystemslib/in_toto/cryptography/gmssl/boto3/openapi_core/openapi_spec_validator/sseclient"
 fi
 
 # An S3-protocol server that checks request signatures (s3s-fs), for the object-storage

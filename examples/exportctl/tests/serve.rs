@@ -1,0 +1,260 @@
+//! `exportctl serve` as a process on a loopback port, stopped by PID with SIGTERM, driven by
+//! outside clients (with `EXPORTCORE_INTEROP=1`): a Python DPoP client that follows events
+//! with sseclient-py and checks every reply against the OpenAPI document with openapi-core;
+//! `curl`; and the browser page in headless Chromium (screenshot path printed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{interop_enabled, interop_python, text};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `exportctl serve`, SIGTERMed by PID when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Serve {
+    fn start(dir: &Path, auth: &[&str]) -> Self {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", "s.sqlite", "--data", "data", "--evidence"])
+            .arg(&samples)
+            .args(auth)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split_once("listening on http://").map(|(_, r)| r) {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("exportctl serve did not start: {}", log.lock().unwrap())
+        });
+        Self { child, addr, log }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGTERM by PID; the exit status within `limit`.
+    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < limit, "serve did not stop within {limit:?}: {}", self.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl").args(["-sS", "--max-time", "60"]).args(args).output().expect("curl (apt-get install curl)")
+}
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn serve_refuses_to_start_without_authentication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .current_dir(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--evidence", "."])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID") && text(&o).contains("--jwks"), "{}", text(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .current_dir(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--dev-token", "short=acme:export:read"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!text(&o).contains("short="), "the token is never echoed: {}", text(&o));
+}
+
+#[test]
+fn serve_with_dpop_outside_client_sse_and_openapi() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/gateway_client.py");
+    let o = Command::new(interop_python()).arg(&script).arg("keys").arg(&keys).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let jwks = keys.join("jwks.json");
+    let mut serve = Serve::start(
+        tmp.path(),
+        &["--jwks", jwks.to_str().unwrap(), "--issuer", "https://issuer.interop", "--audience", "export-center"],
+    );
+    let o = Command::new(interop_python()).arg(&script).arg("run").arg(serve.base()).arg(&keys).output().unwrap();
+    assert!(
+        o.status.success() && text(&o).starts_with("OK"),
+        "{}\n--- server log:\n{}",
+        text(&o),
+        serve.log.lock().unwrap()
+    );
+    eprintln!("{}", text(&o).trim());
+    // Without the dev mode, a bearer token is refused.
+    let r = curl(&[
+        "-H",
+        "Authorization: Bearer anything-at-all",
+        "-H",
+        "X-StellaOps-Tenant: acme",
+        &format!("{}/export-center/runs", serve.base()),
+    ]);
+    assert_eq!(json(&r)["code"], "ERR_EXPORT_UNAUTHENTICATED");
+    let status = serve.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", serve.log.lock().unwrap());
+    assert!(!serve.log.lock().unwrap().contains("DEVELOPMENT MODE"));
+}
+
+#[test]
+fn serve_dev_tokens_with_curl_and_the_browser_page() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(tmp.path(), &["--dev-token", "dev-token-acme=acme:export:read,export:write"]);
+    assert!(serve.log.lock().unwrap().contains("DEVELOPMENT MODE"), "dev mode is announced");
+    let base = serve.base();
+    let auth = ["-H", "Authorization: Bearer dev-token-acme", "-H", "X-StellaOps-Tenant: acme"];
+    let with = |extra: &[&str]| -> Vec<String> { auth.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let run = |args: Vec<String>| curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let o = run(with(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"profileId":"json:raw"}"#,
+        &format!("{base}/export-center/runs"),
+    ]));
+    let id = json(&o)["runId"].as_str().unwrap().to_owned();
+    // curl follows the events to the end.
+    let o = run(with(&["-N", &format!("{base}/export-center/runs/{id}/events")]));
+    let stream = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(stream.contains("event: started") && stream.contains("event: completed"), "{stream}");
+    let view = json(&run(with(&[&format!("{base}/export-center/runs/{id}")])));
+    assert_eq!(view["status"], "succeeded", "{view}");
+    let out = &view["outputs"][0];
+    let file = tmp.path().join("download");
+    let o = curl(&["-f", "-o", file.to_str().unwrap(), &format!("{base}{}", out["url"].as_str().unwrap())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&file).unwrap();
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), out["sha256"].as_str().unwrap());
+    let o = curl(&["-f", "-r", "0-9", &format!("{base}{}", out["url"].as_str().unwrap())]);
+    assert_eq!(o.stdout, bytes[..10]);
+    // A 10 MiB chunked body is refused with 413.
+    let big = tmp.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 10 << 20]).unwrap();
+    let o = run(with(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{base}/export-center/runs"),
+    ]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "413", "{}", text(&o));
+
+    // The browser page: headless Chromium renders the tenant's runs with their digests.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateway-ui.png");
+    let page = format!("{base}/export-center/ui/#token=dev-token-acme&tenant=acme");
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--virtual-time-budget=10000",
+                "--window-size=1400,600",
+            ])
+            .args(extra)
+            .arg(&page)
+            .output()
+            .expect("chromium (apt-get install chromium)")
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(html.contains(&id), "the page lists the run: {}", text(&dom));
+    assert!(html.contains(out["sha256"].as_str().unwrap()), "and its digest");
+    assert!(html.contains("status-succeeded") && html.contains("artifacts/"), "status and download links");
+    let o = chromium(&[&format!("--screenshot={}", shot.display())]);
+    assert!(shot.exists() && std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot: {}", text(&o));
+    eprintln!("browser page screenshot: {}", shot.display());
+
+    // SIGTERM with a stream open: the stream ends and the process exits 0.
+    let o = run(with(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"profileId":"json:raw","priority":"low"}"#,
+        &format!("{base}/export-center/runs"),
+    ]));
+    let id = json(&o)["runId"].as_str().unwrap().to_owned();
+    let mut listener = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "60"])
+        .args(auth)
+        .arg(format!("{base}/export-center/runs/{id}/events"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = serve.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", serve.log.lock().unwrap());
+    let _ = listener.wait();
+}
