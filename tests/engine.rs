@@ -167,6 +167,20 @@ impl RunStore for ArcStore {
     ) -> exportcore::Result<Vec<exportcore::DistributionRecord>> {
         self.0.list_distributions(t, run).await
     }
+    async fn put_profile(&self, p: &exportcore::saved::SavedProfile) -> exportcore::Result<()> {
+        self.0.put_profile(p).await
+    }
+    async fn get_profile(
+        &self,
+        t: &TenantId,
+        name: &str,
+        revision: Option<u32>,
+    ) -> exportcore::Result<exportcore::saved::SavedProfile> {
+        self.0.get_profile(t, name, revision).await
+    }
+    async fn list_profiles(&self, t: &TenantId) -> exportcore::Result<Vec<exportcore::saved::SavedProfile>> {
+        self.0.list_profiles(t).await
+    }
 }
 
 fn stores() -> Vec<(&'static str, Arc<dyn RunStore>, Option<tempfile::TempDir>)> {

@@ -43,11 +43,11 @@ async fn engine_emits_documented_metrics() {
         Some(DebugValue::Counter(n)) => assert_eq!(*n, 1),
         other => panic!("exporter_run_failures_total: {other:?}"),
     }
-    match find("exporter_run_duration_seconds", Some(("profile", "json:raw"))) {
+    match find("exporter_run_duration_seconds", Some(("profile_kind", "json:raw"))) {
         Some(DebugValue::Histogram(v)) => assert_eq!(v.len(), 2),
         other => panic!("exporter_run_duration_seconds: {other:?}"),
     }
-    match find("exporter_run_bytes_total", Some(("profile", "json:raw"))) {
+    match find("exporter_run_bytes_total", Some(("profile_kind", "json:raw"))) {
         Some(DebugValue::Counter(n)) => assert!(*n > 100, "{n}"),
         other => panic!("exporter_run_bytes_total: {other:?}"),
     }

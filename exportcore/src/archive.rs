@@ -54,15 +54,15 @@ pub struct ArchiveOptions {
     pub zstd_level: i32,
     /// gzip level (default 6).
     pub gzip_level: u32,
-    /// Compression worker threads (gzip and zstd), at least 1 (default: available cores, at
-    /// most 4). Output does not depend on it.
+    /// Compression worker threads (gzip and zstd), at least 1 (default:
+    /// [`crate::parallel::default_workers`], at most 4). Output does not depend on it.
     pub workers: u32,
 }
 
 impl ArchiveOptions {
     /// Defaults for `compression` with a pinned `mtime`.
     pub fn new(compression: Compression, mtime: u64) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let cores = crate::parallel::default_workers() as u32;
         Self { compression, mtime, zstd_level: 3, gzip_level: 6, workers: cores.clamp(1, 4) }
     }
 }

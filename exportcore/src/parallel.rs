@@ -20,9 +20,21 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Mutex;
 
-/// The worker count to use by default: the available cores.
+static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The worker threads one export uses for its parallel stages (canonicalisation, compression):
+/// the available cores, or what [`set_default_workers`] set. Outputs never depend on it.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    match WORKERS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Caps the worker threads of every export in this process (0 restores the default). A server
+/// uses it to keep cores for its API (`exportctl serve --export-threads`).
+pub fn set_default_workers(n: usize) {
+    WORKERS.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Maps `input` through `map` on `workers` threads and feeds the results, in input order, to

@@ -207,6 +207,10 @@ struct ServeArgs {
     /// Concurrent runs (default 2).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Threads one export uses for its parallel stages (default: the cores less one, at least
+    /// one, so exports never take the CPU the API needs). Outputs do not depend on it.
+    #[arg(long)]
+    export_threads: Option<usize>,
     /// Requests per tenant per minute (default 6000).
     #[arg(long, default_value_t = 6000)]
     rate_limit: u32,
@@ -818,6 +822,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
             .into())
         }
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    exportcore::parallel::set_default_workers(args.export_threads.unwrap_or(cores.saturating_sub(1)).max(1));
     let data = args.data.clone().unwrap_or_else(|| PathBuf::from("export-data"));
     std::fs::create_dir_all(&data).map_err(|e| ExportError::io(&data, e))?;
     let evidence_dir = args.evidence.clone().unwrap_or_else(|| PathBuf::from("samples/evidence"));

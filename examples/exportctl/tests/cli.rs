@@ -303,12 +303,12 @@ fn bad_requests_give_typed_errors_and_no_output() {
     assert_run_fails(&s, &["--created-at", "yesterday"], "ERR_EXPORT_REQUEST_INVALID", "--created-at");
     assert_run_fails(&s, &["--retention-days", "0"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
     assert_run_fails(&s, &["--retention-days", "5000"], "ERR_EXPORT_REQUEST_INVALID", "retentionDays");
-    // Later issues' flags: a clear "not supported yet", not a panic.
     assert_run_fails(&s, &["--sign-key", "/nonexistent/k.pem"], "ERR_EXPORT_IO", "k.pem");
     assert_run_fails(&s, &["--base", "prev"], "ERR_EXPORT_REQUEST_INVALID", "only mirror:delta takes a base");
+    // serve without any authentication configured refuses to start.
     let o = run(&["serve", "--listen", "127.0.0.1:0"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
+    assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID"), "{}", text(&o));
 }
 
 #[test]

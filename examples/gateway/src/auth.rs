@@ -163,7 +163,14 @@ pub struct DpopAuthenticator {
     leeway: Duration,
     proof_window: Duration,
     seen: Mutex<ReplayCache>,
+    /// Access tokens already verified, by SHA-256, until their `exp`: a client sends the same
+    /// token with every request, so its signature is checked once (the proof's, which is new
+    /// every time, is always checked).
+    verified: Mutex<HashMap<[u8; 32], (AccessClaims, u64)>>,
 }
+
+/// Most verified tokens remembered (the cache is emptied when full).
+const VERIFIED_CAPACITY: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct ReplayCache {
@@ -176,13 +183,15 @@ struct ReplayCache {
 /// (a flood cannot make the cache forget a live `jti`).
 const REPLAY_CAPACITY: usize = 1_000_000;
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct Cnf {
     jkt: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct AccessClaims {
+    #[serde(default)]
+    exp: u64,
     #[serde(default)]
     sub: String,
     #[serde(default)]
@@ -239,7 +248,29 @@ impl DpopAuthenticator {
             leeway: Duration::from_secs(30),
             proof_window: Duration::from_secs(60),
             seen: Mutex::new(ReplayCache::default()),
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// [`DpopAuthenticator::check_token`] through the cache of verified tokens.
+    fn token_claims(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_unix();
+        {
+            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((claims, exp)) = cache.get(&key) {
+                if now <= *exp {
+                    return Ok(claims.clone());
+                }
+            }
+        }
+        let claims = self.check_token(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (claims.clone(), claims.exp));
+        Ok(claims)
     }
 
     /// Reads the JWKS from a file.
@@ -373,7 +404,7 @@ impl Authenticator for DpopAuthenticator {
     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Principal, AuthError> {
         let token = credentials(req.headers, "DPoP")?;
         let proof = header(req.headers, "dpop")?.ok_or_else(|| deny("no DPoP proof header"))?;
-        let claims = self.check_token(token)?;
+        let claims = self.token_claims(token)?;
         let (thumb, jti, until) = self.check_proof(proof, token, req)?;
         match &claims.cnf {
             Some(c) if c.jkt == thumb => {}

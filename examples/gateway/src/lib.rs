@@ -227,6 +227,16 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            // Histogram samples wait in buckets until upkeep folds them in: without it they
+            // would pile up between scrapes.
+            let h = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    h.run_upkeep();
+                })
+                .ok()?;
             Some(handle)
         })
         .clone()

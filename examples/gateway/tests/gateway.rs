@@ -272,6 +272,7 @@ async fn profiles_runs_and_downloads_through_every_route() {
         assert!(metrics.contains(m), "{m} missing from /metrics");
     }
     assert!(metrics.contains("route=\"/runs/{runId}\""), "routes are labelled by template");
+    assert!(metrics.contains("exporter_run_duration_seconds_bucket{profile_kind=\"json:raw\""), "{metrics}");
     assert!(!metrics.contains("export-run::"), "ids never become label values");
     let ui = send(plain.get(server.url("/ui/"))).await;
     assert!(ui.header("content-type").unwrap().starts_with("text/html"));
@@ -579,5 +580,32 @@ async fn sse_streams_resume_heartbeat_and_close() {
     reader.await.unwrap();
     assert!(t.elapsed() < Duration::from_millis(500), "drain closed the stream in {:?}", t.elapsed());
     idle_server.stop().await;
+    server.stop().await;
+}
+
+/// An identity provider that answers too late.
+#[derive(Debug)]
+struct Slow;
+
+#[async_trait::async_trait]
+impl exportcore_gateway::auth::Authenticator for Slow {
+    async fn authenticate(
+        &self,
+        _: &exportcore_gateway::auth::AuthRequest<'_>,
+    ) -> Result<exportcore_gateway::auth::Principal, exportcore_gateway::auth::AuthError> {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Err(exportcore_gateway::auth::AuthError("too late".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_takes_too_long_is_503_with_retry_after() {
+    let cfg = GatewayConfig::default().request_timeout(Duration::from_millis(200));
+    let server = Server::start(std::sync::Arc::new(Slow), cfg, false).await;
+    let started = std::time::Instant::now();
+    let r = send(http().get(server.url("/runs")).header("x-stellaops-tenant", "acme")).await;
+    r.expect_error(503, "ERR_EXPORT_TIMEOUT");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     server.stop().await;
 }

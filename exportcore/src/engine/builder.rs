@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 /// Builds an [`Exporter`]. Profiles, a sink and an evidence source are required.
 #[derive(Clone)]
@@ -208,7 +208,7 @@ impl ExporterBuilder {
             .evidence
             .clone()
             .ok_or_else(|| ExportError::invalid("evidence", "an exporter needs an evidence source"))?;
-        let (events_tx, _) = watch::channel(0u64);
+        let (events_tx, _) = tokio::sync::broadcast::channel(1024);
         Ok(Exporter {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(self.concurrency)),

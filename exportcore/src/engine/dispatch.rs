@@ -160,7 +160,8 @@ impl Exporter {
             if e.is_transient() && run.attempts < cfg.max_attempts {
                 let backoff = cfg.retry_base.mul_f64(2f64.powi(run.attempts as i32 - 1));
                 let jitter = backoff.mul_f64(jitter_fraction(&run.run_id, run.attempts));
-                metrics::counter!("exporter_run_retries_total", "profile" => run.profile_id.to_string()).increment(1);
+                metrics::counter!("exporter_run_retries_total", "profile_kind" => run.profile_id.to_string())
+                    .increment(1);
                 tracing::warn!(code = e.code(), attempt = run.attempts, ?backoff, "transient failure, retrying");
                 tokio::time::sleep(backoff + jitter).await;
                 let mut cancels = self.inner.cancels.lock().await;
@@ -212,7 +213,7 @@ impl Exporter {
             Err(e) => {
                 run.status = RunStatus::Failed;
                 let err = RunError::from(&e);
-                metrics::counter!("exporter_run_failures_total", "profile" => run.profile_id.to_string(),
+                metrics::counter!("exporter_run_failures_total", "profile_kind" => run.profile_id.to_string(),
                     "error_code" => err.code.clone())
                 .increment(1);
                 run.errors.push(err.clone());
@@ -221,8 +222,8 @@ impl Exporter {
         };
         let mut cancels = self.inner.cancels.lock().await;
         match cfg.store.finish(&run, now, &terminal).await {
-            Ok(id) => {
-                self.inner.events_tx.send_replace(id);
+            Ok(_) => {
+                let _ = self.inner.events_tx.send(run.run_id.clone());
             }
             Err(e) => tracing::error!(error = %e.report(), "saving the finished run failed"),
         }
@@ -230,11 +231,11 @@ impl Exporter {
         drop(cancels);
         let profile = run.profile_id.to_string();
         let secs = run.started_at.zip(run.finished_at).map_or(0.0, |(a, b)| crate::store::seconds_between(a, b));
-        metrics::histogram!("exporter_run_duration_seconds", "profile" => profile.clone()).record(secs);
-        metrics::counter!("exporter_runs_total", "profile" => profile.clone(), "status" => run.status.as_str())
+        metrics::histogram!("exporter_run_duration_seconds", "profile_kind" => profile.clone()).record(secs);
+        metrics::counter!("exporter_runs_total", "profile_kind" => profile.clone(), "status" => run.status.as_str())
             .increment(1);
         let bytes: u64 = run.outputs.iter().map(|o| o.size).sum();
-        metrics::counter!("exporter_run_bytes_total", "profile" => profile).increment(bytes);
+        metrics::counter!("exporter_run_bytes_total", "profile_kind" => profile).increment(bytes);
         tracing::info!(status = %run.status, seconds = secs, bytes, "run finished");
     }
 
@@ -297,8 +298,8 @@ impl Exporter {
 
     async fn append(&self, run_id: &RunId, event: RunEvent) {
         match self.inner.cfg.store.append_event(run_id, self.now(), &event).await {
-            Ok(id) => {
-                self.inner.events_tx.send_replace(id);
+            Ok(_) => {
+                let _ = self.inner.events_tx.send(run_id.clone());
             }
             Err(e) => tracing::error!(%run_id, error = %e.report(), "storing an event failed"),
         }

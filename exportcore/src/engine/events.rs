@@ -6,7 +6,7 @@ use crate::id::{RunId, TenantId};
 use crate::store::StoredEvent;
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::VecDeque;
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 struct State {
     this: Exporter,
@@ -18,7 +18,7 @@ struct State {
     done: bool,
     /// The run is final and its remaining events are in `buf`: end once it is drained.
     ending: bool,
-    rx: watch::Receiver<u64>,
+    rx: broadcast::Receiver<RunId>,
 }
 
 impl Exporter {
@@ -54,7 +54,6 @@ impl Exporter {
                     return None;
                 }
                 let store = &st.this.inner.cfg.store;
-                st.rx.borrow_and_update();
                 match store.events(&st.tenant, &st.run_id, st.after, 256).await {
                     Err(e) => {
                         st.done = true;
@@ -86,8 +85,19 @@ impl Exporter {
                     }
                     Ok(_) => {}
                 }
-                let poll = st.this.inner.cfg.poll_interval;
-                let _ = tokio::time::timeout(poll, st.rx.changed()).await;
+                // Wait for an event of this run (a lagging receiver or the poll interval, for
+                // events another process stored, also lead back to the store).
+                let deadline = tokio::time::Instant::now() + st.this.inner.cfg.poll_interval;
+                loop {
+                    match tokio::time::timeout_at(deadline, st.rx.recv()).await {
+                        Ok(Ok(id)) if id != st.run_id => continue,
+                        Ok(Err(broadcast::error::RecvError::Closed)) => {
+                            tokio::time::sleep_until(deadline).await;
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
             }
         })
         .boxed()

@@ -62,7 +62,7 @@ use crate::store::{Created, IdempotencyKey, NewRun, Page, RunFilter, RunStore};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 /// Resolves the evidence of a tenant (and project).
 pub type EvidenceResolver = Arc<dyn Fn(&TenantId, Option<&str>) -> Result<Arc<dyn EvidenceSource>> + Send + Sync>;
@@ -118,8 +118,9 @@ struct Inner {
     evidence: EvidenceResolver,
     semaphore: Arc<Semaphore>,
     wake: Notify,
-    /// Bumped on every stored event; event streams wait on it.
-    events_tx: watch::Sender<u64>,
+    /// The run of every stored event; an event stream wakes only for its own run (and polls
+    /// the store now and then for events other processes stored).
+    events_tx: tokio::sync::broadcast::Sender<RunId>,
     /// Cancel flags of the runs this process has claimed. Claims and cancels hold the lock
     /// across their store calls, so a cancel never falls between a claim and its flag.
     cancels: tokio::sync::Mutex<HashMap<RunId, CancelFlag>>,
@@ -318,7 +319,7 @@ impl Exporter {
         let cancels = self.inner.cancels.lock().await;
         let err = RunError::from(&ExportError::Cancelled);
         if let Some(run) = store.fail_if_queued(tenant, run_id, err, self.now()).await? {
-            self.inner.events_tx.send_modify(|n| *n += 1);
+            let _ = self.inner.events_tx.send(run_id.clone());
             return Ok(run);
         }
         let run = store.get(tenant, run_id).await?;
@@ -338,7 +339,9 @@ impl Exporter {
     /// Call it once at start-up, while no other engine uses the store.
     pub async fn recover_interrupted(&self) -> Result<Vec<RunId>> {
         let ids = recover_interrupted(&*self.inner.cfg.store, &*self.inner.cfg.clock).await?;
-        self.inner.events_tx.send_modify(|n| *n += 1);
+        for id in &ids {
+            let _ = self.inner.events_tx.send(id.clone());
+        }
         Ok(ids)
     }
 
@@ -365,7 +368,7 @@ pub async fn recover_interrupted(store: &dyn RunStore, clock: &dyn Clock) -> Res
         run.errors.push(RunError::from(&err));
         let ev = RunEvent::Failed { run_id: run.run_id.clone(), code: err.code().into(), message: err.report() };
         store.finish(&run, now, &ev).await?;
-        metrics::counter!("exporter_runs_total", "profile" => run.profile_id.to_string(), "status" => "failed")
+        metrics::counter!("exporter_runs_total", "profile_kind" => run.profile_id.to_string(), "status" => "failed")
             .increment(1);
         ids.push(run.run_id);
     }

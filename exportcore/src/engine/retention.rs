@@ -38,7 +38,8 @@ impl Exporter {
                 }
                 run.status = RunStatus::Expired;
                 cfg.store.save(&run).await?;
-                metrics::counter!("exporter_runs_expired_total", "profile" => run.profile_id.to_string()).increment(1);
+                metrics::counter!("exporter_runs_expired_total", "profile_kind" => run.profile_id.to_string())
+                    .increment(1);
                 report.expired += 1;
             }
         }

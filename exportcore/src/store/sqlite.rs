@@ -85,11 +85,39 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
+    db: Arc<Db>,
+    /// Jobs for the store's own thread, which runs them one at a time. Dropping the store
+    /// drops the sender and ends the thread.
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// Joined on drop, so the connection is closed (and the WAL checkpointed) when the last
+    /// handle of the store is dropped, as with a plain connection.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.db.path).finish()
+    }
+}
+
+#[derive(Debug)]
+struct Db {
     path: String,
     conn: Mutex<Connection>,
 }
+
+type Job = Box<dyn FnOnce(&mut Connection, &str) + Send>;
 
 fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
     use rusqlite::ErrorCode::{
@@ -225,39 +253,53 @@ impl SqliteStore {
             tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(e)?;
             tx.commit().map_err(e)?;
         }
-        Ok(Self { inner: Arc::new(Inner { path: label, conn: Mutex::new(conn) }) })
+        let db = Arc::new(Db { path: label, conn: Mutex::new(conn) });
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let worker = Arc::clone(&db);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || {
+                for job in queue {
+                    let mut conn = worker.conn.lock().unwrap_or_else(|p| p.into_inner());
+                    // A call that panics answers nobody (its caller gets an error); the thread
+                    // and the store live on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn, &worker.path)));
+                }
+            })
+            .map_err(|e| ExportError::io(&db.path, e))?;
+        Ok(Self { inner: Arc::new(Inner { db, jobs, thread: Some(thread) }) })
     }
 
     /// Runs `PRAGMA integrity_check`; `Ok(())` when the file is sound.
     pub fn integrity_check(&self) -> Result<()> {
-        let conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let res: String =
-            conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| store_err(&self.inner.path, e))?;
+        let conn = self.inner.db.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let res: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| store_err(&self.inner.db.path, e))?;
         if res == "ok" {
             Ok(())
         } else {
-            Err(ExportError::StoreInvalid { path: self.inner.path.clone(), reason: format!("integrity check: {res}") })
+            Err(ExportError::StoreInvalid {
+                path: self.inner.db.path.clone(),
+                reason: format!("integrity check: {res}"),
+            })
         }
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` with the connection on the store's own thread. One thread for the store, not
+    /// `block_in_place` or the blocking pool: under load those move runtime workers to new
+    /// threads on every call, and a server ended up with hundreds of them (and their heaps).
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let inner = Arc::clone(&self.inner);
-        let call = move || {
-            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn, &inner.path)
-        };
-        // On a multi-threaded runtime, run in place (cheaper than a hop to the blocking pool;
-        // statements take microseconds); elsewhere use the blocking pool.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
-            _ => tokio::task::spawn_blocking(call)
-                .await
-                .map_err(|e| ExportError::internal_caused("sqlite store", "a blocking store task stopped", e))?,
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn, path| {
+            let _ = tx.send(f(conn, path));
+        });
+        let gone = || ExportError::internal("sqlite store", "the store's thread did not answer (a call panicked)");
+        self.inner.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Claims the first queued run (or `run_id` if given and queued).
