@@ -67,6 +67,10 @@ pub struct GatewayConfig {
     pub max_streams_per_tenant: usize,
     /// Time to produce a reply's head (30 s); streams and downloads then flow without it.
     pub request_timeout: Duration,
+    /// Requests being answered at once (until their reply's head), across tenants (1024).
+    /// Beyond it a request is answered 503 at once instead of queueing: an overloaded server
+    /// sheds load in bounded memory rather than piling up connections.
+    pub max_in_flight: usize,
     /// SSE heartbeat comment interval (15 s).
     pub sse_heartbeat: Duration,
     /// An event stream with no event for this long is closed (60 s); the client resumes with
@@ -91,6 +95,7 @@ impl Default for GatewayConfig {
             rate_limit: RateLimit::default(),
             max_streams_per_tenant: 256,
             request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
             sse_heartbeat: Duration::from_secs(15),
             sse_idle_timeout: Duration::from_secs(60),
             url_ttl: Duration::from_secs(3600),
@@ -123,6 +128,11 @@ impl GatewayConfig {
         self.request_timeout = d;
         self
     }
+    /// Sets [`GatewayConfig::max_in_flight`].
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
     /// Sets [`GatewayConfig::public_origin`].
     pub fn public_origin(mut self, origin: impl Into<String>) -> Self {
         self.public_origin = Some(origin.into());
@@ -144,6 +154,7 @@ pub(crate) struct State {
     pub(crate) streams: Arc<limits::StreamSlots>,
     pub(crate) replies: limits::ReplyCache,
     pub(crate) draining: AtomicBool,
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -181,6 +192,7 @@ impl Gateway {
                 streams: Arc::default(),
                 replies: limits::ReplyCache::default(),
                 draining: AtomicBool::new(false),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
                 closing,
                 metrics: metrics_handle(),
             }),

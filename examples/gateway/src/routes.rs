@@ -77,6 +77,19 @@ async fn middleware(St(st): St<Arc<State>>, req: Request, next: Next) -> Respons
     let method = req.method().clone();
     let label = route_label(&method, req.uri().path());
     let mut resp = crate::trace::scope(trace.clone(), async {
+        let _slot = match InFlight::enter(&st) {
+            Some(s) => s,
+            None => {
+                metrics::counter!("gateway_requests_shed_total").increment(1);
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ERR_EXPORT_UNAVAILABLE",
+                    format!("the server is busy ({} requests in flight)", st.cfg.max_in_flight),
+                );
+                e.retry_after = Some(1);
+                return e.into_response();
+            }
+        };
         let max = st.cfg.max_body_bytes;
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -111,6 +124,26 @@ async fn middleware(St(st): St<Arc<State>>, req: Request, next: Next) -> Respons
     metrics::counter!("http_server_requests_total", "method" => method.to_string(), "route" => label, "status" => status)
         .increment(1);
     resp
+}
+
+/// One request being answered, counted in [`State::in_flight`] until dropped.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(st: &'a State) -> Option<Self> {
+        let n = st.in_flight.fetch_add(1, Ordering::AcqRel);
+        if n >= st.cfg.max_in_flight {
+            st.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(st))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What every authenticated route needs of the request.

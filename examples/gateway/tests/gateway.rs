@@ -609,3 +609,19 @@ async fn a_reply_that_takes_too_long_is_503_with_retry_after() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_server_sheds_requests_at_once() {
+    let cfg = GatewayConfig::default().max_in_flight(1);
+    let server = Server::start(std::sync::Arc::new(Slow), cfg, false).await;
+    let first = tokio::spawn(send(http().get(server.url("/runs")).header("x-stellaops-tenant", "acme")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let shed = send(http().get(server.url("/healthz"))).await;
+    shed.expect_error(503, "ERR_EXPORT_UNAVAILABLE");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(1), "answered at once: {:?}", started.elapsed());
+    assert_eq!(first.await.unwrap().status, 401, "the request in flight is answered");
+    assert_eq!(send(http().get(server.url("/healthz"))).await.status, 200, "the slot is free again");
+    server.stop().await;
+}

@@ -721,29 +721,18 @@ impl RunStore for SqliteStore {
     ) -> Result<Vec<crate::model::DistributionRecord>> {
         let (tenant, run_id) = (tenant.clone(), run_id.cloned());
         self.with(move |conn, path| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT record FROM distributions WHERE tenant = ?1 AND (?2 IS NULL OR run_id = ?2) \
-                     ORDER BY created_ms DESC, id DESC",
-                )
-                .map_err(|e| store_err(path, e))?;
-            let rows = stmt
-                .query_map(params![tenant.as_str(), run_id.as_ref().map(|r| r.as_str().to_owned())], |row| {
-                    row.get::<_, String>(0)
-                })
-                .map_err(|e| store_err(path, e))?;
-            let mut out = Vec::new();
-            for json in rows {
-                let json = json.map_err(|e| store_err(path, e))?;
-                out.push(serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
-                    path: path.to_owned(),
-                    reason: format!("a distribution record: {e}"),
-                })?);
-            }
-            Ok(out)
+            records(
+                conn,
+                path,
+                "SELECT record FROM distributions WHERE tenant = ?1 AND (?2 IS NULL OR run_id = ?2) \
+                 ORDER BY created_ms DESC, id DESC",
+                params![tenant.as_str(), run_id.as_ref().map(|r| r.as_str().to_owned())],
+                "a distribution record",
+            )
         })
         .await
     }
+
     async fn put_profile(&self, profile: &SavedProfile) -> Result<()> {
         let p = profile.clone();
         let json = serde_json::to_string(&p)
@@ -787,28 +776,40 @@ impl RunStore for SqliteStore {
     async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>> {
         let tenant = tenant.clone();
         self.with(move |conn, path| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT p.record FROM profiles p WHERE p.tenant = ?1 AND p.revision = \
-                     (SELECT MAX(q.revision) FROM profiles q WHERE q.tenant = p.tenant AND q.name = p.name) \
-                     ORDER BY p.name",
-                )
-                .map_err(|e| store_err(path, e))?;
-            let rows = stmt
-                .query_map(params![tenant.as_str()], |row| row.get::<_, String>(0))
-                .map_err(|e| store_err(path, e))?;
-            let mut out = Vec::new();
-            for json in rows {
-                let json = json.map_err(|e| store_err(path, e))?;
-                out.push(serde_json::from_str(&json).map_err(|e| ExportError::StoreInvalid {
-                    path: path.to_owned(),
-                    reason: format!("a saved profile: {e}"),
-                })?);
-            }
-            Ok(out)
+            records(
+                conn,
+                path,
+                "SELECT p.record FROM profiles p WHERE p.tenant = ?1 AND p.revision = \
+                 (SELECT MAX(q.revision) FROM profiles q WHERE q.tenant = p.tenant AND q.name = p.name) \
+                 ORDER BY p.name",
+                params![tenant.as_str()],
+                "a saved profile",
+            )
         })
         .await
     }
+}
+
+/// The JSON records (first column) of `sql`, parsed; a record that does not parse is
+/// `ERR_EXPORT_STORE_INVALID` naming `what`.
+fn records<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    path: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| store_err(path, e))?;
+    let rows = stmt.query_map(params, |row| row.get::<_, String>(0)).map_err(|e| store_err(path, e))?;
+    let mut out = Vec::new();
+    for json in rows {
+        let json = json.map_err(|e| store_err(path, e))?;
+        out.push(
+            serde_json::from_str(&json)
+                .map_err(|e| ExportError::StoreInvalid { path: path.to_owned(), reason: format!("{what}: {e}") })?,
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
