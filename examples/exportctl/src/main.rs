@@ -841,6 +841,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .evidence(evidence)
         .concurrency(args.workers.max(1))
         .staging_dir(&staging)
+        .distributor(Arc::new(exportcore_gateway::HttpDistributor))
         .distributor(Arc::new(exportcore_distribution::OciDistributor::new()))
         .distributor(Arc::new(exportcore_distribution::ObjectDistributor::new(
             exportcore_distribution::s3::S3Config::from_env(),

@@ -216,6 +216,47 @@ impl Gateway {
     }
 }
 
+/// `distribution.type = http`: the run's outputs are served by the gateway's download route;
+/// the record lists them (path, digest, size), and `GET /distributions/{id}` answers signed
+/// URLs for them. Register it on the [`Exporter`] the gateway serves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HttpDistributor;
+
+#[async_trait::async_trait]
+impl exportcore::run::Distributor for HttpDistributor {
+    fn handles(&self, kind: exportcore::DistributionType) -> bool {
+        kind == exportcore::DistributionType::Http
+    }
+
+    async fn distribute(
+        &self,
+        ctx: exportcore::run::DistributeContext<'_>,
+    ) -> exportcore::Result<exportcore::DistributionRecord> {
+        let run = ctx.run;
+        let artifacts = run
+            .outputs
+            .iter()
+            .map(|o| {
+                exportcore::DistributedArtifact::new(
+                    o.path.clone(),
+                    o.sha256,
+                    o.size,
+                    format!("{BASE}/runs/{}/artifacts/{}", run.run_id, o.path),
+                )
+            })
+            .collect();
+        let reference = ctx.distribution.reference.clone().unwrap_or_else(|| "gateway".to_owned());
+        Ok(exportcore::DistributionRecord::succeeded(
+            run.run_id.clone(),
+            run.tenant.clone(),
+            exportcore::DistributionType::Http,
+            reference,
+            artifacts,
+            exportcore::Timestamp::now(),
+        ))
+    }
+}
+
 /// 32 bytes from the operating system's random source (through uuid v4's generator).
 fn random_key() -> Vec<u8> {
     let mut k = Vec::with_capacity(32);

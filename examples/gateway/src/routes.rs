@@ -326,6 +326,7 @@ impl State {
             warnings: problems(&run.warnings),
             attempts: run.attempts,
             links,
+            distributions: None,
         }
     }
 }
@@ -658,7 +659,19 @@ pub(crate) async fn get_run(St(st): St<Arc<State>>, call: Call, Path(run_id): Pa
     let r = async {
         let id = parse_run_id(&run_id)?;
         let run = st.exporter.get(&c.tenant, &id).await.map_err(not_found_as_404(format!("run {run_id}")))?;
-        Ok(json(&st.run_view(&run)))
+        let mut view = st.run_view(&run);
+        let records = st.exporter.store().list_distributions(&c.tenant, Some(&id)).await?;
+        view.distributions = Some(
+            records
+                .iter()
+                .map(|d| DistributionRef {
+                    id: d.id.clone(),
+                    kind: crate::wire(&d.kind),
+                    status: crate::wire(&d.status),
+                })
+                .collect(),
+        );
+        Ok(json(&view))
     }
     .await;
     c.finish(r)

@@ -50,6 +50,18 @@ pub struct RunView {
     pub warnings: Vec<ProblemView>,
     pub attempts: u32,
     pub links: Links,
+    /// The run's distributions (`GET /runs/{runId}` only): ids for `GET /distributions/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributions: Option<Vec<DistributionRef>>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DistributionRef {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

@@ -226,6 +226,19 @@ async fn profiles_runs_and_downloads_through_every_route() {
     let path = format!("/runs/{}/artifacts/manifest.json", run["runId"].as_str().unwrap());
     assert_eq!(acme.get(&path).await.body, whole.body);
 
+    // distribution.type http: a record whose signed URLs this gateway serves.
+    let http_run = acme.run_to_end(&json!({"profileId": "json:raw", "distribution": {"type": "http"}})).await;
+    assert_eq!(http_run["status"], "succeeded", "{http_run}");
+    let d = &http_run["distributions"][0];
+    assert_eq!((d["type"].as_str(), d["status"].as_str()), (Some("http"), Some("succeeded")), "{http_run}");
+    let dist = acme.get(&format!("/distributions/{}", d["id"].as_str().unwrap())).await.json();
+    assert_eq!(dist["urls"].as_array().unwrap().len(), http_run["outputs"].as_array().unwrap().len());
+    for u in dist["urls"].as_array().unwrap() {
+        let got = send(plain.get(format!("{}{}", server.base, u["url"].as_str().unwrap()))).await;
+        assert_eq!(got.status, 200, "{u}");
+        assert_eq!(hex::encode(Sha256::digest(&got.body)), u["sha256"].as_str().unwrap());
+    }
+
     // Listing, filters and paging.
     acme.run_to_end(&json!({"profileId": "json:raw"})).await;
     let page1 = acme.get("/runs?limit=1").await.json();

@@ -168,6 +168,7 @@ impl Server {
             .sink(sink.clone())
             .evidence(exportcore::DirEvidence::new(evidence).expect("samples"))
             .poll_interval(std::time::Duration::from_millis(20))
+            .distributor(Arc::new(exportcore_gateway::HttpDistributor))
             .build()
             .expect("exporter");
         let gateway = Gateway::new(exporter.clone(), auth, cfg).expect("gateway");
