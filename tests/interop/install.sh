@@ -3,7 +3,7 @@
 # is missing. apt needs root. Venv: ${EXPORTCORE_INTEROP_VENV:-$HOME/.cache/exportcore/interop-venv}
 set -eu
 VENV=${EXPORTCORE_INTEROP_VENV:-$HOME/.cache/exportcore/interop-venv}
-PKGS="skopeo umoci age docker-registry openssl zstd dash curl chromium"
+PKGS="skopeo umoci age docker-registry openssl zstd dash curl chromium postgresql"
 PYPKGS="tuf==7.0.1 securesystemslib==1.6.0 in-toto==3.1.0 cryptography gmssl boto3 openapi-core==0.23.1 openapi-spec-validator sseclient-py==1.9.0"
 die() { echo "install.sh: FAIL: $*" >&2; exit 1; }
 
@@ -12,6 +12,7 @@ for c in skopeo umoci age age-keygen openssl zstd dash curl chromium; do
   command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
 [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 if [ -n "$missing" ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing:$missing and no apt-get (install: $PKGS)"
   [ "$(id -u)" = 0 ] || die "missing:$missing; run as root (apt-get install $PKGS)"

@@ -174,6 +174,23 @@ enum Command {
     },
     /// Serve the gateway HTTP contract (`/export-center/...`) until SIGTERM.
     Serve(ServeArgs),
+    /// Manage a run store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Apply the schema migrations this build knows (opening a store does it too; run it
+    /// once before starting many nodes, or to check a database).
+    Migrate {
+        /// `postgres://USER[:PASS]@HOST:PORT/DB` (password also from `PGPASSWORD`) or a SQLite
+        /// file.
+        #[arg(long)]
+        store: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -506,6 +523,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Keygen { algorithm, out } => keygen(&algorithm, &out),
         Command::Serve(args) => serve(args).await,
+        Command::Store { command: StoreCommand::Migrate { store } } => {
+            match postgres_url(&store) {
+                Some(url) => {
+                    let pg = exportcore_postgres::PostgresStore::connect(url).await?;
+                    outln!("{}: schema version {}", pg.label(), exportcore_postgres::SCHEMA_VERSION);
+                }
+                None => {
+                    SqliteStore::open(&store)?;
+                    outln!("{}: schema up to date", store.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -702,8 +732,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         Err(_) => None,
     };
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    let store = SqliteStore::open(&store_path)?;
-    let lock = EngineLock::open(&store_path)?;
+    let (store, lock) = open_engine_store(&store_path).await?;
     let out_dir = OutDir::claim(&args.out)?;
     let sink = FsSink::new(&args.out)?;
     // Stage beside --out: the same filesystem (publishing links instead of copying), and a
@@ -713,7 +742,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let mut builder = Exporter::builder()
         .profiles(registry)
         .sink(sink)
-        .store(store)
+        .store_arc(store)
         .evidence(evidence)
         .per_run_prefix(false)
         .concurrency(1)
@@ -829,15 +858,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let evidence_dir = args.evidence.clone().unwrap_or_else(|| PathBuf::from("samples/evidence"));
     let evidence = DirEvidence::new(&evidence_dir)?;
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    let store = SqliteStore::open(&store_path)?;
-    let lock = EngineLock::open(&store_path)?;
+    let (store, lock) = open_engine_store(&store_path).await?;
     // Stage beside --data, as `run` stages beside --out: same filesystem, swept at start.
     let staging = staging_root(&data);
     exportcore::run::sweep_stale_staging(&staging)?;
     let exporter = Exporter::builder()
         .profiles(profiles())
         .sink(FsSink::new(&data)?)
-        .store(store)
+        .store_arc(store)
         .evidence(evidence)
         .concurrency(args.workers.max(1))
         .staging_dir(&staging)
@@ -856,7 +884,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     }
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| ExportError::io(&args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| ExportError::io(&args.listen, e))?;
-    errln!("listening on http://{addr}/export-center/ (data {}, store {})", data.display(), store_path.display());
+    errln!("listening on http://{addr}/export-center/ (data {}, store {})", data.display(), store_label(&store_path));
     let options = exportcore_gateway::ServeOptions::new(auth).config(config);
     exportcore_gateway::serve(exporter, listener, options, exportcore_gateway::shutdown_signal()).await?;
     errln!("stopped");
@@ -867,12 +895,58 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
 /// The default run store.
 const DEFAULT_STORE: &str = "exports.sqlite";
 
+/// `--store` as a PostgreSQL URL, if it is one.
+fn postgres_url(store: &Path) -> Option<&str> {
+    store.to_str().filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// `--store` for messages: the path, or the URL without its password.
+fn store_label(store: &Path) -> String {
+    match postgres_url(store) {
+        Some(url) => match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+            Some((user, host)) => format!("postgres://{}@{host}", user.split(':').next().unwrap_or("")),
+            None => url.to_owned(),
+        },
+        None => store.display().to_string(),
+    }
+}
+
+/// The store an engine runs on. A SQLite file comes with its engine lock (runs left running
+/// by a dead process are recovered when no other engine is alive). A PostgreSQL store is
+/// shared by many nodes, so no node may declare another's running runs dead at start.
+async fn open_engine_store(store: &Path) -> Result<(Arc<dyn RunStore>, EngineLock), Failure> {
+    match postgres_url(store) {
+        Some(url) => Ok((Arc::new(exportcore_postgres::PostgresStore::connect(url).await?), EngineLock::shared())),
+        None => Ok((Arc::new(SqliteStore::open(store)?), EngineLock::open(store)?)),
+    }
+}
+
+/// The store `--store` names, for reading; `None` when a SQLite file does not exist yet.
+async fn open_reader_store(store: Option<PathBuf>) -> Result<Option<Arc<dyn RunStore>>, Failure> {
+    let path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    match postgres_url(&path) {
+        Some(url) => Ok(Some(Arc::new(exportcore_postgres::PostgresStore::connect(url).await?))),
+        None if !path.exists() => Ok(None),
+        None => Ok(Some(Arc::new(SqliteStore::open(&path)?))),
+    }
+}
+
+/// As [`open_reader_store`], but a missing store is an error.
+async fn open_existing_store(store: Option<PathBuf>) -> Result<Arc<dyn RunStore>, Failure> {
+    let path = store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    open_reader_store(store)
+        .await?
+        .ok_or_else(|| ExportError::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "no run store")).into())
+}
+
 /// `<store>.lock`: every engine process (`exportctl run`) holds it shared while it runs; the
 /// recovery of runs left `running` by a dead process happens only under the exclusive lock,
 /// i.e. when no engine is alive.
 struct EngineLock {
     /// `None` for `--store :memory:`: a private store no other process can see.
     file: Option<std::fs::File>,
+    /// False for a store shared by nodes (PostgreSQL): no start-up recovery.
+    recover: bool,
 }
 
 impl EngineLock {
@@ -880,7 +954,7 @@ impl EngineLock {
     /// store locks the same file.
     fn open(store: &Path) -> Result<Self, Failure> {
         if store == Path::new(":memory:") {
-            return Ok(Self { file: None });
+            return Ok(Self { file: None, recover: true });
         }
         let store = std::fs::canonicalize(store).map_err(|e| ExportError::io(store, e))?;
         let path = PathBuf::from(format!("{}.lock", store.display()));
@@ -890,12 +964,17 @@ impl EngineLock {
             .write(true)
             .open(&path)
             .map_err(|e| ExportError::io(&path, e))?;
-        Ok(Self { file: Some(file) })
+        Ok(Self { file: Some(file), recover: true })
+    }
+
+    /// No lock and no recovery: the store is shared by nodes (PostgreSQL).
+    fn shared() -> Self {
+        Self { file: None, recover: false }
     }
 
     /// Recovers interrupted runs if no other engine is alive.
     async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<RunId>, Failure> {
-        if self.file.as_ref().is_some_and(|f| f.try_lock().is_err()) {
+        if !self.recover || self.file.as_ref().is_some_and(|f| f.try_lock().is_err()) {
             return Ok(Vec::new());
         }
         let ids = exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?;
@@ -958,11 +1037,7 @@ async fn record_distribution(
     locate: impl Fn(&exportcore::Output) -> Option<String>,
 ) -> Result<Option<String>, Failure> {
     let tenant = TenantId::parse(tenant)?;
-    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    if !store_path.exists() {
-        return Ok(None);
-    }
-    let store = SqliteStore::open(&store_path)?;
+    let Some(store) = open_reader_store(store).await? else { return Ok(None) };
     let dir = std::fs::canonicalize(out_dir).map_err(|e| ExportError::io(out_dir, e))?;
     let prefix = format!("file://{}/", dir.display());
     let mut filter = RunFilter { limit: Some(200), ..Default::default() };
@@ -1006,12 +1081,7 @@ async fn distributions(
     tenant: &str,
 ) -> Result<ExitCode, Failure> {
     let tenant = &TenantId::parse(tenant)?;
-    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    if !store_path.exists() {
-        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no run store");
-        return Err(ExportError::io(&store_path, missing).into());
-    }
-    let store = SqliteStore::open(&store_path)?;
+    let store = open_existing_store(store).await?;
     match command {
         DistributionsCommand::List { run } => {
             let run = run.map(RunId::parse).transpose()?;
@@ -1061,14 +1131,11 @@ async fn distributions(
 
 async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: &str) -> Result<ExitCode, Failure> {
     let tenant = &TenantId::parse(tenant)?;
-    let store_path = store.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
-    if !store_path.exists() {
-        return Err(
-            ExportError::io(&store_path, std::io::Error::new(std::io::ErrorKind::NotFound, "no run store")).into()
-        );
+    let path = store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+    let store = open_existing_store(store).await?;
+    if postgres_url(&path).is_none() {
+        EngineLock::open(&path)?.recover_if_alone(&*store).await?;
     }
-    let store = SqliteStore::open(&store_path)?;
-    EngineLock::open(&store_path)?.recover_if_alone(&store).await?;
     match command {
         RunsCommand::List { status, profile, limit } => {
             let status = status

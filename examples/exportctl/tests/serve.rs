@@ -7,6 +7,8 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "../../../tests/common/pg.rs"]
+mod pg;
 
 use common::{interop_enabled, interop_python, text};
 use std::io::{BufRead, BufReader};
@@ -23,10 +25,14 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, auth: &[&str]) -> Self {
+        Self::start_on(dir, "s.sqlite", auth)
+    }
+
+    fn start_on(dir: &Path, store: &str, auth: &[&str]) -> Self {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
         let mut child = Command::new(env!("CARGO_BIN_EXE_exportctl"))
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", "s.sqlite", "--data", "data", "--evidence"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--data", "data", "--evidence"])
             .arg(&samples)
             .args(auth)
             .stdout(Stdio::null())
@@ -257,4 +263,60 @@ fn serve_dev_tokens_with_curl_and_the_browser_page() {
     let status = serve.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}: {}", serve.log.lock().unwrap());
     let _ = listener.wait();
+}
+
+#[test]
+fn serve_nodes_share_one_postgres_store_and_data_directory() {
+    if !interop_enabled() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = pg::Pg::start();
+    let url = rt.block_on(pg.database("center"));
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl")).args(["store", "migrate", "--store", &url]).output().unwrap();
+    assert!(o.status.success() && text(&o).contains("schema version"), "{}", text(&o));
+    // Two nodes, one store, one data directory, one URL-signing key.
+    std::fs::write(tmp.path().join("url.key"), [7u8; 32]).unwrap();
+    let token = ["--dev-token", "dev-token-acme=acme:export:read,export:write", "--url-key", "url.key"];
+    let mut a = Serve::start_on(tmp.path(), &url, &token);
+    let mut b = Serve::start_on(tmp.path(), &url, &token);
+    let auth = ["-H", "Authorization: Bearer dev-token-acme", "-H", "X-StellaOps-Tenant: acme"];
+    let post = |base: &str| {
+        let mut args: Vec<&str> = auth.to_vec();
+        let url = format!("{base}/export-center/runs");
+        args.extend(["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"profileId":"json:raw"}"#, &url]);
+        json(&curl(&args))["runId"].as_str().unwrap().to_owned()
+    };
+    let ids: Vec<String> = (0..6).map(|i| post(&if i % 2 == 0 { a.base() } else { b.base() })).collect();
+    // Every run finishes, once, and either node answers for every run and serves its files.
+    for id in &ids {
+        let mut view = serde_json::Value::Null;
+        for _ in 0..300 {
+            let mut args: Vec<&str> = auth.to_vec();
+            let u = format!("{}/export-center/runs/{id}", b.base());
+            args.push(&u);
+            view = json(&curl(&args));
+            if view["status"] == "succeeded" || view["status"] == "failed" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(view["status"], "succeeded", "{view}");
+        assert_eq!(view["attempts"], 1, "executed once: {view}");
+        let out = &view["outputs"][0];
+        let o = curl(&["-f", &format!("{}{}", a.base(), out["url"].as_str().unwrap())]);
+        assert!(o.status.success(), "{}", text(&o));
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&o.stdout)), out["sha256"].as_str().unwrap(), "node A serves it");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .args(["runs", "list", "--store", &url, "--tenant", "acme", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("password"), "{}", text(&o));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().map(Vec::len), Some(6));
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    assert!(b.terminate(Duration::from_secs(30)).success());
 }

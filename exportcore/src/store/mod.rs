@@ -195,7 +195,8 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>>;
 }
 
-pub(crate) fn profile_not_found(tenant: &TenantId, name: &str, revision: Option<u32>) -> crate::ExportError {
+/// The error a store returns for an absent saved profile (for store implementations).
+pub fn profile_not_found(tenant: &TenantId, name: &str, revision: Option<u32>) -> crate::ExportError {
     crate::ExportError::ProfileNotFound {
         profile: match revision {
             Some(r) => format!("{} revision {r}", crate::saved::profile_id(tenant, name)),
@@ -204,7 +205,9 @@ pub(crate) fn profile_not_found(tenant: &TenantId, name: &str, revision: Option<
     }
 }
 
-pub(crate) fn profile_conflict(p: &SavedProfile) -> crate::ExportError {
+/// The error a store returns for a saved-profile revision that exists (for store
+/// implementations).
+pub fn profile_conflict(p: &SavedProfile) -> crate::ExportError {
     crate::ExportError::Conflict {
         what: format!("profile {} revision {}", p.id, p.revision),
         reason: "that revision exists already and revisions never change".into(),
@@ -213,8 +216,8 @@ pub(crate) fn profile_conflict(p: &SavedProfile) -> crate::ExportError {
 
 /// Refuses to move a run out of a final state: `succeeded` and `failed` may only become
 /// `expired`, `expired` nothing. (A run recovered as interrupted stays failed even if its
-/// process was alive after all.)
-pub(crate) fn check_transition(run_id: &RunId, current: &str, next: RunStatus) -> Result<()> {
+/// process was alive after all.) Store implementations call it before every status write.
+pub fn check_transition(run_id: &RunId, current: &str, next: RunStatus) -> Result<()> {
     let allowed = match current {
         "succeeded" | "failed" => next == RunStatus::Expired || next.as_str() == current,
         "expired" => next == RunStatus::Expired,
@@ -230,8 +233,9 @@ pub(crate) fn check_transition(run_id: &RunId, current: &str, next: RunStatus) -
     }
 }
 
-/// Seconds between two timestamps (0 when reversed).
-pub(crate) fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
+/// Seconds between two timestamps (0 when reversed): a run's duration for
+/// [`RunStore::recent_durations`].
+pub fn seconds_between(a: Timestamp, b: Timestamp) -> f64 {
     let d = b.as_offset_date_time() - a.as_offset_date_time();
     d.as_seconds_f64().max(0.0)
 }

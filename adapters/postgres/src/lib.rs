@@ -1,0 +1,668 @@
+//! A PostgreSQL [`RunStore`]: runs, events, idempotency keys, distribution records and saved
+//! profiles in one database that many export-center processes share.
+//!
+//! Built on `tokio-postgres` with a `deadpool-postgres` pool (decision 89): the async client
+//! every Rust Postgres stack builds on, and a pool with no runtime of its own; `sqlx` would add
+//! compile-time query checking against a live database, which this workspace's offline builds
+//! cannot have.
+//!
+//! - Migrations are versioned (`exportcore_schema`), applied at [`PostgresStore::connect`] under
+//!   an advisory lock, so nodes starting together migrate once; a database from a newer build is
+//!   refused.
+//! - Claims take the next queued run with `FOR UPDATE SKIP LOCKED` in priority, then submission
+//!   order: two nodes never claim the same run, and neither waits for the other.
+//! - Idempotency keys are a primary key: two nodes receiving the same key at once create one run.
+//! - Every query names the tenant; another tenant's run, event, record or profile is
+//!   "not found".
+//! - The connection's password (from the URL or `PGPASSWORD`) never appears in errors or logs:
+//!   the store is named `user@host:port/db`.
+//!
+//! ```no_run
+//! # async fn demo() -> exportcore::Result<()> {
+//! let store = exportcore_postgres::PostgresStore::connect("postgres://exports@127.0.0.1:5432/exports").await?;
+//! let exporter = exportcore::engine::Exporter::builder()
+//!     .store(store)
+//!     .sink(exportcore::InMemorySink::new())
+//!     .evidence(exportcore::MemoryEvidence::new())
+//!     .build()?;
+//! # let _ = exporter; Ok(()) }
+//! ```
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use exportcore::saved::SavedProfile;
+use exportcore::store::{ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use exportcore::{
+    DistributionRecord, ExportError, ProfileId, Result, Run, RunError, RunEvent, RunId, RunRequest, RunStatus,
+    TenantId, Timestamp,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+/// Forward migrations; entry `i` takes a database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    seq            BIGSERIAL PRIMARY KEY,
+    run_id         TEXT NOT NULL UNIQUE,
+    tenant         TEXT NOT NULL,
+    project        TEXT,
+    profile_id     TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    rank           BIGINT NOT NULL,
+    expires_ms     BIGINT,
+    duration_s     DOUBLE PRECISION,
+    lease_id       TEXT,
+    lease_until_ms BIGINT,
+    record         TEXT NOT NULL,
+    request        TEXT NOT NULL
+);
+CREATE INDEX runs_queue   ON runs(rank, seq) WHERE status = 'queued';
+CREATE INDEX runs_tenant  ON runs(tenant, seq);
+CREATE INDEX runs_running ON runs(seq) WHERE status = 'running';
+CREATE INDEX runs_profile ON runs(profile_id, seq) WHERE status = 'succeeded';
+CREATE INDEX runs_expiry  ON runs(expires_ms) WHERE status IN ('succeeded', 'failed');
+CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    id     BIGINT NOT NULL,
+    at     TEXT NOT NULL,
+    event  TEXT NOT NULL,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE idempotency (
+    tenant       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    expires_ms   BIGINT NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+CREATE INDEX idempotency_expiry ON idempotency(expires_ms);
+CREATE TABLE distributions (
+    tenant     TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    record     TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX distributions_run ON distributions(tenant, run_id, created_ms);
+CREATE TABLE profiles (
+    tenant   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    record   TEXT NOT NULL,
+    PRIMARY KEY (tenant, name, revision)
+);
+"#];
+
+/// The schema version this build writes (the number of migrations it knows).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// The advisory lock migrations hold (any constant unique to this schema).
+const MIGRATION_LOCK: i64 = 0x4558_4331_0000_0001;
+
+/// A run store in PostgreSQL. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    label: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("db", &self.label).finish()
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    (t.as_offset_date_time().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn not_found(run_id: &RunId) -> ExportError {
+    ExportError::NotFound { path: format!("run {run_id}") }
+}
+
+fn json_err(label: &str, e: serde_json::Error) -> ExportError {
+    ExportError::StoreInvalid { path: label.to_owned(), reason: format!("a stored record does not parse: {e}") }
+}
+
+fn read_run(label: &str, record: &str) -> Result<Run> {
+    serde_json::from_str(record).map_err(|e| json_err(label, e))
+}
+
+fn write_run(run: &Run) -> String {
+    serde_json::to_string(run).unwrap_or_default()
+}
+
+fn duration(run: &Run) -> Option<f64> {
+    Some(exportcore::store::seconds_between(run.started_at?, run.finished_at?))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://USER[:PASS]@HOST:PORT/DB`; without a password in the URL,
+    /// `PGPASSWORD` is used) and applies the migrations this build knows.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` for a malformed URL; `ERR_EXPORT_IO` when the server cannot
+    /// be reached; `ERR_EXPORT_STORE_INVALID` for a database from a newer build.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            ExportError::invalid("--store", format!("not a postgres:// URL: {e}"))
+        })?;
+        if cfg.get_password().is_none() {
+            if let Ok(p) = std::env::var("PGPASSWORD") {
+                cfg.password(p);
+            }
+        }
+        cfg.application_name("exportcore");
+        let host = cfg
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .unwrap_or_default();
+        let label = format!(
+            "postgres://{}@{}:{}/{}",
+            cfg.get_user().unwrap_or(""),
+            host,
+            cfg.get_ports().first().copied().unwrap_or(5432),
+            cfg.get_dbname().unwrap_or("")
+        );
+        let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(mgr)
+            .max_size(16)
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| ExportError::internal_caused("postgres store", "building the pool", e))?;
+        let store = Self { pool, label };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations this build knows (under an advisory lock); returns how many were
+    /// applied. [`PostgresStore::connect`] calls it.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect`].
+    pub async fn migrate(&self) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| self.err(e))?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS exportcore_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(|e| self.err(e))?;
+        let row = tx.query_opt("SELECT version FROM exportcore_schema", &[]).await.map_err(|e| self.err(e))?;
+        let version = match row {
+            Some(r) => r.get::<_, i32>(0) as usize,
+            None => {
+                tx.execute("INSERT INTO exportcore_schema (version) VALUES (0)", &[]).await.map_err(|e| self.err(e))?;
+                0
+            }
+        };
+        if version > MIGRATIONS.len() {
+            return Err(ExportError::StoreInvalid {
+                path: self.label.clone(),
+                reason: format!(
+                    "schema version {version} is newer than this build supports ({}); upgrade",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        for sql in &MIGRATIONS[version..] {
+            tx.batch_execute(sql).await.map_err(|e| self.err(e))?;
+        }
+        let n = MIGRATIONS.len() as i32;
+        tx.execute("UPDATE exportcore_schema SET version = $1", &[&n]).await.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(MIGRATIONS.len() - version)
+    }
+
+    /// The store's name without its password: `postgres://user@host:port/db`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| ExportError::io(&self.label, std::io::Error::other(format!("cannot reach the database: {e}"))))
+    }
+
+    /// A database error: a server's SQL error is the store's fault (`STORE_INVALID`); a lost
+    /// connection is I/O (the caller may retry).
+    fn err(&self, e: tokio_postgres::Error) -> ExportError {
+        match e.as_db_error() {
+            Some(db) => ExportError::StoreInvalid {
+                path: self.label.clone(),
+                reason: format!("{}: {}", db.code().code(), db.message()),
+            },
+            None => ExportError::io(&self.label, std::io::Error::other(e.to_string())),
+        }
+    }
+
+    async fn claim(&self, run_id: Option<&RunId>, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let row = match run_id {
+            Some(id) => tx
+                .query_opt(
+                    "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = $1 FOR UPDATE SKIP LOCKED",
+                    &[&id.as_str()],
+                )
+                .await,
+            None => tx
+                .query_opt(
+                    "SELECT seq, record, request FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1 \
+                     FOR UPDATE SKIP LOCKED",
+                    &[],
+                )
+                .await,
+        }
+        .map_err(|e| self.err(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.get(0);
+        let mut run = read_run(&self.label, row.get(1))?;
+        let request: RunRequest = serde_json::from_str(row.get(2)).map_err(|e| json_err(&self.label, e))?;
+        run.status = RunStatus::Running;
+        run.started_at.get_or_insert(now);
+        run.attempts += 1;
+        tx.execute("UPDATE runs SET status = 'running', record = $1 WHERE seq = $2", &[&write_run(&run), &seq])
+            .await
+            .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(ClaimedRun { run, request }))
+    }
+
+    /// Writes the mutable parts of `run` inside `tx`, refusing to leave a final state.
+    async fn save_in(&self, tx: &impl GenericClient, run: &Run) -> Result<()> {
+        let row = tx
+            .query_opt("SELECT status FROM runs WHERE run_id = $1 FOR UPDATE", &[&run.run_id.as_str()])
+            .await
+            .map_err(|e| self.err(e))?;
+        let current: String = row.ok_or_else(|| not_found(&run.run_id))?.get(0);
+        exportcore::store::check_transition(&run.run_id, &current, run.status)?;
+        tx.execute(
+            "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4 WHERE run_id = $5",
+            &[&run.status.as_str(), &run.expires_at.map(millis), &duration(run), &write_run(run), &run.run_id.as_str()],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Appends an event inside `tx` (the run's row lock orders concurrent appends).
+    async fn append_in(&self, tx: &impl GenericClient, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+        let exists = tx
+            .query_opt("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()])
+            .await
+            .map_err(|e| self.err(e))?;
+        if exists.is_none() {
+            return Err(not_found(run_id));
+        }
+        let row = tx
+            .query_one("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = $1", &[&run_id.as_str()])
+            .await
+            .map_err(|e| self.err(e))?;
+        let id: i64 = row.get(0);
+        let body = serde_json::to_string(event).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO events (run_id, id, at, event) VALUES ($1, $2, $3, $4)",
+            &[&run_id.as_str(), &id, &at.to_string(), &body],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(id as u64)
+    }
+
+    async fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let client = self.client().await?;
+        let rows = client.query(sql, params).await.map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get::<_, &str>(0))
+                    .map_err(|e| ExportError::StoreInvalid { path: self.label.clone(), reason: format!("{what}: {e}") })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RunStore for PostgresStore {
+    async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let tenant = new.run.tenant.as_str();
+        if let Some(k) = &new.idempotency {
+            // The key is the primary key: of two nodes inserting it at once, one waits for the
+            // other's commit and then finds the key taken. A lapsed key is taken over.
+            let hash = new.request_hash.to_hex();
+            let owned = tx
+                .query_opt(
+                    "INSERT INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (tenant, key) DO UPDATE
+                       SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id, expires_ms = EXCLUDED.expires_ms
+                       WHERE idempotency.expires_ms <= $6
+                     RETURNING run_id",
+                    &[&tenant, &k.key, &hash, &new.run.run_id.as_str(), &millis(k.expires_at), &millis(now)],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            if owned.is_none() {
+                let row = tx
+                    .query_one(
+                        "SELECT i.request_hash, i.run_id, r.record FROM idempotency i LEFT JOIN runs r ON r.run_id = i.run_id
+                         WHERE i.tenant = $1 AND i.key = $2",
+                        &[&tenant, &k.key],
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                let (stored_hash, run_id, record): (String, String, Option<String>) =
+                    (row.get(0), row.get(1), row.get(2));
+                if stored_hash != hash {
+                    return Err(ExportError::Conflict {
+                        what: "Idempotency-Key".into(),
+                        reason: format!("key {:?} was used for a different request (run {run_id})", k.key),
+                    });
+                }
+                match record {
+                    Some(record) => return Ok(Created::Existing(read_run(&self.label, &record)?)),
+                    None => {
+                        tx.execute(
+                            "UPDATE idempotency SET run_id = $3, expires_ms = $4 WHERE tenant = $1 AND key = $2",
+                            &[&tenant, &k.key, &new.run.run_id.as_str(), &millis(k.expires_at)],
+                        )
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        let request = serde_json::to_string(&new.request).map_err(|e| json_err(&self.label, e))?;
+        tx.execute(
+            "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &new.run.run_id.as_str(),
+                &tenant,
+                &new.run.project,
+                &new.run.profile_id.as_str(),
+                &new.run.status.as_str(),
+                &new.rank,
+                &new.run.expires_at.map(millis),
+                &write_run(&new.run),
+                &request,
+            ],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Created::New(new.run))
+    }
+
+    async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM runs WHERE run_id = $1 AND tenant = $2",
+                &[&run_id.as_str(), &tenant.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        read_run(&self.label, row.ok_or_else(|| not_found(run_id))?.get(0))
+    }
+
+    async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
+        let start: i64 = match &filter.cursor {
+            Some(c) => c.parse().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
+            None => i64::MAX,
+        };
+        let limit = filter.page_size();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
+                   AND ($3::TEXT IS NULL OR status = $3) AND ($4::TEXT IS NULL OR profile_id = $4)
+                   AND ($5::TEXT IS NULL OR project = $5)
+                 ORDER BY seq DESC LIMIT $6",
+                &[
+                    &tenant.as_str(),
+                    &start,
+                    &filter.status.map(|s| s.as_str()),
+                    &filter.profile_id.as_ref().map(|p| p.as_str()),
+                    &filter.project,
+                    &(limit as i64 + 1),
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut runs = Vec::new();
+        let mut next_cursor = None;
+        for row in rows {
+            let seq: i64 = row.get(0);
+            if runs.len() == limit {
+                next_cursor = Some((seq + 1).to_string());
+                break;
+            }
+            runs.push(read_run(&self.label, row.get(1))?);
+        }
+        Ok(Page { runs, next_cursor })
+    }
+
+    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.claim(None, now).await
+    }
+
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
+        self.claim(Some(run_id), now).await
+    }
+
+    async fn save(&self, run: &Run) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        self.save_in(&tx, run).await?;
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    async fn finish(&self, run: &Run, at: Timestamp, terminal: &RunEvent) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        self.save_in(&tx, run).await?;
+        let id = self.append_in(&tx, &run.run_id, at, terminal).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    async fn fail_if_queued(
+        &self,
+        tenant: &TenantId,
+        run_id: &RunId,
+        error: RunError,
+        now: Timestamp,
+    ) -> Result<Option<Run>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let row = tx
+            .query_opt(
+                "SELECT status, record FROM runs WHERE run_id = $1 AND tenant = $2 FOR UPDATE",
+                &[&run_id.as_str(), &tenant.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let row = row.ok_or_else(|| not_found(run_id))?;
+        if row.get::<_, &str>(0) != "queued" {
+            return Ok(None);
+        }
+        let mut run = read_run(&self.label, row.get(1))?;
+        run.status = RunStatus::Failed;
+        run.finished_at = Some(now);
+        run.errors.push(error.clone());
+        self.save_in(&tx, &run).await?;
+        let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
+        self.append_in(&tx, run_id, now, &failed).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(run))
+    }
+
+    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let id = self.append_in(&tx, run_id, at, event).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        // One statement, tenant in the join: another tenant's run has no events and no row.
+        let rows = client
+            .query(
+                "SELECT e.id, e.at, e.event FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.id > $3
+                 WHERE r.run_id = $1 AND r.tenant = $2 ORDER BY e.id LIMIT $4",
+                &[&run_id.as_str(), &tenant.as_str(), &(after as i64), &(limit.max(1) as i64)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if rows.is_empty() {
+            return Err(not_found(run_id));
+        }
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(id) = row.get::<_, Option<i64>>(0) else { continue };
+            let at: String = row.get(1);
+            out.push(StoredEvent {
+                id: id as u64,
+                at: Timestamp::parse(&at)
+                    .map_err(|reason| ExportError::StoreInvalid { path: self.label.clone(), reason })?,
+                event: serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| json_err(&self.label, e))?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        self.records(
+            "SELECT record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= $1 ORDER BY seq LIMIT $2",
+            &[&millis(now), &(limit as i64)],
+            "a run",
+        )
+        .await
+    }
+
+    async fn running(&self) -> Result<Vec<Run>> {
+        self.records("SELECT record FROM runs WHERE status = 'running' ORDER BY seq", &[], "a run").await
+    }
+
+    async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT duration_s FROM runs WHERE profile_id = $1 AND status = 'succeeded' AND duration_s IS NOT NULL
+                 ORDER BY seq DESC LIMIT $2",
+                &[&profile_id.as_str(), &(limit as i64)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn queued_count(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT count(*) FROM runs WHERE status = 'queued'", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM idempotency WHERE expires_ms <= $1", &[&millis(now)]).await.map_err(|e| self.err(e))
+    }
+
+    async fn put_distribution(&self, record: &DistributionRecord) -> Result<()> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| ExportError::internal_caused("postgres store", "serialising a record", e))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO distributions (tenant, id, run_id, created_ms, record) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (tenant, id) DO UPDATE SET run_id = EXCLUDED.run_id, created_ms = EXCLUDED.created_ms,
+                   record = EXCLUDED.record",
+                &[&record.tenant.as_str(), &record.id, &record.run_id.as_str(), &millis(record.created_at), &json],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn get_distribution(&self, tenant: &TenantId, id: &str) -> Result<DistributionRecord> {
+        let found: Vec<DistributionRecord> = self
+            .records(
+                "SELECT record FROM distributions WHERE tenant = $1 AND id = $2",
+                &[&tenant.as_str(), &id],
+                "a distribution record",
+            )
+            .await?;
+        found.into_iter().next().ok_or_else(|| ExportError::NotFound { path: format!("distribution {id}") })
+    }
+
+    async fn list_distributions(&self, tenant: &TenantId, run_id: Option<&RunId>) -> Result<Vec<DistributionRecord>> {
+        self.records(
+            "SELECT record FROM distributions WHERE tenant = $1 AND ($2::TEXT IS NULL OR run_id = $2)
+             ORDER BY created_ms DESC, id DESC",
+            &[&tenant.as_str(), &run_id.map(|r| r.as_str())],
+            "a distribution record",
+        )
+        .await
+    }
+
+    async fn put_profile(&self, profile: &SavedProfile) -> Result<()> {
+        let json = serde_json::to_string(profile)
+            .map_err(|e| ExportError::internal_caused("postgres store", "serialising a profile", e))?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO profiles (tenant, name, revision, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&profile.tenant.as_str(), &profile.spec.name, &(profile.revision as i32), &json],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(exportcore::store::profile_conflict(profile));
+        }
+        Ok(())
+    }
+
+    async fn get_profile(&self, tenant: &TenantId, name: &str, revision: Option<u32>) -> Result<SavedProfile> {
+        let found: Vec<SavedProfile> = self
+            .records(
+                "SELECT record FROM profiles WHERE tenant = $1 AND name = $2 AND ($3::INTEGER IS NULL OR revision = $3)
+                 ORDER BY revision DESC LIMIT 1",
+                &[&tenant.as_str(), &name, &revision.map(|r| r as i32)],
+                "a saved profile",
+            )
+            .await?;
+        found.into_iter().next().ok_or_else(|| exportcore::store::profile_not_found(tenant, name, revision))
+    }
+
+    async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>> {
+        self.records(
+            "SELECT DISTINCT ON (name) record FROM profiles WHERE tenant = $1 ORDER BY name, revision DESC",
+            &[&tenant.as_str()],
+            "a saved profile",
+        )
+        .await
+    }
+}
