@@ -269,6 +269,9 @@ async fn profiles_runs_and_downloads_through_every_route() {
     send(acme.req(Method::POST, "/runs").header("content-type", "application/json").body("{not json"))
         .await
         .expect_error(400, "ERR_EXPORT_REQUEST_INVALID");
+    // A field this profile does not implement is refused, never ignored: 501.
+    let enc = json!({"profileId": "json:raw", "encryption": {"enabled": true, "kmsKey": "age1xyz"}});
+    acme.post("/runs", &enc).await.expect_error(501, "ERR_EXPORT_NOT_SUPPORTED");
     acme.get("/nowhere").await.expect_error(404, "ERR_EXPORT_NOT_FOUND");
     acme.get("/runs/export-run::acme::absent").await.expect_error(404, "ERR_EXPORT_NOT_FOUND");
     let read_only = Dev { http: http(), server: &server, token: "tok-read-1", tenant: "acme" };
