@@ -101,11 +101,30 @@ impl RunStore for ArcStore {
     async fn list(&self, t: &TenantId, f: &RunFilter) -> exportcore::Result<exportcore::store::Page> {
         self.0.list(t, f).await
     }
-    async fn claim_next(&self, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
-        self.0.claim_next(now).await
+    async fn claim_next(
+        &self,
+        now: Timestamp,
+        l: &exportcore::Lease,
+    ) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
+        self.0.claim_next(now, l).await
     }
-    async fn claim_run(&self, id: &RunId, now: Timestamp) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
-        self.0.claim_run(id, now).await
+    async fn claim_run(
+        &self,
+        id: &RunId,
+        now: Timestamp,
+        l: &exportcore::Lease,
+    ) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
+        self.0.claim_run(id, now, l).await
+    }
+    async fn renew_lease(&self, id: &RunId, l: &exportcore::Lease) -> exportcore::Result<()> {
+        self.0.renew_lease(id, l).await
+    }
+    async fn reclaim_expired(
+        &self,
+        now: Timestamp,
+        l: &exportcore::Lease,
+    ) -> exportcore::Result<Option<exportcore::Run>> {
+        self.0.reclaim_expired(now, l).await
     }
     async fn save(&self, r: &exportcore::Run) -> exportcore::Result<()> {
         self.0.save(r).await
@@ -127,8 +146,14 @@ impl RunStore for ArcStore {
     ) -> exportcore::Result<Option<exportcore::Run>> {
         self.0.fail_if_queued(t, id, e, now).await
     }
-    async fn append_event(&self, id: &RunId, at: Timestamp, e: &exportcore::RunEvent) -> exportcore::Result<u64> {
-        self.0.append_event(id, at, e).await
+    async fn append_event(
+        &self,
+        id: &RunId,
+        l: Option<&exportcore::Lease>,
+        at: Timestamp,
+        e: &exportcore::RunEvent,
+    ) -> exportcore::Result<u64> {
+        self.0.append_event(id, l, at, e).await
     }
     async fn events(
         &self,
@@ -144,6 +169,9 @@ impl RunStore for ArcStore {
     }
     async fn running(&self) -> exportcore::Result<Vec<exportcore::Run>> {
         self.0.running().await
+    }
+    async fn sweep_guard(&self) -> exportcore::Result<Option<exportcore::store::SweepGuard>> {
+        self.0.sweep_guard().await
     }
     async fn recent_durations(&self, p: &ProfileId, limit: usize) -> exportcore::Result<Vec<f64>> {
         self.0.recent_durations(p, limit).await
@@ -520,7 +548,8 @@ async fn interrupted_runs_are_reported_failed_after_restart() {
         let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1);
         let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         // A worker claims it and then the process "dies" before finishing.
-        let claimed = store.claim_next(Timestamp::now()).await.unwrap().unwrap();
+        let lease = exportcore::Lease::new(Timestamp::now().plus_days(1));
+        let claimed = store.claim_next(Timestamp::now(), &lease).await.unwrap().unwrap();
         assert_eq!(claimed.run.run_id, id);
         id
     };
@@ -565,4 +594,96 @@ async fn builder_reports_missing_parts() {
     assert!(err.to_string().contains("evidence"), "{err}");
     let sink = InMemorySink::new();
     sink.put_bytes(&"x".parse().unwrap(), "y".into()).await.unwrap();
+}
+
+/// Polls until `f` holds (at most 10 s).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_longer_than_its_lease_keeps_it_and_no_other_engine_takes_it() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let sink = Arc::new(InMemorySink::new());
+    let slow = Arc::new(Sleepy { sleep_ms: 3000, ..Default::default() });
+    let a =
+        builder(slow.clone(), Arc::clone(&store), sink.clone(), 1).lease_ttl(Duration::from_secs(1)).build().unwrap();
+    let b = builder(slow, Arc::clone(&store), sink.clone(), 1).lease_ttl(Duration::from_secs(1)).build().unwrap();
+    let id = submit(&a, "t", req(Priority::Normal)).await.unwrap().run_id;
+    let (wa, wb) = (a.start(), b.start());
+    eventually("the run to finish", async || a.get(&t("t"), &id).await.unwrap().status.is_terminal()).await;
+    let run = a.get(&t("t"), &id).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 1), "renewed three times over, never taken: {run:?}");
+    let events: Vec<_> = a.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+    assert_eq!(events.iter().filter(|e| **e == "started").count(), 1, "{events:?}");
+    wa.shutdown().await;
+    wb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_lease_is_taken_stops_and_writes_nothing_more() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let sink = Arc::new(InMemorySink::new());
+    let slow = Arc::new(Sleepy { sleep_ms: 2000, ..Default::default() });
+    let a =
+        builder(slow.clone(), Arc::clone(&store), sink.clone(), 1).lease_ttl(Duration::from_secs(1)).build().unwrap();
+    let id = submit(&a, "t", req(Priority::Normal)).await.unwrap().run_id;
+    let wa = a.start();
+    eventually("the run to start", async || a.get(&t("t"), &id).await.unwrap().status == RunStatus::Running).await;
+    // Another node decides A is gone (a clock jump, a partition) and takes the run over.
+    let thief = exportcore::Lease::new(Timestamp::now().plus_days(1));
+    let taken = store.reclaim_expired(Timestamp::now().plus_days(2), &thief).await.unwrap().expect("running");
+    assert_eq!(taken.run_id, id);
+    let events_at_theft = store.events(&t("t"), &id, 0, 1000).await.unwrap().len();
+    // A notices at its next renewal, stops, and writes nothing: no event, no progress, no file.
+    eventually("A to let go", async || slow.active.load(Ordering::SeqCst) == 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let run = store.get(&t("t"), &id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Running, "still the thief's");
+    assert_eq!(store.events(&t("t"), &id, 0, 1000).await.unwrap().len(), events_at_theft, "A appended nothing more");
+    assert!(sink.snapshot().is_empty(), "A published nothing: {:?}", sink.snapshot().len());
+    // The new holder requeues it; A's engine runs it to the end as a fresh attempt.
+    let mut requeued = taken;
+    requeued.status = RunStatus::Queued;
+    store.save(&requeued).await.unwrap();
+    eventually("the second attempt", async || a.get(&t("t"), &id).await.unwrap().status.is_terminal()).await;
+    let run = a.get(&t("t"), &id).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 2), "{run:?}");
+    let names: Vec<_> = a.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+    assert_eq!(names.iter().filter(|e| **e == "completed" || **e == "failed").count(), 1, "{names:?}");
+    wa.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    let ex = builder(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1)
+        .clock(clock.clone())
+        .retries(2, Duration::from_millis(10))
+        .lease_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
+    // A worker claims it (a 10 s lease) and dies.
+    let dead = |clock: &ManualClock| exportcore::Lease::new(Timestamp::from_unix(clock.now().unix() + 10).unwrap());
+    use exportcore::engine::Clock as _;
+    store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
+    assert!(ex.reclaim_expired().await.unwrap().is_empty(), "the lease has not lapsed yet");
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
+    assert_eq!(ex.get(&t("t"), &id).await.unwrap().status, RunStatus::Queued, "attempt 1 of 2: back to the queue");
+    // Claimed again, dies again: its attempts are spent.
+    store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
+    let run = ex.get(&t("t"), &id).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Failed, 2));
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
+    let names: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+    assert_eq!(names, ["failed"]);
 }

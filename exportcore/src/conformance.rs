@@ -425,8 +425,8 @@ mod stores {
     use super::*;
 
     use crate::id::{ProfileId, RunId, TenantId};
-    use crate::model::{Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
-    use crate::store::{Created, IdempotencyKey, NewRun, RunFilter, RunStore};
+    use crate::model::{Lease, Progress, Run, RunError, RunEvent as Event, RunStatus as Status, Timestamp};
+    use crate::store::{is_lease_lost, Created, IdempotencyKey, NewRun, RunFilter, RunStore};
 
     fn t(s: &str) -> TenantId {
         TenantId::parse(s).expect("valid tenant")
@@ -463,6 +463,76 @@ mod stores {
         store_expiry_running_and_durations(store).await;
         store_distributions(store).await;
         store_profiles(store).await;
+        store_leases(store).await;
+    }
+
+    /// A lease no other call matches (ids differ, lapse far away).
+    fn lease() -> Lease {
+        Lease::new(at(1_000_000))
+    }
+
+    /// Leases: a claim holds one; only the holder renews it; saves, finishes and events that
+    /// carry another lease (or none) are refused and change nothing (fencing); a lapsed lease
+    /// is taken over exactly once; a run leaving `running` drops its lease.
+    pub async fn store_leases(store: &dyn RunStore) {
+        let lost = |e: ExportError| assert!(is_lease_lost(&e), "expected a lost lease: {e:?}");
+        store.create(new_run("t-l", "l1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+        let mine = Lease { lease_id: "lease-a".into(), lease_until: at(100) };
+        let c = store.claim_run(&r("l1"), at(1), &mine).await.expect("claim").expect("queued");
+        assert_eq!(c.run.lease.as_ref(), Some(&mine), "a claim returns its lease");
+        let stored = store.get(&t("t-l"), &r("l1")).await.expect("get");
+        assert_eq!(stored.lease, None, "the lease is not part of the record");
+        let stranger = Lease { lease_id: "lease-x".into(), lease_until: at(10_000) };
+        lost(store.renew_lease(&r("l1"), &stranger).await.expect_err("only the holder renews"));
+        store.renew_lease(&r("l1"), &Lease { lease_until: at(200), ..mine.clone() }).await.expect("renew");
+        assert!(store.reclaim_expired(at(150), &stranger).await.expect("reclaim").is_none(), "renewed until 200");
+
+        let ev = Event::Started { run_id: r("l1"), profile_id: ProfileId::from_static("json:raw") };
+        let mut forged = c.run.clone();
+        forged.progress = Progress::of(1, 2);
+        for lease in [Some(stranger.clone()), None] {
+            forged.lease = lease;
+            lost(store.save(&forged).await.expect_err("a save under another lease"));
+            lost(store.append_event(&r("l1"), forged.lease.as_ref(), at(2), &ev).await.expect_err("an event"));
+        }
+        assert_eq!(store.get(&t("t-l"), &r("l1")).await.expect("get"), stored, "refused writes change nothing");
+        assert!(store.events(&t("t-l"), &r("l1"), 0, 10).await.expect("events").is_empty());
+        assert_eq!(store.append_event(&r("l1"), Some(&mine), at(2), &ev).await.expect("the holder appends"), 1);
+        let mut held = c.run.clone();
+        held.progress = Progress::of(1, 2);
+        store.save(&held).await.expect("the holder saves");
+
+        // Lapsed at 200: one caller takes it over, with its progress.
+        let theirs = Lease { lease_id: "lease-b".into(), lease_until: at(500) };
+        let taken = store.reclaim_expired(at(200), &theirs).await.expect("reclaim").expect("lapsed at 200");
+        assert_eq!((taken.run_id.as_str(), taken.lease.as_ref()), ("l1", Some(&theirs)));
+        assert_eq!((taken.status, taken.progress), (Status::Running, Progress::of(1, 2)));
+        assert!(store.reclaim_expired(at(200), &stranger).await.expect("reclaim").is_none(), "taken over once");
+        // The old holder is fenced out.
+        lost(store.renew_lease(&r("l1"), &Lease { lease_until: at(900), ..mine.clone() }).await.expect_err("renew"));
+        let mut late = held.clone();
+        late.status = Status::Succeeded;
+        let done = Event::Completed { run_id: r("l1"), status: Status::Succeeded };
+        lost(store.finish(&late, at(201), &done).await.expect_err("a finish under a lost lease"));
+        lost(store.append_event(&r("l1"), Some(&mine), at(201), &ev).await.expect_err("an event"));
+        assert_eq!(store.get(&t("t-l"), &r("l1")).await.expect("get").status, Status::Running);
+        assert_eq!(store.events(&t("t-l"), &r("l1"), 0, 10).await.expect("events").len(), 1);
+
+        // The new holder requeues it: the lease goes with `running`.
+        let mut requeued = taken.clone();
+        requeued.status = Status::Queued;
+        store.save(&requeued).await.expect("requeue");
+        lost(store.renew_lease(&r("l1"), &theirs).await.expect_err("no lease while queued"));
+        assert!(store.reclaim_expired(at(1_000_000), &stranger).await.expect("reclaim").is_none(), "none running");
+        let next = Lease { lease_id: "lease-c".into(), lease_until: at(400) };
+        let again = store.claim_run(&r("l1"), at(300), &next).await.expect("claim").expect("queued again");
+        assert_eq!((again.run.attempts, again.run.lease.as_ref()), (2, Some(&next)));
+        let mut finished = again.run;
+        finished.status = Status::Succeeded;
+        finished.finished_at = Some(at(301));
+        assert_eq!(store.finish(&finished, at(301), &done).await.expect("the holder finishes"), 2);
+        lost(store.renew_lease(&r("l1"), &next).await.expect_err("no lease once final"));
+        assert!(store.reclaim_expired(at(1_000_000), &stranger).await.expect("reclaim").is_none(), "none running");
     }
 
     /// Saved profiles: revisions are immutable, the latest is the default, tenants are apart.
@@ -578,7 +648,7 @@ mod stores {
             .await
             .is_err());
         // Drain the queue for the next checks.
-        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        while let Some(c) = store.claim_next(at(1), &lease()).await.expect("claim") {
             let mut run = c.run;
             run.status = Status::Failed;
             store.save(&run).await.expect("save");
@@ -602,7 +672,7 @@ mod stores {
             store.create(new_run("t-i", "i4", "json:raw", 0, Some("k1"), "vex"), at(4000)).await.expect("create");
         assert!(matches!(later, Created::New(_)));
         assert!(store.purge_idempotency(at(1_000_000)).await.expect("purge") >= 1);
-        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        while let Some(c) = store.claim_next(at(1), &lease()).await.expect("claim") {
             let mut run = c.run;
             run.status = Status::Failed;
             store.save(&run).await.expect("save");
@@ -633,21 +703,25 @@ mod stores {
             Some("failed"),
             "fail_if_queued appends the failed event with the status"
         );
-        let c = store.claim_run(&r("q5"), at(6)).await.expect("claim").expect("q5 is queued");
+        let c = store.claim_run(&r("q5"), at(6), &lease()).await.expect("claim").expect("q5 is queued");
         assert_eq!((c.run.run_id.as_str(), c.run.status, c.run.attempts), ("q5", Status::Running, 1));
-        assert!(store.claim_run(&r("q5"), at(6)).await.expect("claim").is_none());
-        assert!(store.claim_run(&r("q3"), at(6)).await.expect("claim").is_none(), "failed runs cannot be claimed");
+        assert!(store.claim_run(&r("q5"), at(6), &lease()).await.expect("claim").is_none());
+        assert!(
+            store.claim_run(&r("q3"), at(6), &lease()).await.expect("claim").is_none(),
+            "failed runs cannot be claimed"
+        );
         let mut run = c.run;
         run.status = Status::Succeeded;
         store.save(&run).await.expect("save");
-        let mut order = Vec::new();
-        while let Some(c) = store.claim_next(at(7)).await.expect("claim") {
+        let mut claimed = Vec::new();
+        while let Some(c) = store.claim_next(at(7), &lease()).await.expect("claim") {
             assert_eq!(c.run.status, Status::Running);
             assert_eq!(c.run.attempts, 1);
             assert_eq!(c.run.started_at, Some(at(7)));
             assert_eq!(c.request.profile_id, "json:raw");
-            order.push(c.run.run_id.clone());
+            claimed.push(c.run);
         }
+        let order: Vec<_> = claimed.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(order, ["q2", "q4", "q1"]);
         assert!(store
             .fail_if_queued(&t("t-q"), &r("q1"), RunError { code: "X".into(), message: "m".into() }, at(8))
@@ -655,13 +729,12 @@ mod stores {
             .expect("ok")
             .is_none());
         // A requeued run (retry) is claimed again, attempts counted.
-        let mut run = store.get(&t("t-q"), &r("q1")).await.expect("get");
+        let mut run = claimed.pop().expect("q1");
         run.status = Status::Queued;
         store.save(&run).await.expect("save");
-        let again = store.claim_next(at(9)).await.expect("claim").expect("requeued run");
+        let again = store.claim_next(at(9), &lease()).await.expect("claim").expect("requeued run");
         assert_eq!((again.run.run_id.as_str(), again.run.attempts, again.run.started_at), ("q1", 2, Some(at(7))));
-        for id in ["q1", "q2", "q4"] {
-            let mut run = store.get(&t("t-q"), &r(id)).await.expect("get");
+        for mut run in claimed.into_iter().chain([again.run]) {
             run.status = Status::Succeeded;
             store.save(&run).await.expect("save");
         }
@@ -673,16 +746,19 @@ mod stores {
         store.create(new_run("t-e", "e2", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
         for i in 0..5u8 {
             let ev = Event::Progress { run_id: r("e1"), progress: Progress::of(u64::from(i), 5) };
-            assert_eq!(store.append_event(&r("e1"), at(i64::from(i)), &ev).await.expect("append"), u64::from(i) + 1);
+            assert_eq!(
+                store.append_event(&r("e1"), None, at(i64::from(i)), &ev).await.expect("append"),
+                u64::from(i) + 1
+            );
         }
         let ev = Event::Started { run_id: r("e2"), profile_id: ProfileId::from_static("json:raw") };
-        assert_eq!(store.append_event(&r("e2"), at(0), &ev).await.expect("append"), 1);
+        assert_eq!(store.append_event(&r("e2"), None, at(0), &ev).await.expect("append"), 1);
         let after2 = store.events(&t("t-e"), &r("e1"), 2, 100).await.expect("events");
         assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(after2[0].event, Event::Progress { run_id: r("e1"), progress: Progress::of(2, 5) });
         assert_eq!(store.events(&t("t-e"), &r("e1"), 0, 2).await.expect("events").len(), 2);
-        assert!(store.append_event(&r("nope"), at(0), &ev).await.is_err());
-        while let Some(c) = store.claim_next(at(1)).await.expect("claim") {
+        assert!(store.append_event(&r("nope"), None, at(0), &ev).await.is_err());
+        while let Some(c) = store.claim_next(at(1), &lease()).await.expect("claim") {
             let mut run = c.run;
             run.status = Status::Failed;
             store.save(&run).await.expect("save");
@@ -694,12 +770,12 @@ mod stores {
         store.create(new_run("t-x", "x1", "json:x", 0, None, "adv"), at(0)).await.expect("create");
         store.create(new_run("t-x", "x2", "json:x", 0, None, "adv"), at(0)).await.expect("create");
         store.create(new_run("t-x", "x3", "json:x", 0, None, "adv"), at(0)).await.expect("create");
-        let mut a = store.claim_next(at(100)).await.expect("claim").expect("x1").run;
+        let mut a = store.claim_next(at(100), &lease()).await.expect("claim").expect("x1").run;
         a.status = Status::Succeeded;
         a.finished_at = Some(at(130));
         a.expires_at = Some(at(1000));
         store.save(&a).await.expect("save");
-        let b = store.claim_next(at(200)).await.expect("claim").expect("x2").run;
+        let b = store.claim_next(at(200), &lease()).await.expect("claim").expect("x2").run;
         assert_eq!(
             store.running().await.expect("running").iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
             ["x2"]
@@ -715,7 +791,7 @@ mod stores {
         let mut b = b;
         b.status = Status::Failed;
         store.save(&b).await.expect("save");
-        let c = store.claim_next(at(300)).await.expect("claim").expect("x3");
+        let c = store.claim_next(at(300), &lease()).await.expect("claim").expect("x3");
         let mut c = c.run;
         c.status = Status::Failed;
         store.save(&c).await.expect("save");
@@ -724,9 +800,9 @@ mod stores {
     /// `finish` stores the final record and its terminal event together.
     pub async fn store_finish_is_one_step(store: &dyn RunStore) {
         store.create(new_run("t-f", "f1", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
-        let mut run = store.claim_run(&r("f1"), at(1)).await.expect("claim").expect("queued").run;
+        let mut run = store.claim_run(&r("f1"), at(1), &lease()).await.expect("claim").expect("queued").run;
         let ev = Event::Started { run_id: r("f1"), profile_id: ProfileId::from_static("json:raw") };
-        assert_eq!(store.append_event(&r("f1"), at(1), &ev).await.expect("append"), 1);
+        assert_eq!(store.append_event(&r("f1"), run.lease.as_ref(), at(1), &ev).await.expect("append"), 1);
         run.status = Status::Succeeded;
         run.finished_at = Some(at(2));
         let done = Event::Completed { run_id: r("f1"), status: Status::Succeeded };
@@ -736,6 +812,7 @@ mod stores {
         assert_eq!(evs.last().map(|e| &e.event), Some(&done));
         let mut again = run.clone();
         again.status = Status::Failed;
+        again.lease = None;
         let failed = Event::Failed { run_id: r("f1"), code: "ERR_EXPORT_INTERRUPTED".into(), message: "late".into() };
         store.finish(&again, at(3), &failed).await.expect_err("a final state is final");
         assert_eq!(store.get(&t("t-f"), &r("f1")).await.expect("get").status, Status::Succeeded);

@@ -109,8 +109,8 @@ pub use id::{ProfileId, RunId, TenantId};
 pub use manifest::{Manifest, ManifestBuilder, ManifestEntry, TimeAnchor, TimeSource};
 pub use model::{
     ArtifactType, Compression, DistributedArtifact, Distribution, DistributionRecord, DistributionStatus,
-    DistributionType, Encryption, Format, Limits, Output, Priority, Progress, Run, RunError, RunEvent, RunRequest,
-    RunRequestBuilder, RunStatus, SavedProfileRef, Signing, Target, Timestamp,
+    DistributionType, Encryption, Format, Lease, Limits, Output, Priority, Progress, Run, RunError, RunEvent,
+    RunRequest, RunRequestBuilder, RunStatus, SavedProfileRef, Signing, Target, Timestamp,
 };
 pub use path::ArtifactPath;
 pub use profile::{

@@ -40,6 +40,10 @@ impl Timestamp {
             .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
             .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))
     }
+    /// This time plus `d`, to the nanosecond (unchanged if that is past the year 9999).
+    pub fn plus(&self, d: std::time::Duration) -> Self {
+        time::Duration::try_from(d).ok().and_then(|d| self.0.checked_add(d)).map_or(*self, Self)
+    }
     /// This time plus whole days.
     pub fn plus_days(&self, days: u32) -> Self {
         Self(self.0 + time::Duration::days(i64::from(days)))
@@ -754,6 +758,31 @@ pub struct Run {
     /// built-in profile that ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_profile: Option<SavedProfileRef>,
+    /// The claiming worker's hold on the run: set in what [`crate::store::RunStore::claim_next`]
+    /// and [`crate::store::RunStore::reclaim_expired`] return, carried by the worker's writes
+    /// for fencing. Not part of the record: never serialized, absent from `get` and `list`.
+    #[serde(skip)]
+    pub lease: Option<Lease>,
+}
+
+/// A worker's hold on a `running` run. Only the holder writes to the run (the stores refuse a
+/// save, finish or event that carries another lease: fencing), and only until `leaseUntil`
+/// unless it renews; after that any worker may take the run over
+/// ([`crate::store::RunStore::reclaim_expired`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// New for every claim (a UUID v7).
+    pub lease_id: String,
+    /// When it lapses unless renewed.
+    pub lease_until: Timestamp,
+}
+
+impl Lease {
+    /// A fresh lease that lapses at `until`.
+    pub fn new(until: Timestamp) -> Self {
+        Self { lease_id: crate::id::uuid_v7(), lease_until: until }
+    }
 }
 
 /// A saved profile revision a run used.
@@ -791,6 +820,7 @@ impl Run {
             attempts: 0,
             warnings: Vec::new(),
             saved_profile: None,
+            lease: None,
         }
     }
 }

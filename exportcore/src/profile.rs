@@ -156,38 +156,82 @@ impl Profiles {
 }
 
 /// A cancellation flag shared between the engine and a running profile. It remembers why:
-/// a user's cancel or a timeout.
+/// a user's cancel, a timeout, or a lost lease. It can also carry a deadline (the end of the
+/// worker's lease): once that instant passes, [`CancelFlag::check`] fails by itself, so a
+/// worker cut off from its store stops before its lease can be taken over, even if no timer
+/// task got to run (a paused process, a starved runtime).
 #[derive(Clone, Debug, Default)]
-pub struct CancelFlag(Arc<AtomicU64>);
+pub struct CancelFlag(Arc<FlagState>);
+
+#[derive(Debug, Default)]
+struct FlagState {
+    /// 0: not cancelled; 1: cancelled; `TIMEOUT_BIT | secs`; `LEASE_BIT`.
+    reason: AtomicU64,
+    /// Milliseconds after [`flag_epoch`] at which the flag trips (0: no deadline).
+    deadline_ms: AtomicU64,
+}
 
 const TIMEOUT_BIT: u64 = 1 << 63;
+const LEASE_BIT: u64 = 1 << 62;
+
+/// The monotonic origin of deadlines (the first use in the process).
+fn flag_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
 
 impl CancelFlag {
     /// A fresh, unset flag.
     pub fn new() -> Self {
         Self::default()
     }
+    fn trip(&self, reason: u64) {
+        let _ = self.0.reason.compare_exchange(0, reason, Ordering::SeqCst, Ordering::SeqCst);
+    }
     /// Requests cancellation.
     pub fn cancel(&self) {
-        let _ = self.0.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        self.trip(1);
     }
     /// Cancels because the run exceeded `after_secs`.
     pub fn time_out(&self, after_secs: u64) {
-        let _ = self.0.compare_exchange(
-            0,
-            TIMEOUT_BIT | after_secs.min(TIMEOUT_BIT - 1),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        self.trip(TIMEOUT_BIT | after_secs.min(LEASE_BIT - 1));
+    }
+    /// Stops the run because its worker no longer holds the run's lease: it must not write
+    /// or publish anything more (`ERR_EXPORT_INTERRUPTED`).
+    pub fn lose_lease(&self) {
+        self.trip(LEASE_BIT);
+    }
+    /// Trips the flag as [`CancelFlag::lose_lease`] at `deadline` (moved by each call).
+    pub fn set_deadline(&self, deadline: std::time::Instant) {
+        let ms = deadline.saturating_duration_since(flag_epoch()).as_millis().max(1);
+        self.0.deadline_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+    fn reason(&self) -> u64 {
+        let r = self.0.reason.load(Ordering::SeqCst);
+        let deadline = self.0.deadline_ms.load(Ordering::SeqCst);
+        if r == 0 && deadline != 0 && flag_epoch().elapsed().as_millis() >= u128::from(deadline) {
+            self.lose_lease();
+            return self.0.reason.load(Ordering::SeqCst);
+        }
+        r
     }
     /// True once cancelled (for any reason).
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst) != 0
+        self.reason() != 0
     }
-    /// `Err(Cancelled)` or `Err(Timeout)` once cancelled.
+    /// True once the run's lease was lost (or its deadline passed).
+    pub fn lease_lost(&self) -> bool {
+        self.reason() == LEASE_BIT
+    }
+    /// `Err(Cancelled)`, `Err(Timeout)` or `Err(Interrupted)` (lease lost) once cancelled.
     pub fn check(&self) -> Result<()> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.reason() {
             0 => Ok(()),
+            LEASE_BIT => Err(ExportError::Interrupted {
+                reason: "this worker lost the run's lease (it could not renew it in time, or another worker took \
+                         the run over)"
+                    .into(),
+            }),
             v if v & TIMEOUT_BIT != 0 => Err(ExportError::Timeout { after_secs: v & !TIMEOUT_BIT }),
             _ => Err(ExportError::Cancelled),
         }

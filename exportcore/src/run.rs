@@ -243,7 +243,10 @@ impl RunBuilder {
                 Ok(RunOutcome { run, distributions })
             }
             Err(e) => {
-                for path in published.iter().rev() {
+                // A worker that lost its lease leaves the paths alone: they now belong to the
+                // worker that took the run over.
+                let paths = if self.cancel.lease_lost() { &[][..] } else { &published[..] };
+                for path in paths.iter().rev() {
                     // Best effort: a failed rollback leaves files without a manifest, which no
                     // reader takes for a complete run.
                     let _ = self.sink.delete(path).await;
@@ -621,6 +624,8 @@ async fn stage_and_publish(
         return Err(e);
     }
     if let Some(target) = manifest_target {
+        // The manifest is the commit point: last chance for a cancel, a timeout or a lost lease.
+        options.cancel.check()?;
         published.push(target.clone());
         let receipt = sink.put_file(&target, &manifest.local).await?;
         outputs.push(published_output(sink, run_id, emit, manifest, receipt)?);

@@ -32,9 +32,11 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use exportcore::saved::SavedProfile;
-use exportcore::store::{ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use exportcore::store::{
+    check_lease, lease_lost, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent, SweepGuard,
+};
 use exportcore::{
-    DistributionRecord, ExportError, ProfileId, Result, Run, RunError, RunEvent, RunId, RunRequest, RunStatus,
+    DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunRequest, RunStatus,
     TenantId, Timestamp,
 };
 use tokio_postgres::types::ToSql;
@@ -98,6 +100,9 @@ CREATE TABLE profiles (
 
 /// The schema version this build writes (the number of migrations it knows).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// The session advisory lock a retention sweep holds (see [`RunStore::sweep_guard`]).
+const SWEEP_LOCK: i64 = 0x4558_4353_5745_4550; // "EXCSWEEP"
 
 /// The advisory lock migrations hold (any constant unique to this schema).
 const MIGRATION_LOCK: i64 = 0x4558_4331_0000_0001;
@@ -247,7 +252,7 @@ impl PostgresStore {
         }
     }
 
-    async fn claim(&self, run_id: Option<&RunId>, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim(&self, run_id: Option<&RunId>, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         let row = match run_id {
@@ -273,23 +278,33 @@ impl PostgresStore {
         run.status = RunStatus::Running;
         run.started_at.get_or_insert(now);
         run.attempts += 1;
-        tx.execute("UPDATE runs SET status = 'running', record = $1 WHERE seq = $2", &[&write_run(&run), &seq])
-            .await
-            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE runs SET status = 'running', record = $1, lease_id = $2, lease_until_ms = $3 WHERE seq = $4",
+            &[&write_run(&run), &lease.lease_id.as_str(), &millis(lease.lease_until), &seq],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        run.lease = Some(lease.clone());
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(ClaimedRun { run, request }))
     }
 
-    /// Writes the mutable parts of `run` inside `tx`, refusing to leave a final state.
+    /// Writes the mutable parts of `run` inside `tx`, fenced by its lease, refusing to leave a
+    /// final state.
     async fn save_in(&self, tx: &impl GenericClient, run: &Run) -> Result<()> {
         let row = tx
-            .query_opt("SELECT status FROM runs WHERE run_id = $1 FOR UPDATE", &[&run.run_id.as_str()])
+            .query_opt("SELECT status, lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run.run_id.as_str()])
             .await
             .map_err(|e| self.err(e))?;
-        let current: String = row.ok_or_else(|| not_found(&run.run_id))?.get(0);
-        exportcore::store::check_transition(&run.run_id, &current, run.status)?;
+        let row = row.ok_or_else(|| not_found(&run.run_id))?;
+        check_lease(&run.run_id, row.get::<_, Option<&str>>(1), run.lease.as_ref())?;
+        exportcore::store::check_transition(&run.run_id, row.get::<_, &str>(0), run.status)?;
+        // A run that leaves `running` drops its lease; a running one keeps its (renewed) lapse.
         tx.execute(
-            "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4 WHERE run_id = $5",
+            "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
+             lease_id = CASE WHEN $1 = 'running' THEN lease_id END,
+             lease_until_ms = CASE WHEN $1 = 'running' THEN lease_until_ms END
+             WHERE run_id = $5",
             &[&run.status.as_str(), &run.expires_at.map(millis), &duration(run), &write_run(run), &run.run_id.as_str()],
         )
         .await
@@ -297,15 +312,22 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Appends an event inside `tx` (the run's row lock orders concurrent appends).
-    async fn append_in(&self, tx: &impl GenericClient, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
-        let exists = tx
-            .query_opt("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()])
+    /// Appends an event inside `tx`, fenced by `lease` (the run's row lock orders concurrent
+    /// appends).
+    async fn append_in(
+        &self,
+        tx: &impl GenericClient,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        event: &RunEvent,
+    ) -> Result<u64> {
+        let row = tx
+            .query_opt("SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()])
             .await
             .map_err(|e| self.err(e))?;
-        if exists.is_none() {
-            return Err(not_found(run_id));
-        }
+        let row = row.ok_or_else(|| not_found(run_id))?;
+        check_lease(run_id, row.get::<_, Option<&str>>(0), lease)?;
         let row = tx
             .query_one("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = $1", &[&run_id.as_str()])
             .await
@@ -460,12 +482,51 @@ impl RunStore for PostgresStore {
         Ok(Page { runs, next_cursor })
     }
 
-    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.claim(None, now).await
+    async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        self.claim(None, now, lease).await
     }
 
-    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.claim(Some(run_id), now).await
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        self.claim(Some(run_id), now, lease).await
+    }
+
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3",
+                &[&millis(lease.lease_until), &run_id.as_str(), &lease.lease_id.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(lease_lost(run_id));
+        }
+        Ok(())
+    }
+
+    async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let row = tx
+            .query_opt(
+                "SELECT seq, record FROM runs WHERE status = 'running'
+                 AND (lease_until_ms IS NULL OR lease_until_ms <= $1) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&millis(now)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut run = read_run(&self.label, row.get(1))?;
+        tx.execute(
+            "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3",
+            &[&lease.lease_id.as_str(), &millis(lease.lease_until), &row.get::<_, i64>(0)],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        run.lease = Some(lease.clone());
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(run))
     }
 
     async fn save(&self, run: &Run) -> Result<()> {
@@ -479,7 +540,7 @@ impl RunStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         self.save_in(&tx, run).await?;
-        let id = self.append_in(&tx, &run.run_id, at, terminal).await?;
+        let id = self.append_in(&tx, &run.run_id, None, at, terminal).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(id)
     }
@@ -510,15 +571,21 @@ impl RunStore for PostgresStore {
         run.errors.push(error.clone());
         self.save_in(&tx, &run).await?;
         let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
-        self.append_in(&tx, run_id, now, &failed).await?;
+        self.append_in(&tx, run_id, None, now, &failed).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(run))
     }
 
-    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+    async fn append_event(
+        &self,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        event: &RunEvent,
+    ) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let id = self.append_in(&tx, run_id, at, event).await?;
+        let id = self.append_in(&tx, run_id, lease, at, event).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(id)
     }
@@ -664,5 +731,17 @@ impl RunStore for PostgresStore {
             "a saved profile",
         )
         .await
+    }
+
+    /// A session advisory lock on a connection taken out of the pool: dropping the guard
+    /// closes that connection, and the server releases the lock with it (also when the
+    /// process dies mid-sweep).
+    async fn sweep_guard(&self) -> Result<Option<SweepGuard>> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK]).await.map_err(|e| self.err(e))?;
+        if !row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        Ok(Some(SweepGuard::holding(deadpool_postgres::Object::take(client))))
     }
 }

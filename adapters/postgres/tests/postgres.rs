@@ -137,7 +137,8 @@ async fn nodes_share_one_store_claims_never_collide_and_keys_make_one_run() {
         for _ in 0..3 {
             let (store, claimed) = (store.clone(), claimed.clone());
             workers.push(tokio::spawn(async move {
-                while let Some(c) = store.claim_next(exportcore::Timestamp::now()).await.unwrap() {
+                let lease = exportcore::Lease::new(exportcore::Timestamp::now().plus_days(1));
+                while let Some(c) = store.claim_next(exportcore::Timestamp::now(), &lease).await.unwrap() {
                     claimed.lock().unwrap().push((n, c.run.run_id.clone()));
                 }
             }));
@@ -228,6 +229,57 @@ async fn the_engine_runs_on_postgres_and_survives_a_server_restart() {
     let b = accepted.expect("the store reconnects after the restart");
     assert_eq!(wait(b.run_id).await.status, RunStatus::Succeeded);
     workers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_take_turns_across_nodes() {
+    if !enabled() {
+        return;
+    }
+    let pg = Pg::start();
+    let url = pg.database("sweeps").await;
+    let (a, b) = (PostgresStore::connect(&url).await.unwrap(), PostgresStore::connect(&url).await.unwrap());
+    let held = a.sweep_guard().await.unwrap().expect("the first node sweeps");
+    assert!(b.sweep_guard().await.unwrap().is_none(), "the second waits its turn");
+    drop(held);
+    let start = Instant::now();
+    loop {
+        if b.sweep_guard().await.unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the lock went with the dropped guard's connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two engines sweep the same due runs at the same moment: each run is expired once.
+    let clock = exportcore::engine::ManualClock::new(exportcore::Timestamp::parse("2026-01-01T00:00:00Z").unwrap());
+    let sink = exportcore::InMemorySink::new();
+    let engine = |store: PostgresStore| {
+        Exporter::builder()
+            .profiles(exportcore::Profiles::new().with(Hello))
+            .sink(sink.clone())
+            .evidence(exportcore::MemoryEvidence::new())
+            .store(store)
+            .clock(clock.clone())
+            .max_queued(1000)
+            .build()
+            .unwrap()
+    };
+    let (ea, eb) = (engine(a), engine(b));
+    let tenant = TenantId::parse("acme").unwrap();
+    for _ in 0..40 {
+        let mut r = request("hello:txt");
+        r.retention_days = Some(1);
+        let id = ea.submit(Submission::new(tenant.clone(), r)).await.unwrap().run_id;
+        ea.execute_now(&tenant, &id).await.unwrap();
+    }
+    assert_eq!(sink.snapshot().len(), 80);
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let now = exportcore::engine::Clock::now(&clock);
+    let (ra, rb) = tokio::join!(ea.sweep(now), eb.sweep(now));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.expired + rb.expired, 40, "each run expired once: {ra:?} {rb:?}");
+    assert_eq!(ra.artifacts_deleted + rb.artifacts_deleted, 80, "{ra:?} {rb:?}");
+    assert!(sink.snapshot().is_empty());
 }
 
 #[derive(Debug)]

@@ -66,7 +66,8 @@ async fn main() -> exportcore::Result<()> {
         store
             .create(NewRun { run, request: request.clone(), request_hash: hash, rank: i as i64, idempotency }, now)
             .await?;
-        let claimed = store.claim_next(Timestamp::now()).await?.expect("queued run");
+        let lease = exportcore::Lease::new(Timestamp::from_unix(now.unix() + 30)?);
+        let claimed = store.claim_next(Timestamp::now(), &lease).await?.expect("queued run");
         let mut done = claimed.run;
         done.status = RunStatus::Succeeded;
         done.finished_at = Some(Timestamp::now());
@@ -81,7 +82,7 @@ async fn main() -> exportcore::Result<()> {
     for i in 0..events {
         let id = &ids[(i % runs) as usize];
         let ev = RunEvent::Progress { run_id: id.clone(), progress: Progress::of(i, events) };
-        store.append_event(id, Timestamp::now(), &ev).await?;
+        store.append_event(id, None, Timestamp::now(), &ev).await?;
     }
     let secs = start.elapsed().as_secs_f64();
     println!("store: {events} events appended in {secs:.2} s = {:.0} events/s", events as f64 / secs);

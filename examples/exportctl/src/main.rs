@@ -235,6 +235,10 @@ struct ServeArgs {
     /// Default: a random key per start.
     #[arg(long)]
     url_key: Option<PathBuf>,
+    /// Seconds a node's claim on a run lasts without a heartbeat (default 30): after a node
+    /// dies, another takes its runs over within this plus half of it.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -868,6 +872,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .store_arc(store)
         .evidence(evidence)
         .concurrency(args.workers.max(1))
+        .lease_ttl(std::time::Duration::from_secs(args.lease_ttl))
         .staging_dir(&staging)
         .distributor(Arc::new(exportcore_gateway::HttpDistributor))
         .distributor(Arc::new(exportcore_distribution::OciDistributor::new()))

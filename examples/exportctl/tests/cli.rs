@@ -707,7 +707,7 @@ fn the_store_lock_follows_symlinks() {
         let run = exportcore::Run::queued(id.clone(), tenant, None, request.profile_id.clone(), now);
         let hash = exportcore::Sha256Digest::of(b"r");
         store.create(NewRun { run, request, request_hash: hash, rank: 0, idempotency: None }, now).await.unwrap();
-        store.claim_next(now).await.unwrap().unwrap();
+        store.claim_next(now, &exportcore::Lease::new(now)).await.unwrap().unwrap();
         id
     });
     std::os::unix::fs::symlink(&real, &link).unwrap();

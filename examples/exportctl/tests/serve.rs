@@ -30,11 +30,15 @@ impl Serve {
 
     fn start_on(dir: &Path, store: &str, auth: &[&str]) -> Self {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+        Self::start_with(dir, store, &samples, auth)
+    }
+
+    fn start_with(dir: &Path, store: &str, evidence: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_exportctl"))
             .current_dir(dir)
             .args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--data", "data", "--evidence"])
-            .arg(&samples)
-            .args(auth)
+            .arg(evidence)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -318,5 +322,100 @@ fn serve_nodes_share_one_postgres_store_and_data_directory() {
     assert!(!text(&o).contains("password"), "{}", text(&o));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().map(Vec::len), Some(6));
     assert!(a.terminate(Duration::from_secs(30)).success());
+    assert!(b.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_node_killed_mid_run_loses_its_lease_and_another_node_finishes_the_run_once() {
+    if !interop_enabled() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = pg::Pg::start();
+    let url = rt.block_on(pg.database("failover"));
+    let tmp = tempfile::tempdir().unwrap();
+    // Evidence that takes a debug build a few seconds: 60,000 advisories.
+    let evidence = tmp.path().join("evidence");
+    std::fs::create_dir_all(evidence.join("advisories")).unwrap();
+    let one = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence/advisories/pypi/GHSA-34jh-p97f-mpxf.json"),
+    )
+    .unwrap();
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    let mut bulk = String::new();
+    for i in 0..60_000 {
+        let mut doc = one.clone();
+        doc["id"] = format!("GHSA-bulk-{i:06}").into();
+        bulk.push_str(&doc.to_string());
+        bulk.push('\n');
+    }
+    std::fs::write(evidence.join("advisories/bulk.ndjson"), bulk).unwrap();
+    std::fs::write(tmp.path().join("url.key"), [7u8; 32]).unwrap();
+    let args = [
+        "--dev-token",
+        "dev-token-acme=acme:export:read,export:write",
+        "--url-key",
+        "url.key",
+        "--workers",
+        "1",
+        "--lease-ttl",
+        "2",
+    ];
+    let auth = ["-H", "Authorization: Bearer dev-token-acme", "-H", "X-StellaOps-Tenant: acme"];
+    let get = |base: &str, path: &str| {
+        let mut a: Vec<&str> = auth.to_vec();
+        let u = format!("{base}/export-center/{path}");
+        a.push(&u);
+        json(&curl(&a))
+    };
+    let mut a = Serve::start_with(tmp.path(), &url, &evidence, &args);
+    let mut post: Vec<&str> = auth.to_vec();
+    let runs_url = format!("{}/export-center/runs", a.base());
+    post.extend(["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"profileId":"json:raw"}"#, &runs_url]);
+    let id = json(&curl(&post))["runId"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while get(&a.base(), &format!("runs/{id}"))["status"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never started: {}", a.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // kill -9: no shutdown, no cleanup, the lease simply stops being renewed.
+    assert!(Command::new("kill").args(["-KILL", &a.child.id().to_string()]).status().unwrap().success());
+    let _ = a.child.wait();
+    let killed_at = Instant::now();
+
+    let mut b = Serve::start_with(tmp.path(), &url, &evidence, &args);
+    let mut view = serde_json::Value::Null;
+    while killed_at.elapsed() < Duration::from_secs(120) {
+        view = get(&b.base(), &format!("runs/{id}"));
+        if view["status"] == "succeeded" || view["status"] == "failed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("failover: finished by node B {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", b.log.lock().unwrap());
+    assert_eq!(view["attempts"], 2, "the killed attempt and B's: {view}");
+    // The events, read from the shared store: two starts, one terminal event.
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .args(["runs", "events", &id, "--store", &url, "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "started").count(), 2, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "completed" || *n == "failed").count(), 1, "{names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
+    // What B published is whole: the run directory verifies, every byte of it.
+    let prefix = exportcore::RunId::parse(&id).unwrap().sink_prefix().unwrap();
+    let dir = tmp.path().join("data").join(prefix.as_str());
+    let o = Command::new(env!("CARGO_BIN_EXE_exportctl")).arg("verify").arg(&dir).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = &view["outputs"][0];
+    let o = curl(&["-f", &format!("{}{}", b.base(), out["url"].as_str().unwrap())]);
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&o.stdout)), out["sha256"].as_str().unwrap());
     assert!(b.terminate(Duration::from_secs(30)).success());
 }

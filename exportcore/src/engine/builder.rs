@@ -41,6 +41,7 @@ pub struct ExporterBuilder {
     pub(super) pinned_time: Option<TimeAnchor>,
     pub(super) poll_interval: Duration,
     pub(super) sweep_interval: Duration,
+    pub(super) lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for ExporterBuilder {
@@ -73,6 +74,7 @@ impl Default for ExporterBuilder {
             pinned_time: None,
             poll_interval: Duration::from_millis(500),
             sweep_interval: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -195,6 +197,17 @@ impl ExporterBuilder {
     /// How often the retention sweep runs while started (default 60 s).
     pub fn sweep_interval(mut self, d: Duration) -> Self {
         self.sweep_interval = d;
+        self
+    }
+
+    /// How long a worker's claim on a run lasts without a heartbeat (default 30 s, at least
+    /// 1 s). The worker renews it every third of that; a worker that cannot renew in time
+    /// stops the run without publishing more, and once the lease has lapsed any engine on the
+    /// store requeues the run (or fails it `ERR_EXPORT_INTERRUPTED` when its attempts are
+    /// spent). Shorter means faster failover after a crash, longer tolerates longer store
+    /// outages.
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.lease_ttl = d.max(Duration::from_secs(1));
         self
     }
 

@@ -57,7 +57,7 @@ impl Clock for ManualClock {
     }
 }
 
-/// `t + d`, whole seconds, saturating at the end of time.
+/// `t + d` (sub-second precision: leases are renewed in fractions of a second).
 pub(crate) fn plus(t: Timestamp, d: Duration) -> Timestamp {
-    Timestamp::from_unix(t.unix().saturating_add(d.as_secs().min(i64::MAX as u64) as i64)).unwrap_or(t)
+    t.plus(d)
 }

@@ -4,7 +4,7 @@
 use super::Exporter;
 use crate::error::{ExportError, Result};
 use crate::id::RunId;
-use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus};
+use crate::model::{Lease, Run, RunError, RunEvent, RunRequest, RunStatus};
 use crate::profile::CancelFlag;
 use crate::run::{RunBuilder, RunOutcome};
 use crate::store::ClaimedRun;
@@ -45,6 +45,7 @@ impl Exporter {
         let task = tokio::spawn(async move {
             let mut running = tokio::task::JoinSet::new();
             let mut next_sweep = tokio::time::Instant::now();
+            let mut next_reclaim = tokio::time::Instant::now();
             loop {
                 if *stop_rx.borrow() {
                     break;
@@ -54,6 +55,12 @@ impl Exporter {
                         tracing::warn!(error = %e.report(), "retention sweep failed");
                     }
                     next_sweep = tokio::time::Instant::now() + this.inner.cfg.sweep_interval;
+                }
+                if tokio::time::Instant::now() >= next_reclaim {
+                    if let Err(e) = this.reclaim_expired().await {
+                        tracing::warn!(error = %e.report(), "taking over runs with lapsed leases failed");
+                    }
+                    next_reclaim = tokio::time::Instant::now() + this.inner.cfg.lease_ttl / 2;
                 }
                 this.fill_slots(&mut running).await;
                 while running.try_join_next().is_some() {}
@@ -88,20 +95,99 @@ impl Exporter {
         }
     }
 
-    /// Claims the next queued run (or `run_id`) and registers its cancel flag, under the
-    /// cancel lock (see `Inner::cancels`).
+    /// Claims the next queued run (or `run_id`) under a fresh lease and registers its cancel
+    /// flag, under the cancel lock (see `Inner::cancels`). The flag trips by itself shortly
+    /// before the lease lapses unless the heartbeat renews it.
     async fn claim(&self, run_id: Option<&RunId>) -> Result<Option<(ClaimedRun, CancelFlag)>> {
         let store = &self.inner.cfg.store;
         let mut cancels = self.inner.cancels.lock().await;
+        let sent = std::time::Instant::now();
+        let now = self.now();
+        let lease = Lease::new(super::clock::plus(now, self.inner.cfg.lease_ttl));
         let claimed = match run_id {
-            Some(id) => store.claim_run(id, self.now()).await?,
-            None => store.claim_next(self.now()).await?,
+            Some(id) => store.claim_run(id, now, &lease).await?,
+            None => store.claim_next(now, &lease).await?,
         };
         Ok(claimed.map(|c| {
             let flag = CancelFlag::new();
+            flag.set_deadline(self.lease_deadline(sent));
             cancels.insert(c.run.run_id.clone(), flag.clone());
             (c, flag)
         }))
+    }
+
+    /// When a worker must stop trusting a lease it asked for at `sent`: a sixth of the TTL
+    /// before it lapses, a margin for clock skew between the nodes.
+    fn lease_deadline(&self, sent: std::time::Instant) -> std::time::Instant {
+        let ttl = self.inner.cfg.lease_ttl;
+        sent + ttl - ttl / 6
+    }
+
+    /// Renews the lease of a running run every third of the TTL until aborted; a renewal the
+    /// store refuses (the run was taken over) stops the run at once through its flag.
+    fn heartbeat(&self, run_id: RunId, lease: Lease, cancel: CancelFlag) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ttl = this.inner.cfg.lease_ttl;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let sent = std::time::Instant::now();
+                let renewed =
+                    Lease { lease_id: lease.lease_id.clone(), lease_until: super::clock::plus(this.now(), ttl) };
+                match this.inner.cfg.store.renew_lease(&run_id, &renewed).await {
+                    Ok(()) => cancel.set_deadline(this.lease_deadline(sent)),
+                    Err(e) if crate::store::is_lease_lost(&e) => {
+                        tracing::warn!(%run_id, "lease lost: another worker took the run over; stopping");
+                        cancel.lose_lease();
+                        return;
+                    }
+                    // The deadline trips the flag if this lasts; keep trying until then.
+                    Err(e) => tracing::warn!(%run_id, error = %e.report(), "renewing the lease failed"),
+                }
+            }
+        })
+    }
+
+    /// Takes over every running run whose lease lapsed (its worker died, hung or lost the
+    /// store): back to the queue while attempts remain, else failed `ERR_EXPORT_INTERRUPTED`.
+    /// [`Exporter::start`] calls it every half lease TTL on every node. Returns the runs
+    /// taken over.
+    pub async fn reclaim_expired(&self) -> Result<Vec<RunId>> {
+        let cfg = &self.inner.cfg;
+        let mut ids = Vec::new();
+        loop {
+            let now = self.now();
+            let lease = Lease::new(super::clock::plus(now, cfg.lease_ttl));
+            let Some(mut run) = cfg.store.reclaim_expired(now, &lease).await? else { break };
+            let attempts = run.attempts;
+            if attempts < cfg.max_attempts {
+                tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run requeued");
+                run.status = RunStatus::Queued;
+                cfg.store.save(&run).await?;
+                self.inner.wake.notify_one();
+            } else {
+                let err = ExportError::Interrupted {
+                    reason: format!(
+                        "its worker stopped renewing the run's lease, and its {attempts} attempts are spent"
+                    ),
+                };
+                tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run failed");
+                run.status = RunStatus::Failed;
+                run.finished_at = Some(now);
+                run.errors.push(RunError::from(&err));
+                let ev =
+                    RunEvent::Failed { run_id: run.run_id.clone(), code: err.code().into(), message: err.report() };
+                cfg.store.finish(&run, now, &ev).await?;
+                metrics::counter!("exporter_runs_total", "profile_kind" => run.profile_id.to_string(), "status" => "failed")
+                    .increment(1);
+                metrics::counter!("exporter_run_failures_total", "profile_kind" => run.profile_id.to_string(),
+                    "error_code" => err.code())
+                .increment(1);
+            }
+            let _ = self.inner.events_tx.send(run.run_id.clone());
+            ids.push(run.run_id);
+        }
+        Ok(ids)
     }
 
     /// Runs queued work until the queue is empty and every started run has finished
@@ -150,9 +236,22 @@ impl Exporter {
                 cancel.time_out(timeout.as_secs());
             })
         };
+        let heartbeat = match &run.lease {
+            Some(lease) => Some(self.heartbeat(run.run_id.clone(), lease.clone(), cancel.clone())),
+            None => None,
+        };
         tracing::info!("run started");
         let mut outcome = self.attempt(&run, &request, cancel.clone()).await;
         timer.abort();
+        if cancel.lease_lost() {
+            // Another worker owns the run now (or will once the lease lapses): write nothing.
+            if let Some(h) = heartbeat {
+                h.abort();
+            }
+            tracing::warn!("run abandoned: this worker lost its lease");
+            self.inner.cancels.lock().await.remove(&run.run_id);
+            return;
+        }
 
         // Transient failures go back to the queue with exponential backoff and jitter, unless
         // the run was cancelled meanwhile.
@@ -172,6 +271,9 @@ impl Exporter {
                             tracing::error!(error = %e.report(), "requeue failed");
                         }
                         cancels.remove(&run.run_id);
+                        if let Some(h) = heartbeat {
+                            h.abort();
+                        }
                         self.inner.wake.notify_one();
                         return;
                     }
@@ -180,6 +282,9 @@ impl Exporter {
             }
         }
         self.finish(run, request.retention_days, outcome).await;
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
     }
 
     /// Records the end of a run: the final record and its terminal event in one store
@@ -225,6 +330,11 @@ impl Exporter {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run.run_id.clone());
             }
+            Err(e) if crate::store::is_lease_lost(&e) => {
+                tracing::warn!("run abandoned: this worker lost its lease before finishing");
+                cancels.remove(&run.run_id);
+                return;
+            }
             Err(e) => tracing::error!(error = %e.report(), "saving the finished run failed"),
         }
         cancels.remove(&run.run_id);
@@ -248,7 +358,8 @@ impl Exporter {
             .tenant(run.tenant.clone())
             .run_id(run.run_id.clone())
             .pinned_time(cfg.pinned_time)
-            .cancel(cancel);
+            .cancel(cancel.clone());
+        let writer_cancel = cancel;
         if let Some(p) = &run.project {
             builder = builder.project(p.clone());
         }
@@ -273,21 +384,30 @@ impl Exporter {
         // Events reach the store in order through a channel; the terminal event is written by
         // `finish` with the final record, once retries are decided.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
+        // A write the store refuses for a lost lease stops the run (fencing).
         let writer = {
             let this = self.clone();
             let mut record = run.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
-                    if ev.is_terminal() {
+                    if ev.is_terminal() || writer_cancel.lease_lost() {
                         continue;
                     }
                     if let RunEvent::Progress { progress, .. } = &ev {
                         record.progress = *progress;
                         if let Err(e) = this.inner.cfg.store.save(&record).await {
+                            if crate::store::is_lease_lost(&e) {
+                                writer_cancel.lose_lease();
+                                continue;
+                            }
                             tracing::warn!(error = %e.report(), "saving progress failed");
                         }
                     }
-                    this.append(&record.run_id, ev).await;
+                    if let Err(e) = this.append(&record, ev).await {
+                        if crate::store::is_lease_lost(&e) {
+                            writer_cancel.lose_lease();
+                        }
+                    }
                 }
             })
         };
@@ -296,12 +416,17 @@ impl Exporter {
         result
     }
 
-    async fn append(&self, run_id: &RunId, event: RunEvent) {
-        match self.inner.cfg.store.append_event(run_id, self.now(), &event).await {
+    async fn append(&self, run: &Run, event: RunEvent) -> Result<()> {
+        let run_id = &run.run_id;
+        match self.inner.cfg.store.append_event(run_id, run.lease.as_ref(), self.now(), &event).await {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run_id.clone());
+                Ok(())
             }
-            Err(e) => tracing::error!(%run_id, error = %e.report(), "storing an event failed"),
+            Err(e) => {
+                tracing::error!(%run_id, error = %e.report(), "storing an event failed");
+                Err(e)
+            }
         }
     }
 }

@@ -360,7 +360,11 @@ impl Exporter {
 /// engine is running on `store`.
 pub async fn recover_interrupted(store: &dyn RunStore, clock: &dyn Clock) -> Result<Vec<RunId>> {
     let mut ids = Vec::new();
-    for mut run in store.running().await? {
+    // Every running run is orphaned here, whatever its lease says: take each over as if its
+    // lease had lapsed at the end of time.
+    let end_of_time = Timestamp::parse("9999-12-31T23:59:59Z").map_err(|e| ExportError::internal("clock", e))?;
+    let lease = crate::model::Lease::new(end_of_time);
+    while let Some(mut run) = store.reclaim_expired(end_of_time, &lease).await? {
         let err = ExportError::Interrupted { reason: "the process running it stopped before it finished".into() };
         let now = clock.now();
         run.status = RunStatus::Failed;

@@ -21,10 +21,13 @@ pub struct SweepReport {
 
 impl Exporter {
     /// Expires runs whose retention has elapsed at `now` and deletes their artifacts; drops
-    /// lapsed idempotency keys. The started dispatcher calls it with the engine's clock.
+    /// lapsed idempotency keys. The started dispatcher calls it with the engine's clock. On a
+    /// store shared by several processes one sweeps at a time; the others skip their turn
+    /// (an empty report).
     pub async fn sweep(&self, now: Timestamp) -> Result<SweepReport> {
         let cfg = &self.inner.cfg;
         let mut report = SweepReport::default();
+        let Some(_turn) = cfg.store.sweep_guard().await? else { return Ok(report) };
         loop {
             let due = cfg.store.due_for_expiry(now, 100).await?;
             if due.is_empty() {

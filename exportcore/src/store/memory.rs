@@ -1,8 +1,10 @@
-use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use super::{
+    check_lease, lease_lost, seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent,
+};
 use crate::error::{ExportError, Result};
 use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
-use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::model::{Lease, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,6 +15,7 @@ struct Entry {
     run: Run,
     request: RunRequest,
     seq: u64,
+    lease: Option<Lease>,
 }
 
 #[derive(Debug, Default)]
@@ -51,9 +54,13 @@ fn not_found(run_id: &RunId) -> ExportError {
 
 fn save(st: &mut State, run: &Run) -> Result<()> {
     let e = st.runs.get_mut(&run.run_id).ok_or_else(|| not_found(&run.run_id))?;
+    check_lease(&run.run_id, e.lease.as_ref().map(|l| l.lease_id.as_str()), run.lease.as_ref())?;
     super::check_transition(&run.run_id, e.run.status.as_str(), run.status)?;
     let seq = e.seq;
-    e.run = run.clone();
+    e.run = Run { lease: None, ..run.clone() };
+    if run.status != RunStatus::Running {
+        e.lease = None;
+    }
     let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();
     let key = (rank, seq, run.run_id.clone());
     if run.status == RunStatus::Queued {
@@ -99,7 +106,8 @@ impl RunStore for MemoryStore {
         st.by_seq.insert(seq, id.clone());
         st.queue.insert((new.rank, seq, id.clone()));
         st.ranks.insert(id.clone(), new.rank);
-        st.runs.insert(id, Entry { run: new.run.clone(), request: new.request, seq });
+        st.runs
+            .insert(id, Entry { run: Run { lease: None, ..new.run.clone() }, request: new.request, seq, lease: None });
         Ok(Created::New(new.run))
     }
 
@@ -135,7 +143,7 @@ impl RunStore for MemoryStore {
         Ok(Page { runs, next_cursor })
     }
 
-    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
         let mut st = self.lock();
         let Some(first) = st.queue.iter().next().cloned() else { return Ok(None) };
         st.queue.remove(&first);
@@ -143,10 +151,12 @@ impl RunStore for MemoryStore {
         e.run.status = RunStatus::Running;
         e.run.started_at.get_or_insert(now);
         e.run.attempts += 1;
-        Ok(Some(ClaimedRun { run: e.run.clone(), request: e.request.clone() }))
+        e.lease = Some(lease.clone());
+        let run = Run { lease: e.lease.clone(), ..e.run.clone() };
+        Ok(Some(ClaimedRun { run, request: e.request.clone() }))
     }
 
-    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
         let mut st = self.lock();
         let Some(e) = st.runs.get_mut(run_id) else { return Err(not_found(run_id)) };
         if e.run.status != RunStatus::Queued {
@@ -155,11 +165,37 @@ impl RunStore for MemoryStore {
         e.run.status = RunStatus::Running;
         e.run.started_at.get_or_insert(now);
         e.run.attempts += 1;
-        let claimed = ClaimedRun { run: e.run.clone(), request: e.request.clone() };
+        e.lease = Some(lease.clone());
+        let claimed = ClaimedRun { run: Run { lease: e.lease.clone(), ..e.run.clone() }, request: e.request.clone() };
         let seq = e.seq;
         let rank = st.ranks.get(run_id).copied().unwrap_or_default();
         st.queue.remove(&(rank, seq, run_id.clone()));
         Ok(Some(claimed))
+    }
+
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+        let mut st = self.lock();
+        let e = st.runs.get_mut(run_id).ok_or_else(|| not_found(run_id))?;
+        match &mut e.lease {
+            Some(l) if l.lease_id == lease.lease_id && e.run.status == RunStatus::Running => {
+                l.lease_until = lease.lease_until;
+                Ok(())
+            }
+            _ => Err(lease_lost(run_id)),
+        }
+    }
+
+    async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {
+        let mut st = self.lock();
+        let State { by_seq, runs, .. } = &mut *st;
+        for id in by_seq.values() {
+            let Some(e) = runs.get_mut(id) else { continue };
+            if e.run.status == RunStatus::Running && e.lease.as_ref().is_none_or(|l| l.lease_until <= now) {
+                e.lease = Some(lease.clone());
+                return Ok(Some(Run { lease: e.lease.clone(), ..e.run.clone() }));
+            }
+        }
+        Ok(None)
     }
 
     async fn save(&self, run: &Run) -> Result<()> {
@@ -195,11 +231,16 @@ impl RunStore for MemoryStore {
         Ok(push_event(&mut st, &run.run_id, at, terminal))
     }
 
-    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+    async fn append_event(
+        &self,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        event: &RunEvent,
+    ) -> Result<u64> {
         let mut st = self.lock();
-        if !st.runs.contains_key(run_id) {
-            return Err(not_found(run_id));
-        }
+        let e = st.runs.get(run_id).ok_or_else(|| not_found(run_id))?;
+        check_lease(run_id, e.lease.as_ref().map(|l| l.lease_id.as_str()), lease)?;
         Ok(push_event(&mut st, run_id, at, event))
     }
 

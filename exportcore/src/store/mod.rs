@@ -13,7 +13,7 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
-use crate::model::{Run, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::model::{Lease, Run, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use serde::Serialize;
@@ -64,7 +64,7 @@ impl Created {
 /// A run claimed by a worker.
 #[derive(Clone, Debug)]
 pub struct ClaimedRun {
-    /// The record, now `running`, attempts incremented.
+    /// The record, now `running`, attempts incremented, holding the claim's lease.
     pub run: Run,
     /// Its request.
     pub request: RunRequest,
@@ -123,7 +123,13 @@ pub struct StoredEvent {
 /// - `create` is atomic with its idempotency check: same tenant + live key + same request hash
 ///   → `Existing` (nothing stored); same key + different request → `Conflict`.
 /// - `claim_next` atomically moves the queued run with the lowest `(rank, submission order)`
-///   to `running`, sets `startedAt` (first attempt) and increments `attempts`.
+///   to `running`, sets `startedAt` (first attempt), increments `attempts` and gives it the
+///   caller's lease. Two callers never claim the same run.
+/// - Fencing: `save`, `finish` and `append_event` change a run only when the lease they carry
+///   is the run's current lease (both absent counts as equal); otherwise they fail with
+///   [`lease_lost`] and change nothing. A run that leaves `running` loses its lease.
+/// - `reclaim_expired` atomically gives one `running` run whose lease lapsed (or that has
+///   none) the caller's lease; the old holder's writes fail from then on.
 /// - Event ids increase by one per run, from 1.
 /// - `finish` and `fail_if_queued` change the status and append the terminal event in one
 ///   step: a run whose status is final always has its terminal event.
@@ -140,11 +146,19 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run>;
     /// Runs of `tenant`, newest first.
     async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page>;
-    /// Claims the next queued run, if any.
-    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>>;
-    /// Claims one specific run if it is still queued (`None` otherwise).
-    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>>;
-    /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts).
+    /// Claims the next queued run, if any, under `lease`.
+    async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>>;
+    /// Claims one specific run under `lease` if it is still queued (`None` otherwise).
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>>;
+    /// Moves the lapse of `lease` on a running run to `lease.lease_until`; [`lease_lost`] when
+    /// the run is no longer running under that lease.
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()>;
+    /// Takes over one `running` run whose lease lapsed at or before `now` (or that has none):
+    /// it now holds `lease`, and is returned so the caller can requeue or fail it. `None` when
+    /// no lease has lapsed.
+    async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>>;
+    /// Saves the mutable parts of a run (status, progress, outputs, errors, times, attempts),
+    /// fenced by `run.lease`.
     async fn save(&self, run: &Run) -> Result<()>;
     /// Saves a run's final record and appends its terminal event (`completed` or `failed`) as
     /// one atomic operation: no reader sees the final status without the event. Returns the
@@ -159,8 +173,10 @@ pub trait RunStore: Debug + Send + Sync + 'static {
         error: crate::model::RunError,
         now: Timestamp,
     ) -> Result<Option<Run>>;
-    /// Appends an event; returns its id.
-    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64>;
+    /// Appends an event, fenced by `lease` (the writer's lease, `None` for a run that is not
+    /// running); returns its id.
+    async fn append_event(&self, run_id: &RunId, lease: Option<&Lease>, at: Timestamp, event: &RunEvent)
+        -> Result<u64>;
     /// Events of a run of `tenant` with id > `after`, oldest first, at most `limit`.
     async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
     /// Succeeded or failed runs whose `expiresAt` is at or before `now`.
@@ -193,6 +209,57 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn get_profile(&self, tenant: &TenantId, name: &str, revision: Option<u32>) -> Result<SavedProfile>;
     /// The latest revision of each saved profile of `tenant`, by name.
     async fn list_profiles(&self, tenant: &TenantId) -> Result<Vec<SavedProfile>>;
+    /// Retention sweeps of the processes sharing this store take turns: `Some(guard)` when
+    /// the caller may sweep now (holding the guard until it is done), `None` while another
+    /// process sweeps. The default (always `Some`) suits stores one process owns; a shared
+    /// store overrides it (PostgreSQL: a session advisory lock).
+    async fn sweep_guard(&self) -> Result<Option<SweepGuard>> {
+        Ok(Some(SweepGuard::local()))
+    }
+}
+
+/// Held while a retention sweep runs ([`RunStore::sweep_guard`]); dropping it lets another
+/// process sweep.
+pub struct SweepGuard(Option<Box<dyn std::any::Any + Send>>);
+
+impl SweepGuard {
+    /// A guard that holds nothing (a store one process owns).
+    pub fn local() -> Self {
+        Self(None)
+    }
+    /// A guard that keeps `held` (a lock, a connection holding one) until dropped.
+    pub fn holding(held: impl std::any::Any + Send) -> Self {
+        Self(Some(Box::new(held)))
+    }
+}
+
+impl Debug for SweepGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SweepGuard").field(&self.0.is_some()).finish()
+    }
+}
+
+/// The error a store returns when a write carries a lease that is not the run's current one:
+/// another worker took the run over, or it left `running` ([`crate::ExportError::Conflict`]).
+pub fn lease_lost(run_id: &RunId) -> crate::ExportError {
+    crate::ExportError::Conflict { what: format!("run {run_id}"), reason: LEASE_LOST.into() }
+}
+
+const LEASE_LOST: &str = "the writer's lease is not the run's current lease (another worker took the run over)";
+
+/// True for the error of [`lease_lost`].
+pub fn is_lease_lost(e: &crate::ExportError) -> bool {
+    matches!(e, crate::ExportError::Conflict { reason, .. } if reason == LEASE_LOST)
+}
+
+/// Fencing for store implementations: `Ok` when the writer's lease id is the stored one
+/// (both absent counts as equal).
+pub fn check_lease(run_id: &RunId, stored: Option<&str>, writer: Option<&Lease>) -> Result<()> {
+    if stored == writer.map(|l| l.lease_id.as_str()) {
+        Ok(())
+    } else {
+        Err(lease_lost(run_id))
+    }
 }
 
 /// The error a store returns for an absent saved profile (for store implementations).

@@ -1,7 +1,9 @@
-use super::{seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent};
+use super::{
+    check_lease, lease_lost, seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent,
+};
 use crate::error::{ExportError, Result};
 use crate::id::{ProfileId, RunId, TenantId};
-use crate::model::{Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::model::{Lease, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
 use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,6 +71,11 @@ CREATE TABLE profiles (
     record   TEXT NOT NULL,
     PRIMARY KEY (tenant, name, revision)
 ) WITHOUT ROWID;
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN lease_id TEXT;
+ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER;
+CREATE INDEX runs_running ON runs(seq) WHERE status = 'running';
 "#,
 ];
 
@@ -303,7 +310,8 @@ impl SqliteStore {
     }
 
     /// Claims the first queued run (or `run_id` if given and queued).
-    async fn claim(&self, run_id: Option<RunId>, now: Timestamp) -> Result<Option<ClaimedRun>> {
+    async fn claim(&self, run_id: Option<RunId>, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        let lease = lease.clone();
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
@@ -326,11 +334,21 @@ impl SqliteStore {
             tx.prepare_cached("UPDATE runs SET status = 'running', record = ?1 WHERE seq = ?2")
                 .and_then(|mut st| st.execute(params![write_run(&run), seq]))
                 .map_err(e)?;
+            write_lease(&tx, path, seq, &lease)?;
+            run.lease = Some(lease);
             tx.commit().map_err(e)?;
             Ok(Some(ClaimedRun { run, request }))
         })
         .await
     }
+}
+
+/// Gives the run at `seq` the lease `lease` (claims and take-overs).
+fn write_lease(conn: &Connection, path: &str, seq: i64, lease: &Lease) -> Result<()> {
+    conn.prepare_cached("UPDATE runs SET lease_id = ?1, lease_until_ms = ?2 WHERE seq = ?3")
+        .and_then(|mut st| st.execute(params![lease.lease_id, millis(lease.lease_until), seq]))
+        .map_err(|e| store_err(path, e))?;
+    Ok(())
 }
 
 fn read_run(path: &str, record: &str) -> Result<Run> {
@@ -352,14 +370,21 @@ fn not_found(run_id: &RunId) -> ExportError {
 /// Writes the mutable parts of `run` (inside the caller's transaction, if any). A final state
 /// is final: a run already `succeeded` or `failed` only moves on to `expired`.
 fn save_run(conn: &Connection, path: &str, run: &Run) -> Result<()> {
-    let current: Option<String> = conn
-        .prepare_cached("SELECT status FROM runs WHERE run_id = ?1")
-        .and_then(|mut s| s.query_row(params![run.run_id.as_str()], |r| r.get(0)).optional())
+    let current: Option<(String, Option<String>)> = conn
+        .prepare_cached("SELECT status, lease_id FROM runs WHERE run_id = ?1")
+        .and_then(|mut s| s.query_row(params![run.run_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(|e| store_err(path, e))?;
-    let current = current.ok_or_else(|| not_found(&run.run_id))?;
+    let (current, lease_id) = current.ok_or_else(|| not_found(&run.run_id))?;
+    check_lease(&run.run_id, lease_id.as_deref(), run.lease.as_ref())?;
     super::check_transition(&run.run_id, &current, run.status)?;
+    // A run that leaves `running` drops its lease; a running one keeps its (renewed) lapse.
     let n = conn
-        .prepare_cached("UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4 WHERE run_id = ?5")
+        .prepare_cached(
+            "UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4,
+             lease_id = CASE WHEN ?1 = 'running' THEN lease_id END,
+             lease_until_ms = CASE WHEN ?1 = 'running' THEN lease_until_ms END
+             WHERE run_id = ?5",
+        )
         .and_then(|mut s| {
             s.execute(params![
                 run.status.as_str(),
@@ -376,18 +401,24 @@ fn save_run(conn: &Connection, path: &str, run: &Run) -> Result<()> {
     Ok(())
 }
 
-/// Appends an event to a run (inside the caller's transaction); returns its id.
-fn append(conn: &Connection, path: &str, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
+/// Appends an event to a run (inside the caller's transaction), fenced by `lease`; returns
+/// its id.
+fn append(
+    conn: &Connection,
+    path: &str,
+    run_id: &RunId,
+    lease: Option<&Lease>,
+    at: Timestamp,
+    event: &RunEvent,
+) -> Result<u64> {
     let e = |err| store_err(path, err);
     let body = serde_json::to_string(event).unwrap_or_default();
-    let exists: bool = conn
-        .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
-        .and_then(|mut st| st.query_row(params![run_id.as_str()], |_| Ok(true)).optional())
-        .map_err(e)?
-        .unwrap_or(false);
-    if !exists {
-        return Err(not_found(run_id));
-    }
+    let stored: Option<Option<String>> = conn
+        .prepare_cached("SELECT lease_id FROM runs WHERE run_id = ?1")
+        .and_then(|mut st| st.query_row(params![run_id.as_str()], |r| r.get(0)).optional())
+        .map_err(e)?;
+    let stored = stored.ok_or_else(|| not_found(run_id))?;
+    check_lease(run_id, stored.as_deref(), lease)?;
     let id: i64 = conn
         .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1")
         .and_then(|mut st| st.query_row(params![run_id.as_str()], |r| r.get(0)))
@@ -510,12 +541,51 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn claim_next(&self, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.claim(None, now).await
+    async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        self.claim(None, now, lease).await
     }
 
-    async fn claim_run(&self, run_id: &RunId, now: Timestamp) -> Result<Option<ClaimedRun>> {
-        self.claim(Some(run_id.clone()), now).await
+    async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        self.claim(Some(run_id.clone()), now, lease).await
+    }
+
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+        let (run_id, lease) = (run_id.clone(), lease.clone());
+        self.with(move |conn, path| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET lease_until_ms = ?1 WHERE run_id = ?2 AND status = 'running' AND lease_id = ?3",
+                )
+                .and_then(|mut st| st.execute(params![millis(lease.lease_until), run_id.as_str(), lease.lease_id]))
+                .map_err(|e| store_err(path, e))?;
+            if n == 0 {
+                return Err(lease_lost(&run_id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {
+        let lease = lease.clone();
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let tx = conn.transaction().map_err(e)?;
+            let row: Option<(i64, String)> = tx
+                .prepare_cached(
+                    "SELECT seq, record FROM runs WHERE status = 'running'
+                     AND (lease_until_ms IS NULL OR lease_until_ms <= ?1) ORDER BY seq LIMIT 1",
+                )
+                .and_then(|mut st| st.query_row(params![millis(now)], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(e)?;
+            let Some((seq, record)) = row else { return Ok(None) };
+            let mut run = read_run(path, &record)?;
+            write_lease(&tx, path, seq, &lease)?;
+            run.lease = Some(lease);
+            tx.commit().map_err(e)?;
+            Ok(Some(run))
+        })
+        .await
     }
 
     async fn save(&self, run: &Run) -> Result<()> {
@@ -529,7 +599,7 @@ impl RunStore for SqliteStore {
             let e = |err| store_err(path, err);
             let tx = conn.transaction().map_err(e)?;
             save_run(&tx, path, &run)?;
-            let id = append(&tx, path, &run.run_id, at, &terminal)?;
+            let id = append(&tx, path, &run.run_id, None, at, &terminal)?;
             tx.commit().map_err(e)?;
             Ok(id)
         })
@@ -565,18 +635,24 @@ impl RunStore for SqliteStore {
             run.errors.push(error.clone());
             save_run(&tx, path, &run)?;
             let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
-            append(&tx, path, &run_id, now, &failed)?;
+            append(&tx, path, &run_id, None, now, &failed)?;
             tx.commit().map_err(e)?;
             Ok(Some(run))
         })
         .await
     }
 
-    async fn append_event(&self, run_id: &RunId, at: Timestamp, event: &RunEvent) -> Result<u64> {
-        let (run_id, event) = (run_id.clone(), event.clone());
+    async fn append_event(
+        &self,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        event: &RunEvent,
+    ) -> Result<u64> {
+        let (run_id, event, lease) = (run_id.clone(), event.clone(), lease.cloned());
         self.with(move |conn, path| {
             let tx = conn.transaction().map_err(|e| store_err(path, e))?;
-            let id = append(&tx, path, &run_id, at, &event)?;
+            let id = append(&tx, path, &run_id, lease.as_ref(), at, &event)?;
             tx.commit().map_err(|e| store_err(path, e))?;
             Ok(id)
         })
