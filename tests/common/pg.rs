@@ -40,10 +40,17 @@ pub struct Pg {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    settings: Vec<String>,
 }
 
 impl Pg {
+    /// A server for tests: `fsync=off` (nothing here must survive a power loss).
     pub fn start() -> Self {
+        Self::start_with(&["fsync=off"])
+    }
+
+    /// A server with these `-c` settings (benchmarks pass none: PostgreSQL's durable defaults).
+    pub fn start_with(settings: &[&str]) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("exportcore-pg").tempdir().unwrap();
         if is_root() {
@@ -62,23 +69,20 @@ impl Pg {
             .output()
             .unwrap();
         assert!(o.status.success(), "initdb: {}", String::from_utf8_lossy(&o.stderr));
-        let mut pg = Pg { dir, port: free_port(), child: None };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut pg = Pg { dir, port: free_port(), child: None, settings };
         pg.run();
         pg
     }
 
     pub fn run(&mut self) {
         let data = self.dir.path().join("data");
-        let child = as_postgres(&bin_dir().join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
-            .arg(self.dir.path())
-            .args(["-c", "fsync=off", "-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = as_postgres(&bin_dir().join("postgres"));
+        cmd.arg("-D").arg(&data).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"]).arg(self.dir.path());
+        for s in self.settings.iter().map(String::as_str).chain(["max_connections=200"]) {
+            cmd.args(["-c", s]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         self.child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -100,6 +104,11 @@ impl Pg {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// The server's PID (the postmaster), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self, db: &str) -> String {

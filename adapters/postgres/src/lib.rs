@@ -198,15 +198,22 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<usize> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| self.err(e))?;
+        tx.execute(&self.stmt(&tx, "SELECT pg_advisory_xact_lock($1)").await?, &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.err(e))?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS exportcore_schema (version INTEGER NOT NULL)")
             .await
             .map_err(|e| self.err(e))?;
-        let row = tx.query_opt("SELECT version FROM exportcore_schema", &[]).await.map_err(|e| self.err(e))?;
+        let row = tx
+            .query_opt(&self.stmt(&tx, "SELECT version FROM exportcore_schema").await?, &[])
+            .await
+            .map_err(|e| self.err(e))?;
         let version = match row {
             Some(r) => r.get::<_, i32>(0) as usize,
             None => {
-                tx.execute("INSERT INTO exportcore_schema (version) VALUES (0)", &[]).await.map_err(|e| self.err(e))?;
+                tx.execute(&self.stmt(&tx, "INSERT INTO exportcore_schema (version) VALUES (0)").await?, &[])
+                    .await
+                    .map_err(|e| self.err(e))?;
                 0
             }
         };
@@ -223,7 +230,9 @@ impl PostgresStore {
             tx.batch_execute(sql).await.map_err(|e| self.err(e))?;
         }
         let n = MIGRATIONS.len() as i32;
-        tx.execute("UPDATE exportcore_schema SET version = $1", &[&n]).await.map_err(|e| self.err(e))?;
+        tx.execute(&self.stmt(&tx, "UPDATE exportcore_schema SET version = $1").await?, &[&n])
+            .await
+            .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(MIGRATIONS.len() - version)
     }
@@ -252,40 +261,37 @@ impl PostgresStore {
         }
     }
 
+    /// One statement, one round trip: the queue head (or `run_id`) is locked with `SKIP
+    /// LOCKED`, so concurrent claimers take different runs and never wait for each other, and
+    /// updated in place (status, attempts, first start, lease).
     async fn claim(&self, run_id: Option<&RunId>, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        const SET: &str = "UPDATE runs SET status = 'running', lease_id = $1, lease_until_ms = $2,
+             record = (record::jsonb || jsonb_build_object('status', 'running',
+                 'attempts', coalesce((record::jsonb->>'attempts')::int, 0) + 1,
+                 'startedAt', coalesce(nullif(record::jsonb->'startedAt', 'null'::jsonb), to_jsonb($3::text))))::text";
+        let client = self.client().await?;
+        let (lease_id, until, started) = (lease.lease_id.as_str(), millis(lease.lease_until), now.to_string());
         let row = match run_id {
-            Some(id) => tx
-                .query_opt(
-                    "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = $1 FOR UPDATE SKIP LOCKED",
-                    &[&id.as_str()],
-                )
-                .await,
-            None => tx
-                .query_opt(
-                    "SELECT seq, record, request FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1 \
-                     FOR UPDATE SKIP LOCKED",
-                    &[],
-                )
-                .await,
+            Some(id) => {
+                let sql = format!(
+                    "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' AND run_id = $4
+                     FOR UPDATE SKIP LOCKED) RETURNING record, request"
+                );
+                client.query_opt(&self.stmt(&client, &sql).await?, &[&lease_id, &until, &started, &id.as_str()]).await
+            }
+            None => {
+                let sql = format!(
+                    "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1
+                     FOR UPDATE SKIP LOCKED) RETURNING record, request"
+                );
+                client.query_opt(&self.stmt(&client, &sql).await?, &[&lease_id, &until, &started]).await
+            }
         }
         .map_err(|e| self.err(e))?;
         let Some(row) = row else { return Ok(None) };
-        let seq: i64 = row.get(0);
-        let mut run = read_run(&self.label, row.get(1))?;
-        let request: RunRequest = serde_json::from_str(row.get(2)).map_err(|e| json_err(&self.label, e))?;
-        run.status = RunStatus::Running;
-        run.started_at.get_or_insert(now);
-        run.attempts += 1;
-        tx.execute(
-            "UPDATE runs SET status = 'running', record = $1, lease_id = $2, lease_until_ms = $3 WHERE seq = $4",
-            &[&write_run(&run), &lease.lease_id.as_str(), &millis(lease.lease_until), &seq],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+        let mut run = read_run(&self.label, row.get(0))?;
+        let request: RunRequest = serde_json::from_str(row.get(1)).map_err(|e| json_err(&self.label, e))?;
         run.lease = Some(lease.clone());
-        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(ClaimedRun { run, request }))
     }
 
@@ -293,7 +299,10 @@ impl PostgresStore {
     /// final state.
     async fn save_in(&self, tx: &impl GenericClient, run: &Run) -> Result<()> {
         let row = tx
-            .query_opt("SELECT status, lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run.run_id.as_str()])
+            .query_opt(
+                &self.stmt(tx, "SELECT status, lease_id FROM runs WHERE run_id = $1 FOR UPDATE").await?,
+                &[&run.run_id.as_str()],
+            )
             .await
             .map_err(|e| self.err(e))?;
         let row = row.ok_or_else(|| not_found(&run.run_id))?;
@@ -301,10 +310,15 @@ impl PostgresStore {
         exportcore::store::check_transition(&run.run_id, row.get::<_, &str>(0), run.status)?;
         // A run that leaves `running` drops its lease; a running one keeps its (renewed) lapse.
         tx.execute(
-            "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
+            &self
+                .stmt(
+                    tx,
+                    "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
              lease_id = CASE WHEN $1 = 'running' THEN lease_id END,
              lease_until_ms = CASE WHEN $1 = 'running' THEN lease_until_ms END
              WHERE run_id = $5",
+                )
+                .await?,
             &[&run.status.as_str(), &run.expires_at.map(millis), &duration(run), &write_run(run), &run.run_id.as_str()],
         )
         .await
@@ -323,24 +337,36 @@ impl PostgresStore {
         event: &RunEvent,
     ) -> Result<u64> {
         let row = tx
-            .query_opt("SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()])
+            .query_opt(
+                &self.stmt(tx, "SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE").await?,
+                &[&run_id.as_str()],
+            )
             .await
             .map_err(|e| self.err(e))?;
         let row = row.ok_or_else(|| not_found(run_id))?;
         check_lease(run_id, row.get::<_, Option<&str>>(0), lease)?;
         let row = tx
-            .query_one("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = $1", &[&run_id.as_str()])
+            .query_one(
+                &self.stmt(tx, "SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = $1").await?,
+                &[&run_id.as_str()],
+            )
             .await
             .map_err(|e| self.err(e))?;
         let id: i64 = row.get(0);
         let body = serde_json::to_string(event).unwrap_or_default();
         tx.execute(
-            "INSERT INTO events (run_id, id, at, event) VALUES ($1, $2, $3, $4)",
+            &self.stmt(tx, "INSERT INTO events (run_id, id, at, event) VALUES ($1, $2, $3, $4)").await?,
             &[&run_id.as_str(), &id, &at.to_string(), &body],
         )
         .await
         .map_err(|e| self.err(e))?;
         Ok(id as u64)
+    }
+
+    /// `sql` prepared once per connection (deadpool's statement cache): one round trip per
+    /// call instead of a parse round trip before each.
+    async fn stmt(&self, c: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
+        c.prepare_cached(sql).await.map_err(|e| self.err(e))
     }
 
     async fn records<T: serde::de::DeserializeOwned>(
@@ -350,7 +376,7 @@ impl PostgresStore {
         what: &str,
     ) -> Result<Vec<T>> {
         let client = self.client().await?;
-        let rows = client.query(sql, params).await.map_err(|e| self.err(e))?;
+        let rows = client.query(&self.stmt(&client, sql).await?, params).await.map_err(|e| self.err(e))?;
         rows.iter()
             .map(|r| {
                 serde_json::from_str(r.get::<_, &str>(0))
@@ -371,21 +397,19 @@ impl RunStore for PostgresStore {
             // other's commit and then finds the key taken. A lapsed key is taken over.
             let hash = new.request_hash.to_hex();
             let owned = tx
-                .query_opt(
-                    "INSERT INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES ($1, $2, $3, $4, $5)
+                .query_opt(&self.stmt(&tx, "INSERT INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (tenant, key) DO UPDATE
                        SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id, expires_ms = EXCLUDED.expires_ms
                        WHERE idempotency.expires_ms <= $6
-                     RETURNING run_id",
+                     RETURNING run_id").await?,
                     &[&tenant, &k.key, &hash, &new.run.run_id.as_str(), &millis(k.expires_at), &millis(now)],
                 )
                 .await
                 .map_err(|e| self.err(e))?;
             if owned.is_none() {
                 let row = tx
-                    .query_one(
-                        "SELECT i.request_hash, i.run_id, r.record FROM idempotency i LEFT JOIN runs r ON r.run_id = i.run_id
-                         WHERE i.tenant = $1 AND i.key = $2",
+                    .query_one(&self.stmt(&tx, "SELECT i.request_hash, i.run_id, r.record FROM idempotency i LEFT JOIN runs r ON r.run_id = i.run_id
+                         WHERE i.tenant = $1 AND i.key = $2").await?,
                         &[&tenant, &k.key],
                     )
                     .await
@@ -401,8 +425,7 @@ impl RunStore for PostgresStore {
                 match record {
                     Some(record) => return Ok(Created::Existing(read_run(&self.label, &record)?)),
                     None => {
-                        tx.execute(
-                            "UPDATE idempotency SET run_id = $3, expires_ms = $4 WHERE tenant = $1 AND key = $2",
+                        tx.execute(&self.stmt(&tx, "UPDATE idempotency SET run_id = $3, expires_ms = $4 WHERE tenant = $1 AND key = $2").await?,
                             &[&tenant, &k.key, &new.run.run_id.as_str(), &millis(k.expires_at)],
                         )
                         .await
@@ -413,8 +436,13 @@ impl RunStore for PostgresStore {
         }
         let request = serde_json::to_string(&new.request).map_err(|e| json_err(&self.label, e))?;
         tx.execute(
-            "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
+            &self
+                .stmt(
+                    &tx,
+                    "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .await?,
             &[
                 &new.run.run_id.as_str(),
                 &tenant,
@@ -437,7 +465,7 @@ impl RunStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT record FROM runs WHERE run_id = $1 AND tenant = $2",
+                &self.stmt(&client, "SELECT record FROM runs WHERE run_id = $1 AND tenant = $2").await?,
                 &[&run_id.as_str(), &tenant.as_str()],
             )
             .await
@@ -454,10 +482,15 @@ impl RunStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
+                &self
+                    .stmt(
+                        &client,
+                        "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
                    AND ($3::TEXT IS NULL OR status = $3) AND ($4::TEXT IS NULL OR profile_id = $4)
                    AND ($5::TEXT IS NULL OR project = $5)
                  ORDER BY seq DESC LIMIT $6",
+                    )
+                    .await?,
                 &[
                     &tenant.as_str(),
                     &start,
@@ -493,8 +526,7 @@ impl RunStore for PostgresStore {
     async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
         let client = self.client().await?;
         let n = client
-            .execute(
-                "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3",
+            .execute(&self.stmt(&client, "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3").await?,
                 &[&millis(lease.lease_until), &run_id.as_str(), &lease.lease_id.as_str()],
             )
             .await
@@ -510,8 +542,13 @@ impl RunStore for PostgresStore {
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         let row = tx
             .query_opt(
-                "SELECT seq, record FROM runs WHERE status = 'running'
+                &self
+                    .stmt(
+                        &tx,
+                        "SELECT seq, record FROM runs WHERE status = 'running'
                  AND (lease_until_ms IS NULL OR lease_until_ms <= $1) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    )
+                    .await?,
                 &[&millis(now)],
             )
             .await
@@ -519,7 +556,7 @@ impl RunStore for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let mut run = read_run(&self.label, row.get(1))?;
         tx.execute(
-            "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3",
+            &self.stmt(&tx, "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3").await?,
             &[&lease.lease_id.as_str(), &millis(lease.lease_until), &row.get::<_, i64>(0)],
         )
         .await
@@ -556,7 +593,7 @@ impl RunStore for PostgresStore {
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         let row = tx
             .query_opt(
-                "SELECT status, record FROM runs WHERE run_id = $1 AND tenant = $2 FOR UPDATE",
+                &self.stmt(&tx, "SELECT status, record FROM runs WHERE run_id = $1 AND tenant = $2 FOR UPDATE").await?,
                 &[&run_id.as_str(), &tenant.as_str()],
             )
             .await
@@ -595,8 +632,13 @@ impl RunStore for PostgresStore {
         // One statement, tenant in the join: another tenant's run has no events and no row.
         let rows = client
             .query(
-                "SELECT e.id, e.at, e.event FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.id > $3
+                &self
+                    .stmt(
+                        &client,
+                        "SELECT e.id, e.at, e.event FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.id > $3
                  WHERE r.run_id = $1 AND r.tenant = $2 ORDER BY e.id LIMIT $4",
+                    )
+                    .await?,
                 &[&run_id.as_str(), &tenant.as_str(), &(after as i64), &(limit.max(1) as i64)],
             )
             .await
@@ -634,9 +676,8 @@ impl RunStore for PostgresStore {
     async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {
         let client = self.client().await?;
         let rows = client
-            .query(
-                "SELECT duration_s FROM runs WHERE profile_id = $1 AND status = 'succeeded' AND duration_s IS NOT NULL
-                 ORDER BY seq DESC LIMIT $2",
+            .query(&self.stmt(&client, "SELECT duration_s FROM runs WHERE profile_id = $1 AND status = 'succeeded' AND duration_s IS NOT NULL
+                 ORDER BY seq DESC LIMIT $2").await?,
                 &[&profile_id.as_str(), &(limit as i64)],
             )
             .await
@@ -647,7 +688,7 @@ impl RunStore for PostgresStore {
     async fn queued_count(&self) -> Result<u64> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT count(*) FROM runs WHERE status = 'queued'", &[])
+            .query_one(&self.stmt(&client, "SELECT count(*) FROM runs WHERE status = 'queued'").await?, &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get::<_, i64>(0) as u64)
@@ -655,7 +696,10 @@ impl RunStore for PostgresStore {
 
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
         let client = self.client().await?;
-        client.execute("DELETE FROM idempotency WHERE expires_ms <= $1", &[&millis(now)]).await.map_err(|e| self.err(e))
+        client
+            .execute(&self.stmt(&client, "DELETE FROM idempotency WHERE expires_ms <= $1").await?, &[&millis(now)])
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn put_distribution(&self, record: &DistributionRecord) -> Result<()> {
@@ -664,9 +708,14 @@ impl RunStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO distributions (tenant, id, run_id, created_ms, record) VALUES ($1, $2, $3, $4, $5)
+                &self
+                    .stmt(
+                        &client,
+                        "INSERT INTO distributions (tenant, id, run_id, created_ms, record) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (tenant, id) DO UPDATE SET run_id = EXCLUDED.run_id, created_ms = EXCLUDED.created_ms,
                    record = EXCLUDED.record",
+                    )
+                    .await?,
                 &[&record.tenant.as_str(), &record.id, &record.run_id.as_str(), &millis(record.created_at), &json],
             )
             .await
@@ -700,8 +749,7 @@ impl RunStore for PostgresStore {
             .map_err(|e| ExportError::internal_caused("postgres store", "serialising a profile", e))?;
         let client = self.client().await?;
         let n = client
-            .execute(
-                "INSERT INTO profiles (tenant, name, revision, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            .execute(&self.stmt(&client, "INSERT INTO profiles (tenant, name, revision, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING").await?,
                 &[&profile.tenant.as_str(), &profile.spec.name, &(profile.revision as i32), &json],
             )
             .await
@@ -738,7 +786,10 @@ impl RunStore for PostgresStore {
     /// process dies mid-sweep).
     async fn sweep_guard(&self) -> Result<Option<SweepGuard>> {
         let client = self.client().await?;
-        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK]).await.map_err(|e| self.err(e))?;
+        let row = client
+            .query_one(&self.stmt(&client, "SELECT pg_try_advisory_lock($1)").await?, &[&SWEEP_LOCK])
+            .await
+            .map_err(|e| self.err(e))?;
         if !row.get::<_, bool>(0) {
             return Ok(None);
         }
