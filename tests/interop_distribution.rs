@@ -401,3 +401,24 @@ async fn a_registry_killed_mid_push_and_restarted_gets_the_whole_push_and_never_
     let tags = registry.get("/v2/never/tags/list").unwrap();
     assert!(!tags.contains("\"1\""), "a dangling tag: {tags}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_sink_passes_the_sink_conformance_suite_on_a_real_s3_server() {
+    use common::S3Server;
+    use exportcore_distribution::s3::S3Config;
+    if !interop_enabled() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let config = S3Config::new(s3.endpoint(), S3Server::ACCESS_KEY, S3Server::SECRET_KEY);
+    let sink = exportcore_distribution::ObjectSink::s3("s3://exports/conformance", &config).unwrap();
+    exportcore::conformance::sink_suite(&sink).await;
+    // Wrong credentials: a typed failure naming the bucket, never the secret.
+    let bad = S3Config::new(s3.endpoint(), S3Server::ACCESS_KEY, "not-the-secret-key-at-all");
+    let sink = exportcore_distribution::ObjectSink::s3("s3://exports/conformance", &bad).unwrap();
+    let p = exportcore::ArtifactPath::parse("x.txt").unwrap();
+    use exportcore::SinkExt;
+    let err = sink.put_bytes(&p, exportcore::prelude::Bytes::from_static(b"x")).await.unwrap_err();
+    assert_eq!(err.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{err}");
+    assert!(err.report().contains("s3://exports/conformance") && !err.report().contains("not-the-secret"), "{err}");
+}

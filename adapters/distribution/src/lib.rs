@@ -38,8 +38,10 @@ mod cosign;
 mod oci;
 pub mod s3;
 pub mod signed_url;
+mod sink;
 
 pub use oci::{OciTarget, PushStats, MONOLITHIC_MAX};
+pub use sink::ObjectSink;
 
 use bytes::Bytes;
 use exportcore::manifest::{MANIFEST_FILE, PROVENANCE_FILE, SIGNED_MANIFEST_FILE};

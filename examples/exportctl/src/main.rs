@@ -202,7 +202,9 @@ struct ServeArgs {
     /// Run store (SQLite file; default exports.sqlite).
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Where runs publish their artifacts, one directory per run (default ./export-data).
+    /// Where runs publish their artifacts, one directory per run (default ./export-data), or
+    /// object storage shared by several nodes: `s3://BUCKET/PREFIX` (endpoint, region and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
     #[arg(long)]
     data: Option<PathBuf>,
     /// The evidence runs read (default ./samples/evidence when present).
@@ -221,7 +223,8 @@ struct ServeArgs {
     /// (repeatable). Sent as `Authorization: Bearer TOKEN`, no DPoP.
     #[arg(long = "dev-token")]
     dev_tokens: Vec<String>,
-    /// Concurrent runs (default 2).
+    /// Concurrent runs (default 2); 0 makes an API-only node that executes nothing (the
+    /// runs it accepts are executed by the nodes sharing its store).
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Threads one export uses for its parallel stages (default: the cores less one, at least
@@ -858,17 +861,29 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     exportcore::parallel::set_default_workers(args.export_threads.unwrap_or(cores.saturating_sub(1)).max(1));
     let data = args.data.clone().unwrap_or_else(|| PathBuf::from("export-data"));
-    std::fs::create_dir_all(&data).map_err(|e| ExportError::io(&data, e))?;
+    // A directory, or object storage shared by every node (`s3://BUCKET/PREFIX`; endpoint,
+    // region and credentials from the AWS_* environment).
+    let (sink, staging): (Arc<dyn exportcore::Sink>, PathBuf) = match data.to_str().filter(|d| d.starts_with("s3://")) {
+        Some(uri) => {
+            let config = exportcore_distribution::s3::S3Config::from_env();
+            let staging = std::env::temp_dir().join("exportcore-staging");
+            std::fs::create_dir_all(&staging).map_err(|e| ExportError::io(&staging, e))?;
+            (Arc::new(exportcore_distribution::ObjectSink::s3(uri, &config)?), staging)
+        }
+        None => {
+            std::fs::create_dir_all(&data).map_err(|e| ExportError::io(&data, e))?;
+            // Stage beside --data, as `run` stages beside --out: same filesystem.
+            (Arc::new(FsSink::new(&data)?), staging_root(&data))
+        }
+    };
     let evidence_dir = args.evidence.clone().unwrap_or_else(|| PathBuf::from("samples/evidence"));
     let evidence = DirEvidence::new(&evidence_dir)?;
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     let (store, lock) = open_engine_store(&store_path).await?;
-    // Stage beside --data, as `run` stages beside --out: same filesystem, swept at start.
-    let staging = staging_root(&data);
     exportcore::run::sweep_stale_staging(&staging)?;
     let exporter = Exporter::builder()
         .profiles(profiles())
-        .sink(FsSink::new(&data)?)
+        .sink_arc(sink)
         .store_arc(store)
         .evidence(evidence)
         .concurrency(args.workers.max(1))
@@ -890,7 +905,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| ExportError::io(&args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| ExportError::io(&args.listen, e))?;
     errln!("listening on http://{addr}/export-center/ (data {}, store {})", data.display(), store_label(&store_path));
-    let options = exportcore_gateway::ServeOptions::new(auth).config(config);
+    let options = exportcore_gateway::ServeOptions::new(auth).config(config).workers(args.workers > 0);
     exportcore_gateway::serve(exporter, listener, options, exportcore_gateway::shutdown_signal()).await?;
     errln!("stopped");
     drop(lock);

@@ -10,7 +10,7 @@ mod common;
 #[path = "../../../tests/common/pg.rs"]
 mod pg;
 
-use common::{interop_enabled, interop_python, text};
+use common::{interop_enabled, interop_python, text, S3Server};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,11 +34,20 @@ impl Serve {
     }
 
     fn start_with(dir: &Path, store: &str, evidence: &Path, args: &[&str]) -> Self {
+        Self::start_env(dir, store, evidence, args, &[])
+    }
+
+    /// `--data data` unless `args` name another; `env` added to the process's environment.
+    fn start_env(dir: &Path, store: &str, evidence: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        let data: &[&str] = if args.contains(&"--data") { &[] } else { &["--data", "data"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_exportctl"))
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--data", "data", "--evidence"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .args(data)
+            .arg("--evidence")
             .arg(evidence)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -417,5 +426,101 @@ fn a_node_killed_mid_run_loses_its_lease_and_another_node_finishes_the_run_once(
     let o = curl(&["-f", &format!("{}{}", b.base(), out["url"].as_str().unwrap())]);
     use sha2::Digest;
     assert_eq!(hex::encode(sha2::Sha256::digest(&o.stdout)), out["sha256"].as_str().unwrap());
+    assert!(b.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn serve_nodes_share_postgres_and_s3_object_storage() {
+    if !interop_enabled() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = pg::Pg::start();
+    let url = rt.block_on(pg.database("objects"));
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("url.key"), [7u8; 32]).unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", S3Server::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", S3Server::SECRET_KEY.to_owned()),
+    ];
+    let args = [
+        "--dev-token",
+        "dev-token-acme=acme:export:read,export:write",
+        "--url-key",
+        "url.key",
+        "--data",
+        "s3://exports/center",
+    ];
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    // Each node in its own working directory: nothing is shared but PostgreSQL and the bucket.
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&da, &db] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::copy(tmp.path().join("url.key"), d.join("url.key")).unwrap();
+    }
+    let mut a = Serve::start_env(&da, &url, &samples, &args, &env);
+    // B is an API-only node: it executes nothing, A executes what B accepts.
+    let mut b = Serve::start_env(&db, &url, &samples, &[&args[..], &["--workers", "0"]].concat(), &env);
+    let auth = ["-H", "Authorization: Bearer dev-token-acme", "-H", "X-StellaOps-Tenant: acme"];
+    let mut ids = Vec::new();
+    for (node, profile) in [(&a, "json:raw"), (&b, "trivy:db"), (&a, "json:policy")] {
+        let mut args: Vec<&str> = auth.to_vec();
+        let u = format!("{}/export-center/runs", node.base());
+        let body = format!(r#"{{"profileId":"{profile}"}}"#);
+        args.extend(["-X", "POST", "-H", "Content-Type: application/json", "-d", &body, &u]);
+        ids.push(json(&curl(&args))["runId"].as_str().unwrap().to_owned());
+    }
+    // B streams the events of a run A executes, live, from the shared store: every event once,
+    // in order, ending with `completed`.
+    let mut sse: Vec<&str> = auth.to_vec();
+    let u = format!("{}/export-center/runs/{}/events", b.base(), ids[0]);
+    sse.extend(["-N", &u]);
+    let o = curl(&sse);
+    let stream = String::from_utf8_lossy(&o.stdout).into_owned();
+    let names: Vec<&str> = stream.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(names.first(), Some(&"started"), "{stream}");
+    assert_eq!(names.last(), Some(&"completed"), "{stream}");
+    assert_eq!(names.iter().filter(|n| **n == "completed").count(), 1, "{stream}");
+    let ids_seen: Vec<u64> = stream.lines().filter_map(|l| l.strip_prefix("id: ")?.parse().ok()).collect();
+    assert_eq!(ids_seen, (1..=ids_seen.len() as u64).collect::<Vec<_>>(), "every event once, in order: {stream}");
+    for (i, id) in ids.iter().enumerate() {
+        // Asked of the node that did not take the submission.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let mut view = serde_json::Value::Null;
+        for _ in 0..600 {
+            let mut args: Vec<&str> = auth.to_vec();
+            let u = format!("{}/export-center/runs/{id}", other.base());
+            args.push(&u);
+            view = json(&curl(&args));
+            if view["status"] == "succeeded" || view["status"] == "failed" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(view["status"], "succeeded", "{view}\n{}", a.log.lock().unwrap());
+        for out in view["outputs"].as_array().unwrap() {
+            let o = curl(&["-f", &format!("{}{}", other.base(), out["url"].as_str().unwrap())]);
+            assert!(o.status.success(), "{}", text(&o));
+            use sha2::Digest;
+            assert_eq!(hex::encode(sha2::Sha256::digest(&o.stdout)), out["sha256"].as_str().unwrap());
+        }
+    }
+    // The objects are in the bucket, under the prefix, one directory per run.
+    assert!(!da.join("data").exists() && !db.join("data").exists(), "nothing went to a local directory");
+    let sink = exportcore_distribution::ObjectSink::s3(
+        "s3://exports/center",
+        &exportcore_distribution::s3::S3Config::new(s3.endpoint(), S3Server::ACCESS_KEY, S3Server::SECRET_KEY),
+    )
+    .unwrap();
+    use exportcore::Sink;
+    let listed = rt.block_on(sink.list(None)).unwrap();
+    for id in &ids {
+        let prefix = exportcore::RunId::parse(id).unwrap().sink_prefix().unwrap();
+        let manifest = format!("{prefix}/manifest.json");
+        assert!(listed.iter().any(|m| m.path.as_str() == manifest), "{manifest} in {listed:?}");
+    }
+    assert!(a.terminate(Duration::from_secs(30)).success());
     assert!(b.terminate(Duration::from_secs(30)).success());
 }

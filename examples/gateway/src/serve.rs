@@ -13,12 +13,20 @@ pub struct ServeOptions {
     pub auth: Arc<dyn Authenticator>,
     /// Gateway settings.
     pub config: GatewayConfig,
+    /// Run the exporter's workers (default); `false` makes an API-only node of a cluster
+    /// sharing one store: it accepts, lists, streams and serves runs that other nodes execute.
+    pub workers: bool,
 }
 
 impl ServeOptions {
     /// Options with `auth` and the default settings.
     pub fn new(auth: Arc<dyn Authenticator>) -> Self {
-        Self { auth, config: GatewayConfig::default() }
+        Self { auth, config: GatewayConfig::default(), workers: true }
+    }
+    /// Whether this process executes runs (see [`ServeOptions::workers`]).
+    pub fn workers(mut self, on: bool) -> Self {
+        self.workers = on;
+        self
     }
     /// Replaces the settings.
     pub fn config(mut self, config: GatewayConfig) -> Self {
@@ -41,7 +49,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> exportcore::Result<()> {
     let gateway = Gateway::new(exporter.clone(), options.auth, options.config)?;
-    let workers = exporter.start();
+    let workers = options.workers.then(|| exporter.start());
     let g = gateway.clone();
     let served = axum::serve(listener, gateway.router())
         .with_graceful_shutdown(async move {
@@ -50,7 +58,9 @@ pub async fn serve(
             g.drain();
         })
         .await;
-    workers.shutdown().await;
+    if let Some(w) = workers {
+        w.shutdown().await;
+    }
     served.map_err(|e| exportcore::ExportError::io("listener", e))
 }
 
