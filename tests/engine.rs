@@ -116,8 +116,11 @@ impl RunStore for ArcStore {
     ) -> exportcore::Result<Option<exportcore::store::ClaimedRun>> {
         self.0.claim_run(id, now, l).await
     }
-    async fn renew_lease(&self, id: &RunId, l: &exportcore::Lease) -> exportcore::Result<()> {
+    async fn renew_lease(&self, id: &RunId, l: &exportcore::Lease) -> exportcore::Result<bool> {
         self.0.renew_lease(id, l).await
+    }
+    async fn request_cancel(&self, t: &TenantId, id: &RunId) -> exportcore::Result<bool> {
+        self.0.request_cancel(t, id).await
     }
     async fn reclaim_expired(
         &self,
@@ -686,4 +689,28 @@ async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent(
     assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
     let names: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
     assert_eq!(names, ["failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_sent_to_another_engine_reaches_the_worker_at_its_next_renewal() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let sink = Arc::new(InMemorySink::new());
+    let slow = Arc::new(Sleepy { sleep_ms: 20_000, ..Default::default() });
+    let worker =
+        builder(slow.clone(), Arc::clone(&store), sink.clone(), 1).lease_ttl(Duration::from_secs(1)).build().unwrap();
+    // An API-only node: same store, never started.
+    let api = builder(slow, Arc::clone(&store), sink.clone(), 1).build().unwrap();
+    let id = submit(&api, "t", req(Priority::Normal)).await.unwrap().run_id;
+    let w = worker.start();
+    eventually("the run to start", async || api.get(&t("t"), &id).await.unwrap().status == RunStatus::Running).await;
+    let asked = Instant::now();
+    assert_eq!(api.cancel(&t("t"), &id).await.unwrap().status, RunStatus::Running, "accepted, still running");
+    eventually("the cancel to land", async || api.get(&t("t"), &id).await.unwrap().status.is_terminal()).await;
+    assert!(asked.elapsed() < Duration::from_secs(3), "within a renewal or two: {:?}", asked.elapsed());
+    let run = api.get(&t("t"), &id).await.unwrap();
+    assert_eq!((run.status, run.errors[0].code.as_str()), (RunStatus::Failed, "ERR_EXPORT_CANCELLED"));
+    assert!(sink.snapshot().is_empty(), "a cancelled run publishes nothing");
+    let err = api.cancel(&t("t"), &id).await.unwrap_err();
+    assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID", "a finished run: {err}");
+    w.shutdown().await;
 }

@@ -484,7 +484,8 @@ mod stores {
         assert_eq!(stored.lease, None, "the lease is not part of the record");
         let stranger = Lease { lease_id: "lease-x".into(), lease_until: at(10_000) };
         lost(store.renew_lease(&r("l1"), &stranger).await.expect_err("only the holder renews"));
-        store.renew_lease(&r("l1"), &Lease { lease_until: at(200), ..mine.clone() }).await.expect("renew");
+        let renewed = store.renew_lease(&r("l1"), &Lease { lease_until: at(200), ..mine.clone() }).await;
+        assert!(!renewed.expect("renew"), "no cancel requested yet");
         assert!(store.reclaim_expired(at(150), &stranger).await.expect("reclaim").is_none(), "renewed until 200");
 
         let ev = Event::Started { run_id: r("l1"), profile_id: ProfileId::from_static("json:raw") };
@@ -501,6 +502,13 @@ mod stores {
         let mut held = c.run.clone();
         held.progress = Progress::of(1, 2);
         store.save(&held).await.expect("the holder saves");
+
+        // A cancel request from another process reaches the holder at its next renewal.
+        let err = store.request_cancel(&t("t-other"), &r("l1")).await.expect_err("another tenant's run");
+        assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
+        assert!(store.request_cancel(&t("t-l"), &r("l1")).await.expect("request"), "l1 is running");
+        let renewed = store.renew_lease(&r("l1"), &Lease { lease_until: at(200), ..mine.clone() }).await;
+        assert!(renewed.expect("renew"), "the holder learns of the request");
 
         // Lapsed at 200: one caller takes it over, with its progress.
         let theirs = Lease { lease_id: "lease-b".into(), lease_until: at(500) };
@@ -523,6 +531,7 @@ mod stores {
         requeued.status = Status::Queued;
         store.save(&requeued).await.expect("requeue");
         lost(store.renew_lease(&r("l1"), &theirs).await.expect_err("no lease while queued"));
+        assert!(!store.request_cancel(&t("t-l"), &r("l1")).await.expect("request"), "not running: nothing to ask");
         assert!(store.reclaim_expired(at(1_000_000), &stranger).await.expect("reclaim").is_none(), "none running");
         let next = Lease { lease_id: "lease-c".into(), lease_until: at(400) };
         let again = store.claim_run(&r("l1"), at(300), &next).await.expect("claim").expect("queued again");

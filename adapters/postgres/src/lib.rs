@@ -43,7 +43,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 /// Forward migrations; entry `i` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     seq            BIGSERIAL PRIMARY KEY,
     run_id         TEXT NOT NULL UNIQUE,
@@ -96,7 +97,11 @@ CREATE TABLE profiles (
     record   TEXT NOT NULL,
     PRIMARY KEY (tenant, name, revision)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+"#,
+];
 
 /// The schema version this build writes (the number of migrations it knows).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -315,7 +320,8 @@ impl PostgresStore {
                     tx,
                     "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
              lease_id = CASE WHEN $1 = 'running' THEN lease_id END,
-             lease_until_ms = CASE WHEN $1 = 'running' THEN lease_until_ms END
+             lease_until_ms = CASE WHEN $1 = 'running' THEN lease_until_ms END,
+             cancel_requested = CASE WHEN $1 IN ('queued', 'running') THEN cancel_requested ELSE false END
              WHERE run_id = $5",
                 )
                 .await?,
@@ -523,18 +529,42 @@ impl RunStore for PostgresStore {
         self.claim(Some(run_id), now, lease).await
     }
 
-    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<bool> {
         let client = self.client().await?;
-        let n = client
-            .execute(&self.stmt(&client, "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3").await?,
+        let row = client
+            .query_opt(
+                &self
+                    .stmt(
+                        &client,
+                        "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3
+                         RETURNING cancel_requested",
+                    )
+                    .await?,
                 &[&millis(lease.lease_until), &run_id.as_str(), &lease.lease_id.as_str()],
             )
             .await
             .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(lease_lost(run_id));
-        }
-        Ok(())
+        row.map(|r| r.get::<_, bool>(0)).ok_or_else(|| lease_lost(run_id))
+    }
+
+    async fn request_cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<bool> {
+        let client = self.client().await?;
+        // One statement: the run's row (tenant in the filter) and whether it was running.
+        let row = client
+            .query_opt(
+                &self
+                    .stmt(
+                        &client,
+                        "WITH hit AS (UPDATE runs SET cancel_requested = true
+                                      WHERE run_id = $1 AND tenant = $2 AND status = 'running' RETURNING 1)
+                         SELECT EXISTS (SELECT 1 FROM hit) FROM runs WHERE run_id = $1 AND tenant = $2",
+                    )
+                    .await?,
+                &[&run_id.as_str(), &tenant.as_str()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| r.get::<_, bool>(0)).ok_or_else(|| not_found(run_id))
     }
 
     async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {

@@ -124,7 +124,8 @@ impl Exporter {
     }
 
     /// Renews the lease of a running run every third of the TTL until aborted; a renewal the
-    /// store refuses (the run was taken over) stops the run at once through its flag.
+    /// store refuses (the run was taken over) stops the run at once through its flag, one
+    /// that reports a cancel request (from another process) cancels it.
     fn heartbeat(&self, run_id: RunId, lease: Lease, cancel: CancelFlag) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
@@ -135,7 +136,13 @@ impl Exporter {
                 let renewed =
                     Lease { lease_id: lease.lease_id.clone(), lease_until: super::clock::plus(this.now(), ttl) };
                 match this.inner.cfg.store.renew_lease(&run_id, &renewed).await {
-                    Ok(()) => cancel.set_deadline(this.lease_deadline(sent)),
+                    Ok(cancel_requested) => {
+                        cancel.set_deadline(this.lease_deadline(sent));
+                        if cancel_requested {
+                            tracing::info!(%run_id, "cancel requested through the store");
+                            cancel.cancel();
+                        }
+                    }
                     Err(e) if crate::store::is_lease_lost(&e) => {
                         tracing::warn!(%run_id, "lease lost: another worker took the run over; stopping");
                         cancel.lose_lease();

@@ -308,12 +308,13 @@ impl Exporter {
         self.inner.cfg.store.list(tenant, filter).await
     }
 
-    /// Cancels a run of `tenant`: a queued run fails at once, a running one (in this process)
-    /// fails with `ERR_EXPORT_CANCELLED` as soon as its profile notices.
+    /// Cancels a run of `tenant`: a queued run fails at once; a running one fails with
+    /// `ERR_EXPORT_CANCELLED` as soon as its profile notices, at once when this process runs
+    /// it, else at its worker's next lease renewal (a third of the lease TTL at most).
     ///
     /// # Errors
     /// `ERR_EXPORT_NOT_FOUND` for a foreign or unknown run; `ERR_EXPORT_REQUEST_INVALID` for a
-    /// finished run or one running in another process.
+    /// finished run.
     pub async fn cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
         let store = &self.inner.cfg.store;
         let cancels = self.inner.cancels.lock().await;
@@ -331,7 +332,9 @@ impl Exporter {
                 flag.cancel();
                 Ok(run)
             }
-            None => Err(ExportError::invalid("runId", format!("run {run_id} is running in another process"))),
+            // Running in another process: its worker sees the request at its next renewal.
+            None if store.request_cancel(tenant, run_id).await? => Ok(run),
+            None => Err(ExportError::invalid("runId", format!("run {run_id} changed state meanwhile; ask again"))),
         }
     }
 

@@ -16,6 +16,7 @@ struct Entry {
     request: RunRequest,
     seq: u64,
     lease: Option<Lease>,
+    cancel_requested: bool,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +61,9 @@ fn save(st: &mut State, run: &Run) -> Result<()> {
     e.run = Run { lease: None, ..run.clone() };
     if run.status != RunStatus::Running {
         e.lease = None;
+    }
+    if run.status.is_terminal() {
+        e.cancel_requested = false;
     }
     let rank = st.ranks.get(&run.run_id).copied().unwrap_or_default();
     let key = (rank, seq, run.run_id.clone());
@@ -106,8 +110,16 @@ impl RunStore for MemoryStore {
         st.by_seq.insert(seq, id.clone());
         st.queue.insert((new.rank, seq, id.clone()));
         st.ranks.insert(id.clone(), new.rank);
-        st.runs
-            .insert(id, Entry { run: Run { lease: None, ..new.run.clone() }, request: new.request, seq, lease: None });
+        st.runs.insert(
+            id,
+            Entry {
+                run: Run { lease: None, ..new.run.clone() },
+                request: new.request,
+                seq,
+                lease: None,
+                cancel_requested: false,
+            },
+        );
         Ok(Created::New(new.run))
     }
 
@@ -173,16 +185,24 @@ impl RunStore for MemoryStore {
         Ok(Some(claimed))
     }
 
-    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<bool> {
         let mut st = self.lock();
         let e = st.runs.get_mut(run_id).ok_or_else(|| not_found(run_id))?;
         match &mut e.lease {
             Some(l) if l.lease_id == lease.lease_id && e.run.status == RunStatus::Running => {
                 l.lease_until = lease.lease_until;
-                Ok(())
+                Ok(e.cancel_requested)
             }
             _ => Err(lease_lost(run_id)),
         }
+    }
+
+    async fn request_cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<bool> {
+        let mut st = self.lock();
+        let e = st.runs.get_mut(run_id).filter(|e| e.run.tenant == *tenant).ok_or_else(|| not_found(run_id))?;
+        let running = e.run.status == RunStatus::Running;
+        e.cancel_requested |= running;
+        Ok(running)
     }
 
     async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {

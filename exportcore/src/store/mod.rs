@@ -151,8 +151,12 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     /// Claims one specific run under `lease` if it is still queued (`None` otherwise).
     async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>>;
     /// Moves the lapse of `lease` on a running run to `lease.lease_until`; [`lease_lost`] when
-    /// the run is no longer running under that lease.
-    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()>;
+    /// the run is no longer running under that lease. Returns whether a cancel was requested
+    /// ([`RunStore::request_cancel`]): the holder then cancels the run.
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<bool>;
+    /// Asks whoever holds a running run of `tenant` to cancel it (at its next renewal): `true`
+    /// when the run is running, `false` when it is not (nothing changes).
+    async fn request_cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<bool>;
     /// Takes over one `running` run whose lease lapsed at or before `now` (or that has none):
     /// it now holds `lease`, and is returned so the caller can requeue or fail it. `None` when
     /// no lease has lapsed.

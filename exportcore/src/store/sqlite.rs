@@ -75,6 +75,7 @@ CREATE TABLE profiles (
     r#"
 ALTER TABLE runs ADD COLUMN lease_id TEXT;
 ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER;
+ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_running ON runs(seq) WHERE status = 'running';
 "#,
 ];
@@ -382,7 +383,8 @@ fn save_run(conn: &Connection, path: &str, run: &Run) -> Result<()> {
         .prepare_cached(
             "UPDATE runs SET status = ?1, expires_ms = ?2, duration_s = ?3, record = ?4,
              lease_id = CASE WHEN ?1 = 'running' THEN lease_id END,
-             lease_until_ms = CASE WHEN ?1 = 'running' THEN lease_until_ms END
+             lease_until_ms = CASE WHEN ?1 = 'running' THEN lease_until_ms END,
+             cancel_requested = CASE WHEN ?1 IN ('queued', 'running') THEN cancel_requested ELSE 0 END
              WHERE run_id = ?5",
         )
         .and_then(|mut s| {
@@ -549,19 +551,42 @@ impl RunStore for SqliteStore {
         self.claim(Some(run_id.clone()), now, lease).await
     }
 
-    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<()> {
+    async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<bool> {
         let (run_id, lease) = (run_id.clone(), lease.clone());
         self.with(move |conn, path| {
+            let cancel: Option<bool> = conn
+                .prepare_cached(
+                    "UPDATE runs SET lease_until_ms = ?1 WHERE run_id = ?2 AND status = 'running' AND lease_id = ?3
+                     RETURNING cancel_requested",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![millis(lease.lease_until), run_id.as_str(), lease.lease_id], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(|e| store_err(path, e))?;
+            cancel.ok_or_else(|| lease_lost(&run_id))
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<bool> {
+        let (tenant, run_id) = (tenant.clone(), run_id.clone());
+        self.with(move |conn, path| {
+            let e = |err| store_err(path, err);
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM runs WHERE run_id = ?1 AND tenant = ?2")
+                .and_then(|mut st| st.query_row(params![run_id.as_str(), tenant.as_str()], |r| r.get(0)).optional())
+                .map_err(e)?;
             let n = conn
                 .prepare_cached(
-                    "UPDATE runs SET lease_until_ms = ?1 WHERE run_id = ?2 AND status = 'running' AND lease_id = ?3",
+                    "UPDATE runs SET cancel_requested = 1 WHERE run_id = ?1 AND tenant = ?2 AND status = 'running'",
                 )
-                .and_then(|mut st| st.execute(params![millis(lease.lease_until), run_id.as_str(), lease.lease_id]))
-                .map_err(|e| store_err(path, e))?;
-            if n == 0 {
-                return Err(lease_lost(&run_id));
+                .and_then(|mut st| st.execute(params![run_id.as_str(), tenant.as_str()]))
+                .map_err(e)?;
+            match status {
+                None => Err(not_found(&run_id)),
+                Some(_) => Ok(n == 1),
             }
-            Ok(())
         })
         .await
     }
