@@ -282,6 +282,75 @@ async fn retention_sweeps_take_turns_across_nodes() {
     assert!(sink.snapshot().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_a_server_restart_in_its_middle() {
+    if !enabled() {
+        return;
+    }
+    let mut pg = Pg::start();
+    let url = pg.database("midrun").await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let exporter = Exporter::builder()
+        .profiles(exportcore::Profiles::new().with(Slow(3000)))
+        .sink(exportcore::InMemorySink::new())
+        .evidence(exportcore::MemoryEvidence::new())
+        .store(store.clone())
+        .poll_interval(Duration::from_millis(50))
+        .lease_ttl(Duration::from_secs(6))
+        .build()
+        .unwrap();
+    let workers = exporter.start();
+    let tenant = TenantId::parse("acme").unwrap();
+    let id = exporter.submit(Submission::new(tenant.clone(), request("slow:txt"))).await.unwrap().run_id;
+    let start = Instant::now();
+    while exporter.get(&tenant, &id).await.unwrap().status != RunStatus::Running {
+        assert!(start.elapsed() < Duration::from_secs(30), "the run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server goes away for a while the run works, then comes back.
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.run();
+    let run = loop {
+        if let Ok(run) = exporter.get(&tenant, &id).await {
+            if run.status.is_terminal() {
+                break run;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the run did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 1), "{run:?}");
+    let events = exporter.store().events(&tenant, &id, 0, 1000).await.unwrap();
+    assert_eq!(events.first().map(|e| e.event.name()), Some("started"));
+    assert_eq!(events.last().map(|e| e.event.name()), Some("completed"));
+    workers.shutdown().await;
+}
+
+/// Sleeps `.0` ms in steps, checking for cancellation, then writes one artifact.
+#[derive(Debug)]
+struct Slow(u64);
+
+impl exportcore::Profile for Slow {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("slow:txt", "sleeps, then says hello")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::IoContext;
+        for i in 0..self.0 / 50 {
+            ctx.check_cancelled()?;
+            ctx.progress(exportcore::Progress::of(i + 1, self.0 / 50));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let spec = exportcore::ArtifactSpec::new("slow.txt", exportcore::ArtifactType::Data, "text", "text/plain")?;
+        ctx.write_artifact(spec, |w| w.write_all(b"hello\n").at("slow.txt"))?;
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct Hello;
 

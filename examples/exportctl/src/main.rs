@@ -834,6 +834,11 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 /// `exportctl serve`: the gateway over an engine with every built-in profile.
 async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     use exportcore_gateway::auth::{Authenticator, DevTokens, DpopAuthenticator};
+    // A server logs what it does on stderr (run ids, tenants, profiles, codes; never a secret):
+    // `info` by default, `EXPORTCTL_LOG` takes tracing's filter syntax (`warn`, `exportcore=debug`).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXPORTCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     let auth: Arc<dyn Authenticator> = match (&args.jwks, args.dev_tokens.is_empty()) {
         (Some(jwks), true) => Arc::new(DpopAuthenticator::from_jwks_file(
             jwks,

@@ -524,3 +524,63 @@ fn serve_nodes_share_postgres_and_s3_object_storage() {
     assert!(a.terminate(Duration::from_secs(30)).success());
     assert!(b.terminate(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn three_serve_nodes_execute_two_hundred_runs_each_exactly_once() {
+    if !interop_enabled() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = pg::Pg::start();
+    let url = rt.block_on(pg.database("three"));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("url.key"), [7u8; 32]).unwrap();
+    let args = ["--dev-token", "dev-token-acme=acme:export:read,export:write", "--url-key", "url.key"];
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let mut nodes: Vec<Serve> = (0..3).map(|_| Serve::start_with(tmp.path(), &url, &samples, &args)).collect();
+    let auth = ["-H", "Authorization: Bearer dev-token-acme", "-H", "X-StellaOps-Tenant: acme"];
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let mut a: Vec<&str> = auth.to_vec();
+        let u = format!("{}/export-center/runs", nodes[i % 3].base());
+        a.extend(["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"profileId":"json:raw"}"#, &u]);
+        let reply = json(&curl(&a));
+        ids.push(reply["runId"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned());
+    }
+    // Wait for the queue to drain, reading the shared store.
+    let (client, conn) = rt.block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls)).unwrap();
+    rt.spawn(conn);
+    let start = Instant::now();
+    loop {
+        let row = rt
+            .block_on(client.query_one("SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed')", &[]))
+            .unwrap();
+        if row.get::<_, i64>(0) == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "200 runs did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Exactly once: every run succeeded at its first attempt, with one `started` and one
+    // terminal event; and the work was shared.
+    let row = rt
+        .block_on(client.query_one(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                    count(*) FILTER (WHERE (record::jsonb->>'attempts')::int <> 1),
+                    (SELECT count(*) FROM events WHERE event::jsonb->>'event' = 'started'),
+                    (SELECT count(*) FROM events WHERE event::jsonb->>'event' IN ('completed', 'failed'))
+             FROM runs",
+            &[],
+        ))
+        .unwrap();
+    let counts: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(counts, (200, 0, 200, 200), "(succeeded, retried, started, terminal)");
+    for n in &mut nodes {
+        assert!(n.terminate(Duration::from_secs(60)).success());
+    }
+    let per_node: Vec<usize> =
+        nodes.iter().map(|n| n.log.lock().unwrap().lines().filter(|l| l.contains("run finished")).count()).collect();
+    assert_eq!(per_node.iter().sum::<usize>(), 200, "each run finished once, on one node: {per_node:?}");
+    assert!(per_node.iter().all(|&c| c > 0), "every node executed runs: {per_node:?}");
+    println!("three nodes: runs executed per node {per_node:?}");
+}
