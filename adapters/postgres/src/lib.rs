@@ -10,7 +10,14 @@
 //!   an advisory lock, so nodes starting together migrate once; a database from a newer build is
 //!   refused.
 //! - Claims take the next queued run with `FOR UPDATE SKIP LOCKED` in priority, then submission
-//!   order: two nodes never claim the same run, and neither waits for the other.
+//!   order, in one statement: two nodes never claim the same run, and neither waits for the
+//!   other.
+//! - Leases (`lease_id`, `lease_until_ms` columns) fence every write of a worker; lapsed ones
+//!   are taken over with `SKIP LOCKED`; cancel requests wait in a column for the holder's next
+//!   renewal (see `docs/operations.md`, "PostgreSQL and several nodes").
+//! - Retention sweeps of several nodes take turns under a session advisory lock held on a
+//!   connection taken out of the pool (the lock goes with the connection).
+//! - Every statement is prepared once per connection (deadpool's statement cache).
 //! - Idempotency keys are a primary key: two nodes receiving the same key at once create one run.
 //! - Every query names the tenant; another tenant's run, event, record or profile is
 //!   "not found".
