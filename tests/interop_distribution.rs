@@ -422,3 +422,45 @@ async fn the_object_sink_passes_the_sink_conformance_suite_on_a_real_s3_server()
     assert_eq!(err.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{err}");
     assert!(err.report().contains("s3://exports/conformance") && !err.report().contains("not-the-secret"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_a_full_disk_fails_the_push_without_a_tag_then_takes_it_once_there_is_room() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big");
+    RunBuilder::new(BigBlob { mib: 24 }, exportcore::MemoryEvidence::new(), FsSink::new(&big).unwrap())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:blob")))
+        .await
+        .unwrap();
+    // The registry's storage is a 4 MiB disk: the 24 MiB layer cannot fit.
+    let registry = Registry::start_on_small_disk(4 << 20);
+    let target = OciTarget::parse(&format!("oci://{}/full:1", registry.addr()), "t").unwrap();
+    let e = push_oci(&big, &target, None, &PushOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED", "{e}");
+    assert!(e.report().contains("full:1") && e.report().contains("500"), "target and cause: {}", e.report());
+    let full_errors = |r: &Registry| r.log().matches("no space left on device").count();
+    assert!(full_errors(&registry) > 0, "the registry's disk was full: {}", registry.log());
+    let tags = registry.get("/v2/full/tags/list").unwrap();
+    assert!(!tags.contains("\"1\""), "a tag after a failed push: {tags}");
+
+    // The registry answers 500 while a push retries; room appears; the retry gets its 201.
+    let before = full_errors(&registry);
+    let push = {
+        let (big, target) = (big.clone(), target.clone());
+        tokio::spawn(async move { push_oci(&big, &target, None, &PushOptions::default()).await })
+    };
+    let start = std::time::Instant::now();
+    while full_errors(&registry) == before {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "no 500 seen: {}", registry.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    registry.grow_disk(256 << 20);
+    let pushed = push.await.unwrap().unwrap_or_else(|e| panic!("{}", e.report()));
+    let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{}", pushed.reference)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(format!("sha256:{}", exportcore::Sha256Digest::of(&o.stdout)), pushed.digest);
+    let sha = exportcore::hashing::hash_reader(std::fs::File::open(big.join("blob.bin")).unwrap()).unwrap().1;
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("sha256:{sha}")), "the big layer is there");
+}

@@ -341,3 +341,77 @@ async fn python_tuf_accepts_separate_role_keys_and_thresholds() {
     let o = python_tuf(&out, "2025-06-02T00:00:00Z");
     assert!(!o.status.success() && text(&o).contains("1/2"), "{}", text(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_push_of_a_mirror_gives_each_image_its_repository_and_trivy_pulls_both_databases() {
+    use exportcore_distribution::{push_oci, OciTarget, PushOptions};
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let out = tmp.path().join("mirror");
+    build(&out, Arc::clone(&k.signer)).await;
+    let registry = Registry::start();
+    let target = OciTarget::parse(&format!("oci://{}/center:2025-06-01", registry.addr()), "t").unwrap();
+    let mut options = PushOptions::default();
+    options.signer = Some(Arc::clone(&k.signer));
+    let pushed = push_oci(&out, &target, None, &options).await.unwrap();
+    // Each image of the layout, byte for byte, at HOST/center/<tag>:2025-06-01, signed.
+    let index: Value = serde_json::from_slice(&std::fs::read(out.join("oci/index.json")).unwrap()).unwrap();
+    let refs: Vec<&str> = pushed.images.iter().map(|i| i.reference.as_str()).collect();
+    let want: Vec<String> = ["mirror", "trivy-db", "trivy-java-db"]
+        .iter()
+        .map(|t| format!("{}/center/{t}:2025-06-01", registry.addr()))
+        .collect();
+    assert_eq!(refs, want);
+    let mut image_blobs = 0;
+    for image in &pushed.images {
+        let tag = image.reference.rsplit_once("/center/").unwrap().1.split(':').next().unwrap();
+        let entry = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap();
+        assert_eq!(image.digest, entry["digest"].as_str().unwrap(), "{tag}");
+        let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{}", image.reference)]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(format!("sha256:{}", sha256_hex(&o.stdout)), image.digest, "{tag}: the registry holds another");
+        let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+        image_blobs += 1 + manifest["layers"].as_array().unwrap().len() as u64;
+        assert!(image.signature_tag.is_some(), "{tag} is signed");
+    }
+    // The images' blobs were mounted from HOST/center, where the whole run went first.
+    assert_eq!(pushed.stats.mounted, image_blobs, "{:?}", pushed.stats);
+    // Trivy pulls both databases from their repositories and finds what the tarballs find.
+    let scan = |args: &[String], cache: &Path| common::trivy_rootfs_findings(cache, args);
+    let remote = scan(
+        &[
+            "--db-repository".into(),
+            format!("{}/center/trivy-db:2025-06-01", registry.addr()),
+            "--java-db-repository".into(),
+            format!("{}/center/trivy-java-db:2025-06-01", registry.addr()),
+        ],
+        &tmp.path().join("remote-cache"),
+    );
+    let local_cache = tmp.path().join("local-cache");
+    for (tgz, dir) in [("db.tar.gz", "db"), ("javadb.tar.gz", "java-db")] {
+        std::fs::create_dir_all(local_cache.join(dir)).unwrap();
+        let ok = Command::new("tar")
+            .arg("-xzf")
+            .arg(out.join("mirror/trivy").join(tgz))
+            .arg("-C")
+            .arg(local_cache.join(dir))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let local =
+        scan(&["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()], &local_cache);
+    assert!(!local.is_empty());
+    assert_eq!(remote, local);
+    // Pushed again: nothing goes up.
+    let again = push_oci(&out, &target, None, &PushOptions::default()).await.unwrap();
+    assert_eq!(again.stats.uploaded, 0, "{:?}", again.stats);
+}

@@ -106,6 +106,8 @@ pub struct Registry {
     pub port: u16,
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// A tmpfs mounted as its storage (a small disk), unmounted when dropped.
+    disk: Option<PathBuf>,
 }
 
 impl Registry {
@@ -119,8 +121,40 @@ impl Registry {
         Self::start_with(Some(format!("{user}:{bcrypt_hash}\n")))
     }
 
-    fn start_with(htpasswd: Option<String>) -> Self {
+    /// One whose storage is a tmpfs of `bytes` (a disk that fills up). Mounting needs root
+    /// (CAP_SYS_ADMIN), as the interop tests' other mount tests do: without it, this fails.
+    pub fn start_on_small_disk(bytes: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&storage)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mounting a tmpfs (needs root): {}", text(&o));
+        let mut r = Self::start_in(dir, None);
+        r.disk = Some(storage);
+        r
+    }
+
+    /// Gives the small disk `bytes` (`mount -o remount`), the registry running on.
+    pub fn grow_disk(&self, bytes: u64) {
+        let disk = self.disk.as_ref().expect("a registry on a small disk");
+        let o = Command::new("mount").args(["-o", &format!("remount,size={bytes}")]).arg(disk).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+
+    /// What the registry logged (errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), htpasswd)
+    }
+
+    fn start_in(dir: tempfile::TempDir, htpasswd: Option<String>) -> Self {
         let auth = match htpasswd {
             None => String::new(),
             Some(line) => {
@@ -147,7 +181,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry missing: run sh tests/interop/install.sh");
-        let registry = Self { child, port, dir, config };
+        let registry = Self { child, port, dir, config, disk: None };
         registry.wait_up();
         registry
     }
@@ -212,6 +246,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(disk) = &self.disk {
+            let _ = Command::new("umount").arg(disk).status();
+        }
     }
 }
 

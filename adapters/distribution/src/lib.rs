@@ -10,7 +10,11 @@
 //!   that manifest and its blobs, tagged `TAG`, so the reference is what the consumer expects
 //!   (`trivy --db-repository HOST/REPO:TAG`);
 //! - any other run: one artifact manifest (`artifactType application/vnd.exportcore.run.v1`,
-//!   empty config) with every file of the run as a layer titled with its path.
+//!   empty config) with every file of the run as a layer titled with its path;
+//! - a run whose OCI layout holds several tagged images (`mirror:full`: `mirror`, `trivy-db`,
+//!   `trivy-java-db`): the whole run as above at `HOST/REPO:TAG`, then each image byte for byte
+//!   at `HOST/REPO/<its tag>:TAG` with its blobs mounted from `HOST/REPO` (nothing goes up
+//!   twice), so `trivy --db-repository HOST/REPO/trivy-db:TAG` pulls the mirror's database.
 //!
 //! Blobs go up first (each one `HEAD`ed, mounted from `mount_from` repositories when the
 //! registry has it there, else uploaded: one `PUT` up to 8 MiB, else one `PATCH` streamed
@@ -176,6 +180,24 @@ pub struct OciPushed {
     pub stats: PushStats,
     /// Digests of every blob the manifest names (config and layers).
     pub blobs: Vec<Sha256Digest>,
+    /// For an OCI layout of several tagged images (a mirror): each image, pushed to
+    /// `HOST/REPO/<tag>:TAG` (`org.opencontainers.image.ref.name` of its index entry), sorted
+    /// by reference.
+    pub images: Vec<PushedImage>,
+}
+
+/// One image of a multi-image layout, pushed to its own repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PushedImage {
+    /// `HOST/REPO/<tag>:TAG`.
+    pub reference: String,
+    /// The image manifest's digest (`sha256:…`), as in the layout's `index.json`.
+    pub digest: String,
+    /// `HOST/REPO/<tag>@sha256:…`.
+    pub pinned: String,
+    /// The signature's tag, when signed.
+    pub signature_tag: Option<String>,
 }
 
 /// One blob to push: a file, or bytes made here (a config).
@@ -184,6 +206,67 @@ struct Blob {
     size: u64,
     path: Option<PathBuf>,
     inline: Option<Bytes>,
+}
+
+/// The manifest and the blobs of the layout image that `entry` (of `oci/index.json`) names.
+fn layout_image(dir: &Path, entry: &Value) -> Result<(Bytes, Vec<Blob>)> {
+    let index_path = dir.join("oci/index.json");
+    let digest: Sha256Digest =
+        entry["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| h.parse().ok()).ok_or_else(
+            || ExportError::VerificationFailed { path: index_path.display().to_string(), reason: "bad digest".into() },
+        )?;
+    let blob = |d: &Sha256Digest| dir.join(format!("oci/blobs/sha256/{d}"));
+    let bytes = exportcore::files::read_capped(&blob(&digest), exportcore::files::MAX_MANIFEST_BYTES)?;
+    let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| ExportError::VerificationFailed {
+        path: blob(&digest).display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut blobs = Vec::new();
+    for d in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten()) {
+        let digest: Sha256Digest =
+            d["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| h.parse().ok()).ok_or_else(
+                || ExportError::VerificationFailed { path: "oci manifest".into(), reason: "bad descriptor".into() },
+            )?;
+        blobs.push(Blob { size: d["size"].as_u64().unwrap_or(0), path: Some(blob(&digest)), inline: None, digest });
+    }
+    Ok((Bytes::from(bytes), blobs))
+}
+
+/// The tagged images of a layout holding several (a mirror: `mirror`, `trivy-db`,
+/// `trivy-java-db`), each with its tag; empty for any other run.
+fn layout_images(dir: &Path) -> Result<Vec<(String, Bytes, Vec<Blob>)>> {
+    let index_path = dir.join("oci/index.json");
+    if !index_path.is_file() {
+        return Ok(Vec::new());
+    }
+    let index: Value =
+        serde_json::from_slice(&exportcore::files::read_capped(&index_path, exportcore::files::MAX_MANIFEST_BYTES)?)
+            .map_err(|e| ExportError::VerificationFailed {
+                path: index_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+    let entries = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if entries.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut images = Vec::new();
+    for entry in entries {
+        let Some(tag) = entry["annotations"]["org.opencontainers.image.ref.name"].as_str() else { continue };
+        // A repository path component (distribution spec): lowercase letters, digits, separators.
+        let valid = !tag.is_empty()
+            && tag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && tag.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(ExportError::VerificationFailed {
+                path: index_path.display().to_string(),
+                reason: format!("image tag {tag:?} cannot name a repository"),
+            });
+        }
+        let (manifest, blobs) = layout_image(dir, entry)?;
+        images.push((tag.to_owned(), manifest, blobs));
+    }
+    images.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(images)
 }
 
 /// The manifest and blobs a run directory is pushed as.
@@ -199,38 +282,7 @@ fn plan(dir: &Path, created: &str) -> Result<(Bytes, Vec<Blob>)> {
             reason: e.to_string(),
         })?;
         if let [only] = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let digest: Sha256Digest = only["digest"]
-                .as_str()
-                .and_then(|d| d.strip_prefix("sha256:"))
-                .and_then(|h| h.parse().ok())
-                .ok_or_else(|| ExportError::VerificationFailed {
-                    path: index_path.display().to_string(),
-                    reason: "bad digest".into(),
-                })?;
-            let blob = |d: &Sha256Digest| dir.join(format!("oci/blobs/sha256/{d}"));
-            let bytes = exportcore::files::read_capped(&blob(&digest), exportcore::files::MAX_MANIFEST_BYTES)?;
-            let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| ExportError::VerificationFailed {
-                path: blob(&digest).display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let mut blobs = Vec::new();
-            for d in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten()) {
-                let digest: Sha256Digest = d["digest"]
-                    .as_str()
-                    .and_then(|d| d.strip_prefix("sha256:"))
-                    .and_then(|h| h.parse().ok())
-                    .ok_or_else(|| ExportError::VerificationFailed {
-                        path: "oci manifest".into(),
-                        reason: "bad descriptor".into(),
-                    })?;
-                blobs.push(Blob {
-                    size: d["size"].as_u64().unwrap_or(0),
-                    path: Some(blob(&digest)),
-                    inline: None,
-                    digest,
-                });
-            }
-            return Ok((Bytes::from(bytes), blobs));
+            return layout_image(dir, only);
         }
     }
     // One artifact: every file of the run, the run manifest and its signatures included.
@@ -339,10 +391,50 @@ pub async fn push_oci(
     .map(|m| m.created_at.to_string())
     .unwrap_or_default();
     let (manifest, blobs) = plan(dir, &created)?;
+    let images = layout_images(dir)?;
+    let mut stats = PushStats::default();
+    let (digest, signature_tag) =
+        push_image(target, credentials.clone(), &manifest, &blobs, options, &mut stats).await?;
+    // A mirror's images, each to its own repository, their blobs mounted from the one just
+    // pushed (nothing is uploaded twice).
+    let mut pushed_images = Vec::new();
+    for (tag, manifest, blobs) in &images {
+        let sub = target.with_repository(format!("{}/{tag}", target.repository));
+        let mut mount = options.clone();
+        mount.mount_from.insert(0, target.repository.clone());
+        let (d, sig) = push_image(&sub, credentials.clone(), manifest, blobs, &mount, &mut stats).await?;
+        pushed_images.push(PushedImage {
+            reference: sub.reference(),
+            digest: format!("sha256:{d}"),
+            pinned: format!("{}/{}@sha256:{d}", sub.registry, sub.repository),
+            signature_tag: sig,
+        });
+    }
+    Ok(OciPushed {
+        reference: target.reference(),
+        digest: format!("sha256:{digest}"),
+        pinned: format!("{}/{}@sha256:{digest}", target.registry, target.repository),
+        signature_tag,
+        stats,
+        blobs: blobs.iter().map(|b| b.digest).collect(),
+        images: pushed_images,
+    })
+}
+
+/// Pushes one manifest and its blobs to `target`: each blob `HEAD`ed, mounted or uploaded,
+/// then the manifest by digest, then the tag, then the signature. Returns the manifest's
+/// digest and the signature's tag.
+async fn push_image(
+    target: &OciTarget,
+    credentials: Option<Credentials>,
+    manifest: &Bytes,
+    blobs: &[Blob],
+    options: &PushOptions,
+    stats: &mut PushStats,
+) -> Result<(Sha256Digest, Option<String>)> {
     let name = format!("oci://{}", target.reference());
     let registry = oci::Registry::new(target, credentials).map_err(|e| e.at(&name))?;
-    let mut stats = PushStats::default();
-    for b in &blobs {
+    for b in blobs {
         if registry.has_blob(&b.digest).await.map_err(|e| e.at(&name))? {
             stats.present += 1;
             continue;
@@ -368,24 +460,14 @@ pub async fn push_oci(
         stats.bytes += b.size;
     }
     // The manifest by digest first, then the tag: a tag never names something half pushed.
-    let digest = Sha256Digest::of(&manifest);
-    registry
-        .put_manifest(&format!("sha256:{digest}"), MANIFEST_MEDIA_TYPE, &manifest)
-        .await
-        .map_err(|e| e.at(&name))?;
-    registry.put_manifest(&target.tag, MANIFEST_MEDIA_TYPE, &manifest).await.map_err(|e| e.at(&name))?;
+    let digest = Sha256Digest::of(manifest);
+    registry.put_manifest(&format!("sha256:{digest}"), MANIFEST_MEDIA_TYPE, manifest).await.map_err(|e| e.at(&name))?;
+    registry.put_manifest(&target.tag, MANIFEST_MEDIA_TYPE, manifest).await.map_err(|e| e.at(&name))?;
     let signature_tag = match &options.signer {
         None => None,
         Some(s) => Some(cosign::push_signature(&registry, target, &digest, &**s).await.map_err(|e| e.at(&name))?),
     };
-    Ok(OciPushed {
-        reference: target.reference(),
-        digest: format!("sha256:{digest}"),
-        pinned: format!("{}/{}@sha256:{digest}", target.registry, target.repository),
-        signature_tag,
-        stats,
-        blobs: blobs.iter().map(|b| b.digest).collect(),
-    })
+    Ok((digest, signature_tag))
 }
 
 /// The engine's distribution step for `distribution {type: oci, ref: "oci://HOST/REPO:TAG"}`
@@ -440,7 +522,12 @@ impl exportcore::run::Distributor for OciDistributor {
             .outputs
             .iter()
             .filter(|o| pushed.blobs.contains(&o.sha256))
-            .map(|o| exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, pushed.pinned.clone()))
+            .map(|o| {
+                // An image manifest of a mirror is reachable at its own repository.
+                let digest = format!("sha256:{}", o.sha256);
+                let at = pushed.images.iter().find(|i| i.digest == digest).map_or(&pushed.pinned, |i| &i.pinned);
+                exportcore::DistributedArtifact::new(o.path.clone(), o.sha256, o.size, at.clone())
+            })
             .collect();
         Ok(exportcore::DistributionRecord::succeeded(
             ctx.run.run_id.clone(),

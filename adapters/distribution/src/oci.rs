@@ -77,6 +77,12 @@ impl OciTarget {
         self
     }
 
+    /// The same registry, tag and transport, another repository (the caller checked its name).
+    #[must_use]
+    pub fn with_repository(&self, repository: String) -> Self {
+        Self { repository, ..self.clone() }
+    }
+
     /// `HOST[:PORT]/REPO:TAG`, what `docker pull` and `trivy --db-repository` take.
     pub fn reference(&self) -> String {
         format!("{}/{}:{}", self.registry, self.repository, self.tag)

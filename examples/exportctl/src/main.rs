@@ -485,6 +485,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             if let Some(tag) = &pushed.signature_tag {
                 outln!("  signature: {}/{}:{tag}", target.registry, target.repository);
             }
+            for image in &pushed.images {
+                outln!("  image {} {}", image.reference, image.digest);
+            }
             outln!(
                 "  blobs: {} uploaded ({} bytes), {} already there, {} mounted",
                 pushed.stats.uploaded,
@@ -492,8 +495,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 pushed.stats.present,
                 pushed.stats.mounted
             );
-            let pinned = pushed.pinned.clone();
-            let locate = |o: &exportcore::Output| pushed.blobs.contains(&o.sha256).then(|| pinned.clone());
+            let locate = |o: &exportcore::Output| {
+                let digest = format!("sha256:{}", o.sha256);
+                let image = pushed.images.iter().find(|i| i.digest == digest);
+                pushed.blobs.contains(&o.sha256).then(|| image.map_or(&pushed.pinned, |i| &i.pinned).clone())
+            };
             match record_distribution(&out_dir, store, &tenant, DistributionType::Oci, &pushed.reference, locate)
                 .await?
             {
