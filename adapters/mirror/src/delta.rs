@@ -179,42 +179,147 @@ struct IndexEntry {
     sha256: Sha256Digest,
 }
 
-#[derive(serde::Deserialize)]
-struct IndexDoc {
-    entries: Vec<IndexEntry>,
-}
-
-/// The entries of an index file, read as a stream (no `Value` tree); none when absent.
-fn index_entries(path: &Path) -> Result<Vec<IndexEntry>> {
-    match std::fs::File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ExportError::io(path, e)),
-        Ok(f) => serde_json::from_reader::<_, IndexDoc>(std::io::BufReader::with_capacity(1 << 20, f))
-            .map(|d| d.entries)
-            .map_err(|e| ExportError::VerificationFailed {
-                path: path.display().to_string(),
-                reason: format!("index: {e}"),
-            }),
+/// Calls `f` for each entry of an index file, read as a stream: neither a `Value` tree nor a
+/// list of entries is built. Nothing happens when the file is absent.
+fn for_each_entry(path: &Path, f: &mut dyn FnMut(IndexEntry) -> Result<()>) -> Result<()> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Doc<'a> {
+        f: &'a mut dyn FnMut(IndexEntry) -> Result<()>,
+        failed: &'a mut Option<ExportError>,
+    }
+    impl<'de> Visitor<'de> for Doc<'_> {
+        type Value = ();
+        fn expecting(&self, w: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            w.write_str("an index document")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "entries" {
+                    map.next_value_seed(Entries { f: &mut *self.f, failed: &mut *self.failed })?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    struct Entries<'a> {
+        f: &'a mut dyn FnMut(IndexEntry) -> Result<()>,
+        failed: &'a mut Option<ExportError>,
+    }
+    impl<'de> DeserializeSeed<'de> for Entries<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Entries<'_> {
+        type Value = ();
+        fn expecting(&self, w: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            w.write_str("a list of index entries")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            while let Some(e) = seq.next_element::<IndexEntry>()? {
+                if let Err(err) = (self.f)(e) {
+                    *self.failed = Some(err);
+                    return Err(serde::de::Error::custom("stopped"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ExportError::io(path, e)),
+        Ok(f) => f,
+    };
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let parsed = de.deserialize_map(Doc { f, failed: &mut failed }).and_then(|()| de.end());
+    match (failed, parsed) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => {
+            Err(ExportError::VerificationFailed { path: path.display().to_string(), reason: format!("index: {e}") })
+        }
+        (None, Ok(())) => Ok(()),
     }
 }
 
-/// Records added, changed and removed between two indexes (by id and digest).
-fn record_counts(old: &Path, new: &Path) -> Result<Value> {
-    let old: std::collections::HashMap<String, Sha256Digest> =
-        index_entries(old)?.into_iter().map(|e| (e.id, e.sha256)).collect();
-    let (mut added, mut changed, mut seen) = (0u64, 0u64, 0u64);
-    for e in index_entries(new)? {
-        match old.get(&e.id) {
+/// Entries per partition the counting aims at (about 3 MiB of map each).
+const PARTITION_ENTRIES: u64 = 50_000;
+
+/// Records added, changed and removed between two indexes (by id and digest), in memory that
+/// does not grow with the indexes: both sides are spread over partition files in `scratch` by
+/// the SHA-256 of the id (64 bytes an entry: id hash, digest), then each partition's old side
+/// is held in a map while its new side streams past.
+fn record_counts(scratch: &Path, old: &Path, new: &Path) -> Result<Value> {
+    // About 100 bytes an entry in an index file.
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let parts = ((size(old).max(size(new)) / 100).div_ceil(PARTITION_ENTRIES)).clamp(1, 256) as usize;
+    counts_in_parts(scratch, old, new, parts)
+}
+
+fn counts_in_parts(scratch: &Path, old: &Path, new: &Path, parts: usize) -> Result<Value> {
+    use std::io::{BufReader, BufWriter, Read, Write};
+    std::fs::create_dir_all(scratch).map_err(|e| ExportError::io(scratch, e))?;
+    let spread = |side: &str, index: &Path| -> Result<Vec<PathBuf>> {
+        let paths: Vec<PathBuf> = (0..parts).map(|i| scratch.join(format!("{side}-{i}"))).collect();
+        let mut files = Vec::with_capacity(parts);
+        for p in &paths {
+            let f = std::fs::File::create(p).map_err(|e| ExportError::io(p, e))?;
+            files.push(BufWriter::with_capacity(8 << 10, f));
+        }
+        for_each_entry(index, &mut |e: IndexEntry| {
+            let id = Sha256Digest::of(e.id.as_bytes());
+            let i = usize::from(u16::from_le_bytes([id.as_bytes()[0], id.as_bytes()[1]])) % parts;
+            let w = &mut files[i];
+            w.write_all(id.as_bytes())
+                .and_then(|()| w.write_all(e.sha256.as_bytes()))
+                .map_err(|err| ExportError::io(&paths[i], err))
+        })?;
+        for (w, p) in files.iter_mut().zip(&paths) {
+            w.flush().map_err(|e| ExportError::io(p, e))?;
+        }
+        Ok(paths)
+    };
+    let (olds, news) = (spread("old", old)?, spread("new", new)?);
+    let read_pairs = |p: &Path, f: &mut dyn FnMut([u8; 32], [u8; 32])| -> Result<()> {
+        let mut r = BufReader::with_capacity(64 << 10, std::fs::File::open(p).map_err(|e| ExportError::io(p, e))?);
+        let mut buf = [0u8; 64];
+        loop {
+            match r.read_exact(&mut buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(ExportError::io(p, e)),
+            }
+            let (mut id, mut digest) = ([0u8; 32], [0u8; 32]);
+            id.copy_from_slice(&buf[..32]);
+            digest.copy_from_slice(&buf[32..]);
+            f(id, digest);
+        }
+    };
+    let (mut added, mut changed, mut removed) = (0u64, 0u64, 0u64);
+    for (o, n) in olds.iter().zip(&news) {
+        let mut map: std::collections::HashMap<[u8; 32], [u8; 32]> = std::collections::HashMap::new();
+        read_pairs(o, &mut |id, d| {
+            map.insert(id, d);
+        })?;
+        let mut seen = 0u64;
+        read_pairs(n, &mut |id, d| match map.get(&id) {
             None => added += 1,
-            Some(d) => {
+            Some(old) => {
                 seen += 1;
-                if *d != e.sha256 {
+                if *old != d {
                     changed += 1;
                 }
             }
+        })?;
+        removed += map.len() as u64 - seen;
+        for p in [o, n] {
+            let _ = std::fs::remove_file(p);
         }
     }
-    Ok(json!({"added": added, "changed": changed, "removed": old.len() as u64 - seen}))
+    Ok(json!({"added": added, "changed": changed, "removed": removed}))
 }
 
 impl Profile for MirrorDelta {
@@ -261,10 +366,13 @@ impl Profile for MirrorDelta {
         }
         // Record counts from the indexes, by id and digest.
         let mut records = serde_json::Map::new();
+        let (scratch, file) = ctx.scratch_file()?;
+        drop(file);
+        std::fs::remove_file(&scratch).map_err(|e| ExportError::io(&scratch, e))?;
         for kind in crate::tree::KINDS {
             let path = format!("mirror/indexes/{}", kind.index);
             let cur = new.get(&path).map_or_else(|| base.dir.join("no-such-index"), |a| a.local.clone());
-            records.insert(kind.name.into(), record_counts(&base.dir.join(&path), &cur)?);
+            records.insert(kind.name.into(), record_counts(&scratch, &base.dir.join(&path), &cur)?);
         }
         let export_id = match new.get("mirror/export.json") {
             Some(a) => format!("sha256:{}", a.sha256),
@@ -498,4 +606,42 @@ pub fn apply(
         return Err(ExportError::io(out, e));
     }
     Ok(Applied { export_id, kept, written, removed: removed.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(dir: &Path, name: &str, entries: &[(String, &str)]) -> PathBuf {
+        let list: Vec<Value> = entries
+            .iter()
+            .map(|(id, body)| json!({"file": "f", "id": id, "line": 1, "sha256": Sha256Digest::of(body.as_bytes()).to_hex()}))
+            .collect();
+        let p = dir.join(name);
+        std::fs::write(&p, serde_json::to_vec(&json!({"entries": list, "kind": "advisory", "version": "v1"})).unwrap())
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn counts_are_the_same_in_one_partition_or_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<(String, &str)> = (0..1000).map(|i| (format!("A-{i}"), if i % 10 == 0 { "x" } else { "y" })).collect();
+        // 100 changed (every 10th), 50 removed (900..950), 30 added.
+        let mut new: Vec<(String, &str)> =
+            (0..1000).filter(|i| !(900..950).contains(i)).map(|i| (format!("A-{i}"), "y")).collect();
+        new.extend((0..30).map(|i| (format!("B-{i}"), "z")));
+        let (o, n) = (index(dir.path(), "old.json", &old), index(dir.path(), "new.json", &new));
+        let want = json!({"added": 30, "changed": 95, "removed": 50});
+        for parts in [1, 7, 256] {
+            let got = counts_in_parts(&dir.path().join(format!("s{parts}")), &o, &n, parts).unwrap();
+            assert_eq!(got, want, "{parts} partitions");
+        }
+        // An absent side counts as empty; a malformed index is an error naming it.
+        let none = counts_in_parts(&dir.path().join("s"), &dir.path().join("absent"), &n, 3).unwrap();
+        assert_eq!(none, json!({"added": 980, "changed": 0, "removed": 0}));
+        std::fs::write(dir.path().join("bad.json"), b"{\"entries\":[{\"id\":1}]}").unwrap();
+        let err = counts_in_parts(&dir.path().join("s"), &dir.path().join("bad.json"), &n, 3).unwrap_err();
+        assert!(err.to_string().contains("bad.json"), "{err}");
+    }
 }
