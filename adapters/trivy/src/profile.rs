@@ -222,7 +222,7 @@ impl Profile for TrivyDb {
             crate::vex::VexIndex::default()
         };
         // Parse and map advisories on all cores in ordered batches; collect in order.
-        let batches = std::iter::from_fn(|| records.next_batch(1 << 20).transpose());
+        let batches = std::iter::from_fn(|| records.next_batch(256 << 10).transpose());
         let ctx_ref = &*ctx;
         let vex_ref = &vex;
         let strict = ctx.request().strict;
