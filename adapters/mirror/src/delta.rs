@@ -626,7 +626,8 @@ mod tests {
     #[test]
     fn counts_are_the_same_in_one_partition_or_many() {
         let dir = tempfile::tempdir().unwrap();
-        let old: Vec<(String, &str)> = (0..1000).map(|i| (format!("A-{i}"), if i % 10 == 0 { "x" } else { "y" })).collect();
+        let old: Vec<(String, &str)> =
+            (0..1000).map(|i| (format!("A-{i}"), if i % 10 == 0 { "x" } else { "y" })).collect();
         // 100 changed (every 10th), 50 removed (900..950), 30 added.
         let mut new: Vec<(String, &str)> =
             (0..1000).filter(|i| !(900..950).contains(i)).map(|i| (format!("A-{i}"), "y")).collect();
