@@ -69,6 +69,25 @@ async fn python_tuf_verifies_the_mirror_and_refuses_tampering() {
     }
 }
 
+/// What the real Trivy finds with the mirror's own database tarballs, offline.
+fn local_findings(out: &Path, cache: &Path) -> Vec<(String, String, String)> {
+    for (tgz, dir) in [("db.tar.gz", "db"), ("javadb.tar.gz", "java-db")] {
+        std::fs::create_dir_all(cache.join(dir)).unwrap();
+        let ok = Command::new("tar")
+            .arg("-xzf")
+            .arg(out.join("mirror/trivy").join(tgz))
+            .arg("-C")
+            .arg(cache.join(dir))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    common::trivy_rootfs_findings(
+        cache,
+        &["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()],
+    )
+}
+
 fn skopeo(args: &[&str]) -> std::process::Output {
     Command::new("skopeo").args(args).output().expect("skopeo missing: run sh tests/interop/install.sh")
 }
@@ -131,20 +150,7 @@ async fn skopeo_and_trivy_use_the_oci_layout_through_a_registry() {
         ],
         &remote_cache,
     );
-    let local_cache = tmp.path().join("local-cache");
-    for (tgz, dir) in [("db.tar.gz", "db"), ("javadb.tar.gz", "java-db")] {
-        std::fs::create_dir_all(local_cache.join(dir)).unwrap();
-        let ok = Command::new("tar")
-            .arg("-xzf")
-            .arg(out.join("mirror/trivy").join(tgz))
-            .arg("-C")
-            .arg(local_cache.join(dir))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-    let local =
-        scan(&["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()], &local_cache);
+    let local = local_findings(&out, &tmp.path().join("local-cache"));
     assert!(!local.is_empty());
     assert_eq!(remote, local, "findings with the DB pulled from the registry");
 }
@@ -395,20 +401,7 @@ async fn our_push_of_a_mirror_gives_each_image_its_repository_and_trivy_pulls_bo
         ],
         &tmp.path().join("remote-cache"),
     );
-    let local_cache = tmp.path().join("local-cache");
-    for (tgz, dir) in [("db.tar.gz", "db"), ("javadb.tar.gz", "java-db")] {
-        std::fs::create_dir_all(local_cache.join(dir)).unwrap();
-        let ok = Command::new("tar")
-            .arg("-xzf")
-            .arg(out.join("mirror/trivy").join(tgz))
-            .arg("-C")
-            .arg(local_cache.join(dir))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-    let local =
-        scan(&["--skip-db-update".into(), "--skip-java-db-update".into(), "--offline-scan".into()], &local_cache);
+    let local = local_findings(&out, &tmp.path().join("local-cache"));
     assert!(!local.is_empty());
     assert_eq!(remote, local);
     // Pushed again: nothing goes up.
