@@ -18,6 +18,10 @@ use std::thread::JoinHandle;
 /// Entries gathered in memory before a run is sorted and spilled (about 20 MB with values).
 pub(crate) const RUN_ENTRIES: usize = 40_000;
 
+/// Bytes of paths and values after which a run is spilled even if it has fewer entries:
+/// records with long descriptions made a 40,000-entry run several times larger than usual.
+const RUN_BYTES: usize = 16 << 20;
+
 /// The name of the flat bucket holding vulnerability details.
 pub(crate) const VULNERABILITY_BUCKET: &str = "vulnerability";
 /// The name of the flat bucket holding one data source per advisory bucket.
@@ -86,6 +90,8 @@ pub(crate) struct Collector {
     /// Spilled runs are `{prefix}-run-{n}`.
     prefix: PathBuf,
     run: Vec<Entry>,
+    /// Bytes of the paths and values in `run`.
+    run_bytes: usize,
     runs: Vec<PathBuf>,
     /// The thread that sorts and spills full runs, one at a time (started with the first).
     spiller: Option<Spiller>,
@@ -123,6 +129,7 @@ impl Collector {
         Self {
             prefix,
             run: Vec::with_capacity(RUN_ENTRIES),
+            run_bytes: 0,
             runs: Vec::new(),
             spiller: None,
             pushed_nested: 0,
@@ -143,8 +150,9 @@ impl Collector {
         path.extend_from_slice(pkg.as_bytes());
         path.push(0);
         path.extend_from_slice(key.as_bytes());
+        self.run_bytes += path.len() + value.len();
         self.run.push(Entry { path: path.into(), modified_ms: millis(modified), value: value.into() });
-        if self.run.len() >= RUN_ENTRIES {
+        if self.run.len() >= RUN_ENTRIES || self.run_bytes >= RUN_BYTES {
             self.spill()?;
         }
         Ok(())
@@ -156,6 +164,7 @@ impl Collector {
     /// thread per run made peak memory grow with the number of runs.
     fn spill(&mut self) -> Result<()> {
         let run = std::mem::replace(&mut self.run, Vec::with_capacity(RUN_ENTRIES));
+        self.run_bytes = 0;
         let mut name = self.prefix.as_os_str().to_owned();
         name.push(format!("-run-{}", self.runs.len()));
         let path = PathBuf::from(name);
