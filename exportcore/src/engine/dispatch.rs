@@ -143,7 +143,7 @@ impl Exporter {
                             cancel.cancel();
                         }
                     }
-                    Err(e) if crate::store::is_lease_lost(&e) => {
+                    Err(e) if crate::store::is_lease_lost(&e) || cancel.lease_lost() => {
                         tracing::warn!(%run_id, "lease lost: another worker took the run over; stopping");
                         cancel.lose_lease();
                         return;
@@ -288,7 +288,7 @@ impl Exporter {
                 }
             }
         }
-        self.finish(run, request.retention_days, outcome).await;
+        self.finish(run, request.retention_days, outcome, &cancel).await;
         if let Some(h) = heartbeat {
             h.abort();
         }
@@ -296,7 +296,13 @@ impl Exporter {
 
     /// Records the end of a run: the final record and its terminal event in one store
     /// operation, then metrics; drops the run's cancel flag.
-    async fn finish(&self, mut run: Run, retention_days: Option<u32>, outcome: Result<RunOutcome>) {
+    async fn finish(
+        &self,
+        mut run: Run,
+        retention_days: Option<u32>,
+        outcome: Result<RunOutcome>,
+        cancel: &CancelFlag,
+    ) {
         let cfg = &self.inner.cfg;
         let now = self.now();
         run.finished_at = Some(now);
@@ -332,12 +338,15 @@ impl Exporter {
                 RunEvent::Failed { run_id: run.run_id.clone(), code: err.code, message: err.message }
             }
         };
+        // A database restarting is waited out (until the lease's deadline), not taken for the
+        // end of the run: the final record and its terminal event must land.
+        let stored = retry_io(cancel, || cfg.store.finish(&run, now, &terminal)).await;
         let mut cancels = self.inner.cancels.lock().await;
-        match cfg.store.finish(&run, now, &terminal).await {
+        match stored {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run.run_id.clone());
             }
-            Err(e) if crate::store::is_lease_lost(&e) => {
+            Err(e) if crate::store::is_lease_lost(&e) || cancel.lease_lost() => {
                 tracing::warn!("run abandoned: this worker lost its lease before finishing");
                 cancels.remove(&run.run_id);
                 return;
@@ -410,7 +419,7 @@ impl Exporter {
                             tracing::warn!(error = %e.report(), "saving progress failed");
                         }
                     }
-                    if let Err(e) = this.append(&record, ev).await {
+                    if let Err(e) = retry_io(&writer_cancel, || this.append(&record, ev.clone())).await {
                         if crate::store::is_lease_lost(&e) {
                             writer_cancel.lose_lease();
                         }
@@ -431,9 +440,29 @@ impl Exporter {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(%run_id, error = %e.report(), "storing an event failed");
+                tracing::warn!(%run_id, error = %e.report(), "storing an event failed");
                 Err(e)
             }
+        }
+    }
+}
+
+/// Runs a store write again while it fails with `ERR_EXPORT_IO` (a database restarting, a
+/// connection lost), backing off from 50 ms to 1 s, until it succeeds, fails otherwise, or the
+/// run's lease deadline passes (`cancel` then reports the lease lost).
+async fn retry_io<T, F, Fut>(cancel: &CancelFlag, mut write: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Err(e) if e.code() == "ERR_EXPORT_IO" && !cancel.lease_lost() => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
         }
     }
 }
