@@ -113,6 +113,13 @@ ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
 /// The schema version this build writes (the number of migrations it knows).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
+/// SQLSTATEs that say "try again": connection exceptions (class 08), operator intervention
+/// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), too many
+/// connections (53300), serialization failure and deadlock (40001, 40P01).
+fn transient(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+}
+
 /// The session advisory lock a retention sweep holds (see [`RunStore::sweep_guard`]).
 const SWEEP_LOCK: i64 = 0x4558_4353_5745_4550; // "EXCSWEEP"
 
@@ -265,6 +272,11 @@ impl PostgresStore {
     /// connection is I/O (the caller may retry).
     fn err(&self, e: tokio_postgres::Error) -> ExportError {
         match e.as_db_error() {
+            // The server going away or not there yet (connection exceptions, shutdown, start-up,
+            // too many connections) and transaction conflicts pass: I/O, which callers retry.
+            Some(db) if transient(db.code().code()) => {
+                ExportError::io(&self.label, std::io::Error::other(format!("{}: {}", db.code().code(), db.message())))
+            }
             Some(db) => ExportError::StoreInvalid {
                 path: self.label.clone(),
                 reason: format!("{}: {}", db.code().code(), db.message()),
