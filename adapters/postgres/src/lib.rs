@@ -48,6 +48,7 @@ use exportcore::{
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
+use tokio_postgres::Row;
 
 /// Forward migrations; entry `i` takes a database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -217,22 +218,15 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<usize> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        tx.execute(&self.stmt(&tx, "SELECT pg_advisory_xact_lock($1)").await?, &[&MIGRATION_LOCK])
-            .await
-            .map_err(|e| self.err(e))?;
+        self.execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS exportcore_schema (version INTEGER NOT NULL)")
             .await
             .map_err(|e| self.err(e))?;
-        let row = tx
-            .query_opt(&self.stmt(&tx, "SELECT version FROM exportcore_schema").await?, &[])
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = self.query_opt(&tx, "SELECT version FROM exportcore_schema", &[]).await?;
         let version = match row {
             Some(r) => r.get::<_, i32>(0) as usize,
             None => {
-                tx.execute(&self.stmt(&tx, "INSERT INTO exportcore_schema (version) VALUES (0)").await?, &[])
-                    .await
-                    .map_err(|e| self.err(e))?;
+                self.execute(&tx, "INSERT INTO exportcore_schema (version) VALUES (0)", &[]).await?;
                 0
             }
         };
@@ -249,9 +243,7 @@ impl PostgresStore {
             tx.batch_execute(sql).await.map_err(|e| self.err(e))?;
         }
         let n = MIGRATIONS.len() as i32;
-        tx.execute(&self.stmt(&tx, "UPDATE exportcore_schema SET version = $1").await?, &[&n])
-            .await
-            .map_err(|e| self.err(e))?;
+        self.execute(&tx, "UPDATE exportcore_schema SET version = $1", &[&n]).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(MIGRATIONS.len() - version)
     }
@@ -301,17 +293,16 @@ impl PostgresStore {
                     "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' AND run_id = $4
                      FOR UPDATE SKIP LOCKED) RETURNING record, request"
                 );
-                client.query_opt(&self.stmt(&client, &sql).await?, &[&lease_id, &until, &started, &id.as_str()]).await
+                self.query_opt(&client, &sql, &[&lease_id, &until, &started, &id.as_str()]).await
             }
             None => {
                 let sql = format!(
                     "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1
                      FOR UPDATE SKIP LOCKED) RETURNING record, request"
                 );
-                client.query_opt(&self.stmt(&client, &sql).await?, &[&lease_id, &until, &started]).await
+                self.query_opt(&client, &sql, &[&lease_id, &until, &started]).await
             }
-        }
-        .map_err(|e| self.err(e))?;
+        }?;
         let Some(row) = row else { return Ok(None) };
         let mut run = read_run(&self.label, row.get(0))?;
         let request: RunRequest = serde_json::from_str(row.get(1)).map_err(|e| json_err(&self.label, e))?;
@@ -322,32 +313,23 @@ impl PostgresStore {
     /// Writes the mutable parts of `run` inside `tx`, fenced by its lease, refusing to leave a
     /// final state.
     async fn save_in(&self, tx: &impl GenericClient, run: &Run) -> Result<()> {
-        let row = tx
-            .query_opt(
-                &self.stmt(tx, "SELECT status, lease_id FROM runs WHERE run_id = $1 FOR UPDATE").await?,
-                &[&run.run_id.as_str()],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = self
+            .query_opt(tx, "SELECT status, lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run.run_id.as_str()])
+            .await?;
         let row = row.ok_or_else(|| not_found(&run.run_id))?;
         check_lease(&run.run_id, row.get::<_, Option<&str>>(1), run.lease.as_ref())?;
         exportcore::store::check_transition(&run.run_id, row.get::<_, &str>(0), run.status)?;
         // A run that leaves `running` drops its lease; a running one keeps its (renewed) lapse.
-        tx.execute(
-            &self
-                .stmt(
-                    tx,
-                    "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
+        self.execute(
+            tx,
+            "UPDATE runs SET status = $1, expires_ms = $2, duration_s = $3, record = $4,
              lease_id = CASE WHEN $1 = 'running' THEN lease_id END,
              lease_until_ms = CASE WHEN $1 = 'running' THEN lease_until_ms END,
              cancel_requested = CASE WHEN $1 IN ('queued', 'running') THEN cancel_requested ELSE false END
              WHERE run_id = $5",
-                )
-                .await?,
             &[&run.status.as_str(), &run.expires_at.map(millis), &duration(run), &write_run(run), &run.run_id.as_str()],
         )
-        .await
-        .map_err(|e| self.err(e))?;
+        .await?;
         Ok(())
     }
 
@@ -361,37 +343,46 @@ impl PostgresStore {
         at: Timestamp,
         event: &RunEvent,
     ) -> Result<u64> {
-        let row = tx
-            .query_opt(
-                &self.stmt(tx, "SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE").await?,
-                &[&run_id.as_str()],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+        let row =
+            self.query_opt(tx, "SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()]).await?;
         let row = row.ok_or_else(|| not_found(run_id))?;
         check_lease(run_id, row.get::<_, Option<&str>>(0), lease)?;
-        let row = tx
-            .query_one(
-                &self.stmt(tx, "SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = $1").await?,
-                &[&run_id.as_str()],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let id: i64 = row.get(0);
+        // The next id and the insert in one statement (the run's row lock orders appends).
         let body = serde_json::to_string(event).unwrap_or_default();
-        tx.execute(
-            &self.stmt(tx, "INSERT INTO events (run_id, id, at, event) VALUES ($1, $2, $3, $4)").await?,
-            &[&run_id.as_str(), &id, &at.to_string(), &body],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+        let sql = "INSERT INTO events (run_id, id, at, event)
+                   SELECT $1, coalesce(max(id), 0) + 1, $2, $3 FROM events WHERE run_id = $1 RETURNING id";
+        let id: i64 = self.query_one(tx, sql, &[&run_id.as_str(), &at.to_string(), &body]).await?.get(0);
         Ok(id as u64)
     }
 
-    /// `sql` prepared once per connection (deadpool's statement cache): one round trip per
-    /// call instead of a parse round trip before each.
-    async fn stmt(&self, c: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
-        c.prepare_cached(sql).await.map_err(|e| self.err(e))
+    /// `sql` prepared once per connection (deadpool's statement cache: one round trip per call
+    /// instead of a parse round trip before each) and run on `c`; errors as [`Self::err`].
+    async fn query(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.query(&st, params).await.map_err(|e| self.err(e))
+    }
+
+    /// As [`Self::query`], at most one row.
+    async fn query_opt(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.query_opt(&st, params).await.map_err(|e| self.err(e))
+    }
+
+    /// As [`Self::query`], exactly one row.
+    async fn query_one(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.query_one(&st, params).await.map_err(|e| self.err(e))
+    }
+
+    /// As [`Self::query`], for a statement's row count.
+    async fn execute(&self, c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let st = c.prepare_cached(sql).await.map_err(|e| self.err(e))?;
+        c.execute(&st, params).await.map_err(|e| self.err(e))
     }
 
     async fn records<T: serde::de::DeserializeOwned>(
@@ -401,7 +392,7 @@ impl PostgresStore {
         what: &str,
     ) -> Result<Vec<T>> {
         let client = self.client().await?;
-        let rows = client.query(&self.stmt(&client, sql).await?, params).await.map_err(|e| self.err(e))?;
+        let rows = self.query(&client, sql, params).await?;
         rows.iter()
             .map(|r| {
                 serde_json::from_str(r.get::<_, &str>(0))
@@ -421,24 +412,20 @@ impl RunStore for PostgresStore {
             // The key is the primary key: of two nodes inserting it at once, one waits for the
             // other's commit and then finds the key taken. A lapsed key is taken over.
             let hash = new.request_hash.to_hex();
-            let owned = tx
-                .query_opt(&self.stmt(&tx, "INSERT INTO idempotency (tenant, key, request_hash, run_id, expires_ms) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (tenant, key) DO UPDATE
-                       SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id, expires_ms = EXCLUDED.expires_ms
-                       WHERE idempotency.expires_ms <= $6
-                     RETURNING run_id").await?,
-                    &[&tenant, &k.key, &hash, &new.run.run_id.as_str(), &millis(k.expires_at), &millis(now)],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
+            let take = "INSERT INTO idempotency (tenant, key, request_hash, run_id, expires_ms)
+                        VALUES ($1, $2, $3, $4, $5)
+                        ON CONFLICT (tenant, key) DO UPDATE
+                          SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id,
+                              expires_ms = EXCLUDED.expires_ms
+                          WHERE idempotency.expires_ms <= $6
+                        RETURNING run_id";
+            let (run_id, expires) = (new.run.run_id.as_str(), millis(k.expires_at));
+            let owned = self.query_opt(&tx, take, &[&tenant, &k.key, &hash, &run_id, &expires, &millis(now)]).await?;
             if owned.is_none() {
-                let row = tx
-                    .query_one(&self.stmt(&tx, "SELECT i.request_hash, i.run_id, r.record FROM idempotency i LEFT JOIN runs r ON r.run_id = i.run_id
-                         WHERE i.tenant = $1 AND i.key = $2").await?,
-                        &[&tenant, &k.key],
-                    )
-                    .await
-                    .map_err(|e| self.err(e))?;
+                let held = "SELECT i.request_hash, i.run_id, r.record
+                            FROM idempotency i LEFT JOIN runs r ON r.run_id = i.run_id
+                            WHERE i.tenant = $1 AND i.key = $2";
+                let row = self.query_one(&tx, held, &[&tenant, &k.key]).await?;
                 let (stored_hash, run_id, record): (String, String, Option<String>) =
                     (row.get(0), row.get(1), row.get(2));
                 if stored_hash != hash {
@@ -450,24 +437,21 @@ impl RunStore for PostgresStore {
                 match record {
                     Some(record) => return Ok(Created::Existing(read_run(&self.label, &record)?)),
                     None => {
-                        tx.execute(&self.stmt(&tx, "UPDATE idempotency SET run_id = $3, expires_ms = $4 WHERE tenant = $1 AND key = $2").await?,
+                        self.execute(
+                            &tx,
+                            "UPDATE idempotency SET run_id = $3, expires_ms = $4 WHERE tenant = $1 AND key = $2",
                             &[&tenant, &k.key, &new.run.run_id.as_str(), &millis(k.expires_at)],
                         )
-                        .await
-                        .map_err(|e| self.err(e))?;
+                        .await?;
                     }
                 }
             }
         }
         let request = serde_json::to_string(&new.request).map_err(|e| json_err(&self.label, e))?;
-        tx.execute(
-            &self
-                .stmt(
-                    &tx,
-                    "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
+        self.execute(
+            &tx,
+            "INSERT INTO runs (run_id, tenant, project, profile_id, status, rank, expires_ms, record, request)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .await?,
             &[
                 &new.run.run_id.as_str(),
                 &tenant,
@@ -480,21 +464,20 @@ impl RunStore for PostgresStore {
                 &request,
             ],
         )
-        .await
-        .map_err(|e| self.err(e))?;
+        .await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Created::New(new.run))
     }
 
     async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run> {
         let client = self.client().await?;
-        let row = client
+        let row = self
             .query_opt(
-                &self.stmt(&client, "SELECT record FROM runs WHERE run_id = $1 AND tenant = $2").await?,
+                &client,
+                "SELECT record FROM runs WHERE run_id = $1 AND tenant = $2",
                 &[&run_id.as_str(), &tenant.as_str()],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         read_run(&self.label, row.ok_or_else(|| not_found(run_id))?.get(0))
     }
 
@@ -505,17 +488,13 @@ impl RunStore for PostgresStore {
         };
         let limit = filter.page_size();
         let client = self.client().await?;
-        let rows = client
+        let rows = self
             .query(
-                &self
-                    .stmt(
-                        &client,
-                        "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
+                &client,
+                "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
                    AND ($3::TEXT IS NULL OR status = $3) AND ($4::TEXT IS NULL OR profile_id = $4)
                    AND ($5::TEXT IS NULL OR project = $5)
                  ORDER BY seq DESC LIMIT $6",
-                    )
-                    .await?,
                 &[
                     &tenant.as_str(),
                     &start,
@@ -525,8 +504,7 @@ impl RunStore for PostgresStore {
                     &(limit as i64 + 1),
                 ],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         let mut runs = Vec::new();
         let mut next_cursor = None;
         for row in rows {
@@ -550,66 +528,51 @@ impl RunStore for PostgresStore {
 
     async fn renew_lease(&self, run_id: &RunId, lease: &Lease) -> Result<bool> {
         let client = self.client().await?;
-        let row = client
+        let row = self
             .query_opt(
-                &self
-                    .stmt(
-                        &client,
-                        "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3
+                &client,
+                "UPDATE runs SET lease_until_ms = $1 WHERE run_id = $2 AND status = 'running' AND lease_id = $3
                          RETURNING cancel_requested",
-                    )
-                    .await?,
                 &[&millis(lease.lease_until), &run_id.as_str(), &lease.lease_id.as_str()],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         row.map(|r| r.get::<_, bool>(0)).ok_or_else(|| lease_lost(run_id))
     }
 
     async fn request_cancel(&self, tenant: &TenantId, run_id: &RunId) -> Result<bool> {
         let client = self.client().await?;
         // One statement: the run's row (tenant in the filter) and whether it was running.
-        let row = client
+        let row = self
             .query_opt(
-                &self
-                    .stmt(
-                        &client,
-                        "WITH hit AS (UPDATE runs SET cancel_requested = true
+                &client,
+                "WITH hit AS (UPDATE runs SET cancel_requested = true
                                       WHERE run_id = $1 AND tenant = $2 AND status = 'running' RETURNING 1)
                          SELECT EXISTS (SELECT 1 FROM hit) FROM runs WHERE run_id = $1 AND tenant = $2",
-                    )
-                    .await?,
                 &[&run_id.as_str(), &tenant.as_str()],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         row.map(|r| r.get::<_, bool>(0)).ok_or_else(|| not_found(run_id))
     }
 
     async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let row = tx
+        let row = self
             .query_opt(
-                &self
-                    .stmt(
-                        &tx,
-                        "SELECT seq, record FROM runs WHERE status = 'running'
+                &tx,
+                "SELECT seq, record FROM runs WHERE status = 'running'
                  AND (lease_until_ms IS NULL OR lease_until_ms <= $1) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    )
-                    .await?,
                 &[&millis(now)],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let mut run = read_run(&self.label, row.get(1))?;
-        tx.execute(
-            &self.stmt(&tx, "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3").await?,
+        self.execute(
+            &tx,
+            "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3",
             &[&lease.lease_id.as_str(), &millis(lease.lease_until), &row.get::<_, i64>(0)],
         )
-        .await
-        .map_err(|e| self.err(e))?;
+        .await?;
         run.lease = Some(lease.clone());
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(run))
@@ -640,13 +603,13 @@ impl RunStore for PostgresStore {
     ) -> Result<Option<Run>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let row = tx
+        let row = self
             .query_opt(
-                &self.stmt(&tx, "SELECT status, record FROM runs WHERE run_id = $1 AND tenant = $2 FOR UPDATE").await?,
+                &tx,
+                "SELECT status, record FROM runs WHERE run_id = $1 AND tenant = $2 FOR UPDATE",
                 &[&run_id.as_str(), &tenant.as_str()],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         let row = row.ok_or_else(|| not_found(run_id))?;
         if row.get::<_, &str>(0) != "queued" {
             return Ok(None);
@@ -679,19 +642,14 @@ impl RunStore for PostgresStore {
     async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let client = self.client().await?;
         // One statement, tenant in the join: another tenant's run has no events and no row.
-        let rows = client
+        let rows = self
             .query(
-                &self
-                    .stmt(
-                        &client,
-                        "SELECT e.id, e.at, e.event FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.id > $3
+                &client,
+                "SELECT e.id, e.at, e.event FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.id > $3
                  WHERE r.run_id = $1 AND r.tenant = $2 ORDER BY e.id LIMIT $4",
-                    )
-                    .await?,
                 &[&run_id.as_str(), &tenant.as_str(), &(after as i64), &(limit.max(1) as i64)],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         if rows.is_empty() {
             return Err(not_found(run_id));
         }
@@ -724,51 +682,40 @@ impl RunStore for PostgresStore {
 
     async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {
         let client = self.client().await?;
-        let rows = client
-            .query(&self.stmt(&client, "SELECT duration_s FROM runs WHERE profile_id = $1 AND status = 'succeeded' AND duration_s IS NOT NULL
-                 ORDER BY seq DESC LIMIT $2").await?,
+        let rows = self
+            .query(
+                &client,
+                "SELECT duration_s FROM runs WHERE profile_id = $1 AND status = 'succeeded' AND duration_s IS NOT NULL
+                 ORDER BY seq DESC LIMIT $2",
                 &[&profile_id.as_str(), &(limit as i64)],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn queued_count(&self) -> Result<u64> {
         let client = self.client().await?;
-        let row = client
-            .query_one(&self.stmt(&client, "SELECT count(*) FROM runs WHERE status = 'queued'").await?, &[])
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = self.query_one(&client, "SELECT count(*) FROM runs WHERE status = 'queued'", &[]).await?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
         let client = self.client().await?;
-        client
-            .execute(&self.stmt(&client, "DELETE FROM idempotency WHERE expires_ms <= $1").await?, &[&millis(now)])
-            .await
-            .map_err(|e| self.err(e))
+        self.execute(&client, "DELETE FROM idempotency WHERE expires_ms <= $1", &[&millis(now)]).await
     }
 
     async fn put_distribution(&self, record: &DistributionRecord) -> Result<()> {
         let json = serde_json::to_string(record)
             .map_err(|e| ExportError::internal_caused("postgres store", "serialising a record", e))?;
         let client = self.client().await?;
-        client
-            .execute(
-                &self
-                    .stmt(
-                        &client,
-                        "INSERT INTO distributions (tenant, id, run_id, created_ms, record) VALUES ($1, $2, $3, $4, $5)
+        self.execute(
+            &client,
+            "INSERT INTO distributions (tenant, id, run_id, created_ms, record) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (tenant, id) DO UPDATE SET run_id = EXCLUDED.run_id, created_ms = EXCLUDED.created_ms,
                    record = EXCLUDED.record",
-                    )
-                    .await?,
-                &[&record.tenant.as_str(), &record.id, &record.run_id.as_str(), &millis(record.created_at), &json],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+            &[&record.tenant.as_str(), &record.id, &record.run_id.as_str(), &millis(record.created_at), &json],
+        )
+        .await?;
         Ok(())
     }
 
@@ -797,12 +744,13 @@ impl RunStore for PostgresStore {
         let json = serde_json::to_string(profile)
             .map_err(|e| ExportError::internal_caused("postgres store", "serialising a profile", e))?;
         let client = self.client().await?;
-        let n = client
-            .execute(&self.stmt(&client, "INSERT INTO profiles (tenant, name, revision, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING").await?,
+        let n = self
+            .execute(
+                &client,
+                "INSERT INTO profiles (tenant, name, revision, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 &[&profile.tenant.as_str(), &profile.spec.name, &(profile.revision as i32), &json],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         if n == 0 {
             return Err(exportcore::store::profile_conflict(profile));
         }
@@ -835,10 +783,7 @@ impl RunStore for PostgresStore {
     /// process dies mid-sweep).
     async fn sweep_guard(&self) -> Result<Option<SweepGuard>> {
         let client = self.client().await?;
-        let row = client
-            .query_one(&self.stmt(&client, "SELECT pg_try_advisory_lock($1)").await?, &[&SWEEP_LOCK])
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = self.query_one(&client, "SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK]).await?;
         if !row.get::<_, bool>(0) {
             return Ok(None);
         }
