@@ -96,6 +96,9 @@ async fn the_fixed_layout_rebuilds_byte_identically_and_verifies() {
         "mirror/data/policy/findings.jsonl.zst",
         "mirror/trivy/db.tar.gz",
         "mirror/trivy/javadb.tar.gz",
+        "mirror/indexes/blobs.index.json",
+        "mirror/data/blobs/layers/alpine-3.19-base.tar.gz",
+        "mirror/data/blobs/sboms/alpine-3.19.cdx.json.gz",
         "oci/oci-layout",
         "oci/index.json",
         "tuf/metadata/1.root.json",
@@ -134,6 +137,18 @@ async fn the_fixed_layout_rebuilds_byte_identically_and_verifies() {
         .find(|e| e["file"] == "data/raw/advisories/pypi.jsonl.zst" && e["line"] == 1)
         .unwrap();
     assert_eq!(entry["sha256"], exportcore::Sha256Digest::of(pypi[0].as_bytes()).to_hex());
+    // Blobs travel byte for byte, listed with their digest and media type, and are layers of
+    // the `mirror` image.
+    assert_eq!(export["counts"]["blob"], 2);
+    let layer = std::fs::read(samples().join("blobs/layers/alpine-3.19-base.tar.gz")).unwrap();
+    assert_eq!(ta["mirror/data/blobs/layers/alpine-3.19-base.tar.gz"], layer);
+    let blobs: Value = serde_json::from_slice(&ta["mirror/indexes/blobs.index.json"]).unwrap();
+    assert_eq!(
+        blobs["entries"][0],
+        serde_json::json!({"file": "data/blobs/layers/alpine-3.19-base.tar.gz", "mediaType": "application/gzip",
+            "sha256": exportcore::Sha256Digest::of(&layer).to_hex(), "size": layer.len()})
+    );
+    assert!(ta.contains_key(&format!("oci/blobs/sha256/{}", exportcore::Sha256Digest::of(&layer))));
 
     let report = verify(&a, &k, "2025-06-02T00:00:00Z");
     assert!(report.is_ok(), "{:?}", report.failures);
@@ -252,9 +267,12 @@ async fn sm2_keys_cannot_sign_tuf() {
     assert!(e.to_string().contains("TUF"), "{e}");
 }
 
-/// The samples with one advisory removed, one changed and one added.
+/// The samples with one advisory removed, one changed and one added, one blob changed and
+/// one added.
 fn changed_samples(tmp: &Path) -> PathBuf {
     let ev = copy(&samples(), &tmp.join("ev2"));
+    std::fs::write(ev.join("blobs/sboms/alpine-3.19.cdx.json.gz"), b"not the same bytes").unwrap();
+    std::fs::write(ev.join("blobs/sboms/alpine-3.20.cdx.json.gz"), b"a new blob").unwrap();
     std::fs::remove_file(ev.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
     let go = ev.join("advisories/go/GO-2024-2611.json");
     let text = std::fs::read_to_string(&go).unwrap();
@@ -308,6 +326,10 @@ async fn a_delta_applied_to_its_base_is_the_full_build_of_the_new_evidence() {
     let changed: Vec<&str> = diff["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(changed.contains(&"mirror/data/raw/advisories/pypi.jsonl.zst"), "{changed:?}");
     assert!(!delta.join("mirror/data/raw/advisories/alpine.jsonl.zst").exists(), "an unchanged file travelled");
+    assert!(changed.contains(&"mirror/data/blobs/sboms/alpine-3.19.cdx.json.gz"), "{changed:?}");
+    let added: Vec<&str> = diff["added"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(added.contains(&"mirror/data/blobs/sboms/alpine-3.20.cdx.json.gz"), "{added:?}");
+    assert!(!delta.join("mirror/data/blobs/layers/alpine-3.19-base.tar.gz").exists(), "an unchanged blob travelled");
     assert!(!delta.join("tuf/metadata/1.root.json").exists(), "the root did not change");
     assert!(delta.join("tuf/metadata/2.targets.json").exists());
     let removed = diff["removed"].as_array().unwrap();
@@ -514,6 +536,14 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
     sorted.sort();
     assert_eq!(listed, sorted, "recipients are recorded sorted");
     assert!(enc["files"].as_array().unwrap().iter().all(|f| f.as_str().unwrap().starts_with("data/")));
+    // Blobs are sealed too (streamed, one GCM message each), and repeat with the same entropy.
+    let blob = "data/blobs/layers/alpine-3.19-base.tar.gz";
+    assert!(enc["files"].as_array().unwrap().iter().any(|f| f == blob), "{blob} not sealed");
+    assert_eq!(ta[&format!("mirror/{blob}")], tb[&format!("mirror/{blob}")]);
+    assert_ne!(
+        ta[&format!("mirror/{blob}")],
+        std::fs::read(samples().join("blobs/layers/alpine-3.19-base.tar.gz")).unwrap()
+    );
     let prov: Value = serde_json::from_slice(&ta["mirror/provenance.json"]).unwrap();
     assert_eq!(prov["predicate"]["buildDefinition"]["internalParameters"]["encryption"], *enc);
     // The manifest and TUF cover the ciphertext: it verifies without any key to open it.

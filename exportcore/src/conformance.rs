@@ -261,6 +261,7 @@ impl EvidenceSource for FailingEvidence {
     fn list(&self, kind: EvidenceKind) -> Result<Vec<EvidenceItem>> {
         let path = match kind {
             EvidenceKind::Portal => "portal/index.html".to_owned(),
+            EvidenceKind::Blob => "blobs/layer.tar.gz".to_owned(),
             other => format!("{}/broken.ndjson", other.dirs()[0]),
         };
         Ok(vec![EvidenceItem { path: ArtifactPath::parse(path)?, size: 1 << 20 }])
@@ -380,8 +381,7 @@ pub fn evidence_suite(source: &dyn EvidenceSource) {
     evidence_refuses_unlisted_and_unsafe_paths(source);
 }
 
-const KINDS: [EvidenceKind; 5] =
-    [EvidenceKind::Advisory, EvidenceKind::Vex, EvidenceKind::Policy, EvidenceKind::Java, EvidenceKind::Portal];
+const KINDS: [EvidenceKind; 6] = EvidenceKind::ALL;
 
 /// `list` is sorted, duplicate-free, and every path lies in one of the kind's directories.
 pub fn evidence_lists_sorted_safe_paths_of_its_kind(source: &dyn EvidenceSource) {

@@ -712,7 +712,7 @@ impl Shared {
                 }
                 Err(_) => true,
             },
-            EvidenceKind::Portal => true,
+            EvidenceKind::Portal | EvidenceKind::Blob => true,
         }
     }
 
@@ -801,7 +801,7 @@ impl SelectedEvidence {
 }
 
 fn filtered_kind(kind: Option<EvidenceKind>) -> Option<EvidenceKind> {
-    kind.filter(|k| *k != EvidenceKind::Portal)
+    kind.filter(EvidenceKind::has_records)
 }
 
 impl EvidenceSource for SelectedEvidence {

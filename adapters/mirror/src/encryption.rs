@@ -164,7 +164,7 @@ impl KeyResolver for AgeResolver {
 
 /// The run's sealing state: the data key and what is recorded about it.
 pub(crate) struct Sealer {
-    cipher: Aes256Gcm,
+    aes: aes::Aes256,
     entropy: Arc<dyn Entropy>,
     run_id: String,
     pub(crate) recipients: Vec<WrappedKey>,
@@ -211,22 +211,33 @@ impl Sealer {
         recipients.sort_by(|a, b| {
             (a.kind != "age", &a.recipient, &a.kms_key_id).cmp(&(b.kind != "age", &b.recipient, &b.kms_key_id))
         });
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
+        let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
         key.fill(0);
-        Ok(Self { cipher, entropy, run_id: run_id.to_string(), recipients, files: Mutex::new(Vec::new()) })
+        Ok(Self { aes, entropy, run_id: run_id.to_string(), recipients, files: Mutex::new(Vec::new()) })
     }
 
-    /// Seals `plain` as the file at `rel` (its path under `mirror/`).
-    pub(crate) fn seal(&self, rel: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    /// A fresh nonce. Draw them in a fixed order (the files' order), so that a run with
+    /// [`SeededEntropy`] is repeatable however its work is spread over threads.
+    pub(crate) fn nonce(&self) -> Result<[u8; 12]> {
         let mut nonce = [0u8; 12];
         self.entropy.fill(&mut nonce)?;
+        Ok(nonce)
+    }
+
+    /// Seals what `plain` yields as the file at `rel` (its path under `mirror/`) into `out`,
+    /// `nonce || ciphertext || tag`, streaming; returns the sealed length.
+    pub(crate) fn seal_stream(
+        &self,
+        rel: &str,
+        nonce: &[u8; 12],
+        plain: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
         let aad = format!("{}:{rel}", self.run_id);
-        let ct = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: aad.as_bytes() })
-            .map_err(|_| ExportError::internal("aes-gcm", format!("sealing {rel}")))?;
+        let len =
+            crate::gcm::seal(&self.aes, nonce, aad.as_bytes(), plain, out).map_err(|e| ExportError::io(rel, e))?;
         self.files.lock().unwrap_or_else(|p| p.into_inner()).push(rel.to_owned());
-        Ok([&nonce[..], &ct].concat())
+        Ok(len + (crate::gcm::NONCE_LEN + crate::gcm::TAG_LEN) as u64)
     }
 
     /// The `encryption` record.
@@ -261,6 +272,22 @@ pub fn open_file(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     cipher
         .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad })
         .map_err(|_| fail("does not decrypt: wrong key, wrong associated data or changed bytes"))
+}
+
+/// Opens the sealed file `src` into `dst`, streaming (the plaintext of a forged file lands in
+/// `dst` before the tag is checked: callers write into a staging directory they drop on error).
+fn open_to(aes: &aes::Aes256, aad: &[u8], src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(src).map_err(|e| ExportError::io(src, e))?;
+    let len = file.metadata().map_err(|e| ExportError::io(src, e))?.len();
+    let out = std::fs::File::create(dst).map_err(|e| ExportError::io(dst, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    match crate::gcm::open(aes, aad, &mut std::io::BufReader::with_capacity(1 << 20, file), len, &mut out) {
+        Ok(_) => out.flush().map_err(|e| ExportError::io(dst, e)),
+        Err(crate::gcm::OpenError::Io(e)) => Err(ExportError::io(src, e)),
+        Err(crate::gcm::OpenError::Forged(why)) => {
+            Err(ExportError::VerificationFailed { path: src.display().to_string(), reason: why.into() })
+        }
+    }
 }
 
 /// Unwraps the data key of the mirror whose `export.json` is given, with the first of
@@ -327,7 +354,9 @@ pub fn decrypt(out: &std::path::Path, identities: &[Box<dyn age::Identity>], pla
     if std::fs::read_dir(plain).is_ok_and(|mut d| d.next().is_some()) {
         return Err(ExportError::invalid("--out", format!("{} is not empty", plain.display())));
     }
-    let key = unwrap_key(&export, identities)?;
+    let mut key = unwrap_key(&export, identities)?;
+    let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
+    key.fill(0);
     let run_id = export["encryption"]["runId"].as_str().unwrap_or_default().to_owned();
     let sealed: std::collections::BTreeSet<String> = export["encryption"]["files"]
         .as_array()
@@ -357,9 +386,7 @@ pub fn decrypt(out: &std::path::Path, identities: &[Box<dyn age::Identity>], pla
                 std::fs::create_dir_all(d).map_err(|e| ExportError::io(d, e))?;
             }
             if sealed.contains(&rel_s) {
-                let bytes = std::fs::read(&p).map_err(|e| ExportError::io(&p, e))?;
-                let plain_bytes = open_file(&key, format!("{run_id}:{rel_s}").as_bytes(), &bytes)?;
-                std::fs::write(&dst, plain_bytes).map_err(|e| ExportError::io(&dst, e))?;
+                open_to(&aes, format!("{run_id}:{rel_s}").as_bytes(), &p, &dst)?;
                 opened += 1;
             } else {
                 std::fs::copy(&p, &dst).map_err(|e| ExportError::io(&p, e))?;
@@ -393,7 +420,8 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let run = RunId::parse("r1").unwrap();
         let s = Sealer::new(&id.to_public().to_string(), &[], entropy, &run, &TenantId::from_static("t")).unwrap();
-        let sealed = s.seal("data/x", b"hello").unwrap();
+        let mut sealed = Vec::new();
+        s.seal_stream("data/x", &s.nonce().unwrap(), &mut &b"hello"[..], &mut sealed).unwrap();
         let identities: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
         let key = unwrap_key(&serde_json::json!({"encryption": s.record()}), &identities).unwrap();
         assert_eq!(open_file(&key, b"r1:data/x", &sealed).unwrap(), b"hello");

@@ -8,6 +8,7 @@
 //!           indexes/{advisories,vex,findings}.index.json
 //!           data/raw/advisories/<ecosystem>.jsonl.zst  data/raw/vex/openvex.jsonl.zst
 //!           data/policy/findings.jsonl.zst             trivy/db.tar.gz trivy/javadb.tar.gz
+//!           data/blobs/…  (the evidence's `blobs/`, byte for byte)  indexes/blobs.index.json
 //! oci/      an OCI image layout: tags `mirror`, `trivy-db`, `trivy-java-db`
 //! tuf/      metadata/{1.root,root,1.targets,1.snapshot,timestamp}.json, targets/<sha256>.<name>
 //! manifest.json (+ manifest.dsse.json, provenance.dsse.json when signed)
@@ -49,6 +50,7 @@
 
 mod delta;
 pub mod encryption;
+mod gcm;
 mod oci;
 mod tree;
 pub mod tuf;
@@ -189,6 +191,8 @@ This directory is one mirror bundle. Every file is listed with its size and SHA-
 
 - `data/raw/advisories/*.jsonl.zst`, `data/raw/vex/*.jsonl.zst`, `data/policy/*.jsonl.zst`:
   records in RFC 8785 canonical JSON, one per line, zstd-compressed (`zstd -dc FILE`).
+- `data/blobs/`: files carried as they are (archives, image layers, pre-built databases);
+  `indexes/blobs.index.json` lists each with its media type, size and SHA-256.
 - `indexes/*.index.json`: every record's id, time, file, line and SHA-256.
 - `trivy/db.tar.gz`, `trivy/javadb.tar.gz`: databases for `trivy --cache-dir` (extract into
   `db/` and `java-db/`), also in `../oci/` as `trivy-db` and `trivy-java-db` for a registry.
@@ -250,10 +254,15 @@ pub(crate) fn build_tree(
             newest = newest.max(out.newest);
             files.extend(out.files);
         }
+        let blobs = tree::write_blobs(ctx, (40, 45), sealer.as_ref())?;
+        if !blobs.files.is_empty() {
+            counts.insert("blob".into(), json!(blobs.records));
+        }
+        files.extend(blobs.files);
         let java = !ctx.evidence().list(EvidenceKind::Java)?.is_empty();
         let records: u64 = counts.values().filter_map(Value::as_u64).sum();
         if records == 0 && !java {
-            ctx.no_records("advisories, VEX documents, policy findings or Maven index entries")?;
+            ctx.no_records("advisories, VEX documents, policy findings, Maven index entries or blobs")?;
         }
         let anchor = ctx.time_anchor(newest);
         let mut trivy = Vec::new();

@@ -213,13 +213,14 @@ pub(crate) fn write_kind(
                 out.files.push(ctx.adopt_file_with_digest(spec, &w.path, size, sha256)?);
             }
             Some(sealer) => {
-                // One AES-256-GCM message per file: the shard is read whole (compressed).
-                let plain = std::fs::read(&w.path).map_err(|e| ExportError::io(&w.path, e))?;
-                let sealed = sealer.seal(&rel, &plain)?;
+                // One AES-256-GCM message per file, streamed from the compressed shard.
+                let nonce = sealer.nonce()?;
                 let spec =
                     ArtifactSpec::new(&path, ArtifactType::Data, "jsonl+zstd+aes-256-gcm", "application/octet-stream")?;
-                let (staged, ()) =
-                    ctx.write_artifact(spec, |wr| wr.write_all(&sealed).map_err(|e| ExportError::io(&path, e)))?;
+                let (staged, _) = ctx.write_artifact(spec, |wr| {
+                    let mut plain = File::open(&w.path).map_err(|e| ExportError::io(&w.path, e))?;
+                    sealer.seal_stream(&rel, &nonce, &mut plain, wr)
+                })?;
                 out.files.push(staged);
             }
         }
@@ -239,6 +240,140 @@ pub(crate) fn write_kind(
         write!(w, "],\"kind\":\"{}\",\"version\":\"{INDEX_VERSION}\"}}", kind.name).map_err(io)?;
         Ok(())
     })?;
+    out.files.push(staged);
+    Ok(out)
+}
+
+/// Where blobs go, under `mirror/`.
+pub(crate) const BLOB_DIR: &str = "data/blobs";
+/// The blob index, under `mirror/indexes/`.
+pub(crate) const BLOB_INDEX: &str = "blobs.index.json";
+
+/// The media type of a blob, from its name (`application/octet-stream` when unknown).
+fn blob_media_type(name: &str) -> &'static str {
+    const TYPES: [(&str, &str); 9] = [
+        (".tar.gz", "application/gzip"),
+        (".tgz", "application/gzip"),
+        (".gz", "application/gzip"),
+        (".tar.zst", "application/zstd"),
+        (".zst", "application/zstd"),
+        (".tar", "application/x-tar"),
+        (".zip", "application/zip"),
+        (".json", "application/json"),
+        (".db", "application/vnd.sqlite3"),
+    ];
+    TYPES.iter().find(|(ext, _)| name.ends_with(ext)).map_or("application/octet-stream", |(_, t)| t)
+}
+
+/// One blob to copy: its evidence item, a scratch file, and a nonce when sealed.
+struct BlobJob {
+    item: exportcore::EvidenceItem,
+    rel: String,
+    scratch: (PathBuf, File),
+    nonce: Option<[u8; 12]>,
+}
+
+/// A copied blob: the scratch file holding it and both digests.
+struct CopiedBlob {
+    rel: String,
+    scratch: PathBuf,
+    plain: (u64, Sha256Digest),
+    stored: (u64, Sha256Digest),
+}
+
+/// Reads a blob once: hashes it and writes it (sealed or not) into its scratch file.
+fn copy_blob(
+    evidence: &dyn exportcore::EvidenceSource,
+    sealer: Option<&crate::encryption::Sealer>,
+    job: BlobJob,
+) -> Result<CopiedBlob> {
+    let BlobJob { item, rel, scratch: (path, file), nonce } = job;
+    let src = evidence.open(&item.path)?;
+    let mut reader = exportcore::hashing::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, src));
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    match (sealer, nonce) {
+        (Some(sealer), Some(nonce)) => {
+            sealer.seal_stream(&rel, &nonce, &mut reader, &mut out)?;
+        }
+        _ => {
+            std::io::copy(&mut reader, &mut out).map_err(|e| ExportError::io(item.path.as_str(), e))?;
+        }
+    }
+    let (buf, size, sha256) = out.finish();
+    buf.into_inner().map_err(|e| ExportError::io(&path, e.into_error()))?;
+    Ok(CopiedBlob { rel, scratch: path, plain: reader.finish(), stored: (size, sha256) })
+}
+
+/// Copies every `blobs/` file of the evidence, byte for byte (sealed when encrypting), to
+/// `mirror/data/blobs/`, reading each once and hashing it on the way, on all workers; writes
+/// `mirror/indexes/blobs.index.json` (name, media type, size and SHA-256 of each blob's own
+/// bytes). Returns nothing staged when there is no blob.
+pub(crate) fn write_blobs(
+    ctx: &mut ExportContext<'_>,
+    progress: (u8, u8),
+    sealer: Option<&crate::encryption::Sealer>,
+) -> Result<KindOutput> {
+    let evidence = ctx.evidence();
+    let items = evidence.list(EvidenceKind::Blob)?;
+    let mut out = KindOutput::default();
+    if items.is_empty() {
+        return Ok(out);
+    }
+    let total = items.iter().map(|i| i.size).sum::<u64>().max(1);
+    let workers = parallel::default_workers();
+    let mut done = 0u64;
+    let mut entries = Vec::with_capacity(items.len());
+    // Scratch files and nonces are taken on this thread in the blobs' order (repeatable with
+    // seeded entropy), a few jobs per worker at a time (bounded open files).
+    for chunk in items.chunks(4 * workers.max(1)) {
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let rel = format!("{BLOB_DIR}/{}", item.path.as_str().strip_prefix("blobs/").unwrap_or(item.path.as_str()));
+            let nonce = sealer.map(crate::encryption::Sealer::nonce).transpose()?;
+            jobs.push(BlobJob { item: item.clone(), rel, scratch: ctx.scratch_file()?, nonce });
+        }
+        let mut copied = Vec::with_capacity(jobs.len());
+        parallel::ordered_map(
+            jobs.into_iter().map(Ok),
+            workers,
+            |job| copy_blob(evidence, sealer, job),
+            |c| {
+                copied.push(c);
+                Ok(())
+            },
+        )?;
+        for c in copied {
+            let media_type = blob_media_type(&c.rel);
+            let spec = match sealer {
+                None => ArtifactSpec::new(&format!("mirror/{}", c.rel), ArtifactType::Data, "raw", media_type)?,
+                Some(_) => ArtifactSpec::new(
+                    &format!("mirror/{}", c.rel),
+                    ArtifactType::Data,
+                    "raw+aes-256-gcm",
+                    "application/octet-stream",
+                )?,
+            };
+            out.files.push(ctx.adopt_file_with_digest(spec, &c.scratch, c.stored.0, c.stored.1)?);
+            entries.push(serde_json::json!({
+                "file": c.rel,
+                "mediaType": media_type,
+                "sha256": c.plain.1.to_hex(),
+                "size": c.plain.0,
+            }));
+            out.records += 1;
+            done += c.plain.0;
+        }
+        ctx.check_cancelled()?;
+        let (a, b) = progress;
+        let pct = a + ((done.min(total) * u64::from(b - a)) / total) as u8;
+        ctx.progress(Progress { percent: pct, items_completed: out.records, items_total: items.len() as u64 });
+    }
+    let index = serde_json::json!({"entries": entries, "kind": "blob", "version": INDEX_VERSION});
+    let bytes = canonical::to_vec(&index)
+        .map_err(|e| ExportError::internal_caused("mirror", "serialising the blob index", e))?;
+    let spec =
+        ArtifactSpec::new(&format!("mirror/indexes/{BLOB_INDEX}"), ArtifactType::Metadata, "json", "application/json")?;
+    let (staged, ()) = ctx.write_artifact(spec, |w| w.write_all(&bytes).map_err(|e| ExportError::io(BLOB_INDEX, e)))?;
     out.files.push(staged);
     Ok(out)
 }

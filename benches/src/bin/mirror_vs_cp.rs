@@ -2,13 +2,14 @@
 //! 1 % changed records against the full build (issue 12).
 //!
 //! ```text
-//! cargo run --release -p exportcore-benches --bin mirror-vs-cp -- [--sizes 100M,1G] [--repeat 1] [--dir DIR]
+//! cargo run --release -p exportcore-benches --bin mirror-vs-cp -- [--sizes 100M,1G] [--blobs 0,0.5,0.9] [--repeat 1] [--dir DIR]
 //! ```
-//! Per size: generates about that much NDJSON evidence (seeded), times the reference (`cp -r`
-//! of the evidence, then `sha256sum` of every copied file) and our `mirror:full` of it (in a
-//! child process: wall time and peak RSS, VmHWM), then changes the `modified` time of every
-//! 100th advisory and times `mirror:delta` against the full build. Prints medians of
-//! `--repeat` runs, the ratios and peak RSS.
+//! Per size and blob share: generates about that much evidence (seeded), the share as
+//! already-compressed blobs (incompressible files of 16 MiB under `blobs/`) and the rest as
+//! NDJSON records; times the reference (`cp -r` of the evidence, then `sha256sum` of every
+//! copied file) and our `mirror:full` of it (in a child process: wall time and peak RSS,
+//! VmHWM), then changes the `modified` time of every 100th advisory and times `mirror:delta`
+//! against the full build. Prints medians of `--repeat` runs, the ratios and peak RSS.
 
 use exportcore::run::RunBuilder;
 use exportcore::{DirEvidence, FsSink, Profile, RunRequest, Timestamp};
@@ -124,6 +125,22 @@ fn reference(ev: &Path, dir: &Path) -> f64 {
     secs
 }
 
+/// `bytes` of already-compressed blobs (incompressible, seeded) in files of 16 MiB.
+fn write_blobs(dir: &Path, bytes: u64) {
+    const FILE: u64 = 16 << 20;
+    std::fs::create_dir_all(dir).expect("blobs dir");
+    let (mut left, mut i) = (bytes, 0u64);
+    while left > 0 {
+        let n = left.min(FILE);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.join(format!("layer-{i:05}.tar.gz"))).expect("blob"));
+        exportcore_benches::write_incompressible(&mut f, n, 0x9e37_79b9 + i).expect("write blob");
+        f.flush().expect("flush");
+        left -= n;
+        i += 1;
+    }
+}
+
 /// A copy of `ev` with the `modified` time of every 100th advisory changed.
 fn change_one_percent(ev: &Path, to: &Path) -> u64 {
     let _ = std::fs::remove_dir_all(to);
@@ -166,6 +183,8 @@ fn main() -> ExitCode {
         .split(',')
         .filter_map(exportcore_benches::parse_size)
         .collect();
+    let shares: Vec<f64> =
+        exportcore_benches::arg(&args, "--blobs").unwrap_or("0").split(',').filter_map(|s| s.parse().ok()).collect();
     let repeat: usize = exportcore_benches::arg(&args, "--repeat").and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
     let tmp = match exportcore_benches::arg(&args, "--dir") {
         Some(d) => tempfile::tempdir_in(d),
@@ -173,12 +192,16 @@ fn main() -> ExitCode {
     }
     .expect("tempdir");
     println!(
-        "| evidence | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | delta 1 % (s) | delta / full | peak RSS delta |"
+        "| evidence | blobs | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | delta 1 % (s) | delta / full | peak RSS delta |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for size in sizes {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (size, share) in sizes.iter().flat_map(|s| shares.iter().map(move |b| (*s, *b))) {
         let ev = tmp.path().join(format!("ev-{size}"));
-        let summary = evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size)).expect("generate");
+        let _ = std::fs::remove_dir_all(&ev);
+        let blob_bytes = (size as f64 * share.clamp(0.0, 1.0)) as u64;
+        let summary =
+            evidence_gen::generate(&ev, &evidence_gen::GenOptions::with_volume(size - blob_bytes)).expect("generate");
+        write_blobs(&ev.join("blobs"), blob_bytes);
         let (mut refs, mut fulls, mut deltas, mut rss, mut delta_rss) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let full_out = tmp.path().join("full");
@@ -206,9 +229,10 @@ fn main() -> ExitCode {
             format!("{:.0} MiB ({min:.0}-{max:.0})", exportcore_benches::median(v) / 1024.0)
         };
         println!(
-            "| {:.0} MiB, {} advisories ({changed} changed) | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {d:.2} | {:.2} (target <= 0.05) | {} |",
-            summary.bytes as f64 / f64::from(1 << 20),
+            "| {:.0} MiB, {} advisories ({changed} changed) | {:.0} MiB | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {d:.2} | {:.2} (target <= 0.05) | {} |",
+            (summary.bytes + blob_bytes) as f64 / f64::from(1 << 20),
             summary.advisories,
+            blob_bytes as f64 / f64::from(1 << 20),
             f / r,
             mib(&rss),
             d / f,

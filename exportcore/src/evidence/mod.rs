@@ -11,6 +11,8 @@
 //! policy/**/*.json|*.ndjson       policy findings
 //! java/**/*.ndjson                Maven index entries
 //! portal/ specs/ sdks/<name>/ changelog/   developer-portal assets
+//! blobs/**                        opaque files carried as they are (archives, image layers,
+//!                                 pre-built databases), any name
 //! ```
 //! Hidden files (names starting with `.`) are ignored; any other file of an unsupported type
 //! is an error naming it.
@@ -47,9 +49,21 @@ pub enum EvidenceKind {
     Java,
     /// Developer-portal assets (`portal/`, `specs/`, `sdks/`, `changelog/`).
     Portal,
+    /// Opaque files carried byte for byte (`blobs/`): archives, image layers, pre-built
+    /// databases. Not records: [`Records`] refuses this kind.
+    Blob,
 }
 
 impl EvidenceKind {
+    /// Every kind.
+    pub const ALL: [Self; 6] = [Self::Advisory, Self::Vex, Self::Policy, Self::Java, Self::Portal, Self::Blob];
+
+    /// True for the kinds whose files hold records ([`Records`] reads them); false for
+    /// files taken as they are (portal assets, blobs).
+    pub fn has_records(&self) -> bool {
+        !matches!(self, Self::Portal | Self::Blob)
+    }
+
     /// Top-level directories holding this kind.
     pub fn dirs(&self) -> &'static [&'static str] {
         match self {
@@ -58,15 +72,14 @@ impl EvidenceKind {
             EvidenceKind::Policy => &["policy"],
             EvidenceKind::Java => &["java"],
             EvidenceKind::Portal => &["changelog", "portal", "sdks", "specs"],
+            EvidenceKind::Blob => &["blobs"],
         }
     }
 
     /// The kind whose directory `path` lies in.
     pub fn of_path(path: &ArtifactPath) -> Option<Self> {
         let top = path.as_str().split('/').next().unwrap_or_default();
-        [Self::Advisory, Self::Vex, Self::Policy, Self::Java, Self::Portal]
-            .into_iter()
-            .find(|k| k.dirs().contains(&top))
+        Self::ALL.into_iter().find(|k| k.dirs().contains(&top))
     }
 
     /// Name used in messages.
@@ -77,6 +90,7 @@ impl EvidenceKind {
             EvidenceKind::Policy => "policy",
             EvidenceKind::Java => "java",
             EvidenceKind::Portal => "portal",
+            EvidenceKind::Blob => "blob",
         }
     }
 }
@@ -264,7 +278,14 @@ impl Debug for Records<'_> {
 
 impl<'a> Records<'a> {
     /// Lists the files of `kind` and prepares to read them.
+    ///
+    /// # Errors
+    /// [`ExportError::Internal`] for a kind without records ([`EvidenceKind::has_records`]);
+    /// whatever `list` returns.
     pub fn new(source: &'a dyn EvidenceSource, kind: EvidenceKind) -> Result<Self> {
+        if !kind.has_records() {
+            return Err(ExportError::internal("evidence", format!("{} evidence holds no records", kind.as_str())));
+        }
         let items = source.list(kind)?;
         let bytes_total = items.iter().map(|i| i.size).sum();
         Ok(Self {
@@ -441,5 +462,20 @@ mod tests {
         ev.insert("vex/readme.txt", "hello").unwrap();
         let err = Records::new(&ev, EvidenceKind::Vex).unwrap().find_map(|r| r.err()).unwrap();
         assert!(err.to_string().contains("vex/readme.txt"), "{err}");
+    }
+
+    #[test]
+    fn blobs_are_listed_with_any_name_and_are_not_records() {
+        let mut ev = MemoryEvidence::new();
+        ev.insert("blobs/layers/a.tar.gz", "\x1f\u{8b}not json").unwrap();
+        ev.insert("blobs/readme", "anything").unwrap();
+        let listed: Vec<String> =
+            ev.list(EvidenceKind::Blob).unwrap().into_iter().map(|i| i.path.as_str().to_owned()).collect();
+        assert_eq!(listed, ["blobs/layers/a.tar.gz", "blobs/readme"]);
+        assert_eq!(EvidenceKind::of_path(&ArtifactPath::parse("blobs/readme").unwrap()), Some(EvidenceKind::Blob));
+        assert!(ev.list(EvidenceKind::Advisory).unwrap().is_empty());
+        let err = Records::new(&ev, EvidenceKind::Blob).unwrap_err();
+        assert!(err.to_string().contains("blob evidence holds no records"), "{err}");
+        assert!(EvidenceKind::ALL.iter().filter(|k| !k.has_records()).eq([&EvidenceKind::Portal, &EvidenceKind::Blob]));
     }
 }

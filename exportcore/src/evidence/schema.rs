@@ -17,7 +17,7 @@ pub fn check(kind: EvidenceKind, value: &Value) -> Check<Option<Timestamp>> {
         EvidenceKind::Vex => check_openvex(value).map(Some),
         EvidenceKind::Policy => check_finding(value).map(Some),
         EvidenceKind::Java => check_maven(value).map(|()| None),
-        EvidenceKind::Portal => Ok(None),
+        EvidenceKind::Portal | EvidenceKind::Blob => Ok(None),
     }
 }
 
