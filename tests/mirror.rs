@@ -668,3 +668,41 @@ async fn a_base_of_another_tenant_is_refused() {
     assert_eq!(e.code(), "ERR_EXPORT_BASE_MISSING", "{e}");
     assert!(e.to_string().contains("belongs to tenant"), "{e}");
 }
+
+/// A mirror's file, its OCI blob and its TUF target are one file under three names, read once
+/// by `verify`; a name that is made a file of its own is read on its own, and only it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_names_are_read_once_and_a_name_made_its_own_file_is_caught() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let good = tmp.path().join("good");
+    build_mirror(&good, &k, "mirror-run-links").await;
+    let now = "2025-06-02T00:00:00Z";
+    let rel = "data/blobs/layers/alpine-3.19-base.tar.gz";
+    let bytes = std::fs::read(good.join("mirror").join(rel)).unwrap();
+    let sha = exportcore::Sha256Digest::of(&bytes);
+    let names = [
+        format!("mirror/{rel}"),
+        format!("oci/blobs/sha256/{sha}"),
+        format!("tuf/targets/data/blobs/layers/{sha}.alpine-3.19-base.tar.gz"),
+    ];
+    let ino = |dir: &Path, n: &str| std::fs::metadata(dir.join(n)).unwrap().ino();
+    assert!(names.iter().all(|n| ino(&good, n) == ino(&good, &names[0])), "the three names are not one file");
+    let r = verify(&good, &k, now);
+    assert!(r.is_ok(), "{}", failures(&r));
+    for (i, name) in names.iter().enumerate() {
+        let dir = tmp.path().join(format!("unlinked-{i}"));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&good).arg(&dir).status().unwrap().success());
+        let others: Vec<&String> = names.iter().filter(|n| *n != name).collect();
+        assert!(others.iter().all(|n| ino(&dir, n) == ino(&dir, &names[0])), "cp -a kept the links");
+        // Same bytes plus one appended: a separate file now.
+        std::fs::remove_file(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name), [&bytes[..], b"!"].concat()).unwrap();
+        let r = verify(&dir, &k, now);
+        assert!(r.failures.iter().any(|f| f.path.contains(name.as_str())), "{name}: {}", failures(&r));
+        for other in others {
+            assert!(!r.failures.iter().any(|f| f.path == *other), "{other} blamed: {}", failures(&r));
+        }
+    }
+}

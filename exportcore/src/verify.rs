@@ -113,6 +113,12 @@ pub struct VerifyReport {
     /// the run had selectors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selection: Option<crate::select::Selection>,
+    /// The size and SHA-256 of every regular file of a verified directory, by path relative
+    /// to it, as this verification read them (each file once): checks layered on top (a
+    /// mirror's OCI layout and TUF targets) look digests up here instead of reading the files
+    /// again, so every check sees the same bytes.
+    #[serde(skip)]
+    pub digests: BTreeMap<String, (u64, Sha256Digest)>,
 }
 
 impl VerifyReport {
@@ -231,8 +237,12 @@ fn compare(
     }
 }
 
-fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
-    let mut found = BTreeMap::new();
+/// Hashes every regular file of `dir` (relative path → size, SHA-256), on all workers; files
+/// hard-linked to each other (a mirror's OCI blobs and TUF targets are links to its files) are
+/// read once, and each other name of the same file is checked to still be that file after the
+/// read (else it is read on its own).
+fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (u64, Sha256Digest)>> {
+    let mut files: Vec<(String, std::path::PathBuf, Option<(u64, u64)>)> = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&d).at(&d)? {
@@ -243,14 +253,81 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
             if ft.is_dir() {
                 stack.push((entry.path(), rel_child));
             } else if ft.is_file() {
-                let f = crate::files::open_regular(&entry.path())?;
-                let (size, digest) = hash_reader(f).at(entry.path())?;
-                found.insert(rel_child, (size, digest));
+                let id = file_id(&entry.metadata().at(entry.path())?);
+                files.push((rel_child, entry.path(), id));
             } else {
                 report.fail(rel_child, "not a regular file");
             }
         }
     }
+    // One read per file: the first name of each (device, inode) in path order.
+    files.sort();
+    let mut first: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    let mut reads = Vec::new();
+    for (i, (_, path, id)) in files.iter().enumerate() {
+        match id {
+            Some(id) if first.contains_key(id) => {}
+            _ => {
+                if let Some(id) = id {
+                    first.insert(*id, i);
+                }
+                reads.push((i, path.clone()));
+            }
+        }
+    }
+    let mut hashed: BTreeMap<usize, (u64, Sha256Digest, Option<(u64, u64)>)> = BTreeMap::new();
+    let read_one =
+        |(i, path): (usize, std::path::PathBuf)| -> Result<(usize, (u64, Sha256Digest, Option<(u64, u64)>))> {
+            let f = crate::files::open_regular(&path)?;
+            let id = f.metadata().ok().as_ref().and_then(file_id);
+            let (size, digest) = hash_reader(f).at(&path)?;
+            Ok((i, (size, digest, id)))
+        };
+    crate::parallel::ordered_map(reads.into_iter().map(Ok), crate::parallel::default_workers(), read_one, |(i, h)| {
+        hashed.insert(i, h);
+        Ok(())
+    })?;
+    let mut found = BTreeMap::new();
+    for (i, (rel, path, id)) in files.iter().enumerate() {
+        let own = match hashed.get(&i) {
+            Some(&(size, digest, _)) => (size, digest),
+            None => {
+                let leader = id.and_then(|id| first.get(&id)).and_then(|j| hashed.get(j));
+                // The file read under the first name must be the one this name still is.
+                let now = std::fs::symlink_metadata(path).ok().as_ref().and_then(file_id);
+                match leader {
+                    Some(&(size, digest, Some(read_id))) if now == Some(read_id) && *id == Some(read_id) => {
+                        (size, digest)
+                    }
+                    _ => {
+                        let (_, (size, digest, _)) = read_one((i, path.clone()))?;
+                        (size, digest)
+                    }
+                }
+            }
+        };
+        found.insert(rel.clone(), own);
+    }
+    Ok(found)
+}
+
+/// A file's (device, inode), where the platform has them.
+fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
+    let mut found = hash_tree(dir, report)?;
+    report.digests = found.clone();
     for local in &options.local_files {
         found.remove(local.as_str());
     }

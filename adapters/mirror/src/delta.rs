@@ -99,7 +99,8 @@ impl Base {
         if let Some(f) = report.failures.first() {
             return Err(base_err(dir.join(&f.path).display().to_string(), format!("corrupted: {}", f.problem)));
         }
-        if let Some(p) = crate::oci::check_layout(&dir.join("oci")).first() {
+        let known = |rel: &str| report.digests.get(&format!("oci/{rel}")).copied();
+        if let Some(p) = crate::oci::check_layout_with(&dir.join("oci"), &known).first() {
             return Err(base_err(dir.display().to_string(), format!("corrupted: {p}")));
         }
         let meta = dir.join("tuf/metadata");

@@ -60,7 +60,7 @@ pub use delta::{
     apply, Applied, Base, MirrorDelta, APPLIED_LOG, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST, FULL_MANIFEST_DSSE,
     FULL_PROVENANCE,
 };
-pub use oci::{check_layout, MIRROR_ARTIFACT_TYPE};
+pub use oci::{check_layout, check_layout_with, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};
 pub use verify::{is_mirror, verify_path_with};
 

@@ -151,6 +151,17 @@ fn title(d: &Descriptor) -> String {
 /// names (recursively through nested indexes) the blob's size and digest, its config and
 /// layers. Returns one message per problem, each naming the file.
 pub fn check_layout(dir: &std::path::Path) -> Vec<String> {
+    check_layout_with(dir, &|_| None)
+}
+
+/// [`check_layout`], taking the size and SHA-256 of a blob (`blobs/sha256/<hex>`, relative to
+/// `dir`) from `known` when it has them (the digests a verification of the whole directory
+/// already computed, so no blob is read twice). Manifests and indexes are read, hashed and
+/// parsed from the same bytes.
+pub fn check_layout_with(
+    dir: &std::path::Path,
+    known: &dyn Fn(&str) -> Option<(u64, exportcore::Sha256Digest)>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let read = |rel: &str| exportcore::files::read_capped(&dir.join(rel), exportcore::files::MAX_MANIFEST_BYTES);
     match read("oci-layout").ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
@@ -169,33 +180,39 @@ pub fn check_layout(dir: &std::path::Path) -> Vec<String> {
         };
         let rel = format!("blobs/sha256/{hex}");
         let path = dir.join(&rel);
-        let f = match exportcore::files::open_regular(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                problems.push(format!("oci/{rel}: {e}"));
-                return None;
+        let manifest_like = matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex);
+        let (found, bytes) = if manifest_like {
+            match exportcore::files::read_capped(&path, exportcore::files::MAX_MANIFEST_BYTES) {
+                Ok(b) => ((b.len() as u64, exportcore::Sha256Digest::of(&b)), b),
+                Err(e) => {
+                    problems.push(format!("oci/{rel}: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            let hashed = known(&rel).map_or_else(
+                || {
+                    exportcore::files::open_regular(&path).and_then(|f| {
+                        exportcore::hashing::hash_reader(f).map_err(|e| exportcore::ExportError::io(&path, e))
+                    })
+                },
+                Ok,
+            );
+            match hashed {
+                Ok(h) => (h, Vec::new()),
+                Err(e) => {
+                    problems.push(format!("oci/{rel}: {e}"));
+                    return None;
+                }
             }
         };
-        match exportcore::hashing::hash_reader(f) {
-            Ok((size, sha)) if size == d.size() && sha.to_hex() == hex => {}
-            Ok((size, sha)) => {
-                problems.push(format!(
-                    "oci/{rel}: size {size} and sha256 {sha} do not match the descriptor ({})",
-                    d.size()
-                ));
-                return None;
-            }
-            Err(e) => {
-                problems.push(format!("oci/{rel}: {e}"));
-                return None;
-            }
+        let (size, sha) = found;
+        if size != d.size() || sha.to_hex() != hex {
+            problems
+                .push(format!("oci/{rel}: size {size} and sha256 {sha} do not match the descriptor ({})", d.size()));
+            return None;
         }
-        let manifest_like = matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex);
-        if manifest_like {
-            exportcore::files::read_capped(&path, exportcore::files::MAX_MANIFEST_BYTES).ok()
-        } else {
-            Some(Vec::new())
-        }
+        Some(bytes)
     };
     let mut todo: Vec<Descriptor> = index.manifests().clone();
     while let Some(d) = todo.pop() {
