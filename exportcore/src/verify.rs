@@ -242,7 +242,7 @@ fn compare(
 /// read once, and each other name of the same file is checked to still be that file after the
 /// read (else it is read on its own).
 fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (u64, Sha256Digest)>> {
-    let mut files: Vec<(String, std::path::PathBuf, Option<(u64, u64)>)> = Vec::new();
+    let mut files: Vec<(String, std::path::PathBuf, Option<FileId>)> = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&d).at(&d)? {
@@ -262,7 +262,7 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
     }
     // One read per file: the first name of each (device, inode) in path order.
     files.sort();
-    let mut first: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    let mut first: BTreeMap<FileId, usize> = BTreeMap::new();
     let mut reads = Vec::new();
     for (i, (_, path, id)) in files.iter().enumerate() {
         match id {
@@ -275,14 +275,13 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
             }
         }
     }
-    let mut hashed: BTreeMap<usize, (u64, Sha256Digest, Option<(u64, u64)>)> = BTreeMap::new();
-    let read_one =
-        |(i, path): (usize, std::path::PathBuf)| -> Result<(usize, (u64, Sha256Digest, Option<(u64, u64)>))> {
-            let f = crate::files::open_regular(&path)?;
-            let id = f.metadata().ok().as_ref().and_then(file_id);
-            let (size, digest) = hash_reader(f).at(&path)?;
-            Ok((i, (size, digest, id)))
-        };
+    let mut hashed: BTreeMap<usize, Hashed> = BTreeMap::new();
+    let read_one = |(i, path): (usize, std::path::PathBuf)| -> Result<(usize, Hashed)> {
+        let f = crate::files::open_regular(&path)?;
+        let id = f.metadata().ok().as_ref().and_then(file_id);
+        let (size, digest) = hash_reader(f).at(&path)?;
+        Ok((i, (size, digest, id)))
+    };
     crate::parallel::ordered_map(reads.into_iter().map(Ok), crate::parallel::default_workers(), read_one, |(i, h)| {
         hashed.insert(i, h);
         Ok(())
@@ -311,8 +310,14 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
     Ok(found)
 }
 
+/// A file's (device, inode).
+type FileId = (u64, u64);
+
+/// Size and digest of a file as read, and the identity of the file read.
+type Hashed = (u64, Sha256Digest, Option<FileId>);
+
 /// A file's (device, inode), where the platform has them.
-fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
