@@ -327,6 +327,14 @@ async fn a_delta_applied_to_its_base_is_the_full_build_of_the_new_evidence() {
     assert!(changed.contains(&"mirror/data/raw/advisories/pypi.jsonl.zst"), "{changed:?}");
     assert!(!delta.join("mirror/data/raw/advisories/alpine.jsonl.zst").exists(), "an unchanged file travelled");
     assert!(changed.contains(&"mirror/data/blobs/sboms/alpine-3.19.cdx.json.gz"), "{changed:?}");
+    // Changed shards and indexes travel as patches of the base's copies; nothing else does.
+    let patched: Vec<&str> = diff["patches"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert!(patched.contains(&"mirror/data/raw/advisories/npm.jsonl.zst"), "{patched:?}");
+    assert!(patched.contains(&"mirror/indexes/advisories.index.json"), "{patched:?}");
+    assert!(patched.iter().all(|p| changed.contains(p)), "{patched:?}");
+    assert!(!delta.join("mirror/data/raw/advisories/npm.jsonl.zst").exists(), "a patched shard travelled whole");
+    assert!(delta.join("delta/patches/mirror/data/raw/advisories/npm.jsonl.zst.patch").is_file());
+    assert!(delta.join("mirror/data/blobs/sboms/alpine-3.19.cdx.json.gz").is_file(), "a changed blob travels whole");
     let added: Vec<&str> = diff["added"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(added.contains(&"mirror/data/blobs/sboms/alpine-3.20.cdx.json.gz"), "{added:?}");
     assert!(!delta.join("mirror/data/blobs/layers/alpine-3.19-base.tar.gz").exists(), "an unchanged blob travelled");

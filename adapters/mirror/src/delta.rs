@@ -34,6 +34,8 @@ pub const FULL_MANIFEST: &str = "delta/full-manifest.json";
 pub const FULL_MANIFEST_DSSE: &str = "delta/full-manifest.dsse.json";
 /// The new tree's provenance.
 pub const FULL_PROVENANCE: &str = "delta/full-provenance.dsse.json";
+/// Where a delta keeps its patches (`delta/patches/<path>.patch`).
+pub const PATCH_DIR: &str = "delta/patches";
 /// The log of applied export ids, one per line, in an applied mirror.
 pub const APPLIED_LOG: &str = "appliedExportIds.log";
 
@@ -361,9 +363,42 @@ impl Profile for MirrorDelta {
             }
         }
         let removed: Vec<String> = base.files.keys().filter(|p| !new.contains_key(*p)).cloned().collect();
+        // A changed shard or index travels as a patch of the base's when that is smaller (a
+        // uniform 1 % change touches every one of them); the other names of the same bytes (its
+        // OCI blob, its TUF target) are then rebuilt from it, not carried.
+        let mut patches = Vec::new();
+        let mut patched: BTreeSet<Sha256Digest> = BTreeSet::new();
+        for path in &changed {
+            let a = new[path];
+            let Some(units) = crate::patch::Units::of(path) else { continue };
+            if a.spec.format.contains("aes") {
+                continue; // sealed: a fresh nonce changes every byte
+            }
+            let (scratch, file) = ctx.scratch_file()?;
+            drop(file);
+            match crate::patch::make(units, &base.dir.join(path), &a.local, &scratch) {
+                Ok(size) if size < a.size => {
+                    let at = format!("{PATCH_DIR}/{path}.patch");
+                    let spec =
+                        exportcore::ArtifactSpec::new(&at, ArtifactType::Data, "patch+zstd", "application/zstd")?;
+                    ctx.adopt_file(spec, &scratch)?;
+                    patches.push(json!({
+                        "path": path,
+                        "patch": at,
+                        "units": units.name(),
+                        "baseSha256": base.files[path].1.to_hex(),
+                    }));
+                    patched.insert(a.sha256);
+                }
+                // Not smaller, or the base's copy does not read as one (then it goes whole).
+                _ => std::fs::remove_file(&scratch).map_err(|e| ExportError::io(&scratch, e))?,
+            }
+        }
         for path in added.iter().chain(&changed) {
             let a = new[path];
-            ctx.alias_artifact(a.spec.clone(), a)?;
+            if !patched.contains(&a.sha256) {
+                ctx.alias_artifact(a.spec.clone(), a)?;
+            }
         }
         // Record counts from the indexes, by id and digest.
         let mut records = serde_json::Map::new();
@@ -396,7 +431,8 @@ impl Profile for MirrorDelta {
             "changed": changed,
             "removed": removed,
             "tombstones": tombstones,
-            "counts": {"files": {"added": added.len(), "changed": changed.len(), "removed": removed.len()}, "records": records},
+            "patches": patches,
+            "counts": {"files": {"added": added.len(), "changed": changed.len(), "removed": removed.len(), "patched": patches.len()}, "records": records},
             "files": files,
         });
         crate::stage_json(ctx, DIFF_FILE, ArtifactType::Manifest, &diff)?;
@@ -537,6 +573,31 @@ pub fn apply(
             return Err(base_err(base_dir.join(path).display().to_string(), "differs from the delta's tombstone"));
         }
     }
+    // Patches: each rebuilds a changed file from the base's copy, which must be the one named.
+    let mut patches: Vec<(String, crate::patch::Units, PathBuf)> = Vec::new();
+    for p in diff["patches"].as_array().into_iter().flatten() {
+        let (Some(path), Some(at), Some(units), Some(base_sha)) = (
+            p["path"].as_str(),
+            p["patch"].as_str(),
+            p["units"].as_str(),
+            p["baseSha256"].as_str().and_then(|h| h.parse::<Sha256Digest>().ok()),
+        ) else {
+            return Err(delta_err(&d, "a patches[] entry lacks path, patch, units or baseSha256"));
+        };
+        let units = crate::patch::Units::of(path)
+            .filter(|u| u.name() == units && changed.iter().any(|c| c == path))
+            .ok_or_else(|| delta_err(&d, format!("patches[] names {path}, which is not a changed shard or index")))?;
+        if !at.starts_with(&format!("{PATCH_DIR}/")) || at.contains("..") {
+            return Err(delta_err(&d, format!("patch {at} lies outside {PATCH_DIR}/")));
+        }
+        if base.files.get(path).map(|f| f.1) != Some(base_sha) {
+            return Err(base_err(
+                base_dir.join(path).display().to_string(),
+                "is not the file the delta's patch was made against",
+            ));
+        }
+        patches.push((path.to_owned(), units, delta_dir.join(at)));
+    }
     let mut want: BTreeMap<String, (u64, Sha256Digest)> = BTreeMap::new();
     for f in diff["files"].as_array().into_iter().flatten() {
         let (Some(p), Some(size), Some(sha)) =
@@ -562,30 +623,55 @@ pub fn apply(
         tempfile::Builder::new().prefix(".mirror-apply-").tempdir_in(parent).map_err(|e| ExportError::io(parent, e))?;
     let from_delta: BTreeSet<&String> = added.iter().chain(&changed).collect();
     let (mut kept, mut written) = (0, 0);
-    for (path, (size, sha)) in &want {
-        let src = if from_delta.contains(path) {
+    // Bytes already in place, by digest: the other names of a patched file link to it.
+    let mut by_sha: BTreeMap<Sha256Digest, PathBuf> = BTreeMap::new();
+    let check = |dst: &Path, src: &Path, who: &str, (size, sha): (u64, Sha256Digest)| -> Result<()> {
+        let f = exportcore::files::open_regular(dst)?;
+        let (got_size, got_sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(dst, e))?;
+        if got_size != size || got_sha != sha {
+            return Err(delta_err(&src.display().to_string(), format!("{who} is not the file the new tree lists")));
+        }
+        Ok(())
+    };
+    let place = |dst: &Path| -> Result<()> {
+        match dst.parent() {
+            Some(p) => std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e)),
+            None => Ok(()),
+        }
+    };
+    for (path, units, patch) in &patches {
+        let target = *want.get(path).ok_or_else(|| delta_err(&d, format!("patches {path}, which files[] lacks")))?;
+        let dst = staging.path().join(path);
+        place(&dst)?;
+        let file = std::fs::File::create(&dst).map_err(|e| ExportError::io(&dst, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        crate::patch::apply(*units, &base_dir.join(path), patch, &mut w)?;
+        w.into_inner().map_err(|e| ExportError::io(&dst, e.into_error()))?;
+        check(&dst, patch, "what the patch rebuilds", target)?;
+        by_sha.insert(target.1, dst);
+        written += 1;
+    }
+    for (path, &(size, sha)) in &want {
+        let dst = staging.path().join(path);
+        if by_sha.get(&sha) == Some(&dst) {
+            continue;
+        }
+        let (src, who) = if from_delta.contains(path) {
             written += 1;
-            delta_dir.join(path)
+            let own = delta_dir.join(path);
+            match by_sha.get(&sha) {
+                Some(same) if !own.exists() => (same.clone(), "the patched file"),
+                _ => (own, "the delta's copy"),
+            }
         } else {
             kept += 1;
-            base_dir.join(path)
+            (base_dir.join(path), "the base's copy")
         };
-        let dst = staging.path().join(path);
-        if let Some(p) = dst.parent() {
-            std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e))?;
-        }
+        place(&dst)?;
         if std::fs::hard_link(&src, &dst).is_err() {
             std::fs::copy(&src, &dst).map_err(|e| ExportError::io(&src, e))?;
         }
-        let f = exportcore::files::open_regular(&dst)?;
-        let (got_size, got_sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(&dst, e))?;
-        if got_size != *size || got_sha != *sha {
-            let who = if from_delta.contains(path) { "the delta" } else { "the base" };
-            return Err(delta_err(
-                &src.display().to_string(),
-                format!("{who}'s copy is not the file the new tree lists"),
-            ));
-        }
+        check(&dst, &src, who, (size, sha))?;
     }
     for (from, to) in
         [(FULL_MANIFEST, MANIFEST_FILE), (FULL_MANIFEST_DSSE, SIGNED_MANIFEST_FILE), (FULL_PROVENANCE, PROVENANCE_FILE)]

@@ -52,13 +52,14 @@ mod delta;
 pub mod encryption;
 mod gcm;
 mod oci;
+mod patch;
 mod tree;
 pub mod tuf;
 mod verify;
 
 pub use delta::{
     apply, Applied, Base, MirrorDelta, APPLIED_LOG, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST, FULL_MANIFEST_DSSE,
-    FULL_PROVENANCE,
+    FULL_PROVENANCE, PATCH_DIR,
 };
 pub use oci::{check_layout, check_layout_with, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};

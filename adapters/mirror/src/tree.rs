@@ -16,6 +16,11 @@ use std::path::PathBuf;
 /// zstd level of the data files: fast, and the same bytes on every machine.
 const ZSTD_LEVEL: i32 = 3;
 
+/// The encoder of a data file: [`crate::patch`] rebuilds shards with it, byte for byte.
+pub(crate) fn shard_encoder<W: Write>(w: W) -> std::io::Result<zstd::Encoder<'static, W>> {
+    zstd::Encoder::new(w, ZSTD_LEVEL)
+}
+
 /// Raw bytes per batch handed to a worker.
 const BATCH_BYTES: usize = 256 << 10;
 
@@ -165,7 +170,7 @@ pub(crate) fn write_kind(
             if !shards.contains_key(&row.shard) {
                 let (path, file) = ctx.scratch_file()?;
                 let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-                let encoder = zstd::Encoder::new(sink, ZSTD_LEVEL).map_err(|e| ExportError::io(&path, e))?;
+                let encoder = shard_encoder(sink).map_err(|e| ExportError::io(&path, e))?;
                 shards.insert(row.shard.clone(), ShardWriter { path, encoder, records: 0 });
             }
             let w = shards.get_mut(&row.shard).ok_or_else(|| ExportError::internal("mirror", "shard vanished"))?;

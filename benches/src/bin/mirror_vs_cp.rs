@@ -81,11 +81,16 @@ fn child(kind: &str, evidence: &Path, out: &Path, base: Option<&Path>) -> ExitCo
         let p = profile();
         let mut req = RunRequest::new(p.descriptor().id);
         req.created_at = Timestamp::parse(created).ok();
+        // Signed (TUF needs it), with the key the parent made.
+        req.distribution =
+            Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("bench"));
+        let pem = std::fs::read_to_string(out.parent().expect("parent").join("bench.key")).expect("bench.key");
         RunBuilder::from_arcs(
             p,
             std::sync::Arc::new(DirEvidence::new(evidence).expect("evidence")),
             std::sync::Arc::new(FsSink::new(out).expect("sink")),
         )
+        .signer(exportcore_crypto::signer_from_pem(&pem).expect("signer"))
         .staging_dir(out.parent().expect("parent"))
         .events(tx)
         .execute(req)
@@ -123,6 +128,27 @@ fn reference(ev: &Path, dir: &Path) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&copy);
     secs
+}
+
+/// What carrying a directory across costs: the bytes of its files, each hard-linked file once
+/// (a mirror's OCI blobs and TUF targets are links to its files; `tar` stores them as links).
+fn carried_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("metadata");
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if seen.insert((m.dev(), m.ino())) {
+                total += m.len();
+            }
+        }
+    }
+    total
 }
 
 /// `bytes` of already-compressed blobs (incompressible, seeded) in files of 16 MiB.
@@ -191,10 +217,12 @@ fn main() -> ExitCode {
         None => tempfile::tempdir(),
     }
     .expect("tempdir");
+    let pair = exportcore_crypto::generate(exportcore_crypto::Algorithm::Ed25519).expect("key");
+    std::fs::write(tmp.path().join("bench.key"), &pair.private_pem).expect("bench.key");
     println!(
-        "| evidence | blobs | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | delta 1 % (s) | delta / full | peak RSS delta |"
+        "| evidence | blobs | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | verify (s) | delta 1 % (s) | delta / full | peak RSS delta | bytes full | bytes delta |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, share) in sizes.iter().flat_map(|s| shares.iter().map(move |b| (*s, *b))) {
         let ev = tmp.path().join(format!("ev-{size}"));
         let _ = std::fs::remove_dir_all(&ev);
@@ -207,14 +235,23 @@ fn main() -> ExitCode {
         let full_out = tmp.path().join("full");
         let ev2 = tmp.path().join("ev2");
         let changed = change_one_percent(&ev, &ev2);
+        let (mut verifies, mut sizes) = (Vec::new(), (0, 0));
         for _ in 0..repeat {
             refs.push(reference(&ev, tmp.path()));
             let (secs, kib) = run_child("full", &ev, &full_out, None);
             fulls.push(secs);
             rss.push(kib);
-            let (secs, kib) = run_child("delta", &ev2, &tmp.path().join("delta"), Some(&full_out));
+            // The far side's cost: verifying the whole mirror (every byte, the TUF chain).
+            let start = Instant::now();
+            let now = Timestamp::parse("2026-01-02T00:00:00Z").expect("time");
+            let report = exportcore_mirror::verify_path_with(&full_out, &Default::default(), now).expect("verify");
+            assert!(report.is_ok(), "the full build does not verify: {:?}", report.failures.first());
+            verifies.push(start.elapsed().as_secs_f64());
+            let delta_out = tmp.path().join("delta");
+            let (secs, kib) = run_child("delta", &ev2, &delta_out, Some(&full_out));
             deltas.push(secs);
             delta_rss.push(kib);
+            sizes = (carried_bytes(&full_out), carried_bytes(&delta_out));
         }
         let (r, f, d) = (
             exportcore_benches::median(&refs),
@@ -229,14 +266,18 @@ fn main() -> ExitCode {
             format!("{:.0} MiB ({min:.0}-{max:.0})", exportcore_benches::median(v) / 1024.0)
         };
         println!(
-            "| {:.0} MiB, {} advisories ({changed} changed) | {:.0} MiB | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {d:.2} | {:.2} (target <= 0.05) | {} |",
+            "| {:.0} MiB, {} advisories ({changed} changed) | {:.0} MiB | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {:.2} | {d:.2} | {:.2} (target <= 0.05) | {} | {:.0} MiB | {:.1} MiB ({:.1} %) |",
             (summary.bytes + blob_bytes) as f64 / f64::from(1 << 20),
             summary.advisories,
             blob_bytes as f64 / f64::from(1 << 20),
             f / r,
             mib(&rss),
+            exportcore_benches::median(&verifies),
             d / f,
-            mib(&delta_rss)
+            mib(&delta_rss),
+            sizes.0 as f64 / f64::from(1 << 20),
+            sizes.1 as f64 / f64::from(1 << 20),
+            100.0 * sizes.1 as f64 / sizes.0.max(1) as f64,
         );
         let _ = std::fs::remove_dir_all(&ev);
         let _ = std::fs::remove_dir_all(&ev2);
