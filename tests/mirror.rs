@@ -335,6 +335,16 @@ async fn a_delta_applied_to_its_base_is_the_full_build_of_the_new_evidence() {
     assert!(!delta.join("mirror/data/raw/advisories/npm.jsonl.zst").exists(), "a patched shard travelled whole");
     assert!(delta.join("delta/patches/mirror/data/raw/advisories/npm.jsonl.zst.patch").is_file());
     assert!(delta.join("mirror/data/blobs/sboms/alpine-3.19.cdx.json.gz").is_file(), "a changed blob travels whole");
+    // The Trivy DB changed, and is built again from the new records where the delta is applied.
+    assert!(changed.contains(&"mirror/trivy/db.tar.gz"), "{changed:?}");
+    assert_eq!(diff["derived"]["files"]["mirror/trivy/db.tar.gz"], "db.tar.gz");
+    assert_eq!(diff["derived"]["request"]["profileId"], "trivy:db");
+    assert!(!delta.join("mirror/trivy/db.tar.gz").exists(), "the Trivy DB travelled");
+    let db_sha = diff["files"].as_array().unwrap().iter().find(|f| f["path"] == "mirror/trivy/db.tar.gz").unwrap()
+        ["sha256"]
+        .as_str()
+        .unwrap();
+    assert!(!delta.join(format!("oci/blobs/sha256/{db_sha}")).exists(), "the Trivy DB's OCI blob travelled");
     let added: Vec<&str> = diff["added"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(added.contains(&"mirror/data/blobs/sboms/alpine-3.20.cdx.json.gz"), "{added:?}");
     assert!(!delta.join("mirror/data/blobs/layers/alpine-3.19-base.tar.gz").exists(), "an unchanged blob travelled");

@@ -114,7 +114,8 @@ pub use model::{
 };
 pub use path::ArtifactPath;
 pub use profile::{
-    check_supported, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles, StagedArtifact,
+    check_supported, export_detached, ArtifactSpec, CancelFlag, ExportContext, Profile, ProfileDescriptor, Profiles,
+    StagedArtifact,
 };
 pub use run::{RunBuilder, RunOutcome};
 pub use select::{SelectedEvidence, Selection, Selectors};

@@ -497,6 +497,42 @@ impl<'a> ExportContext<'a> {
         Ok(self.artifacts.split_off(mark))
     }
 
+    /// [`ExportContext::run_nested`] over other evidence: the nested profile reads `evidence`
+    /// instead of the run's (a mirror builds its Trivy DB from its own canonical records, so
+    /// whoever holds those records can build the same DB again). The records are taken as
+    /// already selected: the request's selectors are not applied to them again.
+    ///
+    /// # Errors
+    /// Whatever the nested profile's `export` returns.
+    pub fn run_nested_with(
+        &mut self,
+        profile: &dyn Profile,
+        evidence: &dyn EvidenceSource,
+    ) -> Result<Vec<StagedArtifact>> {
+        let mut nested = ExportContext {
+            request: self.request,
+            evidence,
+            staging: self.staging,
+            pinned: self.pinned,
+            anchor: self.anchor,
+            artifacts: Vec::new(),
+            progress: self.progress,
+            cancel: self.cancel,
+            scratch_seq: self.scratch_seq,
+            signer: self.signer.clone(),
+            warnings: Vec::new(),
+            selection: None,
+            run_id: self.run_id,
+            tenant: self.tenant,
+        };
+        let result = profile.export(&mut nested);
+        self.scratch_seq = nested.scratch_seq;
+        self.anchor = self.anchor.or(nested.anchor);
+        self.warnings.append(&mut nested.warnings);
+        result?;
+        Ok(nested.artifacts)
+    }
+
     /// Publishes the bytes of an already staged artifact under a second path (e.g. an archive
     /// that is also an OCI blob), without copying them.
     pub fn alias_artifact(&mut self, spec: ArtifactSpec, of: &StagedArtifact) -> Result<StagedArtifact> {
@@ -535,4 +571,42 @@ fn staged_mode(path: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+/// Runs a profile's `export` outside any run — no store, sink, manifest or signature — into
+/// `staging` (an empty directory the caller owns and removes), with its time anchored at
+/// `anchor`, and returns what it staged. For re-deriving an artifact from inputs a consumer
+/// already holds and checking it against a signed digest (applying a mirror delta rebuilds
+/// its Trivy DB this way): the same profile, request, evidence and anchor give the same bytes.
+///
+/// # Errors
+/// Whatever the profile's `export` returns.
+pub fn export_detached(
+    profile: &dyn Profile,
+    request: &RunRequest,
+    evidence: &dyn EvidenceSource,
+    staging: &Path,
+    anchor: TimeAnchor,
+) -> Result<Vec<StagedArtifact>> {
+    let run_id = crate::id::RunId::parse("detached")?;
+    let tenant = crate::id::TenantId::parse("detached")?;
+    let cancel = CancelFlag::new();
+    let mut ctx = ExportContext {
+        request,
+        evidence,
+        staging,
+        pinned: None,
+        anchor: Some(anchor),
+        artifacts: Vec::new(),
+        progress: &|_| {},
+        cancel: &cancel,
+        scratch_seq: 0,
+        signer: None,
+        warnings: Vec::new(),
+        selection: None,
+        run_id: &run_id,
+        tenant: &tenant,
+    };
+    profile.export(&mut ctx)?;
+    Ok(ctx.artifacts)
 }

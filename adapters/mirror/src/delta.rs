@@ -34,6 +34,11 @@ pub const FULL_MANIFEST: &str = "delta/full-manifest.json";
 pub const FULL_MANIFEST_DSSE: &str = "delta/full-manifest.dsse.json";
 /// The new tree's provenance.
 pub const FULL_PROVENANCE: &str = "delta/full-provenance.dsse.json";
+/// The files a delta leaves to be built again where it is applied (`trivy:db` over the new
+/// tree's shards), and the name `trivy:db` stages each under.
+const DERIVED: [(&str, &str); 2] =
+    [("mirror/trivy/db.tar.gz", "db.tar.gz"), ("mirror/trivy/db.report.json", "trivy-export.json")];
+
 /// Where a delta keeps its patches (`delta/patches/<path>.patch`).
 pub const PATCH_DIR: &str = "delta/patches";
 /// The log of applied export ids, one per line, in an applied mirror.
@@ -367,7 +372,7 @@ impl Profile for MirrorDelta {
         // uniform 1 % change touches every one of them); the other names of the same bytes (its
         // OCI blob, its TUF target) are then rebuilt from it, not carried.
         let mut patches = Vec::new();
-        let mut patched: BTreeSet<Sha256Digest> = BTreeSet::new();
+        let mut rebuilt: BTreeSet<Sha256Digest> = BTreeSet::new();
         for path in &changed {
             let a = new[path];
             let Some(units) = crate::patch::Units::of(path) else { continue };
@@ -388,15 +393,26 @@ impl Profile for MirrorDelta {
                         "units": units.name(),
                         "baseSha256": base.files[path].1.to_hex(),
                     }));
-                    patched.insert(a.sha256);
+                    rebuilt.insert(a.sha256);
                 }
                 // Not smaller, or the base's copy does not read as one (then it goes whole).
                 _ => std::fs::remove_file(&scratch).map_err(|e| ExportError::io(&scratch, e))?,
             }
         }
+        // The Trivy DB and its report are built again where the delta is applied, from the
+        // shards the new tree holds, as the full build built them (`records`): not carried.
+        let mut derived = serde_json::Map::new();
+        if !all.iter().any(|a| a.spec.format.contains("aes")) {
+            for (path, nested) in DERIVED {
+                if let Some(a) = new.get(path).filter(|_| added.iter().chain(&changed).any(|p| p == path)) {
+                    derived.insert(path.to_owned(), json!(nested));
+                    rebuilt.insert(a.sha256);
+                }
+            }
+        }
         for path in added.iter().chain(&changed) {
             let a = new[path];
-            if !patched.contains(&a.sha256) {
+            if !rebuilt.contains(&a.sha256) {
                 ctx.alias_artifact(a.spec.clone(), a)?;
             }
         }
@@ -435,6 +451,20 @@ impl Profile for MirrorDelta {
             "counts": {"files": {"added": added.len(), "changed": changed.len(), "removed": removed.len(), "patched": patches.len()}, "records": records},
             "files": files,
         });
+        let mut diff = diff;
+        if !derived.is_empty() {
+            let request = ctx.request();
+            let mut trivy = RunRequest::new(exportcore::ProfileId::from_static("trivy:db"));
+            trivy.targets = request.targets.clone();
+            trivy.compression = request.compression;
+            trivy.compression_level = request.compression_level;
+            trivy.strict = request.strict;
+            diff["derived"] = json!({
+                "files": derived,
+                "request": serde_json::to_value(&trivy)
+                    .map_err(|e| ExportError::internal_caused("mirror", "serialising the trivy request", e))?,
+            });
+        }
         crate::stage_json(ctx, DIFF_FILE, ArtifactType::Manifest, &diff)?;
 
         // The new tree's run manifest and provenance, for `apply` to install.
@@ -476,6 +506,58 @@ impl Profile for MirrorDelta {
         }
         Ok(())
     }
+}
+
+/// Builds the files a delta leaves to its applier (`derived`: the Trivy DB and its report)
+/// with `trivy:db` over the shards now in `staging`, the request and time the delta records;
+/// returns where each landed (under `staging`), for the caller to check against `want`.
+fn derive(
+    diff: &Value,
+    d: &str,
+    staging: &Path,
+    scratch_parent: &Path,
+    want: &BTreeMap<String, (u64, Sha256Digest)>,
+) -> Result<Vec<(String, PathBuf)>> {
+    let files = diff["derived"]["files"].as_object().ok_or_else(|| delta_err(d, "derived.files is not an object"))?;
+    let request: RunRequest = serde_json::from_value(diff["derived"]["request"].clone())
+        .map_err(|e| delta_err(d, format!("derived.request: {e}")))?;
+    if request.profile_id.as_str() != "trivy:db" {
+        return Err(delta_err(d, format!("derived.request names {}, not trivy:db", request.profile_id)));
+    }
+    let mut wanted = Vec::new();
+    for (path, nested) in files {
+        match DERIVED.iter().find(|(p, _)| p == path) {
+            Some((_, n)) if nested == n && want.contains_key(path) => wanted.push((path.clone(), *n)),
+            _ => return Err(delta_err(d, format!("derived.files names {path}, which cannot be built here"))),
+        }
+    }
+    let created_at = diff["createdAt"]
+        .as_str()
+        .and_then(|t| exportcore::Timestamp::parse(t).ok())
+        .ok_or_else(|| delta_err(d, "createdAt is missing or not RFC 3339"))?;
+    let anchor = exportcore::TimeAnchor { created_at, source: exportcore::TimeSource::Request };
+    let evidence = crate::records::ShardEvidence::of_tree(staging)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".mirror-derive-")
+        .tempdir_in(scratch_parent)
+        .map_err(|e| ExportError::io(scratch_parent, e))?;
+    let staged = exportcore::export_detached(&exportcore_trivy::TrivyDb, &request, &evidence, scratch.path(), anchor)?;
+    let mut out = Vec::new();
+    for (path, nested) in wanted {
+        let a = staged
+            .iter()
+            .find(|a| a.spec.path == nested)
+            .ok_or_else(|| ExportError::internal("mirror", format!("trivy:db wrote no {nested}")))?;
+        let dst = staging.join(&path);
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e))?;
+        }
+        std::fs::rename(&a.local, &dst)
+            .or_else(|_| std::fs::copy(&a.local, &dst).map(|_| ()))
+            .map_err(|e| ExportError::io(&dst, e))?;
+        out.push((path, dst));
+    }
+    Ok(out)
 }
 
 /// What [`apply`] did.
@@ -625,6 +707,7 @@ pub fn apply(
     let (mut kept, mut written) = (0, 0);
     // Bytes already in place, by digest: the other names of a patched file link to it.
     let mut by_sha: BTreeMap<Sha256Digest, PathBuf> = BTreeMap::new();
+    let mut deferred = Vec::new();
     let check = |dst: &Path, src: &Path, who: &str, (size, sha): (u64, Sha256Digest)| -> Result<()> {
         let f = exportcore::files::open_regular(dst)?;
         let (got_size, got_sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(dst, e))?;
@@ -660,8 +743,13 @@ pub fn apply(
             written += 1;
             let own = delta_dir.join(path);
             match by_sha.get(&sha) {
-                Some(same) if !own.exists() => (same.clone(), "the patched file"),
-                _ => (own, "the delta's copy"),
+                _ if own.exists() => (own, "the delta's copy"),
+                Some(same) => (same.clone(), "the patched file"),
+                // Another name of a file built below from the new records.
+                None => {
+                    deferred.push((path.clone(), dst, (size, sha)));
+                    continue;
+                }
             }
         } else {
             kept += 1;
@@ -672,6 +760,26 @@ pub fn apply(
             std::fs::copy(&src, &dst).map_err(|e| ExportError::io(&src, e))?;
         }
         check(&dst, &src, who, (size, sha))?;
+    }
+    if diff.get("derived").is_some() {
+        for (path, dst) in derive(&diff, &d, staging.path(), parent, &want)? {
+            check(&dst, &dst, "the Trivy DB built from the new tree's records", want[&path])?;
+            by_sha.insert(want[&path].1, dst);
+            written += 1;
+        }
+    }
+    for (path, dst, target) in deferred {
+        let src = by_sha
+            .get(&target.1)
+            .ok_or_else(|| delta_err(&delta_dir.join(&path).display().to_string(), "missing from the delta"))?;
+        if *src == dst {
+            continue; // built in place
+        }
+        place(&dst)?;
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).map_err(|e| ExportError::io(src, e))?;
+        }
+        check(&dst, src, "the rebuilt file", target)?;
     }
     for (from, to) in
         [(FULL_MANIFEST, MANIFEST_FILE), (FULL_MANIFEST_DSSE, SIGNED_MANIFEST_FILE), (FULL_PROVENANCE, PROVENANCE_FILE)]

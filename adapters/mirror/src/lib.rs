@@ -17,7 +17,9 @@
 //! Records are written in RFC 8785 canonical form, one per line, zstd-compressed, sharded by
 //! ecosystem family; each index lists every record's id, time, file, line and the SHA-256 of
 //! its canonical bytes. The Trivy DBs are built by `exportcore-trivy` inside the same run
-//! ([`exportcore::ExportContext::run_nested`]). `oci/` holds the same bytes as artifacts with
+//! ([`exportcore::ExportContext::run_nested_with`]), `trivy:db` from the mirror's own
+//! shards, so a site applying a delta builds the same DB from the records it already holds
+//! instead of receiving it ([`exportcore::export_detached`]). `oci/` holds the same bytes as artifacts with
 //! Trivy's own media types, so `skopeo copy oci:OUT/oci:trivy-db docker://REGISTRY/trivy-db:2`
 //! gives a repository the real Trivy pulls from. `tuf/` is a TUF 1.0 repository (consistent
 //! snapshots) whose targets are the files of `mirror/`, signed through the run's signer
@@ -53,6 +55,7 @@ pub mod encryption;
 mod gcm;
 mod oci;
 mod patch;
+mod records;
 mod tree;
 pub mod tuf;
 mod verify;
@@ -154,15 +157,21 @@ fn stage_bytes(
     Ok(staged)
 }
 
-/// Runs a Trivy profile inside the mirror run and keeps its package (`keep` → new path) and
-/// report; `None` when the evidence has nothing that profile can use.
+/// Runs a Trivy profile inside the mirror run (over `source`, else the run's evidence) and
+/// keeps its package (`keep` → new path) and report; `None` when the evidence has nothing
+/// that profile can use.
 fn nested_trivy(
     ctx: &mut ExportContext<'_>,
     profile: &dyn Profile,
+    source: Option<&records::ShardEvidence>,
     package: &str,
     report: &str,
 ) -> Result<Option<(StagedArtifact, StagedArtifact)>> {
-    let staged = match ctx.run_nested(profile) {
+    let nested = match source {
+        Some(s) => ctx.run_nested_with(profile, s),
+        None => ctx.run_nested(profile),
+    };
+    let staged = match nested {
         Ok(s) => s,
         Err(ExportError::EvidenceEmpty { what, .. }) => {
             ctx.warn("WARN_MIRROR_NO_TRIVY_DB", format!("no {package}: the evidence holds no {what}"));
@@ -249,12 +258,21 @@ pub(crate) fn build_tree(
         let mut counts = serde_json::Map::new();
         let mut newest = None;
         let spans = [(0u8, 30u8), (30, 35), (35, 40)];
+        // The Trivy DB is built from the mirror's own shards (see `records`), unless they
+        // are sealed: then from the evidence.
+        let mut shards = records::ShardEvidence::default();
         for (kind, span) in tree::KINDS.iter().zip(spans) {
             let out = tree::write_kind(ctx, *kind, span, sealer.as_ref())?;
             counts.insert(kind.name.into(), json!(out.records));
             newest = newest.max(out.newest);
             files.extend(out.files);
+            if records::SOURCES.iter().any(|s| s.0 == kind.evidence) {
+                for (name, local, plain) in out.shards {
+                    shards.add(kind.evidence, &name, local, plain)?;
+                }
+            }
         }
+        let trivy_source = if sealer.is_none() { Some(&shards) } else { None };
         let blobs = tree::write_blobs(ctx, (40, 45), sealer.as_ref())?;
         if !blobs.files.is_empty() {
             counts.insert("blob".into(), json!(blobs.records));
@@ -268,7 +286,9 @@ pub(crate) fn build_tree(
         let anchor = ctx.time_anchor(newest);
         let mut trivy = Vec::new();
         if counts["advisory"].as_u64().unwrap_or(0) > 0 {
-            if let Some((db, report)) = nested_trivy(ctx, &exportcore_trivy::TrivyDb, "db.tar.gz", "db.report.json")? {
+            if let Some((db, report)) =
+                nested_trivy(ctx, &exportcore_trivy::TrivyDb, trivy_source, "db.tar.gz", "db.report.json")?
+            {
                 trivy.push((
                     "trivy-db",
                     exportcore_trivy::CONFIG_MEDIA_TYPE,
@@ -281,7 +301,7 @@ pub(crate) fn build_tree(
         ctx.progress(Progress { percent: 70, items_completed: records, items_total: 0 });
         if java {
             if let Some((db, report)) =
-                nested_trivy(ctx, &exportcore_trivy::TrivyJavaDb, "javadb.tar.gz", "javadb.report.json")?
+                nested_trivy(ctx, &exportcore_trivy::TrivyJavaDb, None, "javadb.tar.gz", "javadb.report.json")?
             {
                 trivy.push((
                     "trivy-java-db",

@@ -133,6 +133,8 @@ struct ShardWriter {
     path: PathBuf,
     encoder: zstd::Encoder<'static, HashingWriter<BufWriter<File>>>,
     records: u64,
+    /// Bytes before compression.
+    plain: u64,
 }
 
 /// What [`write_kind`] produced for one kind.
@@ -144,6 +146,8 @@ pub(crate) struct KindOutput {
     pub newest: Option<Timestamp>,
     /// Data files and the index, staged.
     pub files: Vec<StagedArtifact>,
+    /// The unsealed shards: name, staged file, bytes before compression.
+    pub shards: Vec<(String, PathBuf, u64)>,
 }
 
 /// Reads every record of `kind`, writes `mirror/<dir>/<shard>.jsonl.zst` files and
@@ -171,11 +175,12 @@ pub(crate) fn write_kind(
                 let (path, file) = ctx.scratch_file()?;
                 let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
                 let encoder = shard_encoder(sink).map_err(|e| ExportError::io(&path, e))?;
-                shards.insert(row.shard.clone(), ShardWriter { path, encoder, records: 0 });
+                shards.insert(row.shard.clone(), ShardWriter { path, encoder, records: 0, plain: 0 });
             }
             let w = shards.get_mut(&row.shard).ok_or_else(|| ExportError::internal("mirror", "shard vanished"))?;
             w.encoder.write_all(&row.line).map_err(|e| ExportError::io(&w.path, e))?;
             w.records += 1;
+            w.plain += row.line.len() as u64;
             let entry = serde_json::json!({
                 "file": format!("{}/{}.jsonl.zst", kind.dir, row.shard),
                 "id": row.id,
@@ -215,7 +220,9 @@ pub(crate) fn write_kind(
         match sealer {
             None => {
                 let spec = ArtifactSpec::new(&path, ArtifactType::Data, "jsonl+zstd", "application/zstd")?;
-                out.files.push(ctx.adopt_file_with_digest(spec, &w.path, size, sha256)?);
+                let staged = ctx.adopt_file_with_digest(spec, &w.path, size, sha256)?;
+                out.shards.push((name.clone(), staged.local.clone(), w.plain));
+                out.files.push(staged);
             }
             Some(sealer) => {
                 // One AES-256-GCM message per file, streamed from the compressed shard.

@@ -704,6 +704,11 @@ impl OutDir {
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    // What the engine cannot report through the run (a store that fails to save its final
+    // state) it logs: errors only, on stderr (`EXPORTCTL_LOG` for more).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXPORTCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     let mut request = build_request(&args)?;
     // `--base` configures mirror:delta (the only profile that takes one).
     let mut registry = profiles();
@@ -802,14 +807,46 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         tokio::spawn(async move { exporter.execute_now(&tenant, &run_id).await })
     };
     let mut events = exporter.events(&tenant, &accepted.run_id, 0);
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(ev) => progress.event(&ev.event),
-            Err(e) => errln!("warning: event stream: {}", e.report()),
+    let show = |ev: Option<exportcore::Result<exportcore::store::StoredEvent>>| match ev {
+        Some(Ok(ev)) => progress.event(&ev.event),
+        Some(Err(e)) => errln!("warning: event stream: {}", e.report()),
+        None => {}
+    };
+    let mut exec = exec;
+    let done = loop {
+        tokio::select! {
+            ev = events.next() => {
+                let end = ev.is_none();
+                show(ev);
+                if end {
+                    break (&mut exec).await;
+                }
+            }
+            // The run is over: show what the store has left, without waiting for a terminal
+            // event a failing store may never hold.
+            done = &mut exec => {
+                while let Ok(Some(ev)) = tokio::time::timeout(std::time::Duration::from_millis(500), events.next()).await {
+                    show(Some(ev));
+                }
+                break done;
+            }
         }
-    }
-    let run = exec.await.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
+    };
+    let run = done.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
     on_signal.abort();
+    if !run.status.is_terminal() {
+        out_dir.abandon(&args.out);
+        return Err(ExportError::internal(
+            "exportctl",
+            format!(
+                "run {} ended, but the store {} did not save its final state (it still says {}); see the log above",
+                run.run_id,
+                store_path.display(),
+                run.status
+            ),
+        )
+        .into());
+    }
     progress.finish();
     if run.status != RunStatus::Succeeded {
         out_dir.abandon(&args.out);

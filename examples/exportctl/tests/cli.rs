@@ -991,3 +991,37 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
     let o = export("json:raw", &samples(), &tmp.path().join("w"), &["--encrypt-to", &id.to_public().to_string()]);
     assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
 }
+
+/// A store that cannot save a run's final state: `run` says so, with the store's error, and
+/// exits non-zero (it used to wait forever for a terminal event the store never held).
+#[test]
+fn a_store_that_cannot_save_the_final_state_fails_the_run_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s.sqlite");
+    let first = export("json:raw", &samples(), &tmp.path().join("a"), &["--store", store.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", text(&first));
+    // Break the store after its migrations: the final update names a column it lacks.
+    let c = rusqlite::Connection::open(&store).unwrap();
+    c.execute_batch("ALTER TABLE runs DROP COLUMN cancel_requested").unwrap();
+    drop(c);
+    let out = tmp.path().join("b");
+    let mut child = exportctl()
+        .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--store", store.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("exportctl run hung on a store that cannot save the run's final state");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("did not save its final state"), "{}", text(&o));
+    assert!(text(&o).contains("cancel_requested"), "the store's own error is shown: {}", text(&o));
+}
