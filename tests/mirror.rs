@@ -724,3 +724,20 @@ async fn linked_names_are_read_once_and_a_name_made_its_own_file_is_caught() {
         }
     }
 }
+
+/// The mirror builds its Trivy DB from its own canonical shards (so a delta's applier can
+/// build it again); it is the very DB `trivy:db` builds from the evidence itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_db_built_from_the_shards_is_the_db_built_from_the_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, t) = (tmp.path().join("m"), tmp.path().join("t"));
+    let created = "2025-06-01T00:00:00Z";
+    run_profile(exportcore_mirror::MirrorFull::default(), &samples(), &m, None, created).await;
+    run_profile(exportcore_trivy::TrivyDb, &samples(), &t, None, created).await;
+    assert!(
+        std::fs::read(m.join("mirror/trivy/db.tar.gz")).unwrap() == std::fs::read(t.join("db.tar.gz")).unwrap(),
+        "the mirror's Trivy DB differs from trivy:db's"
+    );
+    let report = |p: PathBuf| serde_json::from_slice::<Value>(&std::fs::read(p).unwrap()).unwrap();
+    assert_eq!(report(m.join("mirror/trivy/db.report.json")), report(t.join("trivy-export.json")));
+}
