@@ -741,3 +741,90 @@ async fn the_db_built_from_the_shards_is_the_db_built_from_the_evidence() {
     let report = |p: PathBuf| serde_json::from_slice::<Value>(&std::fs::read(p).unwrap()).unwrap();
     assert_eq!(report(m.join("mirror/trivy/db.report.json")), report(t.join("trivy-export.json")));
 }
+
+/// A copy of `delta` that `edit` changed (its diff, or any file), re-made by someone without
+/// the key: the run manifest lists what is there now, the signatures are gone.
+fn remade_delta(delta: &Path, to: &Path, edit: impl FnOnce(&mut Value, &Path)) -> PathBuf {
+    let bent = copy(delta, to);
+    for f in ["manifest.dsse.json", "provenance.dsse.json"] {
+        let _ = std::fs::remove_file(bent.join(f));
+    }
+    let diff_path = bent.join("delta/manifest.diff.json");
+    let mut diff: Value = serde_json::from_slice(&std::fs::read(&diff_path).unwrap()).unwrap();
+    edit(&mut diff, &bent);
+    std::fs::write(&diff_path, exportcore::canonical::to_vec(&diff).unwrap()).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(bent.join("manifest.json")).unwrap()).unwrap();
+    let mut total = 0;
+    for e in manifest["entries"].as_array_mut().unwrap() {
+        let bytes = std::fs::read(bent.join(e["path"].as_str().unwrap())).unwrap();
+        e["size"] = bytes.len().into();
+        e["sha256"] = exportcore::Sha256Digest::of(&bytes).to_hex().into();
+        total += bytes.len() as u64;
+    }
+    manifest["totals"]["bytes"] = total.into();
+    std::fs::write(bent.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
+    bent
+}
+
+/// Deltas re-made to climb out of the tree, to patch another base file, to carry a patch that
+/// does not fit its base, or to derive with another profile: typed errors, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-remade").await;
+    let ev2 = changed_samples(tmp.path());
+    let delta = tmp.path().join("delta");
+    run_profile(exportcore_mirror::MirrorDelta::new(&old), &ev2, &delta, Some(&k), "2025-06-11T00:00:00Z").await;
+    let out = tmp.path().join("out");
+    let zero = "0".repeat(64);
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value, &Path)>, &str, &str)> = vec![
+        (
+            "escape",
+            Box::new(|d: &mut Value, _: &Path| {
+                d["files"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"path": "../escaped", "size": 1, "sha256": "0".repeat(64)}))
+            }),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "..",
+        ),
+        (
+            "foreign-base",
+            Box::new(move |d: &mut Value, _: &Path| d["patches"][0]["baseSha256"] = zero.into()),
+            "ERR_EXPORT_BASE_MISSING",
+            "patch was made against",
+        ),
+        (
+            "bent-patch",
+            Box::new(|d: &mut Value, dir: &Path| {
+                let patch = dir.join(d["patches"][0]["patch"].as_str().unwrap());
+                let ops = zstd::encode_all(&b"exportcore-mirror-patch/v1\nI 3\nabc"[..], 3).unwrap();
+                std::fs::write(patch, ops).unwrap();
+            }),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "unaccounted",
+        ),
+        (
+            "other-profile",
+            Box::new(|d: &mut Value, _: &Path| d["derived"]["request"]["profileId"] = "json:raw".into()),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "trivy:db",
+        ),
+    ];
+    for (name, edit, code, naming) in cases {
+        let bent = remade_delta(&delta, &tmp.path().join(name), edit);
+        let e = exportcore_mirror::apply(&old, &bent, &out, &no_keys()).unwrap_err();
+        assert_eq!(e.code(), code, "{name}: {e}");
+        assert!(e.to_string().contains(naming), "{name}: {e}");
+        assert!(!out.exists(), "{name}: a failed apply left {}", out.display());
+    }
+    assert!(!tmp.path().join("escaped").exists());
+    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".mirror-")));
+}

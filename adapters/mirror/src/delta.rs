@@ -615,12 +615,19 @@ pub fn apply(
     if diff["version"] != DIFF_VERSION {
         return Err(delta_err(&d, format!("unknown version {}", diff["version"])));
     }
+    // Every path the diff names is relative and stays inside the tree it is joined to.
+    let safe = |p: &str, key: &str| -> Result<String> {
+        exportcore::ArtifactPath::parse(p).map(|a| a.to_string()).map_err(|e| delta_err(&d, format!("{key}: {e}")))
+    };
     let strings = |key: &str| -> Result<Vec<String>> {
         diff[key]
             .as_array()
             .ok_or_else(|| delta_err(&d, format!("{key} is not a list")))?
             .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| delta_err(&d, format!("{key} holds a non-string"))))
+            .map(|v| {
+                let p = v.as_str().ok_or_else(|| delta_err(&d, format!("{key} holds a non-string")))?;
+                safe(p, key)
+            })
             .collect()
     };
     let (added, changed, removed) = (strings("added")?, strings("changed")?, strings("removed")?);
@@ -631,7 +638,7 @@ pub fn apply(
         else {
             return Err(delta_err(&d, "a tombstone lacks path or sha256"));
         };
-        tombstones.insert(p.to_owned(), sha);
+        tombstones.insert(safe(p, "tombstones")?, sha);
     }
     if tombstones.keys().cloned().collect::<BTreeSet<_>>() != removed.iter().cloned().collect::<BTreeSet<_>>() {
         return Err(delta_err(&d, "the tombstones disagree with the removed list"));
@@ -669,7 +676,8 @@ pub fn apply(
         let units = crate::patch::Units::of(path)
             .filter(|u| u.name() == units && changed.iter().any(|c| c == path))
             .ok_or_else(|| delta_err(&d, format!("patches[] names {path}, which is not a changed shard or index")))?;
-        if !at.starts_with(&format!("{PATCH_DIR}/")) || at.contains("..") {
+        let at = safe(at, "patches")?;
+        if !at.starts_with(&format!("{PATCH_DIR}/")) {
             return Err(delta_err(&d, format!("patch {at} lies outside {PATCH_DIR}/")));
         }
         if base.files.get(path).map(|f| f.1) != Some(base_sha) {
@@ -687,7 +695,7 @@ pub fn apply(
         else {
             return Err(delta_err(&d, "a files[] entry lacks path, size or sha256"));
         };
-        want.insert(p.to_owned(), (size, sha));
+        want.insert(safe(p, "files")?, (size, sha));
     }
 
     // Claim `out`, build beside it, rename into place.
