@@ -779,7 +779,8 @@ async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing
     run_profile(exportcore_mirror::MirrorDelta::new(&old), &ev2, &delta, Some(&k), "2025-06-11T00:00:00Z").await;
     let out = tmp.path().join("out");
     let zero = "0".repeat(64);
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value, &Path)>, &str, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut Value, &Path)>;
+    let cases: Vec<(&str, Edit, &str, &str)> = vec![
         (
             "escape",
             Box::new(|d: &mut Value, _: &Path| {
