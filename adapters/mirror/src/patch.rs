@@ -7,8 +7,9 @@
 //! index split before each entry (`{"file":` can only appear as structure: inside a JSON
 //! string a quote is escaped). A patch, zstd-compressed, is a magic line and then operations
 //! on the base's units, in order: `C n` copies the next `n`, `S n` skips `n`, `I len` inserts
-//! the `len` bytes that follow. Both sides stream: the producer keeps two sorted lists of
-//! 64-bit unit hashes (to tell "changed" from "moved"), the applier nothing. A patch only
+//! the `len` bytes that follow. Both sides stream: the producer keeps one sorted list of the
+//! base's 64-bit unit hashes with counts (to tell "changed" from "moved"; 12 bytes a unit),
+//! the applier nothing. A patch only
 //! ever yields bytes whose SHA-256 the caller then checks against the signed list, so a hash
 //! collision or a bad patch cannot install wrong bytes; it fails the apply.
 //!
@@ -106,11 +107,27 @@ impl UnitReader {
     }
 }
 
+/// A unit's 64-bit hash: word at a time, multiply and rotate (as FxHash, with a final mix).
+/// Not collision resistant and need not be: a collision can only spoil a patch, and every
+/// rebuilt file is checked against its SHA-256.
 fn hash(unit: &[u8]) -> u64 {
-    let d = exportcore::Sha256Digest::of(unit);
-    let mut h = [0u8; 8];
-    h.copy_from_slice(&d.as_bytes()[..8]);
-    u64::from_le_bytes(h)
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = unit.len() as u64;
+    let mut chunks = unit.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    // Final avalanche (splitmix64), so near-equal units spread over the whole range.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// How many of each unit (by hash) a file has left to read, in a sorted list.

@@ -220,9 +220,9 @@ fn main() -> ExitCode {
     let pair = exportcore_crypto::generate(exportcore_crypto::Algorithm::Ed25519).expect("key");
     std::fs::write(tmp.path().join("bench.key"), &pair.private_pem).expect("bench.key");
     println!(
-        "| evidence | blobs | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | verify (s) | delta 1 % (s) | delta / full | peak RSS delta | bytes full | bytes delta |"
+        "| evidence | blobs | cp -r + sha256sum (s) | mirror:full (s) | ratio | peak RSS full | verify (s) | delta 1 % (s) | delta / full | peak RSS delta | bytes full | bytes delta | apply (s) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, share) in sizes.iter().flat_map(|s| shares.iter().map(move |b| (*s, *b))) {
         let ev = tmp.path().join(format!("ev-{size}"));
         let _ = std::fs::remove_dir_all(&ev);
@@ -235,7 +235,7 @@ fn main() -> ExitCode {
         let full_out = tmp.path().join("full");
         let ev2 = tmp.path().join("ev2");
         let changed = change_one_percent(&ev, &ev2);
-        let (mut verifies, mut sizes) = (Vec::new(), (0, 0));
+        let (mut verifies, mut applies, mut sizes) = (Vec::new(), Vec::new(), (0, 0));
         for _ in 0..repeat {
             refs.push(reference(&ev, tmp.path()));
             let (secs, kib) = run_child("full", &ev, &full_out, None);
@@ -252,6 +252,14 @@ fn main() -> ExitCode {
             deltas.push(secs);
             delta_rss.push(kib);
             sizes = (carried_bytes(&full_out), carried_bytes(&delta_out));
+            // The far side again: applying the delta (patches, the Trivy DB built from the
+            // records, every file checked), in process.
+            let applied = tmp.path().join("applied");
+            let _ = std::fs::remove_dir_all(&applied);
+            let start = Instant::now();
+            exportcore_mirror::apply(&full_out, &delta_out, &applied, &Default::default()).expect("apply");
+            applies.push(start.elapsed().as_secs_f64());
+            let _ = std::fs::remove_dir_all(&applied);
         }
         let (r, f, d) = (
             exportcore_benches::median(&refs),
@@ -266,7 +274,7 @@ fn main() -> ExitCode {
             format!("{:.0} MiB ({min:.0}-{max:.0})", exportcore_benches::median(v) / 1024.0)
         };
         println!(
-            "| {:.0} MiB, {} advisories ({changed} changed) | {:.0} MiB | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {:.2} | {d:.2} | {:.2} (target <= 0.05) | {} | {:.0} MiB | {:.1} MiB ({:.1} %) |",
+            "| {:.0} MiB, {} advisories ({changed} changed) | {:.0} MiB | {r:.2} | {f:.2} | {:.2}x (target <= 1.3x) | {} | {:.2} | {d:.2} | {:.2} (target <= 0.05) | {} | {:.0} MiB | {:.1} MiB ({:.1} %) | {:.2} |",
             (summary.bytes + blob_bytes) as f64 / f64::from(1 << 20),
             summary.advisories,
             blob_bytes as f64 / f64::from(1 << 20),
@@ -278,6 +286,7 @@ fn main() -> ExitCode {
             sizes.0 as f64 / f64::from(1 << 20),
             sizes.1 as f64 / f64::from(1 << 20),
             100.0 * sizes.1 as f64 / sizes.0.max(1) as f64,
+            exportcore_benches::median(&applies),
         );
         let _ = std::fs::remove_dir_all(&ev);
         let _ = std::fs::remove_dir_all(&ev2);
