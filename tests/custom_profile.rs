@@ -138,3 +138,88 @@ async fn a_composite_profile_keeps_what_it_chooses_of_a_nested_one() {
         assert_eq!(&got[..], want, "{path}");
     }
 }
+
+/// Lists the advisory files of whatever evidence it is given, and warns once.
+#[derive(Debug)]
+struct Lister;
+
+impl exportcore::Profile for Lister {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("test:lister", "lists advisory files")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::{ArtifactSpec, ArtifactType};
+        let listed: Vec<String> =
+            ctx.evidence().list(exportcore::EvidenceKind::Advisory)?.into_iter().map(|i| i.path.to_string()).collect();
+        ctx.time_anchor(None);
+        ctx.warn("WARN_TEST_LISTER", "listed");
+        let spec = ArtifactSpec::new("list.txt", ArtifactType::Data, "txt", "text/plain")?;
+        ctx.write_artifact(spec, |w| {
+            w.write_all(listed.join("\n").as_bytes()).map_err(|e| exportcore::ExportError::io("list", e))
+        })?;
+        Ok(())
+    }
+}
+
+/// Nests [`Lister`] over evidence of its own making, keeps its list, then writes a file.
+#[derive(Debug)]
+struct OverOther;
+
+impl exportcore::Profile for OverOther {
+    fn descriptor(&self) -> exportcore::ProfileDescriptor {
+        exportcore::ProfileDescriptor::new("test:over-other", "nests test:lister over other evidence")
+    }
+    fn validate(&self, _: &RunRequest) -> exportcore::Result<()> {
+        Ok(())
+    }
+    fn export(&self, ctx: &mut exportcore::ExportContext<'_>) -> exportcore::Result<()> {
+        use exportcore::{ArtifactSpec, ArtifactType};
+        let mut other = exportcore::MemoryEvidence::new();
+        other.insert("advisories/other.json", "{}")?;
+        let staged = ctx.run_nested_with(&Lister, &other)?;
+        ctx.alias_artifact(ArtifactSpec::new("nested/list.txt", ArtifactType::Data, "txt", "text/plain")?, &staged[0])?;
+        let spec = ArtifactSpec::new("after.txt", ArtifactType::Data, "txt", "text/plain")?;
+        ctx.write_artifact(spec, |w| w.write_all(b"after").map_err(|e| exportcore::ExportError::io("after", e)))?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_profile_reads_the_evidence_it_is_given_and_a_detached_export_gives_the_same_bytes() {
+    use exportcore::SinkExt as _;
+    let mut run_evidence = exportcore::MemoryEvidence::new();
+    run_evidence.insert("advisories/run.json", "{}").unwrap();
+    let sink = exportcore::InMemorySink::new();
+    let outcome = exportcore::RunBuilder::new(OverOther, run_evidence.clone(), sink.clone())
+        .execute(RunRequest::new(exportcore::ProfileId::from_static("test:over-other")))
+        .await
+        .unwrap();
+    let get = |p: &str| {
+        let sink = sink.clone();
+        let p = exportcore::ArtifactPath::parse(p).unwrap();
+        async move { sink.get_bytes(&p).await.unwrap() }
+    };
+    assert_eq!(
+        &get("nested/list.txt").await[..],
+        b"advisories/other.json",
+        "the nested profile read the run's evidence"
+    );
+    assert_eq!(&get("after.txt").await[..], b"after", "a staging file was reused");
+    assert!(outcome.run.warnings.iter().any(|w| w.code == "WARN_TEST_LISTER"), "{:?}", outcome.run.warnings);
+
+    // Detached: the same profile, request and evidence give what a run stages.
+    let direct = exportcore::InMemorySink::new();
+    let request = RunRequest::new(exportcore::ProfileId::from_static("test:lister"));
+    exportcore::RunBuilder::new(Lister, run_evidence.clone(), direct.clone()).execute(request.clone()).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let created_at = exportcore::Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+    let anchor = exportcore::TimeAnchor { created_at, source: exportcore::TimeSource::Request };
+    let staged = exportcore::export_detached(&Lister, &request, &run_evidence, staging.path(), anchor).unwrap();
+    let detached = std::fs::read(&staged[0].local).unwrap();
+    let listed = direct.get_bytes(&exportcore::ArtifactPath::parse("list.txt").unwrap()).await.unwrap();
+    assert_eq!(detached, &listed[..]);
+    assert_eq!(&detached[..], b"advisories/run.json");
+}
