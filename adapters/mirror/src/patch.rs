@@ -62,7 +62,7 @@ impl Units {
             Self::Shard => Box::new(BufReader::with_capacity(256 << 10, zstd::Decoder::new(file)?)),
             Self::Index => Box::new(BufReader::with_capacity(256 << 10, file)),
         };
-        Ok(UnitReader { inner, units: self, pending: Vec::new(), eof: false })
+        Ok(UnitReader { inner, units: self, pending: Vec::new(), start: 0, eof: false })
     }
 }
 
@@ -71,6 +71,8 @@ struct UnitReader {
     inner: Box<dyn BufRead>,
     units: Units,
     pending: Vec<u8>,
+    /// Where the unread part of `pending` starts.
+    start: usize,
     eof: bool,
 }
 
@@ -81,18 +83,24 @@ impl UnitReader {
         match self.units {
             Units::Shard => Ok(self.inner.read_until(b'\n', out)? > 0),
             Units::Index => {
-                // A unit ends just before the next entry marker that is not at its start.
+                // A unit ends just before the next entry marker that is not at its start. The
+                // consumed front of `pending` is dropped only when more is read (linear time).
                 let mut from = 1;
                 loop {
-                    if let Some(p) = memchr::memmem::find(self.pending.get(from..).unwrap_or_default(), ENTRY) {
-                        out.extend(self.pending.drain(..from + p));
+                    let hay = &self.pending[self.start..];
+                    if let Some(p) = hay.get(from..).and_then(|h| memchr::memmem::find(h, ENTRY)) {
+                        out.extend_from_slice(&hay[..from + p]);
+                        self.start += from + p;
                         return Ok(true);
                     }
                     if self.eof {
-                        out.append(&mut self.pending);
+                        out.extend_from_slice(hay);
+                        self.start = self.pending.len();
                         return Ok(!out.is_empty());
                     }
-                    from = self.pending.len().saturating_sub(ENTRY.len() - 1).max(1);
+                    from = hay.len().saturating_sub(ENTRY.len() - 1).max(1);
+                    self.pending.drain(..self.start);
+                    self.start = 0;
                     let buf = self.inner.fill_buf()?;
                     if buf.is_empty() {
                         self.eof = true;
