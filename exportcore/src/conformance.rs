@@ -327,22 +327,7 @@ pub async fn profile_honours_cancel(
     let progress = |_| {};
     let tenant = crate::id::TenantId::from_static("conformance");
     let run_id = crate::id::RunId::generate(&tenant);
-    let mut ctx = ExportContext {
-        request,
-        evidence: &cancelling,
-        staging: staging.path(),
-        pinned: None,
-        anchor: None,
-        artifacts: Vec::new(),
-        progress: &progress,
-        cancel: &flag,
-        scratch_seq: 0,
-        signer: None,
-        warnings: Vec::new(),
-        selection: None,
-        run_id: &run_id,
-        tenant: &tenant,
-    };
+    let mut ctx = ExportContext::outside_run(request, &cancelling, staging.path(), &flag, &progress, &run_id, &tenant);
     let result = profile.export(&mut ctx);
     assert!(flag.is_cancelled(), "the profile never opened an evidence file");
     assert!(

@@ -18,6 +18,14 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+/// The size and SHA-256 of the regular file at `path` ([`open_regular`], then streamed).
+///
+/// # Errors
+/// `ERR_EXPORT_IO` naming `path`.
+pub fn hash_regular(path: &Path) -> Result<(u64, crate::hashing::Sha256Digest)> {
+    crate::hashing::hash_reader(open_regular(path)?).at(path)
+}
+
 /// Opens `path` for reading and checks, on the opened descriptor, that it is a regular file.
 /// On Unix the open itself does not block (`O_NONBLOCK`: opening a FIFO with no writer returns
 /// at once), so a FIFO swapped in for a file is an error, not a hang.

@@ -305,6 +305,34 @@ impl Debug for ExportContext<'_> {
 }
 
 impl<'a> ExportContext<'a> {
+    /// A context outside any run: no time pinned or anchored yet, no signer, no selection.
+    pub(crate) fn outside_run(
+        request: &'a RunRequest,
+        evidence: &'a dyn EvidenceSource,
+        staging: &'a Path,
+        cancel: &'a CancelFlag,
+        progress: &'a (dyn Fn(Progress) + Send + Sync),
+        run_id: &'a crate::id::RunId,
+        tenant: &'a crate::id::TenantId,
+    ) -> Self {
+        Self {
+            request,
+            evidence,
+            staging,
+            pinned: None,
+            anchor: None,
+            artifacts: Vec::new(),
+            progress,
+            cancel,
+            scratch_seq: 0,
+            signer: None,
+            warnings: Vec::new(),
+            selection: None,
+            run_id,
+            tenant,
+        }
+    }
+
     /// The validated request.
     pub fn request(&self) -> &RunRequest {
         self.request
@@ -591,22 +619,8 @@ pub fn export_detached(
     let run_id = crate::id::RunId::parse("detached")?;
     let tenant = crate::id::TenantId::parse("detached")?;
     let cancel = CancelFlag::new();
-    let mut ctx = ExportContext {
-        request,
-        evidence,
-        staging,
-        pinned: None,
-        anchor: Some(anchor),
-        artifacts: Vec::new(),
-        progress: &|_| {},
-        cancel: &cancel,
-        scratch_seq: 0,
-        signer: None,
-        warnings: Vec::new(),
-        selection: None,
-        run_id: &run_id,
-        tenant: &tenant,
-    };
+    let mut ctx = ExportContext::outside_run(request, evidence, staging, &cancel, &|_| {}, &run_id, &tenant);
+    ctx.anchor = Some(anchor);
     profile.export(&mut ctx)?;
     Ok(ctx.artifacts)
 }

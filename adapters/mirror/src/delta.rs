@@ -508,6 +508,23 @@ impl Profile for MirrorDelta {
     }
 }
 
+/// Creates the directory `dst` goes in.
+fn make_parent(dst: &Path) -> Result<()> {
+    match dst.parent() {
+        Some(p) => std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e)),
+        None => Ok(()),
+    }
+}
+
+/// Puts `src`'s bytes at `dst` (creating its directory): a hard link, else a copy.
+fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    make_parent(dst)?;
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).map_err(|e| ExportError::io(src, e))?;
+    }
+    Ok(())
+}
+
 /// Builds the files a delta leaves to its applier (`derived`: the Trivy DB and its report)
 /// with `trivy:db` over the shards now in `staging`, the request and time the delta records;
 /// returns where each landed (under `staging`), for the caller to check against `want`.
@@ -549,9 +566,7 @@ fn derive(
             .find(|a| a.spec.path == nested)
             .ok_or_else(|| ExportError::internal("mirror", format!("trivy:db wrote no {nested}")))?;
         let dst = staging.join(&path);
-        if let Some(p) = dst.parent() {
-            std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e))?;
-        }
+        make_parent(&dst)?;
         std::fs::rename(&a.local, &dst)
             .or_else(|_| std::fs::copy(&a.local, &dst).map(|_| ()))
             .map_err(|e| ExportError::io(&dst, e))?;
@@ -717,23 +732,16 @@ pub fn apply(
     let mut by_sha: BTreeMap<Sha256Digest, PathBuf> = BTreeMap::new();
     let mut deferred = Vec::new();
     let check = |dst: &Path, src: &Path, who: &str, (size, sha): (u64, Sha256Digest)| -> Result<()> {
-        let f = exportcore::files::open_regular(dst)?;
-        let (got_size, got_sha) = exportcore::hashing::hash_reader(f).map_err(|e| ExportError::io(dst, e))?;
+        let (got_size, got_sha) = exportcore::files::hash_regular(dst)?;
         if got_size != size || got_sha != sha {
             return Err(delta_err(&src.display().to_string(), format!("{who} is not the file the new tree lists")));
         }
         Ok(())
     };
-    let place = |dst: &Path| -> Result<()> {
-        match dst.parent() {
-            Some(p) => std::fs::create_dir_all(p).map_err(|e| ExportError::io(p, e)),
-            None => Ok(()),
-        }
-    };
     for (path, units, patch) in &patches {
         let target = *want.get(path).ok_or_else(|| delta_err(&d, format!("patches {path}, which files[] lacks")))?;
         let dst = staging.path().join(path);
-        place(&dst)?;
+        make_parent(&dst)?;
         let file = std::fs::File::create(&dst).map_err(|e| ExportError::io(&dst, e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         crate::patch::apply(*units, &base_dir.join(path), patch, &mut w)?;
@@ -763,10 +771,7 @@ pub fn apply(
             kept += 1;
             (base_dir.join(path), "the base's copy")
         };
-        place(&dst)?;
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|e| ExportError::io(&src, e))?;
-        }
+        link_or_copy(&src, &dst)?;
         check(&dst, &src, who, (size, sha))?;
     }
     if diff.get("derived").is_some() {
@@ -783,10 +788,7 @@ pub fn apply(
         if *src == dst {
             continue; // built in place
         }
-        place(&dst)?;
-        if std::fs::hard_link(src, &dst).is_err() {
-            std::fs::copy(src, &dst).map_err(|e| ExportError::io(src, e))?;
-        }
+        link_or_copy(src, &dst)?;
         check(&dst, src, "the rebuilt file", target)?;
     }
     for (from, to) in

@@ -190,14 +190,7 @@ pub fn check_layout_with(
                 }
             }
         } else {
-            let hashed = known(&rel).map_or_else(
-                || {
-                    exportcore::files::open_regular(&path).and_then(|f| {
-                        exportcore::hashing::hash_reader(f).map_err(|e| exportcore::ExportError::io(&path, e))
-                    })
-                },
-                Ok,
-            );
+            let hashed = known(&rel).map_or_else(|| exportcore::files::hash_regular(&path), Ok);
             match hashed {
                 Ok(h) => (h, Vec::new()),
                 Err(e) => {

@@ -128,6 +128,11 @@ fn rows(batch: RecordBatch) -> Result<Vec<Row>> {
     Ok(out)
 }
 
+/// The percentage `done` of `total` (> 0) reaches within the span `(from, to)` of a run.
+fn in_span((from, to): (u8, u8), done: u64, total: u64) -> u8 {
+    from + ((done.min(total) * u64::from(to - from)) / total) as u8
+}
+
 /// One data file being written: zstd over a hashing writer over a scratch file.
 struct ShardWriter {
     path: PathBuf,
@@ -200,9 +205,11 @@ pub(crate) fn write_kind(
             done += row.line.len() as u64;
         }
         ctx.check_cancelled()?;
-        let (a, b) = progress;
-        let pct = a + ((done.min(total) * u64::from(b - a)) / total) as u8;
-        ctx.progress(Progress { percent: pct, items_completed: out.records, items_total: 0 });
+        ctx.progress(Progress {
+            percent: in_span(progress, done, total),
+            items_completed: out.records,
+            items_total: 0,
+        });
         Ok(())
     })?;
     index.flush().map_err(|e| ExportError::io(&index_path, e))?;
@@ -376,9 +383,8 @@ pub(crate) fn write_blobs(
             done += c.plain.0;
         }
         ctx.check_cancelled()?;
-        let (a, b) = progress;
-        let pct = a + ((done.min(total) * u64::from(b - a)) / total) as u8;
-        ctx.progress(Progress { percent: pct, items_completed: out.records, items_total: items.len() as u64 });
+        let percent = in_span(progress, done, total);
+        ctx.progress(Progress { percent, items_completed: out.records, items_total: items.len() as u64 });
     }
     let index = serde_json::json!({"entries": entries, "kind": "blob", "version": INDEX_VERSION});
     let bytes = canonical::to_vec(&index)

@@ -85,14 +85,7 @@ pub fn verify_path_with(dir: &Path, options: &VerifyOptions, now: Timestamp) -> 
     for t in &verified.targets {
         for local in [format!("tuf/targets/{}", t.hashed_path()), format!("mirror/{}", t.path)] {
             let path = dir.join(&local);
-            let hashed = known(&local).map_or_else(
-                || {
-                    exportcore::files::open_regular(&path).and_then(|f| {
-                        exportcore::hashing::hash_reader(f).map_err(|e| exportcore::ExportError::io(&path, e))
-                    })
-                },
-                Ok,
-            );
+            let hashed = known(&local).map_or_else(|| exportcore::files::hash_regular(&path), Ok);
             match hashed {
                 Ok((len, sha)) if len == t.length && sha == t.sha256 => {}
                 Ok((len, sha)) => fail(

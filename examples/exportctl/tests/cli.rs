@@ -1005,22 +1005,18 @@ fn a_store_that_cannot_save_the_final_state_fails_the_run_instead_of_hanging() {
     c.execute_batch("ALTER TABLE runs DROP COLUMN cancel_requested").unwrap();
     drop(c);
     let out = tmp.path().join("b");
-    let mut child = exportctl()
-        .args(["run", "--profile", "json:raw", "--evidence", samples().to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--store", store.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("exportctl run hung on a store that cannot save the run's final state");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let o = child.wait_with_output().unwrap();
+    let (samples, out, store) = (samples(), out.to_str().unwrap().to_owned(), store.to_str().unwrap().to_owned());
+    let o = run_bounded(&[
+        "run",
+        "--profile",
+        "json:raw",
+        "--evidence",
+        samples.to_str().unwrap(),
+        "--out",
+        &out,
+        "--store",
+        &store,
+    ]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("did not save its final state"), "{}", text(&o));
     assert!(text(&o).contains("cancel_requested"), "the store's own error is shown: {}", text(&o));
