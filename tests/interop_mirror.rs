@@ -17,20 +17,20 @@ use std::process::Command;
 use std::sync::Arc;
 
 async fn build(out: &Path, signer: Arc<dyn exportcore::sign::Signer>) {
+    build_with(exportcore_mirror::MirrorFull::default(), out, signer).await;
+}
+
+async fn build_with(profile: exportcore_mirror::MirrorFull, out: &Path, signer: Arc<dyn exportcore::sign::Signer>) {
     let req = RunRequest::builder("mirror:full")
         .created_at(Timestamp::parse("2025-06-01T00:00:00Z").unwrap())
         .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
         .build()
         .unwrap();
-    RunBuilder::new(
-        exportcore_mirror::MirrorFull::default(),
-        DirEvidence::new(samples()).unwrap(),
-        FsSink::new(out).unwrap(),
-    )
-    .signer(signer)
-    .execute(req)
-    .await
-    .unwrap_or_else(|e| panic!("mirror:full failed: {}", e.report()));
+    RunBuilder::new(profile, DirEvidence::new(samples()).unwrap(), FsSink::new(out).unwrap())
+        .signer(signer)
+        .execute(req)
+        .await
+        .unwrap_or_else(|e| panic!("mirror:full failed: {}", e.report()));
 }
 
 fn python_tuf(out: &Path, reference_time: &str) -> std::process::Output {
@@ -411,4 +411,148 @@ async fn our_push_of_a_mirror_gives_each_image_its_repository_and_trivy_pulls_bo
     // Pushed again: nothing goes up.
     let again = push_oci(&out, &target, None, &PushOptions::default()).await.unwrap();
     assert_eq!(again.stats.uploaded, 0, "{:?}", again.stats);
+}
+
+/// The manifest (or index) with digest `digest` in the layout `oci`.
+fn layout_doc(oci: &Path, digest: &str) -> Value {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    serde_json::from_slice(&std::fs::read(oci.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+/// Every blob reachable from `digest` in the layout `oci`: the index, its parts, configs, layers.
+fn reachable(oci: &Path, digest: &str, out: &mut std::collections::BTreeSet<String>) {
+    out.insert(digest.to_owned());
+    let doc = layout_doc(oci, digest);
+    for d in doc["manifests"].as_array().into_iter().flatten() {
+        reachable(oci, d["digest"].as_str().unwrap(), out);
+    }
+    for d in std::iter::once(&doc["config"]).chain(doc["layers"].as_array().into_iter().flatten()) {
+        if let Some(d) = d["digest"].as_str() {
+            out.insert(d.to_owned());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_in_part_manifests_goes_through_skopeo_and_our_push_whole() {
+    use exportcore_distribution::{push_oci, OciTarget, PushOptions};
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let out = tmp.path().join("m");
+    build_with(exportcore_mirror::MirrorFull::default().oci_max_layers(4), &out, Arc::clone(&k.signer)).await;
+    let oci = out.join("oci");
+    let o = interop_py("verify_oci_layout.py", &[&oci, Path::new("--strict-orphans")]);
+    assert!(o.status.success() && text(&o).contains(" 1 nested index(es)"), "{}", text(&o));
+    let index: Value = serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "mirror")
+        .unwrap();
+    let want = entry["digest"].as_str().unwrap().to_owned();
+    let parts: Vec<String> = layout_doc(&oci, &want)["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(parts.len() > 1);
+
+    // skopeo copies the index and every part to a registry and back, digests unchanged.
+    let registry = Registry::start();
+    let dst = format!("docker://{}/mirror:parts", registry.addr());
+    let o = skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:mirror", oci.display()),
+        &dst,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &dst]);
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&o.stdout)),
+        want,
+        "the registry holds another index: {}\nnot {}",
+        text(&o),
+        String::from_utf8_lossy(&std::fs::read(oci.join("blobs/sha256").join(&want[7..])).unwrap())
+    );
+    for part in &parts {
+        let at = format!("docker://{}/mirror@{part}", registry.addr());
+        let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &at]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(&format!("sha256:{}", sha256_hex(&o.stdout)), part);
+    }
+    let back = tmp.path().join("back");
+    let o = skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &dst,
+        &format!("oci:{}:mirror", back.display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut sent = std::collections::BTreeSet::new();
+    reachable(&oci, &want, &mut sent);
+    let mut got = std::collections::BTreeSet::new();
+    reachable(&back, &want, &mut got);
+    assert_eq!(got, sent, "pulled back, the image has other blobs");
+    for d in &got {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        let bytes = std::fs::read(back.join("blobs/sha256").join(hex)).unwrap();
+        assert_eq!(&format!("sha256:{}", sha256_hex(&bytes)), d);
+    }
+
+    // Our push: the run as an index of part manifests of at most 8 layers, the mirror image
+    // as the layout's index; skopeo then pulls both whole from the registry.
+    let target = OciTarget::parse(&format!("oci://{}/center:parts", registry.addr()), "t").unwrap();
+    let mut options = PushOptions::default();
+    options.signer = Some(Arc::clone(&k.signer));
+    options.max_layers_per_manifest = Some(8);
+    let pushed = push_oci(&out, &target, None, &options).await.unwrap();
+    let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{}", pushed.reference)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(format!("sha256:{}", sha256_hex(&o.stdout)), pushed.digest);
+    let run_index: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(run_index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(run_index["artifactType"], exportcore_distribution::RUN_ARTIFACT_TYPE);
+    let mut titles = Vec::new();
+    for part in run_index["manifests"].as_array().unwrap() {
+        let at = format!("docker://{}/center@{}", registry.addr(), part["digest"].as_str().unwrap());
+        let o = skopeo(&["inspect", "--tls-verify=false", "--raw", &at]);
+        let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers = m["layers"].as_array().unwrap();
+        assert!((1..=8).contains(&layers.len()), "{}", layers.len());
+        titles.extend(
+            layers.iter().map(|l| l["annotations"]["org.opencontainers.image.title"].as_str().unwrap().to_owned()),
+        );
+    }
+    let manifest = exportcore::Manifest::parse(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let mut files: Vec<String> = manifest.entries.iter().map(|e| e.path.to_string()).collect();
+    files.extend(["manifest.json", "manifest.dsse.json", "provenance.dsse.json"].map(String::from));
+    files.sort();
+    titles.sort();
+    assert_eq!(titles, files, "the parts list every file of the run once");
+    let image = pushed.images.iter().find(|i| i.reference.contains("/center/mirror:")).unwrap();
+    assert_eq!(image.digest, want);
+    assert!(image.signature_tag.is_some());
+    for (from, name) in [(pushed.reference.clone(), "run"), (image.reference.clone(), "image")] {
+        let to = tmp.path().join(format!("pulled-{name}"));
+        let o = skopeo(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{from}"),
+            &format!("oci:{}:x", to.display()),
+        ]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let o = interop_py("verify_oci_layout.py", &[&to, Path::new("--strict-orphans")]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+    }
 }

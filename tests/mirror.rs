@@ -812,3 +812,96 @@ async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing
         .to_string_lossy()
         .starts_with(".mirror-")));
 }
+
+/// The manifest (or index) `d` names in the layout under `oci`.
+fn oci_doc(oci: &Path, d: &Value) -> Value {
+    let hex = d["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap();
+    serde_json::from_slice(&std::fs::read(oci.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_of_more_files_than_a_manifest_lists_is_an_index_of_parts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let parts = || exportcore_mirror::MirrorFull::default().oci_max_layers(4);
+    let (a, b, one) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("one"));
+    for out in [&a, &b] {
+        run_profile(parts(), &samples(), out, Some(&k), CREATED).await;
+    }
+    assert_eq!(tree(&a), tree(&b), "two builds with parts differ");
+    let r = verify(&a, &k, "2025-06-02T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    assert!(exportcore_mirror::check_layout(&a.join("oci")).is_empty());
+
+    let index: Value = serde_json::from_slice(&std::fs::read(a.join("oci/index.json")).unwrap()).unwrap();
+    let entry = |index: &Value, tag: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()
+            .clone()
+    };
+    let mirror = entry(&index, "mirror");
+    assert_eq!(mirror["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(mirror["artifactType"], exportcore_mirror::MIRROR_ARTIFACT_TYPE);
+    let parts_index = oci_doc(&a.join("oci"), &mirror);
+    assert_eq!(parts_index["artifactType"], exportcore_mirror::MIRROR_ARTIFACT_TYPE);
+    assert_eq!(parts_index["annotations"]["org.opencontainers.image.created"], CREATED);
+    let list = parts_index["manifests"].as_array().unwrap();
+    let mut titles = Vec::new();
+    for (i, part) in list.iter().enumerate() {
+        assert_eq!(
+            part["annotations"]["org.opencontainers.image.title"],
+            format!("mirror part {} of {}", i + 1, list.len()).as_str()
+        );
+        let m = oci_doc(&a.join("oci"), part);
+        let layers = m["layers"].as_array().unwrap();
+        assert!((1..=4).contains(&layers.len()), "part {i} has {} layers", layers.len());
+        titles.extend(layers.iter().map(|l| l["annotations"]["org.opencontainers.image.title"].clone()));
+    }
+    // The parts list every file of mirror/ once.
+    let export: Value = serde_json::from_slice(&std::fs::read(a.join("mirror/export.json")).unwrap()).unwrap();
+    let mut want: Vec<Value> = export["files"].as_array().unwrap().iter().map(|f| f["path"].clone()).collect();
+    want.extend([Value::from("export.json"), Value::from("provenance.json")]);
+    let key = |v: &Value| v.as_str().unwrap().to_owned();
+    want.sort_by_key(key);
+    titles.sort_by_key(key);
+    assert_eq!(titles, want);
+    assert!(list.len() >= 7, "{} parts for {} files", list.len(), want.len());
+    // The Trivy images have one layer: plain manifests still.
+    assert_eq!(entry(&index, "trivy-db")["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+
+    // By default the same evidence gives one manifest, and the same mirror/.
+    run_profile(exportcore_mirror::MirrorFull::default(), &samples(), &one, Some(&k), CREATED).await;
+    let index_one: Value = serde_json::from_slice(&std::fs::read(one.join("oci/index.json")).unwrap()).unwrap();
+    let m = entry(&index_one, "mirror");
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(oci_doc(&one.join("oci"), &m)["layers"].as_array().unwrap().len(), want.len());
+    assert_eq!(tree(&a.join("mirror")), tree(&one.join("mirror")));
+
+    // A delta built with parts, applied, is the full build with parts, oci/ included.
+    let ev2 = changed_samples(tmp.path());
+    let (delta, new, full) = (tmp.path().join("delta"), tmp.path().join("new"), tmp.path().join("full"));
+    let new_created = "2025-06-11T00:00:00Z";
+    run_profile(exportcore_mirror::MirrorDelta::new(&a).oci_max_layers(4), &ev2, &delta, Some(&k), new_created).await;
+    exportcore_mirror::apply(&a, &delta, &new, &with_key(&k)).unwrap();
+    run_profile(parts(), &ev2, &full, Some(&k), new_created).await;
+    assert_eq!(tree(&new.join("oci")), tree(&full.join("oci")));
+    let r = verify(&new, &k, "2025-06-12T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+
+    // A part manifest with one byte changed fails verification, naming its blob.
+    let part = list[1]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap();
+    let path = a.join("oci/blobs/sha256").join(part);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let r = verify(&a, &k, "2025-06-02T00:00:00Z");
+    assert!(!r.is_ok());
+    assert!(r.failures.iter().any(|f| f.path.contains(part)), "{}", failures(&r));
+    assert!(!exportcore_mirror::check_layout(&a.join("oci")).is_empty());
+}

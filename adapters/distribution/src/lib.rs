@@ -10,11 +10,13 @@
 //!   that manifest and its blobs, tagged `TAG`, so the reference is what the consumer expects
 //!   (`trivy --db-repository HOST/REPO:TAG`);
 //! - any other run: one artifact manifest (`artifactType application/vnd.exportcore.run.v1`,
-//!   empty config) with every file of the run as a layer titled with its path;
+//!   empty config) with every file of the run as a layer titled with its path; a run of more
+//!   files than one manifest should list ([`DEFAULT_MAX_LAYERS`], registries refuse manifests
+//!   over 4 MiB) is an image index of part manifests instead, pushed parts first;
 //! - a run whose OCI layout holds several tagged images (`mirror:full`: `mirror`, `trivy-db`,
 //!   `trivy-java-db`): the whole run as above at `HOST/REPO:TAG`, then each image byte for byte
-//!   at `HOST/REPO/<its tag>:TAG` with its blobs mounted from `HOST/REPO` (nothing goes up
-//!   twice), so `trivy --db-repository HOST/REPO/trivy-db:TAG` pulls the mirror's database.
+//!   at `HOST/REPO/<its tag>:TAG` (an index of parts as it is) with its blobs mounted from
+//!   `HOST/REPO` (nothing goes up twice), so `trivy --db-repository HOST/REPO/trivy-db:TAG` pulls the mirror's database.
 //!
 //! Blobs go up first (each one `HEAD`ed, mounted from `mount_from` repositories when the
 //! registry has it there, else uploaded: one `PUT` up to 8 MiB, else one `PATCH` streamed
@@ -162,7 +164,16 @@ pub struct PushOptions {
     pub mount_from: Vec<String>,
     /// Signs the pushed manifest (a cosign-compatible `sha256-<hex>.sig` tag).
     pub signer: Option<std::sync::Arc<dyn Signer>>,
+    /// The most layers one pushed manifest lists (default [`DEFAULT_MAX_LAYERS`]): a run
+    /// artifact of more files is pushed as an image index of part manifests.
+    pub max_layers_per_manifest: Option<usize>,
 }
+
+/// The most layers a run artifact's manifest lists by default: registries refuse manifests
+/// over 4 MiB (distribution, containerd, ORAS) and some cap an image's layers (Amazon ECR:
+/// 4,200); 1,000 descriptors with their titles stay near 300 KiB.
+pub const DEFAULT_MAX_LAYERS: usize = 1000;
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 /// What a push left in the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,33 +219,66 @@ struct Blob {
     inline: Option<Bytes>,
 }
 
-/// The manifest and the blobs of the layout image that `entry` (of `oci/index.json`) names.
-fn layout_image(dir: &Path, entry: &Value) -> Result<(Bytes, Vec<Blob>)> {
-    let index_path = dir.join("oci/index.json");
-    let digest: Sha256Digest =
-        entry["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| h.parse().ok()).ok_or_else(
-            || ExportError::VerificationFailed { path: index_path.display().to_string(), reason: "bad digest".into() },
-        )?;
-    let blob = |d: &Sha256Digest| dir.join(format!("oci/blobs/sha256/{d}"));
-    let bytes = exportcore::files::read_capped(&blob(&digest), exportcore::files::MAX_MANIFEST_BYTES)?;
-    let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| ExportError::VerificationFailed {
-        path: blob(&digest).display().to_string(),
-        reason: e.to_string(),
-    })?;
+/// What one push puts up: the blobs, then the part manifests (by digest), then the top
+/// manifest or index (by digest, then by tag).
+struct Image {
+    top: Bytes,
+    media_type: &'static str,
+    parts: Vec<Bytes>,
+    blobs: Vec<Blob>,
+}
+
+/// The manifest (or index of part manifests) and the blobs of the layout image that `entry`
+/// (of `oci/index.json`) names.
+fn layout_image(dir: &Path, entry: &Value) -> Result<Image> {
+    let path = |d: &Sha256Digest| dir.join(format!("oci/blobs/sha256/{d}"));
+    let digest_of = |d: &Value, at: &Path| -> Result<Sha256Digest> {
+        d["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| h.parse().ok()).ok_or_else(|| {
+            ExportError::VerificationFailed { path: at.display().to_string(), reason: "a bad descriptor digest".into() }
+        })
+    };
+    let read = |d: &Sha256Digest| -> Result<(Bytes, Value)> {
+        let bytes = exportcore::files::read_capped(&path(d), exportcore::files::MAX_MANIFEST_BYTES)?;
+        let doc = serde_json::from_slice(&bytes).map_err(|e| ExportError::VerificationFailed {
+            path: path(d).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((Bytes::from(bytes), doc))
+    };
+    let digest = digest_of(entry, &dir.join("oci/index.json"))?;
+    let (top, doc) = read(&digest)?;
+    let (media_type, manifests) = if entry["mediaType"] == INDEX_MEDIA_TYPE {
+        let mut parts = Vec::new();
+        for d in doc["manifests"].as_array().into_iter().flatten() {
+            parts.push(read(&digest_of(d, &path(&digest))?)?);
+        }
+        (INDEX_MEDIA_TYPE, parts)
+    } else {
+        (MANIFEST_MEDIA_TYPE, vec![(top.clone(), doc)])
+    };
     let mut blobs = Vec::new();
-    for d in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten()) {
-        let digest: Sha256Digest =
-            d["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| h.parse().ok()).ok_or_else(
-                || ExportError::VerificationFailed { path: "oci manifest".into(), reason: "bad descriptor".into() },
-            )?;
-        blobs.push(Blob { size: d["size"].as_u64().unwrap_or(0), path: Some(blob(&digest)), inline: None, digest });
+    for (bytes, manifest) in &manifests {
+        let at = path(&Sha256Digest::of(bytes));
+        for d in std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten()) {
+            let digest = digest_of(d, &at)?;
+            if !blobs.iter().any(|b: &Blob| b.digest == digest) {
+                blobs.push(Blob {
+                    size: d["size"].as_u64().unwrap_or(0),
+                    path: Some(path(&digest)),
+                    inline: None,
+                    digest,
+                });
+            }
+        }
     }
-    Ok((Bytes::from(bytes), blobs))
+    let parts =
+        if media_type == INDEX_MEDIA_TYPE { manifests.into_iter().map(|(b, _)| b).collect() } else { Vec::new() };
+    Ok(Image { top, media_type, parts, blobs })
 }
 
 /// The tagged images of a layout holding several (a mirror: `mirror`, `trivy-db`,
 /// `trivy-java-db`), each with its tag; empty for any other run.
-fn layout_images(dir: &Path) -> Result<Vec<(String, Bytes, Vec<Blob>)>> {
+fn layout_images(dir: &Path) -> Result<Vec<(String, Image)>> {
     let index_path = dir.join("oci/index.json");
     if !index_path.is_file() {
         return Ok(Vec::new());
@@ -262,15 +306,15 @@ fn layout_images(dir: &Path) -> Result<Vec<(String, Bytes, Vec<Blob>)>> {
                 reason: format!("image tag {tag:?} cannot name a repository"),
             });
         }
-        let (manifest, blobs) = layout_image(dir, entry)?;
-        images.push((tag.to_owned(), manifest, blobs));
+        images.push((tag.to_owned(), layout_image(dir, entry)?));
     }
     images.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(images)
 }
 
-/// The manifest and blobs a run directory is pushed as.
-fn plan(dir: &Path, created: &str) -> Result<(Bytes, Vec<Blob>)> {
+/// The manifest (or index of part manifests of at most `max_layers` layers) and blobs a run
+/// directory is pushed as.
+fn plan(dir: &Path, created: &str, max_layers: usize) -> Result<Image> {
     let index_path = dir.join("oci/index.json");
     if index_path.is_file() {
         let index: Value = serde_json::from_slice(&exportcore::files::read_capped(
@@ -311,17 +355,47 @@ fn plan(dir: &Path, created: &str) -> Result<(Bytes, Vec<Blob>)> {
     }
     let config_digest = Sha256Digest::of(b"{}");
     blobs.push(Blob { digest: config_digest, size: 2, path: None, inline: Some(Bytes::from_static(b"{}")) });
-    let doc = json!({
+    let serialise = |doc: &Value| -> Result<Bytes> {
+        exportcore::canonical::to_vec(doc)
+            .map(Bytes::from)
+            .map_err(|e| ExportError::internal_caused("oci", "serialising a manifest", e))
+    };
+    let manifest = |layers: &[Value]| {
+        serialise(&json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": RUN_ARTIFACT_TYPE,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": format!("sha256:{config_digest}"), "size": 2, "data": "e30="},
+            "layers": layers,
+            "annotations": {"org.opencontainers.image.created": created},
+        }))
+    };
+    let max_layers = max_layers.max(1);
+    if layers.len() <= max_layers {
+        return Ok(Image { top: manifest(&layers)?, media_type: MANIFEST_MEDIA_TYPE, parts: Vec::new(), blobs });
+    }
+    // More files than one manifest should list: an index of part manifests, in order.
+    let parts = layers.chunks(max_layers).map(manifest).collect::<Result<Vec<_>>>()?;
+    let count = parts.len();
+    let descriptors: Vec<Value> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // No `artifactType` here (each part has it): skopeo 1.9 cannot copy an index
+            // with it unchanged.
+            json!({"mediaType": MANIFEST_MEDIA_TYPE,
+                   "digest": format!("sha256:{}", Sha256Digest::of(p)), "size": p.len(),
+                   "annotations": {"org.opencontainers.image.title": format!("run part {} of {count}", i + 1)}})
+        })
+        .collect();
+    let top = serialise(&json!({
         "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
+        "mediaType": INDEX_MEDIA_TYPE,
         "artifactType": RUN_ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": format!("sha256:{config_digest}"), "size": 2, "data": "e30="},
-        "layers": layers,
+        "manifests": descriptors,
         "annotations": {"org.opencontainers.image.created": created},
-    });
-    let bytes = exportcore::canonical::to_vec(&doc)
-        .map_err(|e| ExportError::internal_caused("oci", "serialising a manifest", e))?;
-    Ok((Bytes::from(bytes), blobs))
+    }))?;
+    Ok(Image { top, media_type: INDEX_MEDIA_TYPE, parts, blobs })
 }
 
 /// Nothing that does not verify leaves the machine. A run pushed as its own one-manifest OCI
@@ -390,19 +464,18 @@ pub async fn push_oci(
     )?)
     .map(|m| m.created_at.to_string())
     .unwrap_or_default();
-    let (manifest, blobs) = plan(dir, &created)?;
+    let run = plan(dir, &created, options.max_layers_per_manifest.unwrap_or(DEFAULT_MAX_LAYERS))?;
     let images = layout_images(dir)?;
     let mut stats = PushStats::default();
-    let (digest, signature_tag) =
-        push_image(target, credentials.clone(), &manifest, &blobs, options, &mut stats).await?;
+    let (digest, signature_tag) = push_image(target, credentials.clone(), &run, options, &mut stats).await?;
     // A mirror's images, each to its own repository, their blobs mounted from the one just
     // pushed (nothing is uploaded twice).
     let mut pushed_images = Vec::new();
-    for (tag, manifest, blobs) in &images {
+    for (tag, image) in &images {
         let sub = target.with_repository(format!("{}/{tag}", target.repository));
         let mut mount = options.clone();
         mount.mount_from.insert(0, target.repository.clone());
-        let (d, sig) = push_image(&sub, credentials.clone(), manifest, blobs, &mount, &mut stats).await?;
+        let (d, sig) = push_image(&sub, credentials.clone(), image, &mount, &mut stats).await?;
         pushed_images.push(PushedImage {
             reference: sub.reference(),
             digest: format!("sha256:{d}"),
@@ -416,25 +489,24 @@ pub async fn push_oci(
         pinned: format!("{}/{}@sha256:{digest}", target.registry, target.repository),
         signature_tag,
         stats,
-        blobs: blobs.iter().map(|b| b.digest).collect(),
+        blobs: run.blobs.iter().map(|b| b.digest).collect(),
         images: pushed_images,
     })
 }
 
-/// Pushes one manifest and its blobs to `target`: each blob `HEAD`ed, mounted or uploaded,
-/// then the manifest by digest, then the tag, then the signature. Returns the manifest's
-/// digest and the signature's tag.
+/// Pushes one image and its blobs to `target`: each blob `HEAD`ed, mounted or uploaded, then
+/// its part manifests by digest, then the manifest (or index) by digest, then the tag, then
+/// the signature. Returns the manifest's digest and the signature's tag.
 async fn push_image(
     target: &OciTarget,
     credentials: Option<Credentials>,
-    manifest: &Bytes,
-    blobs: &[Blob],
+    image: &Image,
     options: &PushOptions,
     stats: &mut PushStats,
 ) -> Result<(Sha256Digest, Option<String>)> {
     let name = format!("oci://{}", target.reference());
     let registry = oci::Registry::new(target, credentials).map_err(|e| e.at(&name))?;
-    for b in blobs {
+    for b in &image.blobs {
         if registry.has_blob(&b.digest).await.map_err(|e| e.at(&name))? {
             stats.present += 1;
             continue;
@@ -459,10 +531,16 @@ async fn push_image(
         stats.uploaded += 1;
         stats.bytes += b.size;
     }
-    // The manifest by digest first, then the tag: a tag never names something half pushed.
-    let digest = Sha256Digest::of(manifest);
-    registry.put_manifest(&format!("sha256:{digest}"), MANIFEST_MEDIA_TYPE, manifest).await.map_err(|e| e.at(&name))?;
-    registry.put_manifest(&target.tag, MANIFEST_MEDIA_TYPE, manifest).await.map_err(|e| e.at(&name))?;
+    // The parts and the manifest by digest first, then the tag: a tag never names something
+    // half pushed.
+    for part in &image.parts {
+        let digest = Sha256Digest::of(part);
+        registry.put_manifest(&format!("sha256:{digest}"), MANIFEST_MEDIA_TYPE, part).await.map_err(|e| e.at(&name))?;
+    }
+    let (top, media_type) = (&image.top, image.media_type);
+    let digest = Sha256Digest::of(top);
+    registry.put_manifest(&format!("sha256:{digest}"), media_type, top).await.map_err(|e| e.at(&name))?;
+    registry.put_manifest(&target.tag, media_type, top).await.map_err(|e| e.at(&name))?;
     let signature_tag = match &options.signer {
         None => None,
         Some(s) => Some(cosign::push_signature(&registry, target, &digest, &**s).await.map_err(|e| e.at(&name))?),
@@ -515,7 +593,8 @@ impl exportcore::run::Distributor for OciDistributor {
         let target = OciTarget::parse(&uri, "distribution.ref")?;
         let target = if self.insecure.contains(&target.registry) { target.insecure(true) } else { target };
         let dir = run_dir(ctx.run, "oci")?;
-        let options = PushOptions { mount_from: self.mount_from.clone(), signer: ctx.signer.cloned() };
+        let options =
+            PushOptions { mount_from: self.mount_from.clone(), signer: ctx.signer.cloned(), ..Default::default() };
         let pushed = push_oci(&dir, &target, Credentials::lookup(&target.registry)?, &options).await?;
         let artifacts = ctx
             .run

@@ -10,6 +10,7 @@
 //!           data/policy/findings.jsonl.zst             trivy/db.tar.gz trivy/javadb.tar.gz
 //!           data/blobs/…  (the evidence's `blobs/`, byte for byte)  indexes/blobs.index.json
 //! oci/      an OCI image layout: tags `mirror`, `trivy-db`, `trivy-java-db`
+//!           (`mirror` an index of part manifests beyond 1,000 files: `oci_max_layers`)
 //! tuf/      metadata/{1.root,root,1.targets,1.snapshot,timestamp}.json, targets/<sha256>.<name>
 //! manifest.json (+ manifest.dsse.json, provenance.dsse.json when signed)
 //! ```
@@ -64,7 +65,7 @@ pub use delta::{
     apply, Applied, Base, MirrorDelta, APPLIED_LOG, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST, FULL_MANIFEST_DSSE,
     FULL_PROVENANCE, PATCH_DIR,
 };
-pub use oci::{check_layout, check_layout_with, MIRROR_ARTIFACT_TYPE};
+pub use oci::{check_layout, check_layout_with, DEFAULT_MAX_LAYERS, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};
 pub use verify::{is_mirror, verify_path_with};
 
@@ -84,11 +85,17 @@ pub(crate) struct Options {
     pub tuf: TufOptions,
     pub resolvers: Vec<Arc<dyn encryption::KeyResolver>>,
     pub entropy: Arc<dyn encryption::Entropy>,
+    pub oci_max_layers: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { tuf: TufOptions::default(), resolvers: Vec::new(), entropy: Arc::new(encryption::OsEntropy) }
+        Self {
+            tuf: TufOptions::default(),
+            resolvers: Vec::new(),
+            entropy: Arc::new(encryption::OsEntropy),
+            oci_max_layers: oci::DEFAULT_MAX_LAYERS,
+        }
     }
 }
 
@@ -122,6 +129,15 @@ macro_rules! mirror_options {
         #[must_use]
         pub fn entropy(mut self, entropy: std::sync::Arc<dyn $crate::encryption::Entropy>) -> Self {
             self.options.entropy = entropy;
+            self
+        }
+
+        /// Lists at most `layers` files in one manifest of the `oci/` layout (default
+        /// [`crate::DEFAULT_MAX_LAYERS`], at least 1): the `mirror` image of a mirror with more
+        /// files is an image index of part manifests.
+        #[must_use]
+        pub fn oci_max_layers(mut self, layers: usize) -> Self {
+            self.options.oci_max_layers = layers.max(1);
             self
         }
     };
@@ -382,7 +398,7 @@ pub(crate) fn build_tree(
                 layers: vec![oci::Layer { title, media_type: (*layer).to_owned(), blob: db }],
             });
         }
-        oci::write_layout(ctx, &images, anchor.created_at)?;
+        oci::write_layout(ctx, &images, anchor.created_at, options.oci_max_layers)?;
         ctx.progress(Progress { percent: 92, items_completed: records, items_total: 0 });
 
         // tuf/: targets are the files of mirror/, stored under their hash-prefixed names.

@@ -2,7 +2,10 @@
 //! with the `oci-spec` types. Blobs are the staged files themselves (aliases, no copies);
 //! descriptors are sorted by digest, every manifest carries the pinned time as
 //! `org.opencontainers.image.created`, every layer its path as `org.opencontainers.image.title`,
-//! every index entry its tag as `org.opencontainers.image.ref.name`.
+//! every index entry its tag as `org.opencontainers.image.ref.name`. An image of more files
+//! than one manifest should list ([`DEFAULT_MAX_LAYERS`]) is an image index (with the same
+//! `artifactType`) of part manifests, in order, each titled `<tag> part I of N`; copy it with
+//! `skopeo copy --all --preserve-digests`.
 
 use exportcore::{
     canonical, ArtifactSpec, ArtifactType, ExportContext, ExportError, Result, StagedArtifact, Timestamp,
@@ -15,6 +18,11 @@ use std::str::FromStr;
 
 /// `artifactType` of the mirror bundle artifact.
 pub const MIRROR_ARTIFACT_TYPE: &str = "application/vnd.exportcore.mirror.v1";
+/// The most layers one manifest of the `oci/` layout lists unless configured otherwise
+/// (`oci_max_layers`): registries refuse manifests over 4 MiB (distribution, containerd, ORAS)
+/// and some cap the layers of an image (Amazon ECR: 4,200). 1,000 descriptors with their
+/// titles stay near 300 KiB.
+pub const DEFAULT_MAX_LAYERS: usize = 1000;
 /// The OCI empty descriptor's media type (config of the mirror artifact).
 pub(crate) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
@@ -60,8 +68,15 @@ fn descriptor(
     b.build().map_err(oci_err("a descriptor"))
 }
 
-/// Stages the layout under `oci/`.
-pub(crate) fn write_layout(ctx: &mut ExportContext<'_>, images: &[Image<'_>], created: Timestamp) -> Result<()> {
+/// Stages the layout under `oci/`; an image of more than `max_layers` layers becomes an index
+/// of part manifests of at most `max_layers` layers each (see [`DEFAULT_MAX_LAYERS`]).
+pub(crate) fn write_layout(
+    ctx: &mut ExportContext<'_>,
+    images: &[Image<'_>],
+    created: Timestamp,
+    max_layers: usize,
+) -> Result<()> {
+    let max_layers = max_layers.max(1);
     let mut staged: BTreeSet<String> = BTreeSet::new();
     let mut blob = |ctx: &mut ExportContext<'_>, bytes: Option<&[u8]>, of: Option<&StagedArtifact>, media: &str| {
         let (sha, spec_path) = match (bytes, of) {
@@ -103,20 +118,58 @@ pub(crate) fn write_layout(ctx: &mut ExportContext<'_>, images: &[Image<'_>], cr
             )?);
         }
         layers.sort_by_key(|d| (d.digest().to_string(), title(d)));
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .artifact_type(MediaType::from(image.artifact_type))
-            .config(descriptor(image.config_media_type, &config_sha, config.len() as u64, &[], None)?)
-            .layers(layers)
-            .annotations(HashMap::from([("org.opencontainers.image.created".to_owned(), created_s.clone())]))
-            .build()
-            .map_err(oci_err("an image manifest"))?;
-        let bytes = canonical::to_vec(&manifest)
-            .map_err(|e| ExportError::internal_caused("oci", "serialising an image manifest", e))?;
-        let sha = blob(ctx, Some(&bytes), None, "application/vnd.oci.image.manifest.v1+json")?;
+        let config = descriptor(image.config_media_type, &config_sha, config.len() as u64, &[], None)?;
+        let created_note = [("org.opencontainers.image.created".to_owned(), created_s.clone())];
+        let manifest = |layers: Vec<Descriptor>| -> Result<Vec<u8>> {
+            let manifest = ImageManifestBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::ImageManifest)
+                .artifact_type(MediaType::from(image.artifact_type))
+                .config(config.clone())
+                .layers(layers)
+                .annotations(HashMap::from(created_note.clone()))
+                .build()
+                .map_err(oci_err("an image manifest"))?;
+            canonical::to_vec(&manifest)
+                .map_err(|e| ExportError::internal_caused("oci", "serialising an image manifest", e))
+        };
+        // Registries refuse manifests over 4 MiB and some more than about 4,000 layers: an
+        // image with more layers than `max_layers` is an index of part manifests, in order.
+        let (media_type, bytes) = if layers.len() <= max_layers {
+            (MediaType::ImageManifest, manifest(layers)?)
+        } else {
+            let count = layers.len().div_ceil(max_layers);
+            let mut parts = Vec::with_capacity(count);
+            for (i, chunk) in layers.chunks(max_layers).enumerate() {
+                let bytes = manifest(chunk.to_vec())?;
+                let sha = blob(ctx, Some(&bytes), None, "application/vnd.oci.image.manifest.v1+json")?;
+                let title = format!("{} part {} of {count}", image.tag, i + 1);
+                parts.push(descriptor(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    &sha,
+                    bytes.len() as u64,
+                    &[("org.opencontainers.image.title", &title)],
+                    // Not on the parts' descriptors: skopeo 1.9 then refuses to copy the
+                    // index unchanged (`--preserve-digests`); each part manifest has it.
+                    None,
+                )?);
+            }
+            let index = ImageIndexBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::ImageIndex)
+                .artifact_type(MediaType::from(image.artifact_type))
+                .manifests(parts)
+                .annotations(HashMap::from(created_note.clone()))
+                .build()
+                .map_err(oci_err("an image index"))?;
+            let bytes = canonical::to_vec(&index)
+                .map_err(|e| ExportError::internal_caused("oci", "serialising an image index", e))?;
+            (MediaType::ImageIndex, bytes)
+        };
+        let media = media_type.to_string();
+        let sha = blob(ctx, Some(&bytes), None, &media)?;
         entries.push(descriptor(
-            "application/vnd.oci.image.manifest.v1+json",
+            &media,
             &sha,
             bytes.len() as u64,
             &[("org.opencontainers.image.created", &created_s), ("org.opencontainers.image.ref.name", image.tag)],
