@@ -267,7 +267,7 @@ async fn age_and_python_cryptography_open_what_we_seal_and_we_open_theirs() {
     // plaintext is what our decrypt gives.
     let identities = exportcore_mirror::encryption::read_identities(&id_file).unwrap();
     let plain = tmp.path().join("plain");
-    exportcore_mirror::encryption::decrypt(&out, &identities, &plain).unwrap();
+    exportcore_mirror::encryption::decrypt(&out, &identities, &plain, &Default::default()).unwrap();
     let rel = "data/raw/advisories/pypi.jsonl.zst";
     let aad = format!("{}:{rel}", enc["runId"].as_str().unwrap());
     let script = r#"

@@ -515,6 +515,7 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
     let tmp = tempfile::tempdir().unwrap();
     let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
     let (id_a, id_b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+    let id_c = id_a.clone();
     // Two recipients, given in either order.
     let recipients = format!("{},age:{}", id_b.to_public(), id_a.to_public());
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -557,7 +558,7 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
     for (i, id) in [id_a, id_b].into_iter().enumerate() {
         let identities: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
         let plain = tmp.path().join(format!("plain-{i}"));
-        let n = exportcore_mirror::encryption::decrypt(&a, &identities, &plain).unwrap();
+        let n = exportcore_mirror::encryption::decrypt(&a, &identities, &plain, &with_key(&k)).unwrap();
         assert_eq!(n, enc["files"].as_array().unwrap().len());
         let got = tree(&plain);
         for (path, bytes) in tree(&plain_build.join("mirror")) {
@@ -568,7 +569,7 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
     }
     // A foreign identity, a sealed file changed by one byte.
     let stranger: Vec<Box<dyn age::Identity>> = vec![Box::new(age::x25519::Identity::generate())];
-    let e = exportcore_mirror::encryption::decrypt(&a, &stranger, &tmp.path().join("x")).unwrap_err();
+    let e = exportcore_mirror::encryption::decrypt(&a, &stranger, &tmp.path().join("x"), &no_keys()).unwrap_err();
     assert!(e.to_string().contains("--identity"), "{e}");
     assert!(!tmp.path().join("x").exists());
     let bent = copy(&a, &tmp.path().join("bent"));
@@ -576,6 +577,45 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
     bytes[20] ^= 1;
     std::fs::write(bent.join(pypi), bytes).unwrap();
     assert!(!verify(&bent, &k, "2025-06-02T00:00:00Z").is_ok(), "a changed sealed file verified");
+
+    // decrypt opens nothing of a mirror that does not verify: an extra plaintext file, a
+    // sealed file swapped for plaintext, a link to a file outside, a FIFO (no hang).
+    let identities = || -> Vec<Box<dyn age::Identity>> { vec![Box::new(id_c.clone())] };
+    type Tamper = Box<dyn Fn(&Path)>;
+    let tampers: Vec<(&str, Tamper)> = vec![
+        (
+            "extra",
+            Box::new(|m: &Path| std::fs::write(m.join("mirror/data/raw/advisories/evil.jsonl.zst"), "x").unwrap()),
+        ),
+        ("swapped", Box::new(move |m: &Path| std::fs::write(m.join(pypi), "{\"id\":\"EVIL\"}\n").unwrap())),
+        ("link", Box::new(|m: &Path| std::os::unix::fs::symlink("/etc/hostname", m.join("mirror/data/etc")).unwrap())),
+        (
+            "fifo",
+            Box::new(|m: &Path| {
+                let o = std::process::Command::new("mkfifo")
+                    .arg(m.join("mirror/data/raw/advisories/zz.jsonl.zst"))
+                    .status();
+                assert!(o.unwrap().success());
+            }),
+        ),
+    ];
+    for (name, tamper) in tampers {
+        let m = copy(&a, &tmp.path().join(format!("tampered-{name}")));
+        tamper(&m);
+        let plain = tmp.path().join(format!("plain-{name}"));
+        let e = exportcore_mirror::encryption::decrypt(&m, &identities(), &plain, &no_keys()).unwrap_err();
+        assert_eq!(e.code(), "ERR_EXPORT_VERIFY_FAILED", "{name}: {e}");
+        assert!(e.to_string().contains("does not verify"), "{name}: {e}");
+        assert!(!plain.exists(), "{name}");
+    }
+    // An output inside the mirror is refused.
+    let e = exportcore_mirror::encryption::decrypt(&a, &identities(), &a.join("plain"), &no_keys()).unwrap_err();
+    assert!(e.to_string().contains("lies inside"), "{e}");
+    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".mirror-")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,6 +802,7 @@ async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing
     run_profile(exportcore_mirror::MirrorDelta::new(&old), &ev2, &delta, Some(&k), "2025-06-11T00:00:00Z").await;
     let out = tmp.path().join("out");
     let zero = "0".repeat(64);
+    let old_manifest = std::fs::read(old.join("manifest.json")).unwrap();
     type Edit = Box<dyn FnOnce(&mut Value, &Path)>;
     let cases: Vec<(&str, Edit, &str, &str)> = vec![
         (
@@ -797,7 +838,42 @@ async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing
             "ERR_EXPORT_VERIFY_FAILED",
             "trivy:db",
         ),
+        (
+            // The base's own run manifest listed as a file of the new tree: linked from the
+            // base, then written over, it would change the base.
+            "reserved",
+            Box::new(move |d: &mut Value, _: &Path| {
+                d["files"].as_array_mut().unwrap().push(serde_json::json!(
+                    {"path": "manifest.json", "size": old_manifest.len(), "sha256": exportcore::Sha256Digest::of(&old_manifest).to_hex()}
+                ))
+            }),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "manifest.json",
+        ),
+        (
+            "unlisted",
+            Box::new(|d: &mut Value, _: &Path| {
+                let first = d["files"][0].clone();
+                let mut extra = first.clone();
+                extra["path"] = format!("{}.copy", first["path"].as_str().unwrap()).into();
+                d["files"].as_array_mut().unwrap().push(extra);
+            }),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "differs from the new tree's manifest",
+        ),
+        (
+            "endless-operation",
+            Box::new(|d: &mut Value, dir: &Path| {
+                let patch = dir.join(d["patches"][0]["patch"].as_str().unwrap());
+                let mut ops = b"exportcore-mirror-patch/v1\nC ".to_vec();
+                ops.resize(ops.len() + (8 << 20), b'7');
+                std::fs::write(patch, zstd::encode_all(&ops[..], 3).unwrap()).unwrap();
+            }),
+            "ERR_EXPORT_VERIFY_FAILED",
+            "longer than 64 bytes",
+        ),
     ];
+    let base_before = tree(&old);
     for (name, edit, code, naming) in cases {
         let bent = remade_delta(&delta, &tmp.path().join(name), edit);
         let e = exportcore_mirror::apply(&old, &bent, &out, &no_keys()).unwrap_err();
@@ -806,6 +882,20 @@ async fn remade_deltas_that_escape_or_bend_patches_and_derivations_write_nothing
         assert!(!out.exists(), "{name}: a failed apply left {}", out.display());
     }
     assert!(!tmp.path().join("escaped").exists());
+    assert!(tree(&old) == base_before, "a refused delta changed the base");
+    // An output inside the base or the delta is refused before anything is written.
+    for inside in [old.join("mirror/new"), delta.join("new")] {
+        let e = exportcore_mirror::apply(&old, &delta, &inside, &no_keys()).unwrap_err();
+        assert!(e.code() == "ERR_EXPORT_REQUEST_INVALID" && e.to_string().contains("lies inside"), "{e}");
+        assert!(!inside.exists());
+    }
+    // A base whose applied-delta log is not a list of export ids is refused, not copied on.
+    let bad_log = copy(&old, &tmp.path().join("bad-log"));
+    std::fs::write(bad_log.join("appliedExportIds.log"), "sha256:0\n\u{1b}[31mred\n").unwrap();
+    let e = exportcore_mirror::apply(&bad_log, &delta, &out, &no_keys()).unwrap_err();
+    assert!(e.to_string().contains("appliedExportIds.log") && e.to_string().contains("not an export id"), "{e}");
+    assert!(!out.exists());
+    assert!(tree(&old) == base_before);
     assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
         .unwrap()
         .file_name()
@@ -904,4 +994,75 @@ async fn a_mirror_of_more_files_than_a_manifest_lists_is_an_index_of_parts() {
     assert!(!r.is_ok());
     assert!(r.failures.iter().any(|f| f.path.contains(part)), "{}", failures(&r));
     assert!(!exportcore_mirror::check_layout(&a.join("oci")).is_empty());
+}
+
+/// A name that is not UTF-8 shows as a listed name with U+FFFD once made lossy: verify must
+/// report it, and check the listed file's own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_that_is_not_utf8_never_stands_in_for_a_listed_one() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let ev = copy(&samples(), &tmp.path().join("ev"));
+    std::fs::write(ev.join("blobs/layers/x\u{FFFD}.bin"), b"GOOD CONTENT\n").unwrap();
+    let out = tmp.path().join("out");
+    run_profile(exportcore_mirror::MirrorFull::default(), &ev, &out, Some(&k), CREATED).await;
+    assert!(verify(&out, &k, "2025-06-02T00:00:00Z").is_ok());
+    let dir = out.join("mirror/data/blobs/layers");
+    let listed = dir.join("x\u{FFFD}.bin");
+    let raw = dir.join(std::ffi::OsStr::from_bytes(b"x\xff.bin"));
+    std::fs::copy(&listed, &raw).unwrap();
+    std::fs::remove_file(&listed).unwrap();
+    std::fs::write(&listed, b"EVIL CONTENT\n").unwrap();
+    let r = verify(&out, &k, "2025-06-02T00:00:00Z");
+    assert!(!r.is_ok(), "verify passed a listed file holding other bytes");
+    let f = failures(&r);
+    assert!(f.contains("not UTF-8"), "{f}");
+    assert!(
+        r.failures.iter().any(|x| x.path == "mirror/data/blobs/layers/x\u{FFFD}.bin" && x.problem.contains("sha256")),
+        "{f}"
+    );
+}
+
+/// A delta that would change nothing, and a plain delta of an encrypted base, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_of_nothing_and_a_plain_delta_of_a_sealed_base_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let delta = |base: PathBuf, ev: PathBuf, out: PathBuf, created: &'static str| {
+        let signer = Arc::clone(&k.signer);
+        async move {
+            let req = RunRequest::builder("mirror:delta")
+                .created_at(t(created))
+                .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+                .build()
+                .unwrap();
+            RunBuilder::new(
+                exportcore_mirror::MirrorDelta::new(base),
+                DirEvidence::new(&ev).unwrap(),
+                FsSink::new(&out).unwrap(),
+            )
+            .signer(signer)
+            .run_id(RunId::parse("delta-run").unwrap())
+            .execute(req)
+            .await
+            .map(|_| ())
+        }
+    };
+    let old = tmp.path().join("old");
+    run_profile(exportcore_mirror::MirrorFull::default(), &samples(), &old, Some(&k), CREATED).await;
+    let e = delta(old.clone(), samples(), tmp.path().join("d0"), CREATED).await.unwrap_err();
+    assert!(e.code() == "ERR_EXPORT_REQUEST_INVALID" && e.to_string().contains("nothing changed"), "{e}");
+    // A later time renews the TUF metadata: that delta applies.
+    let d1 = tmp.path().join("d1");
+    delta(old.clone(), samples(), d1.clone(), "2025-06-20T00:00:00Z").await.unwrap();
+    exportcore_mirror::apply(&old, &d1, &tmp.path().join("new"), &with_key(&k)).unwrap();
+
+    let id = age::x25519::Identity::generate();
+    let sealed = tmp.path().join("sealed");
+    encrypted_build(&sealed, &k, &id.to_public().to_string(), b"seed").await;
+    let ev2 = changed_samples(tmp.path());
+    let e = delta(sealed, ev2, tmp.path().join("d2"), "2025-06-20T00:00:00Z").await.unwrap_err();
+    assert!(e.code() == "ERR_EXPORT_REQUEST_INVALID" && e.to_string().contains("encrypted"), "{e}");
+    assert!(!tmp.path().join("d2").join("mirror").exists());
 }

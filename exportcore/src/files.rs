@@ -84,6 +84,84 @@ pub const MAX_KEY_BYTES: u64 = 1 << 20;
 /// The cap for manifests and signature envelopes read whole.
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
+/// True when `path` (which need not exist yet) is `dir` or lies under it, symlinks of what
+/// exists resolved: an output written there would change the input it is made from.
+pub fn lies_inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return false };
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut full) = std::fs::canonicalize(&existing) {
+            // What does not exist holds no links: `..` there is lexical.
+            for part in rest.iter().rev() {
+                if part == ".." {
+                    full.pop();
+                } else if part != "." {
+                    full.push(part);
+                }
+            }
+            return full.starts_with(&dir);
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last.as_os_str().to_owned());
+                existing =
+                    if parent.as_os_str().is_empty() { Path::new(".").to_path_buf() } else { parent.to_path_buf() };
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// A staging directory beside `out` (in its parent) named `{prefix}{pid}-…`, removed when
+/// dropped. Staging directories of the same prefix left by processes that no longer run (a
+/// `kill -9`, a power cut) are removed first, so a crash leaves nothing for good.
+///
+/// # Errors
+/// `ERR_EXPORT_IO` naming the parent directory.
+pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !process_alive(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent).at(parent)
+}
+
+/// Removes this process's staging directories of `prefix` beside `out` (a signal handler's
+/// cleanup before exiting).
+pub fn remove_own_staging(out: &Path, prefix: &str) {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let own = format!("{prefix}{}-", std::process::id());
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&own)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists (Linux: `/proc/PID`; elsewhere assumed alive, so nothing is
+/// removed that might be in use).
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -108,5 +186,49 @@ mod tests {
         std::fs::write(&ok, [1u8; 1024]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read_capped(&ok, 1024).unwrap_or_else(|e| panic!("{e}")).len(), 1024);
         assert!(read_capped(&ok, 1023).is_err());
+    }
+}
+
+#[cfg(all(test, unix))]
+mod staging_tests {
+    use super::*;
+
+    #[test]
+    fn lies_inside_resolves_links_and_paths_that_do_not_exist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        std::fs::create_dir_all(base.join("mirror")).unwrap();
+        assert!(lies_inside(&base, &base));
+        assert!(lies_inside(&base.join("mirror/new/deeper"), &base));
+        assert!(lies_inside(&base.join("absent/../x"), &base));
+        assert!(!lies_inside(&tmp.path().join("elsewhere"), &base));
+        assert!(!lies_inside(&base.join("../elsewhere"), &base));
+        std::os::unix::fs::symlink(base.join("mirror"), tmp.path().join("link")).unwrap();
+        assert!(lies_inside(&tmp.path().join("link/new"), &base));
+        assert!(!lies_inside(&base, &tmp.path().join("absent")));
+    }
+
+    #[test]
+    fn staging_of_dead_processes_is_swept_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        // PIDs above the kernel's limit (4194304) never run.
+        let dead = tmp.path().join(".x-staging-4194999-abc");
+        let alive = tmp.path().join(format!(".x-staging-{}-abc", std::process::id()));
+        let other = tmp.path().join(".x-staging-notapid");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("inner")).unwrap();
+        }
+        let s = staging_beside(&out, ".x-staging-").unwrap();
+        assert!(!dead.exists() && alive.exists() && other.exists());
+        assert!(s
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&format!(".x-staging-{}-", std::process::id())));
+        remove_own_staging(&out, ".x-staging-");
+        assert!(!alive.exists() && !s.path().exists() && other.exists());
     }
 }

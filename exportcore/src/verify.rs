@@ -247,7 +247,17 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
     while let Some((d, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&d).at(&d)? {
             let entry = entry.at(&d)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            // No manifest lists a name that is not UTF-8: such a file is reported, never
+            // folded (lossily) onto a listed name.
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    let shown = raw.to_string_lossy().into_owned();
+                    let at = if rel.is_empty() { shown } else { format!("{rel}/{shown}") };
+                    report.fail(at, "a file name that is not UTF-8 (extra file, never listed)");
+                    continue;
+                }
+            };
             let rel_child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let ft = entry.file_type().at(entry.path())?;
             if ft.is_dir() {

@@ -657,9 +657,15 @@ fn run_dir(run: &exportcore::Run, what: &str) -> Result<PathBuf> {
 /// absent), each file linked or copied and checked; returns the files' paths.
 ///
 /// # Errors
-/// `ERR_EXPORT_VERIFY_FAILED` for output that does not verify; `ERR_EXPORT_DISTRIBUTION_FAILED`
+/// `ERR_EXPORT_REQUEST_INVALID` for a target inside `dir`; `ERR_EXPORT_VERIFY_FAILED` for output that does not verify; `ERR_EXPORT_DISTRIBUTION_FAILED`
 /// naming the target.
 pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)>> {
+    if exportcore::files::lies_inside(target, dir) {
+        return Err(ExportError::invalid(
+            "target",
+            format!("file://{} lies inside the run output {}", target.display(), dir.display()),
+        ));
+    }
     let report = exportcore::verify::verify_path(dir)?;
     if let Some(f) = report.failures.first() {
         return Err(ExportError::VerificationFailed {

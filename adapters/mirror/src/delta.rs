@@ -64,6 +64,8 @@ pub struct Base {
     pub applied: Vec<String>,
     /// The tenant its `export.json` names.
     pub tenant: Option<String>,
+    /// Whether its `mirror/data/` is sealed (`encryption` in its `export.json`).
+    pub encrypted: bool,
 }
 
 /// The export id of a mirror directory.
@@ -95,10 +97,13 @@ impl Base {
             ));
         }
         let export_id = export_id_of(dir)?;
-        let tenant = std::fs::read(dir.join("mirror/export.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["tenant"].as_str().map(str::to_owned));
+        let export =
+            exportcore::files::read_capped(&dir.join("mirror/export.json"), exportcore::files::MAX_MANIFEST_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .unwrap_or(Value::Null);
+        let tenant = export["tenant"].as_str().map(str::to_owned);
+        let encrypted = !export["encryption"].is_null();
         let options =
             exportcore::verify::VerifyOptions { local_files: vec![APPLIED_LOG.to_owned()], ..Default::default() };
         let report = exportcore::verify::verify_path_with(dir, &options)?;
@@ -122,11 +127,22 @@ impl Base {
         };
         let previous = tuf::Previous::read(&fetch)
             .map_err(|e| base_err(meta.display().to_string(), format!("TUF metadata: {e}")))?;
-        let applied = match std::fs::read_to_string(&log) {
-            Ok(s) => s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect(),
+        let applied: Vec<String> = match std::fs::symlink_metadata(&log) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(ExportError::io(&log, e)),
+            _ => exportcore::files::read_capped_string(&log, exportcore::files::MAX_MANIFEST_BYTES)?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
         };
+        if let Some(bad) = applied.iter().find(|l| !crate::verify::is_export_id(l)) {
+            return Err(base_err(
+                log.display().to_string(),
+                format!(
+                    "corrupted: {:?} is not an export id (sha256:<hex>, one per line)",
+                    bad.escape_debug().to_string()
+                ),
+            ));
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             export_id,
@@ -135,6 +151,7 @@ impl Base {
             previous,
             applied,
             tenant,
+            encrypted,
         })
     }
 
@@ -356,9 +373,26 @@ impl Profile for MirrorDelta {
                 format!("belongs to tenant {tenant}, not {}", ctx.tenant()),
             ));
         }
+        if base.encrypted && !ctx.request().encryption.as_ref().is_some_and(|e| e.enabled) {
+            return Err(ExportError::invalid(
+                "encryption",
+                format!(
+                    "the base {} is encrypted: a delta of it must be encrypted too (--encrypt-to), or its records would travel in the clear",
+                    base.dir.display()
+                ),
+            ));
+        }
         let all = ctx.run_nested(&NewTree { options: self.options.clone(), previous: base.previous.clone() })?;
         let anchor = ctx.time_anchor(None);
         let new: BTreeMap<String, &StagedArtifact> = all.iter().map(|a| (a.spec.path.to_string(), a)).collect();
+        // The same evidence at the same time gives the base's own tree: a delta of nothing
+        // could never be applied (its export id is the base's).
+        if new.get("mirror/export.json").is_some_and(|a| format!("sha256:{}", a.sha256) == base.export_id) {
+            return Err(ExportError::invalid(
+                "evidence",
+                "nothing changed: this evidence at this time is the base's own mirror (to renew its TUF metadata, give a later --created-at)",
+            ));
+        }
         let (mut added, mut changed) = (Vec::new(), Vec::new());
         for (path, a) in &new {
             match base.files.get(path) {
@@ -532,7 +566,6 @@ fn derive(
     diff: &Value,
     d: &str,
     staging: &Path,
-    scratch_parent: &Path,
     want: &BTreeMap<String, (u64, Sha256Digest)>,
 ) -> Result<Vec<(String, PathBuf)>> {
     let files = diff["derived"]["files"].as_object().ok_or_else(|| delta_err(d, "derived.files is not an object"))?;
@@ -554,10 +587,9 @@ fn derive(
         .ok_or_else(|| delta_err(d, "createdAt is missing or not RFC 3339"))?;
     let anchor = exportcore::TimeAnchor { created_at, source: exportcore::TimeSource::Request };
     let evidence = crate::records::ShardEvidence::of_tree(staging)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".mirror-derive-")
-        .tempdir_in(scratch_parent)
-        .map_err(|e| ExportError::io(scratch_parent, e))?;
+    // Scratch inside the staging directory: whatever happens, it goes with it.
+    let scratch =
+        tempfile::Builder::new().prefix(".derive-").tempdir_in(staging).map_err(|e| ExportError::io(staging, e))?;
     let staged = exportcore::export_detached(&exportcore_trivy::TrivyDb, &request, &evidence, scratch.path(), anchor)?;
     let mut out = Vec::new();
     for (path, nested) in wanted {
@@ -613,6 +645,14 @@ pub fn apply(
     out: &Path,
     options: &exportcore::verify::VerifyOptions,
 ) -> Result<Applied> {
+    for (input, flag) in [(base_dir, "--base"), (delta_dir, "--delta")] {
+        if exportcore::files::lies_inside(out, input) {
+            return Err(ExportError::invalid(
+                "--out",
+                format!("{} lies inside {flag} {}", out.display(), input.display()),
+            ));
+        }
+    }
     let report = exportcore::verify::verify_path_with(delta_dir, options)?;
     if let Some(f) = report.failures.first() {
         return Err(delta_err(
@@ -710,7 +750,26 @@ pub fn apply(
         else {
             return Err(delta_err(&d, "a files[] entry lacks path, size or sha256"));
         };
-        want.insert(safe(p, "files")?, (size, sha));
+        let p = safe(p, "files")?;
+        // The new tree's files; its run manifest, signatures and log are written below.
+        if [MANIFEST_FILE, SIGNED_MANIFEST_FILE, PROVENANCE_FILE, APPLIED_LOG].contains(&p.as_str())
+            || p.starts_with("delta/")
+        {
+            return Err(delta_err(&d, format!("files[] lists {p}, which no mirror tree holds as a file of its own")));
+        }
+        want.insert(p, (size, sha));
+    }
+    // ... and exactly the files the new tree's run manifest (signed with the delta) lists.
+    let full_path = delta_dir.join(FULL_MANIFEST);
+    let full = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &full_path,
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| delta_err(&full_path.display().to_string(), e))?;
+    let listed: BTreeMap<String, (u64, Sha256Digest)> =
+        full.entries.iter().map(|e| (e.path.to_string(), (e.size, e.sha256))).collect();
+    if listed != want {
+        return Err(delta_err(&d, format!("files[] differs from the new tree's manifest {FULL_MANIFEST}")));
     }
 
     // Claim `out`, build beside it, rename into place.
@@ -723,9 +782,7 @@ pub fn apply(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ExportError::io(out, e)),
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging =
-        tempfile::Builder::new().prefix(".mirror-apply-").tempdir_in(parent).map_err(|e| ExportError::io(parent, e))?;
+    let staging = exportcore::files::staging_beside(out, APPLY_STAGING_PREFIX)?;
     let from_delta: BTreeSet<&String> = added.iter().chain(&changed).collect();
     let (mut kept, mut written) = (0, 0);
     // Bytes already in place, by digest: the other names of a patched file link to it.
@@ -775,7 +832,7 @@ pub fn apply(
         check(&dst, &src, who, (size, sha))?;
     }
     if diff.get("derived").is_some() {
-        for (path, dst) in derive(&diff, &d, staging.path(), parent, &want)? {
+        for (path, dst) in derive(&diff, &d, staging.path(), &want)? {
             check(&dst, &dst, "the Trivy DB built from the new tree's records", want[&path])?;
             by_sha.insert(want[&path].1, dst);
             written += 1;
@@ -796,21 +853,38 @@ pub fn apply(
     {
         let src = delta_dir.join(from);
         if src.exists() {
-            std::fs::copy(&src, staging.path().join(to)).map_err(|e| ExportError::io(&src, e))?;
+            write_new(
+                &staging.path().join(to),
+                &exportcore::files::read_capped(&src, exportcore::files::MAX_MANIFEST_BYTES)?,
+            )?;
         }
     }
     let mut log = base.applied;
     log.push(export_id.clone());
-    std::fs::write(staging.path().join(APPLIED_LOG), log.join("\n") + "\n").map_err(|e| ExportError::io(out, e))?;
-    let staged = staging.keep();
+    write_new(&staging.path().join(APPLIED_LOG), (log.join("\n") + "\n").as_bytes())?;
+    // Into place; on any error the staging directory is dropped (removed).
     if out.exists() {
         std::fs::remove_dir(out).map_err(|e| ExportError::io(out, e))?;
     }
-    if let Err(e) = std::fs::rename(&staged, out) {
-        let _ = std::fs::remove_dir_all(&staged);
-        return Err(ExportError::io(out, e));
-    }
+    std::fs::rename(staging.path(), out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
+            ExportError::invalid("--out", format!("{} was filled by another process meanwhile", out.display()))
+        }
+        _ => ExportError::io(out, e),
+    })?;
+    let _ = staging.keep();
     Ok(Applied { export_id, kept, written, removed: removed.len() })
+}
+
+/// Prefix of `apply`'s staging directory beside `--out` (`exportctl` removes its own on a
+/// signal; one left by a killed process is removed by the next `apply`).
+pub const APPLY_STAGING_PREFIX: &str = ".mirror-apply-";
+
+/// Writes a file that must not exist yet (never through a link to a base's file).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| ExportError::io(path, e))?;
+    std::io::Write::write_all(&mut f, bytes).map_err(|e| ExportError::io(path, e))
 }
 
 #[cfg(test)]

@@ -274,20 +274,60 @@ pub fn open_file(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| fail("does not decrypt: wrong key, wrong associated data or changed bytes"))
 }
 
-/// Opens the sealed file `src` into `dst`, streaming (the plaintext of a forged file lands in
-/// `dst` before the tag is checked: callers write into a staging directory they drop on error).
-fn open_to(aes: &aes::Aes256, aad: &[u8], src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
-    let file = std::fs::File::open(src).map_err(|e| ExportError::io(src, e))?;
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: exportcore::hashing::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Copies `src` (a regular file) to `dst`, opening it on the way when `aad` is given
+/// (streaming: the plaintext of a forged file lands in `dst` before the tag is checked, so
+/// callers write into a staging directory they drop on error), and checks that the bytes read
+/// are `want` (the run manifest's size and SHA-256).
+fn restore(
+    aes: &aes::Aes256,
+    aad: Option<&[u8]>,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    want: (u64, exportcore::Sha256Digest),
+) -> Result<()> {
+    let file = exportcore::files::open_regular(src)?;
     let len = file.metadata().map_err(|e| ExportError::io(src, e))?.len();
+    let mut reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        hasher: exportcore::hashing::Hasher::new(),
+    };
     let out = std::fs::File::create(dst).map_err(|e| ExportError::io(dst, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    match crate::gcm::open(aes, aad, &mut std::io::BufReader::with_capacity(1 << 20, file), len, &mut out) {
-        Ok(_) => out.flush().map_err(|e| ExportError::io(dst, e)),
-        Err(crate::gcm::OpenError::Io(e)) => Err(ExportError::io(src, e)),
-        Err(crate::gcm::OpenError::Forged(why)) => {
-            Err(ExportError::VerificationFailed { path: src.display().to_string(), reason: why.into() })
+    match aad {
+        Some(aad) => match crate::gcm::open(aes, aad, &mut reader, len, &mut out) {
+            Ok(_) => {}
+            Err(crate::gcm::OpenError::Io(e)) => return Err(ExportError::io(src, e)),
+            Err(crate::gcm::OpenError::Forged(why)) => {
+                return Err(ExportError::VerificationFailed { path: src.display().to_string(), reason: why.into() })
+            }
+        },
+        None => {
+            std::io::copy(&mut reader, &mut out).map_err(|e| ExportError::io(src, e))?;
         }
     }
+    out.flush().map_err(|e| ExportError::io(dst, e))?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| ExportError::io(src, e))?;
+    if reader.hasher.finish() != want {
+        return Err(ExportError::VerificationFailed {
+            path: src.display().to_string(),
+            reason: "changed after it was verified (size or SHA-256 differ from the run manifest)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Unwraps the data key of the mirror whose `export.json` is given, with the first of
@@ -333,14 +373,37 @@ pub fn read_identities(path: &std::path::Path) -> Result<Vec<Box<dyn age::Identi
         .map_err(|e| ExportError::invalid("--identity", format!("{}: not an age identity file: {e}", path.display())))
 }
 
-/// Restores the plain tree of an encrypted mirror: every file of `out/mirror/` copied to
-/// `plain/` (absent or empty; filled atomically), the sealed ones opened. Returns how many
-/// files were decrypted.
+/// Prefix of `decrypt`'s staging directory beside its output (see
+/// [`exportcore::files::staging_beside`]).
+pub const DECRYPT_STAGING_PREFIX: &str = ".mirror-decrypt-";
+
+/// Restores the plain tree of an encrypted mirror run in `out`: first the run is verified
+/// (every file against its run manifest, and the signatures with `options.verifiers`), then
+/// every file the run manifest lists under `mirror/` is copied to `plain/` (absent or empty;
+/// filled atomically), the sealed ones opened, each checked again against the manifest as
+/// it is read. Nothing else under `mirror/` is copied, and only regular files are read.
+/// `export.json` in `plain/` still describes the sealed files (their digests are what was
+/// signed). Returns how many files were decrypted.
 ///
 /// # Errors
-/// As [`unwrap_key`] and [`open_file`]; `ERR_EXPORT_REQUEST_INVALID` for an unencrypted mirror
-/// or a non-empty `plain`; I/O errors.
-pub fn decrypt(out: &std::path::Path, identities: &[Box<dyn age::Identity>], plain: &std::path::Path) -> Result<usize> {
+/// `ERR_EXPORT_VERIFY_FAILED` for a run that does not verify, a file that changed since, or
+/// a forged ciphertext; as [`unwrap_key`]; `ERR_EXPORT_REQUEST_INVALID` for an unencrypted
+/// mirror, a non-empty `plain` or one inside `out`; I/O errors.
+pub fn decrypt(
+    out: &std::path::Path,
+    identities: &[Box<dyn age::Identity>],
+    plain: &std::path::Path,
+    options: &exportcore::verify::VerifyOptions,
+) -> Result<usize> {
+    if exportcore::files::lies_inside(plain, out) {
+        return Err(ExportError::invalid(
+            "--out",
+            format!("{} lies inside the mirror {}", plain.display(), out.display()),
+        ));
+    }
+    if std::fs::read_dir(plain).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(ExportError::invalid("--out", format!("{} is not empty", plain.display())));
+    }
     let export_path = out.join("mirror/export.json");
     let export: serde_json::Value =
         serde_json::from_slice(&exportcore::files::read_capped(&export_path, exportcore::files::MAX_MANIFEST_BYTES)?)
@@ -351,9 +414,25 @@ pub fn decrypt(out: &std::path::Path, identities: &[Box<dyn age::Identity>], pla
     if export["encryption"].is_null() {
         return Err(ExportError::invalid("OUT", format!("{} is not encrypted", out.display())));
     }
-    if std::fs::read_dir(plain).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(ExportError::invalid("--out", format!("{} is not empty", plain.display())));
+    let mut options = options.clone();
+    options.local_files.push(crate::APPLIED_LOG.to_owned());
+    let report = exportcore::verify::verify_path_with(out, &options)?;
+    if let Some(f) = report.failures.first() {
+        return Err(ExportError::VerificationFailed {
+            path: out.join(&f.path).display().to_string(),
+            reason: format!(
+                "the mirror does not verify ({} problem(s)), nothing decrypted: {}",
+                report.failures.len(),
+                f.problem
+            ),
+        });
     }
+    let manifest_path = out.join(exportcore::manifest::MANIFEST_FILE);
+    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
+        &manifest_path,
+        exportcore::files::MAX_MANIFEST_BYTES,
+    )?)
+    .map_err(|e| ExportError::VerificationFailed { path: manifest_path.display().to_string(), reason: e })?;
     let mut key = unwrap_key(&export, identities)?;
     let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
     key.fill(0);
@@ -364,49 +443,35 @@ pub fn decrypt(out: &std::path::Path, identities: &[Box<dyn age::Identity>], pla
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
-    let parent = plain.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let staging = tempfile::Builder::new()
-        .prefix(".mirror-decrypt-")
-        .tempdir_in(parent)
-        .map_err(|e| ExportError::io(parent, e))?;
-    let root = out.join("mirror");
-    let mut stack = vec![root.clone()];
+    let staging = exportcore::files::staging_beside(plain, DECRYPT_STAGING_PREFIX)?;
     let mut opened = 0;
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| ExportError::io(&dir, e))? {
-            let p = entry.map_err(|e| ExportError::io(&dir, e))?.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(&root).map_err(|e| ExportError::internal("decrypt", e.to_string()))?;
-            let rel_s = rel.to_string_lossy().replace('\\', "/");
-            let dst = staging.path().join(rel);
-            if let Some(d) = dst.parent() {
-                std::fs::create_dir_all(d).map_err(|e| ExportError::io(d, e))?;
-            }
-            if sealed.contains(&rel_s) {
-                open_to(&aes, format!("{run_id}:{rel_s}").as_bytes(), &p, &dst)?;
-                opened += 1;
-            } else {
-                std::fs::copy(&p, &dst).map_err(|e| ExportError::io(&p, e))?;
-            }
+    for entry in &manifest.entries {
+        let Some(rel) = entry.path.as_str().strip_prefix("mirror/") else { continue };
+        let (src, dst) = (out.join(entry.path.as_str()), staging.path().join(rel));
+        if let Some(d) = dst.parent() {
+            std::fs::create_dir_all(d).map_err(|e| ExportError::io(d, e))?;
         }
+        let aad = format!("{run_id}:{rel}");
+        let is_sealed = sealed.contains(rel);
+        restore(&aes, is_sealed.then_some(aad.as_bytes()), &src, &dst, (entry.size, entry.sha256))?;
+        opened += usize::from(is_sealed);
     }
     if opened != sealed.len() {
         return Err(ExportError::VerificationFailed {
             path: export_path.display().to_string(),
-            reason: format!("lists {} encrypted files, {} found", sealed.len(), opened),
+            reason: format!("lists {} encrypted files, the run manifest {}", sealed.len(), opened),
         });
     }
-    let kept = staging.keep();
     if plain.exists() {
         std::fs::remove_dir(plain).map_err(|e| ExportError::io(plain, e))?;
     }
-    std::fs::rename(&kept, plain).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        ExportError::io(plain, e)
+    std::fs::rename(staging.path(), plain).map_err(|e| match e.kind() {
+        std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
+            ExportError::invalid("--out", format!("{} was filled by another process meanwhile", plain.display()))
+        }
+        _ => ExportError::io(plain, e),
     })?;
+    let _ = staging.keep();
     Ok(opened)
 }
 

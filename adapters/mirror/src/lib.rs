@@ -62,8 +62,8 @@ pub mod tuf;
 mod verify;
 
 pub use delta::{
-    apply, Applied, Base, MirrorDelta, APPLIED_LOG, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST, FULL_MANIFEST_DSSE,
-    FULL_PROVENANCE, PATCH_DIR,
+    apply, Applied, Base, MirrorDelta, APPLIED_LOG, APPLY_STAGING_PREFIX, DIFF_FILE, DIFF_VERSION, FULL_MANIFEST,
+    FULL_MANIFEST_DSSE, FULL_PROVENANCE, PATCH_DIR,
 };
 pub use oci::{check_layout, check_layout_with, DEFAULT_MAX_LAYERS, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};

@@ -263,7 +263,7 @@ pub(crate) fn apply(units: Units, base: &Path, patch: &Path, out: &mut dyn Write
     let file = std::fs::File::open(patch).map_err(io_at(patch))?;
     let mut ops = BufReader::new(zstd::Decoder::new(file).map_err(io_at(patch))?);
     let mut line = String::new();
-    ops.read_line(&mut line).map_err(io_at(patch))?;
+    read_op(&mut ops, &mut line).map_err(io_at(patch))?;
     if line.trim_end() != PATCH_MAGIC {
         return Err(bad(format!("not a patch (expected {PATCH_MAGIC})")));
     }
@@ -279,14 +279,26 @@ pub(crate) fn apply(units: Units, base: &Path, patch: &Path, out: &mut dyn Write
     Ok(())
 }
 
+/// The longest operation line (`C 18446744073709551615` and the magic line are far shorter).
+const MAX_OP_LINE: u64 = 64;
+
+/// Reads one operation line of at most [`MAX_OP_LINE`] bytes (a forged patch cannot make
+/// the applier buffer a line of gigabytes).
+fn read_op(ops: &mut dyn BufRead, line: &mut String) -> io::Result<usize> {
+    ops.take(MAX_OP_LINE).read_line(line)
+}
+
 /// Applies the operations that follow the magic line.
 fn run_ops(ops: &mut dyn BufRead, a: &mut UnitReader, sink: &mut dyn Write, patch: &Path, base: &Path) -> Result<()> {
     let bad = |why: String| ExportError::VerificationFailed { path: patch.display().to_string(), reason: why };
     let (mut line, mut unit) = (String::new(), Vec::new());
     loop {
         line.clear();
-        if ops.read_line(&mut line).map_err(io_at(patch))? == 0 {
+        if read_op(ops, &mut line).map_err(io_at(patch))? == 0 {
             break;
+        }
+        if !line.ends_with('\n') {
+            return Err(bad(format!("an operation longer than {MAX_OP_LINE} bytes or unterminated: {line:?}")));
         }
         let (tag, n) = line.trim_end().split_once(' ').ok_or_else(|| bad(format!("bad operation {line:?}")))?;
         let n = count(n, tag).map_err(bad)?;

@@ -15,6 +15,11 @@ pub fn is_mirror(dir: &Path) -> bool {
     dir.join("mirror/export.json").is_file() || dir.join("tuf/metadata").is_dir()
 }
 
+/// An export id as the applied-delta log holds them: `sha256:` and 64 hex digits.
+pub(crate) fn is_export_id(line: &str) -> bool {
+    line.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn fail(report: &mut VerifyReport, path: impl Into<String>, problem: impl Into<String>) {
     report.failures.push(VerifyFailure {
         path: path.into(),
@@ -40,12 +45,10 @@ pub fn verify_path_with(dir: &Path, options: &VerifyOptions, now: Timestamp) -> 
     let mut report = exportcore::verify::verify_path_with(dir, &options)?;
     let log = dir.join(crate::APPLIED_LOG);
     if log.is_file() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let ok = |l: &str| {
-            l.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        };
-        if !text.lines().all(ok) {
-            fail(&mut report, crate::APPLIED_LOG, "not a list of export ids (sha256:<hex>, one per line)");
+        match exportcore::files::read_capped_string(&log, exportcore::files::MAX_MANIFEST_BYTES) {
+            Ok(text) if text.lines().all(is_export_id) => {}
+            Ok(_) => fail(&mut report, crate::APPLIED_LOG, "not a list of export ids (sha256:<hex>, one per line)"),
+            Err(e) => fail(&mut report, crate::APPLIED_LOG, e.to_string()),
         }
     }
     // Every file was read once above: the OCI and TUF checks use those digests.
@@ -100,7 +103,8 @@ pub fn verify_path_with(dir: &Path, options: &VerifyOptions, now: Timestamp) -> 
     }
     // export.json must describe the same files (it cannot list itself or the provenance
     // that names its digest).
-    match std::fs::read(dir.join("mirror/export.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+    let export = exportcore::files::read_capped(&dir.join("mirror/export.json"), exportcore::files::MAX_MANIFEST_BYTES);
+    match export.ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
         None => fail(&mut report, "mirror/export.json", "missing or not JSON"),
         Some(export) => {
             let mut files: BTreeMap<String, (u64, String)> = BTreeMap::new();

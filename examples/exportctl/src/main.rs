@@ -162,6 +162,10 @@ enum Command {
         /// Where the plain `mirror/` tree goes (absent or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Trusted public key (PEM): the run's signature must verify with one (repeatable).
+        /// Without it the run is still checked against its manifest before anything is opened.
+        #[arg(long)]
+        key: Vec<PathBuf>,
     },
     /// Generate a signing key pair.
     Keygen {
@@ -510,19 +514,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Decrypt { out_dir, identity, out } => {
-            let identities = exportcore_mirror::encryption::read_identities(&identity)?;
-            let n = exportcore_mirror::encryption::decrypt(&out_dir, &identities, &out)?;
-            outln!("decrypted {n} files of {} into {}", out_dir.display(), out.display());
+        Command::Decrypt { out_dir, identity, out, key } => {
+            let options = trusted_keys(&key)?;
+            let target = out.clone();
+            let n = until_signal(&out, exportcore_mirror::encryption::DECRYPT_STAGING_PREFIX, move || {
+                let identities = exportcore_mirror::encryption::read_identities(&identity)?;
+                exportcore_mirror::encryption::decrypt(&out_dir, &identities, &target, &options).map(|n| (n, out_dir))
+            })
+            .await?;
+            outln!("decrypted {} files of {} into {}", n.0, n.1.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Mirror { command: MirrorCommand::Apply { base, delta, out, key } } => {
-            let mut options = VerifyOptions::default();
-            for k in &key {
-                let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
-                options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
-            }
-            let applied = exportcore_mirror::apply(&base, &delta, &out, &options)?;
+            let options = trusted_keys(&key)?;
+            let (b, target) = (base.clone(), out.clone());
+            let applied = until_signal(&out, exportcore_mirror::APPLY_STAGING_PREFIX, move || {
+                exportcore_mirror::apply(&b, &delta, &target, &options)
+            })
+            .await?;
             outln!(
                 "applied {} to {}: {} files from the base, {} from the delta, {} removed -> {}",
                 applied.export_id,
@@ -632,6 +641,48 @@ fn encrypt_to(values: &[String]) -> Result<Vec<String>, Failure> {
     Ok(out)
 }
 
+/// Verify options trusting the public keys in `keys` (PEM files).
+fn trusted_keys(keys: &[PathBuf]) -> exportcore::Result<VerifyOptions> {
+    let mut options = VerifyOptions::default();
+    for k in keys {
+        let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
+        options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem).map_err(|e| {
+            ExportError::invalid(
+                "--key",
+                format!("{}: {}", k.display(), e.to_string().trim_start_matches("invalid request: ")),
+            )
+        })?);
+    }
+    Ok(options)
+}
+
+/// Runs `work` (which writes `out` through a staging directory named `prefix…` beside it) on
+/// a blocking thread; SIGINT or SIGTERM removes this process's staging directory and fails
+/// with `ERR_EXPORT_CANCELLED`, leaving `out` as it was.
+async fn until_signal<T: Send + 'static>(
+    out: &Path,
+    prefix: &'static str,
+    work: impl FnOnce() -> exportcore::Result<T> + Send + 'static,
+) -> exportcore::Result<T> {
+    let task = tokio::task::spawn_blocking(work);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ExportError::internal_caused("exportctl", "installing the SIGTERM handler", e))?;
+    tokio::select! {
+        done = task => done.map_err(|e| ExportError::internal_caused("exportctl", "the worker thread", e))?,
+        _ = tokio::signal::ctrl_c() => cancelled(out, prefix),
+        _ = term.recv() => cancelled(out, prefix),
+    }
+}
+
+/// Exits at once (the worker thread would otherwise run on to the end, the runtime waiting
+/// for it): the staging directory removed, `ERR_EXPORT_CANCELLED`, exit code 1.
+fn cancelled<T>(out: &Path, prefix: &str) -> exportcore::Result<T> {
+    exportcore::files::remove_own_staging(out, prefix);
+    let e = ExportError::Cancelled;
+    errln!("error: {}: {}", e.code(), printable(&e.report()));
+    std::process::exit(1)
+}
+
 /// Where a run into `out` stages its files: the directory that holds `out`.
 fn staging_root(out: &Path) -> PathBuf {
     match out.parent() {
@@ -719,13 +770,12 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
         (None, _) => {}
     }
-    // An output inside the evidence would be read back as evidence by the next run.
-    if let (Ok(ev), Ok(parent)) =
-        (std::fs::canonicalize(&args.evidence), std::fs::canonicalize(staging_root(&args.out)))
+    // An output inside the evidence would be read back as evidence by the next run; one
+    // inside the base would change the base.
+    for (input, flag) in std::iter::once((&args.evidence, "--evidence")).chain(args.base.iter().map(|b| (b, "--base")))
     {
-        let out = args.out.file_name().map_or(parent.clone(), |n| parent.join(n));
-        if out.starts_with(&ev) {
-            return Err(ExportError::invalid("--out", format!("{} lies inside --evidence", args.out.display())).into());
+        if exportcore::files::lies_inside(&args.out, input) {
+            return Err(ExportError::invalid("--out", format!("{} lies inside {flag}", args.out.display())).into());
         }
     }
     let signer = match &args.sign_key {

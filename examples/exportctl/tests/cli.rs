@@ -936,6 +936,11 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
     assert!(!o.status.success() && text(&o).contains("--base"), "{}", text(&o));
     let o = export("mirror:delta", &samples(), &tmp.path().join("y"), &[]);
     assert!(!o.status.success() && text(&o).contains("base"), "{}", text(&o));
+    // An output inside the base would change it.
+    let inside = old.join("mirror/new-delta");
+    let o = export("mirror:delta", &ev2, &inside, &args);
+    assert!(!o.status.success() && text(&o).contains("lies inside --base"), "{}", text(&o));
+    assert!(!inside.exists());
 
     let new = tmp.path().join("new");
     let paths = |p: &Path| p.to_str().unwrap().to_owned();
@@ -983,9 +988,24 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
         identity.to_str().unwrap(),
         "--out",
         plain.to_str().unwrap(),
+        "--key",
+        &public,
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(plain.join("data/raw/advisories/pypi.jsonl.zst").is_file());
+    // A file added to the mirror: nothing is decrypted.
+    std::fs::write(enc.join("mirror/data/raw/advisories/evil.jsonl.zst"), b"x").unwrap();
+    let refused = tmp.path().join("refused");
+    let o = run(&[
+        "decrypt",
+        enc.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+        "--out",
+        refused.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_VERIFY_FAILED"), "{}", text(&o));
+    assert!(text(&o).contains("evil.jsonl.zst") && !refused.exists(), "{}", text(&o));
     let o = export("mirror:full", &samples(), &tmp.path().join("z"), &["--encrypt-to", "age1nope"]);
     assert!(!o.status.success() && text(&o).contains("--encrypt-to"), "{}", text(&o));
     let o = export("json:raw", &samples(), &tmp.path().join("w"), &["--encrypt-to", &id.to_public().to_string()]);
