@@ -279,6 +279,22 @@ impl ExportError {
     }
 }
 
+/// `uri` with any user information (`user:password@`) of its authority replaced by `***@`,
+/// for messages: a secret pasted into a reference is never echoed.
+///
+/// ```
+/// assert_eq!(exportcore::error::redact_userinfo("oci://bob:pw@reg:5000/a:b"), "oci://***@reg:5000/a:b");
+/// assert_eq!(exportcore::error::redact_userinfo("s3://bucket/x@y"), "s3://bucket/x@y");
+/// ```
+pub fn redact_userinfo(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => uri.to_owned(),
+    }
+}
+
 /// Extension to attach a path to `std::io::Result`s: `File::open(p).at(p)?` gives an
 /// [`ExportError::Io`] naming `p`, with the I/O error as its source.
 pub trait IoContext<T> {

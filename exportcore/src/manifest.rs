@@ -65,6 +65,10 @@ impl TimeAnchor {
             .trim()
             .parse()
             .map_err(|_| ExportError::invalid("SOURCE_DATE_EPOCH", format!("not an integer: {value:?}")))?;
+        if secs < 0 {
+            // As `createdAt`: tar and zip cannot hold a time before 1970.
+            return Err(ExportError::invalid("SOURCE_DATE_EPOCH", format!("{secs} is before 1970")));
+        }
         Ok(Self { created_at: Timestamp::from_unix(secs)?, source: TimeSource::SourceDateEpoch })
     }
 
@@ -288,6 +292,7 @@ mod tests {
         let a = TimeAnchor::from_source_date_epoch("1700000000").unwrap();
         assert_eq!(a.created_at.to_string(), "2023-11-14T22:13:20Z");
         assert!(TimeAnchor::from_source_date_epoch("soon").is_err());
+        assert!(TimeAnchor::from_source_date_epoch("-5").unwrap_err().to_string().contains("before 1970"));
         let r = TimeAnchor::resolve(None, None);
         assert_eq!(r.source, TimeSource::Epoch);
         assert_eq!(r.mtime(), 0);

@@ -40,12 +40,19 @@ impl OciTarget {
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `field` for anything else.
     pub fn parse(uri: &str, field: &str) -> exportcore::Result<Self> {
-        let bad =
-            |why: &str| exportcore::ExportError::invalid(field, format!("{uri:?}: {why} (oci://HOST[:PORT]/REPO:TAG)"));
+        let shown = exportcore::error::redact_userinfo(uri);
+        let bad = |why: &str| {
+            exportcore::ExportError::invalid(field, format!("{shown:?}: {why} (oci://HOST[:PORT]/REPO:TAG)"))
+        };
         let rest = uri.strip_prefix("oci://").ok_or_else(|| bad("not an oci:// reference"))?;
         let (registry, path) = rest.split_once('/').ok_or_else(|| bad("no repository"))?;
-        if registry.is_empty() || registry.contains('@') {
-            return Err(bad("no registry host (credentials never go in the reference)"));
+        if registry.contains('@') {
+            return Err(bad(
+                "credentials are not allowed in the reference (EXPORTCORE_OCI_USERNAME/EXPORTCORE_OCI_PASSWORD or docker login)",
+            ));
+        }
+        if registry.is_empty() {
+            return Err(bad("no registry host"));
         }
         let (repository, tag) = path.rsplit_once(':').filter(|(r, _)| !r.contains('@')).ok_or_else(|| bad("no tag"))?;
         let repo_ok = !repository.is_empty()
@@ -620,6 +627,13 @@ mod tests {
         ] {
             assert!(OciTarget::parse(bad, "d").is_err(), "{bad}");
         }
+        // A password pasted into a reference is refused and never echoed.
+        for uri in ["oci://alice:S3cretPW@127.0.0.1:1/x:y", "oci://alice:S3cretPW@host/Bad:y"] {
+            let e = OciTarget::parse(uri, "--distribute").unwrap_err().to_string();
+            assert!(!e.contains("S3cretPW") && e.contains("***@") && e.contains("--distribute"), "{e}");
+        }
+        let e = crate::s3::S3Target::parse("s3://AKID:S3cretPW@bucket/p", "URI").unwrap_err().to_string();
+        assert!(!e.contains("S3cretPW") && e.contains("credentials are not allowed"), "{e}");
     }
 
     #[test]

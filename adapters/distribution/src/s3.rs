@@ -34,9 +34,13 @@ impl S3Target {
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `field`.
     pub fn parse(uri: &str, field: &str) -> Result<Self> {
-        let bad = |why: &str| ExportError::invalid(field, format!("{uri:?}: {why} (s3://BUCKET/PREFIX)"));
+        let shown = exportcore::error::redact_userinfo(uri);
+        let bad = |why: &str| ExportError::invalid(field, format!("{shown:?}: {why} (s3://BUCKET/PREFIX)"));
         let rest = uri.strip_prefix("s3://").ok_or_else(|| bad("not an s3:// URL"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') {
+            return Err(bad("credentials are not allowed in the URL (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"));
+        }
         let bucket_ok = (3..=63).contains(&bucket.len())
             && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
         if !bucket_ok {

@@ -605,7 +605,8 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
         } else if uri.starts_with("file://") {
             DistributionType::Object
         } else {
-            return Err(ExportError::invalid("--distribute", format!("{uri:?}: oci://, s3:// or file://")).into());
+            let shown = exportcore::error::redact_userinfo(uri);
+            return Err(ExportError::invalid("--distribute", format!("{shown:?}: oci://, s3:// or file://")).into());
         };
         req.distribution = Some(Distribution::new(kind, Some(uri.clone())));
     }
@@ -799,6 +800,8 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         Ok(sde) => Some(TimeAnchor::from_source_date_epoch(&sde)?),
         Err(_) => None,
     };
+    // Checked before --out is claimed: a refused run leaves it as it found it.
+    let tenant = TenantId::parse(&*args.tenant)?;
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     let (store, lock) = open_engine_store(&store_path).await?;
     let out_dir = OutDir::claim(&args.out)?;
@@ -826,7 +829,6 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let exporter = builder.build()?;
     lock.recover_then_share(&exporter).await?;
 
-    let tenant = TenantId::parse(&*args.tenant)?;
     let accepted = match exporter.submit(Submission::new(tenant.clone(), request)).await {
         Ok(a) => a,
         Err(e) => {
@@ -1134,7 +1136,8 @@ async fn distribute_object(
         outln!("uploaded {} objects ({} bytes) to {}", pushed.objects.len(), pushed.bytes, pushed.url);
         pushed.objects.into_iter().map(|o| (o.path, format!("s3://{}/{}", target.bucket, o.key))).collect()
     } else {
-        return Err(ExportError::invalid("URI", format!("{uri:?}: oci://, s3:// or file://")).into());
+        let shown = exportcore::error::redact_userinfo(uri);
+        return Err(ExportError::invalid("URI", format!("{shown:?}: oci://, s3:// or file://")).into());
     };
     let locate = |o: &exportcore::Output| placed.get(o.path.as_str()).cloned();
     match record_distribution(out_dir, store, tenant, DistributionType::Object, uri, locate).await? {

@@ -792,6 +792,23 @@ fn contract_edges_are_typed_errors() {
     let o = export("json:raw", &ev, &tmp.path().join("old"), &["--created-at", "1969-12-31T23:59:59Z"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("createdAt"), "{}", text(&o));
+    // A bad tenant and a SOURCE_DATE_EPOCH before 1970: refused before --out is made.
+    let out = tmp.path().join("never");
+    let o = export("json:raw", &ev, &out, &["--tenant", "bad tenant!"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!out.exists(), "a refused run left {}", out.display());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .args(["run", "--profile", "json:raw", "--evidence"])
+        .arg(&ev)
+        .arg("--out")
+        .arg(&out)
+        .arg("--store")
+        .arg(tmp.path().join("s.sqlite"))
+        .env("SOURCE_DATE_EPOCH", "-5")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("before 1970") && !out.exists(), "{}", text(&o));
 }
 
 /// A full disk and a read-only file system are `ERR_EXPORT_IO` naming the user's `--out` (not
