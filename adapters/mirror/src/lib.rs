@@ -67,7 +67,7 @@ pub use delta::{
 };
 pub use oci::{check_layout, check_layout_with, DEFAULT_MAX_LAYERS, MIRROR_ARTIFACT_TYPE};
 pub use tuf::{Role, TufOptions};
-pub use verify::{is_mirror, verify_path_with};
+pub use verify::{is_delta, is_mirror, verify_path_with};
 
 use exportcore::{
     check_supported, ArtifactSpec, ArtifactType, EvidenceKind, ExportContext, ExportError, Profile, ProfileDescriptor,
@@ -418,6 +418,25 @@ pub(crate) fn build_tree(
             ctx.warn(
                 "WARN_MIRROR_TUF_UNSIGNED",
                 "no signing key: the TUF metadata carries no signatures, and TUF clients will refuse it (sign the run)",
+            );
+        }
+        // Expiry counts from the pinned time (byte-identical builds): a mirror pinned to old
+        // evidence can be stale when made. Said, not changed.
+        let first_expiry = Role::ALL.iter().map(|r| tuf_options.role(*r).expires_days).min().unwrap_or(0);
+        let expires = anchor.created_at.plus_days(first_expiry);
+        if expires < exportcore::Timestamp::now() {
+            ctx.warn(
+                "WARN_MIRROR_TUF_EXPIRED",
+                format!(
+                    "the TUF metadata expires at {expires}, already past: it counts from {} ({}); pin a later time (--created-at, SOURCE_DATE_EPOCH) for a mirror clients take now",
+                    anchor.created_at,
+                    match anchor.source {
+                        exportcore::TimeSource::Evidence => "the newest evidence time",
+                        exportcore::TimeSource::Request => "the request's createdAt",
+                        exportcore::TimeSource::SourceDateEpoch => "SOURCE_DATE_EPOCH",
+                        exportcore::TimeSource::Epoch => "the epoch: no time in the evidence",
+                    }
+                ),
             );
         }
         for (name, bytes) in tuf::build(&targets, anchor.created_at, tuf_options, ctx.signer(), previous)? {

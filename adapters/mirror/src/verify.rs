@@ -20,6 +20,32 @@ pub(crate) fn is_export_id(line: &str) -> bool {
     line.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// True when `dir` is the output of a `mirror:delta` run (`delta/manifest.diff.json`).
+pub fn is_delta(dir: &Path) -> bool {
+    dir.join(crate::DIFF_FILE).is_file()
+}
+
+/// A delta holds only what its base lacks: no whole OCI layout or TUF chain to check until it
+/// is applied. Here: its run manifest (every file, and the signatures with `options.verifiers`)
+/// and that its diff and the new tree's manifest parse; [`crate::apply`] checks the rest
+/// against the base.
+fn verify_delta(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
+    let mut report = exportcore::verify::verify_path_with(dir, options)?;
+    let read = |rel: &str| exportcore::files::read_capped(&dir.join(rel), exportcore::files::MAX_MANIFEST_BYTES);
+    match read(crate::DIFF_FILE).map(|b| serde_json::from_slice::<Value>(&b)) {
+        Ok(Ok(diff)) if diff["version"] == crate::DIFF_VERSION => {}
+        Ok(Ok(diff)) => fail(&mut report, crate::DIFF_FILE, format!("unknown version {}", diff["version"])),
+        Ok(Err(e)) => fail(&mut report, crate::DIFF_FILE, format!("not JSON: {e}")),
+        Err(e) => fail(&mut report, crate::DIFF_FILE, e.to_string()),
+    }
+    match read(crate::FULL_MANIFEST).map(|b| exportcore::Manifest::parse(&b)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => fail(&mut report, crate::FULL_MANIFEST, e),
+        Err(e) => fail(&mut report, crate::FULL_MANIFEST, e.to_string()),
+    }
+    Ok(report)
+}
+
 fn fail(report: &mut VerifyReport, path: impl Into<String>, problem: impl Into<String>) {
     report.failures.push(VerifyFailure {
         path: path.into(),
@@ -28,7 +54,9 @@ fn fail(report: &mut VerifyReport, path: impl Into<String>, problem: impl Into<S
     });
 }
 
-/// Verifies a mirror run directory at time `now` (TUF expiry): what
+/// Verifies a mirror run directory at time `now` (TUF expiry) — a `mirror:delta` output only
+/// as a delta can be on its own (its run manifest and signatures, its diff; see [`is_delta`]) —:
+/// what
 /// [`exportcore::verify::verify_path_with`] checks (the run manifest, every file's size and
 /// digest, signatures with `options.verifiers`), then `oci/` ([`crate::check_layout`]), then
 /// the TUF chain from `tuf/metadata/1.root.json` ([`tuf::verify`]): every target must exist
@@ -39,6 +67,9 @@ fn fail(report: &mut VerifyReport, path: impl Into<String>, problem: impl Into<S
 /// # Errors
 /// I/O errors reading the directory; every verification problem is in the report instead.
 pub fn verify_path_with(dir: &Path, options: &VerifyOptions, now: Timestamp) -> Result<VerifyReport> {
+    if is_delta(dir) {
+        return verify_delta(dir, options);
+    }
     // An applied mirror keeps its log of applied deltas: local state, outside every list.
     let mut options = options.clone();
     options.local_files.push(crate::APPLIED_LOG.to_owned());

@@ -272,7 +272,7 @@ impl Profile for TrivyDb {
             (sk.vex_os_ignored, "WARN_TRIVY_VEX_OS_IGNORED", "VEX statements on OS packages (not applicable)"),
         ] {
             if n > 0 {
-                ctx.warn(code, format!("skipped {n} {what}; counts in trivy-export.json"));
+                ctx.warn(code, format!("skipped {n} {what}; counts in the Trivy report (trivy-export.json; db.report.json in a mirror)"));
             }
         }
         let anchor = ctx.time_anchor(newest);

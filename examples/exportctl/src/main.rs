@@ -460,6 +460,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 });
             }
             if mirror {
+                if exportcore_mirror::is_delta(&path) {
+                    errln!("note: a mirror:delta: its files and signatures are checked here; `exportctl mirror apply` checks it against its base");
+                }
                 return verify_report(exportcore_mirror::verify_path_with(
                     &path,
                     &options,

@@ -948,6 +948,18 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
     let o = export("mirror:delta", &ev2, &delta, &args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(delta.join("delta/manifest.diff.json").is_file());
+    // A delta verifies on its own (files, signature), saying what is left for apply.
+    let o = run(&["verify", delta.to_str().unwrap(), "--key", &public]);
+    assert!(o.status.success() && text(&o).contains("mirror apply"), "{}", text(&o));
+    let tampered = tmp.path().join("tampered-delta");
+    assert!(std::process::Command::new("cp").arg("-r").arg(&delta).arg(&tampered).status().unwrap().success());
+    let diff_path = tampered.join("delta/manifest.diff.json");
+    let mut diff = std::fs::read(&diff_path).unwrap();
+    diff.push(b' ');
+    std::fs::write(&diff_path, diff).unwrap();
+    let o = run(&["verify", tampered.to_str().unwrap(), "--key", &public]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("delta/manifest.diff.json"), "{}", text(&o));
     // --base belongs to mirror:delta only, and mirror:delta needs it.
     let o = export("json:raw", &samples(), &tmp.path().join("x"), &["--base", old.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("--base"), "{}", text(&o));
