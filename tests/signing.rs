@@ -94,6 +94,17 @@ async fn tampering_is_caught() {
     .run;
     assert_eq!(run.status, exportcore::RunStatus::Succeeded);
     assert!(problems(&unsigned, &opts(&k)).iter().any(|p| p.contains("manifest.dsse.json: missing")));
+    // A FIFO or a directory where an envelope was: a failed check (exit 1), no hang, no error.
+    for (i, make) in ["mkfifo", "mkdir"].iter().enumerate() {
+        let out = unsigned.parent().unwrap().join(format!("odd-{i}"));
+        assert!(std::process::Command::new("cp").arg("-r").arg(&unsigned).arg(&out).status().unwrap().success());
+        assert!(std::process::Command::new(make).arg(out.join("manifest.dsse.json")).status().unwrap().success());
+        let p = problems(&out, &opts(&k));
+        assert!(
+            p.iter().any(|p| p.contains("manifest.dsse.json") && p.contains("ERR_EXPORT_VERIFY_FAILED")),
+            "{make}: {p:?}"
+        );
+    }
 }
 
 fn signed_run_blocking(out: &std::path::Path, k: &Keys) -> exportcore::Run {

@@ -431,6 +431,14 @@ fn open_envelope(
             }
             return Ok(None);
         }
+        // A FIFO, a directory, an endless file where the envelope should be: tampering, so a
+        // failure of the check (exit 1), not an error of the tool.
+        Err(ExportError::Io { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) =>
+        {
+            report.fail(name, source.to_string());
+            return Ok(None);
+        }
         Err(e) => return Err(e),
     };
     let payload = Envelope::parse_exact(&bytes, name).and_then(|env| {

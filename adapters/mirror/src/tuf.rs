@@ -519,6 +519,10 @@ pub struct Verified {
     pub root_key_ids: Vec<String>,
 }
 
+/// The largest root or timestamp metadata [`verify`] reads (python-tuf's defaults are
+/// 512,000 and 16,384 bytes).
+pub const MAX_UNLISTED_METADATA: usize = 1 << 20;
+
 /// Reads a metadata file by name (`1.root.json`, `timestamp.json`...); `None` when absent.
 pub type Fetch<'a> = dyn Fn(&str) -> std::result::Result<Option<Vec<u8>>, String> + 'a;
 
@@ -530,7 +534,16 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     let get = |file: &str| -> std::result::Result<Vec<u8>, Problem> {
         fetch(file).map_err(|e| fail(file, e))?.ok_or_else(|| fail(file, "missing".into()))
     };
-    let first = get("1.root.json")?;
+    // Root and timestamp are parsed before anything vouches for their bytes: capped (a client
+    // would not download more), so a forged file cannot make the check hold gigabytes.
+    // Snapshot and targets are checked against the length and hash listed for them first.
+    let capped = |file: &str, bytes: Vec<u8>| {
+        if bytes.len() > MAX_UNLISTED_METADATA {
+            return Err(fail(file, format!("{} bytes: over the {MAX_UNLISTED_METADATA}-byte limit", bytes.len())));
+        }
+        Ok(bytes)
+    };
+    let first = capped("1.root.json", get("1.root.json")?)?;
     let doc: Value = serde_json::from_slice(&first).map_err(|e| fail("1.root.json", format!("not JSON: {e}")))?;
     let mut trust = trusted(&doc["signed"]).map_err(|e| fail("1.root.json", e))?;
     let mut root = checked(&first, Role::Root, &trust).map_err(|e| fail("1.root.json", e))?;
@@ -541,6 +554,7 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     for n in 2.. {
         let file = format!("{n}.root.json");
         let Some(bytes) = fetch(&file).map_err(|e| fail(&file, e))? else { break };
+        let bytes = capped(&file, bytes)?;
         checked(&bytes, Role::Root, &trust)
             .map_err(|e| fail(&file, format!("not signed by the previous root: {e}")))?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fail(&file, e.to_string()))?;
@@ -557,7 +571,7 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     expired(&root, "root.json")?;
     let consistent = root["consistent_snapshot"].as_bool().unwrap_or(false);
 
-    let ts_bytes = get("timestamp.json")?;
+    let ts_bytes = capped("timestamp.json", get("timestamp.json")?)?;
     let ts = checked(&ts_bytes, Role::Timestamp, &trust).map_err(|e| fail("timestamp.json", e))?;
     expired(&ts, "timestamp.json")?;
     let snap_meta = &ts["meta"]["snapshot.json"];
@@ -645,6 +659,16 @@ mod tests {
             mixed.insert("timestamp.json".into(), other["timestamp.json"].clone());
             let e = check(&mixed, "2025-02-01T00:00:00Z").unwrap_err();
             assert!(e.message.contains("signed by 0/1"), "{e:?}");
+            // An oversized root or timestamp is refused before it is parsed.
+            for file in ["1.root.json", "timestamp.json"] {
+                let mut big = files.clone();
+                let mut doc = b"[".to_vec();
+                doc.extend(std::iter::repeat_n(&b"0,"[..], MAX_UNLISTED_METADATA).flatten());
+                doc.extend(b"0]");
+                big.insert(file.into(), doc);
+                let e = check(&big, "2025-02-01T00:00:00Z").unwrap_err();
+                assert!(e.file == file && e.message.contains("limit"), "{e:?}");
+            }
         }
     }
 
