@@ -984,8 +984,13 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let store_path = args.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     let (store, lock) = open_engine_store(&store_path).await?;
     exportcore::run::sweep_stale_staging(&staging)?;
+    // mirror:delta needs a base directory no request can name: not offered here.
+    let mut offered = exportcore_json::profiles();
+    offered.extend(exportcore_trivy::profiles());
+    offered.extend(exportcore_devportal::profiles());
+    offered.register(Arc::new(exportcore_mirror::MirrorFull::default()));
     let exporter = Exporter::builder()
-        .profiles(profiles())
+        .profiles(offered)
         .sink_arc(sink)
         .store_arc(store)
         .evidence(evidence)

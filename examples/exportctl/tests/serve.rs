@@ -176,6 +176,12 @@ fn serve_dev_tokens_with_curl_and_the_browser_page() {
     let with = |extra: &[&str]| -> Vec<String> { auth.iter().chain(extra).map(|s| s.to_string()).collect() };
     let run = |args: Vec<String>| curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
+    // Every built-in profile but mirror:delta (no request can name its base).
+    let o = run(with(&[&format!("{base}/export-center/profiles")]));
+    let builtin: Vec<String> =
+        json(&o)["builtin"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+    assert!(builtin.iter().any(|p| p == "mirror:full") && !builtin.iter().any(|p| p == "mirror:delta"), "{builtin:?}");
+
     let o = run(with(&[
         "-X",
         "POST",
