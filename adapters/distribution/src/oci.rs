@@ -276,8 +276,8 @@ impl Registry {
                 }
                 Ok(resp) if transient(resp.status()) => format!("{what}: {}", resp.status()),
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => format!("{what}: {e}"),
-                Err(e) => return Err(DistributionError::fatal(format!("{what}: {e}"))),
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => format!("{what}: {}", chain(&e)),
+                Err(e) => return Err(DistributionError::fatal(format!("{what}: {}", chain(&e)))),
             };
             attempt += 1;
             if attempt > self.retries {
@@ -459,6 +459,22 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// An error with its causes, `: `-separated (reqwest's own message omits them: "error sending
+/// request" says nothing of the refused connection below it).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

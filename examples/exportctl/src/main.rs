@@ -760,9 +760,10 @@ impl OutDir {
 
 async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // What the engine cannot report through the run (a store that fails to save its final
-    // state) it logs: errors only, on stderr (`EXPORTCTL_LOG` for more).
+    // state, a run retried after a transient failure) it logs on stderr: errors, and the
+    // engine's warnings (`EXPORTCTL_LOG` for more or less).
     let filter = tracing_subscriber::EnvFilter::try_from_env("EXPORTCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,exportcore::engine=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     let mut request = build_request(&args)?;
     // `--base` configures mirror:delta (the only profile that takes one).

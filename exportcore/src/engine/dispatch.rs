@@ -268,7 +268,7 @@ impl Exporter {
                 let jitter = backoff.mul_f64(jitter_fraction(&run.run_id, run.attempts));
                 metrics::counter!("exporter_run_retries_total", "profile_kind" => run.profile_id.to_string())
                     .increment(1);
-                tracing::warn!(code = e.code(), attempt = run.attempts, ?backoff, "transient failure, retrying");
+                tracing::warn!(code = e.code(), error = %e.report(), attempt = run.attempts, ?backoff, "transient failure, retrying the run");
                 tokio::time::sleep(backoff + jitter).await;
                 let mut cancels = self.inner.cancels.lock().await;
                 match cancel.check() {
