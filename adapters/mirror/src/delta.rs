@@ -653,6 +653,9 @@ pub fn apply(
             ));
         }
     }
+    if !crate::is_delta(delta_dir) {
+        return Err(delta_err(&delta_dir.display().to_string(), format!("not a mirror delta (no {DIFF_FILE})")));
+    }
     let report = exportcore::verify::verify_path_with(delta_dir, options)?;
     if let Some(f) = report.failures.first() {
         return Err(delta_err(

@@ -405,6 +405,9 @@ pub fn decrypt(
         return Err(ExportError::invalid("--out", format!("{} is not empty", plain.display())));
     }
     let export_path = out.join("mirror/export.json");
+    if !crate::is_mirror(out) {
+        return Err(ExportError::invalid("OUT", format!("{} is not a mirror run's output", out.display())));
+    }
     let export: serde_json::Value =
         serde_json::from_slice(&exportcore::files::read_capped(&export_path, exportcore::files::MAX_MANIFEST_BYTES)?)
             .map_err(|e| ExportError::VerificationFailed {

@@ -99,7 +99,7 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
-        /// Run store (SQLite file; default ./exports.sqlite).
+        /// Run store: a SQLite file (default ./exports.sqlite) or `postgres://…`.
         #[arg(long, global = true)]
         store: Option<PathBuf>,
         /// Print JSON.
@@ -114,12 +114,14 @@ enum Command {
         #[command(subcommand)]
         command: MirrorCommand,
     },
-    /// Push an existing run output to a registry (`oci://HOST[:PORT]/REPO:TAG`); verified first.
+    /// Push an existing run output to a registry (`oci://HOST[:PORT]/REPO:TAG`), S3
+    /// (`s3://BUCKET/PREFIX`) or a directory (`file://DIR`); verified first.
     Distribute {
         /// The run's output directory.
         out_dir: PathBuf,
         /// Where to: `oci://HOST[:PORT]/REPO:TAG` (credentials from EXPORTCORE_OCI_USERNAME /
-        /// EXPORTCORE_OCI_PASSWORD or a docker config.json).
+        /// EXPORTCORE_OCI_PASSWORD or a docker config.json), `s3://BUCKET/PREFIX` (AWS_*
+        /// variables) or `file://DIR`.
         uri: String,
         /// Sign the pushed manifest (cosign-compatible `sha256-<hex>.sig` tag) with this key.
         #[arg(long)]
@@ -142,7 +144,7 @@ enum Command {
     Distributions {
         #[command(subcommand)]
         command: DistributionsCommand,
-        /// Run store (SQLite file; default ./exports.sqlite).
+        /// Run store: a SQLite file (default ./exports.sqlite) or `postgres://…`.
         #[arg(long, global = true)]
         store: Option<PathBuf>,
         /// Print JSON.
@@ -203,7 +205,7 @@ struct ServeArgs {
     /// printed on stderr.
     #[arg(long)]
     listen: String,
-    /// Run store (SQLite file; default exports.sqlite).
+    /// Run store: a SQLite file (default exports.sqlite) or `postgres://…`.
     #[arg(long)]
     store: Option<PathBuf>,
     /// Where runs publish their artifacts, one directory per run (default ./export-data), or
@@ -342,7 +344,7 @@ struct RunArgs {
     /// Tenant.
     #[arg(long, default_value = "default")]
     tenant: String,
-    /// Run store (SQLite file).
+    /// Run store: a SQLite file (default ./exports.sqlite) or `postgres://…`.
     #[arg(long)]
     store: Option<PathBuf>,
     /// Print the final run record as JSON on stdout.
@@ -377,7 +379,8 @@ struct RunArgs {
     #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
     encrypt_to: Vec<String>,
     /// After publishing, push the run to `oci://HOST[:PORT]/REPO:TAG` (signed with
-    /// --sign-key when given); the run succeeds only when the push does.
+    /// --sign-key when given), `s3://BUCKET/PREFIX` or `file://DIR`; the run succeeds only
+    /// when the push does.
     #[arg(long, value_name = "URI")]
     distribute: Option<String>,
 }
@@ -403,7 +406,16 @@ fn profiles() -> Profiles {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as usual; usage errors carry the contract's code too.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            errln!("error: ERR_EXPORT_REQUEST_INVALID: {}", text.trim_start_matches("error: ").trim_end());
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -435,11 +447,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Run(args) => run(*args).await,
         Command::Verify { path, key, max_age, max_drift, now } => {
-            let mut options = VerifyOptions::default();
-            for k in &key {
-                let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
-                options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem)?);
-            }
+            let mut options = trusted_keys(&key)?;
             let mirror = exportcore_mirror::is_mirror(&path);
             if now.is_some() && max_age.is_none() && max_drift.is_none() && !mirror {
                 return Err(ExportError::invalid(
@@ -483,7 +491,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             options.mount_from = mount_from;
             if let Some(k) = &sign_key {
                 let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
-                options.signer = Some(exportcore_crypto::signer_from_pem(&pem)?);
+                options.signer =
+                    Some(exportcore_crypto::signer_from_pem(&pem).map_err(|e| key_error("--sign-key", k, e))?);
             }
             let creds = exportcore_distribution::Credentials::lookup(&target.registry)?;
             let pushed = exportcore_distribution::push_oci(&out_dir, &target, creds, &options).await?;
@@ -650,14 +659,21 @@ fn trusted_keys(keys: &[PathBuf]) -> exportcore::Result<VerifyOptions> {
     let mut options = VerifyOptions::default();
     for k in keys {
         let pem = exportcore::files::read_capped_string(k, exportcore::files::MAX_KEY_BYTES)?;
-        options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem).map_err(|e| {
-            ExportError::invalid(
-                "--key",
-                format!("{}: {}", k.display(), e.to_string().trim_start_matches("invalid request: ")),
-            )
-        })?);
+        options.verifiers.push(exportcore_crypto::verifier_from_pem(&pem).map_err(|e| key_error("--key", k, e))?);
     }
     Ok(options)
+}
+
+/// A key file's error naming the flag and the file (`--key signer.pub: not a PEM public key
+/// (…)`); I/O errors already name the file and pass through.
+fn key_error(flag: &str, file: &Path, e: ExportError) -> ExportError {
+    if matches!(e, ExportError::Io { .. }) {
+        return e;
+    }
+    let what = if flag == "--key" { "not a PEM public key" } else { "not a usable PEM private key" };
+    let detail = e.to_string();
+    let detail = detail.trim_start_matches("invalid request: ").trim_start_matches("key: ");
+    ExportError::invalid(flag, format!("{}: {what} ({detail})", file.display()))
 }
 
 /// Runs `work` (which writes `out` through a staging directory named `prefix…` beside it) on
@@ -795,7 +811,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             let d =
                 request.distribution.take().unwrap_or_else(|| Distribution::new(DistributionType::Filesystem, None));
             request.distribution = Some(d.signed(key_ref.clone()));
-            Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref)?)
+            Some(exportcore_crypto::KeyResolvers::new().signer(&key_ref).map_err(|e| key_error("--sign-key", key, e))?)
         }
     };
     registry.get(&request.profile_id)?.validate(&request)?;

@@ -403,6 +403,7 @@ fn keygen_sign_and_verify_with_key() {
     let o = run(&["verify", out.to_str().unwrap(), "--key", &format!("{}.key", prefix("ed25519"))]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("ERR_EXPORT_REQUEST_INVALID") && text(&o).contains("PUBLIC KEY"), "{}", text(&o));
+    assert!(text(&o).contains("--key") && text(&o).contains("ed25519.key"), "names the flag and file: {}", text(&o));
     let o = run(&["keygen", "--algorithm", "rsa", "--out", &prefix("rsa")]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown algorithm"), "{}", text(&o));
@@ -792,6 +793,18 @@ fn contract_edges_are_typed_errors() {
     let o = export("json:raw", &ev, &tmp.path().join("old"), &["--created-at", "1969-12-31T23:59:59Z"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("createdAt"), "{}", text(&o));
+    // Usage errors carry the contract's code too.
+    let o = run(&["bogus"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("error: ERR_EXPORT_REQUEST_INVALID: unrecognized subcommand"), "{}", text(&o));
+    let o = run(&["run", "--profile", "json:raw"]);
+    assert!(
+        o.status.code() == Some(2)
+            && text(&o).contains("ERR_EXPORT_REQUEST_INVALID")
+            && text(&o).contains("--evidence"),
+        "{}",
+        text(&o)
+    );
     // A bad tenant and a SOURCE_DATE_EPOCH before 1970: refused before --out is made.
     let out = tmp.path().join("never");
     let o = export("json:raw", &ev, &out, &["--tenant", "bad tenant!"]);
