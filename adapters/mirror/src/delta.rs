@@ -792,6 +792,10 @@ pub fn apply(
     let mut by_sha: BTreeMap<Sha256Digest, PathBuf> = BTreeMap::new();
     let mut deferred = Vec::new();
     let check = |dst: &Path, src: &Path, who: &str, (size, sha): (u64, Sha256Digest)| -> Result<()> {
+        // A link swapped into the base meanwhile is linked as a link: never one in NEW.
+        if !std::fs::symlink_metadata(dst).is_ok_and(|m| m.file_type().is_file()) {
+            return Err(delta_err(&src.display().to_string(), format!("{who} is not a regular file")));
+        }
         let (got_size, got_sha) = exportcore::files::hash_regular(dst)?;
         if got_size != size || got_sha != sha {
             return Err(delta_err(&src.display().to_string(), format!("{who} is not the file the new tree lists")));
