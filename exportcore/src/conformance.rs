@@ -179,6 +179,29 @@ pub async fn profile_suite(profile: Arc<dyn Profile>, evidence: Arc<dyn Evidence
     profile_anchors_time(&profile, &evidence, &request).await;
     profile_failure_leaves_no_output(&profile, &request).await;
     profile_honours_cancel(&profile, &evidence, &request).await;
+    profile_progress_moves_forward(&profile, &evidence, &request).await;
+}
+
+/// The run's progress events never go back and stay within 0..=100 (a profile that runs
+/// another inside it, counting its own 0..100, included).
+pub async fn profile_progress_moves_forward(
+    profile: &Arc<dyn Profile>,
+    evidence: &Arc<dyn EvidenceSource>,
+    request: &RunRequest,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = RunBuilder::from_arcs(Arc::clone(profile), Arc::clone(evidence), Arc::new(InMemorySink::new()))
+        .events(tx)
+        .execute(request.clone())
+        .await;
+    succeeded(result, "a run with events");
+    let mut last = 0;
+    while let Ok(e) = rx.try_recv() {
+        if let crate::RunEvent::Progress { progress, .. } = e {
+            assert!(progress.percent >= last && progress.percent <= 100, "progress {last}% then {}%", progress.percent);
+            last = progress.percent;
+        }
+    }
 }
 
 /// The descriptor has an id and a description; `validate` accepts a request naming it.

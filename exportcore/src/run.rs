@@ -472,11 +472,13 @@ async fn stage_and_publish(
         let ctx_run_id = run_id.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<StagedArtifact>, TimeAnchor, Vec<RunError>)> {
             let report = move |p: Progress| {
-                let changed = {
+                let (p, changed) = {
                     let mut cur = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    // Progress never goes back (a nested profile counts its own 0..100).
+                    let p = Progress { percent: p.percent.max(cur.percent), ..p };
                     let changed = cur.percent != p.percent || cur.items_total != p.items_total;
                     *cur = p;
-                    changed
+                    (p, changed)
                 };
                 if changed {
                     emit.send(RunEvent::Progress { run_id: run_id.clone(), progress: p });
