@@ -168,7 +168,7 @@ pub enum ExportError {
         reason: String,
     },
     /// A feature exists in the contract but is not available in this build.
-    #[error("not supported yet: {feature}")]
+    #[error("not supported: {feature}")]
     NotSupported {
         /// What was asked for.
         feature: String,

@@ -1,7 +1,7 @@
 //! `exportctl`: the command-line front end of exportcore.
 //!
 //! The command contract is fixed (see `docs/cli.md`). Exit codes: 0 success; 1 the run failed
-//! or verification failed; 2 usage, I/O or "not supported yet" errors. Every error prints its
+//! or verification failed; 2 usage, I/O or "not supported" errors. Every error prints its
 //! `ERR_EXPORT_*` code.
 
 use clap::{Parser, Subcommand};
@@ -815,6 +815,11 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     };
     registry.get(&request.profile_id)?.validate(&request)?;
+    // A mirror signs TUF metadata with the key: one TUF has no scheme for (SM2) is refused
+    // now, not after the run is built.
+    if let (Some(s), true) = (&signer, request.profile_id.as_str().starts_with("mirror:")) {
+        exportcore_mirror::tuf::key_object(&**s)?;
+    }
     let evidence = DirEvidence::new(&args.evidence)?;
     let pinned = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(sde) => Some(TimeAnchor::from_source_date_epoch(&sde)?),

@@ -410,6 +410,16 @@ fn keygen_sign_and_verify_with_key() {
     let junk = tmp.path().join("junk.key");
     std::fs::write(&junk, "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n").unwrap();
     assert_run_fails(&samples(), &["--sign-key", junk.to_str().unwrap()], "ERR_EXPORT_REQUEST_INVALID", "PEM");
+    // An SM2 key cannot sign TUF metadata: a mirror run refuses it before any work, exit 2.
+    let sm2_key = format!("{}.key", prefix("sm2"));
+    assert_run_fails(
+        &samples(),
+        &["--profile", "mirror:full", "--sign-key", &sm2_key],
+        "ERR_EXPORT_NOT_SUPPORTED",
+        "TUF",
+    );
+    let o = export("mirror:full", &samples(), &tmp.path().join("m-sm2"), &["--sign-key", &sm2_key]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     // Staleness: its own code.
     let out = tmp.path().join("out-sm2");
     let o = run(&["verify", out.to_str().unwrap(), "--max-age", "1d", "--now", "2030-01-01T00:00:00Z"]);
