@@ -539,6 +539,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Mirror { command: MirrorCommand::Apply { base, delta, out, key } } => {
             let options = trusted_keys(&key)?;
+            if key.is_empty() {
+                errln!("note: no --key: the delta is checked to be whole, not who made it");
+            }
             let (b, target) = (base.clone(), out.clone());
             let applied = until_signal(&out, exportcore_mirror::APPLY_STAGING_PREFIX, move || {
                 exportcore_mirror::apply(&b, &delta, &target, &options)
