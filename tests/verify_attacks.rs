@@ -187,3 +187,130 @@ async fn envelopes_with_trailing_bytes_are_refused() {
         std::fs::write(&path, genuine).unwrap();
     }
 }
+
+/// The genuine tar stream with each entry re-appended; `pax` puts a PAX extended header (a
+/// benign `path`, the entry's own name) before the entry named `at`.
+fn with_pax_before(tar: &[u8], at: &str) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut ar = tar::Archive::new(tar);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+        let mut h = e.header().clone();
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).unwrap();
+        if name == at {
+            out.append_pax_extensions([("path", name.as_bytes())]).unwrap();
+        }
+        out.append_data(&mut h, &name, &body[..]).unwrap();
+    }
+    out.into_inner().unwrap()
+}
+
+/// Tar readers disagree on names given by PAX headers (and GNU long names beside them) and
+/// on the `prefix` field of pre-POSIX ustar headers: `tar` unpacked other files under the
+/// names `verify` had checked. Only POSIX ustar headers without PAX pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_whose_names_tar_readers_disagree_on_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
+    request.compression = Some(Compression::Gzip);
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
+        .execute(request)
+        .await
+        .unwrap();
+    let tar = gunzip(&std::fs::read(out.join("json-raw.tar.gz")).unwrap());
+    let options = VerifyOptions::default();
+    let plain = tmp.path().join("plain.tar.gz");
+    std::fs::write(&plain, gzip(&with_pax_before(&tar, "no-such-entry"))).unwrap();
+    assert!(exportcore_devportal::verify_path_with(&plain, &options).unwrap().is_ok(), "re-appended as is: verifies");
+    // A PAX header, even one repeating the entry's own name.
+    let pax = tmp.path().join("pax.tar.gz");
+    std::fs::write(&pax, gzip(&with_pax_before(&tar, "manifest.json"))).unwrap();
+    let r = exportcore_devportal::verify_path_with(&pax, &options).unwrap();
+    assert!(r.failures.iter().any(|f| f.problem.contains("PAX")), "{:?}", r.failures);
+    // A ustar magic with another version: GNU tar joins `prefix` to the name, the crate not.
+    let mut old = tar.clone();
+    assert_eq!(&old[257..265], b"ustar\x0000");
+    old[263..265].copy_from_slice(b"  ");
+    let mut h = tar::Header::new_old();
+    h.as_mut_bytes().copy_from_slice(&old[..512]);
+    h.set_cksum();
+    old[..512].copy_from_slice(h.as_bytes());
+    let pre = tmp.path().join("pre-posix.tar.gz");
+    std::fs::write(&pre, gzip(&old)).unwrap();
+    let r = exportcore_devportal::verify_path_with(&pre, &options).unwrap();
+    assert!(r.failures.iter().any(|f| f.problem.contains("ustar")), "{:?}", r.failures);
+}
+
+/// Rewrites `dir`'s run manifest so every entry matches the file now there (what an attacker
+/// who also swaps the unsigned manifest does).
+fn remanifest(dir: &Path) {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    for e in manifest["entries"].as_array_mut().unwrap() {
+        let bytes = std::fs::read(dir.join(e["path"].as_str().unwrap())).unwrap();
+        e["size"] = bytes.len().into();
+        e["sha256"] = exportcore::Sha256Digest::of(&bytes).to_hex().into();
+    }
+    let total: u64 = manifest["entries"].as_array().unwrap().iter().map(|e| e["size"].as_u64().unwrap()).sum();
+    manifest["totals"]["bytes"] = total.into();
+    std::fs::write(dir.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
+}
+
+/// A tar with a symlink out of the tree beside `files`.
+fn tar_with_link(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *body).unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "z-link", "/etc/passwd").unwrap();
+    b.into_inner().unwrap()
+}
+
+/// `verify DIR` without a key opens every archive of the run: a nested bundle claiming a
+/// foreign manifest, and a Trivy DB tarball, still may not hold links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_in_an_unsigned_run_are_opened_whatever_they_claim_to_be() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |profile: &'static str, out: PathBuf| async move {
+        let mut request = RunRequest::new(ProfileId::from_static(profile));
+        request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+        let mut all = exportcore_json::profiles();
+        all.extend(exportcore_trivy::profiles());
+        RunBuilder::from_arcs(
+            all.get(profile).unwrap(),
+            std::sync::Arc::new(DirEvidence::new(samples()).unwrap()),
+            std::sync::Arc::new(FsSink::new(&out).unwrap()),
+        )
+        .execute(request)
+        .await
+        .unwrap();
+        out
+    };
+    let options = VerifyOptions::default();
+    let raw = run("json:raw", tmp.path().join("raw")).await;
+    let foreign = br#"{"version":"evil/v1"}"#;
+    let bundle = zstd::encode_all(&tar_with_link(&[("manifest.json", foreign)])[..], 3).unwrap();
+    std::fs::write(raw.join("json-raw.tar.zst"), bundle).unwrap();
+    remanifest(&raw);
+    let r = exportcore::verify::verify_path_with(&raw, &options).unwrap();
+    assert!(r.failures.iter().any(|f| f.path.ends_with("!z-link")), "{:?}", r.failures);
+
+    let db = run("trivy:db", tmp.path().join("db")).await;
+    let good = exportcore::verify::verify_path_with(&db, &options).unwrap();
+    assert!(good.is_ok(), "the genuine DB tarball passes: {:?}", good.failures);
+    std::fs::write(db.join("db.tar.gz"), gzip(&tar_with_link(&[("metadata.json", b"{}")]))).unwrap();
+    remanifest(&db);
+    let r = exportcore::verify::verify_path_with(&db, &options).unwrap();
+    assert!(r.failures.iter().any(|f| f.path == "db.tar.gz!z-link"), "{:?}", r.failures);
+}

@@ -513,6 +513,27 @@ impl Read for Guarded {
     }
 }
 
+/// Refuses an entry whose name tools could read differently: only POSIX ustar headers (magic
+/// `ustar\0`, version `00`, what [`ArchiveWriter`] writes; GNU `tar` takes the `prefix` field of
+/// other variants that the `tar` crate ignores) without PAX extended headers (a PAX `path`
+/// and a GNU long name on one entry: the crate takes one, GNU `tar` the other; PAX can also
+/// make sparse files). GNU long names alone are read alike and allowed. Returns the entry's
+/// name, which must be UTF-8.
+///
+/// # Errors
+/// What is wrong, for a verification failure.
+pub fn strict_entry_name<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<String, String> {
+    if entry.header().as_ustar().is_none() {
+        return Err("not a POSIX ustar header (other tar readers may take another name)".into());
+    }
+    match entry.pax_extensions() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err("carries a PAX extended header (tar readers disagree on its name)".into()),
+        Err(e) => return Err(format!("bad PAX extended header: {e}")),
+    }
+    String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| "an entry name that is not UTF-8".into())
+}
+
 /// Consumes what is left of an archive opened by [`open_archive`] after its entries were read:
 /// only zero bytes may follow the end-of-archive marker, and the compressed stream must end
 /// exactly there (its checksums are verified on the way). An error means a reader such as

@@ -370,13 +370,16 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
             Some(kind) => kind == ArtifactType::Bundle,
             None => is_archive_name(e.path.as_str()),
         };
-        // A bundle whose own digest already failed is not opened (nothing in it can be trusted,
-        // and it may be a decompression bomb).
+        // Other archives (a Trivy DB's `db.tar.gz`) are opened too when no key vouches for
+        // the bytes: what `tar` would unpack from them must be plain files under safe names.
+        let other_archive = !bundle && options.verifiers.is_empty() && is_archive_name(e.path.as_str());
+        // An archive whose own digest already failed is not opened (nothing in it can be
+        // trusted, and it may be a decompression bomb).
         let failed = report.failures.iter().any(|f| f.path == e.path.as_str());
-        if bundle && !failed && found.contains_key(e.path.as_str()) {
+        if (bundle || other_archive) && !failed && found.contains_key(e.path.as_str()) {
             let local = dir.join(e.path.as_str());
             let f = crate::files::open_regular(&local)?;
-            verify_nested_archive(f, &format!("{}!", e.path), report);
+            verify_nested_archive(f, &format!("{}!", e.path), bundle, report);
         }
     }
     Ok(())
@@ -501,20 +504,27 @@ fn check_subjects(
     }
 }
 
-/// A bundle listed in a run manifest whose own `manifest.json` belongs to another format (a
-/// profile's own bundle layout, e.g. `devportal-offline/v1`) is not checked inside: its bytes
-/// are already pinned by the run manifest's digest, and its profile ships its own verifier.
-fn verify_nested_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut VerifyReport) {
+/// An archive listed in a run manifest, checked inside: what `tar` would unpack from it (only
+/// regular files under safe names, one compressed stream, nothing after its end). A bundle's
+/// entries are also checked against its own `manifest.json`, unless that belongs to another
+/// format (a profile's own layout, e.g. `devportal-offline/v1`, whose profile ships its own
+/// verifier; its bytes are pinned by the run manifest's digest); an archive that is not a
+/// bundle (`bundle` false: a Trivy DB's `db.tar.gz`) has no manifest to check against.
+fn verify_nested_archive<R: Read + 'static>(r: R, prefix: &str, bundle: bool, report: &mut VerifyReport) {
     let mut inner = VerifyReport { target: report.target.clone(), ..Default::default() };
     verify_archive(r, prefix, &mut inner);
-    let foreign = inner
-        .failures
-        .iter()
-        .any(|f| f.path == format!("{prefix}{MANIFEST_FILE}") && f.problem.starts_with(FOREIGN_MANIFEST));
-    if !foreign {
+    let manifest = format!("{prefix}{MANIFEST_FILE}");
+    let foreign = inner.failures.iter().any(|f| f.path == manifest && f.problem.starts_with(FOREIGN_MANIFEST));
+    if !foreign && bundle {
         report.verified += inner.verified;
-        report.failures.extend(inner.failures);
     }
+    // Whatever is wrong with the archive itself stays a failure.
+    inner.failures.retain(|f| {
+        let listing =
+            f.path == manifest && (f.problem.starts_with(FOREIGN_MANIFEST) || (!bundle && f.problem == "missing"));
+        !listing
+    });
+    report.failures.extend(inner.failures);
 }
 
 /// Start of the failure text for a `manifest.json` of another format.
@@ -556,7 +566,14 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
                 return None;
             }
         };
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let raw = match crate::archive::strict_entry_name(&mut entry) {
+            Ok(name) => name,
+            Err(problem) => {
+                let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                report.fail(format!("{prefix}{shown}"), problem);
+                return None;
+            }
+        };
         let name = raw.trim_end_matches('/').to_owned();
         let kind = entry.header().entry_type();
         if ArtifactPath::parse(&name).is_err() {

@@ -257,17 +257,20 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
         }
     };
     for entry in entries {
-        let entry = match entry {
+        let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
                 out.fail_bundle(format!("archive is corrupt: {e}"));
                 return false;
             }
         };
-        let raw = entry.path_bytes().into_owned();
-        let Ok(raw) = String::from_utf8(raw) else {
-            out.fail(String::from_utf8_lossy(&entry.path_bytes()), "entry name is not UTF-8");
-            continue;
+        let raw = match exportcore::archive::strict_entry_name(&mut entry) {
+            Ok(name) => name,
+            Err(problem) => {
+                // A name other tools read otherwise: nothing after it can be trusted.
+                out.fail(String::from_utf8_lossy(&entry.path_bytes()), problem);
+                return false;
+            }
         };
         let name = raw.strip_suffix('/').unwrap_or(&raw).to_owned();
         let kind = entry.header().entry_type();
