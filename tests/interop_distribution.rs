@@ -314,6 +314,11 @@ async fn s3_uploads_check_digests_and_presigned_urls_serve_and_expire() {
         keys.contains(&"acme/run-1/json-raw.tar.zst") && keys.last() == Some(&"acme/run-1/manifest.json"),
         "{keys:?}"
     );
+    assert_eq!(pushed.bytes, pushed.objects.iter().map(|o| o.size).sum::<u64>(), "each byte counted once");
+    // Credentials written into the endpoint URL never show in an error.
+    let leaky = S3Config::new("http://ep-user:EP-SECRET@127.0.0.1:1", S3Server::ACCESS_KEY, S3Server::SECRET_KEY);
+    let e = push_s3(&raw, &target, &leaky).await.unwrap_err().to_string();
+    assert!(!e.contains("EP-SECRET") && !e.contains(S3Server::SECRET_KEY), "{e}");
     // A presigned GET serves the bytes to curl; expired, it is refused.
     let url =
         presign(&config, "exports", "acme/run-1/json-raw.tar.zst", std::time::Duration::from_secs(300)).await.unwrap();

@@ -279,20 +279,30 @@ impl ExportError {
     }
 }
 
-/// `uri` with any user information (`user:password@`) of its authority replaced by `***@`,
-/// for messages: a secret pasted into a reference is never echoed.
+/// `text` with the user information of every URL in it (`scheme://user:password@host`)
+/// replaced by `***@` (an error message of a client library may quote the URL it called).
 ///
 /// ```
-/// assert_eq!(exportcore::error::redact_userinfo("oci://bob:pw@reg:5000/a:b"), "oci://***@reg:5000/a:b");
-/// assert_eq!(exportcore::error::redact_userinfo("s3://bucket/x@y"), "s3://bucket/x@y");
+/// let e = "PUT http://ak:sk@127.0.0.1:9000/b/k failed; see s3://x:y@b/p";
+/// assert_eq!(exportcore::error::redact_urls(e), "PUT http://***@127.0.0.1:9000/b/k failed; see s3://***@b/p");
 /// ```
-pub fn redact_userinfo(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => uri.to_owned(),
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| "/?#\"' <>".contains(c) || c.is_whitespace()).unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// Extension to attach a path to `std::io::Result`s: `File::open(p).at(p)?` gives an

@@ -40,7 +40,7 @@ impl OciTarget {
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `field` for anything else.
     pub fn parse(uri: &str, field: &str) -> exportcore::Result<Self> {
-        let shown = exportcore::error::redact_userinfo(uri);
+        let shown = exportcore::error::redact_urls(uri);
         let bad = |why: &str| {
             exportcore::ExportError::invalid(field, format!("{shown:?}: {why} (oci://HOST[:PORT]/REPO:TAG)"))
         };

@@ -34,7 +34,7 @@ impl S3Target {
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `field`.
     pub fn parse(uri: &str, field: &str) -> Result<Self> {
-        let shown = exportcore::error::redact_userinfo(uri);
+        let shown = exportcore::error::redact_urls(uri);
         let bad = |why: &str| ExportError::invalid(field, format!("{shown:?}: {why} (s3://BUCKET/PREFIX)"));
         let rest = uri.strip_prefix("s3://").ok_or_else(|| bad("not an s3:// URL"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -143,9 +143,10 @@ impl S3Config {
     }
 }
 
-/// object_store errors can quote request details; keep only the first line and never a key.
+/// object_store errors can quote request details; keep only the first line and never a key
+/// (nor credentials written into the endpoint URL).
 fn redact(s: &str) -> String {
-    s.lines().next().unwrap_or_default().chars().take(300).collect()
+    exportcore::error::redact_urls(s.lines().next().unwrap_or_default()).chars().take(300).collect()
 }
 
 /// One object of a push.
@@ -249,7 +250,6 @@ pub async fn push_s3(dir: &Path, target: &S3Target, config: &S3Config) -> Result
                 format!("{key}: stored {got_size} bytes sha256 {got_sha}, sent {size} bytes sha256 {sha256}"),
             ));
         }
-        bytes += size;
         objects.push(S3Object { path, key: key.to_string(), size, sha256 });
     }
     Ok(S3Pushed { url: name, objects, bytes })

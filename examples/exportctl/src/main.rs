@@ -620,7 +620,7 @@ fn build_request(args: &RunArgs) -> Result<RunRequest, Failure> {
         } else if uri.starts_with("file://") {
             DistributionType::Object
         } else {
-            let shown = exportcore::error::redact_userinfo(uri);
+            let shown = exportcore::error::redact_urls(uri);
             return Err(ExportError::invalid("--distribute", format!("{shown:?}: oci://, s3:// or file://")).into());
         };
         req.distribution = Some(Distribution::new(kind, Some(uri.clone())));
@@ -1169,7 +1169,7 @@ async fn distribute_object(
         outln!("uploaded {} objects ({} bytes) to {}", pushed.objects.len(), pushed.bytes, pushed.url);
         pushed.objects.into_iter().map(|o| (o.path, format!("s3://{}/{}", target.bucket, o.key))).collect()
     } else {
-        let shown = exportcore::error::redact_userinfo(uri);
+        let shown = exportcore::error::redact_urls(uri);
         return Err(ExportError::invalid("URI", format!("{shown:?}: oci://, s3:// or file://")).into());
     };
     let locate = |o: &exportcore::Output| placed.get(o.path.as_str()).cloned();
