@@ -146,11 +146,22 @@ pub fn verify_run_output(dir: &Path, options: &VerifyOptions) -> Result<VerifyRe
 /// [`exportcore::verify::verify_path_with`].
 ///
 /// `options.staleness` applies to run manifests only: a lone bundle's `generatedAt` does not
-/// record where its time came from.
+/// record where its time came from, so asking a lone bundle's age is a failure (never a
+/// silent pass): verify the run directory instead.
 pub fn verify_path_with(path: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
     if is_bundle(path) {
         let opts = BundleVerifyOptions { verifiers: options.verifiers.clone(), expected_root: None };
-        verify_bundle_with(path, &opts)
+        let mut report = verify_bundle_with(path, &opts)?;
+        if options.staleness.is_some() {
+            report.failures.push(VerifyFailure {
+                path: path.display().to_string(),
+                problem: "its age cannot be checked (--max-age, --max-drift): a lone devportal bundle records no \
+                          time source; verify the run directory that holds it"
+                    .into(),
+                code: "ERR_EXPORT_VERIFY_FAILED",
+            });
+        }
+        Ok(report)
     } else if path.is_dir() && path.join(BUNDLE_FILE).is_file() {
         verify_run_output(path, options)
     } else {

@@ -119,6 +119,17 @@ fn layout_manifest_and_checksums() {
         assert_eq!(r.verified, 15, "root + 14 listed files");
         let r = verify_path_with(&p, &Default::default()).unwrap();
         assert!(r.is_ok(), "{:?}", r.failures);
+        // An age asked of a lone bundle, which records no time source: never a silent pass.
+        let aged = exportcore::verify::VerifyOptions {
+            staleness: Some(exportcore::verify::StalenessPolicy {
+                max_age: std::time::Duration::from_secs(1),
+                max_drift: std::time::Duration::from_secs(300),
+                now: exportcore::Timestamp::now(),
+            }),
+            ..Default::default()
+        };
+        let r = verify_path_with(&p, &aged).unwrap();
+        assert!(r.failures.iter().any(|f| f.problem.contains("age cannot be checked")), "{:?}", r.failures);
     }
     let r = verify_run_output(&out, &Default::default()).unwrap();
     assert!(r.is_ok(), "{:?}", r.failures);
