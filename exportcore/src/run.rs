@@ -86,6 +86,14 @@ pub struct DistributeContext<'a> {
 pub trait Distributor: std::fmt::Debug + Send + Sync + 'static {
     /// Whether it delivers this type.
     fn handles(&self, kind: crate::model::DistributionType) -> bool;
+    /// Refuses, when the run is submitted, a destination it will not deliver to (one its
+    /// operator did not allow: a server must not write where any tenant names). Default: any.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` naming `distribution.ref`.
+    fn accepts(&self, _distribution: &crate::model::Distribution) -> Result<()> {
+        Ok(())
+    }
     /// Delivers the run; returns the record of where everything went.
     async fn distribute(&self, ctx: DistributeContext<'_>) -> Result<crate::model::DistributionRecord>;
 }
@@ -380,13 +388,16 @@ pub fn check_implemented(
     }
     if let Some(d) = &request.distribution {
         use crate::model::DistributionType;
-        if d.kind != DistributionType::Filesystem && !distributors.iter().any(|x| x.handles(d.kind)) {
-            return Err(ExportError::NotSupported {
-                feature: format!(
-                    "distribution.type {}: no distributor for it is configured (the engine's own sink is \"filesystem\")",
-                    d.kind
-                ),
-            });
+        if d.kind != DistributionType::Filesystem {
+            let Some(x) = distributors.iter().find(|x| x.handles(d.kind)) else {
+                return Err(ExportError::NotSupported {
+                    feature: format!(
+                        "distribution.type {}: no distributor for it is configured (the engine's own sink is \"filesystem\")",
+                        d.kind
+                    ),
+                });
+            };
+            x.accepts(d)?;
         }
         if d.kind == DistributionType::Filesystem && d.reference.is_some() {
             return Err(ExportError::NotSupported {

@@ -556,6 +556,49 @@ async fn push_image(
 pub struct OciDistributor {
     insecure: Vec<String>,
     mount_from: Vec<String>,
+    allowed: Destinations,
+}
+
+/// The destinations a distributor delivers to: any (the default, for a caller who chose the
+/// reference itself), or only references under the prefixes an operator allows (a server
+/// whose tenants name the reference: else a tenant could write files anywhere the server can,
+/// or send the server's registry credentials to a host of its own).
+#[derive(Clone, Debug, Default)]
+pub struct Destinations(Option<Vec<String>>);
+
+impl Destinations {
+    /// Only references starting with one of `prefixes` (`oci://registry.internal/team/`,
+    /// `s3://exports/acme/`, `file:///srv/exports/`); none at all when `prefixes` is empty.
+    pub fn only(prefixes: impl IntoIterator<Item = String>) -> Self {
+        Self(Some(prefixes.into_iter().collect()))
+    }
+
+    /// Refuses a reference outside the allowed prefixes, or one that could climb out of them.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_REQUEST_INVALID` naming `distribution.ref`.
+    pub fn check(&self, reference: &str) -> Result<()> {
+        let Some(prefixes) = &self.0 else { return Ok(()) };
+        let shown = exportcore::error::redact_urls(reference);
+        // A prefix ends at a path boundary: `oci://reg.internal` does not allow
+        // `oci://reg.internal.evil.example/…`.
+        let rest = prefixes.iter().find_map(|p| {
+            reference
+                .strip_prefix(p.as_str())
+                .filter(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+        });
+        let Some(rest) = rest else {
+            return Err(ExportError::invalid(
+                "distribution.ref",
+                format!("{shown:?} is not a destination this server delivers to"),
+            ));
+        };
+        let climbs = rest.split(['/', '\\']).any(|s| s == ".." || s == ".") || rest.contains(['%', '?', '#', '@']);
+        if climbs {
+            return Err(ExportError::invalid("distribution.ref", format!("{shown:?}: plain path segments only")));
+        }
+        Ok(())
+    }
 }
 
 impl OciDistributor {
@@ -575,12 +618,24 @@ impl OciDistributor {
         self.mount_from.extend(repositories);
         self
     }
+    /// Delivers only to these destinations (a server: see [`Destinations`]).
+    #[must_use]
+    pub fn only(mut self, destinations: Destinations) -> Self {
+        self.allowed = destinations;
+        self
+    }
 }
 
 #[async_trait::async_trait]
 impl exportcore::run::Distributor for OciDistributor {
     fn handles(&self, kind: exportcore::DistributionType) -> bool {
         kind == exportcore::DistributionType::Oci
+    }
+
+    fn accepts(&self, d: &exportcore::Distribution) -> Result<()> {
+        let reference = d.reference.as_deref().unwrap_or_default();
+        let uri = if reference.starts_with("oci://") { reference.to_owned() } else { format!("oci://{reference}") };
+        self.allowed.check(&uri)
     }
 
     async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {
@@ -626,13 +681,20 @@ impl exportcore::run::Distributor for OciDistributor {
 #[derive(Clone, Debug)]
 pub struct ObjectDistributor {
     config: s3::S3Config,
+    allowed: Destinations,
 }
 
 impl ObjectDistributor {
     /// A distributor reaching object storage with `config` ([`s3::S3Config::from_env`] for the
     /// environment's).
     pub fn new(config: s3::S3Config) -> Self {
-        Self { config }
+        Self { config, allowed: Destinations::default() }
+    }
+    /// Delivers only to these destinations (a server: see [`Destinations`]).
+    #[must_use]
+    pub fn only(mut self, destinations: Destinations) -> Self {
+        self.allowed = destinations;
+        self
     }
 }
 
@@ -706,6 +768,10 @@ pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)
 impl exportcore::run::Distributor for ObjectDistributor {
     fn handles(&self, kind: exportcore::DistributionType) -> bool {
         kind == exportcore::DistributionType::Object
+    }
+
+    fn accepts(&self, d: &exportcore::Distribution) -> Result<()> {
+        self.allowed.check(d.reference.as_deref().unwrap_or_default())
     }
 
     async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {

@@ -653,6 +653,29 @@ mod tests {
     }
 
     #[test]
+    fn destinations_allow_only_what_the_operator_named() {
+        let any = crate::Destinations::default();
+        assert!(any.check("file:///anywhere").is_ok());
+        let only = crate::Destinations::only(["oci://reg.internal".to_owned(), "file:///srv/exports/".to_owned()]);
+        for ok in ["oci://reg.internal/team/db:2", "file:///srv/exports/acme/run-1"] {
+            assert!(only.check(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "oci://reg.internal.evil.example/x:1",
+            "oci://127.0.0.1:5000/x:1",
+            "file:///srv/exports/../../etc",
+            "file:///srv/exports/a/./b",
+            "file:///srv/exports/%2e%2e/x",
+            "file:///tmp/x",
+            "s3://bucket/p",
+        ] {
+            let e = only.check(bad).unwrap_err();
+            assert!(e.to_string().contains("distribution.ref"), "{bad}: {e}");
+        }
+        assert!(crate::Destinations::only(Vec::new()).check("oci://reg.internal/x:1").is_err(), "none allowed");
+    }
+
+    #[test]
     fn challenges_parse() {
         let (s, p) = challenge_params(
             r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:a/b:pull,push""#,

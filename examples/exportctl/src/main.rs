@@ -205,6 +205,12 @@ struct ServeArgs {
     /// printed on stderr.
     #[arg(long)]
     listen: String,
+    /// A destination prefix requests may name in `distribution.ref` (repeatable):
+    /// `oci://registry.internal/team/`, `s3://exports/acme/`, `file:///srv/exports/`. Without
+    /// any, requests asking for an `oci` or `object` distribution are refused: the server
+    /// never writes, or sends its registry credentials, where a tenant alone chose.
+    #[arg(long = "distribute-to", value_name = "PREFIX")]
+    distribute_to: Vec<String>,
     /// Run store: a SQLite file (default exports.sqlite) or `postgres://…`.
     #[arg(long)]
     store: Option<PathBuf>,
@@ -1023,10 +1029,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .lease_ttl(std::time::Duration::from_secs(args.lease_ttl))
         .staging_dir(&staging)
         .distributor(Arc::new(exportcore_gateway::HttpDistributor))
-        .distributor(Arc::new(exportcore_distribution::OciDistributor::new()))
-        .distributor(Arc::new(exportcore_distribution::ObjectDistributor::new(
-            exportcore_distribution::s3::S3Config::from_env(),
-        )))
+        .distributor(Arc::new(
+            exportcore_distribution::OciDistributor::new()
+                .only(exportcore_distribution::Destinations::only(args.distribute_to.clone())),
+        ))
+        .distributor(Arc::new(
+            exportcore_distribution::ObjectDistributor::new(exportcore_distribution::s3::S3Config::from_env())
+                .only(exportcore_distribution::Destinations::only(args.distribute_to.clone())),
+        ))
         .build()?;
     lock.recover_then_share(&exporter).await?;
     let mut config = exportcore_gateway::GatewayConfig::default()

@@ -590,3 +590,63 @@ fn three_serve_nodes_execute_two_hundred_runs_each_exactly_once() {
     assert!(per_node.iter().all(|&c| c > 0), "every node executed runs: {per_node:?}");
     println!("three nodes: runs executed per node {per_node:?}");
 }
+
+/// A tenant names `distribution.ref`; the server delivers only under the prefixes its
+/// operator allowed (`--distribute-to`): a `file://` path of the tenant's choosing, or a
+/// registry of its own (which would get the server's registry credentials), is refused when
+/// the run is submitted.
+#[test]
+fn serve_delivers_only_where_its_operator_allows() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let prefix = format!("file://{}/", allowed.display());
+    let serve = Serve::start(
+        tmp.path(),
+        &["--dev-token", "tok-acme-1=acme:export:read,export:write", "--distribute-to", &prefix],
+    );
+    let post = |distribution: &str| {
+        let body = format!(r#"{{"profileId":"json:raw","distribution":{distribution}}}"#);
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer tok-acme-1",
+            "-H",
+            "X-StellaOps-Tenant: acme",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}/export-center/runs", serve.base()),
+        ])
+    };
+    let outside = tmp.path().join("pwned");
+    for refused in [
+        format!(r#"{{"type":"object","ref":"file://{}"}}"#, outside.display()),
+        format!(r#"{{"type":"object","ref":"{prefix}../pwned"}}"#),
+        r#"{"type":"oci","ref":"oci://127.0.0.1:1/x/y:1"}"#.to_owned(),
+    ] {
+        let o = post(&refused);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(t.ends_with("\n400") && t.contains("distribution.ref"), "{refused}: {t}");
+    }
+    assert!(!outside.exists());
+    let o = post(&format!(r#"{{"type":"object","ref":"{prefix}run-1"}}"#));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(t.ends_with("\n202"), "{t}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !allowed.join("run-1/manifest.json").is_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allowed delivery never arrived: {}",
+            serve.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
