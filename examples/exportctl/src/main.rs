@@ -211,6 +211,10 @@ struct ServeArgs {
     /// never writes, or sends its registry credentials, where a tenant alone chose.
     #[arg(long = "distribute-to", value_name = "PREFIX")]
     distribute_to: Vec<String>,
+    /// The origin clients reach the server at (`https://exports.example`): DPoP proofs must
+    /// name it in `htu`. Default: `http://` and the request's `Host` header (development).
+    #[arg(long, value_name = "URL")]
+    public_origin: Option<String>,
     /// Run store: a SQLite file (default exports.sqlite) or `postgres://…`.
     #[arg(long)]
     store: Option<PathBuf>,
@@ -1041,6 +1045,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     lock.recover_then_share(&exporter).await?;
     let mut config = exportcore_gateway::GatewayConfig::default()
         .rate_limit(args.rate_limit.max(1), std::time::Duration::from_secs(60));
+    if let Some(origin) = &args.public_origin {
+        config = config.public_origin(origin.clone());
+    }
     if let Some(path) = &args.url_key {
         let key = std::fs::read(path).map_err(|e| ExportError::io(path, e))?;
         config = config.url_signer(exportcore_distribution::signed_url::UrlSigner::new("k1", &key)?);

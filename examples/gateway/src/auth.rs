@@ -356,8 +356,7 @@ impl DpopAuthenticator {
             return Err(deny("the DPoP proof's htu does not match the request URL"));
         }
         let now = now_unix() as i64;
-        let window = self.proof_window.as_secs() as i64;
-        if (now - claims.iat).abs() > window {
+        if now.abs_diff(claims.iat) > self.proof_window.as_secs() {
             return Err(deny("the DPoP proof's iat is not within 60 seconds of now"));
         }
         let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
@@ -368,7 +367,7 @@ impl DpopAuthenticator {
             return Err(deny("the DPoP proof's jti must be 1 to 256 characters"));
         }
         let thumb = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|_| deny("the DPoP proof's jwk is malformed"))?;
-        Ok((thumb, claims.jti, (claims.iat + window).max(0) as u64))
+        Ok((thumb, claims.jti, claims.iat.saturating_add_unsigned(self.proof_window.as_secs()).max(0) as u64))
     }
 
     fn remember(&self, jti: String, until: u64) -> Result<(), AuthError> {

@@ -119,6 +119,11 @@ async fn middleware(St(st): St<Arc<State>>, req: Request, next: Next) -> Respons
         resp.headers_mut().insert("x-trace-id", v);
     }
     let status = resp.status().as_u16().to_string();
+    // A bounded label set: any other token a client sends as a method counts as "other".
+    let method = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    };
     metrics::histogram!("http_server_request_duration_seconds", "method" => method.to_string(), "route" => label, "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("http_server_requests_total", "method" => method.to_string(), "route" => label, "status" => status)
@@ -412,7 +417,13 @@ where
             _ => return Err(ApiError::invalid("Idempotency-Key", "1 to 256 visible ASCII characters")),
         },
     };
-    let slot = (caller.tenant.clone(), route.to_owned(), key.clone());
+    // The project narrows what a request means: the same key and body under another project
+    // is another request.
+    let route = match &caller.project {
+        Some(p) => format!("{route} project={p}"),
+        None => route.to_owned(),
+    };
+    let slot = (caller.tenant.clone(), route, key.clone());
     if let Some(prev) = st.replies.get(&slot) {
         if prev.body_hash != hash {
             return Err(ExportError::Conflict {
@@ -791,7 +802,8 @@ pub(crate) async fn download(
     let query = uri.query().unwrap_or("");
     let signed_path = format!("{BASE}/runs/{run_id}/artifacts/{path}");
     // A signed URL is its own authorization; without one the caller authenticates.
-    let (tenant, caller) = if query.contains("sig=") {
+    let signed = query.split('&').any(|pair| pair.starts_with("sig="));
+    let (tenant, caller) = if signed {
         match st.signer.verify_request("GET", &signed_path, query, Timestamp::now()) {
             Ok(t) => (t, None),
             Err(e) => return ApiError::forbidden(e.to_string()).into_response(),

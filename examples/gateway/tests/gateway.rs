@@ -282,7 +282,9 @@ async fn profiles_runs_and_downloads_through_every_route() {
     let unknown = Dev { http: http(), server: &server, token: "tok-nobody", tenant: "acme" };
     unknown.get("/runs").await.expect_error(401, "ERR_EXPORT_UNAUTHENTICATED");
 
-    // Meta routes.
+    // Meta routes. A made-up method is one "other" label, not a series of its own.
+    let odd = Method::from_bytes(b"MADEUPMETHOD").unwrap();
+    let _ = send(plain.request(odd, server.url("/healthz"))).await;
     assert_eq!(send(plain.get(server.url("/healthz"))).await.json()["status"], "ok");
     assert_eq!(send(plain.get(server.url("/readyz"))).await.json()["status"], "ok");
     let metrics = String::from_utf8(send(plain.get(server.url("/metrics"))).await.body.to_vec()).unwrap();
@@ -292,6 +294,7 @@ async fn profiles_runs_and_downloads_through_every_route() {
     assert!(metrics.contains("route=\"/runs/{runId}\""), "routes are labelled by template");
     assert!(metrics.contains("exporter_run_duration_seconds_bucket{profile_kind=\"json:raw\""), "{metrics}");
     assert!(!metrics.contains("export-run::"), "ids never become label values");
+    assert!(!metrics.contains("MADEUPMETHOD") && metrics.contains("method=\"other\""), "methods are a bounded set");
     let ui = send(plain.get(server.url("/ui/"))).await;
     assert!(ui.header("content-type").unwrap().starts_with("text/html"));
     assert!(String::from_utf8_lossy(&ui.body).contains("/runs/"), "the page talks to the API");
@@ -388,6 +391,18 @@ async fn idempotency_keys_replay_the_first_reply() {
     .await;
     assert_eq!(b.status, 202);
     assert_ne!(b.json()["runId"], first.json()["runId"]);
+    // The project is part of the request: the same key and body under a project is another
+    // request, so a conflict (not a replay of the first run).
+    let p = send(
+        acme.req(Method::POST, "/runs")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "k-1")
+            .header("x-stellaops-project", "p2")
+            .body(r#"{"profileId":"json:raw"}"#),
+    )
+    .await;
+    assert_eq!(p.status, 409, "{:?}", p.body);
+    assert_eq!(p.header("idempotent-replayed"), None);
     // Profiles too.
     let spec = json!({"name": "p", "kind": "json", "variant": "raw"});
     let send_p = |key: &str, body: &Value| {
