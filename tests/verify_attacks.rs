@@ -232,7 +232,7 @@ async fn entries_whose_names_tar_readers_disagree_on_are_refused() {
     let r = exportcore_devportal::verify_path_with(&pax, &options).unwrap();
     assert!(r.failures.iter().any(|f| f.problem.contains("PAX")), "{:?}", r.failures);
     // A ustar magic with another version: GNU tar joins `prefix` to the name, the crate not.
-    let mut old = tar.clone();
+    let mut old = tar;
     assert_eq!(&old[257..265], b"ustar\x0000");
     old[263..265].copy_from_slice(b"  ");
     let mut h = tar::Header::new_old();
