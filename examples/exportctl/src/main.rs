@@ -258,6 +258,10 @@ struct ServeArgs {
     /// dies, another takes its runs over within this plus half of it.
     #[arg(long, default_value_t = 30)]
     lease_ttl: u64,
+    /// Seconds a client has to send a request's headers; a connection that stalls longer is
+    /// closed (slow-header clients cannot hold connections open).
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1055,7 +1059,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| ExportError::io(&args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| ExportError::io(&args.listen, e))?;
     errln!("listening on http://{addr}/export-center/ (data {}, store {})", data.display(), store_label(&store_path));
-    let options = exportcore_gateway::ServeOptions::new(auth).config(config).workers(args.workers > 0);
+    let options = exportcore_gateway::ServeOptions::new(auth)
+        .config(config)
+        .workers(args.workers > 0)
+        .header_read_timeout(std::time::Duration::from_secs(args.header_timeout.max(1)));
     exportcore_gateway::serve(exporter, listener, options, exportcore_gateway::shutdown_signal()).await?;
     errln!("stopped");
     drop(lock);

@@ -650,3 +650,32 @@ fn serve_delivers_only_where_its_operator_allows() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client that sends half a request and stalls is disconnected after `--header-timeout`,
+/// and the server keeps answering others meanwhile.
+#[test]
+fn serve_closes_connections_that_stall_in_their_headers() {
+    use std::io::{Read, Write};
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = Serve::start(tmp.path(), &["--dev-token", "tok-acme-1=acme:export:read", "--header-timeout", "1"]);
+    let mut stalled: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&serve.addr).unwrap();
+            s.write_all(b"GET /export-center/healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let o = curl(&["-f", &format!("{}/export-center/healthz", serve.base())]);
+    assert!(o.status.success(), "others are served meanwhile");
+    std::thread::sleep(Duration::from_millis(2500));
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        // Closed by the server: the read ends (408 or nothing), it does not time out.
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "a stalled connection is still open: {r:?}");
+    }
+}

@@ -41,7 +41,7 @@ pub mod views;
 
 pub use error::{ApiError, ErrorBody};
 pub use limits::RateLimit;
-pub use serve::{serve, shutdown_signal, ServeOptions};
+pub use serve::{serve, shutdown_signal, ServeOptions, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -155,6 +155,8 @@ pub(crate) struct State {
     pub(crate) replies: limits::ReplyCache,
     pub(crate) draining: AtomicBool,
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests in flight per tenant (see [`routes::TenantSlot`]).
+    pub(crate) tenant_in_flight: Arc<std::sync::Mutex<std::collections::HashMap<exportcore::TenantId, usize>>>,
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -193,6 +195,7 @@ impl Gateway {
                 replies: limits::ReplyCache::default(),
                 draining: AtomicBool::new(false),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
+                tenant_in_flight: Arc::default(),
                 closing,
                 metrics: metrics_handle(),
             }),

@@ -173,6 +173,41 @@ pub(crate) struct Caller {
     #[allow(dead_code)] // kept for embedders' logging hooks
     pub(crate) principal: Principal,
     quota: Quota,
+    _slot: TenantSlot,
+}
+
+/// One of a tenant's requests in flight, counted until dropped.
+pub(crate) struct TenantSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>,
+    tenant: TenantId,
+}
+
+impl TenantSlot {
+    fn enter(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>,
+        tenant: &TenantId,
+        cap: usize,
+    ) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(tenant.clone()).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Self { counts: Arc::clone(counts), tenant: tenant.clone() })
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Caller {
@@ -191,7 +226,8 @@ fn add_quota(h: &mut HeaderMap, q: &Quota) {
 }
 
 fn tenant_header(headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    let values: Vec<_> = ["x-stellaops-tenant", "x-stella-tenant"].iter().filter_map(|n| headers.get(*n)).collect();
+    // Every copy of either header: a second copy (a proxy appending its own) must agree too.
+    let values: Vec<_> = ["x-stellaops-tenant", "x-stella-tenant"].iter().flat_map(|n| headers.get_all(*n)).collect();
     let first =
         values.first().ok_or_else(|| ApiError::invalid("X-StellaOps-Tenant", "the tenant header is required"))?;
     if values.iter().any(|v| v != first) {
@@ -259,7 +295,20 @@ impl State {
             add_quota(r.headers_mut(), &q);
             r
         })?;
-        Ok(Caller { tenant, project, principal, quota })
+        // One tenant may hold at most half the server's in-flight requests (a tenant sending
+        // bodies slowly cannot starve the others).
+        let slot = TenantSlot::enter(&self.tenant_in_flight, &tenant, (self.cfg.max_in_flight / 2).max(1)).ok_or_else(
+            || {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "ERR_EXPORT_RATE_LIMIT",
+                    format!("tenant {tenant} has too many requests in flight"),
+                );
+                e.retry_after = Some(1);
+                e.into_response()
+            },
+        )?;
+        Ok(Caller { tenant, project, principal, quota, _slot: slot })
     }
 
     /// The signed download URL of `path` in `run`, valid until `ttl` from now or the run's

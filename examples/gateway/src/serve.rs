@@ -16,12 +16,19 @@ pub struct ServeOptions {
     /// Run the exporter's workers (default); `false` makes an API-only node of a cluster
     /// sharing one store: it accepts, lists, streams and serves runs that other nodes execute.
     pub workers: bool,
+    /// How long a client has to send a request's headers (default [`HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl ServeOptions {
     /// Options with `auth` and the default settings.
     pub fn new(auth: Arc<dyn Authenticator>) -> Self {
-        Self { auth, config: GatewayConfig::default(), workers: true }
+        Self { auth, config: GatewayConfig::default(), workers: true, header_read_timeout: HEADER_READ_TIMEOUT }
+    }
+    /// Sets [`ServeOptions::header_read_timeout`].
+    pub fn header_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
     /// Whether this process executes runs (see [`ServeOptions::workers`]).
     pub fn workers(mut self, on: bool) -> Self {
@@ -50,19 +57,57 @@ pub async fn serve(
 ) -> exportcore::Result<()> {
     let gateway = Gateway::new(exporter.clone(), options.auth, options.config)?;
     let workers = options.workers.then(|| exporter.start());
-    let g = gateway.clone();
-    let served = axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining streams and requests");
-            g.drain();
-        })
-        .await;
+    let app = gateway.router();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Past the cap a connection is closed at once rather than the process running out of
+        // descriptors for everyone.
+        let Ok(slot) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(max = MAX_CONNECTIONS, "too many open connections: closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining streams and requests");
+    gateway.drain();
+    graceful.shutdown().await;
     if let Some(w) = workers {
         w.shutdown().await;
     }
-    served.map_err(|e| exportcore::ExportError::io("listener", e))
+    Ok(())
 }
+
+/// How long a client has to send a request's headers, from when the connection is ready for
+/// the next request (a connection that sends half a request line and waits is closed).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connections served at once; one past it is closed when accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

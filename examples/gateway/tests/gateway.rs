@@ -658,3 +658,40 @@ async fn an_overloaded_server_sheds_requests_at_once() {
     assert_eq!(send(http().get(server.url("/healthz"))).await.status, 200, "the slot is free again");
     server.stop().await;
 }
+
+/// A tenant sending request bodies slowly holds at most half the in-flight slots: its next
+/// request is 429 while another tenant is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_hold_every_request_slot() {
+    use tokio::io::AsyncWriteExt;
+    let cfg = GatewayConfig::default().max_in_flight(4);
+    let server = Server::start(dev_auth(), cfg, false).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = "POST /export-center/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-acme-1\r\n\
+                    X-StellaOps-Tenant: acme\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acme = Dev { http: http(), server: &server, token: "tok-acme-1", tenant: "acme" };
+    acme.get("/runs").await.expect_error(429, "ERR_EXPORT_RATE_LIMIT");
+    let beta = Dev { http: http(), server: &server, token: "tok-beta-1", tenant: "beta" };
+    assert_eq!(beta.get("/runs").await.status, 200, "another tenant is answered");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(acme.get("/runs").await.status, 200, "the slots are free again");
+    // Two copies of the tenant header (a proxy appending its own) must agree.
+    let two = send(
+        http()
+            .get(server.url("/runs"))
+            .header("authorization", "Bearer tok-both-1")
+            .header("x-stellaops-tenant", "acme")
+            .header("x-stellaops-tenant", "beta"),
+    )
+    .await;
+    two.expect_error(400, "ERR_EXPORT_REQUEST_INVALID");
+    server.stop().await;
+}
