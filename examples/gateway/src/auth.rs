@@ -411,7 +411,8 @@ impl Authenticator for DpopAuthenticator {
             None => return Err(deny("the access token is not DPoP-bound (no cnf.jkt)")),
         }
         // Only a fully checked proof enters the replay cache: unsigned junk cannot fill it.
-        self.remember(jti, until)?;
+        // Keyed by the proof key too: a jti another client chose cannot be burned in advance.
+        self.remember(format!("{thumb}:{jti}"), until)?;
         let tenants = claims.tenants.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
         let scopes = claims.scope.split_ascii_whitespace().map(str::to_owned).collect();
         Ok(Principal { subject: claims.sub, tenants, scopes })
