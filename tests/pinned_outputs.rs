@@ -43,7 +43,7 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "384a9f20816948d2d264302363fcfb36f488cc9464351a575e92da8fb0fe1c9c"
+        "3de6c1614cae970a9f9e3571a7d4380b3e7ab97d07e9ddad59c2f365783af2df"
     );
-    assert_eq!(digest(&out, "manifest.json"), "f78e2d79b30ef040c1f1ad9d60f2d09c50635abde7728189d6c1b7fa61e458bb");
+    assert_eq!(digest(&out, "manifest.json"), "46f4ee453888feed9a4f4e4baee95d147e9cd91fd0c03bc820ee401d2f974ca3");
 }

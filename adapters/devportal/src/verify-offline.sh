@@ -43,9 +43,12 @@ cleanup() { [ -n "$TMP" ] && rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'cleanup; exit 5' HUP INT TERM
 
-die() { echo "ERROR: $*" >&2; exit 5; }
-fail() { echo "FAIL: $*" >&2; CONTENT_FAILED=1; }
-sigfail() { echo "FAIL: $*" >&2; SIG_FAILED=1; }
+# Messages name files of the bundle: their control characters (an escape sequence that
+# rewrites the terminal line, a newline that fakes an OK line) are dropped before printing.
+say() { printf '%s\n' "$(printf '%s' "$*" | tr -d '\000-\037\177')"; }
+die() { say "ERROR: $*" >&2; exit 5; }
+fail() { say "FAIL: $*" >&2; CONTENT_FAILED=1; }
+sigfail() { say "FAIL: $*" >&2; SIG_FAILED=1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is needed but not installed"; }
 
 while [ $# -gt 0 ]; do
@@ -81,6 +84,63 @@ TMP=$(mktemp -d 2>/dev/null || mktemp -d -t devportal-verify) || die "cannot cre
 W=$TMP/work
 mkdir "$W" || die "cannot create a temporary directory"
 
+# --- The signature -----------------------------------------------------------------------
+b64d() {
+  if printf 'QQ==' | base64 -d >/dev/null 2>&1; then base64 -d
+  elif command -v openssl >/dev/null 2>&1; then openssl base64 -d -A
+  else base64 -D
+  fi
+}
+check_signature() {
+# $1: manifest.json, $2: manifest.dsse.json
+SIGNED=
+if [ -f "$2" ]; then
+  { tr ',' '\n' < "$2"; echo; } > "$W/env"
+  PTYPE=$(sed -n 's/^.*"payloadType":"\([^"]*\)".*$/\1/p' "$W/env" | sed -n '1p')
+  sed -n 's|^.*"payload":"\([A-Za-z0-9+/=]*\)".*$|\1|p' "$W/env" | sed -n '1p' > "$W/payload.b64"
+  sed -n 's|^.*"sig":"\([A-Za-z0-9+/=]*\)".*$|\1|p' "$W/env" > "$W/sigs.b64"
+  if [ "$PTYPE" != "$PAYLOAD_TYPE" ]; then
+    sigfail "manifest.dsse.json: payload type '$PTYPE', expected '$PAYLOAD_TYPE'"
+  elif ! b64d < "$W/payload.b64" > "$W/payload" 2>/dev/null || ! cmp -s "$W/payload" "$1"; then
+    sigfail "manifest.dsse.json: the signed payload is not this manifest.json"
+  elif [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
+    need openssl
+    PLEN=$(wc -c < "$W/payload" | tr -d ' ')
+    { printf 'DSSEv1 %s %s %s ' "${#PTYPE}" "$PTYPE" "$PLEN"; cat "$W/payload"; } > "$W/pae"
+    if [ -n "$KEY" ]; then
+      KTEXT=$(openssl pkey -pubin -in "$KEY" -noout -text 2>/dev/null) || die "$KEY is not a PEM public key"
+      case $KTEXT in
+        ED25519*) ALG=ed25519 ;;
+        *"ASN1 OID: SM2"*) ALG=sm2 ;;
+        *"ASN1 OID: prime256v1"*|*"NIST CURVE: P-256"*) ALG=p256 ;;
+        *) die "$KEY: unsupported key type (Ed25519, ECDSA P-256 or SM2)" ;;
+      esac
+    else
+      ALG=hmac
+      HEXKEY=$(od -An -v -tx1 "$HMAC_KEY" | tr -d ' \n')
+    fi
+    N=0
+    while IFS= read -r s; do
+      N=$((N + 1))
+      printf '%s' "$s" | b64d > "$W/sig.$N" 2>/dev/null || continue
+      case $ALG in
+        ed25519) openssl pkeyutl -verify -pubin -inkey "$KEY" -rawin -in "$W/pae" -sigfile "$W/sig.$N" ;;
+        p256) openssl dgst -sha256 -verify "$KEY" -signature "$W/sig.$N" "$W/pae" ;;
+        sm2) openssl pkeyutl -verify -pubin -inkey "$KEY" -rawin -digest sm3 \
+               -pkeyopt distid:1234567812345678 -in "$W/pae" -sigfile "$W/sig.$N" ;;
+        hmac) openssl dgst -sha256 -mac HMAC -macopt "hexkey:$HEXKEY" -binary "$W/pae" > "$W/mac.$N" \
+                && cmp -s "$W/mac.$N" "$W/sig.$N" ;;
+      esac > /dev/null 2>&1 && { SIGNED=$ALG; break; }
+    done < "$W/sigs.b64"
+    [ -n "$SIGNED" ] || sigfail "manifest.dsse.json: no signature verifies with ${KEY:-the HMAC key} ($ALG)"
+  else
+    echo "NOTE: manifest.dsse.json is present but its signature was not checked (pass --key PUBLIC.pem or --hmac-key FILE)" >&2
+  fi
+elif [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
+  sigfail "manifest.dsse.json: missing (a signature was required)"
+fi
+}
+
 # --- Where the bundle is ---------------------------------------------------------------
 if [ -z "$TARGET" ]; then
   DIR=$(pwd)
@@ -107,8 +167,24 @@ elif [ -f "$TARGET" ]; then
   fi
   # No decompression bomb reaches the disk: read the manifest first, then extract at most what
   # it declares (its assets' total size plus room for headers and the bundle's own files).
-  (cd "$W" && gzip -dc "$TGZ" | tar -xf - manifest.json 2>/dev/null) && [ -f "$W/manifest.json" ] \
-    || die "$TARGET has no manifest.json"
+  # Both read through a 16 MiB cap, and with a key the manifest's signature is checked before
+  # its declared sizes are trusted: a forged manifest cannot raise the limit.
+  mkdir "$W/pre" || die "cannot create a temporary directory"
+  for f in manifest.json manifest.dsse.json; do
+    if grep -Fx "$f" "$W/tar.names" >/dev/null; then
+      gzip -dc "$TGZ" | tar -xOf - "$f" 2>/dev/null | head -c 16777217 > "$W/pre/$f"
+      [ "$(wc -c < "$W/pre/$f")" -le 16777216 ] || die "$TARGET: $f is larger than 16 MiB"
+    fi
+  done
+  [ -f "$W/pre/manifest.json" ] || die "$TARGET has no manifest.json"
+  cp "$W/pre/manifest.json" "$W/manifest.json" || die "cannot copy manifest.json"
+  if [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
+    check_signature "$W/pre/manifest.json" "$W/pre/manifest.dsse.json"
+    if [ "$SIG_FAILED" -ne 0 ]; then
+      echo "FAILED: the signature of $TARGET does not verify (nothing was extracted)" >&2
+      exit 3
+    fi
+  fi
   DECL_SIZE=$(sed -n 's/.*"totalSizeBytes":\([0-9]*\).*/\1/p' "$W/manifest.json")
   DECL_COUNT=$(sed -n 's/.*"entryCount":\([0-9]*\).*/\1/p' "$W/manifest.json")
   { [ -n "$DECL_SIZE" ] && [ -n "$DECL_COUNT" ]; } || die "$TARGET: manifest.json has no totals"
@@ -217,64 +293,12 @@ for f in instructions-portable.txt verify-offline.sh; do
   fi
 done
 
-# --- The signature -----------------------------------------------------------------------
-b64d() {
-  if printf 'QQ==' | base64 -d >/dev/null 2>&1; then base64 -d
-  elif command -v openssl >/dev/null 2>&1; then openssl base64 -d -A
-  else base64 -D
-  fi
-}
-SIGNED=
-if [ -f manifest.dsse.json ]; then
-  { tr ',' '\n' < manifest.dsse.json; echo; } > "$W/env"
-  PTYPE=$(sed -n 's/^.*"payloadType":"\([^"]*\)".*$/\1/p' "$W/env" | sed -n '1p')
-  sed -n 's|^.*"payload":"\([A-Za-z0-9+/=]*\)".*$|\1|p' "$W/env" | sed -n '1p' > "$W/payload.b64"
-  sed -n 's|^.*"sig":"\([A-Za-z0-9+/=]*\)".*$|\1|p' "$W/env" > "$W/sigs.b64"
-  if [ "$PTYPE" != "$PAYLOAD_TYPE" ]; then
-    sigfail "manifest.dsse.json: payload type '$PTYPE', expected '$PAYLOAD_TYPE'"
-  elif ! b64d < "$W/payload.b64" > "$W/payload" 2>/dev/null || ! cmp -s "$W/payload" manifest.json; then
-    sigfail "manifest.dsse.json: the signed payload is not this manifest.json"
-  elif [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
-    need openssl
-    PLEN=$(wc -c < "$W/payload" | tr -d ' ')
-    { printf 'DSSEv1 %s %s %s ' "${#PTYPE}" "$PTYPE" "$PLEN"; cat "$W/payload"; } > "$W/pae"
-    if [ -n "$KEY" ]; then
-      KTEXT=$(openssl pkey -pubin -in "$KEY" -noout -text 2>/dev/null) || die "$KEY is not a PEM public key"
-      case $KTEXT in
-        ED25519*) ALG=ed25519 ;;
-        *"ASN1 OID: SM2"*) ALG=sm2 ;;
-        *"ASN1 OID: prime256v1"*|*"NIST CURVE: P-256"*) ALG=p256 ;;
-        *) die "$KEY: unsupported key type (Ed25519, ECDSA P-256 or SM2)" ;;
-      esac
-    else
-      ALG=hmac
-      HEXKEY=$(od -An -v -tx1 "$HMAC_KEY" | tr -d ' \n')
-    fi
-    N=0
-    while IFS= read -r s; do
-      N=$((N + 1))
-      printf '%s' "$s" | b64d > "$W/sig.$N" 2>/dev/null || continue
-      case $ALG in
-        ed25519) openssl pkeyutl -verify -pubin -inkey "$KEY" -rawin -in "$W/pae" -sigfile "$W/sig.$N" ;;
-        p256) openssl dgst -sha256 -verify "$KEY" -signature "$W/sig.$N" "$W/pae" ;;
-        sm2) openssl pkeyutl -verify -pubin -inkey "$KEY" -rawin -digest sm3 \
-               -pkeyopt distid:1234567812345678 -in "$W/pae" -sigfile "$W/sig.$N" ;;
-        hmac) openssl dgst -sha256 -mac HMAC -macopt "hexkey:$HEXKEY" -binary "$W/pae" > "$W/mac.$N" \
-                && cmp -s "$W/mac.$N" "$W/sig.$N" ;;
-      esac > /dev/null 2>&1 && { SIGNED=$ALG; break; }
-    done < "$W/sigs.b64"
-    [ -n "$SIGNED" ] || sigfail "manifest.dsse.json: no signature verifies with ${KEY:-the HMAC key} ($ALG)"
-  else
-    echo "NOTE: manifest.dsse.json is present but its signature was not checked (pass --key PUBLIC.pem or --hmac-key FILE)" >&2
-  fi
-elif [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
-  sigfail "manifest.dsse.json: missing (a signature was required)"
-fi
+check_signature manifest.json manifest.dsse.json
 
 # --- Verdict -----------------------------------------------------------------------------
 if [ "$CONTENT_FAILED" -ne 0 ]; then echo "FAILED: the bundle in $DIR does not verify" >&2; exit 2; fi
 if [ "$SIG_FAILED" -ne 0 ]; then echo "FAILED: the signature of the bundle in $DIR does not verify" >&2; exit 3; fi
-BUNDLE_ID=$(sed -n 's/^{"bundleId":"\([0-9a-f-]*\)".*/\1/p' manifest.json)
+BUNDLE_ID=$(sed -n 's/.*"bundleId":"\([0-9a-f-]*\)".*/\1/p' manifest.json)
 COUNT=$(wc -l < "$W/listed" | tr -d ' ')
 echo "OK: bundle $BUNDLE_ID verified: $COUNT files, root $ROOT${SIGNED:+, signature ($SIGNED) valid}"
 exit 0

@@ -500,11 +500,18 @@ fn unsafe_archives_are_refused_before_extraction() {
     std::fs::write(src.join("portal/index.html"), "x").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("portal/passwd")).unwrap();
     let link_tgz = tmp.path().join("link.tgz");
-    let st = std::process::Command::new("tar").arg("-czf").arg(&link_tgz).arg("-C").arg(&src).arg("portal").status();
+    // POSIX ustar headers, as bundles have (GNU headers are refused before anything else).
+    let st = std::process::Command::new("tar")
+        .args(["--format=ustar", "-czf"])
+        .arg(&link_tgz)
+        .arg("-C")
+        .arg(&src)
+        .arg("portal")
+        .status();
     assert!(st.unwrap().success());
     let dotdot_tgz = tmp.path().join("dotdot.tgz");
     let st = std::process::Command::new("tar")
-        .arg("-czf")
+        .args(["--format=ustar", "-czf"])
         .arg(&dotdot_tgz)
         .arg("-C")
         .arg(src.join("portal"))
@@ -561,7 +568,20 @@ fn unsafe_archives_are_refused_before_extraction() {
         let o = sh(shell, &script, &src, &[f.tgz.to_str().unwrap()]);
         assert!(o.status.success(), "the genuine bundle still passes: {}", text(&o));
     }
-    for (tgz, what) in [(&link_tgz, "not a regular file or directory"), (&dotdot_tgz, "unsafe entry name")] {
+    let gnu_tgz = tmp.path().join("gnu.tgz");
+    let st = std::process::Command::new("tar")
+        .args(["--format=gnu", "-czf"])
+        .arg(&gnu_tgz)
+        .arg("-C")
+        .arg(&src)
+        .arg("portal/index.html")
+        .status();
+    assert!(st.unwrap().success());
+    for (tgz, what) in [
+        (&link_tgz, "not a regular file or directory"),
+        (&dotdot_tgz, "unsafe entry name"),
+        (&gnu_tgz, "not a POSIX ustar header"),
+    ] {
         let r = verify_bundle(tgz, &[]).unwrap();
         assert!(r.failures.iter().any(|x| x.problem.contains(what)), "{:?}", r.failures);
     }
@@ -588,5 +608,49 @@ fn a_replaced_script_or_instructions_breaks_the_signature_check() {
             let t = agree(shell, &f.script, &d, &["--key", &key], std::slice::from_ref(&f.key.verifier), false);
             assert!(t.contains(&format!("{name}: sha256 differs from manifest.json bundleFiles")), "{t}");
         }
+    }
+}
+
+/// A manifest whose sizes were forged (to let a decompression bomb through) fails the
+/// signature before anything is extracted; names with control characters print without them.
+#[test]
+fn forged_sizes_fail_before_extraction_and_names_cannot_rewrite_the_terminal() {
+    if !interop_enabled() {
+        return;
+    }
+    let f = fixture();
+    let key = f.key.public_pem.to_str().unwrap().to_owned();
+    let d = f.copy("forged");
+    let text_of = std::fs::read_to_string(d.join("manifest.json")).unwrap();
+    let start = text_of.find("\"totalSizeBytes\":").unwrap() + "\"totalSizeBytes\":".len();
+    let end = start + text_of[start..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let forged = format!("{}99999999999{}", &text_of[..start], &text_of[end..]);
+    std::fs::write(d.join("manifest.json"), forged).unwrap();
+    std::fs::write(d.join("portal/big.bin"), vec![0u8; 4 << 20]).unwrap();
+    let tgz = f.root.join("forged.tgz");
+    let mut top: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    top.sort();
+    let st = std::process::Command::new("tar")
+        .args(["--format=ustar", "-czf"])
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&d)
+        .args(&top)
+        .status();
+    assert!(st.unwrap().success());
+    for shell in shells() {
+        let o = sh(shell, &f.script, &f.root, &["--key", &key, tgz.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(text(&o).contains("nothing was extracted"), "{}", text(&o));
+    }
+    // An extra file whose name would rewrite the terminal line into an OK.
+    let d = f.copy("escape");
+    std::fs::write(d.join("portal/a\u{1b}[2K\rOK: bundle verified"), b"x").unwrap();
+    for shell in shells() {
+        let o = sh(shell, &f.script, &d, &["--key", &key]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let all = [o.stdout.clone(), o.stderr.clone()].concat();
+        assert!(!all.contains(&0x1b) && !all.contains(&b'\r'), "control characters reached the terminal: {}", text(&o));
+        assert!(text(&o).contains("FAIL: portal/a[2KOK: bundle verified: extra file"), "{}", text(&o));
     }
 }
