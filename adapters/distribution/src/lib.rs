@@ -759,6 +759,15 @@ pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)
         let receipt = exportcore::Sink::put_file(&sink, &ap, &src)
             .await
             .map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
+        // What arrived is what was verified (not a file changed since).
+        if let Some(e) = manifest.entry(&p) {
+            if (receipt.size, receipt.sha256) != (e.size, e.sha256) {
+                return Err(ExportError::VerificationFailed {
+                    path: src.display().to_string(),
+                    reason: "changed after it was verified: not copied".into(),
+                });
+            }
+        }
         out.push((p, target.join(receipt.path.as_str())));
     }
     Ok(out)

@@ -1183,7 +1183,11 @@ async fn distribute_object(
 ) -> Result<ExitCode, Failure> {
     let placed: std::collections::BTreeMap<String, String> = if let Some(dir) = uri.strip_prefix("file://") {
         let copied = exportcore_distribution::push_dir(out_dir, Path::new(dir)).await?;
-        outln!("copied {} files to {}", copied.len(), dir);
+        outln!(
+            "copied {} files to {} (hard-linked where on the same file system: edit neither copy)",
+            copied.len(),
+            dir
+        );
         copied.into_iter().map(|(p, at)| (p, at.display().to_string())).collect()
     } else if uri.starts_with("s3://") {
         let target = exportcore_distribution::s3::S3Target::parse(uri, "URI")?;
