@@ -1008,7 +1008,9 @@ pub(crate) async fn ui() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+            // Never framed by another site (clickjacking); for browsers without CSP 2.
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         include_str!("ui.html"),
     )

@@ -297,6 +297,8 @@ async fn profiles_runs_and_downloads_through_every_route() {
     assert!(!metrics.contains("MADEUPMETHOD") && metrics.contains("method=\"other\""), "methods are a bounded set");
     let ui = send(plain.get(server.url("/ui/"))).await;
     assert!(ui.header("content-type").unwrap().starts_with("text/html"));
+    assert_eq!(ui.header("x-frame-options"), Some("DENY"));
+    assert!(ui.header("content-security-policy").unwrap().contains("frame-ancestors 'none'"));
     assert!(String::from_utf8_lossy(&ui.body).contains("/runs/"), "the page talks to the API");
     server.gateway.drain();
     assert_eq!(send(plain.get(server.url("/readyz"))).await.status, 503, "draining");
