@@ -313,4 +313,23 @@ async fn archives_in_an_unsigned_run_are_opened_whatever_they_claim_to_be() {
     remanifest(&db);
     let r = exportcore::verify::verify_path_with(&db, &options).unwrap();
     assert!(r.failures.iter().any(|f| f.path == "db.tar.gz!z-link"), "{:?}", r.failures);
+
+    // A blob a mirror carries as it is (an image layer holds links) is its digest's business.
+    let ev = tmp.path().join("ev");
+    assert!(std::process::Command::new("cp").arg("-r").arg(samples()).arg(&ev).status().unwrap().success());
+    std::fs::write(ev.join("blobs/layers/with-link.tar.gz"), gzip(&tar_with_link(&[("etc/os-release", b"x")])))
+        .unwrap();
+    let out = tmp.path().join("mirror");
+    let mut request = RunRequest::new(ProfileId::from_static("mirror:full"));
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    RunBuilder::new(
+        exportcore_mirror::MirrorFull::default(),
+        DirEvidence::new(&ev).unwrap(),
+        FsSink::new(&out).unwrap(),
+    )
+    .execute(request)
+    .await
+    .unwrap();
+    let r = exportcore::verify::verify_path_with(&out, &options).unwrap();
+    assert!(r.is_ok(), "a genuine mirror with a layer holding links: {:?}", r.failures);
 }

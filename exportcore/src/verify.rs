@@ -370,9 +370,11 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
             Some(kind) => kind == ArtifactType::Bundle,
             None => is_archive_name(e.path.as_str()),
         };
-        // Other archives (a Trivy DB's `db.tar.gz`) are opened too when no key vouches for
-        // the bytes: what `tar` would unpack from them must be plain files under safe names.
-        let other_archive = !bundle && options.verifiers.is_empty() && is_archive_name(e.path.as_str());
+        // Databases the run built as archives (a Trivy `db.tar.gz`) are opened too when no key
+        // vouches for the bytes: what `tar` would unpack from them must be plain files under
+        // safe names. Data carried as it is (a mirror's blobs: image layers hold links) is not.
+        let other_archive =
+            e.kind == Some(ArtifactType::Database) && options.verifiers.is_empty() && is_archive_name(e.path.as_str());
         // An archive whose own digest already failed is not opened (nothing in it can be
         // trusted, and it may be a decompression bomb).
         let failed = report.failures.iter().any(|f| f.path == e.path.as_str());
