@@ -206,13 +206,31 @@ fn verify_detects_tampering() {
         .success());
     flip_byte(&x.join("raw/vex.ndjson"), 10);
     let rebuilt = tmp.path().join("rebuilt.tar.gz");
-    assert!(Command::new("tar").arg("-czf").arg(&rebuilt).arg("-C").arg(&x).arg(".").status().unwrap().success());
+    // POSIX ustar headers, as bundles have (GNU headers are refused before anything else).
+    assert!(Command::new("tar")
+        .args(["--format=ustar", "-czf"])
+        .arg(&rebuilt)
+        .arg("-C")
+        .arg(&x)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     assert_verify_fails(&rebuilt, "raw/vex.ndjson");
     // A bundle with an extra member.
     std::fs::write(x.join("raw/extra.ndjson"), "{}\n").unwrap();
     flip_byte(&x.join("raw/vex.ndjson"), 10);
     let rebuilt = tmp.path().join("extra.tar.gz");
-    assert!(Command::new("tar").arg("-czf").arg(&rebuilt).arg("-C").arg(&x).arg(".").status().unwrap().success());
+    // POSIX ustar headers, as bundles have (GNU headers are refused before anything else).
+    assert!(Command::new("tar")
+        .args(["--format=ustar", "-czf"])
+        .arg(&rebuilt)
+        .arg("-C")
+        .arg(&x)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     assert_verify_fails(&rebuilt, "raw/extra.ndjson");
     // A truncated archive.
     let out = fresh(tmp.path(), "trunc");
