@@ -854,7 +854,19 @@ pub(crate) async fn download(
     let signed = query.split('&').any(|pair| pair.starts_with("sig="));
     let (tenant, caller) = if signed {
         match st.signer.verify_request("GET", &signed_path, query, Timestamp::now()) {
-            Ok(t) => (t, None),
+            // A signed URL counts against its tenant's quota like any other request.
+            Ok(t) => match st.limiter.check(&t) {
+                Ok(_) => (t, None),
+                Err(q) => {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "ERR_EXPORT_RATE_LIMIT",
+                        format!("tenant {t} is over its quota of {} requests", q.limit),
+                    );
+                    e.retry_after = Some(q.reset_secs.max(1));
+                    return e.into_response();
+                }
+            },
             Err(e) => return ApiError::forbidden(e.to_string()).into_response(),
         }
     } else {

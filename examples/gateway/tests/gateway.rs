@@ -697,3 +697,21 @@ async fn one_tenant_cannot_hold_every_request_slot() {
     two.expect_error(400, "ERR_EXPORT_REQUEST_INVALID");
     server.stop().await;
 }
+
+/// Signed downloads count against their tenant's quota like any other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_downloads_count_against_the_quota() {
+    let cfg = GatewayConfig::default().rate_limit(30, Duration::from_secs(60));
+    let server = Server::start(dev_auth(), cfg, true).await;
+    let acme = Dev { http: http(), server: &server, token: "tok-acme-1", tenant: "acme" };
+    let run = acme.run_to_end(&json!({"profileId": "json:raw"})).await;
+    let out = run["outputs"].as_array().unwrap().iter().find(|o| o["path"] == "manifest.json").unwrap().clone();
+    let url = format!("{}{}", server.base, out["url"].as_str().unwrap());
+    let plain = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(send(plain.get(&url)).await.status);
+    }
+    assert!(statuses.contains(&200) && statuses.last() == Some(&429), "{statuses:?}");
+    server.stop().await;
+}
