@@ -151,12 +151,14 @@ pub(crate) struct State {
     pub(crate) cfg: GatewayConfig,
     pub(crate) signer: UrlSigner,
     pub(crate) limiter: limits::RateLimiter,
-    pub(crate) streams: Arc<limits::StreamSlots>,
+    pub(crate) streams: Arc<limits::TenantSlots>,
     pub(crate) replies: limits::ReplyCache,
     pub(crate) draining: AtomicBool,
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
-    /// Requests in flight per tenant (see [`routes::TenantSlot`]).
-    pub(crate) tenant_in_flight: Arc<std::sync::Mutex<std::collections::HashMap<exportcore::TenantId, usize>>>,
+    /// Requests in flight per tenant.
+    pub(crate) tenant_in_flight: Arc<limits::TenantSlots>,
+    /// Download bodies open per tenant.
+    pub(crate) downloads: Arc<limits::TenantSlots>,
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -191,11 +193,12 @@ impl Gateway {
                 limiter: limits::RateLimiter::new(cfg.rate_limit),
                 signer,
                 cfg,
-                streams: Arc::default(),
+                streams: limits::TenantSlots::new("gateway_sse_streams_open"),
                 replies: limits::ReplyCache::default(),
                 draining: AtomicBool::new(false),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
-                tenant_in_flight: Arc::default(),
+                tenant_in_flight: limits::TenantSlots::new("gateway_requests_in_flight"),
+                downloads: limits::TenantSlots::new("gateway_downloads_open"),
                 closing,
                 metrics: metrics_handle(),
             }),

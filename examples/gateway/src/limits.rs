@@ -68,33 +68,40 @@ impl RateLimiter {
     }
 }
 
-/// Open event streams per tenant, capped.
-#[derive(Debug, Default)]
-pub(crate) struct StreamSlots {
+/// Things a tenant holds open (event streams, requests in flight), capped per tenant and
+/// counted in a gauge.
+#[derive(Debug)]
+pub(crate) struct TenantSlots {
     open: Mutex<HashMap<TenantId, usize>>,
+    gauge: &'static str,
 }
 
-/// Holds one stream slot; released when dropped (the stream ended or the client left).
+/// Holds one slot; released when dropped (the stream ended, the request was answered, the
+/// client left).
 #[derive(Debug)]
-pub(crate) struct StreamSlot {
-    slots: Arc<StreamSlots>,
+pub(crate) struct TenantSlot {
+    slots: Arc<TenantSlots>,
     tenant: TenantId,
 }
 
-impl StreamSlots {
-    pub(crate) fn acquire(self: &Arc<Self>, tenant: &TenantId, cap: usize) -> Option<StreamSlot> {
+impl TenantSlots {
+    pub(crate) fn new(gauge: &'static str) -> Arc<Self> {
+        Arc::new(Self { open: Mutex::default(), gauge })
+    }
+
+    pub(crate) fn acquire(self: &Arc<Self>, tenant: &TenantId, cap: usize) -> Option<TenantSlot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(tenant.clone()).or_default();
         if *n >= cap {
             return None;
         }
         *n += 1;
-        metrics::gauge!("gateway_sse_streams_open").increment(1.0);
-        Some(StreamSlot { slots: self.clone(), tenant: tenant.clone() })
+        metrics::gauge!(self.gauge).increment(1.0);
+        Some(TenantSlot { slots: self.clone(), tenant: tenant.clone() })
     }
 }
 
-impl Drop for StreamSlot {
+impl Drop for TenantSlot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.tenant) {
@@ -103,7 +110,7 @@ impl Drop for StreamSlot {
                 open.remove(&self.tenant);
             }
         }
-        metrics::gauge!("gateway_sse_streams_open").decrement(1.0);
+        metrics::gauge!(self.slots.gauge).decrement(1.0);
     }
 }
 
@@ -169,8 +176,8 @@ mod tests {
     }
 
     #[test]
-    fn stream_slots_are_capped_and_released() {
-        let s = Arc::new(StreamSlots::default());
+    fn tenant_slots_are_capped_and_released() {
+        let s = TenantSlots::new("test_slots_open");
         let t = TenantId::from_static("a");
         let a = s.acquire(&t, 2);
         let b = s.acquire(&t, 2);

@@ -173,41 +173,7 @@ pub(crate) struct Caller {
     #[allow(dead_code)] // kept for embedders' logging hooks
     pub(crate) principal: Principal,
     quota: Quota,
-    _slot: TenantSlot,
-}
-
-/// One of a tenant's requests in flight, counted until dropped.
-pub(crate) struct TenantSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>,
-    tenant: TenantId,
-}
-
-impl TenantSlot {
-    fn enter(
-        counts: &Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>,
-        tenant: &TenantId,
-        cap: usize,
-    ) -> Option<Self> {
-        let mut map = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(tenant.clone()).or_insert(0);
-        if *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(Self { counts: Arc::clone(counts), tenant: tenant.clone() })
-    }
-}
-
-impl Drop for TenantSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.tenant);
-            }
-        }
-    }
+    _slot: crate::limits::TenantSlot,
 }
 
 impl Caller {
@@ -297,17 +263,15 @@ impl State {
         })?;
         // One tenant may hold at most half the server's in-flight requests (a tenant sending
         // bodies slowly cannot starve the others).
-        let slot = TenantSlot::enter(&self.tenant_in_flight, &tenant, (self.cfg.max_in_flight / 2).max(1)).ok_or_else(
-            || {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "ERR_EXPORT_RATE_LIMIT",
-                    format!("tenant {tenant} has too many requests in flight"),
-                );
-                e.retry_after = Some(1);
-                e.into_response()
-            },
-        )?;
+        let slot = self.tenant_in_flight.acquire(&tenant, (self.cfg.max_in_flight / 2).max(1)).ok_or_else(|| {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ERR_EXPORT_RATE_LIMIT",
+                format!("tenant {tenant} has too many requests in flight"),
+            );
+            e.retry_after = Some(1);
+            e.into_response()
+        })?;
         Ok(Caller { tenant, project, principal, quota, _slot: slot })
     }
 
@@ -929,6 +893,17 @@ pub(crate) async fn download(
                 return Ok(r);
             }
         };
+        // Open downloads per tenant are capped like event streams: a slow reader holds a file
+        // and a task until its body ends.
+        let slot = st.downloads.acquire(&tenant, st.cfg.max_streams_per_tenant).ok_or_else(|| {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ERR_EXPORT_RATE_LIMIT",
+                format!("tenant {tenant} has {} downloads open", st.cfg.max_streams_per_tenant),
+            );
+            e.retry_after = Some(1);
+            e
+        })?;
         let sink_path = st.exporter.artifact_path(&id, &ArtifactPath::parse(&path)?)?;
         let stream = st.exporter.sink().get(&sink_path).await.map_err(not_found_as_404(what.clone()))?;
         let (status, start, len) = match range {
@@ -942,7 +917,10 @@ pub(crate) async fn download(
         };
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         metrics::counter!("gateway_download_bytes_total").increment(len);
-        let body = Body::from_stream(slice(stream, start, len));
+        let body = Body::from_stream(slice(stream, start, len).map(move |chunk| {
+            let _held = &slot;
+            chunk
+        }));
         Ok((status, h, body).into_response())
     }
     .await;

@@ -714,4 +714,12 @@ async fn signed_downloads_count_against_the_quota() {
     }
     assert!(statuses.contains(&200) && statuses.last() == Some(&429), "{statuses:?}");
     server.stop().await;
+    // Open downloads per tenant are capped (here: none at all).
+    let server = Server::start(dev_auth(), GatewayConfig::default().max_streams_per_tenant(0), true).await;
+    let acme = Dev { http: http(), server: &server, token: "tok-acme-1", tenant: "acme" };
+    let run = acme.run_to_end(&json!({"profileId": "json:raw"})).await;
+    let out = run["outputs"].as_array().unwrap().iter().find(|o| o["path"] == "manifest.json").unwrap().clone();
+    let r = send(reqwest::Client::new().get(format!("{}{}", server.base, out["url"].as_str().unwrap()))).await;
+    r.expect_error(429, "ERR_EXPORT_RATE_LIMIT");
+    server.stop().await;
 }
