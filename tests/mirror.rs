@@ -371,6 +371,26 @@ async fn a_delta_applied_to_its_base_is_the_full_build_of_the_new_evidence() {
     assert_eq!(log.trim(), diff["exportId"].as_str().unwrap());
 }
 
+/// A signed `mirror:delta` run of `ev` against `base` into `out` at `created`.
+async fn try_delta(
+    base: PathBuf,
+    ev: &Path,
+    out: &Path,
+    k: &Keys,
+    created: &str,
+) -> exportcore::Result<exportcore::RunOutcome> {
+    let req = RunRequest::builder("mirror:delta")
+        .created_at(t(created))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    RunBuilder::new(exportcore_mirror::MirrorDelta::new(base), DirEvidence::new(ev).unwrap(), FsSink::new(out).unwrap())
+        .signer(Arc::clone(&k.signer))
+        .run_id(RunId::parse("delta-run").unwrap())
+        .execute(req)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bases_and_deltas_are_typed_errors_that_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -384,22 +404,8 @@ async fn bad_bases_and_deltas_are_typed_errors_that_write_nothing() {
         assert!(e.to_string().contains(naming), "{e} should name {naming}");
     };
     let delta_run = |base: PathBuf, out: PathBuf| {
-        let (ev2, signer) = (ev2.clone(), Arc::clone(&k.signer));
-        async move {
-            let req = RunRequest::builder("mirror:delta")
-                .created_at(t(created))
-                .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
-                .build()
-                .unwrap();
-            RunBuilder::new(
-                exportcore_mirror::MirrorDelta::new(base),
-                DirEvidence::new(&ev2).unwrap(),
-                FsSink::new(&out).unwrap(),
-            )
-            .signer(signer)
-            .execute(req)
-            .await
-        }
+        let (ev2, k) = (ev2.clone(), &k);
+        async move { try_delta(base, &ev2, &out, k, created).await }
     };
     // Not a mirror.
     let raw = tmp.path().join("raw");
@@ -1030,24 +1036,8 @@ async fn a_delta_of_nothing_and_a_plain_delta_of_a_sealed_base_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
     let delta = |base: PathBuf, ev: PathBuf, out: PathBuf, created: &'static str| {
-        let signer = Arc::clone(&k.signer);
-        async move {
-            let req = RunRequest::builder("mirror:delta")
-                .created_at(t(created))
-                .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
-                .build()
-                .unwrap();
-            RunBuilder::new(
-                exportcore_mirror::MirrorDelta::new(base),
-                DirEvidence::new(&ev).unwrap(),
-                FsSink::new(&out).unwrap(),
-            )
-            .signer(signer)
-            .run_id(RunId::parse("delta-run").unwrap())
-            .execute(req)
-            .await
-            .map(|_| ())
-        }
+        let k = &k;
+        async move { try_delta(base, &ev, &out, k, created).await.map(|_| ()) }
     };
     let old = tmp.path().join("old");
     run_profile(exportcore_mirror::MirrorFull::default(), &samples(), &old, Some(&k), CREATED).await;

@@ -157,6 +157,13 @@ fn fresh(tmp: &Path, name: &str) -> PathBuf {
     out
 }
 
+/// `dir` packed by GNU tar as `out` with POSIX ustar headers, as bundles have them (GNU
+/// headers are refused before anything else).
+fn ustar_tgz(dir: &Path, out: &Path) {
+    let st = Command::new("tar").args(["--format=ustar", "-czf"]).arg(out).arg("-C").arg(dir).arg(".").status();
+    assert!(st.unwrap().success());
+}
+
 fn assert_verify_fails(path: &Path, naming: &str) {
     let o = run_verify(path);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -206,31 +213,13 @@ fn verify_detects_tampering() {
         .success());
     flip_byte(&x.join("raw/vex.ndjson"), 10);
     let rebuilt = tmp.path().join("rebuilt.tar.gz");
-    // POSIX ustar headers, as bundles have (GNU headers are refused before anything else).
-    assert!(Command::new("tar")
-        .args(["--format=ustar", "-czf"])
-        .arg(&rebuilt)
-        .arg("-C")
-        .arg(&x)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    ustar_tgz(&x, &rebuilt);
     assert_verify_fails(&rebuilt, "raw/vex.ndjson");
     // A bundle with an extra member.
     std::fs::write(x.join("raw/extra.ndjson"), "{}\n").unwrap();
     flip_byte(&x.join("raw/vex.ndjson"), 10);
     let rebuilt = tmp.path().join("extra.tar.gz");
-    // POSIX ustar headers, as bundles have (GNU headers are refused before anything else).
-    assert!(Command::new("tar")
-        .args(["--format=ustar", "-czf"])
-        .arg(&rebuilt)
-        .arg("-C")
-        .arg(&x)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    ustar_tgz(&x, &rebuilt);
     assert_verify_fails(&rebuilt, "raw/extra.ndjson");
     // A truncated archive.
     let out = fresh(tmp.path(), "trunc");
