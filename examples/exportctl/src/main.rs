@@ -254,7 +254,7 @@ struct ServeArgs {
     /// Default: a random key per start.
     #[arg(long)]
     url_key: Option<PathBuf>,
-    /// Seconds a node's claim on a run lasts without a heartbeat (default 30): after a node
+    /// Seconds a node's claim on a run lasts without a heartbeat (default 30, at most 86400): after a node
     /// dies, another takes its runs over within this plus half of it.
     #[arg(long, default_value_t = 30)]
     lease_ttl: u64,
@@ -733,7 +733,9 @@ fn staging_root(out: &Path) -> PathBuf {
 /// to be empty. Two runs into one `--out` cannot both pass: the second finds the lock held, or
 /// the directory no longer empty.
 struct OutDir {
+    out: PathBuf,
     created: bool,
+    kept: bool,
     _lock: std::fs::File,
 }
 
@@ -767,13 +769,24 @@ impl OutDir {
         if entries.next().is_some() {
             return Err(ExportError::invalid("--out", format!("{} exists and is not empty", out.display())).into());
         }
-        Ok(Self { created, _lock: lock })
+        Ok(Self { out: out.to_path_buf(), created, kept: false, _lock: lock })
     }
 
+    /// The run succeeded: `--out` stays.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for OutDir {
     /// Leave `--out` as it was found: the engine already deleted a failed run's files; the
     /// directories they needed go too (only empty ones, never a file), and so does `--out`
     /// itself when this run created it.
-    fn abandon(self, out: &Path) {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let out = self.out.as_path();
         fn remove_empty_dirs(dir: &Path) {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {
@@ -874,7 +887,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let accepted = match exporter.submit(Submission::new(tenant.clone(), request)).await {
         Ok(a) => a,
         Err(e) => {
-            out_dir.abandon(&args.out);
+            drop(out_dir);
             return Err(e.into());
         }
     };
@@ -929,7 +942,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let run = done.map_err(|e| ExportError::internal_caused("exportctl", "the run task stopped", e))??;
     on_signal.abort();
     if !run.status.is_terminal() {
-        out_dir.abandon(&args.out);
+        drop(out_dir);
         return Err(ExportError::internal(
             "exportctl",
             format!(
@@ -942,10 +955,8 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .into());
     }
     progress.finish();
-    if run.status != RunStatus::Succeeded {
-        out_dir.abandon(&args.out);
-    } else {
-        drop(out_dir);
+    if run.status == RunStatus::Succeeded {
+        out_dir.keep();
     }
     drop(lock);
     if args.json {

@@ -1100,3 +1100,67 @@ fn a_store_that_cannot_save_the_final_state_fails_the_run_instead_of_hanging() {
     assert!(text(&o).contains("did not save its final state"), "{}", text(&o));
     assert!(text(&o).contains("cancel_requested"), "the store's own error is shown: {}", text(&o));
 }
+
+/// Runs of several processes on one SQLite store all succeed and keep every event: writes
+/// take the write lock up front (a deferred transaction upgraded by a second writer failed
+/// with SQLITE_BUSY_SNAPSHOT, leaving runs queued or failed and events lost).
+#[test]
+fn concurrent_processes_share_one_sqlite_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("shared.sqlite");
+    let s = store.to_str().unwrap().to_owned();
+    for round in 0..4 {
+        let children: Vec<_> = (0..4)
+            .map(|i| {
+                exportctl()
+                    .args(["run", "--profile", "json:raw", "--evidence"])
+                    .arg(samples())
+                    .arg("--out")
+                    .arg(tmp.path().join(format!("o{round}-{i}")))
+                    .args(["--store", &s])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "round {round}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    let o = run(&["runs", "list", "--store", &s, "--json", "--limit", "100"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.len(), 16);
+    for r in &list {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        let id = r["runId"].as_str().unwrap();
+        let o = run(&["runs", "events", id, "--store", &s, "--json"]);
+        let names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(names.first().map(String::as_str), Some("started"), "{id}: {names:?}");
+        assert_eq!(names.last().map(String::as_str), Some("completed"), "{id}: {names:?}");
+    }
+}
+
+/// A run refused after `--out` was claimed (here: the store cannot recover a corrupt record)
+/// leaves no `--out` behind.
+#[test]
+fn a_run_refused_after_claiming_out_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s.sqlite");
+    let s = store.to_str().unwrap().to_owned();
+    let o = export("json:raw", &samples(), &tmp.path().join("first"), &["--store", &s]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c = rusqlite::Connection::open(&store).unwrap();
+    c.execute_batch("UPDATE runs SET status = 'running', record = '{\"x\":1}'").unwrap();
+    drop(c);
+    let out = tmp.path().join("second");
+    let o = export("json:raw", &samples(), &out, &["--store", &s]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!out.exists(), "a refused run left {}: {}", out.display(), text(&o));
+}

@@ -201,13 +201,13 @@ impl ExporterBuilder {
     }
 
     /// How long a worker's claim on a run lasts without a heartbeat (default 30 s, at least
-    /// 1 s). The worker renews it every third of that; a worker that cannot renew in time
+    /// 1 s, at most a day: times past it overflow clocks and timers). The worker renews it every third of that; a worker that cannot renew in time
     /// stops the run without publishing more, and once the lease has lapsed any engine on the
     /// store requeues the run (or fails it `ERR_EXPORT_INTERRUPTED` when its attempts are
     /// spent). Shorter means faster failover after a crash, longer tolerates longer store
     /// outages.
     pub fn lease_ttl(mut self, d: Duration) -> Self {
-        self.lease_ttl = d.max(Duration::from_secs(1));
+        self.lease_ttl = d.clamp(Duration::from_secs(1), Duration::from_secs(86_400));
         self
     }
 
@@ -253,5 +253,9 @@ mod tests {
     fn settings_are_clamped_to_usable_values() {
         let b = ExporterBuilder::default().concurrency(0).max_queued(0).retries(0, Duration::ZERO);
         assert_eq!((b.concurrency, b.max_queued, b.max_attempts), (1, 1, 1));
+        // A lease so long it would overflow the clock (a panicking dispatcher) is a day.
+        let b = ExporterBuilder::default().lease_ttl(Duration::MAX);
+        assert_eq!(b.lease_ttl, Duration::from_secs(86_400));
+        assert_eq!(ExporterBuilder::default().lease_ttl(Duration::ZERO).lease_ttl, Duration::from_secs(1));
     }
 }

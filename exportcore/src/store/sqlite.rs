@@ -315,7 +315,7 @@ impl SqliteStore {
         let lease = lease.clone();
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             // Two statements so each uses its index (the queue's partial index, or the run id).
             let sql = if run_id.is_some() {
                 "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = ?1"
@@ -436,7 +436,7 @@ impl RunStore for SqliteStore {
     async fn create(&self, new: NewRun, now: Timestamp) -> Result<Created> {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             let tenant = new.run.tenant.clone();
             if let Some(k) = &new.idempotency {
                 let existing: Option<(String, String, i64)> = tx
@@ -595,7 +595,7 @@ impl RunStore for SqliteStore {
         let lease = lease.clone();
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             let row: Option<(i64, String)> = tx
                 .prepare_cached(
                     "SELECT seq, record FROM runs WHERE status = 'running'
@@ -615,14 +615,24 @@ impl RunStore for SqliteStore {
 
     async fn save(&self, run: &Run) -> Result<()> {
         let run = run.clone();
-        self.with(move |conn, path| save_run(conn, path, &run)).await
+        self.with(move |conn, path| {
+            // The fencing read and the update in one write transaction: IMMEDIATE takes the
+            // write lock first (waiting out the busy timeout), so another process's write can
+            // neither slip in between nor fail this one with SQLITE_BUSY_SNAPSHOT.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| store_err(path, e))?;
+            save_run(&tx, path, &run)?;
+            tx.commit().map_err(|e| store_err(path, e))
+        })
+        .await
     }
 
     async fn finish(&self, run: &Run, at: Timestamp, terminal: &RunEvent) -> Result<u64> {
         let (run, terminal) = (run.clone(), terminal.clone());
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             save_run(&tx, path, &run)?;
             let id = append(&tx, path, &run.run_id, None, at, &terminal)?;
             tx.commit().map_err(e)?;
@@ -641,7 +651,7 @@ impl RunStore for SqliteStore {
         let (tenant, run_id) = (tenant.clone(), run_id.clone());
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let tx = conn.transaction().map_err(e)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             let row: Option<(String, String)> = tx
                 .query_row(
                     "SELECT status, record FROM runs WHERE run_id = ?1 AND tenant = ?2",
@@ -676,7 +686,9 @@ impl RunStore for SqliteStore {
     ) -> Result<u64> {
         let (run_id, event, lease) = (run_id.clone(), event.clone(), lease.cloned());
         self.with(move |conn, path| {
-            let tx = conn.transaction().map_err(|e| store_err(path, e))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| store_err(path, e))?;
             let id = append(&tx, path, &run_id, lease.as_ref(), at, &event)?;
             tx.commit().map_err(|e| store_err(path, e))?;
             Ok(id)
