@@ -341,6 +341,46 @@ impl Emitter {
 /// [`RunBuilder::staging_dir`], default the system temp dir).
 pub const STAGING_PREFIX: &str = "exportcore-run-";
 
+/// A staging directory's name until it is locked (the sweep leaves these alone unless they
+/// are a minute old: a process killed between creating and locking one).
+const NEW_STAGING_PREFIX: &str = ".exportcore-new-";
+
+/// A run's staging directory, held locked for the run and removed when dropped. It is created
+/// under a name the sweep ignores, locked, and only then renamed to its `exportcore-run-*`
+/// name: a concurrent [`sweep_stale_staging`] (another process starting beside it) never sees
+/// it unlocked.
+struct Staging {
+    path: std::path::PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Staging {
+    fn create(root: &std::path::Path) -> Result<Self> {
+        let fresh = tempfile::Builder::new()
+            .prefix(NEW_STAGING_PREFIX)
+            .tempdir_in(root)
+            .map_err(|e| ExportError::io(root, e))?;
+        let lock = std::fs::File::open(fresh.path())
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| ExportError::io(fresh.path(), e))?;
+        let name = fresh.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let path = root.join(name.replacen(NEW_STAGING_PREFIX, STAGING_PREFIX, 1));
+        std::fs::rename(fresh.path(), &path).map_err(|e| ExportError::io(&path, e))?;
+        let _ = fresh.keep();
+        Ok(Self { path, _lock: lock })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Removes staging directories left in `dir` by runs whose process died (SIGKILL, power loss):
 /// every `exportcore-run-*` directory that no live run holds locked. Call it at start-up with
 /// the staging directory the runs use; a running run's directory is never touched. Returns how
@@ -358,7 +398,15 @@ pub fn sweep_stale_staging(dir: &std::path::Path) -> Result<usize> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let is_staging = name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX));
-        if !is_staging || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        // One being created now is not locked yet: only a minute-old one is a leftover.
+        let is_old_new = name.to_str().is_some_and(|n| n.starts_with(NEW_STAGING_PREFIX))
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if !(is_staging || is_old_new) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let path = entry.path();
@@ -460,14 +508,7 @@ async fn stage_and_publish(
     let pinned =
         request.created_at.map(|t| TimeAnchor { created_at: t, source: TimeSource::Request }).or(options.pinned_time);
     let staging_root = options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let staging = tempfile::Builder::new()
-        .prefix(STAGING_PREFIX)
-        .tempdir_in(&staging_root)
-        .map_err(|e| ExportError::io(&staging_root, e))?;
-    // Held for the run: tells `sweep_stale_staging` this directory is in use.
-    let _staging_lock = std::fs::File::open(staging.path())
-        .and_then(|f| f.lock().map(|()| f))
-        .map_err(|e| ExportError::io(staging.path(), e))?;
+    let staging = Staging::create(&staging_root)?;
 
     let (artifacts, anchor, warnings) = {
         let profile = Arc::clone(profile);
