@@ -691,6 +691,32 @@ async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent(
     assert_eq!(names, ["failed"]);
 }
 
+/// A local run (`exportctl run`: its own evidence and output) is never taken by another
+/// engine's workers, and when its process dies it fails instead of going back to the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_run_is_never_run_by_another_engine() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    let other = builder(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1)
+        .clock(clock.clone())
+        .retries(3, Duration::from_millis(10))
+        .lease_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let id = other.submit(Submission::new(t("t"), req(Priority::Normal)).local()).await.unwrap().run_id;
+    assert!(other.get(&t("t"), &id).await.unwrap().local);
+    use exportcore::engine::Clock as _;
+    let lease = exportcore::Lease::new(Timestamp::from_unix(clock.now().unix() + 10).unwrap());
+    assert!(store.claim_next(clock.now(), &lease).await.unwrap().is_none(), "the queue never hands it out");
+    // Its own process claims it by id, then dies.
+    store.claim_run(&id, clock.now(), &lease).await.unwrap().expect("claimed by id");
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(other.reclaim_expired().await.unwrap(), vec![id.clone()]);
+    let run = other.get(&t("t"), &id).await.unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Failed, 1), "attempts remained, yet not requeued");
+    assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_sent_to_another_engine_reaches_the_worker_at_its_next_renewal() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());

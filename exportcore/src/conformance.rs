@@ -755,6 +755,15 @@ mod stores {
             run.status = Status::Succeeded;
             store.save(&run).await.expect("save");
         }
+        // A run only its submitter executes: never taken from the queue, claimed by id.
+        store
+            .create(new_run("t-q", "q6", "json:raw", crate::store::LOCAL_RANK, None, "adv"), at(10))
+            .await
+            .expect("create");
+        assert!(store.claim_next(at(11), &lease()).await.expect("claim").is_none(), "claim_next took a local run");
+        let mut local = store.claim_run(&r("q6"), at(11), &lease()).await.expect("claim").expect("q6 by id").run;
+        local.status = Status::Succeeded;
+        store.save(&local).await.expect("save");
     }
 
     /// Event ids increase from 1 per run; `after` pages.

@@ -758,6 +758,11 @@ pub struct Run {
     /// built-in profile that ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_profile: Option<SavedProfileRef>,
+    /// Executed only by the process that submitted it (`exportctl run`, with its own evidence
+    /// and output): other engines on the store never claim it, and when its process stops
+    /// renewing its lease it fails instead of being requeued ([`crate::store::LOCAL_RANK`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// The claiming worker's hold on the run: set in what [`crate::store::RunStore::claim_next`]
     /// and [`crate::store::RunStore::reclaim_expired`] return, carried by the worker's writes
     /// for fencing. Not part of the record: never serialized, absent from `get` and `list`.
@@ -820,6 +825,7 @@ impl Run {
             attempts: 0,
             warnings: Vec::new(),
             saved_profile: None,
+            local: false,
             lease: None,
         }
     }

@@ -297,8 +297,8 @@ impl PostgresStore {
             }
             None => {
                 let sql = format!(
-                    "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' ORDER BY rank, seq LIMIT 1
-                     FOR UPDATE SKIP LOCKED) RETURNING record, request"
+                    "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' AND rank < 9223372036854775807
+                     ORDER BY rank, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING record, request"
                 );
                 self.query_opt(&client, &sql, &[&lease_id, &until, &started]).await
             }

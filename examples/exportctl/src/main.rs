@@ -884,7 +884,8 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let exporter = builder.build()?;
     lock.recover_then_share(&exporter).await?;
 
-    let accepted = match exporter.submit(Submission::new(tenant.clone(), request)).await {
+    // Local: a `serve` node sharing the store never runs it with its own evidence and sink.
+    let accepted = match exporter.submit(Submission::new(tenant.clone(), request).local()).await {
         Ok(a) => a,
         Err(e) => {
             drop(out_dir);

@@ -167,16 +167,18 @@ impl Exporter {
             let lease = Lease::new(super::clock::plus(now, cfg.lease_ttl));
             let Some(mut run) = cfg.store.reclaim_expired(now, &lease).await? else { break };
             let attempts = run.attempts;
-            if attempts < cfg.max_attempts {
+            if attempts < cfg.max_attempts && !run.local {
                 tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run requeued");
                 run.status = RunStatus::Queued;
                 cfg.store.save(&run).await?;
                 self.inner.wake.notify_one();
             } else {
                 let err = ExportError::Interrupted {
-                    reason: format!(
-                        "its worker stopped renewing the run's lease, and its {attempts} attempts are spent"
-                    ),
+                    reason: if run.local {
+                        "the process that submitted it (and alone runs it) stopped renewing its lease".into()
+                    } else {
+                        format!("its worker stopped renewing the run's lease, and its {attempts} attempts are spent")
+                    },
                 };
                 tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run failed");
                 run.status = RunStatus::Failed;

@@ -77,12 +77,20 @@ pub struct Submission {
     project: Option<String>,
     request: RunRequest,
     idempotency_key: Option<String>,
+    local: bool,
 }
 
 impl Submission {
     /// `request` for `tenant`.
     pub fn new(tenant: TenantId, request: RunRequest) -> Self {
-        Self { tenant, project: None, request, idempotency_key: None }
+        Self { tenant, project: None, request, idempotency_key: None, local: false }
+    }
+    /// Only the submitting process executes the run ([`Exporter::execute_now`]): other
+    /// engines sharing the store never claim it, and it fails rather than being requeued when
+    /// this process stops ([`crate::Run::local`]).
+    pub fn local(mut self) -> Self {
+        self.local = true;
+        self
     }
     /// The project within the tenant.
     pub fn project(mut self, project: impl Into<String>) -> Self {
@@ -183,7 +191,7 @@ impl Exporter {
     /// key reused with a different request), `ERR_EXPORT_NOT_SUPPORTED` for request fields this
     /// build does not implement, `ERR_EXPORT_RATE_LIMIT` when the queue is full.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted> {
-        let Submission { tenant, project, request, idempotency_key } = submission;
+        let Submission { tenant, project, request, idempotency_key, local } = submission;
         let cfg = &self.inner.cfg;
         request.validate(&cfg.limits)?;
         let hash_input = serde_json::json!({"project": project, "request": request});
@@ -214,7 +222,12 @@ impl Exporter {
         }
         let mut run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);
         run.saved_profile = saved;
-        let rank = millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64;
+        run.local = local;
+        let rank = if local {
+            crate::store::LOCAL_RANK
+        } else {
+            millis(now) + priority_index(request.priority) * cfg.priority_aging.as_millis() as i64
+        };
         let idempotency =
             idempotency_key.map(|key| IdempotencyKey { key, expires_at: clock::plus(now, cfg.idempotency_ttl) });
         let created = cfg.store.create(NewRun { run, request, request_hash, rank, idempotency }, now).await?;

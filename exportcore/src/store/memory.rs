@@ -157,7 +157,8 @@ impl RunStore for MemoryStore {
 
     async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
         let mut st = self.lock();
-        let Some(first) = st.queue.iter().next().cloned() else { return Ok(None) };
+        // The queue is ordered by rank: local runs (`LOCAL_RANK`) come last and are never taken.
+        let Some(first) = st.queue.iter().next().filter(|q| q.0 != super::LOCAL_RANK).cloned() else { return Ok(None) };
         st.queue.remove(&first);
         let e = st.runs.get_mut(&first.2).ok_or_else(|| not_found(&first.2))?;
         e.run.status = RunStatus::Running;

@@ -43,6 +43,10 @@ pub struct NewRun {
     pub idempotency: Option<IdempotencyKey>,
 }
 
+/// The queue rank of a run only its submitter executes ([`crate::Run::local`]):
+/// [`RunStore::claim_next`] never takes a run of this rank; [`RunStore::claim_run`] does.
+pub const LOCAL_RANK: i64 = i64::MAX;
+
 /// The outcome of [`RunStore::create`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
@@ -146,7 +150,7 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn get(&self, tenant: &TenantId, run_id: &RunId) -> Result<Run>;
     /// Runs of `tenant`, newest first.
     async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page>;
-    /// Claims the next queued run, if any, under `lease`.
+    /// Claims the next queued run, if any, under `lease` (never one of rank [`LOCAL_RANK`]).
     async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>>;
     /// Claims one specific run under `lease` if it is still queued (`None` otherwise).
     async fn claim_run(&self, run_id: &RunId, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>>;

@@ -320,7 +320,8 @@ impl SqliteStore {
             let sql = if run_id.is_some() {
                 "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = ?1"
             } else {
-                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND ?1 IS NULL ORDER BY rank, seq LIMIT 1"
+                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND ?1 IS NULL AND rank < 9223372036854775807
+                 ORDER BY rank, seq LIMIT 1"
             };
             let row: Option<(i64, String, String)> = tx
                 .prepare_cached(sql)
