@@ -174,9 +174,43 @@ const VERIFIED_CAPACITY: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct ReplayCache {
-    /// jti → unix second after which it may be forgotten.
-    until: HashMap<String, u64>,
+    /// (proof key thumbprint, jti) → unix second after which it may be forgotten.
+    until: HashMap<(String, String), u64>,
+    /// Proofs remembered per key: one key (one client) may hold at most a 64th of the cache,
+    /// so a single token holder cannot fill it for everyone.
+    per_key: HashMap<String, usize>,
     last_prune: u64,
+}
+
+impl ReplayCache {
+    /// Remembers a proof until `until`; refuses one seen before, and new ones while the cache
+    /// (or this key's share of it) is full.
+    fn remember(&mut self, key: String, jti: String, until: u64, now: u64) -> Result<(), AuthError> {
+        if self.until.len() >= REPLAY_CAPACITY || now > self.last_prune + 10 {
+            self.until.retain(|_, u| *u >= now);
+            self.per_key.clear();
+            for (k, _) in self.until.keys() {
+                *self.per_key.entry(k.clone()).or_default() += 1;
+            }
+            self.last_prune = now;
+        }
+        if self.until.len() >= REPLAY_CAPACITY {
+            return Err(deny("too many DPoP proofs in flight; retry shortly"));
+        }
+        if self.per_key.get(&key).copied().unwrap_or_default() >= REPLAY_CAPACITY / 64 {
+            return Err(deny("too many DPoP proofs from this key in the last minute; retry shortly"));
+        }
+        match self.until.entry((key.clone(), jti)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                Err(deny("the DPoP proof was replayed (jti seen before)"))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(until);
+                *self.per_key.entry(key).or_default() += 1;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Most proofs remembered at once; beyond it new proofs are refused until old ones lapse
@@ -369,27 +403,6 @@ impl DpopAuthenticator {
         let thumb = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|_| deny("the DPoP proof's jwk is malformed"))?;
         Ok((thumb, claims.jti, claims.iat.saturating_add_unsigned(self.proof_window.as_secs()).max(0) as u64))
     }
-
-    fn remember(&self, jti: String, until: u64) -> Result<(), AuthError> {
-        let now = now_unix();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.until.len() >= REPLAY_CAPACITY || now > seen.last_prune + 10 {
-            seen.until.retain(|_, u| *u >= now);
-            seen.last_prune = now;
-        }
-        if seen.until.len() >= REPLAY_CAPACITY {
-            return Err(deny("too many DPoP proofs in flight; retry shortly"));
-        }
-        match seen.until.entry(jti) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                Err(deny("the DPoP proof was replayed (jti seen before)"))
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(until);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// `url` without `?query` and `#fragment`.
@@ -412,7 +425,7 @@ impl Authenticator for DpopAuthenticator {
         }
         // Only a fully checked proof enters the replay cache: unsigned junk cannot fill it.
         // Keyed by the proof key too: a jti another client chose cannot be burned in advance.
-        self.remember(format!("{thumb}:{jti}"), until)?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remember(thumb, jti, until, now_unix())?;
         let tenants = claims.tenants.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
         let scopes = claims.scope.split_ascii_whitespace().map(str::to_owned).collect();
         Ok(Principal { subject: claims.sub, tenants, scopes })
@@ -422,6 +435,23 @@ impl Authenticator for DpopAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replay_cache_refuses_replays_and_bounds_each_key() {
+        let mut c = ReplayCache::default();
+        let (now, until) = (1_000, 1_060);
+        c.remember("k1".into(), "j".into(), until, now).unwrap();
+        assert!(c.remember("k1".into(), "j".into(), until, now).is_err(), "a replay");
+        c.remember("k2".into(), "j".into(), until, now).expect("another key's jti is its own");
+        for i in 1..REPLAY_CAPACITY / 64 {
+            c.remember("k1".into(), format!("j{i}"), until, now).unwrap();
+        }
+        let e = c.remember("k1".into(), "one-too-many".into(), until, now).unwrap_err();
+        assert!(e.0.contains("from this key"), "{}", e.0);
+        c.remember("k3".into(), "j".into(), until, now).expect("other keys are served");
+        // Once those proofs lapse, the key may send again.
+        c.remember("k1".into(), "later".into(), until + 100, until + 20).expect("after the window");
+    }
 
     #[test]
     fn dev_token_specs() {
