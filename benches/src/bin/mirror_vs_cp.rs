@@ -241,10 +241,15 @@ fn main() -> ExitCode {
             let (secs, kib) = run_child("full", &ev, &full_out, None);
             fulls.push(secs);
             rss.push(kib);
-            // The far side's cost: verifying the whole mirror (every byte, the TUF chain).
+            // The far side's cost: verifying the whole mirror (every byte, the TUF chain), with
+            // the publisher's key as a user does (`exportctl verify OUT --key`).
             let start = Instant::now();
             let now = Timestamp::parse("2026-01-02T00:00:00Z").expect("time");
-            let report = exportcore_mirror::verify_path_with(&full_out, &Default::default(), now).expect("verify");
+            let options = exportcore::verify::VerifyOptions {
+                verifiers: vec![exportcore_crypto::verifier_from_pem(&pair.public_pem).expect("verifier")],
+                ..Default::default()
+            };
+            let report = exportcore_mirror::verify_path_with(&full_out, &options, now).expect("verify");
             assert!(report.is_ok(), "the full build does not verify: {:?}", report.failures.first());
             verifies.push(start.elapsed().as_secs_f64());
             let delta_out = tmp.path().join("delta");
