@@ -68,6 +68,18 @@ fn attacks(genuine: &[u8], replaced: &str) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// A json:raw run of the samples, gzip-compressed, into `out`; returns its bundle.
+async fn json_raw_gzip(out: &Path) -> PathBuf {
+    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
+    request.compression = Some(Compression::Gzip);
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(out).unwrap())
+        .execute(request)
+        .await
+        .unwrap();
+    out.join("json-raw.tar.gz")
+}
+
 fn assert_refused(file: &Path, what: &str, options: &VerifyOptions) {
     let report = exportcore_devportal::verify_path_with(file, options).unwrap();
     assert!(!report.is_ok(), "{what}: verify said OK");
@@ -76,15 +88,7 @@ fn assert_refused(file: &Path, what: &str, options: &VerifyOptions) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_raw_gzip_bundle_with_anything_beyond_its_entries_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
-    request.compression = Some(Compression::Gzip);
-    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
-        .execute(request)
-        .await
-        .unwrap();
-    let bundle = out.join("json-raw.tar.gz");
+    let bundle = json_raw_gzip(&tmp.path().join("out")).await;
     let genuine = std::fs::read(&bundle).unwrap();
     let options = VerifyOptions::default();
     assert!(exportcore_devportal::verify_path_with(&bundle, &options).unwrap().is_ok(), "the genuine bundle verifies");
@@ -213,15 +217,7 @@ fn with_pax_before(tar: &[u8], at: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_whose_names_tar_readers_disagree_on_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
-    request.compression = Some(Compression::Gzip);
-    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
-        .execute(request)
-        .await
-        .unwrap();
-    let tar = gunzip(&std::fs::read(out.join("json-raw.tar.gz")).unwrap());
+    let tar = gunzip(&std::fs::read(json_raw_gzip(&tmp.path().join("out")).await).unwrap());
     let options = VerifyOptions::default();
     let plain = tmp.path().join("plain.tar.gz");
     std::fs::write(&plain, gzip(&with_pax_before(&tar, "no-such-entry"))).unwrap();

@@ -68,14 +68,6 @@ pub struct Base {
     pub encrypted: bool,
 }
 
-/// The export id of a mirror directory.
-fn export_id_of(dir: &Path) -> Result<String> {
-    let p = dir.join("mirror/export.json");
-    let bytes = exportcore::files::read_capped(&p, exportcore::files::MAX_MANIFEST_BYTES)
-        .map_err(|e| base_err(p.display().to_string(), format!("not a mirror: {e}")))?;
-    Ok(format!("sha256:{}", Sha256Digest::of(&bytes)))
-}
-
 impl Base {
     /// Opens and checks a base: a directory holding a mirror run's output whose every file
     /// matches its run manifest and whose OCI layout and TUF metadata are whole.
@@ -96,12 +88,12 @@ impl Base {
                 format!("not a mirror: made by profile {}", manifest.profile_id),
             ));
         }
-        let export_id = export_id_of(dir)?;
-        let export =
-            exportcore::files::read_capped(&dir.join("mirror/export.json"), exportcore::files::MAX_MANIFEST_BYTES)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .unwrap_or(Value::Null);
+        // The export id: the SHA-256 of `mirror/export.json`, read once.
+        let export_path = dir.join("mirror/export.json");
+        let export_bytes = exportcore::files::read_capped(&export_path, exportcore::files::MAX_MANIFEST_BYTES)
+            .map_err(|e| base_err(export_path.display().to_string(), format!("not a mirror: {e}")))?;
+        let export_id = format!("sha256:{}", Sha256Digest::of(&export_bytes));
+        let export = serde_json::from_slice::<Value>(&export_bytes).unwrap_or(Value::Null);
         let tenant = export["tenant"].as_str().map(str::to_owned);
         let encrypted = !export["encryption"].is_null();
         let options =

@@ -1039,30 +1039,20 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
     let o =
         export("mirror:full", &samples(), &enc, &["--sign-key", &key, "--encrypt-to", recipients.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    let decrypt = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["decrypt", enc.to_str().unwrap(), "--identity", identity.to_str().unwrap(), "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        run(&args)
+    };
     let plain = tmp.path().join("plain");
-    let o = run(&[
-        "decrypt",
-        enc.to_str().unwrap(),
-        "--identity",
-        identity.to_str().unwrap(),
-        "--out",
-        plain.to_str().unwrap(),
-        "--key",
-        &public,
-    ]);
+    let o = decrypt(&plain, &["--key", &public]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(plain.join("data/raw/advisories/pypi.jsonl.zst").is_file());
     // A file added to the mirror: nothing is decrypted.
     std::fs::write(enc.join("mirror/data/raw/advisories/evil.jsonl.zst"), b"x").unwrap();
     let refused = tmp.path().join("refused");
-    let o = run(&[
-        "decrypt",
-        enc.to_str().unwrap(),
-        "--identity",
-        identity.to_str().unwrap(),
-        "--out",
-        refused.to_str().unwrap(),
-    ]);
+    let o = decrypt(&refused, &[]);
     assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_VERIFY_FAILED"), "{}", text(&o));
     assert!(text(&o).contains("evil.jsonl.zst") && !refused.exists(), "{}", text(&o));
     let o = export("mirror:full", &samples(), &tmp.path().join("z"), &["--encrypt-to", "age1nope"]);
