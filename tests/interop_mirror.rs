@@ -164,10 +164,47 @@ async fn python_tuf_takes_an_applied_delta_as_an_update_and_refuses_a_rollback()
     if !interop_enabled() {
         return;
     }
+    delta_as_an_update(exportcore_mirror::TufOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tuf_walks_the_hashed_bins_of_a_large_mirror_and_of_its_delta() {
+    if !interop_enabled() {
+        return;
+    }
+    // Four targets a role: the samples' 25 files spread over hashed bins, as 10,000 would.
+    let tuf = exportcore_mirror::TufOptions::default().max_targets_per_role(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::EcdsaP256, tmp.path(), "k");
+    let out = tmp.path().join("m");
+    build_with(exportcore_mirror::MirrorFull::default().tuf(tuf.clone()), &out, Arc::clone(&k.signer)).await;
+    let bins = std::fs::read_dir(out.join("tuf/metadata"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("1.bins-"))
+        .count();
+    assert!(bins >= 16, "{bins} bins");
+    let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("OK: TUF repository verified (25 targets)"), "{}", text(&o));
+    // A target reached through its bin, one byte changed.
+    let export: Value = serde_json::from_slice(&std::fs::read(out.join("mirror/export.json")).unwrap()).unwrap();
+    let db = export["files"].as_array().unwrap().iter().find(|f| f["path"] == "trivy/db.tar.gz").unwrap();
+    let target = out.join(format!("tuf/targets/trivy/{}.db.tar.gz", db["sha256"].as_str().unwrap()));
+    let mut bytes = std::fs::read(&target).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&target, bytes).unwrap();
+    let o = python_tuf(&out, "2025-06-02T00:00:00Z");
+    assert!(!o.status.success() && text(&o).contains("db.tar.gz"), "{}", text(&o));
+    delta_as_an_update(tuf).await;
+}
+
+/// A delta of the samples less one advisory, applied, is an update python-tuf takes from the
+/// base it trusted; the base served after it is a rollback.
+async fn delta_as_an_update(tuf_options: exportcore_mirror::TufOptions) {
     let tmp = tempfile::tempdir().unwrap();
     let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
     let old = tmp.path().join("old");
-    build(&old, Arc::clone(&k.signer)).await;
+    build_with(exportcore_mirror::MirrorFull::default().tuf(tuf_options.clone()), &old, Arc::clone(&k.signer)).await;
     let ev2 = tmp.path().join("ev2");
     assert!(Command::new("cp").arg("-r").arg(samples()).arg(&ev2).status().unwrap().success());
     std::fs::remove_file(ev2.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
@@ -178,7 +215,7 @@ async fn python_tuf_takes_an_applied_delta_as_an_update_and_refuses_a_rollback()
         .build()
         .unwrap();
     RunBuilder::new(
-        exportcore_mirror::MirrorDelta::new(&old),
+        exportcore_mirror::MirrorDelta::new(&old).tuf(tuf_options),
         DirEvidence::new(&ev2).unwrap(),
         FsSink::new(&delta).unwrap(),
     )

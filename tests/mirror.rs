@@ -1056,3 +1056,45 @@ async fn a_delta_of_nothing_and_a_plain_delta_of_a_sealed_base_are_refused() {
     assert!(e.code() == "ERR_EXPORT_REQUEST_INVALID" && e.to_string().contains("encrypted"), "{e}");
     assert!(!tmp.path().join("d2").join("mirror").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_of_many_files_delegates_its_targets_to_hashed_bins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let tuf = || exportcore_mirror::TufOptions::default().max_targets_per_role(4);
+    let old = tmp.path().join("old");
+    run_profile(exportcore_mirror::MirrorFull::default().tuf(tuf()), &samples(), &old, Some(&k), CREATED).await;
+    let metadata = tree(&old.join("tuf/metadata"));
+    let bins: Vec<&String> = metadata.keys().filter(|f| f.starts_with("1.bins-")).collect();
+    assert!(bins.len() >= 16, "{:?}", metadata.keys());
+    let r = verify(&old, &k, "2025-06-02T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    // Every file of mirror/ is a target, reached through its bin.
+    let listed = tree(&old.join("mirror")).len() as u64;
+    assert!(r.verified >= listed, "{} < {listed}", r.verified);
+
+    // A bin swapped for another bin's bytes (empty bins are alike: one that lists targets):
+    // the run manifest and the TUF chain both see it.
+    let full_bin = bins.iter().find(|b| metadata[**b] != metadata[bins[0]]).unwrap();
+    let copy_of = copy(&old, &tmp.path().join("swapped"));
+    std::fs::copy(copy_of.join("tuf/metadata").join(full_bin), copy_of.join("tuf/metadata").join(bins[0])).unwrap();
+    let r = verify(&copy_of, &k, "2025-06-02T00:00:00Z");
+    let swapped = format!("tuf/metadata/{}", bins[0]);
+    assert!(r.failures.iter().filter(|f| f.path == swapped).count() >= 2, "{}", failures(&r));
+
+    // A delta continues the bins at the next version, and the applied mirror verifies.
+    let ev2 = changed_samples(tmp.path());
+    let delta = tmp.path().join("delta");
+    let new_created = "2025-06-11T00:00:00Z";
+    run_profile(exportcore_mirror::MirrorDelta::new(&old).tuf(tuf()), &ev2, &delta, Some(&k), new_created).await;
+    let new = tmp.path().join("new");
+    exportcore_mirror::apply(&old, &delta, &new, &with_key(&k)).unwrap();
+    let r = verify(&new, &k, "2025-06-12T00:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    let metadata = tree(&new.join("tuf/metadata"));
+    assert!(metadata.keys().any(|f| f.starts_with("2.bins-")), "{:?}", metadata.keys());
+    assert!(!metadata.keys().any(|f| f.starts_with("1.bins-")), "{:?}", metadata.keys());
+    let full = tmp.path().join("full");
+    run_profile(exportcore_mirror::MirrorFull::default().tuf(tuf()), &ev2, &full, Some(&k), new_created).await;
+    assert_eq!(tree(&new.join("mirror")), tree(&full.join("mirror")));
+}

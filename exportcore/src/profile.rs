@@ -284,6 +284,9 @@ pub struct ExportContext<'a> {
     pub(crate) pinned: Option<TimeAnchor>,
     pub(crate) anchor: Option<TimeAnchor>,
     pub(crate) artifacts: Vec<StagedArtifact>,
+    /// The paths of `artifacts`, for the written-twice check in constant time (a mirror
+    /// stages hundreds of thousands).
+    staged_paths: std::collections::HashSet<String>,
     pub(crate) progress: &'a (dyn Fn(Progress) + Send + Sync),
     pub(crate) cancel: &'a CancelFlag,
     pub(crate) scratch_seq: u64,
@@ -322,6 +325,7 @@ impl<'a> ExportContext<'a> {
             pinned: None,
             anchor: None,
             artifacts: Vec::new(),
+            staged_paths: std::collections::HashSet::new(),
             progress,
             cancel,
             scratch_seq: 0,
@@ -476,7 +480,7 @@ impl<'a> ExportContext<'a> {
         w.flush().at(&local)?;
         let (_, size, sha256) = w.finish();
         let staged = StagedArtifact { spec, local, size, sha256 };
-        self.artifacts.push(staged.clone());
+        self.push_artifact(staged.clone());
         Ok((staged, out))
     }
 
@@ -507,7 +511,7 @@ impl<'a> ExportContext<'a> {
         }
         staged_mode(&local)?;
         let staged = StagedArtifact { spec, local, size, sha256 };
-        self.artifacts.push(staged.clone());
+        self.push_artifact(staged.clone());
         Ok(staged)
     }
 
@@ -522,7 +526,11 @@ impl<'a> ExportContext<'a> {
     pub fn run_nested(&mut self, profile: &dyn Profile) -> Result<Vec<StagedArtifact>> {
         let mark = self.artifacts.len();
         profile.export(self)?;
-        Ok(self.artifacts.split_off(mark))
+        let taken = self.artifacts.split_off(mark);
+        for a in &taken {
+            self.staged_paths.remove(a.spec.path.as_str());
+        }
+        Ok(taken)
     }
 
     /// [`ExportContext::run_nested`] over other evidence: the nested profile reads `evidence`
@@ -537,22 +545,19 @@ impl<'a> ExportContext<'a> {
         profile: &dyn Profile,
         evidence: &dyn EvidenceSource,
     ) -> Result<Vec<StagedArtifact>> {
-        let mut nested = ExportContext {
-            request: self.request,
+        let mut nested = ExportContext::outside_run(
+            self.request,
             evidence,
-            staging: self.staging,
-            pinned: self.pinned,
-            anchor: self.anchor,
-            artifacts: Vec::new(),
-            progress: self.progress,
-            cancel: self.cancel,
-            scratch_seq: self.scratch_seq,
-            signer: self.signer.clone(),
-            warnings: Vec::new(),
-            selection: None,
-            run_id: self.run_id,
-            tenant: self.tenant,
-        };
+            self.staging,
+            self.cancel,
+            self.progress,
+            self.run_id,
+            self.tenant,
+        );
+        nested.pinned = self.pinned;
+        nested.anchor = self.anchor;
+        nested.scratch_seq = self.scratch_seq;
+        nested.signer = self.signer.clone();
         let result = profile.export(&mut nested);
         self.scratch_seq = nested.scratch_seq;
         self.anchor = self.anchor.or(nested.anchor);
@@ -566,8 +571,13 @@ impl<'a> ExportContext<'a> {
     pub fn alias_artifact(&mut self, spec: ArtifactSpec, of: &StagedArtifact) -> Result<StagedArtifact> {
         self.check_new(&spec)?;
         let staged = StagedArtifact { spec, local: of.local.clone(), size: of.size, sha256: of.sha256 };
-        self.artifacts.push(staged.clone());
+        self.push_artifact(staged.clone());
         Ok(staged)
+    }
+
+    fn push_artifact(&mut self, staged: StagedArtifact) {
+        self.staged_paths.insert(staged.spec.path.as_str().to_owned());
+        self.artifacts.push(staged);
     }
 
     /// Refuses reserved names and paths already staged.
@@ -578,7 +588,7 @@ impl<'a> ExportContext<'a> {
                 reason: "reserved for the run's own manifest and signatures".into(),
             });
         }
-        if self.artifacts.iter().any(|a| a.spec.path == spec.path) {
+        if self.staged_paths.contains(spec.path.as_str()) {
             return Err(ExportError::PathUnsafe {
                 path: spec.path.to_string(),
                 reason: "artifact written twice".into(),

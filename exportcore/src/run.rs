@@ -536,22 +536,11 @@ async fn stage_and_publish(
                     emit.send(RunEvent::Progress { run_id: run_id.clone(), progress: p });
                 }
             };
-            let mut ctx = ExportContext {
-                request: &request,
-                evidence: &*evidence,
-                staging: &staging_path,
-                pinned,
-                anchor: None,
-                artifacts: Vec::new(),
-                progress: &report,
-                cancel: &cancel,
-                scratch_seq: 0,
-                signer: profile_signer,
-                warnings: Vec::new(),
-                selection: profile_selected.as_deref(),
-                run_id: &ctx_run_id,
-                tenant: &tenant,
-            };
+            let mut ctx =
+                ExportContext::outside_run(&request, &*evidence, &staging_path, &cancel, &report, &ctx_run_id, &tenant);
+            ctx.pinned = pinned;
+            ctx.signer = profile_signer;
+            ctx.selection = profile_selected.as_deref();
             profile.export(&mut ctx)?;
             ctx.check_cancelled()?;
             if ctx.anchor.is_none() && ctx.pinned.is_none() {

@@ -12,6 +12,7 @@
 //! oci/      an OCI image layout: tags `mirror`, `trivy-db`, `trivy-java-db`
 //!           (`mirror` an index of part manifests beyond 1,000 files: `oci_max_layers`)
 //! tuf/      metadata/{1.root,root,1.targets,1.snapshot,timestamp}.json, targets/<sha256>.<name>
+//!           (and `1.bins-<prefix>.json` hashed bins beyond 10,000 files: `TufOptions`)
 //! manifest.json (+ manifest.dsse.json, provenance.dsse.json when signed)
 //! ```
 //!

@@ -64,7 +64,17 @@ pub struct RoleKeys {
 #[derive(Clone, Debug)]
 pub struct TufOptions {
     roles: BTreeMap<Role, RoleKeys>,
+    max_targets_per_role: usize,
 }
+
+/// How many targets the top-level targets metadata lists itself; a repository with more
+/// delegates them to hashed bins ([`TufOptions::max_targets_per_role`]). At about 150 to 250
+/// bytes an entry this keeps every targets file near 2 MB, under python-tuf's default
+/// `targets_max_length` of 5 MB.
+pub const DEFAULT_MAX_TARGETS_PER_ROLE: usize = 10_000;
+
+/// The prefix of a hashed-bin role's name: `bins-<hex prefix>`.
+pub const BIN_ROLE_PREFIX: &str = "bins-";
 
 impl Default for TufOptions {
     fn default() -> Self {
@@ -76,6 +86,7 @@ impl Default for TufOptions {
                 (Role::Snapshot, keys(365)),
                 (Role::Timestamp, keys(90)),
             ]),
+            max_targets_per_role: DEFAULT_MAX_TARGETS_PER_ROLE,
         }
     }
 }
@@ -98,6 +109,17 @@ impl TufOptions {
         if let Some(r) = self.roles.get_mut(&role) {
             r.expires_days = days;
         }
+        self
+    }
+
+    /// Lists at most `n` targets (at least 1) in one targets metadata file. With more, the
+    /// top-level targets role lists none itself and delegates them, by the SHA-256 of their
+    /// path, to 16, 256, 4,096 or 65,536 hashed bins (`bins-<prefix>`, signed with the targets
+    /// role's keys; the fewest bins that keep each under `n`), as PEP 458 and python-tuf's
+    /// hashed-bin example do. The default is [`DEFAULT_MAX_TARGETS_PER_ROLE`].
+    #[must_use]
+    pub fn max_targets_per_role(mut self, n: usize) -> Self {
+        self.max_targets_per_role = n.max(1);
         self
     }
 
@@ -359,12 +381,38 @@ pub fn build(
     root["keys"] = Value::Object(keys);
     root["roles"] = Value::Object(roles);
 
-    let mut listed = Map::new();
-    for t in targets {
-        listed.insert(t.path.clone(), json!({"length": t.length, "hashes": {"sha256": t.sha256.to_hex()}}));
-    }
+    let listing = |targets: &[&Target]| {
+        let mut listed = Map::new();
+        for t in targets {
+            listed.insert(t.path.clone(), json!({"length": t.length, "hashes": {"sha256": t.sha256.to_hex()}}));
+        }
+        Value::Object(listed)
+    };
+    let all: Vec<&Target> = targets.iter().collect();
+    let bins = hashed_bins(&all, options.max_targets_per_role)?;
     let mut targets_md = common(Role::Targets);
-    targets_md["targets"] = Value::Object(listed);
+    if bins.is_empty() {
+        targets_md["targets"] = listing(&all);
+    } else {
+        let ids = root["roles"]["targets"]["keyids"].clone();
+        let delegated_keys: Map<String, Value> = ids
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|id| Some((id.to_owned(), root["keys"].get(id)?.clone())))
+            .collect();
+        let delegated: Vec<Value> = bins
+            .iter()
+            .map(|(prefix, _)| {
+                json!({"name": format!("{BIN_ROLE_PREFIX}{prefix}"), "keyids": ids,
+                       "threshold": options.role(Role::Targets).threshold, "terminating": true,
+                       "path_hash_prefixes": [prefix]})
+            })
+            .collect();
+        targets_md["targets"] = json!({});
+        targets_md["delegations"] = json!({"keys": delegated_keys, "roles": delegated});
+    }
 
     let sign = |role: Role, signed: Value| -> Result<Vec<u8>> {
         let bytes = canonical(&signed)?;
@@ -382,8 +430,21 @@ pub fn build(
 
     let (tv, sv) = (version_of(Role::Targets), version_of(Role::Snapshot));
     let targets_bytes = sign(Role::Targets, targets_md)?;
+    let mut snapshot_meta = Map::new();
+    snapshot_meta.insert("targets.json".into(), meta(tv, &targets_bytes));
+    let mut bin_files = Vec::new();
+    for (prefix, listed) in &bins {
+        // A bin carries the targets version: it changes with every new version of the
+        // repository, so no bin ever goes back.
+        let mut bin = common(Role::Targets);
+        bin["targets"] = listing(listed);
+        let bytes = sign(Role::Targets, bin)?;
+        let name = format!("{BIN_ROLE_PREFIX}{prefix}");
+        snapshot_meta.insert(format!("{name}.json"), meta(tv, &bytes));
+        bin_files.push((format!("{tv}.{name}.json"), bytes));
+    }
     let mut snapshot = common(Role::Snapshot);
-    snapshot["meta"] = json!({"targets.json": meta(tv, &targets_bytes)});
+    snapshot["meta"] = Value::Object(snapshot_meta);
     let snapshot_bytes = sign(Role::Snapshot, snapshot)?;
     let mut timestamp = common(Role::Timestamp);
     timestamp["meta"] = json!({"snapshot.json": meta(sv, &snapshot_bytes)});
@@ -397,9 +458,42 @@ pub fn build(
     };
     files.push((format!("{sv}.snapshot.json"), snapshot_bytes));
     files.push((format!("{tv}.targets.json"), targets_bytes));
+    files.extend(bin_files);
     files.push(("timestamp.json".into(), timestamp_bytes));
     files.sort();
     Ok(files)
+}
+
+/// The hex SHA-256 of a target path, which hashed-bin delegations match prefixes of.
+fn path_hash(path: &str) -> String {
+    hex::encode(Sha256::digest(path.as_bytes()))
+}
+
+/// The bins (hex prefix, targets) of `targets` when there are more than `max`: every prefix
+/// of the fewest hex digits (1 to 4) that keep each bin at `max` or under, empty bins too,
+/// so that every path hash falls in exactly one. None when `max` or fewer targets.
+fn hashed_bins<'t>(targets: &[&'t Target], max: usize) -> Result<Vec<(String, Vec<&'t Target>)>> {
+    if targets.len() <= max {
+        return Ok(Vec::new());
+    }
+    let hashed: Vec<(String, &Target)> = targets.iter().map(|t| (path_hash(&t.path), *t)).collect();
+    for digits in 1..=4usize {
+        let mut bins: Vec<(String, Vec<&Target>)> =
+            (0..16usize.pow(digits as u32)).map(|i| (format!("{i:0digits$x}"), Vec::new())).collect();
+        for (hash, t) in &hashed {
+            let i = usize::from_str_radix(&hash[..digits], 16).unwrap_or(0);
+            bins[i].1.push(t);
+        }
+        if bins.iter().all(|(_, b)| b.len() <= max) {
+            return Ok(bins);
+        }
+    }
+    Err(ExportError::NotSupported {
+        feature: format!(
+            "a TUF repository of {} targets with at most {max} per role: more than 65,536 hashed bins",
+            targets.len()
+        ),
+    })
 }
 
 /// A role's keys and threshold as a root document names them.
@@ -452,13 +546,20 @@ fn trusted(root_signed: &Value) -> std::result::Result<Trusted, String> {
 
 /// Parses a metadata file and checks `role`'s threshold of signatures over its `signed`.
 fn checked(bytes: &[u8], role: Role, trust: &Trusted) -> std::result::Result<Value, String> {
+    checked_as(bytes, role.as_str(), role.as_str(), trust)
+}
+
+/// [`checked`] for a role by name (a delegated one) whose metadata has `_type` `kind`.
+fn checked_as(bytes: &[u8], kind: &str, role: &str, trust: &Trusted) -> std::result::Result<Value, String> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let signed = &doc["signed"];
-    if signed["_type"].as_str() != Some(role.as_str()) {
-        return Err(format!("_type is {:?}, expected {:?}", signed["_type"], role.as_str()));
+    if signed["_type"].as_str() != Some(kind) {
+        return Err(format!("_type is {:?}, expected {kind:?}", signed["_type"]));
     }
     let msg = canonical(signed).map_err(|e| e.to_string())?;
-    let (ids, threshold) = &trust.roles[role.as_str()];
+    let Some((ids, threshold)) = trust.roles.get(role) else {
+        return Err(format!("no keys are trusted for role {role:?}"));
+    };
     let mut good = std::collections::BTreeSet::new();
     for sig in doc["signatures"].as_array().into_iter().flatten() {
         let (Some(id), Some(hex_sig)) = (sig["keyid"].as_str(), sig["sig"].as_str()) else { continue };
@@ -471,7 +572,7 @@ fn checked(bytes: &[u8], role: Role, trust: &Trusted) -> std::result::Result<Val
         }
     }
     if (good.len() as u64) < *threshold {
-        return Err(format!("{} was signed by {}/{} keys", role.as_str(), good.len(), threshold));
+        return Err(format!("{role} was signed by {}/{} keys", good.len(), threshold));
     }
     Ok(signed.clone())
 }
@@ -497,6 +598,16 @@ fn check_meta(entry: &Value, bytes: &[u8], what: &str) -> std::result::Result<()
         }
     }
     Ok(())
+}
+
+/// A delegated role's name as it may appear in a file name: letters, digits, `-`, `_` and
+/// `.`, not leading with `.`, not a top-level role.
+fn is_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !Role::ALL.iter().any(|r| r.as_str() == name)
 }
 
 /// A problem the chain check found; `stale` marks expiry (ERR_EXPORT_STALE).
@@ -597,13 +708,79 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     }
     expired(&targets, &targets_file)?;
     let mut out = Verified::default();
-    for (path, info) in targets["targets"].as_object().into_iter().flatten() {
-        let length = info["length"].as_u64().ok_or_else(|| fail(&targets_file, format!("{path}: no length")))?;
-        let sha256 = info["hashes"]["sha256"]
-            .as_str()
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(|| fail(&targets_file, format!("{path}: no sha256")))?;
-        out.targets.push(Target { path: path.clone(), length, sha256 });
+    let mut seen = BTreeMap::new();
+    let mut collect = |signed: &Value, file: &str, prefixes: Option<&[String]>| {
+        for (path, info) in signed["targets"].as_object().into_iter().flatten() {
+            let length = info["length"].as_u64().ok_or_else(|| fail(file, format!("{path}: no length")))?;
+            let sha256 = info["hashes"]["sha256"]
+                .as_str()
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| fail(file, format!("{path}: no sha256")))?;
+            // A client looks for a path only in the bin its hash names.
+            if let Some(prefixes) = prefixes {
+                let hash = path_hash(path);
+                if !prefixes.iter().any(|p| hash.starts_with(p.as_str())) {
+                    return Err(fail(file, format!("{path}: outside the role's path_hash_prefixes")));
+                }
+            }
+            if let Some(other) = seen.insert(path.clone(), file.to_owned()) {
+                return Err(fail(file, format!("{path}: also listed by {other}")));
+            }
+            out.targets.push(Target { path: path.clone(), length, sha256 });
+        }
+        Ok(())
+    };
+    collect(&targets, &targets_file, None)?;
+    // Hashed-bin delegations, one level: each bin signed by the keys the targets role
+    // delegates to, at the version the snapshot names, unexpired.
+    let delegations = &targets["delegations"];
+    if !delegations.is_null() {
+        let bad = |m: String| fail(&targets_file, m);
+        let mut trust = Trusted { keys: BTreeMap::new(), roles: BTreeMap::new() };
+        for (id, key) in delegations["keys"].as_object().ok_or_else(|| bad("delegations without keys".into()))? {
+            let computed = hex::encode(Sha256::digest(canonical(key).map_err(|e| bad(e.to_string()))?));
+            if &computed != id {
+                return Err(bad(format!("delegated key id {id} is not the SHA-256 of its key ({computed})")));
+            }
+            trust.keys.insert(id.clone(), verifier_of(key).map_err(bad)?);
+        }
+        for role in delegations["roles"].as_array().ok_or_else(|| bad("delegations without roles".into()))? {
+            let name = role["name"].as_str().unwrap_or_default();
+            if !is_role_name(name) || trust.roles.contains_key(name) {
+                return Err(bad(format!("delegated role name {:?} is not a plain, unique role name", role["name"])));
+            }
+            if !role["paths"].is_null() {
+                return Err(bad(format!("{name}: delegation by paths is not supported (only path_hash_prefixes)")));
+            }
+            let prefixes: Vec<String> = role["path_hash_prefixes"]
+                .as_array()
+                .ok_or_else(|| bad(format!("{name}: no path_hash_prefixes")))?
+                .iter()
+                .map(|p| p.as_str().map(str::to_owned).ok_or_else(|| bad(format!("{name}: a prefix is not a string"))))
+                .collect::<std::result::Result<_, _>>()?;
+            let ids: Vec<String> =
+                role["keyids"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            let threshold = role["threshold"]
+                .as_u64()
+                .filter(|t| *t >= 1)
+                .ok_or_else(|| bad(format!("{name}: threshold must be >= 1")))?;
+            trust.roles.insert(name.to_owned(), (ids, threshold));
+            let entry = &snap["meta"][format!("{name}.json")];
+            let version =
+                entry["version"].as_u64().ok_or_else(|| fail(&snap_file, format!("{name}.json: not listed")))?;
+            let file = if consistent { format!("{version}.{name}.json") } else { format!("{name}.json") };
+            let bytes = get(&file)?;
+            check_meta(entry, &bytes, &file).map_err(|e| fail(&file, e))?;
+            let bin = checked_as(&bytes, "targets", name, &trust).map_err(|e| fail(&file, e))?;
+            if bin["version"].as_u64() != Some(version) {
+                return Err(fail(&file, format!("version is not {version} (rollback?)")));
+            }
+            expired(&bin, &file)?;
+            if !bin["delegations"].is_null() {
+                return Err(fail(&file, "nested delegations are not supported".into()));
+            }
+            collect(&bin, &file, Some(&prefixes))?;
+        }
     }
     out.root_key_ids =
         trust.roles["root"].0.iter().filter_map(|id| trust.keys.get(id)).map(|v| v.key_id().to_owned()).collect();
@@ -670,6 +847,88 @@ mod tests {
                 assert!(e.file == file && e.message.contains("limit"), "{e:?}");
             }
         }
+    }
+
+    #[test]
+    fn many_targets_go_to_hashed_bins_that_verify_and_cannot_be_moved() {
+        let s = signer(exportcore_crypto::Algorithm::Ed25519);
+        let anchor = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        let targets: Vec<Target> = (0..40)
+            .map(|i| Target {
+                path: format!("data/{i}.json"),
+                length: i,
+                sha256: exportcore::Sha256Digest::of(&[i as u8]),
+            })
+            .collect();
+        let options = TufOptions::default().max_targets_per_role(5);
+        let built = build(&targets, anchor, &options, Some(&*s), None).unwrap();
+        let files: BTreeMap<String, Vec<u8>> = built.into_iter().collect();
+        // 40 targets in 16 bins do not fit 5 a bin every time; the fewest digits that do.
+        let bins: Vec<&String> = files.keys().filter(|f| f.contains(".bins-")).collect();
+        assert!(bins.len() == 16 || bins.len() == 256, "{bins:?}");
+        let top: Value = serde_json::from_slice(&files["1.targets.json"]).unwrap();
+        assert_eq!(top["signed"]["targets"], json!({}));
+        assert_eq!(top["signed"]["delegations"]["roles"].as_array().unwrap().len(), bins.len());
+        let v = check(&files, "2025-02-01T00:00:00Z").unwrap();
+        let mut got: Vec<Target> = v.targets;
+        got.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut want = targets.clone();
+        want.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(got, want, "every target, from its bin");
+        // The same targets with the default limit: one targets file, no bins.
+        let flat = build(&targets, anchor, &TufOptions::default(), Some(&*s), None).unwrap();
+        assert!(flat.iter().all(|(f, _)| !f.contains("bins-")), "{flat:?}");
+
+        // A bin that lists a path whose hash is not its prefix: the client would never look
+        // there, so it is a failure even when signed and listed correctly.
+        let bin_of = |path: &str| {
+            let hash = path_hash(path);
+            bins.iter()
+                .find(|b| hash.starts_with(b.split("bins-").nth(1).unwrap().trim_end_matches(".json")))
+                .map(|b| (*b).clone())
+                .unwrap()
+        };
+        let home = bin_of("data/0.json");
+        let other = bins.iter().find(|b| **b != &home).unwrap().to_string();
+        let mut doc: Value = serde_json::from_slice(&files[&other]).unwrap();
+        doc["signed"]["targets"]["data/0.json"] =
+            json!({"length": 0, "hashes": {"sha256": exportcore::Sha256Digest::of(&[0]).to_hex()}});
+        let msg = canonical(&doc["signed"]).unwrap();
+        doc["signatures"][0]["sig"] = json!(hex::encode(s.sign(&msg).unwrap()));
+        let mut moved = files.clone();
+        moved.insert(other.clone(), serde_json::to_vec(&doc).unwrap());
+        // Re-list the bin in the snapshot and re-sign snapshot and timestamp, as a key holder
+        // could: only the prefix rule is left to catch it.
+        let resign = |files: &mut BTreeMap<String, Vec<u8>>, file: &str, edit: &dyn Fn(&mut Value)| {
+            let mut d: Value = serde_json::from_slice(&files[file]).unwrap();
+            edit(&mut d["signed"]);
+            let m = canonical(&d["signed"]).unwrap();
+            d["signatures"][0]["sig"] = json!(hex::encode(s.sign(&m).unwrap()));
+            files.insert(file.to_owned(), serde_json::to_vec(&d).unwrap());
+        };
+        let bytes = moved[&other].clone();
+        let role = other.trim_start_matches("1.").to_owned();
+        resign(&mut moved, "1.snapshot.json", &|d| {
+            d["meta"][&role] =
+                json!({"version": 1, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(&bytes))}});
+        });
+        let snap = moved["1.snapshot.json"].clone();
+        resign(&mut moved, "timestamp.json", &|d| {
+            d["meta"]["snapshot.json"] =
+                json!({"version": 1, "length": snap.len(), "hashes": {"sha256": hex::encode(Sha256::digest(&snap))}});
+        });
+        let e = check(&moved, "2025-02-01T00:00:00Z").unwrap_err();
+        assert!(e.file == other && e.message.contains("path_hash_prefixes"), "{e:?}");
+
+        // A bin whose bytes changed after the snapshot listed them; a bin that is missing.
+        let mut changed = files.clone();
+        changed.get_mut(&home).unwrap().push(b' ');
+        let e = check(&changed, "2025-02-01T00:00:00Z").unwrap_err();
+        assert!(e.file == home && e.message.contains("length"), "{e:?}");
+        let mut missing = files.clone();
+        missing.remove(&home);
+        let e = check(&missing, "2025-02-01T00:00:00Z").unwrap_err();
+        assert!(e.file == home && e.message == "missing", "{e:?}");
     }
 
     #[test]

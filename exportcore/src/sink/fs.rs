@@ -22,6 +22,10 @@ fn link_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)>
     }
     std::fs::hard_link(src, tmp)?;
     let f = std::fs::File::open(tmp)?;
+    if f.metadata()?.len() < OVERLAP_FROM {
+        f.sync_all()?;
+        return crate::hashing::hash_reader(&f);
+    }
     // The flush to disk (I/O) and the hash (CPU) of the same bytes overlap.
     std::thread::scope(|s| {
         let synced = s.spawn(|| f.sync_all());
@@ -30,6 +34,10 @@ fn link_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)>
         stored
     })
 }
+
+/// Files from this size on are flushed and hashed at once, on two threads; smaller ones one
+/// after the other (a thread costs more than it saves on them).
+const OVERLAP_FROM: u64 = 4 << 20;
 
 /// Copies `src` to a new `tmp` (mode 0644), hashing the bytes as they pass, and fsyncs it.
 fn copy_and_hash(src: &Path, tmp: &Path) -> std::io::Result<(u64, Sha256Digest)> {
