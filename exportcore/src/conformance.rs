@@ -24,7 +24,7 @@ use crate::model::{RunRequest, RunStatus};
 use crate::path::ArtifactPath;
 use crate::profile::{CancelFlag, ExportContext, Profile};
 use crate::run::{RunBuilder, RunOutcome};
-use crate::sink::{ByteStream, FsSink, InMemorySink, Sink, SinkExt};
+use crate::sink::{ByteStream, FsSink, InMemorySink, PutReceipt, Sink, SinkExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::io::Read;
@@ -45,6 +45,7 @@ pub async fn sink_suite(sink: &dyn Sink) {
     sink_overwrite_replaces(sink).await;
     sink_streams_large_and_empty(sink).await;
     sink_put_file(sink).await;
+    sink_put_files(sink).await;
 }
 
 /// Put, get, list (sorted, prefix-filtered, segment-wise) and idempotent delete.
@@ -149,6 +150,48 @@ pub async fn sink_put_file(sink: &dyn Sink) {
     for path in ["file/a.bin", "file/b.bin"] {
         sink.delete(&p(path)).await.expect("cleanup");
     }
+}
+
+/// `put_files`: receipts in order, each file stored whole; a batch with a bad entry fails.
+pub async fn sink_put_files(sink: &dyn Sink) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bodies: [&[u8]; 3] = [b"", b"one", &[7u8; 70_000]];
+    let paths = ["batch/x/a.bin", "batch/b.bin", "batch/x/y/c.bin"];
+    let mut files = Vec::new();
+    for (i, (path, body)) in paths.iter().zip(bodies).enumerate() {
+        let local = dir.path().join(format!("src-{i}"));
+        std::fs::write(&local, body).expect("write source");
+        files.push((p(path), local));
+    }
+    let results = sink.put_files(&files).await;
+    assert_eq!(results.len(), 3, "one result a file");
+    let receipts: Vec<PutReceipt> = results.into_iter().map(|r| r.expect("put_files")).collect();
+    for ((r, path), body) in receipts.iter().zip(paths).zip(bodies) {
+        assert_eq!(r.path.as_str(), path, "receipts in order");
+        assert_eq!((r.size, r.sha256), (body.len() as u64, Sha256Digest::of(body)), "receipt of {path}");
+        assert_eq!(sink.get_bytes(&p(path)).await.expect("get"), body, "content of {path}");
+    }
+    // A missing source fails its file; a file the batch reports no result for was not
+    // stored (a sink may stop at the first error or finish the ones it had started).
+    let bad = vec![
+        (p("batch/b.bin"), files[1].1.clone()),
+        (p("batch/d.bin"), dir.path().join("missing.bin")),
+        (p("batch/e.bin"), files[1].1.clone()),
+    ];
+    let results = sink.put_files(&bad).await;
+    assert!(results.len() >= 2 && results[0].is_ok() && results[1].is_err(), "{results:?}");
+    if results.len() == 2 {
+        assert!(sink.get_bytes(&p("batch/e.bin")).await.is_err(), "a file with no result was stored");
+    } else {
+        assert!(results[2].is_ok(), "{results:?}");
+        sink.delete(&p("batch/e.bin")).await.expect("cleanup");
+    }
+    assert!(sink.put_files(&[]).await.is_empty(), "an empty batch");
+    for path in paths {
+        sink.delete(&p(path)).await.expect("cleanup");
+    }
+    let listed = sink.list(Some(&p("batch"))).await.expect("list");
+    assert!(listed.is_empty(), "{listed:?}");
 }
 
 async fn run_into(

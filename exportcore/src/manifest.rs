@@ -166,8 +166,8 @@ pub struct Manifest {
 impl Manifest {
     /// Canonical JSON bytes.
     pub fn to_canonical_bytes(&self) -> Vec<u8> {
-        // Serialising plain data structs to a Value cannot fail.
-        crate::canonical::to_vec(self).unwrap_or_default()
+        // Serialising plain data structs cannot fail. Direct: a manifest may list 100,000s.
+        crate::canonical::to_vec_direct(self).unwrap_or_default()
     }
 
     /// Parses a manifest, rejecting unknown fields, unsorted or duplicate entries.

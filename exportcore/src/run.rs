@@ -616,7 +616,7 @@ async fn stage_and_publish(
             tenant: run.tenant.as_str(),
             selection: selection.as_ref(),
         });
-        let statement_bytes = crate::canonical::to_vec(&statement)
+        let statement_bytes = crate::canonical::to_vec_direct(&statement)
             .map_err(|e| ExportError::internal_caused("provenance", "serialising the in-toto statement", e))?;
         let signers: [&dyn Signer; 1] = [&**signer];
         let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
@@ -624,8 +624,9 @@ async fn stage_and_publish(
         let signed = dsse::sign(dsse::MANIFEST_PAYLOAD_TYPE, &manifest_bytes, &signers)?;
         ordered.push(stage_bytes(staging.path(), SIGNED_MANIFEST_FILE, ArtifactType::Signature, &signed.to_bytes())?);
     }
-    // Every artifact but the manifest is published up to PUBLISH_CONCURRENCY at a time (their
-    // fsyncs and the sink's hashing overlap), results taken in path order; the manifest last.
+    // Every artifact but the manifest is published in batches (small files together, a large
+    // one alone), up to PUBLISH_CONCURRENCY batches at a time (their fsyncs and the sink's
+    // hashing overlap), results taken in path order; the manifest last, alone.
     let mut targets = Vec::with_capacity(ordered.len() + 1);
     for a in ordered.iter().chain(std::iter::once(&manifest)) {
         let target = match &options.prefix {
@@ -637,30 +638,48 @@ async fn stage_and_publish(
     let manifest_target = targets.pop();
     options.cancel.check()?;
     let mut outputs = Vec::with_capacity(ordered.len() + 1);
-    let mut todo = ordered.into_iter().zip(targets);
+    let mut todo = publish_batches(ordered.into_iter().zip(targets).collect()).into_iter();
     let mut running = futures::stream::FuturesOrdered::new();
     let mut failure = None;
     loop {
         // Start more only while nothing has failed; after a failure, wait for the puts
         // already running, so none completes after the caller has cleaned up.
         while failure.is_none() && running.len() < PUBLISH_CONCURRENCY {
-            let Some((a, target)) = todo.next() else { break };
-            published.push(target.clone());
+            let Some(batch) = todo.next() else { break };
+            published.extend(batch.iter().map(|(_, target)| target.clone()));
             running.push_back(async move {
-                let receipt = sink.put_file(&target, &a.local).await;
-                (a, receipt)
+                let files: Vec<(ArtifactPath, PathBuf)> =
+                    batch.iter().map(|(a, target)| (target.clone(), a.local.clone())).collect();
+                let receipts = sink.put_files(&files).await;
+                (batch, receipts)
             });
         }
-        let Some((a, receipt)) = running.next().await else { break };
-        if failure.is_some() {
-            continue;
+        let Some((batch, results)) = running.next().await else { break };
+        if results.len() > batch.len() || (results.len() < batch.len() && results.iter().all(Result::is_ok)) {
+            failure.get_or_insert(ExportError::DistributionFailed {
+                target: sink.name().to_owned(),
+                source: format!("{} results for a batch of {} files", results.len(), batch.len()).into(),
+            });
         }
-        match receipt.and_then(|r| published_output(sink, run_id, emit, a, r)).and_then(|o| {
-            options.cancel.check()?;
-            Ok(o)
-        }) {
-            Ok(o) => outputs.push(o),
-            Err(e) => failure = Some(e),
+        // Files after the last result were never touched: a cleanup spares their paths.
+        let untouched: std::collections::HashSet<&ArtifactPath> =
+            batch.iter().skip(results.len()).map(|(_, target)| target).collect();
+        if !untouched.is_empty() {
+            published.retain(|p| !untouched.contains(p));
+        }
+        for ((a, _), r) in batch.into_iter().zip(results) {
+            if failure.is_some() {
+                break;
+            }
+            match r.and_then(|r| published_output(sink, run_id, emit, a, r)) {
+                Ok(o) => outputs.push(o),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_none() {
+            if let Err(e) = options.cancel.check() {
+                failure = Some(e);
+            }
         }
     }
     if let Some(e) = failure {
@@ -676,8 +695,33 @@ async fn stage_and_publish(
     Ok((outputs, warnings))
 }
 
-/// Artifacts published at once (the run manifest always goes alone, last).
+/// Batches of artifacts published at once (the run manifest always goes alone, last).
 const PUBLISH_CONCURRENCY: usize = 4;
+/// At most this many artifacts in one batch...
+const BATCH_FILES: usize = 256;
+/// ...and this many bytes; a larger artifact goes alone.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Groups artifacts (in order) into the batches [`Sink::put_files`] takes: consecutive ones
+/// up to [`BATCH_FILES`] files and [`BATCH_BYTES`] bytes, a larger one alone.
+fn publish_batches(items: Vec<(StagedArtifact, ArtifactPath)>) -> Vec<Vec<(StagedArtifact, ArtifactPath)>> {
+    let mut batches: Vec<Vec<(StagedArtifact, ArtifactPath)>> = Vec::new();
+    let mut bytes = 0u64;
+    for item in items {
+        let size = item.0.size;
+        match batches.last_mut() {
+            Some(last) if last.len() < BATCH_FILES && bytes.saturating_add(size) <= BATCH_BYTES => {
+                bytes += size;
+                last.push(item);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![item]);
+            }
+        }
+    }
+    batches
+}
 
 /// Checks a sink's receipt against the staged artifact, announces it, and makes its output.
 fn published_output(
@@ -730,6 +774,26 @@ fn stage_bytes(dir: &std::path::Path, name: &str, kind: ArtifactType, bytes: &[u
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn small_artifacts_publish_in_batches_and_a_large_one_alone() {
+        use super::*;
+        let item = |i: usize, size: u64| {
+            let spec =
+                ArtifactSpec::new(&format!("f{i}"), ArtifactType::Data, "raw", "application/octet-stream").unwrap();
+            let path = spec.path.clone();
+            (StagedArtifact { spec, local: PathBuf::from(format!("l{i}")), size, sha256: Sha256Digest::of(b"") }, path)
+        };
+        let mut items: Vec<_> = (0..600).map(|i| item(i, 10)).collect();
+        items.insert(300, item(1000, BATCH_BYTES + 1));
+        let batches = publish_batches(items);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [256, 44, 1, 256, 44], "{sizes:?}");
+        assert_eq!(batches[2][0].0.size, BATCH_BYTES + 1);
+        let order: Vec<String> = batches.iter().flatten().map(|(_, p)| p.to_string()).collect();
+        assert_eq!(order[300], "f1000", "order is kept");
+        assert_eq!(publish_batches((0..3).map(|i| item(i, BATCH_BYTES / 2)).collect()).len(), 2, "bytes bound a batch");
+    }
+
     use super::*;
 
     #[test]

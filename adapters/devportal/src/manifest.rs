@@ -173,7 +173,7 @@ impl BundleManifest {
     /// RFC 8785 canonical JSON bytes (what `manifest.json` holds and what is signed).
     pub fn to_bytes(&self) -> Vec<u8> {
         // Plain data structs always serialise.
-        canonical::to_vec(self).unwrap_or_default()
+        canonical::to_vec_direct(self).unwrap_or_default()
     }
 
     /// Parses `manifest.json` (unknown fields are refused).

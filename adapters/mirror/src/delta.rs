@@ -523,7 +523,7 @@ impl Profile for MirrorDelta {
                 tenant: "",
                 selection: None,
             });
-            let statement_bytes = exportcore::canonical::to_vec(&statement)
+            let statement_bytes = exportcore::canonical::to_vec_direct(&statement)
                 .map_err(|e| ExportError::internal_caused("mirror", "serialising the provenance", e))?;
             let prov = dsse::sign(dsse::INTOTO_PAYLOAD_TYPE, &statement_bytes, &signers)?;
             let media = exportcore::manifest::DSSE_MEDIA_TYPE;

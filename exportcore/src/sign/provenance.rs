@@ -51,8 +51,50 @@ pub fn builder_id() -> String {
     format!("urn:exportcore:builder:exportcore@{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Builds the statement.
-pub fn statement(input: &ProvenanceInput<'_>) -> Value {
+/// A statement as [`statement`] builds it: serialise it with
+/// [`crate::canonical::to_vec_direct`] (a run of many files has hundreds of thousands of
+/// subjects; a `serde_json::Value` of them would take ten times their bytes).
+#[derive(Clone, Debug, Serialize)]
+pub struct Statement {
+    #[serde(rename = "_type")]
+    kind: &'static str,
+    subject: Vec<Named>,
+    #[serde(rename = "predicateType")]
+    predicate_type: &'static str,
+    predicate: Predicate,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Named {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uri: Option<String>,
+    name: String,
+    digest: Digest,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Digest {
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Predicate {
+    build_definition: BuildDefinition,
+    run_details: Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildDefinition {
+    build_type: &'static str,
+    external_parameters: Value,
+    internal_parameters: Value,
+    resolved_dependencies: Vec<Named>,
+}
+
+/// Builds the statement: subjects sorted by name, dependencies by name (one per name).
+pub fn statement(input: &ProvenanceInput<'_>) -> Statement {
     let mut subjects = input.subjects.clone();
     subjects.sort_by(|a, b| a.name.cmp(&b.name));
     let mut deps: BTreeMap<&str, &Sha256Digest> = BTreeMap::new();
@@ -63,29 +105,89 @@ pub fn statement(input: &ProvenanceInput<'_>) -> Value {
     if let Some(selection) = input.selection {
         internal["selection"] = serde_json::to_value(selection).unwrap_or(Value::Null);
     }
-    json!({
-        "_type": STATEMENT_TYPE,
-        "subject": subjects.iter().map(|s| json!({"name": s.name, "digest": {"sha256": s.sha256.to_hex()}})).collect::<Vec<_>>(),
-        "predicateType": SLSA_PROVENANCE_V1,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": serde_json::to_value(input.request).unwrap_or(Value::Null),
-                "internalParameters": internal,
-                "resolvedDependencies": deps.iter().map(|(name, d)| json!({
-                    "uri": format!("evidence:{name}"),
-                    "name": name,
-                    "digest": {"sha256": d.to_hex()},
-                })).collect::<Vec<_>>(),
+    Statement {
+        kind: STATEMENT_TYPE,
+        subject: subjects
+            .into_iter()
+            .map(|s| Named { uri: None, name: s.name, digest: Digest { sha256: s.sha256.to_hex() } })
+            .collect(),
+        predicate_type: SLSA_PROVENANCE_V1,
+        predicate: Predicate {
+            build_definition: BuildDefinition {
+                build_type: BUILD_TYPE,
+                external_parameters: serde_json::to_value(input.request).unwrap_or(Value::Null),
+                internal_parameters: internal,
+                resolved_dependencies: deps
+                    .iter()
+                    .map(|(name, d)| Named {
+                        uri: Some(format!("evidence:{name}")),
+                        name: (*name).to_owned(),
+                        digest: Digest { sha256: d.to_hex() },
+                    })
+                    .collect(),
             },
-            "runDetails": {
+            run_details: json!({
                 "builder": {"id": builder_id()},
                 "metadata": {
                     "invocationId": input.run_id,
                     "startedOn": input.time.to_string(),
                     "finishedOn": input.time.to_string(),
                 },
-            },
+            }),
         },
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statement_is_in_toto_v1_with_slsa_provenance_in_canonical_form() {
+        let request = RunRequest::new(crate::ProfileId::from_static("json:raw"));
+        let digest = Sha256Digest::of(b"x");
+        let input = ProvenanceInput {
+            run_id: "run-1",
+            request: &request,
+            subjects: vec![
+                Resource { name: "b.json".into(), sha256: digest },
+                Resource { name: "a.json".into(), sha256: digest },
+            ],
+            dependencies: vec![
+                Resource { name: "ev/2.json".into(), sha256: digest },
+                Resource { name: "ev/1.json".into(), sha256: digest },
+                Resource { name: "ev/1.json".into(), sha256: digest },
+            ],
+            time: Timestamp::parse("2025-01-02T03:04:05Z").unwrap(),
+            tenant: "t",
+            selection: None,
+        };
+        let hex = digest.to_hex();
+        let expected = json!({
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": "a.json", "digest": {"sha256": hex}}, {"name": "b.json", "digest": {"sha256": hex}}],
+            "predicateType": SLSA_PROVENANCE_V1,
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": BUILD_TYPE,
+                    "externalParameters": serde_json::to_value(&request).unwrap(),
+                    "internalParameters": {"tenant": "t", "profileId": "json:raw"},
+                    "resolvedDependencies": [
+                        {"uri": "evidence:ev/1.json", "name": "ev/1.json", "digest": {"sha256": hex}},
+                        {"uri": "evidence:ev/2.json", "name": "ev/2.json", "digest": {"sha256": hex}},
+                    ],
+                },
+                "runDetails": {
+                    "builder": {"id": builder_id()},
+                    "metadata": {
+                        "invocationId": "run-1",
+                        "startedOn": "2025-01-02T03:04:05Z",
+                        "finishedOn": "2025-01-02T03:04:05Z",
+                    },
+                },
+            },
+        });
+        let bytes = crate::canonical::to_vec_direct(&statement(&input)).unwrap();
+        assert_eq!(bytes, crate::canonical::to_vec(&expected).unwrap());
+    }
 }

@@ -73,6 +73,11 @@ fn set_published_mode(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Flushes a directory, making the renames in it durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
 /// A sink writing under a local directory.
 ///
 /// Every put streams into a temporary file next to the final one, fsyncs it, renames it over
@@ -143,6 +148,14 @@ impl FsSink {
     }
 
     fn put_file_blocking(&self, path: &ArtifactPath, src: &Path) -> Result<PutReceipt> {
+        let (receipt, dir) = self.place_file(path, src)?;
+        sync_dir(&dir)?;
+        Ok(receipt)
+    }
+
+    /// `put_file` up to the directory's flush: the file is stored, flushed and renamed into
+    /// place; the caller flushes the directory it returns to make the rename durable.
+    fn place_file(&self, path: &ArtifactPath, src: &Path) -> Result<(PutReceipt, PathBuf)> {
         let dir = self.safe_parent(path, true)?;
         let final_path = self.local_path(path);
         if final_path.is_dir() {
@@ -168,8 +181,7 @@ impl FsSink {
         }
         // Renaming a link onto a name of the same inode does nothing: clear the temp name then.
         let _ = std::fs::remove_file(&tmp);
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
-        Ok(PutReceipt { path: path.clone(), size, sha256, url: self.url(path) })
+        Ok((PutReceipt { path: path.clone(), size, sha256, url: self.url(path) }, dir))
     }
 
     /// Deletes temporary files left by interrupted puts; returns how many were removed.
@@ -245,8 +257,7 @@ impl Sink for FsSink {
         tokio::task::spawn_blocking(move || -> Result<()> {
             tmp_path.persist(&fp).map_err(|e| ExportError::io(&fp, e.error))?;
             // Make the rename itself durable.
-            std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
-            Ok(())
+            sync_dir(&dir)
         })
         .await
         .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))??;
@@ -265,6 +276,48 @@ impl Sink for FsSink {
         tokio::task::spawn_blocking(move || this.put_file_blocking(&p, &src))
             .await
             .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
+    }
+
+    /// `put_file` for each file on one blocking thread, each directory flushed once, after
+    /// the last file placed in it: a mirror of many small files puts four artifacts for each.
+    async fn put_files(&self, files: &[(ArtifactPath, PathBuf)]) -> Vec<Result<PutReceipt>> {
+        let this = self.clone();
+        let batch = files.to_vec();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut results = Vec::with_capacity(batch.len());
+            let mut dirs = std::collections::BTreeSet::new();
+            for (path, src) in &batch {
+                match this.place_file(path, src) {
+                    Ok((receipt, dir)) => {
+                        results.push(Ok(receipt));
+                        dirs.insert(dir);
+                    }
+                    Err(e) => {
+                        results.push(Err(e));
+                        break;
+                    }
+                }
+            }
+            // The renames are durable only once their directories are: until then no file
+            // counts as stored.
+            for dir in &dirs {
+                if let Err(e) = sync_dir(dir) {
+                    for r in &mut results {
+                        if r.is_ok() {
+                            *r = Err(ExportError::io(dir, std::io::Error::other(e.to_string())));
+                        }
+                    }
+                    break;
+                }
+            }
+            results
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            // Which files were placed is unknown: report every one as tried.
+            let e = ExportError::internal_caused("fs sink", "a blocking file task stopped", e);
+            files.iter().map(|_| Err(ExportError::internal("fs sink", e.to_string()))).collect()
+        })
     }
 
     async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> {

@@ -85,6 +85,29 @@ pub trait Sink: Debug + Send + Sync + 'static {
         let f = tokio::fs::File::open(file).await.at(file)?;
         self.put(path, file_stream(f)).await
     }
+    /// Stores several local files, each as [`Sink::put_file`] would, and returns one result
+    /// per file it tried, in order. It starts no file after an error, so a list shorter than
+    /// `files` means the files after its last result were not touched (a failed run's
+    /// cleanup spares their paths). Every `Ok` is stored with `put_file`'s guarantees when
+    /// this returns. The run engine publishes small artifacts in such batches. The default
+    /// runs up to four `put_file`s at once; a sink that can share work across a batch
+    /// overrides it (`FsSink` flushes each directory once a batch instead of once a file).
+    async fn put_files(&self, files: &[(ArtifactPath, std::path::PathBuf)]) -> Vec<Result<PutReceipt>> {
+        let mut results = Vec::with_capacity(files.len());
+        let mut todo = files.iter();
+        let mut running = futures::stream::FuturesOrdered::new();
+        let mut failed = false;
+        loop {
+            while !failed && running.len() < 4 {
+                let Some((path, file)) = todo.next() else { break };
+                running.push_back(self.put_file(path, file));
+            }
+            let Some(r) = running.next().await else { break };
+            failed |= r.is_err();
+            results.push(r);
+        }
+        results
+    }
 }
 
 macro_rules! forward_sink {
@@ -99,6 +122,7 @@ macro_rules! forward_sink {
             async fn list(&self, prefix: Option<&ArtifactPath>) -> Result<Vec<ObjectMeta>> { (**self).list(prefix).await }
             async fn delete(&self, path: &ArtifactPath) -> Result<()> { (**self).delete(path).await }
             async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> { (**self).put_file(path, file).await }
+            async fn put_files(&self, files: &[(ArtifactPath, std::path::PathBuf)]) -> Vec<Result<PutReceipt>> { (**self).put_files(files).await }
         }
     )+};
 }
