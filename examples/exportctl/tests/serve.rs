@@ -389,7 +389,14 @@ fn a_node_killed_mid_run_loses_its_lease_and_another_node_finishes_the_run_once(
     post.extend(["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"profileId":"json:raw"}"#, &runs_url]);
     let id = json(&curl(&post))["runId"].as_str().unwrap().to_owned();
     let start = Instant::now();
-    while get(&a.base(), &format!("runs/{id}"))["status"] != "running" {
+    // Running, with progress stored: the node's event writer appends in order, so its
+    // `started` event is in the store too (a kill between the claim and that append would
+    // leave one `started` only).
+    loop {
+        let view = get(&a.base(), &format!("runs/{id}"));
+        if view["status"] == "running" && view["progress"]["percent"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
         assert!(start.elapsed() < Duration::from_secs(60), "the run never started: {}", a.log.lock().unwrap());
         std::thread::sleep(Duration::from_millis(20));
     }
