@@ -521,27 +521,40 @@ fn verifier_of(key: &Value) -> std::result::Result<Arc<dyn Verifier>, String> {
 }
 
 fn trusted(root_signed: &Value) -> std::result::Result<Trusted, String> {
-    let mut keys = BTreeMap::new();
-    for (id, key) in root_signed["keys"].as_object().ok_or("root has no keys")? {
+    let keys = verifiers(&root_signed["keys"]).map_err(|e| format!("root: {e}"))?;
+    let mut roles = BTreeMap::new();
+    for role in Role::ALL {
+        let r = role_keys(&root_signed["roles"][role.as_str()], role.as_str())?;
+        roles.insert(role.as_str().to_owned(), r);
+    }
+    Ok(Trusted { keys, roles })
+}
+
+/// The verifiers of a `keys` object (root's, or a delegation's), each key id checked to be
+/// the SHA-256 of its key.
+fn verifiers(keys: &Value) -> std::result::Result<BTreeMap<String, Arc<dyn Verifier>>, String> {
+    let mut out = BTreeMap::new();
+    for (id, key) in keys.as_object().ok_or("no keys")? {
         let computed = hex::encode(Sha256::digest(canonical(key).map_err(|e| e.to_string())?));
         if &computed != id {
             return Err(format!("key id {id} is not the SHA-256 of its key ({computed})"));
         }
-        keys.insert(id.clone(), verifier_of(key)?);
+        out.insert(id.clone(), verifier_of(key)?);
     }
-    let mut roles = BTreeMap::new();
-    for role in Role::ALL {
-        let r = &root_signed["roles"][role.as_str()];
-        let ids: Vec<String> = r["keyids"]
-            .as_array()
-            .ok_or_else(|| format!("root has no keyids for {}", role.as_str()))?
-            .iter()
-            .filter_map(|k| k.as_str().map(str::to_owned))
-            .collect();
-        let threshold = r["threshold"].as_u64().filter(|t| *t >= 1).ok_or("threshold must be >= 1")?;
-        roles.insert(role.as_str().to_owned(), (ids, threshold));
-    }
-    Ok(Trusted { keys, roles })
+    Ok(out)
+}
+
+/// A role's `keyids` and `threshold` (at least 1), as a root or a delegation names them.
+fn role_keys(r: &Value, name: &str) -> std::result::Result<(Vec<String>, u64), String> {
+    let ids: Vec<String> = r["keyids"]
+        .as_array()
+        .ok_or_else(|| format!("no keyids for {name}"))?
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let threshold =
+        r["threshold"].as_u64().filter(|t| *t >= 1).ok_or_else(|| format!("{name}: threshold must be >= 1"))?;
+    Ok((ids, threshold))
 }
 
 /// Parses a metadata file and checks `role`'s threshold of signatures over its `signed`.
@@ -736,14 +749,8 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     let delegations = &targets["delegations"];
     if !delegations.is_null() {
         let bad = |m: String| fail(&targets_file, m);
-        let mut trust = Trusted { keys: BTreeMap::new(), roles: BTreeMap::new() };
-        for (id, key) in delegations["keys"].as_object().ok_or_else(|| bad("delegations without keys".into()))? {
-            let computed = hex::encode(Sha256::digest(canonical(key).map_err(|e| bad(e.to_string()))?));
-            if &computed != id {
-                return Err(bad(format!("delegated key id {id} is not the SHA-256 of its key ({computed})")));
-            }
-            trust.keys.insert(id.clone(), verifier_of(key).map_err(bad)?);
-        }
+        let keys = verifiers(&delegations["keys"]).map_err(|e| bad(format!("delegations: {e}")))?;
+        let mut trust = Trusted { keys, roles: BTreeMap::new() };
         for role in delegations["roles"].as_array().ok_or_else(|| bad("delegations without roles".into()))? {
             let name = role["name"].as_str().unwrap_or_default();
             if !is_role_name(name) || trust.roles.contains_key(name) {
@@ -758,13 +765,7 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
                 .iter()
                 .map(|p| p.as_str().map(str::to_owned).ok_or_else(|| bad(format!("{name}: a prefix is not a string"))))
                 .collect::<std::result::Result<_, _>>()?;
-            let ids: Vec<String> =
-                role["keyids"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_owned)).collect();
-            let threshold = role["threshold"]
-                .as_u64()
-                .filter(|t| *t >= 1)
-                .ok_or_else(|| bad(format!("{name}: threshold must be >= 1")))?;
-            trust.roles.insert(name.to_owned(), (ids, threshold));
+            trust.roles.insert(name.to_owned(), role_keys(role, name).map_err(bad)?);
             let entry = &snap["meta"][format!("{name}.json")];
             let version =
                 entry["version"].as_u64().ok_or_else(|| fail(&snap_file, format!("{name}.json: not listed")))?;
