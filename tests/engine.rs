@@ -149,14 +149,14 @@ impl RunStore for ArcStore {
     ) -> exportcore::Result<Option<exportcore::Run>> {
         self.0.fail_if_queued(t, id, e, now).await
     }
-    async fn append_event(
+    async fn append_events(
         &self,
         id: &RunId,
         l: Option<&exportcore::Lease>,
         at: Timestamp,
-        e: &exportcore::RunEvent,
+        e: &[exportcore::RunEvent],
     ) -> exportcore::Result<u64> {
-        self.0.append_event(id, l, at, e).await
+        self.0.append_events(id, l, at, e).await
     }
     async fn events(
         &self,

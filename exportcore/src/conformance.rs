@@ -820,9 +820,21 @@ mod stores {
                 u64::from(i) + 1
             );
         }
+        // A batch: consecutive ids in order; an empty one touches nothing; a fenced-out one
+        // stores none of its events.
+        let batch: Vec<Event> =
+            (0..3u64).map(|i| Event::Progress { run_id: r("e1"), progress: Progress::of(10 + i, 20) }).collect();
+        assert_eq!(store.append_events(&r("e1"), None, at(9), &batch).await.expect("append a batch"), 8);
+        assert_eq!(store.append_events(&r("e1"), None, at(9), &[]).await.expect("an empty batch"), 0);
+        let stranger = Lease { lease_id: "lease-x".into(), lease_until: at(10_000) };
+        let err = store.append_events(&r("e1"), Some(&stranger), at(9), &batch).await.expect_err("a fenced-out batch");
+        assert!(is_lease_lost(&err), "expected a lost lease: {err:?}");
+        let stored = store.events(&t("t-e"), &r("e1"), 5, 100).await.expect("events");
+        assert_eq!(stored.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8]);
+        assert_eq!(stored.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), batch);
         let ev = Event::Started { run_id: r("e2"), profile_id: ProfileId::from_static("json:raw") };
         assert_eq!(store.append_event(&r("e2"), None, at(0), &ev).await.expect("append"), 1);
-        let after2 = store.events(&t("t-e"), &r("e1"), 2, 100).await.expect("events");
+        let after2 = store.events(&t("t-e"), &r("e1"), 2, 3).await.expect("events");
         assert_eq!(after2.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(after2[0].event, Event::Progress { run_id: r("e1"), progress: Progress::of(2, 5) });
         assert_eq!(store.events(&t("t-e"), &r("e1"), 0, 2).await.expect("events").len(), 2);

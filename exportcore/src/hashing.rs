@@ -179,18 +179,31 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Hashes everything readable from `r` in 64 KiB steps; returns size and digest.
 pub fn hash_reader<R: Read>(mut r: R) -> io::Result<(u64, Sha256Digest)> {
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
+    thread_local! {
+        // One buffer per thread, not one zeroed allocation per call: a mirror of many small
+        // files hashes each several times.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok(hasher.finish())
+    BUF.with(|cell| {
+        let mut own = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf = match borrowed.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        buf.resize(64 * 1024, 0);
+        let mut hasher = Hasher::new();
+        loop {
+            let n = match r.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finish())
+    })
 }
 
 #[cfg(test)]

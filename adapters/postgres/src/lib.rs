@@ -341,18 +341,21 @@ impl PostgresStore {
         run_id: &RunId,
         lease: Option<&Lease>,
         at: Timestamp,
-        event: &RunEvent,
+        events: &[RunEvent],
     ) -> Result<u64> {
         let row =
             self.query_opt(tx, "SELECT lease_id FROM runs WHERE run_id = $1 FOR UPDATE", &[&run_id.as_str()]).await?;
         let row = row.ok_or_else(|| not_found(run_id))?;
         check_lease(run_id, row.get::<_, Option<&str>>(0), lease)?;
-        // The next id and the insert in one statement (the run's row lock orders appends).
-        let body = serde_json::to_string(event).unwrap_or_default();
-        let sql = "INSERT INTO events (run_id, id, at, event)
-                   SELECT $1, coalesce(max(id), 0) + 1, $2, $3 FROM events WHERE run_id = $1 RETURNING id";
-        let id: i64 = self.query_one(tx, sql, &[&run_id.as_str(), &at.to_string(), &body]).await?.get(0);
-        Ok(id as u64)
+        // The next ids and the insert in one statement, one round trip for the whole batch (the
+        // run's row lock orders appends).
+        let bodies: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
+        let sql = "WITH last AS (SELECT coalesce(max(id), 0) AS id FROM events WHERE run_id = $1)
+                   INSERT INTO events (run_id, id, at, event)
+                   SELECT $1, last.id + b.n, $2, b.body FROM last, unnest($3::text[]) WITH ORDINALITY AS b(body, n)
+                   RETURNING id";
+        let rows = self.query(tx, sql, &[&run_id.as_str(), &at.to_string(), &bodies]).await?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(0) as u64)
     }
 
     /// `sql` prepared once per connection (deadpool's statement cache: one round trip per call
@@ -589,7 +592,7 @@ impl RunStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
         self.save_in(&tx, run).await?;
-        let id = self.append_in(&tx, &run.run_id, None, at, terminal).await?;
+        let id = self.append_in(&tx, &run.run_id, None, at, std::slice::from_ref(terminal)).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(id)
     }
@@ -620,21 +623,24 @@ impl RunStore for PostgresStore {
         run.errors.push(error.clone());
         self.save_in(&tx, &run).await?;
         let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
-        self.append_in(&tx, run_id, None, now, &failed).await?;
+        self.append_in(&tx, run_id, None, now, std::slice::from_ref(&failed)).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(run))
     }
 
-    async fn append_event(
+    async fn append_events(
         &self,
         run_id: &RunId,
         lease: Option<&Lease>,
         at: Timestamp,
-        event: &RunEvent,
+        events: &[RunEvent],
     ) -> Result<u64> {
+        if events.is_empty() {
+            return Ok(0);
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let id = self.append_in(&tx, run_id, lease, at, event).await?;
+        let id = self.append_in(&tx, run_id, lease, at, events).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(id)
     }

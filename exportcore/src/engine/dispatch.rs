@@ -13,6 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+/// The most events the run writer stores in one [`crate::RunStore::append_events`].
+const EVENT_BATCH: usize = 1024;
+
 /// Handle of started workers; [`WorkerHandle::shutdown`] stops taking new runs and waits for
 /// the running ones.
 #[derive(Debug)]
@@ -407,25 +410,36 @@ impl Exporter {
             let this = self.clone();
             let mut record = run.clone();
             tokio::spawn(async move {
-                while let Some(ev) = rx.recv().await {
-                    if ev.is_terminal() || writer_cancel.lease_lost() {
+                // Whatever arrived while the last batch was written goes in one store write: a
+                // run publishing thousands of files costs a few transactions, not one each.
+                let mut batch = Vec::new();
+                while rx.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+                    batch.retain(|ev| !ev.is_terminal());
+                    if batch.is_empty() || writer_cancel.lease_lost() {
+                        batch.clear();
                         continue;
                     }
-                    if let RunEvent::Progress { progress, .. } = &ev {
-                        record.progress = *progress;
+                    let progress = batch.iter().rev().find_map(|ev| match ev {
+                        RunEvent::Progress { progress, .. } => Some(*progress),
+                        _ => None,
+                    });
+                    if let Some(progress) = progress {
+                        record.progress = progress;
                         if let Err(e) = this.inner.cfg.store.save(&record).await {
                             if crate::store::is_lease_lost(&e) {
                                 writer_cancel.lose_lease();
+                                batch.clear();
                                 continue;
                             }
                             tracing::warn!(error = %e.report(), "saving progress failed");
                         }
                     }
-                    if let Err(e) = retry_io(&writer_cancel, || this.append(&record, ev.clone())).await {
+                    if let Err(e) = retry_io(&writer_cancel, || this.append(&record, &batch)).await {
                         if crate::store::is_lease_lost(&e) {
                             writer_cancel.lose_lease();
                         }
                     }
+                    batch.clear();
                 }
             })
         };
@@ -434,9 +448,9 @@ impl Exporter {
         result
     }
 
-    async fn append(&self, run: &Run, event: RunEvent) -> Result<()> {
+    async fn append(&self, run: &Run, events: &[RunEvent]) -> Result<()> {
         let run_id = &run.run_id;
-        match self.inner.cfg.store.append_event(run_id, run.lease.as_ref(), self.now(), &event).await {
+        match self.inner.cfg.store.append_events(run_id, run.lease.as_ref(), self.now(), events).await {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run_id.clone());
                 Ok(())

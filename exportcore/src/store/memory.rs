@@ -252,17 +252,20 @@ impl RunStore for MemoryStore {
         Ok(push_event(&mut st, &run.run_id, at, terminal))
     }
 
-    async fn append_event(
+    async fn append_events(
         &self,
         run_id: &RunId,
         lease: Option<&Lease>,
         at: Timestamp,
-        event: &RunEvent,
+        events: &[RunEvent],
     ) -> Result<u64> {
+        if events.is_empty() {
+            return Ok(0);
+        }
         let mut st = self.lock();
         let e = st.runs.get(run_id).ok_or_else(|| not_found(run_id))?;
         check_lease(run_id, e.lease.as_ref().map(|l| l.lease_id.as_str()), lease)?;
-        Ok(push_event(&mut st, run_id, at, event))
+        Ok(events.iter().map(|event| push_event(&mut st, run_id, at, event)).last().unwrap_or(0))
     }
 
     async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {

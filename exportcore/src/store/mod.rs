@@ -129,12 +129,13 @@ pub struct StoredEvent {
 /// - `claim_next` atomically moves the queued run with the lowest `(rank, submission order)`
 ///   to `running`, sets `startedAt` (first attempt), increments `attempts` and gives it the
 ///   caller's lease. Two callers never claim the same run.
-/// - Fencing: `save`, `finish` and `append_event` change a run only when the lease they carry
+/// - Fencing: `save`, `finish` and `append_events` change a run only when the lease they carry
 ///   is the run's current lease (both absent counts as equal); otherwise they fail with
 ///   [`lease_lost`] and change nothing. A run that leaves `running` loses its lease.
 /// - `reclaim_expired` atomically gives one `running` run whose lease lapsed (or that has
 ///   none) the caller's lease; the old holder's writes fail from then on.
-/// - Event ids increase by one per run, from 1.
+/// - Event ids increase by one per run, from 1; `append_events` stores all of its events or
+///   none of them.
 /// - `finish` and `fail_if_queued` change the status and append the terminal event in one
 ///   step: a run whose status is final always has its terminal event.
 /// - A final state is final: `save` or `finish` of a `succeeded` or `failed` run to anything but
@@ -181,10 +182,28 @@ pub trait RunStore: Debug + Send + Sync + 'static {
         error: crate::model::RunError,
         now: Timestamp,
     ) -> Result<Option<Run>>;
-    /// Appends an event, fenced by `lease` (the writer's lease, `None` for a run that is not
-    /// running); returns its id.
-    async fn append_event(&self, run_id: &RunId, lease: Option<&Lease>, at: Timestamp, event: &RunEvent)
-        -> Result<u64>;
+    /// Appends events in order, fenced by `lease` (the writer's lease, `None` for a run that is
+    /// not running), all or none: one transaction in the built-in stores. Returns the id of the
+    /// last one (0 for no events, which touches nothing). The engine hands over whatever
+    /// accumulated while the previous batch was written, so a run of many artifacts costs a
+    /// few transactions rather than one per event.
+    async fn append_events(
+        &self,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        events: &[RunEvent],
+    ) -> Result<u64>;
+    /// Appends one event ([`RunStore::append_events`] of one); returns its id.
+    async fn append_event(
+        &self,
+        run_id: &RunId,
+        lease: Option<&Lease>,
+        at: Timestamp,
+        event: &RunEvent,
+    ) -> Result<u64> {
+        self.append_events(run_id, lease, at, std::slice::from_ref(event)).await
+    }
     /// Events of a run of `tenant` with id > `after`, oldest first, at most `limit`.
     async fn events(&self, tenant: &TenantId, run_id: &RunId, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
     /// Succeeded or failed runs whose `expiresAt` is at or before `now`.

@@ -412,23 +412,27 @@ fn append(
     run_id: &RunId,
     lease: Option<&Lease>,
     at: Timestamp,
-    event: &RunEvent,
+    events: &[RunEvent],
 ) -> Result<u64> {
     let e = |err| store_err(path, err);
-    let body = serde_json::to_string(event).unwrap_or_default();
     let stored: Option<Option<String>> = conn
         .prepare_cached("SELECT lease_id FROM runs WHERE run_id = ?1")
         .and_then(|mut st| st.query_row(params![run_id.as_str()], |r| r.get(0)).optional())
         .map_err(e)?;
     let stored = stored.ok_or_else(|| not_found(run_id))?;
     check_lease(run_id, stored.as_deref(), lease)?;
-    let id: i64 = conn
-        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM events WHERE run_id = ?1")
+    let mut id: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM events WHERE run_id = ?1")
         .and_then(|mut st| st.query_row(params![run_id.as_str()], |r| r.get(0)))
         .map_err(e)?;
-    conn.prepare_cached("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut st| st.execute(params![run_id.as_str(), id, at.to_string(), body]))
-        .map_err(e)?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO events (run_id, id, at, event) VALUES (?1, ?2, ?3, ?4)").map_err(e)?;
+    let at = at.to_string();
+    for event in events {
+        id += 1;
+        let body = serde_json::to_string(event).unwrap_or_default();
+        insert.execute(params![run_id.as_str(), id, at, body]).map_err(e)?;
+    }
     Ok(id as u64)
 }
 
@@ -635,7 +639,7 @@ impl RunStore for SqliteStore {
             let e = |err| store_err(path, err);
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             save_run(&tx, path, &run)?;
-            let id = append(&tx, path, &run.run_id, None, at, &terminal)?;
+            let id = append(&tx, path, &run.run_id, None, at, std::slice::from_ref(&terminal))?;
             tx.commit().map_err(e)?;
             Ok(id)
         })
@@ -671,26 +675,29 @@ impl RunStore for SqliteStore {
             run.errors.push(error.clone());
             save_run(&tx, path, &run)?;
             let failed = RunEvent::Failed { run_id: run_id.clone(), code: error.code, message: error.message };
-            append(&tx, path, &run_id, None, now, &failed)?;
+            append(&tx, path, &run_id, None, now, std::slice::from_ref(&failed))?;
             tx.commit().map_err(e)?;
             Ok(Some(run))
         })
         .await
     }
 
-    async fn append_event(
+    async fn append_events(
         &self,
         run_id: &RunId,
         lease: Option<&Lease>,
         at: Timestamp,
-        event: &RunEvent,
+        events: &[RunEvent],
     ) -> Result<u64> {
-        let (run_id, event, lease) = (run_id.clone(), event.clone(), lease.cloned());
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let (run_id, events, lease) = (run_id.clone(), events.to_vec(), lease.cloned());
         self.with(move |conn, path| {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| store_err(path, e))?;
-            let id = append(&tx, path, &run_id, lease.as_ref(), at, &event)?;
+            let id = append(&tx, path, &run_id, lease.as_ref(), at, &events)?;
             tx.commit().map_err(|e| store_err(path, e))?;
             Ok(id)
         })
