@@ -678,6 +678,14 @@ mod stores {
         assert!(matches!(err, ExportError::NotFound { .. }), "{err:?}");
         let page = store.list(&t("t-a"), &RunFilter { limit: Some(2), ..Default::default() }).await.expect("list");
         assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a4", "a3"]);
+        // The cursor is the tenant's own next run, not a position among every tenant's runs;
+        // another tenant (or a made-up cursor) gets an invalid request, not a page.
+        assert_eq!(page.next_cursor.as_deref(), Some("a2"));
+        for (tenant, cursor) in [("t-b", "a2"), ("t-a", "b0"), ("t-a", "no-such-run"), ("t-a", "7")] {
+            let f = RunFilter { cursor: Some(cursor.into()), ..Default::default() };
+            let err = store.list(&t(tenant), &f).await.expect_err("a cursor of another tenant's runs");
+            assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID", "{tenant} {cursor}: {err:?}");
+        }
         let page2 = store
             .list(&t("t-a"), &RunFilter { limit: Some(2), cursor: page.next_cursor, ..Default::default() })
             .await

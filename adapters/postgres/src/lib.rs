@@ -485,22 +485,26 @@ impl RunStore for PostgresStore {
     }
 
     async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
-        let start: i64 = match &filter.cursor {
-            Some(c) => c.parse().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
-            None => i64::MAX,
-        };
         let limit = filter.page_size();
         let client = self.client().await?;
+        let end: i64 = match &filter.cursor {
+            Some(c) => self
+                .query_opt(&client, "SELECT seq FROM runs WHERE run_id = $1 AND tenant = $2", &[c, &tenant.as_str()])
+                .await?
+                .ok_or_else(|| exportcore::store::bad_cursor(c))?
+                .get(0),
+            None => i64::MAX,
+        };
         let rows = self
             .query(
                 &client,
-                "SELECT seq, record FROM runs WHERE tenant = $1 AND seq < $2
+                "SELECT run_id, record FROM runs WHERE tenant = $1 AND seq <= $2
                    AND ($3::TEXT IS NULL OR status = $3) AND ($4::TEXT IS NULL OR profile_id = $4)
                    AND ($5::TEXT IS NULL OR project = $5)
                  ORDER BY seq DESC LIMIT $6",
                 &[
                     &tenant.as_str(),
-                    &start,
+                    &end,
                     &filter.status.map(|s| s.as_str()),
                     &filter.profile_id.as_ref().map(|p| p.as_str()),
                     &filter.project,
@@ -511,9 +515,8 @@ impl RunStore for PostgresStore {
         let mut runs = Vec::new();
         let mut next_cursor = None;
         for row in rows {
-            let seq: i64 = row.get(0);
             if runs.len() == limit {
-                next_cursor = Some((seq + 1).to_string());
+                next_cursor = Some(row.get::<_, String>(0));
                 break;
             }
             runs.push(read_run(&self.label, row.get(1))?);

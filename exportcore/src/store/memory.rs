@@ -130,13 +130,18 @@ impl RunStore for MemoryStore {
 
     async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
         let st = self.lock();
-        let start = match &filter.cursor {
-            Some(c) => c.parse::<u64>().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
+        let end = match &filter.cursor {
+            Some(c) => RunId::parse(c.clone())
+                .ok()
+                .and_then(|id| st.runs.get(&id))
+                .filter(|e| e.run.tenant == *tenant)
+                .map(|e| e.seq)
+                .ok_or_else(|| crate::store::bad_cursor(c))?,
             None => u64::MAX,
         };
         let mut runs = Vec::new();
         let mut next_cursor = None;
-        for (seq, id) in st.by_seq.range(..start).rev() {
+        for (_, id) in st.by_seq.range(..=end).rev() {
             let e = &st.runs[id];
             let r = &e.run;
             if r.tenant != *tenant
@@ -147,7 +152,7 @@ impl RunStore for MemoryStore {
                 continue;
             }
             if runs.len() == filter.page_size() {
-                next_cursor = Some((seq + 1).to_string());
+                next_cursor = Some(id.to_string());
                 break;
             }
             runs.push(r.clone());

@@ -85,7 +85,8 @@ pub struct RunFilter {
     pub project: Option<String>,
     /// Page size (default 50, at most 200).
     pub limit: Option<usize>,
-    /// Continue after this cursor (from a previous page).
+    /// Continue from this cursor ([`Page::next_cursor`] of the previous page: the id of the
+    /// run that starts the next page).
     pub cursor: Option<String>,
 }
 
@@ -94,6 +95,13 @@ impl RunFilter {
     pub fn page_size(&self) -> usize {
         self.limit.unwrap_or(50).clamp(1, 200)
     }
+}
+
+/// The error for a [`RunFilter::cursor`] that names no run of the tenant (for store
+/// implementations). A cursor is the id of the first run of the next page, so it tells a
+/// tenant nothing about other tenants' runs.
+pub fn bad_cursor(cursor: &str) -> crate::ExportError {
+    crate::ExportError::invalid("cursor", format!("{cursor:?} is not a cursor of this tenant's runs"))
 }
 
 /// One page of runs, newest first.

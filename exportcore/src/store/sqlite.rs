@@ -515,30 +515,34 @@ impl RunStore for SqliteStore {
         let filter = filter.clone();
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let start: i64 = match &filter.cursor {
-                Some(c) => c.parse().map_err(|_| ExportError::invalid("cursor", "malformed cursor"))?,
+            let end: i64 = match &filter.cursor {
+                Some(c) => conn
+                    .prepare_cached("SELECT seq FROM runs WHERE run_id = ?1 AND tenant = ?2")
+                    .and_then(|mut st| st.query_row(params![c, tenant], |r| r.get(0)).optional())
+                    .map_err(e)?
+                    .ok_or_else(|| crate::store::bad_cursor(c))?,
                 None => i64::MAX,
             };
             let limit = filter.page_size();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, record FROM runs WHERE tenant = ?1 AND seq < ?2
+                    "SELECT run_id, record FROM runs WHERE tenant = ?1 AND seq <= ?2
                        AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR profile_id = ?4) AND (?5 IS NULL OR project = ?5)
                      ORDER BY seq DESC LIMIT ?6",
                 )
                 .map_err(e)?;
             let rows = stmt
                 .query_map(
-                    params![tenant, start, filter.status.map(|s| s.as_str()), filter.profile_id, filter.project, limit as i64 + 1],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                    params![tenant, end, filter.status.map(|s| s.as_str()), filter.profile_id, filter.project, limit as i64 + 1],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )
                 .map_err(e)?;
             let mut runs = Vec::new();
             let mut next_cursor = None;
             for row in rows {
-                let (seq, record) = row.map_err(e)?;
+                let (run_id, record) = row.map_err(e)?;
                 if runs.len() == limit {
-                    next_cursor = Some((seq + 1).to_string());
+                    next_cursor = Some(run_id);
                     break;
                 }
                 runs.push(read_run(path, &record)?);
