@@ -556,12 +556,23 @@ async fn interrupted_runs_are_reported_failed_after_restart() {
         assert_eq!(claimed.run.run_id, id);
         id
     };
+    // What the dead process had published, and a put it was in the middle of; another run's
+    // output beside it.
+    let data = dir.path().join("data");
+    let own = data.join(id.sink_prefix().unwrap().as_str());
+    std::fs::create_dir_all(own.join("mirror")).unwrap();
+    std::fs::write(own.join("mirror/export.json"), b"{}").unwrap();
+    std::fs::write(own.join("mirror/.exportcore-tmp-0123"), b"half").unwrap();
+    std::fs::create_dir_all(data.join("runs/other")).unwrap();
+    std::fs::write(data.join("runs/other/manifest.json"), b"{}").unwrap();
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path).unwrap());
-    let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(InMemorySink::new()), 1);
+    let ex = exporter(Arc::new(Sleepy::default()), store, Arc::new(exportcore::FsSink::new(&data).unwrap()), 1);
     assert_eq!(ex.recover_interrupted().await.unwrap(), vec![id.clone()]);
     let run = ex.get(&t("t"), &id).await.unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
+    assert!(!own.exists(), "the interrupted run's partial output and temporary file are gone");
+    assert!(data.join("runs/other/manifest.json").exists(), "another run's output stays");
     let events: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
     assert_eq!(events, ["failed"]);
     assert!(ex.recover_interrupted().await.unwrap().is_empty());
@@ -665,21 +676,26 @@ async fn a_worker_whose_lease_is_taken_stops_and_writes_nothing_more() {
 async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    let ex = builder(Arc::new(Sleepy::default()), Arc::clone(&store), Arc::new(InMemorySink::new()), 1)
+    let sink = Arc::new(InMemorySink::new());
+    let ex = builder(Arc::new(Sleepy::default()), Arc::clone(&store), sink.clone(), 1)
         .clock(clock.clone())
         .retries(2, Duration::from_millis(10))
         .lease_ttl(Duration::from_secs(10))
         .build()
         .unwrap();
     let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
-    // A worker claims it (a 10 s lease) and dies.
+    // A worker claims it (a 10 s lease), publishes part of it and dies.
     let dead = |clock: &ManualClock| exportcore::Lease::new(Timestamp::from_unix(clock.now().unix() + 10).unwrap());
     use exportcore::engine::Clock as _;
     store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
+    let part = id.sink_prefix().unwrap().join("part.json").unwrap();
+    sink.put_bytes(&part, "{}".into()).await.unwrap();
     assert!(ex.reclaim_expired().await.unwrap().is_empty(), "the lease has not lapsed yet");
+    assert_eq!(sink.snapshot().len(), 1, "a live worker's output stays");
     clock.advance(Duration::from_secs(10));
     assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
     assert_eq!(ex.get(&t("t"), &id).await.unwrap().status, RunStatus::Queued, "attempt 1 of 2: back to the queue");
+    assert!(sink.snapshot().is_empty(), "the next attempt starts from an empty prefix");
     // Claimed again, dies again: its attempts are spent.
     store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
     clock.advance(Duration::from_secs(11));

@@ -46,6 +46,23 @@ pub async fn sink_suite(sink: &dyn Sink) {
     sink_streams_large_and_empty(sink).await;
     sink_put_file(sink).await;
     sink_put_files(sink).await;
+    sink_delete_prefix(sink).await;
+}
+
+/// `delete_prefix` removes what lies under the prefix (segment-wise) and nothing else, and
+/// counts what it removed; an absent prefix is no error.
+pub async fn sink_delete_prefix(sink: &dyn Sink) {
+    for path in ["dp/run1/a.json", "dp/run1/sub/b.bin", "dp/run10/c", "dp/run2/d"] {
+        sink.put_bytes(&p(path), Bytes::from_static(b"x")).await.expect("put");
+    }
+    assert_eq!(sink.delete_prefix(&p("dp/run1")).await.expect("delete_prefix"), 2);
+    let left: Vec<String> =
+        sink.list(Some(&p("dp"))).await.expect("list").into_iter().map(|o| o.path.to_string()).collect();
+    assert_eq!(left, ["dp/run10/c", "dp/run2/d"], "only dp/run1 went");
+    assert_eq!(sink.delete_prefix(&p("dp/run1")).await.expect("again"), 0);
+    assert_eq!(sink.delete_prefix(&p("dp/absent/x")).await.expect("absent"), 0);
+    assert_eq!(sink.delete_prefix(&p("dp")).await.expect("the rest"), 2);
+    assert!(sink.list(Some(&p("dp"))).await.expect("list").is_empty());
 }
 
 /// Put, get, list (sorted, prefix-filtered, segment-wise) and idempotent delete.

@@ -1161,12 +1161,16 @@ impl EngineLock {
         Self { file: None, recover: false }
     }
 
-    /// Recovers interrupted runs if no other engine is alive.
-    async fn recover_if_alone(&self, store: &dyn RunStore) -> Result<Vec<RunId>, Failure> {
+    /// Recovers interrupted runs if no other engine is alive: through `exporter` when given
+    /// (which also deletes the partial outputs of `serve`'s runs), else on the bare store.
+    async fn recover_if_alone(&self, store: &dyn RunStore, exporter: Option<&Exporter>) -> Result<Vec<RunId>, Failure> {
         if !self.recover || self.file.as_ref().is_some_and(|f| f.try_lock().is_err()) {
             return Ok(Vec::new());
         }
-        let ids = exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?;
+        let ids = match exporter {
+            Some(ex) => ex.recover_interrupted().await?,
+            None => exportcore::engine::recover_interrupted(store, &exportcore::engine::SystemClock).await?,
+        };
         if let Some(f) = &self.file {
             let _ = f.unlock();
         }
@@ -1177,7 +1181,7 @@ impl EngineLock {
     }
 
     async fn recover_then_share(&self, exporter: &Exporter) -> Result<(), Failure> {
-        self.recover_if_alone(&**exporter.store()).await?;
+        self.recover_if_alone(&**exporter.store(), Some(exporter)).await?;
         if let Some(f) = &self.file {
             f.lock_shared().map_err(|e| ExportError::io("engine lock", e))?;
         }
@@ -1328,7 +1332,7 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
     let path = store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
     let store = open_existing_store(store).await?;
     if postgres_url(&path).is_none() {
-        EngineLock::open(&path)?.recover_if_alone(&*store).await?;
+        EngineLock::open(&path)?.recover_if_alone(&*store, None).await?;
     }
     match command {
         RunsCommand::List { status, profile, limit } => {

@@ -169,6 +169,8 @@ impl Exporter {
             let now = self.now();
             let lease = Lease::new(super::clock::plus(now, cfg.lease_ttl));
             let Some(mut run) = cfg.store.reclaim_expired(now, &lease).await? else { break };
+            // Requeued or failed, the run starts over or ends: what its dead worker left goes.
+            self.discard_partial_outputs(&run.run_id).await;
             let attempts = run.attempts;
             if attempts < cfg.max_attempts && !run.local {
                 tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run requeued");

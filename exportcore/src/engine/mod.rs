@@ -351,14 +351,33 @@ impl Exporter {
         }
     }
 
-    /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`).
-    /// Call it once at start-up, while no other engine uses the store.
+    /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`)
+    /// and, with per-run prefixes (the default), deletes what they had put in the sink, the
+    /// temporary files of interrupted puts included ([`Sink::delete_prefix`]). Call it once at
+    /// start-up, while no other engine uses the store.
     pub async fn recover_interrupted(&self) -> Result<Vec<RunId>> {
         let ids = recover_interrupted(&*self.inner.cfg.store, &*self.inner.cfg.clock).await?;
         for id in &ids {
+            self.discard_partial_outputs(id).await;
             let _ = self.inner.events_tx.send(id.clone());
         }
         Ok(ids)
+    }
+
+    /// Deletes what a run whose worker died left under its sink prefix. Nothing without
+    /// per-run prefixes: runs then share the sink's root, which its owner clears (`exportctl
+    /// run` refuses a non-empty `--out`). A failure is logged, not returned: the run's record
+    /// matters more than its leftovers.
+    pub(crate) async fn discard_partial_outputs(&self, run_id: &RunId) {
+        if !self.inner.cfg.per_run_prefix {
+            return;
+        }
+        let Ok(prefix) = run_id.sink_prefix() else { return };
+        match self.inner.sink.delete_prefix(&prefix).await {
+            Ok(0) => {}
+            Ok(files) => tracing::warn!(%run_id, files, "deleted the partial outputs of an interrupted run"),
+            Err(e) => tracing::warn!(%run_id, error = %e.report(), "deleting an interrupted run's outputs failed"),
+        }
     }
 
     /// Where the output `rel` of run `run_id` lives in the sink.

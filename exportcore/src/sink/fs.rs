@@ -83,7 +83,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Every put streams into a temporary file next to the final one, fsyncs it, renames it over
 /// the final name and fsyncs the directory, so a reader (or a restart after a crash) sees
 /// either the old content or the whole new one. Temporary files start with
-/// `.exportcore-tmp-`; [`FsSink::remove_stale_temp_files`] clears any a crash left behind.
+/// `.exportcore-tmp-` and are never listed; [`Sink::delete_prefix`] removes them with the rest
+/// of a prefix (the engine calls it on the prefix of a run whose process died).
 /// Paths whose existing parent components are symlinks are refused, so nothing is written
 /// outside the root.
 #[derive(Clone, Debug)]
@@ -184,22 +185,61 @@ impl FsSink {
         Ok((PutReceipt { path: path.clone(), size, sha256, url: self.url(path) }, dir))
     }
 
-    /// Deletes temporary files left by interrupted puts; returns how many were removed.
-    pub fn remove_stale_temp_files(&self) -> Result<usize> {
-        let mut removed = 0;
-        let mut stack = vec![self.root.clone()];
+    /// Where a walk of `prefix` starts: its directory, `None` when there is nothing there or
+    /// it is not a plain directory (a symlink is never followed).
+    fn prefix_dir(&self, prefix: &ArtifactPath) -> Result<Option<(PathBuf, std::fs::Metadata)>> {
+        match self.safe_parent(prefix, false) {
+            Ok(_) => {}
+            Err(ExportError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let top = self.local_path(prefix);
+        match std::fs::symlink_metadata(&top) {
+            Ok(m) => Ok(Some((top, m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ExportError::io(&top, e)),
+        }
+    }
+
+    /// [`Sink::delete_prefix`]: every file under `prefix`, temporary files of interrupted puts
+    /// included, then the directories left empty; counts the artifacts (not the temporary
+    /// files) removed.
+    fn delete_tree(&self, prefix: &ArtifactPath) -> Result<usize> {
+        let Some((top, meta)) = self.prefix_dir(prefix)? else { return Ok(0) };
+        let parent = top.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        if meta.is_file() {
+            std::fs::remove_file(&top).at(&top)?;
+            sync_dir(&parent)?;
+            return Ok(1);
+        }
+        if !meta.is_dir() {
+            return Ok(0);
+        }
+        let (mut removed, mut dirs, mut stack) = (0, Vec::new(), vec![top]);
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).at(&dir)? {
                 let entry = entry.at(&dir)?;
                 let ft = entry.file_type().at(entry.path())?;
                 if ft.is_dir() {
                     stack.push(entry.path());
-                } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    std::fs::remove_file(entry.path()).at(entry.path())?;
+                    continue;
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ExportError::io(entry.path(), e)),
+                }
+                if ft.is_file() && !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                     removed += 1;
                 }
             }
+            dirs.push(dir);
         }
+        // Deepest first; a directory someone wrote into meanwhile stays.
+        for dir in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        sync_dir(&parent)?;
         Ok(removed)
     }
 }
@@ -340,7 +380,17 @@ impl Sink for FsSink {
         let prefix = prefix.cloned();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let mut stack = vec![(this.root.clone(), String::new())];
+            let start = match &prefix {
+                None => (this.root.clone(), String::new()),
+                Some(pre) => match this.prefix_dir(pre)? {
+                    Some((_, m)) if m.is_file() => {
+                        return Ok(vec![ObjectMeta { path: pre.clone(), size: m.len() }]);
+                    }
+                    Some((dir, m)) if m.is_dir() => (dir, pre.to_string()),
+                    _ => return Ok(out),
+                },
+            };
+            let mut stack = vec![start];
             while let Some((dir, rel)) = stack.pop() {
                 let rd = match std::fs::read_dir(&dir) {
                     Ok(rd) => rd,
@@ -371,6 +421,14 @@ impl Sink for FsSink {
         })
         .await
         .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
+    }
+
+    async fn delete_prefix(&self, prefix: &ArtifactPath) -> Result<usize> {
+        let this = self.clone();
+        let prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || this.delete_tree(&prefix))
+            .await
+            .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
     }
 
     async fn delete(&self, path: &ArtifactPath) -> Result<()> {
@@ -425,7 +483,8 @@ mod tests {
         // Publishing a file onto the very name it is already linked at leaves no temp file.
         let own = dir.path().join("out/a/linked");
         sink.put_file(&ArtifactPath::parse("a/linked").unwrap(), &own).await.unwrap();
-        assert_eq!(sink.remove_stale_temp_files().unwrap(), 0);
+        let temp = std::fs::read_dir(dir.path().join("out/a")).unwrap().flatten();
+        assert!(temp.filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)).count() == 0);
     }
 
     #[tokio::test]
@@ -452,9 +511,23 @@ mod tests {
         sink.put(&p, body).await.unwrap_err();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().collect();
         assert!(names.is_empty(), "{names:?}");
-        // A leftover from a crash is ignored by list and removed by the sweep.
+        // A leftover from a crash is ignored by list, not counted as an artifact, and removed
+        // with its prefix, directories included; a symlinked prefix is not followed.
         std::fs::write(dir.path().join("a").join(format!("{TEMP_PREFIX}x")), b"junk").unwrap();
         assert!(sink.list(None).await.unwrap().is_empty());
-        assert_eq!(sink.remove_stale_temp_files().unwrap(), 1);
+        assert!(sink.list(Some(&ArtifactPath::parse("a").unwrap())).await.unwrap().is_empty());
+        sink.put_bytes(&ArtifactPath::parse("a/c/d").unwrap(), "d".into()).await.unwrap();
+        assert_eq!(sink.delete_prefix(&ArtifactPath::parse("a").unwrap()).await.unwrap(), 1);
+        assert!(!dir.path().join("a").exists());
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"k").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let link = ArtifactPath::parse("link").unwrap();
+        assert!(sink.list(Some(&link)).await.unwrap().is_empty());
+        assert_eq!(sink.delete_prefix(&link).await.unwrap(), 0);
+        assert!(outside.path().join("keep").exists());
+        let under = ArtifactPath::parse("link/keep").unwrap();
+        assert_eq!(sink.delete_prefix(&under).await.unwrap_err().code(), "ERR_EXPORT_PATH_UNSAFE");
+        assert!(outside.path().join("keep").exists());
     }
 }

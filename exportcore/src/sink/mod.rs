@@ -77,6 +77,17 @@ pub trait Sink: Debug + Send + Sync + 'static {
     async fn list(&self, prefix: Option<&ArtifactPath>) -> Result<Vec<ObjectMeta>>;
     /// Removes the artifact at `path` (no error when absent).
     async fn delete(&self, path: &ArtifactPath) -> Result<()>;
+    /// Removes everything under `prefix` (segment-wise, as [`Sink::list`]), including what an
+    /// interrupted put left behind where the sink can tell (`FsSink`: its temporary files);
+    /// returns how many artifacts it deleted. The engine calls it on the prefix of a run whose
+    /// process died, so a crash leaves no partial output. The default lists and deletes.
+    async fn delete_prefix(&self, prefix: &ArtifactPath) -> Result<usize> {
+        let found = self.list(Some(prefix)).await?;
+        for o in &found {
+            self.delete(&o.path).await?;
+        }
+        Ok(found.len())
+    }
     /// Stores the local file `file` under `path`, with the guarantees of `put`. The default
     /// streams it through `put`; a sink that can do better (link, server-side upload)
     /// overrides it. The file is not modified, but a sink may keep sharing its bytes (a hard
@@ -121,6 +132,7 @@ macro_rules! forward_sink {
             async fn get(&self, path: &ArtifactPath) -> Result<ByteStream> { (**self).get(path).await }
             async fn list(&self, prefix: Option<&ArtifactPath>) -> Result<Vec<ObjectMeta>> { (**self).list(prefix).await }
             async fn delete(&self, path: &ArtifactPath) -> Result<()> { (**self).delete(path).await }
+            async fn delete_prefix(&self, prefix: &ArtifactPath) -> Result<usize> { (**self).delete_prefix(prefix).await }
             async fn put_file(&self, path: &ArtifactPath, file: &std::path::Path) -> Result<PutReceipt> { (**self).put_file(path, file).await }
             async fn put_files(&self, files: &[(ArtifactPath, std::path::PathBuf)]) -> Vec<Result<PutReceipt>> { (**self).put_files(files).await }
         }
