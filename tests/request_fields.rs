@@ -271,3 +271,44 @@ async fn priority_and_timeout_are_used_by_the_engine() {
     let run = exporter.execute_now(&tenant, &id).await.unwrap();
     assert_eq!(run.errors.first().map(|e| e.code.as_str()), Some("ERR_EXPORT_TIMEOUT"), "{:?}", run.errors);
 }
+
+/// A `compression` a profile does not write is refused, never silently replaced by the one it
+/// writes: each profile of the workspace, each compression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compression_the_profile_does_not_write_is_refused() {
+    let mut all = exportcore_json::profiles();
+    all.extend(exportcore_trivy::profiles());
+    all.extend(exportcore_devportal::profiles());
+    all.extend(exportcore_mirror::profiles());
+    let writes = |id: &str| -> Vec<Compression> {
+        match id {
+            "json:raw" | "json:policy" => Compression::ALL.to_vec(),
+            "trivy:db" | "trivy:java-db" | "devportal:offline" => vec![Compression::Gzip],
+            _ => vec![],
+        }
+    };
+    let ids: Vec<ProfileId> = all.ids().cloned().collect();
+    assert!(ids.len() >= 7, "{ids:?}");
+    for id in ids {
+        let profile = all.get(&id).unwrap();
+        assert_eq!(profile.descriptor().compressions, writes(id.as_str()), "{id}");
+        for c in Compression::ALL {
+            let mut r = base();
+            r.profile_id = id.clone();
+            r.compression = Some(*c);
+            let result = RunBuilder::from_arcs(
+                Arc::clone(&profile),
+                Arc::new(samples()),
+                Arc::new(exportcore::InMemorySink::new()),
+            )
+            .execute(r)
+            .await;
+            if writes(id.as_str()).contains(c) {
+                // Accepted (mirror:delta would still want a base; no profile here refuses it).
+                assert!(result.is_ok(), "{id} {c}: {:?}", result.err());
+            } else {
+                refused(result, "compression");
+            }
+        }
+    }
+}

@@ -33,6 +33,9 @@ pub struct ProfileDescriptor {
     /// Whether it implements the request's `encryption` (else a request asking for it is
     /// refused with `ERR_EXPORT_NOT_SUPPORTED`).
     pub encryption: bool,
+    /// The values of the request's `compression` it writes (empty: it chooses its own, and a
+    /// request naming one is refused with `ERR_EXPORT_NOT_SUPPORTED` rather than ignored).
+    pub compressions: Vec<Compression>,
 }
 
 impl ProfileDescriptor {
@@ -45,6 +48,7 @@ impl ProfileDescriptor {
             targets: vec![],
             formats: vec![],
             encryption: false,
+            compressions: vec![],
         }
     }
     /// The targets it understands.
@@ -55,6 +59,11 @@ impl ProfileDescriptor {
     /// The formats it understands.
     pub fn formats(mut self, formats: impl IntoIterator<Item = Format>) -> Self {
         self.formats = formats.into_iter().collect();
+        self
+    }
+    /// The values of the request's `compression` it writes.
+    pub fn compressions(mut self, compressions: impl IntoIterator<Item = Compression>) -> Self {
+        self.compressions = compressions.into_iter().collect();
         self
     }
     /// Declares that it implements the request's `encryption`.
@@ -99,9 +108,10 @@ impl<P: Profile + ?Sized> Profile for Arc<P> {
     }
 }
 
-/// Checks `request.targets`/`formats` against what a descriptor supports; a helper for
+/// Checks `request.targets`/`formats`/`compression` against what a descriptor supports; a helper for
 /// [`Profile::validate`].
 pub fn check_supported(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
+    check_compression(d, request)?;
     for (i, t) in request.targets.iter().enumerate() {
         if !d.targets.contains(t) {
             return Err(ExportError::invalid(format!("targets[{i}]"), format!("profile {} does not export {t}", d.id)));
@@ -113,6 +123,17 @@ pub fn check_supported(d: &ProfileDescriptor, request: &RunRequest) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `ERR_EXPORT_NOT_SUPPORTED` for a `compression` the profile does not write (the engine
+/// checks it before every run; [`check_supported`] too).
+pub fn check_compression(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
+    let Some(c) = request.compression.filter(|c| !d.compressions.contains(c)) else { return Ok(()) };
+    let writes = match d.compressions.as_slice() {
+        [] => "chooses its own compression (leave compression unset)".to_owned(),
+        some => format!("writes {} only", some.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
+    };
+    Err(ExportError::NotSupported { feature: format!("compression {c}: profile {} {writes}", d.id) })
 }
 
 /// A registry of profiles by id.

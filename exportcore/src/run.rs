@@ -434,6 +434,7 @@ pub fn check_implemented(
             ),
         });
     }
+    crate::profile::check_compression(profile, request)?;
     if let Some(d) = &request.distribution {
         use crate::model::DistributionType;
         if d.kind != DistributionType::Filesystem {

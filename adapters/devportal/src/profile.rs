@@ -53,17 +53,11 @@ impl Profile for DevportalOffline {
             PROFILE_ID,
             "Developer portal, API specs, SDKs and changelog as a verifiable offline .tgz",
         )
+        .compressions([Compression::Gzip])
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {
-        check_supported(&self.descriptor(), request)?;
-        match request.compression {
-            None | Some(Compression::Gzip) => Ok(()),
-            Some(other) => Err(ExportError::invalid(
-                "compression",
-                format!("{PROFILE_ID} always writes a gzip tar ({BUNDLE_FILE}); {other} is not available"),
-            )),
-        }
+        check_supported(&self.descriptor(), request)
     }
 
     fn export(&self, ctx: &mut ExportContext<'_>) -> Result<()> {

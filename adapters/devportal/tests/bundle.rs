@@ -284,7 +284,7 @@ fn validate_rejects_what_it_cannot_do() {
     let mut r = RunRequest::new(ProfileId::from_static(PROFILE_ID));
     r.compression = Some(exportcore::Compression::Zstd);
     let err = p.validate(&r).unwrap_err();
-    assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID");
+    assert_eq!(err.code(), "ERR_EXPORT_NOT_SUPPORTED");
     assert!(err.to_string().contains("compression"), "{err}");
     r.compression = Some(exportcore::Compression::Gzip);
     p.validate(&r).unwrap();

@@ -274,6 +274,7 @@ impl Profile for JsonPolicy {
         )
         .targets(ALL_TARGETS.iter().copied())
         .formats([Format::Json, Format::Ndjson])
+        .compressions(Compression::ALL.iter().copied())
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

@@ -197,6 +197,7 @@ impl Profile for JsonRaw {
         )
         .targets(ALL_TARGETS.iter().copied())
         .formats([Format::Json, Format::Ndjson])
+        .compressions(Compression::ALL.iter().copied())
     }
 
     fn validate(&self, request: &RunRequest) -> Result<()> {

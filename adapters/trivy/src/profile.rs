@@ -26,8 +26,9 @@ pub struct TrivyDb;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrivyJavaDb;
 
+/// Trivy reads gzip only (`db.tar.gz`, `javadb.tar.gz`).
 fn descriptor(id: &'static str, description: &str) -> ProfileDescriptor {
-    ProfileDescriptor::new(id, description)
+    ProfileDescriptor::new(id, description).compressions([exportcore::Compression::Gzip])
 }
 
 fn no_targets(d: &ProfileDescriptor, request: &RunRequest) -> Result<()> {
