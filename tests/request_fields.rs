@@ -312,3 +312,34 @@ async fn a_compression_the_profile_does_not_write_is_refused() {
         }
     }
 }
+
+/// The latest `createdAt` there is, with a retention: every profile finishes or says what is
+/// wrong; none panics on time arithmetic past the year 9999 (the mirror's TUF expiry would
+/// be, and is refused naming `createdAt`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_representable_time_is_handled_by_every_profile() {
+    let mut all = exportcore_json::profiles();
+    all.extend(exportcore_trivy::profiles());
+    all.extend(exportcore_devportal::profiles());
+    all.extend(exportcore_mirror::profiles());
+    let ids: Vec<ProfileId> = all.ids().cloned().collect();
+    for id in ids {
+        let mut r = base();
+        r.profile_id = id.clone();
+        r.created_at = Some(Timestamp::parse("9999-12-31T23:59:59Z").unwrap());
+        r.retention_days = Some(3650);
+        let profile = all.get(&id).unwrap();
+        let result = RunBuilder::from_arcs(profile, Arc::new(samples()), Arc::new(exportcore::InMemorySink::new()))
+            .execute(r)
+            .await;
+        match (id.as_str(), result) {
+            ("mirror:full", Err(e)) => {
+                assert_eq!(e.code(), "ERR_EXPORT_REQUEST_INVALID", "{e:?}");
+                assert!(e.to_string().contains("createdAt") && e.to_string().contains("9999"), "{e}");
+            }
+            ("mirror:delta", Err(e)) => assert_eq!(e.code(), "ERR_EXPORT_REQUEST_INVALID", "needs a base: {e:?}"),
+            (_, Ok(o)) => assert!(o.run.expires_at.is_some(), "{id}: retention counts from the wall clock"),
+            (_, Err(e)) => panic!("{id}: {e:?}"),
+        }
+    }
+}

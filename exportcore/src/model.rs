@@ -40,13 +40,23 @@ impl Timestamp {
             .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
             .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))
     }
-    /// This time plus `d`, to the nanosecond (unchanged if that is past the year 9999).
+    /// The latest time a timestamp holds: 9999-12-31T23:59:59.999999999Z (RFC 3339 has four
+    /// digits for the year).
+    pub const MAX: Timestamp = Timestamp(time::macros::datetime!(9999-12-31 23:59:59.999_999_999 UTC));
+
+    /// This time plus `d`, to the nanosecond, at most [`Timestamp::MAX`] (a lease or an
+    /// expiry that far away never lapses).
     pub fn plus(&self, d: std::time::Duration) -> Self {
-        time::Duration::try_from(d).ok().and_then(|d| self.0.checked_add(d)).map_or(*self, Self)
+        time::Duration::try_from(d).ok().and_then(|d| self.0.checked_add(d)).map_or(Self::MAX, Self).min(Self::MAX)
     }
-    /// This time plus whole days.
+    /// This time plus whole days, at most [`Timestamp::MAX`].
     pub fn plus_days(&self, days: u32) -> Self {
-        Self(self.0 + time::Duration::days(i64::from(days)))
+        self.checked_plus_days(days).unwrap_or(Self::MAX)
+    }
+    /// This time plus whole days; `None` past [`Timestamp::MAX`] (for a time that must be
+    /// exact, such as a signed expiry).
+    pub fn checked_plus_days(&self, days: u32) -> Option<Self> {
+        self.0.checked_add(time::Duration::days(i64::from(days))).map(Self).filter(|t| *t <= Self::MAX)
     }
     /// The underlying `time` value.
     pub fn as_offset_date_time(&self) -> OffsetDateTime {
@@ -1048,6 +1058,20 @@ mod tests {
         let t = Timestamp::parse("2025-01-01T02:00:00+02:00").unwrap();
         assert_eq!(t.to_string(), "2025-01-01T00:00:00Z");
         assert_eq!(Timestamp::from_unix(0).unwrap().to_string(), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn time_arithmetic_stops_at_the_year_9999_without_panicking() {
+        let late = Timestamp::parse("9999-12-01T00:00:00Z").unwrap();
+        assert_eq!(late.checked_plus_days(30).unwrap().to_string(), "9999-12-31T00:00:00Z");
+        assert_eq!(late.checked_plus_days(31), None);
+        assert_eq!(late.plus_days(u32::MAX), Timestamp::MAX);
+        assert_eq!(late.plus(std::time::Duration::MAX), Timestamp::MAX);
+        assert_eq!(late.plus(std::time::Duration::from_secs(86_400 * 365)), Timestamp::MAX);
+        let t = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        assert_eq!(t.plus(std::time::Duration::from_millis(1500)).to_string(), "2025-01-01T00:00:01.5Z");
+        assert_eq!(t.plus_days(1).to_string(), "2025-01-02T00:00:00Z");
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999999999Z");
     }
 
     #[test]

@@ -224,10 +224,22 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// `expires`: seconds precision with a `Z`, as TUF requires.
-fn expiry(anchor: Timestamp, days: u32) -> String {
-    let t = anchor.plus_days(days).as_offset_date_time();
-    format!(
+/// `expires` of `role`: seconds precision with a `Z`, as TUF requires; an error past the year
+/// 9999 (a time RFC 3339 cannot write).
+fn expiry(anchor: Timestamp, role: Role, days: u32) -> Result<String> {
+    let t = anchor
+        .checked_plus_days(days)
+        .ok_or_else(|| {
+            ExportError::invalid(
+                "createdAt",
+                format!(
+                    "{anchor} plus the {} metadata's {days}-day expiry is past 9999-12-31: pin an earlier time",
+                    role.as_str()
+                ),
+            )
+        })?
+        .as_offset_date_time();
+    Ok(format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),
         u8::from(t.month()),
@@ -235,7 +247,7 @@ fn expiry(anchor: Timestamp, days: u32) -> String {
         t.hour(),
         t.minute(),
         t.second()
-    )
+    ))
 }
 
 /// One target: its path (relative to the targets directory), length and SHA-256.
@@ -372,9 +384,14 @@ pub fn build(
         (Some(p), Role::Snapshot) => p.snapshot + 1,
         (Some(p), Role::Timestamp) => p.timestamp + 1,
     };
+    let mut expiries = Vec::new();
+    for role in Role::ALL {
+        expiries.push((role, expiry(anchor, role, options.role(role).expires_days)?));
+    }
     let common = |role: Role| {
+        let expires = expiries.iter().find(|(r, _)| *r == role).map(|(_, e)| e.as_str());
         json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": version_of(role),
-               "expires": expiry(anchor, options.role(role).expires_days)})
+               "expires": expires})
     };
     let mut root = common(Role::Root);
     root["consistent_snapshot"] = json!(true);
