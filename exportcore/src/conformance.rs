@@ -521,6 +521,63 @@ mod stores {
         }
     }
 
+    /// Changes a stored run's record text behind the store's back (a hand edit, a broken
+    /// tool, a damaged disk): `(run_id, new_record_text)`. Store-specific, for
+    /// [`store_unreadable_records`].
+    pub type Corrupt<'a> = &'a (dyn Fn(&'static str, &'static str) -> CorruptFuture + Sync);
+
+    /// What a [`Corrupt`] returns.
+    pub type CorruptFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    /// One unreadable run record does not stop the store: `list` reports it apart
+    /// ([`crate::store::Page::unreadable`]); `claim_next`, `reclaim_expired` and
+    /// `due_for_expiry` set it aside (`failed`, no lease) and go on; `get` names it. Run it on
+    /// a fresh store with a `corrupt` that rewrites a run's record text directly.
+    pub async fn store_unreadable_records(store: &dyn RunStore, corrupt: Corrupt<'_>) {
+        for (id, rank) in [("u1", 0), ("u2", 1), ("u3", 2)] {
+            store.create(new_run("t-u", id, "json:raw", rank, None, "adv"), at(0)).await.expect("create");
+        }
+        corrupt("u1", "{not json").await;
+        corrupt("u2", r#"{"runId": 5}"#).await;
+        let page = store.list(&t("t-u"), &RunFilter::default()).await.expect("one bad record fails no list");
+        assert_eq!(page.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["u3"]);
+        let bad: Vec<&str> = page.unreadable.iter().map(|u| u.run_id.as_str()).collect();
+        assert_eq!(bad, ["u2", "u1"]);
+        assert!(page.unreadable.iter().all(|u| u.reason.contains(&u.run_id)), "{:?}", page.unreadable);
+        let err = store.get(&t("t-u"), &r("u1")).await.expect_err("an unreadable run");
+        assert_eq!(err.code(), "ERR_EXPORT_STORE_INVALID");
+        assert!(err.to_string().contains("u1"), "{err}");
+
+        // The queue moves past both to the readable run.
+        let lease = Lease { lease_id: "lease-u".into(), lease_until: at(100) };
+        let claimed = store.claim_next(at(1), &lease).await.expect("claim past unreadable runs").expect("u3");
+        assert_eq!(claimed.run.run_id.as_str(), "u3");
+        assert!(store.claim_next(at(1), &lease).await.expect("claim").is_none(), "u1 and u2 are set aside");
+        let failed = RunFilter { status: Some(Status::Failed), ..Default::default() };
+        let page = store.list(&t("t-u"), &failed).await.expect("list");
+        assert_eq!(page.unreadable.iter().map(|u| u.run_id.as_str()).collect::<Vec<_>>(), ["u2", "u1"]);
+
+        // A running run whose record breaks is set aside when its lease lapses.
+        corrupt("u3", "[]").await;
+        assert!(store.reclaim_expired(at(100), &lease).await.expect("a take-over past it").is_none());
+        assert!(store.reclaim_expired(at(100), &lease).await.expect("again").is_none());
+        let page = store.list(&t("t-u"), &failed).await.expect("list");
+        assert_eq!(page.unreadable.len(), 3, "{page:?}");
+
+        // A finished run past its expiry whose record breaks leaves the sweep.
+        store.create(new_run("t-u", "u4", "json:raw", 0, None, "adv"), at(0)).await.expect("create");
+        let mut run = store.claim_run(&r("u4"), at(1), &lease).await.expect("claim").expect("u4").run;
+        run.status = Status::Succeeded;
+        run.expires_at = Some(at(10));
+        store
+            .finish(&run, at(2), &Event::Completed { run_id: r("u4"), status: Status::Succeeded })
+            .await
+            .expect("finish");
+        corrupt("u4", "").await;
+        assert!(store.due_for_expiry(at(20), 10).await.expect("a sweep past it").is_empty());
+        assert!(store.due_for_expiry(at(20), 10).await.expect("again").is_empty());
+    }
+
     /// Runs every store check. The store must start empty.
     pub async fn store_suite(store: &dyn RunStore) {
         store_create_get_list_and_tenancy(store).await;

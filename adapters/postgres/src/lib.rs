@@ -41,6 +41,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use exportcore::saved::SavedProfile;
 use exportcore::store::{
     check_lease, lease_lost, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent, SweepGuard,
+    UnreadableRun,
 };
 use exportcore::{
     DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunRequest, RunStatus,
@@ -152,9 +153,20 @@ fn json_err(label: &str, e: serde_json::Error) -> ExportError {
     ExportError::StoreInvalid { path: label.to_owned(), reason: format!("a stored record does not parse: {e}") }
 }
 
-fn read_run(label: &str, record: &str) -> Result<Run> {
-    serde_json::from_str(record).map_err(|e| json_err(label, e))
+fn read_run(label: &str, run_id: &str, record: &str) -> Result<Run> {
+    serde_json::from_str(record).map_err(|e| unreadable(label, run_id, "record", e))
 }
+
+fn read_request(label: &str, run_id: &str, request: &str) -> Result<RunRequest> {
+    serde_json::from_str(request).map_err(|e| unreadable(label, run_id, "request", e))
+}
+
+fn unreadable(label: &str, run_id: &str, what: &str, e: serde_json::Error) -> ExportError {
+    ExportError::StoreInvalid { path: label.to_owned(), reason: format!("run {run_id}: unreadable {what}: {e}") }
+}
+
+/// How many unreadable queue heads one claim sets aside before it gives up (and is retried).
+const MAX_SET_ASIDE: usize = 16;
 
 fn write_run(run: &Run) -> String {
     serde_json::to_string(run).unwrap_or_default()
@@ -277,37 +289,130 @@ impl PostgresStore {
         }
     }
 
+    /// Sets aside a run whose record or request does not parse (as `SqliteStore` does):
+    /// `failed`, no lease, no expiry, so claims, take-overs and sweeps move past it. Its text
+    /// stays for inspection; `get` keeps naming the problem and `list` reports it apart.
+    async fn set_aside(&self, c: &impl GenericClient, seq: i64) -> Result<()> {
+        self.execute(
+            c,
+            "UPDATE runs SET status = 'failed', lease_id = NULL, lease_until_ms = NULL, expires_ms = NULL,
+             cancel_requested = false WHERE seq = $1",
+            &[&seq],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The claim's statement parses each record as `jsonb` on the server: a queue head that is
+    /// not JSON at all makes it fail. This finds such heads (parsing in Rust) and sets them
+    /// aside; true when it set one aside.
+    async fn set_aside_unparsable_heads(&self, run_id: Option<&RunId>) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.err(e))?;
+        let rows = self
+            .query(
+                &tx,
+                "SELECT seq, run_id, record, request FROM runs WHERE status = 'queued'
+                   AND ($1::TEXT IS NULL OR run_id = $1) AND ($1::TEXT IS NOT NULL OR rank < 9223372036854775807)
+                 ORDER BY rank, seq LIMIT 100 FOR UPDATE SKIP LOCKED",
+                &[&run_id.map(|r| r.as_str())],
+            )
+            .await?;
+        let mut found = false;
+        for row in &rows {
+            let id: &str = row.get(1);
+            let bad = serde_json::from_str::<serde_json::Value>(row.get(2)).is_err()
+                || read_request(&self.label, id, row.get(3)).is_err();
+            if bad {
+                self.set_aside(&tx, row.get(0)).await?;
+                found = true;
+            }
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(found)
+    }
+
+    /// [`Self::claim_once`], setting aside unreadable queue heads on the way (up to
+    /// [`MAX_SET_ASIDE`]). A specific run that is unreadable is set aside and its error
+    /// returned.
+    async fn claim(&self, run_id: Option<&RunId>, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+        for _ in 0..MAX_SET_ASIDE {
+            let client = self.client().await?;
+            match self.claim_once(&client, run_id, now, lease).await {
+                Ok(Ok(claimed)) => return Ok(claimed),
+                // Claimed, but its record or request does not parse: set it aside.
+                Ok(Err((seq, err))) => {
+                    self.set_aside(&client, seq).await?;
+                    if run_id.is_some() {
+                        return Err(err);
+                    }
+                }
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION) => {
+                    if !self.set_aside_unparsable_heads(run_id).await? {
+                        return Err(self.err(e));
+                    }
+                    if let Some(id) = run_id {
+                        return Err(ExportError::StoreInvalid {
+                            path: self.label.clone(),
+                            reason: format!("run {id}: unreadable record (not JSON)"),
+                        });
+                    }
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(ExportError::StoreInvalid {
+            path: self.label.clone(),
+            reason: format!("{MAX_SET_ASIDE} unreadable runs at the head of the queue were set aside; claim again"),
+        })
+    }
+
     /// One statement, one round trip: the queue head (or `run_id`) is locked with `SKIP
     /// LOCKED`, so concurrent claimers take different runs and never wait for each other, and
-    /// updated in place (status, attempts, first start, lease).
-    async fn claim(&self, run_id: Option<&RunId>, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
+    /// updated in place (status, attempts, first start, lease). The inner error is a claimed
+    /// run whose record or request does not parse (its `seq`, to set it aside).
+    #[allow(clippy::type_complexity)]
+    async fn claim_once(
+        &self,
+        client: &impl GenericClient,
+        run_id: Option<&RunId>,
+        now: Timestamp,
+        lease: &Lease,
+    ) -> std::result::Result<std::result::Result<Option<ClaimedRun>, (i64, ExportError)>, tokio_postgres::Error> {
         const SET: &str = "UPDATE runs SET status = 'running', lease_id = $1, lease_until_ms = $2,
              record = (record::jsonb || jsonb_build_object('status', 'running',
                  'attempts', coalesce((record::jsonb->>'attempts')::int, 0) + 1,
                  'startedAt', coalesce(nullif(record::jsonb->'startedAt', 'null'::jsonb), to_jsonb($3::text))))::text";
-        let client = self.client().await?;
         let (lease_id, until, started) = (lease.lease_id.as_str(), millis(lease.lease_until), now.to_string());
-        let row = match run_id {
-            Some(id) => {
-                let sql = format!(
+        let wanted = run_id.map(RunId::as_str);
+        let (sql, params): (String, Vec<&(dyn ToSql + Sync)>) = match &wanted {
+            Some(id) => (
+                format!(
                     "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' AND run_id = $4
-                     FOR UPDATE SKIP LOCKED) RETURNING record, request"
-                );
-                self.query_opt(&client, &sql, &[&lease_id, &until, &started, &id.as_str()]).await
-            }
-            None => {
-                let sql = format!(
+                     FOR UPDATE SKIP LOCKED) RETURNING seq, run_id, record, request"
+                ),
+                vec![&lease_id, &until, &started, id],
+            ),
+            None => (
+                format!(
                     "{SET} WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' AND rank < 9223372036854775807
-                     ORDER BY rank, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING record, request"
-                );
-                self.query_opt(&client, &sql, &[&lease_id, &until, &started]).await
+                     ORDER BY rank, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING seq, run_id, record, request"
+                ),
+                vec![&lease_id, &until, &started],
+            ),
+        };
+        let st = client.prepare_cached(&sql).await?;
+        let Some(row) = client.query_opt(&st, &params).await? else { return Ok(Ok(None)) };
+        let id: &str = row.get(1);
+        let parsed =
+            read_run(&self.label, id, row.get(2)).and_then(|run| Ok((run, read_request(&self.label, id, row.get(3))?)));
+        Ok(match parsed {
+            Ok((mut run, request)) => {
+                run.lease = Some(lease.clone());
+                Ok(Some(ClaimedRun { run, request }))
             }
-        }?;
-        let Some(row) = row else { return Ok(None) };
-        let mut run = read_run(&self.label, row.get(0))?;
-        let request: RunRequest = serde_json::from_str(row.get(1)).map_err(|e| json_err(&self.label, e))?;
-        run.lease = Some(lease.clone());
-        Ok(Some(ClaimedRun { run, request }))
+            Err(e) => Err((row.get(0), e)),
+        })
     }
 
     /// Writes the mutable parts of `run` inside `tx`, fenced by its lease, refusing to leave a
@@ -438,7 +543,7 @@ impl RunStore for PostgresStore {
                     });
                 }
                 match record {
-                    Some(record) => return Ok(Created::Existing(read_run(&self.label, &record)?)),
+                    Some(record) => return Ok(Created::Existing(read_run(&self.label, &run_id, &record)?)),
                     None => {
                         self.execute(
                             &tx,
@@ -481,7 +586,7 @@ impl RunStore for PostgresStore {
                 &[&run_id.as_str(), &tenant.as_str()],
             )
             .await?;
-        read_run(&self.label, row.ok_or_else(|| not_found(run_id))?.get(0))
+        read_run(&self.label, run_id.as_str(), row.ok_or_else(|| not_found(run_id))?.get(0))
     }
 
     async fn list(&self, tenant: &TenantId, filter: &RunFilter) -> Result<Page> {
@@ -512,16 +617,19 @@ impl RunStore for PostgresStore {
                 ],
             )
             .await?;
-        let mut runs = Vec::new();
-        let mut next_cursor = None;
+        let mut page = Page::default();
         for row in rows {
-            if runs.len() == limit {
-                next_cursor = Some(row.get::<_, String>(0));
+            let run_id: String = row.get(0);
+            if page.runs.len() + page.unreadable.len() == limit {
+                page.next_cursor = Some(run_id);
                 break;
             }
-            runs.push(read_run(&self.label, row.get(1))?);
+            match read_run(&self.label, &run_id, row.get(1)) {
+                Ok(run) => page.runs.push(run),
+                Err(e) => page.unreadable.push(UnreadableRun { run_id, reason: e.report() }),
+            }
         }
-        Ok(Page { runs, next_cursor })
+        Ok(page)
     }
 
     async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {
@@ -563,16 +671,24 @@ impl RunStore for PostgresStore {
     async fn reclaim_expired(&self, now: Timestamp, lease: &Lease) -> Result<Option<Run>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.err(e))?;
-        let row = self
-            .query_opt(
-                &tx,
-                "SELECT seq, record FROM runs WHERE status = 'running'
-                 AND (lease_until_ms IS NULL OR lease_until_ms <= $1) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
-                &[&millis(now)],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut run = read_run(&self.label, row.get(1))?;
+        let (row, mut run) = loop {
+            let row = self
+                .query_opt(
+                    &tx,
+                    "SELECT seq, run_id, record FROM runs WHERE status = 'running'
+                     AND (lease_until_ms IS NULL OR lease_until_ms <= $1) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&millis(now)],
+                )
+                .await?;
+            let Some(row) = row else {
+                tx.commit().await.map_err(|e| self.err(e))?;
+                return Ok(None);
+            };
+            match read_run(&self.label, row.get(1), row.get(2)) {
+                Ok(run) => break (row, run),
+                Err(_) => self.set_aside(&tx, row.get(0)).await?,
+            }
+        };
         self.execute(
             &tx,
             "UPDATE runs SET lease_id = $1, lease_until_ms = $2 WHERE seq = $3",
@@ -620,7 +736,7 @@ impl RunStore for PostgresStore {
         if row.get::<_, &str>(0) != "queued" {
             return Ok(None);
         }
-        let mut run = read_run(&self.label, row.get(1))?;
+        let mut run = read_run(&self.label, run_id.as_str(), row.get(1))?;
         run.status = RunStatus::Failed;
         run.finished_at = Some(now);
         run.errors.push(error.clone());
@@ -677,16 +793,31 @@ impl RunStore for PostgresStore {
     }
 
     async fn due_for_expiry(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
-        self.records(
-            "SELECT record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= $1 ORDER BY seq LIMIT $2",
-            &[&millis(now), &(limit as i64)],
-            "a run",
-        )
-        .await
+        let client = self.client().await?;
+        let rows = self
+            .query(
+                &client,
+                "SELECT seq, run_id, record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= $1
+                 ORDER BY seq LIMIT $2",
+                &[&millis(now), &(limit as i64)],
+            )
+            .await?;
+        let mut due = Vec::new();
+        for row in &rows {
+            match read_run(&self.label, row.get(1), row.get(2)) {
+                Ok(run) => due.push(run),
+                Err(_) => self.set_aside(&client, row.get(0)).await?,
+            }
+        }
+        Ok(due)
     }
 
     async fn running(&self) -> Result<Vec<Run>> {
-        self.records("SELECT record FROM runs WHERE status = 'running' ORDER BY seq", &[], "a run").await
+        let client = self.client().await?;
+        let rows =
+            self.query(&client, "SELECT run_id, record FROM runs WHERE status = 'running' ORDER BY seq", &[]).await?;
+        // Unreadable ones are set aside by the next take-over (`reclaim_expired`).
+        Ok(rows.iter().filter_map(|r| read_run(&self.label, r.get(0), r.get(1)).ok()).collect())
     }
 
     async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>> {

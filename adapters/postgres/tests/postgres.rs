@@ -46,6 +46,21 @@ async fn conformance_and_migrations() {
     let err = PostgresStore::connect(&url2).await.unwrap_err();
     assert_eq!(err.code(), "ERR_EXPORT_STORE_INVALID");
     assert!(err.to_string().contains("newer"), "{err}");
+
+    // One unreadable run record (not JSON, or JSON that is not a run) stops nothing.
+    let url3 = pg.database("unreadable").await;
+    let store = PostgresStore::connect(&url3).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url3, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let client = Arc::new(client);
+    let corrupt = move |run_id: &'static str, text: &'static str| {
+        let client = Arc::clone(&client);
+        Box::pin(async move {
+            let n = client.execute("UPDATE runs SET record = $1 WHERE run_id = $2", &[&text, &run_id]).await.unwrap();
+            assert_eq!(n, 1);
+        }) as exportcore::conformance::CorruptFuture
+    };
+    exportcore::conformance::store_unreadable_records(&store, &corrupt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1354,6 +1354,11 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
                     outln!("{:<58} {:<12} {:<10} {} {code}", r.run_id, r.profile_id, r.status.as_str(), r.submitted_at);
                 }
             }
+            // A damaged record hides nothing else; it is named on stderr (the JSON on stdout
+            // stays a list of runs).
+            for u in &page.unreadable {
+                errln!("warning: run {} has an unreadable record: {}", u.run_id, u.reason);
+            }
         }
         RunsCommand::Show { run_id } => {
             let run = store.get(tenant, &RunId::parse(run_id)?).await?;

@@ -485,6 +485,21 @@ fn runs_list_show_events_read_the_store() {
     assert_eq!(lines.first().unwrap()["event"], "started");
     assert_eq!(lines.last().unwrap()["event"], "completed");
     assert!(lines.windows(2).all(|w| w[1]["id"].as_u64().unwrap() == w[0]["id"].as_u64().unwrap() + 1));
+    // A run record damaged behind the store's back hides nothing else: the list goes on and
+    // names it on stderr; showing it says what is wrong; a new run still runs.
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    conn.execute("UPDATE runs SET record = '{damaged' WHERE run_id = ?1", [&ids[0]]).unwrap();
+    drop(conn);
+    let o = run(&["runs", "list", "--store", s, "--tenant", "acme", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.iter().map(|r| r["runId"].as_str().unwrap()).collect::<Vec<_>>(), [ids[1].as_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("warning: run {} has an unreadable record", ids[0])), "{err}");
+    let o = run(&["runs", "show", &ids[0], "--store", s, "--tenant", "acme"]);
+    assert!(text(&o).contains("ERR_EXPORT_STORE_INVALID") && text(&o).contains(&ids[0]), "{}", text(&o));
+    let o = export("json:raw", &samples(), &tmp.path().join("out-after"), &["--store", s, "--tenant", "acme"]);
+    assert!(o.status.success(), "{}", text(&o));
     // Bad stores: a foreign SQLite-looking file and a missing one.
     let junk = tmp.path().join("junk.sqlite");
     std::fs::write(&junk, "not sqlite").unwrap();

@@ -668,7 +668,14 @@ pub(crate) async fn list_runs(
             cursor: q.cursor,
         };
         let page = st.exporter.list(&c.tenant, &filter).await?;
-        Ok(json(&RunPage { runs: page.runs.iter().map(|r| st.run_view(r)).collect(), next_cursor: page.next_cursor }))
+        for u in &page.unreadable {
+            tracing::warn!(run_id = %u.run_id, reason = %u.reason, "listing runs: an unreadable run record");
+        }
+        Ok(json(&RunPage {
+            runs: page.runs.iter().map(|r| st.run_view(r)).collect(),
+            next_cursor: page.next_cursor,
+            unreadable: page.unreadable.into_iter().map(|u| u.run_id).collect(),
+        }))
     }
     .await;
     c.finish(r)

@@ -102,6 +102,10 @@ pub struct ProblemView {
 pub struct RunPage {
     pub runs: Vec<RunView>,
     pub next_cursor: Option<String>,
+    /// Ids of runs of this page whose stored record could not be read (the server logs why;
+    /// the store sets them aside as failed). Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// A built-in profile.

@@ -157,7 +157,7 @@ impl RunStore for MemoryStore {
             }
             runs.push(r.clone());
         }
-        Ok(Page { runs, next_cursor })
+        Ok(Page { runs, next_cursor, ..Default::default() })
     }
 
     async fn claim_next(&self, now: Timestamp, lease: &Lease) -> Result<Option<ClaimedRun>> {

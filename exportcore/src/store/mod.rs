@@ -112,6 +112,21 @@ pub struct Page {
     pub runs: Vec<Run>,
     /// Cursor of the next page, if any.
     pub next_cursor: Option<String>,
+    /// Runs of this page whose stored record could not be read, reported apart so that one
+    /// damaged record does not hide the others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableRun>,
+}
+
+/// A run whose stored record does not parse (see [`Page::unreadable`]). The store sets such a
+/// run aside (`failed`, no lease, no expiry) when a claim, take-over or sweep meets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreadableRun {
+    /// Its id.
+    pub run_id: String,
+    /// What is wrong, with the store's location.
+    pub reason: String,
 }
 
 /// A persisted event.
@@ -148,7 +163,9 @@ pub struct StoredEvent {
 ///   step: a run whose status is final always has its terminal event.
 /// - A final state is final: `save` or `finish` of a `succeeded` or `failed` run to anything but
 ///   `expired` is refused and changes nothing (so a run has exactly one terminal event).
-/// - `list` is newest first.
+/// - `list` is newest first. A run whose record does not parse is listed in
+///   [`Page::unreadable`], not an error for the whole page; claims, take-overs and expiry
+///   sweeps set such a run aside (`failed`, no lease) and go on to the next.
 ///
 /// Run [`crate::conformance::store_suite`] against any implementation.
 #[async_trait]

@@ -1,5 +1,6 @@
 use super::{
     check_lease, lease_lost, seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent,
+    UnreadableRun,
 };
 use crate::error::{ExportError, Result};
 use crate::id::{ProfileId, RunId, TenantId};
@@ -318,18 +319,33 @@ impl SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
             // Two statements so each uses its index (the queue's partial index, or the run id).
             let sql = if run_id.is_some() {
-                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND run_id = ?1"
+                "SELECT seq, run_id, record, request FROM runs WHERE status = 'queued' AND run_id = ?1"
             } else {
-                "SELECT seq, record, request FROM runs WHERE status = 'queued' AND ?1 IS NULL AND rank < 9223372036854775807
+                "SELECT seq, run_id, record, request FROM runs WHERE status = 'queued' AND ?1 IS NULL AND rank < 9223372036854775807
                  ORDER BY rank, seq LIMIT 1"
             };
-            let row: Option<(i64, String, String)> = tx
-                .prepare_cached(sql)
-                .and_then(|mut st| st.query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
-                .map_err(e)?;
-            let Some((seq, record, request)) = row else { return Ok(None) };
-            let mut run = read_run(path, &record)?;
-            let request: RunRequest = serde_json::from_str(&request).map_err(|err| json_err(path, err))?;
+            let (seq, mut run, request) = loop {
+                let row: Option<(i64, String, String, String)> = tx
+                    .prepare_cached(sql)
+                    .and_then(|mut st| {
+                        st.query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional()
+                    })
+                    .map_err(e)?;
+                let Some((seq, id, record, request)) = row else {
+                    tx.commit().map_err(e)?;
+                    return Ok(None);
+                };
+                match read_run(path, &id, &record).and_then(|run| Ok((run, read_request(path, &id, &request)?))) {
+                    Ok((run, request)) => break (seq, run, request),
+                    Err(err) => {
+                        set_aside(&tx, path, seq, &err)?;
+                        if run_id.is_some() {
+                            tx.commit().map_err(e)?;
+                            return Err(err);
+                        }
+                    }
+                }
+            };
             run.status = RunStatus::Running;
             run.started_at.get_or_insert(now);
             run.attempts += 1;
@@ -353,8 +369,30 @@ fn write_lease(conn: &Connection, path: &str, seq: i64, lease: &Lease) -> Result
     Ok(())
 }
 
-fn read_run(path: &str, record: &str) -> Result<Run> {
-    serde_json::from_str(record).map_err(|e| json_err(path, e))
+fn read_run(path: &str, run_id: &str, record: &str) -> Result<Run> {
+    serde_json::from_str(record).map_err(|e| unreadable(path, run_id, "record", e))
+}
+
+fn read_request(path: &str, run_id: &str, request: &str) -> Result<RunRequest> {
+    serde_json::from_str(request).map_err(|e| unreadable(path, run_id, "request", e))
+}
+
+fn unreadable(path: &str, run_id: &str, what: &str, e: serde_json::Error) -> ExportError {
+    ExportError::StoreInvalid { path: path.to_owned(), reason: format!("run {run_id}: unreadable {what}: {e}") }
+}
+
+/// Sets aside a run whose record or request does not parse (edited by hand, written by a
+/// broken tool, damaged on disk): `failed`, no lease, no expiry, so claims, take-overs and
+/// retention sweeps move past it instead of failing on it forever. Its bytes stay for
+/// inspection; reading it (`get`) keeps naming the problem, and `list` reports it apart.
+fn set_aside(conn: &Connection, path: &str, seq: i64, err: &ExportError) -> Result<()> {
+    tracing::error!(store = path, error = %err.report(), "a run record is unreadable: set aside as failed");
+    conn.prepare_cached(
+        "UPDATE runs SET status = 'failed', lease_id = NULL, lease_until_ms = NULL, expires_ms = NULL WHERE seq = ?1",
+    )
+    .and_then(|mut st| st.execute(params![seq]))
+    .map_err(|e| store_err(path, e))?;
+    Ok(())
 }
 
 fn write_run(run: &Run) -> String {
@@ -463,7 +501,7 @@ impl RunStore for SqliteStore {
                             .optional()
                             .map_err(e)?;
                         if let Some(record) = record {
-                            return Ok(Created::Existing(read_run(path, &record)?));
+                            return Ok(Created::Existing(read_run(path, &run_id, &record)?));
                         }
                     }
                 }
@@ -505,7 +543,7 @@ impl RunStore for SqliteStore {
                 })
                 .optional()
                 .map_err(|e| store_err(path, e))?;
-            read_run(path, &record.ok_or_else(|| not_found(&run_id))?)
+            read_run(path, run_id.as_str(), &record.ok_or_else(|| not_found(&run_id))?)
         })
         .await
     }
@@ -537,17 +575,19 @@ impl RunStore for SqliteStore {
                     |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )
                 .map_err(e)?;
-            let mut runs = Vec::new();
-            let mut next_cursor = None;
+            let mut page = Page::default();
             for row in rows {
                 let (run_id, record) = row.map_err(e)?;
-                if runs.len() == limit {
-                    next_cursor = Some(run_id);
+                if page.runs.len() + page.unreadable.len() == limit {
+                    page.next_cursor = Some(run_id);
                     break;
                 }
-                runs.push(read_run(path, &record)?);
+                match read_run(path, &run_id, &record) {
+                    Ok(run) => page.runs.push(run),
+                    Err(err) => page.unreadable.push(UnreadableRun { run_id, reason: err.report() }),
+                }
             }
-            Ok(Page { runs, next_cursor })
+            Ok(page)
         })
         .await
     }
@@ -605,15 +645,25 @@ impl RunStore for SqliteStore {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
-            let row: Option<(i64, String)> = tx
-                .prepare_cached(
-                    "SELECT seq, record FROM runs WHERE status = 'running'
-                     AND (lease_until_ms IS NULL OR lease_until_ms <= ?1) ORDER BY seq LIMIT 1",
-                )
-                .and_then(|mut st| st.query_row(params![millis(now)], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-                .map_err(e)?;
-            let Some((seq, record)) = row else { return Ok(None) };
-            let mut run = read_run(path, &record)?;
+            let (seq, mut run) = loop {
+                let row: Option<(i64, String, String)> = tx
+                    .prepare_cached(
+                        "SELECT seq, run_id, record FROM runs WHERE status = 'running'
+                         AND (lease_until_ms IS NULL OR lease_until_ms <= ?1) ORDER BY seq LIMIT 1",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(params![millis(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+                    })
+                    .map_err(e)?;
+                let Some((seq, id, record)) = row else {
+                    tx.commit().map_err(e)?;
+                    return Ok(None);
+                };
+                match read_run(path, &id, &record) {
+                    Ok(run) => break (seq, run),
+                    Err(err) => set_aside(&tx, path, seq, &err)?,
+                }
+            };
             write_lease(&tx, path, seq, &lease)?;
             run.lease = Some(lease);
             tx.commit().map_err(e)?;
@@ -673,7 +723,7 @@ impl RunStore for SqliteStore {
             if status != "queued" {
                 return Ok(None);
             }
-            let mut run = read_run(path, &record)?;
+            let mut run = read_run(path, run_id.as_str(), &record)?;
             run.status = RunStatus::Failed;
             run.finished_at = Some(now);
             run.errors.push(error.clone());
@@ -750,11 +800,24 @@ impl RunStore for SqliteStore {
             let e = |err| store_err(path, err);
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, run_id, record FROM runs WHERE status IN ('succeeded', 'failed') AND expires_ms <= ?1
+                     ORDER BY seq LIMIT ?2",
                 )
                 .map_err(e)?;
-            let rows = stmt.query_map(params![millis(now), limit as i64], |r| r.get::<_, String>(0)).map_err(e)?;
-            rows.map(|r| read_run(path, &r.map_err(e)?)).collect()
+            let rows: Vec<(i64, String, String)> = stmt
+                .query_map(params![millis(now), limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(e)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(e)?;
+            drop(stmt);
+            let mut due = Vec::new();
+            for (seq, id, record) in rows {
+                match read_run(path, &id, &record) {
+                    Ok(run) => due.push(run),
+                    Err(err) => set_aside(conn, path, seq, &err)?,
+                }
+            }
+            Ok(due)
         })
         .await
     }
@@ -762,10 +825,20 @@ impl RunStore for SqliteStore {
     async fn running(&self) -> Result<Vec<Run>> {
         self.with(move |conn, path| {
             let e = |err| store_err(path, err);
-            let mut stmt =
-                conn.prepare_cached("SELECT record FROM runs WHERE status = 'running' ORDER BY seq").map_err(e)?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(e)?;
-            rows.map(|r| read_run(path, &r.map_err(e)?)).collect()
+            let mut stmt = conn
+                .prepare_cached("SELECT run_id, record FROM runs WHERE status = 'running' ORDER BY seq")
+                .map_err(e)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(e)?;
+            let mut running = Vec::new();
+            for row in rows {
+                let (id, record) = row.map_err(e)?;
+                // Unreadable ones are set aside by the next take-over (`reclaim_expired`).
+                match read_run(path, &id, &record) {
+                    Ok(run) => running.push(run),
+                    Err(err) => tracing::error!(store = path, error = %err.report(), "a running run is unreadable"),
+                }
+            }
+            Ok(running)
         })
         .await
     }
@@ -952,6 +1025,26 @@ mod tests {
         drop(store);
         // Reopening keeps everything.
         SqliteStore::open(&path).unwrap().integrity_check().unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        let corrupt = move |run_id: &'static str, text: &'static str| {
+            let path = path.clone();
+            Box::pin(async move {
+                let conn = Connection::open(&path).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                assert_eq!(
+                    conn.execute("UPDATE runs SET record = ?1 WHERE run_id = ?2", params![text, run_id]).unwrap(),
+                    1
+                );
+            }) as crate::conformance::CorruptFuture
+        };
+        crate::conformance::store_unreadable_records(&store, &corrupt).await;
+        store.integrity_check().unwrap();
     }
 
     #[test]
