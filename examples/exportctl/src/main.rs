@@ -240,13 +240,14 @@ struct ServeArgs {
     #[arg(long = "dev-token")]
     dev_tokens: Vec<String>,
     /// Concurrent runs (default 2); 0 makes an API-only node that executes nothing (the
-    /// runs it accepts are executed by the nodes sharing its store).
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// runs it accepts are executed by the nodes sharing its store). At most 1024.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    workers: u16,
     /// Threads one export uses for its parallel stages (default: the cores less one, at least
-    /// one, so exports never take the CPU the API needs). Outputs do not depend on it.
-    #[arg(long)]
-    export_threads: Option<usize>,
+    /// one, so exports never take the CPU the API needs). Outputs do not depend on it. At
+    /// most 1024.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    export_threads: Option<u16>,
     /// Requests per tenant per minute (default 6000).
     #[arg(long, default_value_t = 6000)]
     rate_limit: u32,
@@ -256,12 +257,18 @@ struct ServeArgs {
     url_key: Option<PathBuf>,
     /// Seconds a node's claim on a run lasts without a heartbeat (default 30, at most 86400): after a node
     /// dies, another takes its runs over within this plus half of it.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lease_ttl: u64,
     /// Seconds a client has to send a request's headers; a connection that stalls longer is
-    /// closed (slow-header clients cannot hold connections open).
-    #[arg(long, default_value_t = 30)]
+    /// closed (slow-header clients cannot hold connections open). 1 to 3600.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     header_timeout: u64,
+    /// A key requests may sign with, `[TENANT:]NAME=FILE` (repeatable): a request's
+    /// `distribution.signing.keyRef` names it by NAME. With `TENANT:` only that tenant may use
+    /// it. PEM private keys (Ed25519, ECDSA P-256, SM2), loaded at start. Without any, signing
+    /// requests are refused; a request can never name a file or variable of the server.
+    #[arg(long = "signing-key", value_name = "[TENANT:]NAME=FILE")]
+    signing_keys: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -720,6 +727,48 @@ fn cancelled<T>(out: &Path, prefix: &str) -> exportcore::Result<T> {
     std::process::exit(1)
 }
 
+/// `serve --signing-key [TENANT:]NAME=FILE`: the keys loaded at start, and a resolver that
+/// gives a request's `keyRef` NAME the key of its tenant, else the key every tenant may use.
+/// A name the tenant may not use reads as unknown (no hint of other tenants' keys).
+fn serve_signers(specs: &[String]) -> Result<Option<exportcore::engine::SignerResolver>, Failure> {
+    type Keys = std::collections::BTreeMap<(Option<TenantId>, String), Arc<dyn exportcore::sign::Signer>>;
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = Keys::new();
+    for spec in specs {
+        let bad = |why: &str| ExportError::invalid("--signing-key", format!("{spec:?}: {why}"));
+        let (who, file) = spec.split_once('=').ok_or_else(|| bad("expected [TENANT:]NAME=FILE"))?;
+        let (tenant, name) = match who.split_once(':') {
+            Some((t, n)) => (Some(TenantId::parse(t)?), n),
+            None => (None, who),
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+            return Err(bad("NAME is 1 to 64 letters, digits, '.', '_' or '-'").into());
+        }
+        let path = Path::new(file);
+        let signer = exportcore_crypto::KeyResolvers::new()
+            .signer(&format!("file:{file}"))
+            .map_err(|e| key_error("--signing-key", path, e))?;
+        if keys.insert((tenant, name.to_owned()), signer).is_some() {
+            return Err(bad("that name is given twice").into());
+        }
+    }
+    let keys = Arc::new(keys);
+    Ok(Some(Arc::new(move |tenant: &TenantId, name: &str| {
+        keys.get(&(Some(tenant.clone()), name.to_owned()))
+            .or_else(|| keys.get(&(None, name.to_owned())))
+            .cloned()
+            .ok_or_else(|| {
+                ExportError::invalid(
+                    "distribution.signing.keyRef",
+                    format!("no signing key named {name:?} is configured for tenant {tenant}"),
+                )
+            })
+    })))
+}
+
 /// Where a run into `out` stages its files: the directory that holds `out`.
 fn staging_root(out: &Path) -> PathBuf {
     match out.parent() {
@@ -876,7 +925,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .staging_dir(&staging)
         .poll_interval(std::time::Duration::from_millis(200));
     if let Some(signer) = signer {
-        builder = builder.signer_resolver(Arc::new(move |_| Ok(Arc::clone(&signer))));
+        builder = builder.signer_resolver(Arc::new(move |_, _| Ok(Arc::clone(&signer))));
     }
     builder = builder.distributor(Arc::new(exportcore_distribution::OciDistributor::new())).distributor(Arc::new(
         exportcore_distribution::ObjectDistributor::new(exportcore_distribution::s3::S3Config::from_env()),
@@ -1013,7 +1062,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    exportcore::parallel::set_default_workers(args.export_threads.unwrap_or(cores.saturating_sub(1)).max(1));
+    exportcore::parallel::set_default_workers(args.export_threads.map_or(cores.saturating_sub(1), usize::from).max(1));
     let data = args.data.clone().unwrap_or_else(|| PathBuf::from("export-data"));
     // A directory, or object storage shared by every node (`s3://BUCKET/PREFIX`; endpoint,
     // region and credentials from the AWS_* environment).
@@ -1045,7 +1094,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .sink_arc(sink)
         .store_arc(store)
         .evidence(evidence)
-        .concurrency(args.workers.max(1))
+        .concurrency(usize::from(args.workers.max(1)))
         .lease_ttl(std::time::Duration::from_secs(args.lease_ttl))
         .staging_dir(&staging)
         .distributor(Arc::new(exportcore_gateway::HttpDistributor))
@@ -1056,8 +1105,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .distributor(Arc::new(
             exportcore_distribution::ObjectDistributor::new(exportcore_distribution::s3::S3Config::from_env())
                 .only(exportcore_distribution::Destinations::only(args.distribute_to.clone())),
-        ))
-        .build()?;
+        ));
+    let exporter = match serve_signers(&args.signing_keys)? {
+        Some(resolver) => exporter.signer_resolver(resolver),
+        None => exporter,
+    }
+    .build()?;
     lock.recover_then_share(&exporter).await?;
     let mut config = exportcore_gateway::GatewayConfig::default()
         .rate_limit(args.rate_limit.max(1), std::time::Duration::from_secs(60));

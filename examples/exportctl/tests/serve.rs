@@ -658,6 +658,90 @@ fn serve_delivers_only_where_its_operator_allows() {
     }
 }
 
+/// `--signing-key [TENANT:]NAME=FILE`: a tenant signs with the keys its operator gave it (a
+/// tenant-bound one, a shared one), by name only; another tenant's key, an unknown name and a
+/// server file are refused at submission. The delivered runs verify with the public key: a
+/// signed json:raw bundle and a signed mirror (its TUF chain).
+#[test]
+fn serve_signs_with_the_keys_its_operator_names_for_each_tenant() {
+    if !interop_enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_exportctl");
+    for name in ["acme", "shared"] {
+        let prefix = tmp.path().join(name);
+        let o = Command::new(exe).args(["keygen", "--algorithm", "ed25519", "--out"]).arg(&prefix).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let key = |name: &str| tmp.path().join(format!("{name}.key")).display().to_string();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let prefix = format!("file://{}/", allowed.display());
+    let serve = Serve::start(
+        tmp.path(),
+        &[
+            "--dev-token",
+            "tok-acme=acme:export:read,export:write",
+            "--dev-token",
+            "tok-globex=globex:export:read,export:write",
+            "--distribute-to",
+            &prefix,
+            "--signing-key",
+            &format!("acme:release={}", key("acme")),
+            "--signing-key",
+            &format!("common={}", key("shared")),
+        ],
+    );
+    let post = |tenant: &str, profile: &str, key_ref: &str, dest: &str| {
+        let body = format!(
+            r#"{{"profileId":"{profile}","createdAt":"2030-01-01T00:00:00Z","distribution":{{"type":"object","ref":"{prefix}{dest}","signing":{{"enabled":true,"keyRef":"{key_ref}"}}}}}}"#
+        );
+        let o = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer tok-{tenant}"),
+            "-H",
+            &format!("X-StellaOps-Tenant: {tenant}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}/export-center/runs", serve.base()),
+        ]);
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    for (tenant, key_ref) in [("globex", "release"), ("acme", "nope"), ("acme", "file:/etc/passwd")] {
+        let t = post(tenant, "json:raw", key_ref, "refused");
+        assert!(t.ends_with("\n400") && t.contains("keyRef"), "{tenant} {key_ref}: {t}");
+        assert!(!t.contains("acme:") && !t.contains("acme.key"), "the reply names no key of another tenant: {t}");
+    }
+    let verify = |dir: &str, public: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !allowed.join(dir).join("manifest.json").is_file() {
+            assert!(Instant::now() < deadline, "{dir} never arrived: {}", serve.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let pub_key = tmp.path().join(format!("{public}.pub"));
+        let o = Command::new(exe).arg("verify").arg(allowed.join(dir)).arg("--key").arg(&pub_key).output().unwrap();
+        assert!(o.status.success(), "{dir} with {public}.pub: {}", text(&o));
+        let other = tmp.path().join(format!("{}.pub", if public == "acme" { "shared" } else { "acme" }));
+        let o = Command::new(exe).arg("verify").arg(allowed.join(dir)).arg("--key").arg(&other).output().unwrap();
+        assert!(!o.status.success(), "{dir} must not verify with the other key");
+    };
+    assert!(post("acme", "json:raw", "release", "acme-raw").ends_with("\n202"));
+    assert!(post("globex", "json:raw", "common", "globex-raw").ends_with("\n202"));
+    assert!(post("acme", "mirror:full", "release", "acme-mirror").ends_with("\n202"));
+    verify("acme-raw", "acme");
+    verify("globex-raw", "shared");
+    verify("acme-mirror", "acme");
+    assert!(allowed.join("acme-mirror/tuf/metadata/root.json").is_file());
+    assert!(!serve.log.lock().unwrap().contains("PRIVATE KEY"), "no key material in the log");
+}
+
 /// A client that sends half a request and stalls is disconnected after `--header-timeout`,
 /// and the server keeps answering others meanwhile.
 #[test]

@@ -114,7 +114,8 @@ impl ExporterBuilder {
         self.evidence = Some(resolver);
         self
     }
-    /// Resolves `keyRef`s of signing requests.
+    /// Resolves `keyRef`s of signing requests (called with the run's tenant at submission and
+    /// again when the run starts).
     pub fn signer_resolver(mut self, resolver: SignerResolver) -> Self {
         self.signers = Some(resolver);
         self

@@ -396,13 +396,7 @@ impl Exporter {
             builder = builder.prefix(run.run_id.sink_prefix()?);
         }
         if request.signing_enabled() {
-            let resolve = cfg.signers.as_ref().ok_or_else(|| {
-                ExportError::invalid("distribution.signing", "this exporter has no signing keys configured")
-            })?;
-            let key_ref = request.signing_key_ref().ok_or_else(|| {
-                ExportError::invalid("distribution.signing.keyRef", "required when signing is enabled")
-            })?;
-            builder = builder.signer(resolve(key_ref)?);
+            builder = builder.signer(super::resolve_signer(cfg.signers.as_ref(), &run.tenant, request)?);
         }
         // Events reach the store in order through a channel; the terminal event is written by
         // `finish` with the final record, once retries are decided.

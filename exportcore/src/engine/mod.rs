@@ -66,8 +66,10 @@ use tokio::sync::{Notify, Semaphore};
 
 /// Resolves the evidence of a tenant (and project).
 pub type EvidenceResolver = Arc<dyn Fn(&TenantId, Option<&str>) -> Result<Arc<dyn EvidenceSource>> + Send + Sync>;
-/// Resolves a request's `distribution.signing.keyRef` to a signer.
-pub type SignerResolver = Arc<dyn Fn(&str) -> Result<Arc<dyn Signer>> + Send + Sync>;
+/// Resolves a request's `distribution.signing.keyRef` to a signer, for a tenant: a server
+/// decides which keys each tenant may sign with (an unknown or foreign name is an error the
+/// client sees at submission).
+pub type SignerResolver = Arc<dyn Fn(&TenantId, &str) -> Result<Arc<dyn Signer>> + Send + Sync>;
 
 /// A run to submit: tenant and request, optionally a project and an idempotency key.
 #[derive(Clone, Debug)]
@@ -207,8 +209,10 @@ impl Exporter {
         let profile = cfg.profiles.get(&request.profile_id)?;
         crate::run::check_implemented(&request, &profile.descriptor(), &cfg.distributors)?;
         profile.validate(&request)?;
-        if request.signing_enabled() && cfg.signers.is_none() {
-            return Err(ExportError::invalid("distribution.signing", "this exporter has no signing keys configured"));
+        if request.signing_enabled() {
+            // Resolved now too, so a key the tenant may not use is a 400 at submission, not a
+            // failed run later.
+            resolve_signer(cfg.signers.as_ref(), &tenant, &request)?;
         }
         if idempotency_key.as_deref().is_some_and(|k| k.is_empty() || k.len() > 256) {
             return Err(ExportError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
@@ -388,6 +392,20 @@ impl Exporter {
             Ok(rel.clone())
         }
     }
+}
+
+/// The signer a signing request names (`distribution.signing.keyRef`), for `tenant`.
+pub(crate) fn resolve_signer(
+    resolver: Option<&SignerResolver>,
+    tenant: &TenantId,
+    request: &RunRequest,
+) -> Result<Arc<dyn Signer>> {
+    let resolve = resolver
+        .ok_or_else(|| ExportError::invalid("distribution.signing", "this exporter has no signing keys configured"))?;
+    let key_ref = request
+        .signing_key_ref()
+        .ok_or_else(|| ExportError::invalid("distribution.signing.keyRef", "required when signing is enabled"))?;
+    resolve(tenant, key_ref)
 }
 
 /// Marks runs left `running` by a process that died as failed (`ERR_EXPORT_INTERRUPTED`) and
