@@ -434,30 +434,59 @@ pub fn open_archive_guarded<R: Read + 'static>(r: R) -> io::Result<(tar::Archive
             return Err(io::Error::other("zstd support is disabled"));
         }
     } else {
-        // Plain tar: nothing expands.
-        return Ok((tar::Archive::new(Box::new(r)), guard));
+        // Plain tar: nothing expands, but the manifest's allowance still applies.
+        Box::new(r)
     };
-    let guarded = Guarded { inner: decompressed, guard: guard.clone(), out: 0 };
+    let guarded = Guarded { inner: decompressed, guard: guard.clone() };
     Ok((tar::Archive::new(Box::new(guarded)), guard))
 }
 
+/// What [`ExpansionGuard::allow`] grants each entry after the manifest for its headers: a
+/// 512-byte header, a GNU long name of up to 4096 bytes and its header, padding.
+pub const HEADER_ALLOWANCE: u64 = 8192;
+
+/// What [`ExpansionGuard::declared`] grants beyond the entries: end-of-archive blocks and a
+/// writer's record padding.
+pub const TRAILER_ALLOWANCE: u64 = 1 << 20;
+
 /// Handle on the decompression-bomb guard of an archive opened by [`open_archive_guarded`].
+///
+/// Before the archive's manifest it limits the expansion by ratio; once the caller has read
+/// the manifest it limits the archive to what the manifest declares
+/// ([`ExpansionGuard::declared`], [`ExpansionGuard::allow`]). The second matters because
+/// `tar` reads a GNU long-name or PAX header's body whole, before the caller sees its entry:
+/// without a limit, a header declaring 8 GiB would be read into memory.
 #[derive(Clone, Debug)]
 pub struct ExpansionGuard {
     compressed: Arc<AtomicU64>,
+    out: Arc<AtomicU64>,
     armed: Arc<AtomicBool>,
+    /// After the manifest: the decompressed bytes allowed so far.
+    allowed: Arc<AtomicU64>,
 }
 
 impl Default for ExpansionGuard {
     fn default() -> Self {
-        Self { compressed: Arc::new(AtomicU64::new(0)), armed: Arc::new(AtomicBool::new(true)) }
+        Self {
+            compressed: Arc::new(AtomicU64::new(0)),
+            out: Arc::new(AtomicU64::new(0)),
+            armed: Arc::new(AtomicBool::new(true)),
+            allowed: Arc::new(AtomicU64::new(u64::MAX)),
+        }
     }
 }
 
 impl ExpansionGuard {
-    /// Stops limiting the expansion (the caller now checks declared sizes itself).
-    pub fn disarm(&self) {
+    /// The manifest is read: from here on the archive may hold `slack` more bytes (end
+    /// blocks, headers) plus what [`ExpansionGuard::allow`] grants for each entry the caller
+    /// accepts, instead of a ratio of its compressed size.
+    pub fn declared(&self, slack: u64) {
+        self.allowed.store(self.out.load(Ordering::Relaxed).saturating_add(slack), Ordering::Relaxed);
         self.armed.store(false, Ordering::Relaxed);
+    }
+    /// Grants `bytes` more: an accepted entry's size and its header.
+    pub fn allow(&self, bytes: u64) {
+        let _ = self.allowed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(a.saturating_add(bytes)));
     }
 }
 
@@ -489,17 +518,24 @@ impl<R: Read> Read for Counting<R> {
 struct Guarded {
     inner: Box<dyn Read>,
     guard: ExpansionGuard,
-    out: u64,
 }
 
 impl Read for Guarded {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.out = self.out.saturating_add(n as u64);
-        if self.guard.armed.load(Ordering::Relaxed) {
+        let out = self.guard.out.fetch_add(n as u64, Ordering::Relaxed).saturating_add(n as u64);
+        if !self.guard.armed.load(Ordering::Relaxed) {
+            let allowed = self.guard.allowed.load(Ordering::Relaxed);
+            if out > allowed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("holds more than its manifest declares (over {allowed} bytes; an oversized header?)"),
+                ));
+            }
+        } else {
             let compressed = self.guard.compressed.load(Ordering::Relaxed);
             let budget = (64u64 << 20).saturating_add(compressed.saturating_mul(1024));
-            if self.out > budget {
+            if out > budget {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(

@@ -34,11 +34,13 @@ impl Timestamp {
     pub fn unix(&self) -> i64 {
         self.0.unix_timestamp()
     }
-    /// Parses RFC 3339 (any offset; converted to UTC).
+    /// Parses RFC 3339 (any offset; converted to UTC). A local time whose UTC lies past
+    /// [`Timestamp::MAX`] (`9999-12-31T23:59:59-01:00`) is an error, not a panic.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
-            .map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))
+        let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not an RFC 3339 timestamp ({e}): {s:?}"))?;
+        t.checked_to_offset(time::UtcOffset::UTC)
+            .map(Self)
+            .ok_or_else(|| format!("{s:?} is after 9999-12-31T23:59:59Z in UTC"))
     }
     /// The latest time a timestamp holds: 9999-12-31T23:59:59.999999999Z (RFC 3339 has four
     /// digits for the year).
@@ -1072,6 +1074,9 @@ mod tests {
         assert_eq!(t.plus(std::time::Duration::from_millis(1500)).to_string(), "2025-01-01T00:00:01.5Z");
         assert_eq!(t.plus_days(1).to_string(), "2025-01-02T00:00:00Z");
         assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999999999Z");
+        let err = Timestamp::parse("9999-12-31T23:59:59-01:00").unwrap_err();
+        assert!(err.contains("after 9999-12-31"), "{err}");
+        assert_eq!(Timestamp::parse("9999-12-31T23:59:59+01:00").unwrap().to_string(), "9999-12-31T22:59:59Z");
     }
 
     #[test]

@@ -578,6 +578,10 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
         };
         let name = raw.trim_end_matches('/').to_owned();
         let kind = entry.header().entry_type();
+        if declared.is_some() {
+            // Room for the next entry's headers (a long name included).
+            guard.allow(crate::archive::HEADER_ALLOWANCE);
+        }
         if ArtifactPath::parse(&name).is_err() {
             report.fail(format!("{prefix}{raw}"), "unsafe entry name");
             continue;
@@ -592,7 +596,7 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
         let size = entry.header().size().unwrap_or(u64::MAX);
         if let Some(m) = &declared {
             match m.entry(&name) {
-                Some(e) if e.size == size => {}
+                Some(e) if e.size == size => guard.allow(size),
                 Some(e) => {
                     report.fail(format!("{prefix}{name}"), format!("size {size} != manifest {} (not read)", e.size));
                     return None;
@@ -627,8 +631,9 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
             manifest_seen = true;
             declared = read_manifest(&k, &format!("{prefix}{MANIFEST_FILE}"), report);
             if declared.is_some() {
-                // Sizes are checked against it from here on: no need to limit the expansion.
-                guard.disarm();
+                // Sizes are checked against it from here on: the archive may hold what it
+                // declares, no more (not a ratio of its compressed size).
+                guard.declared(crate::archive::TRAILER_ALLOWANCE);
             }
         }
         if found.insert(name.clone(), hasher.finish()).is_some() {
@@ -719,6 +724,33 @@ mod tests {
         let report = verify_bytes(unlisted);
         assert!(
             report.failures.iter().any(|f| f.path == "y.bin" && f.problem.contains("not listed")),
+            "{:?}",
+            report.failures
+        );
+    }
+
+    /// `tar` reads a GNU long-name header's body whole before its entry reaches us: after the
+    /// manifest, one declaring 256 MiB stops at what the manifest allows, before it is read
+    /// into memory.
+    #[test]
+    fn after_the_manifest_an_oversized_long_name_header_is_not_read() {
+        let manifest = manifest_listing("z.bin", 10);
+        let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = tar::Builder::new(enc);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut long = tar::Header::new_gnu();
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_size(256 << 20);
+        long.set_cksum();
+        b.append(&long, std::io::repeat(b'a').take(256 << 20)).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"));
+        let report = verify_bytes(bytes);
+        assert!(
+            report.failures.iter().any(|f| f.problem.contains("more than its manifest declares")),
             "{:?}",
             report.failures
         );

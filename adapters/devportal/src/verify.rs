@@ -285,6 +285,10 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
         };
         let name = raw.strip_suffix('/').unwrap_or(&raw).to_owned();
         let kind = entry.header().entry_type();
+        if declared.is_some() {
+            // Room for the next entry's headers (a long name included).
+            guard.allow(exportcore::archive::HEADER_ALLOWANCE);
+        }
         if let Err(e) = ArtifactPath::parse(&name) {
             out.fail(&raw, format!("unsafe entry name: {e}"));
             continue;
@@ -297,6 +301,11 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
             continue;
         }
         let size = entry.header().size().unwrap_or(u64::MAX);
+        if declared.is_some() {
+            // Room for this entry's bytes (a fixed file: up to what is kept of it); a size the
+            // manifest does not declare stops below before a byte is read.
+            guard.allow(if is_fixed(&name) { size.min(MAX_KEPT) } else { size });
+        }
         if let Some(m) = declared.as_ref().filter(|_| !is_fixed(&name)) {
             match m.entries.binary_search_by(|e| e.path.as_str().cmp(&name)) {
                 Ok(i) if m.entries[i].size_bytes == size => {}
@@ -320,7 +329,9 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
         if is_manifest {
             declared = files.kept.get(MANIFEST_FILE).and_then(|b| BundleManifest::parse(b).ok());
             if declared.is_some() {
-                guard.disarm(); // sizes are checked against it from here on
+                // Sizes are checked against it from here on: the archive may hold what it
+                // declares, no more.
+                guard.declared(exportcore::archive::TRAILER_ALLOWANCE);
             }
         }
     }

@@ -260,15 +260,23 @@ pub fn check_layout_with(
         }
         Some(bytes)
     };
+    // Each distinct descriptor once: an index may list another many times, and indexes that
+    // list each other would otherwise make the walk exponential (or endless).
+    let mut seen = std::collections::HashSet::new();
+    let mut first = |d: &Descriptor| seen.insert((d.digest().to_string(), d.size(), d.media_type().to_string()));
     let mut todo: Vec<Descriptor> = index.manifests().clone();
     while let Some(d) = todo.pop() {
+        if !first(&d) {
+            continue;
+        }
         let Some(bytes) = blob(&d, &mut problems) else { continue };
         match d.media_type() {
             MediaType::ImageManifest => match serde_json::from_slice::<oci_spec::image::ImageManifest>(&bytes) {
                 Ok(m) => {
-                    let _ = blob(m.config(), &mut problems);
-                    for l in m.layers() {
-                        let _ = blob(l, &mut problems);
+                    for b in std::iter::once(m.config()).chain(m.layers()) {
+                        if first(b) {
+                            let _ = blob(b, &mut problems);
+                        }
                     }
                 }
                 Err(e) => problems.push(format!("oci: manifest {}: {e}", d.digest())),
@@ -281,4 +289,43 @@ pub fn check_layout_with(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores `bytes` as a blob of `dir`; its descriptor.
+    fn blob(dir: &std::path::Path, media: &str, bytes: &[u8]) -> serde_json::Value {
+        let digest = exportcore::Sha256Digest::of(bytes).to_hex();
+        std::fs::write(dir.join("blobs/sha256").join(&digest), bytes).unwrap();
+        serde_json::json!({"mediaType": media, "digest": format!("sha256:{digest}"), "size": bytes.len()})
+    }
+
+    /// Indexes that list one another many times (a diamond three levels deep: 300^3 paths)
+    /// are walked once per distinct descriptor: the check ends at once, reporting the one
+    /// missing blob once.
+    #[test]
+    fn a_layout_that_lists_the_same_index_many_times_is_checked_once_per_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let missing = serde_json::json!({"mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{}", "0".repeat(64)), "size": 2});
+        let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": missing, "layers": []});
+        let mut leaf = blob(dir.path(), "application/vnd.oci.image.manifest.v1+json", manifest.to_string().as_bytes());
+        for _ in 0..3 {
+            let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": vec![leaf.clone(); 300]});
+            leaf = blob(dir.path(), "application/vnd.oci.image.index.v1+json", index.to_string().as_bytes());
+        }
+        let top = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": vec![leaf; 300]});
+        std::fs::write(dir.path().join("index.json"), top.to_string()).unwrap();
+        // Walking every path would report the missing config 300^3 times (after hours).
+        let problems = check_layout(dir.path());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains(&"0".repeat(64)), "{problems:?}");
+    }
 }
