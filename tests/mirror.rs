@@ -1098,3 +1098,32 @@ async fn a_mirror_of_many_files_delegates_its_targets_to_hashed_bins() {
     run_profile(exportcore_mirror::MirrorFull::default().tuf(tuf()), &ev2, &full, Some(&k), new_created).await;
     assert_eq!(tree(&new.join("mirror")), tree(&full.join("mirror")));
 }
+
+/// Each ecosystem family is a shard with an open file and compressor until the end: evidence
+/// that makes up an ecosystem per advisory stops at the bound with a typed error naming one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_of_too_many_ecosystems_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev = tmp.path().join("ev");
+    std::fs::create_dir_all(ev.join("advisories")).unwrap();
+    let mut lines = String::new();
+    for i in 0..=exportcore_mirror::MAX_SHARDS {
+        lines.push_str(&format!(
+            r#"{{"schema_version":"1.6.0","id":"X-{i:04}","modified":"2025-01-01T00:00:00Z","affected":[{{"package":{{"ecosystem":"Made-Up-{i}","name":"p"}}}}]}}"#
+        ));
+        lines.push('\n');
+    }
+    std::fs::write(ev.join("advisories/many.ndjson"), lines).unwrap();
+    let out = tmp.path().join("out");
+    let err = RunBuilder::new(
+        exportcore_mirror::MirrorFull::default(),
+        DirEvidence::new(&ev).unwrap(),
+        FsSink::new(&out).unwrap(),
+    )
+    .execute(RunRequest::builder("mirror:full").created_at(t("2025-06-01T00:00:00Z")).build().unwrap())
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "ERR_EXPORT_EVIDENCE_INVALID", "{}", err.report());
+    assert!(err.report().contains("at most 256"), "{}", err.report());
+    assert!(std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_none()), "nothing published");
+}

@@ -800,7 +800,7 @@ pub fn apply(
         make_parent(&dst)?;
         let file = std::fs::File::create(&dst).map_err(|e| ExportError::io(&dst, e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        crate::patch::apply(*units, &base_dir.join(path), patch, &mut w)?;
+        crate::patch::apply(*units, &base_dir.join(path), patch, target.0, &mut w)?;
         w.into_inner().map_err(|e| ExportError::io(&dst, e.into_error()))?;
         check(&dst, patch, "what the patch rebuilds", target)?;
         by_sha.insert(target.1, dst);

@@ -29,6 +29,14 @@ struct Gcm {
 }
 
 impl Gcm {
+    /// Applies the counter keystream; an error (not a panic) where the 32-bit counter would
+    /// wrap, a block or so before [`MAX_MESSAGE`].
+    fn keystream(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.ctr
+            .try_apply_keystream(buf)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "longer than one AES-GCM message may be"))
+    }
+
     fn new(aes: &Aes256, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> Self {
         let mut h = ghash::Block::default();
         aes.encrypt_block(&mut h);
@@ -96,7 +104,7 @@ pub(crate) fn seal(
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = read_full(plain, &mut buf)?;
-        gcm.ctr.apply_keystream(&mut buf[..n]);
+        gcm.keystream(&mut buf[..n])?;
         gcm.hash(&buf[..n])?;
         out.write_all(&buf[..n])?;
         if n < CHUNK {
@@ -137,7 +145,7 @@ pub(crate) fn open(
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         sealed.read_exact(&mut buf[..want]).map_err(OpenError::Io)?;
         gcm.hash(&buf[..want]).map_err(OpenError::Io)?;
-        gcm.ctr.apply_keystream(&mut buf[..want]);
+        gcm.keystream(&mut buf[..want]).map_err(OpenError::Io)?;
         out.write_all(&buf[..want]).map_err(OpenError::Io)?;
         left -= want as u64;
     }
@@ -158,6 +166,18 @@ mod tests {
     use super::*;
     use aes_gcm::aead::{Aead, Payload};
     use aes_gcm::{Aes256Gcm, Nonce};
+
+    /// Past the last block its 32-bit counter allows, the keystream is an error, not a panic.
+    #[test]
+    fn the_end_of_the_counter_is_an_error() {
+        use aes::cipher::StreamCipherSeek;
+        let aes = Aes256::new(&[7u8; 32].into());
+        let mut gcm = Gcm::new(&aes, &[1u8; NONCE_LEN], b"");
+        gcm.ctr.seek(MAX_MESSAGE - 64);
+        let mut buf = [0u8; 128];
+        let err = gcm.keystream(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
 
     /// A reader that hands out at most 7 bytes per call, to exercise `read_full`.
     struct Dribble<'a>(&'a [u8]);

@@ -67,6 +67,7 @@ pub use delta::{
     FULL_MANIFEST_DSSE, FULL_PROVENANCE, PATCH_DIR,
 };
 pub use oci::{check_layout, check_layout_with, DEFAULT_MAX_LAYERS, MIRROR_ARTIFACT_TYPE};
+pub use tree::MAX_SHARDS;
 pub use tuf::{Role, TufOptions};
 pub use verify::{is_delta, is_mirror, verify_path_with};
 

@@ -252,14 +252,20 @@ fn count(text: &str, what: &str) -> std::result::Result<u64, String> {
     text.parse().map_err(|_| format!("{what}: {text:?} is not a count"))
 }
 
-/// Rebuilds a file from its base and a patch into `out`, streaming; a shard is compressed
-/// again exactly as `mirror:full` writes one ([`crate::tree::shard_encoder`]).
+/// Rebuilds a file of `size` bytes from its base and a patch into `out`, streaming; a shard
+/// is compressed again exactly as `mirror:full` writes one ([`crate::tree::shard_encoder`]).
+/// A patch that makes more than `size` bytes, or (a shard) more than 64 MiB plus 1024 times
+/// `size` before compression, stops there: a small forged patch cannot fill the disk or run
+/// for ever.
 ///
 /// # Errors
-/// `ERR_EXPORT_VERIFY_FAILED` naming the patch when it is malformed or does not fit the base
-/// (too few units, units left over); I/O errors.
-pub(crate) fn apply(units: Units, base: &Path, patch: &Path, out: &mut dyn Write) -> Result<()> {
+/// `ERR_EXPORT_VERIFY_FAILED` naming the patch when it is malformed, does not fit the base
+/// (too few units, units left over) or makes too much; I/O errors.
+pub(crate) fn apply(units: Units, base: &Path, patch: &Path, size: u64, out: &mut dyn Write) -> Result<()> {
     let bad = |why: String| ExportError::VerificationFailed { path: patch.display().to_string(), reason: why };
+    let too_much =
+        |what: &str, limit: u64| bad(format!("makes more than {limit} bytes {what} (the file it rebuilds has {size})"));
+    let mut out = Capped { inner: out, left: size, exceeded: false };
     let file = std::fs::File::open(patch).map_err(io_at(patch))?;
     let mut ops = BufReader::new(zstd::Decoder::new(file).map_err(io_at(patch))?);
     let mut line = String::new();
@@ -268,15 +274,44 @@ pub(crate) fn apply(units: Units, base: &Path, patch: &Path, out: &mut dyn Write
         return Err(bad(format!("not a patch (expected {PATCH_MAGIC})")));
     }
     let mut a = units.open(base).map_err(io_at(base))?;
-    match units {
+    let plain_limit = (64u64 << 20).saturating_add(size.saturating_mul(1024));
+    let (ran, plain_exceeded) = match units {
         Units::Shard => {
-            let mut enc = crate::tree::shard_encoder(out).map_err(io_at(patch))?;
-            run_ops(&mut ops, &mut a, &mut enc, patch, base)?;
-            enc.finish().map_err(io_at(patch))?;
+            let enc = crate::tree::shard_encoder(&mut out).map_err(io_at(patch))?;
+            let mut plain = Capped { inner: enc, left: plain_limit, exceeded: false };
+            let ran = run_ops(&mut ops, &mut a, &mut plain, patch, base);
+            let exceeded = plain.exceeded;
+            (ran.and_then(|()| plain.inner.finish().map(drop).map_err(io_at(patch))), exceeded)
         }
-        Units::Index => run_ops(&mut ops, &mut a, out, patch, base)?,
+        Units::Index => (run_ops(&mut ops, &mut a, &mut out, patch, base), false),
+    };
+    match ran {
+        Err(_) if plain_exceeded => Err(too_much("of records", plain_limit)),
+        Err(_) if out.exceeded => Err(too_much("in all", size)),
+        other => other,
     }
-    Ok(())
+}
+
+/// A writer that takes at most `left` more bytes, then fails (and says so in `exceeded`).
+struct Capped<W> {
+    inner: W,
+    left: u64,
+    exceeded: bool,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            self.exceeded = true;
+            return Err(io::Error::other("over the size the patch may make"));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The longest operation line (`C 18446744073709551615` and the magic line are far shorter).
@@ -347,7 +382,8 @@ mod tests {
         let patch = dir.join("p");
         let size = make(units, base, new, &patch).unwrap();
         let mut out = Vec::new();
-        apply(units, base, &patch, &mut out).unwrap();
+        let want = std::fs::metadata(new).unwrap().len();
+        apply(units, base, &patch, want, &mut out).unwrap();
         assert_eq!(out, std::fs::read(new).unwrap(), "the patch does not rebuild the new file byte for byte");
         size
     }
@@ -417,12 +453,29 @@ mod tests {
             ("C two\n", "not a count"),
             ("C 2\nI 10\nabc", "inside an insertion"),
         ] {
-            let e = apply(Units::Shard, &base, &write_patch(ops), &mut Vec::new()).unwrap_err();
+            let e = apply(Units::Shard, &base, &write_patch(ops), 1 << 20, &mut Vec::new()).unwrap_err();
             assert_eq!(e.code(), "ERR_EXPORT_VERIFY_FAILED");
             assert!(e.to_string().contains(why), "{ops:?}: {e}");
         }
         std::fs::write(tmp.path().join("plain"), zstd::encode_all(&b"hello\n"[..], 3).unwrap()).unwrap();
-        let e = apply(Units::Shard, &base, &tmp.path().join("plain"), &mut Vec::new()).unwrap_err();
+        let e = apply(Units::Shard, &base, &tmp.path().join("plain"), 1 << 20, &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("not a patch"), "{e}");
+        // A small patch inserting an endless run of zeros stops at what the file may hold:
+        // 64 MiB + 1024 x its size of records, or its size once compressed.
+        let bomb = |name: &str, ops: &str| {
+            let p = tmp.path().join(name);
+            let mut enc = zstd::Encoder::new(std::fs::File::create(&p).unwrap(), 19).unwrap();
+            enc.write_all(format!("{PATCH_MAGIC}\n{ops}I 18446744073709551615\n").as_bytes()).unwrap();
+            std::io::copy(&mut std::io::repeat(0).take(80 << 20), &mut enc).unwrap();
+            enc.finish().unwrap();
+            assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
+            p
+        };
+        let e = apply(Units::Shard, &base, &bomb("shard-bomb", "C 2\n"), 1000, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("makes more than"), "{e}");
+        let empty_index = tmp.path().join("empty.index.json");
+        std::fs::write(&empty_index, b"").unwrap();
+        let e = apply(Units::Index, &empty_index, &bomb("index-bomb", ""), 1000, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("makes more than 1000 bytes in all"), "{e}");
     }
 }

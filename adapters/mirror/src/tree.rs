@@ -155,6 +155,9 @@ pub(crate) struct KindOutput {
     pub shards: Vec<(String, PathBuf, u64)>,
 }
 
+/// The most shards (ecosystem families) one kind of records may fill.
+pub const MAX_SHARDS: usize = 256;
+
 /// Reads every record of `kind`, writes `mirror/<dir>/<shard>.jsonl.zst` files and
 /// `mirror/indexes/<index>`. Returns nothing staged when the kind has no records.
 pub(crate) fn write_kind(
@@ -177,6 +180,20 @@ pub(crate) fn write_kind(
     parallel::ordered_map(batches, parallel::default_workers(), rows, |rows: Vec<Row>| {
         for row in rows {
             if !shards.contains_key(&row.shard) {
+                // Each shard holds an open file and a compressor until the end: a bound keeps
+                // evidence with a made-up ecosystem per record from exhausting memory.
+                if shards.len() == MAX_SHARDS {
+                    return Err(ExportError::EvidenceInvalid {
+                        location: exportcore::Location::file(format!("{} {}", kind.evidence.as_str(), row.id)),
+                        reason: format!(
+                            "ecosystem family {:?} would be shard {} of {}/: a mirror holds at most {MAX_SHARDS} \
+                             (OSV knows about 40 ecosystems)",
+                            row.shard,
+                            MAX_SHARDS + 1,
+                            kind.dir
+                        ),
+                    });
+                }
                 let (path, file) = ctx.scratch_file()?;
                 let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
                 let encoder = shard_encoder(sink).map_err(|e| ExportError::io(&path, e))?;
