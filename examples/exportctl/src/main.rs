@@ -1004,7 +1004,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         )
         .into());
     }
-    progress.finish();
+    progress.finish(&run.run_id);
     if run.status == RunStatus::Succeeded {
         out_dir.keep();
     }
@@ -1557,7 +1557,13 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
 #[derive(Clone)]
 struct ProgressDisplay {
     bar: Option<indicatif::ProgressBar>,
+    /// `artifact_ready` events seen (plain lines: the first [`ARTIFACT_LINES`] are printed).
+    artifacts: std::cell::Cell<u64>,
 }
+
+/// The most `artifact_ready` lines a run prints on a non-terminal stderr; a mirror of 40,000
+/// files has 160,000 (`exportctl runs events` lists every one).
+const ARTIFACT_LINES: u64 = 1000;
 
 impl ProgressDisplay {
     fn new() -> Self {
@@ -1568,7 +1574,7 @@ impl ProgressDisplay {
             }
             bar
         });
-        Self { bar }
+        Self { bar, artifacts: std::cell::Cell::new(0) }
     }
 
     fn event(&self, e: &RunEvent) {
@@ -1582,15 +1588,23 @@ impl ProgressDisplay {
             (None, RunEvent::Progress { progress, .. }) => {
                 errln!("progress {}% ({} records)", progress.percent, progress.items_completed)
             }
-            (None, RunEvent::ArtifactReady { path, size, .. }) => errln!("artifact_ready {path} ({size} bytes)"),
+            (None, RunEvent::ArtifactReady { path, size, .. }) => {
+                self.artifacts.set(self.artifacts.get() + 1);
+                if self.artifacts.get() <= ARTIFACT_LINES {
+                    errln!("artifact_ready {path} ({size} bytes)");
+                }
+            }
             (None, RunEvent::Started { run_id, profile_id }) => errln!("started {run_id} ({profile_id})"),
             (None, _) => {}
         }
     }
 
-    fn finish(&self) {
+    fn finish(&self, run_id: &RunId) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+        if let Some(more) = self.artifacts.get().checked_sub(ARTIFACT_LINES).filter(|n| *n > 0) {
+            errln!("artifact_ready … and {more} more (`exportctl runs events {run_id}` lists every one)");
         }
     }
 }

@@ -1152,8 +1152,8 @@ fn concurrent_processes_share_one_sqlite_store() {
     }
 }
 
-/// A run refused after `--out` was claimed (here: the store cannot recover a corrupt record)
-/// leaves no `--out` behind.
+/// A run refused after `--out` was claimed (here: the store refuses to store the run) leaves
+/// no `--out` behind.
 #[test]
 fn a_run_refused_after_claiming_out_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1162,10 +1162,40 @@ fn a_run_refused_after_claiming_out_leaves_nothing() {
     let o = export("json:raw", &samples(), &tmp.path().join("first"), &["--store", &s]);
     assert!(o.status.success(), "{}", text(&o));
     let c = rusqlite::Connection::open(&store).unwrap();
-    c.execute_batch("UPDATE runs SET status = 'running', record = '{\"x\":1}'").unwrap();
+    c.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'refused'); END;").unwrap();
     drop(c);
     let out = tmp.path().join("second");
     let o = export("json:raw", &samples(), &out, &["--store", &s]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!out.exists(), "a refused run left {}: {}", out.display(), text(&o));
+}
+
+/// A run of many artifacts prints the first 1000 `artifact_ready` lines and then how many
+/// more there were, not one line per artifact (a 40,000-file mirror has 160,000); the store
+/// keeps every event.
+#[test]
+fn a_run_of_many_artifacts_prints_a_bounded_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ev = tmp.path().join("ev");
+    assert!(Command::new("cp").arg("-r").arg(samples()).arg(&ev).status().unwrap().success());
+    std::fs::create_dir_all(ev.join("blobs/many")).unwrap();
+    for i in 0..400 {
+        std::fs::write(ev.join(format!("blobs/many/f{i:03}.bin")), format!("blob {i}")).unwrap();
+    }
+    let store = tmp.path().join("s.sqlite");
+    let s = store.to_str().unwrap();
+    let o = export("mirror:full", &ev, &tmp.path().join("out"), &["--store", s, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outputs = record["outputs"].as_array().unwrap().len();
+    assert!(outputs > 1100, "{outputs} outputs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().filter(|l| l.starts_with("artifact_ready ") && l.ends_with(" bytes)")).count(), 1000);
+    let id = record["runId"].as_str().unwrap();
+    let summary =
+        format!("artifact_ready … and {} more (`exportctl runs events {id}` lists every one)", outputs - 1000);
+    assert!(err.lines().any(|l| l == summary), "{err}");
+    let o = run(&["runs", "events", id, "--store", s]);
+    let ready = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"artifact_ready\"")).count();
+    assert_eq!(ready, outputs, "the store keeps every artifact_ready event");
 }
