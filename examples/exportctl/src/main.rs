@@ -1558,7 +1558,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
 struct ProgressDisplay {
     bar: Option<indicatif::ProgressBar>,
     /// `artifact_ready` events seen (plain lines: the first [`ARTIFACT_LINES`] are printed).
-    artifacts: std::cell::Cell<u64>,
+    artifacts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The most `artifact_ready` lines a run prints on a non-terminal stderr; a mirror of 40,000
@@ -1574,7 +1574,7 @@ impl ProgressDisplay {
             }
             bar
         });
-        Self { bar, artifacts: std::cell::Cell::new(0) }
+        Self { bar, artifacts: Arc::new(std::sync::atomic::AtomicU64::new(0)) }
     }
 
     fn event(&self, e: &RunEvent) {
@@ -1589,8 +1589,7 @@ impl ProgressDisplay {
                 errln!("progress {}% ({} records)", progress.percent, progress.items_completed)
             }
             (None, RunEvent::ArtifactReady { path, size, .. }) => {
-                self.artifacts.set(self.artifacts.get() + 1);
-                if self.artifacts.get() <= ARTIFACT_LINES {
+                if self.artifacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ARTIFACT_LINES {
                     errln!("artifact_ready {path} ({size} bytes)");
                 }
             }
@@ -1603,7 +1602,8 @@ impl ProgressDisplay {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        if let Some(more) = self.artifacts.get().checked_sub(ARTIFACT_LINES).filter(|n| *n > 0) {
+        let seen = self.artifacts.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(more) = seen.checked_sub(ARTIFACT_LINES).filter(|n| *n > 0) {
             errln!("artifact_ready … and {more} more (`exportctl runs events {run_id}` lists every one)");
         }
     }
