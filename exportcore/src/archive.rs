@@ -570,6 +570,85 @@ pub fn strict_entry_name<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result:
     String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| "an entry name that is not UTF-8".into())
 }
 
+/// What a verifier accepts of an entry's header beyond its name: what [`ArchiveWriter`] writes,
+/// and nothing a `tar` extraction would act on while our reader does not see it.
+///
+/// - A directory or other header-only entry has size 0: the `tar` crate skips `size` bytes
+///   after any header, while GNU `tar`, Python and Go read a directory's "data" as more
+///   entries and unpack them.
+/// - A regular file's name does not end in `/` (GNU `tar` makes it a directory and unpacks
+///   what its data holds).
+/// - No setuid, setgid or sticky bit, nothing group- or other-writable; owner and group 0,
+///   named `root` or nothing (extracted as root, `tar` restores the owner: another account
+///   could change a verified file afterwards).
+/// - No name is both a file and a directory, and no file lies under another file (extracted,
+///   one replaces the other).
+#[derive(Debug, Default)]
+pub struct EntryRules {
+    files: std::collections::HashSet<String>,
+    dirs: std::collections::HashSet<String>,
+}
+
+impl EntryRules {
+    /// Checks one entry (its raw name as [`strict_entry_name`] gave it); the problem otherwise.
+    pub fn check(&mut self, header: &tar::Header, raw_name: &str) -> std::result::Result<(), String> {
+        let kind = header.entry_type();
+        let size = header.entry_size().map_err(|e| format!("bad size field: {e}"))?;
+        let name = raw_name.trim_end_matches('/');
+        if kind.is_file() && raw_name.ends_with('/') {
+            return Err("a regular file whose name ends in '/' (tar would make it a directory)".into());
+        }
+        if !kind.is_file() && size != 0 {
+            return Err(format!(
+                "a {kind:?} entry that declares {size} bytes of data (tar would read them as entries)"
+            ));
+        }
+        if !kind.is_file() && !kind.is_dir() {
+            // Refused by the caller, by kind.
+            return Ok(());
+        }
+        let mode = header.mode().map_err(|e| format!("bad mode field: {e}"))?;
+        if mode & 0o7022 != 0 {
+            return Err(format!("mode {:o}: setuid, setgid, sticky or group/other-writable", mode & 0o7777));
+        }
+        // A blank field reads as 0 (tar's own builder leaves them blank).
+        let blank = |field: &[u8]| field.iter().all(|b| *b == 0 || *b == b' ');
+        let old = header.as_old();
+        let uid = if blank(&old.uid) { 0 } else { header.uid().map_err(|e| format!("bad uid field: {e}"))? };
+        let gid = if blank(&old.gid) { 0 } else { header.gid().map_err(|e| format!("bad gid field: {e}"))? };
+        if uid != 0 || gid != 0 {
+            return Err(format!("owner {uid}:{gid} (only 0:0: extracted as root, tar gives the file that owner)"));
+        }
+        for (what, value) in [("owner", header.username_bytes()), ("group", header.groupname_bytes())] {
+            if !matches!(value, Some(b"" | b"root") | None) {
+                return Err(format!(
+                    "{what} name {:?} (only root or none)",
+                    String::from_utf8_lossy(value.unwrap_or_default())
+                ));
+            }
+        }
+        let ancestors = || name.match_indices('/').map(|(i, _)| &name[..i]);
+        if kind.is_dir() {
+            if self.files.contains(name) {
+                return Err("a directory with the name of a file".into());
+            }
+            self.dirs.insert(name.to_owned());
+        } else if kind.is_file() {
+            if self.dirs.contains(name) {
+                return Err("a file with the name of a directory".into());
+            }
+            if let Some(a) = ancestors().find(|a| self.files.contains(*a)) {
+                return Err(format!("lies under {a:?}, which is a file"));
+            }
+            self.files.insert(name.to_owned());
+            for a in ancestors() {
+                self.dirs.insert(a.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Consumes what is left of an archive opened by [`open_archive`] after its entries were read:
 /// only zero bytes may follow the end-of-archive marker, and the compressed stream must end
 /// exactly there (its checksums are verified on the way). An error means a reader such as

@@ -560,6 +560,7 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
     let mut declared: Option<Manifest> = None;
     let mut manifest_seen = false;
     let mut found = BTreeMap::new();
+    let mut rules = crate::archive::EntryRules::default();
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
@@ -576,6 +577,11 @@ pub fn verify_archive<R: Read + 'static>(r: R, prefix: &str, report: &mut Verify
                 return None;
             }
         };
+        if let Err(problem) = rules.check(entry.header(), &raw) {
+            // What tar would do with this entry is not what we read: nothing after it counts.
+            report.fail(format!("{prefix}{raw}"), problem);
+            return None;
+        }
         let name = raw.trim_end_matches('/').to_owned();
         let kind = entry.header().entry_type();
         if declared.is_some() {
@@ -724,6 +730,47 @@ mod tests {
         let report = verify_bytes(unlisted);
         assert!(
             report.failures.iter().any(|f| f.path == "y.bin" && f.problem.contains("not listed")),
+            "{:?}",
+            report.failures
+        );
+    }
+
+    /// A directory entry whose size field covers a hidden entry: the `tar` crate skips it, GNU
+    /// tar unpacks it. Refused, whatever the manifest says.
+    #[test]
+    fn a_directory_entry_with_data_is_refused() {
+        let mut hidden = tar::Header::new_ustar();
+        hidden.set_path("a.bin").unwrap_or_else(|e| panic!("{e}"));
+        hidden.set_size(4);
+        hidden.set_mode(0o644);
+        hidden.set_cksum();
+        let mut smuggled = hidden.as_bytes().to_vec();
+        smuggled.extend_from_slice(b"evil");
+        smuggled.resize(1024, 0);
+        let manifest = manifest_listing("a.bin", 0);
+        let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = tar::Builder::new(enc);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "a.bin", &b""[..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_path("d/").unwrap_or_else(|e| panic!("{e}"));
+        dir.set_size(smuggled.len() as u64);
+        dir.set_mode(0o755);
+        dir.set_cksum();
+        b.append(&dir, &smuggled[..]).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"));
+        let report = verify_bytes(bytes);
+        assert!(
+            report.failures.iter().any(|f| f.path == "d/" && f.problem.contains("declares 1024 bytes")),
             "{:?}",
             report.failures
         );

@@ -267,6 +267,7 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
             return false;
         }
     };
+    let mut rules = exportcore::archive::EntryRules::default();
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
@@ -283,6 +284,11 @@ fn read_archive(f: std::fs::File, files: &mut Files, out: &mut Out<'_>) -> bool 
                 return false;
             }
         };
+        if let Err(problem) = rules.check(entry.header(), &raw) {
+            // What tar would do with this entry is not what we read: nothing after it counts.
+            out.fail(&raw, problem);
+            return false;
+        }
         let name = raw.strip_suffix('/').unwrap_or(&raw).to_owned();
         let kind = entry.header().entry_type();
         if declared.is_some() {

@@ -363,3 +363,98 @@ fn signed_bundles_are_reproducible_with_deterministic_algorithms() {
         assert!(read_member(&a, "manifest.dsse.json").is_ok());
     }
 }
+
+/// Re-packs `tgz` with its entries unchanged, then `extra` (header, data) entries appended.
+fn repack(tgz: &std::path::Path, extra: Vec<(tar::Header, Vec<u8>)>) -> Vec<u8> {
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(tgz).unwrap()));
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut h = e.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    for (mut h, data) in extra {
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// A ustar entry `name` holding `body`, without end-of-archive blocks: what a smuggler hides
+/// in the "data" of another entry.
+fn hidden_entry(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(body);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// Entries our tar reader sees one way and `tar` another: a directory entry whose size hides a
+/// replacement `portal/index.html` (GNU tar unpacks it), a regular file named with a trailing
+/// `/`, a setuid mode, a foreign owner, a directory over a verified file. A signed lone bundle
+/// carrying any of them fails `verify --key` instead of saying OK.
+#[test]
+fn entries_tar_would_unpack_differently_fail_a_signed_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let out = tmp.path().join("out");
+    build_samples(&out, Some(k.signer.clone()));
+    let tgz = out.join(BUNDLE_FILE);
+    let with = exportcore::verify::VerifyOptions { verifiers: vec![k.verifier.clone()], ..Default::default() };
+    assert!(verify_path_with(&tgz, &with).unwrap().is_ok());
+    let same = tmp.path().join("same.tgz");
+    std::fs::write(&same, repack(&tgz, Vec::new())).unwrap();
+    assert!(verify_path_with(&same, &with).unwrap().is_ok(), "re-packing alone changes nothing verify sees");
+    let header = |kind: tar::EntryType, name: &str, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    let evil = b"<script>steal()</script>";
+    let smuggled = hidden_entry("portal/index.html", evil);
+    let mut setuid = header(tar::EntryType::Regular, "portal/run.sh", 2);
+    setuid.set_mode(0o4755);
+    let mut owned = header(tar::EntryType::Regular, "portal/owned.txt", 2);
+    owned.set_uid(4242);
+    let cases: Vec<(&str, Vec<(tar::Header, Vec<u8>)>, &str)> = vec![
+        (
+            "dir-with-data",
+            vec![(header(tar::EntryType::Directory, "portal/", smuggled.len() as u64), smuggled.clone())],
+            "declares",
+        ),
+        ("file-named-as-dir", vec![(header(tar::EntryType::Regular, "zz/", 3), b"abc".to_vec())], "ends in '/'"),
+        ("setuid", vec![(setuid, b"#!".to_vec())], "setuid"),
+        ("foreign-owner", vec![(owned, b"hi".to_vec())], "owner 4242"),
+        (
+            "dir-over-file",
+            vec![(header(tar::EntryType::Directory, "portal/index.html/", 0), Vec::new())],
+            "name of a file",
+        ),
+    ];
+    for (name, extra, why) in cases {
+        let path = tmp.path().join(format!("{name}.tgz"));
+        std::fs::write(&path, repack(&tgz, extra)).unwrap();
+        let r = verify_path_with(&path, &with).unwrap();
+        assert!(!r.is_ok(), "{name}: verified");
+        assert!(r.failures.iter().any(|f| f.problem.contains(why)), "{name}: {:?}", r.failures);
+    }
+    // The first one is a real attack: GNU tar unpacks the hidden page over the genuine one.
+    let dir = tmp.path().join("unpacked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("tar").arg("-xzf").arg(tmp.path().join("dir-with-data.tgz")).arg("-C").arg(&dir).status();
+    assert!(st.unwrap().success());
+    assert_eq!(std::fs::read(dir.join("portal/index.html")).unwrap(), evil, "the smuggled entry is what tar unpacks");
+}
