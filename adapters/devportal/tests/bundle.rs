@@ -429,10 +429,11 @@ fn entries_tar_would_unpack_differently_fail_a_signed_bundle() {
     setuid.set_mode(0o4755);
     let mut owned = header(tar::EntryType::Regular, "portal/owned.txt", 2);
     owned.set_uid(4242);
-    let cases: Vec<(&str, Vec<(tar::Header, Vec<u8>)>, &str)> = vec![
+    type Extra = Vec<(tar::Header, Vec<u8>)>;
+    let cases: Vec<(&str, Extra, &str)> = vec![
         (
             "dir-with-data",
-            vec![(header(tar::EntryType::Directory, "portal/", smuggled.len() as u64), smuggled.clone())],
+            vec![(header(tar::EntryType::Directory, "portal/", smuggled.len() as u64), smuggled)],
             "declares",
         ),
         ("file-named-as-dir", vec![(header(tar::EntryType::Regular, "zz/", 3), b"abc".to_vec())], "ends in '/'"),
