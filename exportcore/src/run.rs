@@ -86,12 +86,13 @@ pub struct DistributeContext<'a> {
 pub trait Distributor: std::fmt::Debug + Send + Sync + 'static {
     /// Whether it delivers this type.
     fn handles(&self, kind: crate::model::DistributionType) -> bool;
-    /// Refuses, when the run is submitted, a destination it will not deliver to (one its
-    /// operator did not allow: a server must not write where any tenant names). Default: any.
+    /// Refuses, when the run is submitted, a destination it will not deliver to for `tenant`
+    /// (one its operator did not allow that tenant: a server must not write where any tenant
+    /// names, nor let one tenant write where another's deliveries go). Default: any.
     ///
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `distribution.ref`.
-    fn accepts(&self, _distribution: &crate::model::Distribution) -> Result<()> {
+    fn accepts(&self, _tenant: &crate::TenantId, _distribution: &crate::model::Distribution) -> Result<()> {
         Ok(())
     }
     /// Delivers the run; returns the record of where everything went.
@@ -423,6 +424,7 @@ pub fn sweep_stale_staging(dir: &std::path::Path) -> Result<usize> {
 /// nothing requested is silently ignored.
 pub fn check_implemented(
     request: &RunRequest,
+    tenant: &crate::TenantId,
     profile: &crate::profile::ProfileDescriptor,
     distributors: &[Arc<dyn Distributor>],
 ) -> Result<()> {
@@ -446,7 +448,7 @@ pub fn check_implemented(
                     ),
                 });
             };
-            x.accepts(d)?;
+            x.accepts(tenant, d)?;
         }
         if d.kind == DistributionType::Filesystem && d.reference.is_some() {
             return Err(ExportError::NotSupported {
@@ -469,7 +471,7 @@ async fn stage_and_publish(
 ) -> Result<(Vec<Output>, Vec<RunError>)> {
     let (profile, sink, run_id) = (&options.profile, &options.sink, &run.run_id);
     options.cancel.check()?;
-    check_implemented(request, &profile.descriptor(), &options.distributors)?;
+    check_implemented(request, &run.tenant, &profile.descriptor(), &options.distributors)?;
     profile.validate(request)?;
     // Selectors in canonical order: the order a user wrote them in never changes a byte.
     let normalized;

@@ -562,35 +562,55 @@ pub struct OciDistributor {
 /// The destinations a distributor delivers to: any (the default, for a caller who chose the
 /// reference itself), or only references under the prefixes an operator allows (a server
 /// whose tenants name the reference: else a tenant could write files anywhere the server can,
-/// or send the server's registry credentials to a host of its own).
+/// send the server's registry credentials to a host of its own, or overwrite, squat on and
+/// read back another tenant's deliveries).
+///
+/// A prefix is for every tenant (`s3://exports/shared/`), for one (`acme=s3://exports/acme/`),
+/// or for each under its own name (`s3://exports/{tenant}/`, `{tenant}` replaced by the
+/// tenant of the run). A prefix every tenant may use is shared: what one tenant delivers
+/// there another may overwrite; give each tenant its own.
 #[derive(Clone, Debug, Default)]
-pub struct Destinations(Option<Vec<String>>);
+pub struct Destinations(Option<Vec<(Option<exportcore::TenantId>, String)>>);
 
 impl Destinations {
-    /// Only references starting with one of `prefixes` (`oci://registry.internal/team/`,
-    /// `s3://exports/acme/`, `file:///srv/exports/`); none at all when `prefixes` is empty.
+    /// Only references under one of `prefixes` (`[TENANT=]PREFIX`, `{tenant}` allowed in
+    /// PREFIX: `oci://registry.internal/{tenant}/`, `acme=s3://exports/acme/`,
+    /// `file:///srv/exports/{tenant}/`); none at all when `prefixes` is empty.
     pub fn only(prefixes: impl IntoIterator<Item = String>) -> Self {
-        Self(Some(prefixes.into_iter().collect()))
+        let scoped = |p: String| match p.split_once('=') {
+            Some((t, rest)) if !t.contains("://") => match exportcore::TenantId::parse(t) {
+                Ok(tenant) => (Some(tenant), rest.to_owned()),
+                Err(_) => (None, p),
+            },
+            _ => (None, p),
+        };
+        Self(Some(prefixes.into_iter().map(scoped).collect()))
     }
 
-    /// Refuses a reference outside the allowed prefixes, or one that could climb out of them.
+    /// Refuses a reference outside the prefixes allowed to `tenant`, or one that could climb
+    /// out of them.
     ///
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `distribution.ref`.
-    pub fn check(&self, reference: &str) -> Result<()> {
+    pub fn check(&self, tenant: &exportcore::TenantId, reference: &str) -> Result<()> {
         let Some(prefixes) = &self.0 else { return Ok(()) };
         let shown = exportcore::error::redact_urls(reference);
         // A prefix ends at a path boundary: `oci://reg.internal` does not allow
         // `oci://reg.internal.evil.example/…`.
-        let rest = prefixes.iter().find_map(|p| {
-            reference
-                .strip_prefix(p.as_str())
-                .filter(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
-        });
+        let rest = prefixes
+            .iter()
+            .filter(|(scope, _)| scope.as_ref().is_none_or(|s| s == tenant))
+            .map(|(_, p)| p.replace("{tenant}", tenant.as_str()))
+            .find_map(|p| {
+                reference
+                    .strip_prefix(p.as_str())
+                    .filter(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+                    .map(str::to_owned)
+            });
         let Some(rest) = rest else {
             return Err(ExportError::invalid(
                 "distribution.ref",
-                format!("{shown:?} is not a destination this server delivers to"),
+                format!("{shown:?} is not a destination this server delivers to for tenant {tenant}"),
             ));
         };
         let climbs = rest.split(['/', '\\']).any(|s| s == ".." || s == ".") || rest.contains(['%', '?', '#', '@']);
@@ -632,10 +652,10 @@ impl exportcore::run::Distributor for OciDistributor {
         kind == exportcore::DistributionType::Oci
     }
 
-    fn accepts(&self, d: &exportcore::Distribution) -> Result<()> {
+    fn accepts(&self, tenant: &exportcore::TenantId, d: &exportcore::Distribution) -> Result<()> {
         let reference = d.reference.as_deref().unwrap_or_default();
         let uri = if reference.starts_with("oci://") { reference.to_owned() } else { format!("oci://{reference}") };
-        self.allowed.check(&uri)
+        self.allowed.check(tenant, &uri)
     }
 
     async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {
@@ -645,6 +665,9 @@ impl exportcore::run::Distributor for OciDistributor {
             .as_deref()
             .ok_or_else(|| ExportError::invalid("distribution.ref", "required for type oci"))?;
         let uri = if reference.starts_with("oci://") { reference.to_owned() } else { format!("oci://{reference}") };
+        // Again at delivery: the run may have waited in the queue while the operator changed
+        // what is allowed.
+        self.allowed.check(&ctx.run.tenant, &uri)?;
         let target = OciTarget::parse(&uri, "distribution.ref")?;
         let target = if self.insecure.contains(&target.registry) { target.insecure(true) } else { target };
         let dir = run_dir(ctx.run, "oci")?;
@@ -779,8 +802,8 @@ impl exportcore::run::Distributor for ObjectDistributor {
         kind == exportcore::DistributionType::Object
     }
 
-    fn accepts(&self, d: &exportcore::Distribution) -> Result<()> {
-        self.allowed.check(d.reference.as_deref().unwrap_or_default())
+    fn accepts(&self, tenant: &exportcore::TenantId, d: &exportcore::Distribution) -> Result<()> {
+        self.allowed.check(tenant, d.reference.as_deref().unwrap_or_default())
     }
 
     async fn distribute(&self, ctx: exportcore::run::DistributeContext<'_>) -> Result<exportcore::DistributionRecord> {
@@ -789,6 +812,7 @@ impl exportcore::run::Distributor for ObjectDistributor {
             .reference
             .as_deref()
             .ok_or_else(|| ExportError::invalid("distribution.ref", "required for type object"))?;
+        self.allowed.check(&ctx.run.tenant, reference)?;
         let dir = run_dir(ctx.run, reference)?;
         let sha_of = |path: &str| ctx.run.outputs.iter().find(|o| o.path == path).map(|o| (o.sha256, o.size));
         let mut artifacts = Vec::new();

@@ -654,11 +654,13 @@ mod tests {
 
     #[test]
     fn destinations_allow_only_what_the_operator_named() {
+        let t = |s: &str| exportcore::TenantId::parse(s).unwrap();
+        let (acme, globex) = (t("acme"), t("globex"));
         let any = crate::Destinations::default();
-        assert!(any.check("file:///anywhere").is_ok());
+        assert!(any.check(&acme, "file:///anywhere").is_ok());
         let only = crate::Destinations::only(["oci://reg.internal".to_owned(), "file:///srv/exports/".to_owned()]);
         for ok in ["oci://reg.internal/team/db:2", "file:///srv/exports/acme/run-1"] {
-            assert!(only.check(ok).is_ok(), "{ok}");
+            assert!(only.check(&acme, ok).is_ok(), "{ok}");
         }
         for bad in [
             "oci://reg.internal.evil.example/x:1",
@@ -669,10 +671,25 @@ mod tests {
             "file:///tmp/x",
             "s3://bucket/p",
         ] {
-            let e = only.check(bad).unwrap_err();
+            let e = only.check(&acme, bad).unwrap_err();
             assert!(e.to_string().contains("distribution.ref"), "{bad}: {e}");
         }
-        assert!(crate::Destinations::only(Vec::new()).check("oci://reg.internal/x:1").is_err(), "none allowed");
+        assert!(crate::Destinations::only(Vec::new()).check(&acme, "oci://reg.internal/x:1").is_err(), "none allowed");
+
+        // Per tenant: a `TENANT=` prefix is that tenant's alone; `{tenant}` is each tenant's own.
+        let per = crate::Destinations::only([
+            "acme=s3://exports/acme/".to_owned(),
+            "oci://reg.internal/{tenant}/".to_owned(),
+            "file:///srv/a=b/".to_owned(),
+        ]);
+        assert!(per.check(&acme, "s3://exports/acme/nightly").is_ok());
+        assert!(per.check(&globex, "s3://exports/acme/nightly").is_err(), "acme's prefix is not globex's");
+        assert!(per.check(&acme, "oci://reg.internal/acme/trivy-db:2").is_ok());
+        assert!(per.check(&globex, "oci://reg.internal/acme/trivy-db:2").is_err(), "{{tenant}} is the run's tenant");
+        assert!(per.check(&globex, "oci://reg.internal/globex/trivy-db:2").is_ok());
+        assert!(per.check(&globex, "file:///srv/a=b/x").is_ok(), "an '=' inside a URL is not a tenant");
+        let e = per.check(&globex, "s3://exports/acme/x").unwrap_err().to_string();
+        assert!(e.contains("for tenant globex") && !e.contains("acme="), "{e}");
     }
 
     #[test]

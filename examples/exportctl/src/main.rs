@@ -205,11 +205,13 @@ struct ServeArgs {
     /// printed on stderr.
     #[arg(long)]
     listen: String,
-    /// A destination prefix requests may name in `distribution.ref` (repeatable):
-    /// `oci://registry.internal/team/`, `s3://exports/acme/`, `file:///srv/exports/`. Without
-    /// any, requests asking for an `oci` or `object` distribution are refused: the server
-    /// never writes, or sends its registry credentials, where a tenant alone chose.
-    #[arg(long = "distribute-to", value_name = "PREFIX")]
+    /// A destination prefix requests may name in `distribution.ref` (repeatable),
+    /// `[TENANT=]PREFIX`: `oci://registry.internal/{tenant}/` (each tenant under its own name),
+    /// `acme=s3://exports/acme/` (that tenant only), `file:///srv/exports/shared/` (every
+    /// tenant: shared, so one may overwrite another's deliveries there). Without any, requests
+    /// asking for an `oci` or `object` distribution are refused: the server never writes, or
+    /// sends its registry credentials, where a tenant alone chose.
+    #[arg(long = "distribute-to", value_name = "[TENANT=]PREFIX")]
     distribute_to: Vec<String>,
     /// The origin clients reach the server at (`https://exports.example`): DPoP proofs must
     /// name it in `htu`. Default: `http://` and the request's `Host` header (development).

@@ -611,10 +611,46 @@ fn serve_delivers_only_where_its_operator_allows() {
     let allowed = tmp.path().join("allowed");
     std::fs::create_dir_all(&allowed).unwrap();
     let prefix = format!("file://{}/", allowed.display());
+    let each = format!("file://{}/each/{{tenant}}/", tmp.path().display());
     let serve = Serve::start(
         tmp.path(),
-        &["--dev-token", "tok-acme-1=acme:export:read,export:write", "--distribute-to", &prefix],
+        &[
+            "--dev-token",
+            "tok-acme-1=acme:export:read,export:write",
+            "--dev-token",
+            "tok-globex=globex:export:read,export:write",
+            "--distribute-to",
+            &format!("acme={prefix}"),
+            "--distribute-to",
+            &each,
+        ],
     );
+    // Another tenant may not deliver under acme's prefix, nor under acme's `{tenant}` one.
+    for (reference, code) in [
+        (format!("{prefix}squat"), "400"),
+        (format!("file://{}/each/acme/squat", tmp.path().display()), "400"),
+        (format!("file://{}/each/globex/mine", tmp.path().display()), "202"),
+    ] {
+        let body = format!(r#"{{"profileId":"json:raw","distribution":{{"type":"object","ref":"{reference}"}}}}"#);
+        let o = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer tok-globex",
+            "-H",
+            "X-StellaOps-Tenant: globex",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}/export-center/runs", serve.base()),
+        ]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(t.ends_with(&format!("\n{code}")), "globex to {reference}: {t}");
+    }
+    assert!(!allowed.join("squat").exists() && !tmp.path().join("each/acme").exists());
     let post = |distribution: &str| {
         let body = format!(r#"{{"profileId":"json:raw","distribution":{distribution}}}"#);
         curl(&[

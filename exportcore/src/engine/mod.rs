@@ -207,7 +207,7 @@ impl Exporter {
             (request, None)
         };
         let profile = cfg.profiles.get(&request.profile_id)?;
-        crate::run::check_implemented(&request, &profile.descriptor(), &cfg.distributors)?;
+        crate::run::check_implemented(&request, &tenant, &profile.descriptor(), &cfg.distributors)?;
         profile.validate(&request)?;
         if request.signing_enabled() {
             // Resolved now too, so a key the tenant may not use is a 400 at submission, not a
@@ -252,12 +252,12 @@ impl Exporter {
         Ok(if recent.is_empty() { 30.0 } else { recent.iter().sum::<f64>() / recent.len() as f64 })
     }
 
-    fn check_spec(&self, spec: &ProfileSpec) -> Result<()> {
+    fn check_spec(&self, tenant: &TenantId, spec: &ProfileSpec) -> Result<()> {
         spec.validate_shape()?;
         let request = spec.as_request()?;
         request.validate(&self.inner.cfg.limits)?;
         let profile = self.inner.cfg.profiles.get(&request.profile_id)?;
-        crate::run::check_implemented(&request, &profile.descriptor(), &self.inner.cfg.distributors)?;
+        crate::run::check_implemented(&request, tenant, &profile.descriptor(), &self.inner.cfg.distributors)?;
         profile.validate(&request)
     }
 
@@ -267,7 +267,7 @@ impl Exporter {
     /// `ERR_EXPORT_REQUEST_INVALID` for a spec no run could use (unknown `kind:variant` is
     /// `ERR_EXPORT_PROFILE_NOT_FOUND`); `ERR_EXPORT_CONFLICT` when the name exists.
     pub async fn create_profile(&self, tenant: &TenantId, spec: ProfileSpec) -> Result<SavedProfile> {
-        self.check_spec(&spec)?;
+        self.check_spec(tenant, &spec)?;
         let store = &self.inner.cfg.store;
         match store.get_profile(tenant, &spec.name, None).await {
             Ok(p) => {
@@ -296,7 +296,7 @@ impl Exporter {
         if spec.name != current.spec.name {
             return Err(ExportError::invalid("name", format!("{:?} does not match the profile id {id}", spec.name)));
         }
-        self.check_spec(&spec)?;
+        self.check_spec(tenant, &spec)?;
         let saved = SavedProfile::new(tenant, spec, current.revision + 1, self.now())?;
         self.inner.cfg.store.put_profile(&saved).await?;
         Ok(saved)
