@@ -255,11 +255,19 @@ pub async fn push_s3(dir: &Path, target: &S3Target, config: &S3Config) -> Result
     Ok(S3Pushed { url: name, objects, bytes })
 }
 
-/// A presigned `GET` URL of `key` in `bucket`, valid for `expires_in`.
+/// A presigned `GET` URL of `key` in `bucket`, valid for `expires_in`. It needs credentials in
+/// `config`: without them it refuses rather than let the object store look for some at a
+/// cloud instance-metadata address (a request made because a reader asked for a URL).
 ///
 /// # Errors
 /// `ERR_EXPORT_DISTRIBUTION_FAILED` when the store cannot sign (no credentials).
 pub async fn presign(config: &S3Config, bucket: &str, key: &str, expires_in: Duration) -> Result<String> {
+    if config.credentials.is_none() {
+        return Err(failed(
+            &format!("s3://{bucket}"),
+            "no S3 credentials are configured to presign with (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+        ));
+    }
     let store = config.store(bucket)?;
     store
         .signed_url(reqwest::Method::GET, &ObjectPath::from(key), expires_in)
@@ -271,6 +279,15 @@ pub async fn presign(config: &S3Config, bucket: &str, key: &str, expires_in: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without credentials a presign is refused at once: no request to a cloud metadata
+    /// address on a reader's behalf.
+    #[tokio::test]
+    async fn presigning_without_credentials_is_refused() {
+        let e = presign(&S3Config::default(), "exports", "acme/a.tgz", Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!(e.code(), "ERR_EXPORT_DISTRIBUTION_FAILED");
+        assert!(e.report().contains("no S3 credentials"), "{}", e.report());
+    }
 
     #[test]
     fn targets_parse_strictly() {

@@ -1114,8 +1114,11 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     }
     .build()?;
     lock.recover_then_share(&exporter).await?;
+    // Presign with the settings the object distributor uploads with, never a blank default
+    // (which would fall back to a cloud metadata endpoint).
     let mut config = exportcore_gateway::GatewayConfig::default()
-        .rate_limit(args.rate_limit.max(1), std::time::Duration::from_secs(60));
+        .rate_limit(args.rate_limit.max(1), std::time::Duration::from_secs(60))
+        .s3(exportcore_distribution::s3::S3Config::from_env());
     if let Some(origin) = &args.public_origin {
         config = config.public_origin(origin.clone());
     }

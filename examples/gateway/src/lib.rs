@@ -107,6 +107,13 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// Object storage settings for presigning `s3://` distributions: the same the object
+    /// distributor uploads with (`S3Config::from_env()` in `exportctl serve`).
+    #[must_use]
+    pub fn s3(mut self, s3: exportcore_distribution::s3::S3Config) -> Self {
+        self.s3 = s3;
+        self
+    }
     /// Sets [`GatewayConfig::rate_limit`].
     pub fn rate_limit(mut self, requests: u32, window: Duration) -> Self {
         self.rate_limit = RateLimit { requests, window };
