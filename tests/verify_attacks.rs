@@ -329,3 +329,26 @@ async fn archives_in_an_unsigned_run_are_opened_whatever_they_claim_to_be() {
     let r = exportcore::verify::verify_path_with(&out, &options).unwrap();
     assert!(r.is_ok(), "a genuine mirror with a layer holding links: {:?}", r.failures);
 }
+
+/// A caller acting on a verified directory reads through the report: the bytes the
+/// verification read, or an error once a file changed after it (a swap between the check and
+/// the use: `decrypt` and `mirror apply` read their export.json, diff and manifests this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_swapped_after_verification_is_not_read_as_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    json_raw_gzip(&out).await;
+    let report = exportcore::verify::verify_path_with(&out, &VerifyOptions::default()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    let genuine = std::fs::read(out.join("manifest.json")).unwrap();
+    assert_eq!(report.read_verified(&out, "manifest.json").unwrap(), genuine);
+    let mut swapped = genuine.clone();
+    swapped.push(b' ');
+    std::fs::write(out.join("manifest.json"), &swapped).unwrap();
+    let e = report.read_verified(&out, "manifest.json").unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_VERIFY_FAILED");
+    assert!(e.to_string().contains("changed since it was verified"), "{e}");
+    std::fs::write(out.join("late.json"), b"{}").unwrap();
+    let e = report.read_verified(&out, "late.json").unwrap_err();
+    assert!(e.to_string().contains("not among the files"), "{e}");
+}

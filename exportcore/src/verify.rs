@@ -126,6 +126,33 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Reads `rel` (at most [`crate::files::MAX_MANIFEST_BYTES`]) from the directory this
+    /// report verified, and returns its bytes only if they are the bytes the verification
+    /// read: a caller that acts on a file after verifying its directory (decrypting with the
+    /// keys a manifest names, applying a delta's diff) must act on the verified bytes, not on
+    /// whatever a second read finds.
+    ///
+    /// # Errors
+    /// `ERR_EXPORT_VERIFY_FAILED` when the file was not part of the verified directory or
+    /// changed since; I/O errors.
+    pub fn read_verified(&self, dir: &Path, rel: &str) -> Result<Vec<u8>> {
+        let path = dir.join(rel);
+        let Some(&(size, sha)) = self.digests.get(rel) else {
+            return Err(ExportError::VerificationFailed {
+                path: path.display().to_string(),
+                reason: "not among the files this verification read".into(),
+            });
+        };
+        let bytes = crate::files::read_capped(&path, crate::files::MAX_MANIFEST_BYTES)?;
+        if bytes.len() as u64 != size || Sha256Digest::of(&bytes) != sha {
+            return Err(ExportError::VerificationFailed {
+                path: path.display().to_string(),
+                reason: "changed since it was verified".into(),
+            });
+        }
+        Ok(bytes)
+    }
     fn fail(&mut self, path: impl Into<String>, problem: impl Into<String>) {
         self.failures.push(VerifyFailure {
             path: path.into(),

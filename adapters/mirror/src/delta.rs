@@ -656,11 +656,9 @@ pub fn apply(
         ));
     }
     let diff_path = delta_dir.join(DIFF_FILE);
-    let diff: Value = serde_json::from_slice(
-        &exportcore::files::read_capped(&diff_path, exportcore::files::MAX_MANIFEST_BYTES)
-            .map_err(|_| delta_err(&diff_path.display().to_string(), "missing: not a mirror delta"))?,
-    )
-    .map_err(|e| delta_err(&diff_path.display().to_string(), format!("not JSON: {e}")))?;
+    // The bytes the verification read, not a second read's.
+    let diff: Value = serde_json::from_slice(&report.read_verified(delta_dir, DIFF_FILE)?)
+        .map_err(|e| delta_err(&diff_path.display().to_string(), format!("not JSON: {e}")))?;
     let d = diff_path.display().to_string();
     if diff["version"] != DIFF_VERSION {
         return Err(delta_err(&d, format!("unknown version {}", diff["version"])));
@@ -756,11 +754,8 @@ pub fn apply(
     }
     // ... and exactly the files the new tree's run manifest (signed with the delta) lists.
     let full_path = delta_dir.join(FULL_MANIFEST);
-    let full = exportcore::Manifest::parse(&exportcore::files::read_capped(
-        &full_path,
-        exportcore::files::MAX_MANIFEST_BYTES,
-    )?)
-    .map_err(|e| delta_err(&full_path.display().to_string(), e))?;
+    let full = exportcore::Manifest::parse(&report.read_verified(delta_dir, FULL_MANIFEST)?)
+        .map_err(|e| delta_err(&full_path.display().to_string(), e))?;
     let listed: BTreeMap<String, (u64, Sha256Digest)> =
         full.entries.iter().map(|e| (e.path.to_string(), (e.size, e.sha256))).collect();
     if listed != want {

@@ -430,12 +430,15 @@ pub fn decrypt(
             ),
         });
     }
+    // From here on only the bytes the verification read: the keys, run id and sealed files
+    // of export.json, and the digests of the run manifest.
+    let export: serde_json::Value =
+        serde_json::from_slice(&report.read_verified(out, "mirror/export.json")?).map_err(|e| {
+            ExportError::VerificationFailed { path: export_path.display().to_string(), reason: e.to_string() }
+        })?;
     let manifest_path = out.join(exportcore::manifest::MANIFEST_FILE);
-    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
-        &manifest_path,
-        exportcore::files::MAX_MANIFEST_BYTES,
-    )?)
-    .map_err(|e| ExportError::VerificationFailed { path: manifest_path.display().to_string(), reason: e })?;
+    let manifest = exportcore::Manifest::parse(&report.read_verified(out, exportcore::manifest::MANIFEST_FILE)?)
+        .map_err(|e| ExportError::VerificationFailed { path: manifest_path.display().to_string(), reason: e })?;
     let mut key = unwrap_key(&export, identities)?;
     let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
     key.fill(0);
