@@ -342,7 +342,7 @@ async fn a_file_swapped_after_verification_is_not_read_as_verified() {
     assert!(report.is_ok(), "{:?}", report.failures);
     let genuine = std::fs::read(out.join("manifest.json")).unwrap();
     assert_eq!(report.read_verified(&out, "manifest.json").unwrap(), genuine);
-    let mut swapped = genuine.clone();
+    let mut swapped = genuine;
     swapped.push(b' ');
     std::fs::write(out.join("manifest.json"), &swapped).unwrap();
     let e = report.read_verified(&out, "manifest.json").unwrap_err();
