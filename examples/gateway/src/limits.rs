@@ -126,7 +126,9 @@ pub(crate) struct StoredReply {
 /// (tenant, route, `Idempotency-Key`).
 pub(crate) type ReplyKey = (TenantId, String, String);
 
-/// First replies by (tenant, route, key), for 24 hours, bounded in count.
+/// First replies by (tenant, route, key), for 24 hours, bounded in count and, per tenant, in
+/// entries and bytes: one tenant filling the cache evicts its own oldest replies, never
+/// another tenant's, and cannot grow the server's memory past its share.
 #[derive(Debug, Default)]
 pub(crate) struct ReplyCache {
     entries: Mutex<HashMap<ReplyKey, (Instant, StoredReply)>>,
@@ -134,6 +136,9 @@ pub(crate) struct ReplyCache {
 
 const REPLY_TTL: Duration = Duration::from_secs(24 * 3600);
 const REPLY_CAPACITY: usize = 100_000;
+/// A tenant's share: entries and bytes of reply bodies.
+const REPLY_TENANT_ENTRIES: usize = 10_000;
+const REPLY_TENANT_BYTES: usize = 32 << 20;
 
 impl ReplyCache {
     pub(crate) fn get(&self, key: &ReplyKey) -> Option<StoredReply> {
@@ -142,11 +147,38 @@ impl ReplyCache {
     }
 
     pub(crate) fn put(&self, key: ReplyKey, reply: StoredReply) {
+        if reply.body.len() > REPLY_TENANT_BYTES {
+            // Not kept: a retry is answered by the store's own checks (idempotent runs, a
+            // profile name that exists).
+            return;
+        }
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.contains_key(&key) {
+            return;
+        }
+        loop {
+            let (count, bytes, oldest) = e.iter().filter(|(k, _)| k.0 == key.0).fold(
+                (0usize, 0usize, None::<(Instant, ReplyKey)>),
+                |(n, b, old), (k, (at, r))| {
+                    let old = match old {
+                        Some((o, ok)) if o <= *at => Some((o, ok)),
+                        _ => Some((*at, k.clone())),
+                    };
+                    (n + 1, b + r.body.len(), old)
+                },
+            );
+            let full = count >= REPLY_TENANT_ENTRIES || bytes + reply.body.len() > REPLY_TENANT_BYTES;
+            match (full, oldest) {
+                (true, Some((_, k))) => {
+                    e.remove(&k);
+                }
+                _ => break,
+            }
+        }
         if e.len() >= REPLY_CAPACITY {
             e.retain(|_, (at, _)| at.elapsed() < REPLY_TTL);
             if e.len() >= REPLY_CAPACITY {
-                // Still full of live entries: forget the oldest tenth.
+                // Still full of live entries (over ten tenants at their share): the oldest tenth.
                 let mut ages: Vec<_> = e.iter().map(|(k, (at, _))| (*at, k.clone())).collect();
                 ages.sort();
                 for (_, k) in ages.into_iter().take(REPLY_CAPACITY / 10) {
@@ -154,7 +186,7 @@ impl ReplyCache {
                 }
             }
         }
-        e.entry(key).or_insert((Instant::now(), reply));
+        e.insert(key, (Instant::now(), reply));
     }
 }
 
@@ -173,6 +205,31 @@ mod tests {
         assert!(l.check(&TenantId::from_static("b")).is_ok(), "tenants are apart");
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(l.check(&t).map(|q| q.remaining), Ok(1), "a new window");
+    }
+
+    /// One tenant storing large replies evicts its own oldest, stays within its byte share,
+    /// and never evicts another tenant's reply.
+    #[test]
+    fn a_tenant_filling_the_reply_cache_evicts_only_its_own() {
+        let cache = ReplyCache::default();
+        let key = |t: &'static str, k: usize| (TenantId::from_static(t), "POST /profiles".to_owned(), format!("k{k}"));
+        let reply = |n: usize| StoredReply {
+            body_hash: [0; 32],
+            status: 201,
+            body: bytes::Bytes::from(vec![b'x'; n]),
+            location: None,
+        };
+        cache.put(key("acme", 0), reply(10));
+        for k in 0..40 {
+            cache.put(key("globex", k), reply(1 << 20));
+        }
+        assert!(cache.get(&key("acme", 0)).is_some(), "another tenant's reply stays");
+        assert!(cache.get(&key("globex", 0)).is_none(), "the oldest of its own went");
+        assert!(cache.get(&key("globex", 39)).is_some(), "the newest is kept");
+        let kept = (0..40).filter(|k| cache.get(&key("globex", *k)).is_some()).count();
+        assert_eq!(kept, REPLY_TENANT_BYTES / (1 << 20), "within its byte share");
+        cache.put(key("globex", 99), reply(REPLY_TENANT_BYTES + 1));
+        assert!(cache.get(&key("globex", 99)).is_none(), "a reply over the share is not kept");
     }
 
     #[test]
