@@ -179,8 +179,8 @@ impl RunStore for ArcStore {
     async fn recent_durations(&self, p: &ProfileId, limit: usize) -> exportcore::Result<Vec<f64>> {
         self.0.recent_durations(p, limit).await
     }
-    async fn queued_count(&self) -> exportcore::Result<u64> {
-        self.0.queued_count().await
+    async fn queued_count(&self, t: Option<&TenantId>) -> exportcore::Result<u64> {
+        self.0.queued_count(t).await
     }
     async fn purge_idempotency(&self, now: Timestamp) -> exportcore::Result<u64> {
         self.0.purge_idempotency(now).await
@@ -504,6 +504,25 @@ async fn estimates_and_rate_limit() {
         ExportError::RateLimit { retry_after_secs } => assert!(retry_after_secs >= 1),
         other => panic!("{other:?}"),
     }
+}
+
+/// One tenant at its share of the queue is refused while another still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_at_its_queue_share_does_not_keep_others_out() {
+    let ex = Exporter::builder()
+        .profiles(Profiles::new().with(Sleepy::default()))
+        .sink(InMemorySink::new())
+        .evidence(MemoryEvidence::new())
+        .max_queued(10)
+        .max_queued_per_tenant(3)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        submit(&ex, "greedy", req(Priority::High)).await.unwrap();
+    }
+    let err = submit(&ex, "greedy", req(Priority::High)).await.unwrap_err();
+    assert_eq!(err.code(), "ERR_EXPORT_RATE_LIMIT");
+    submit(&ex, "polite", req(Priority::Normal)).await.expect("another tenant still gets in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

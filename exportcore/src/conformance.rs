@@ -827,7 +827,9 @@ mod stores {
         for (id, rank) in [("q1", 50), ("q2", 10), ("q3", 50), ("q4", 10)] {
             store.create(new_run("t-q", id, "json:raw", rank, None, "adv"), at(0)).await.expect("create");
         }
-        assert_eq!(store.queued_count().await.expect("count"), 4);
+        assert_eq!(store.queued_count(None).await.expect("count"), 4);
+        assert_eq!(store.queued_count(Some(&t("t-q"))).await.expect("count"), 4);
+        assert_eq!(store.queued_count(Some(&t("t-none"))).await.expect("count"), 0);
         let cancelled = store
             .fail_if_queued(
                 &t("t-q"),

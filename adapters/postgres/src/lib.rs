@@ -833,9 +833,10 @@ impl RunStore for PostgresStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn queued_count(&self) -> Result<u64> {
+    async fn queued_count(&self, tenant: Option<&TenantId>) -> Result<u64> {
         let client = self.client().await?;
-        let row = self.query_one(&client, "SELECT count(*) FROM runs WHERE status = 'queued'", &[]).await?;
+        let sql = "SELECT count(*) FROM runs WHERE status = 'queued' AND ($1::TEXT IS NULL OR tenant = $1)";
+        let row = self.query_one(&client, sql, &[&tenant.map(|t| t.as_str())]).await?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 

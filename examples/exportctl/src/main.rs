@@ -271,6 +271,10 @@ struct ServeArgs {
     /// requests are refused; a request can never name a file or variable of the server.
     #[arg(long = "signing-key", value_name = "[TENANT:]NAME=FILE")]
     signing_keys: Vec<String>,
+    /// Queued runs one tenant may have (1 to 1000; the queue holds 1000): past it that
+    /// tenant's submissions get 429 while the others' go on.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_queued_per_tenant: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1097,6 +1101,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .store_arc(store)
         .evidence(evidence)
         .concurrency(usize::from(args.workers.max(1)))
+        .max_queued_per_tenant(args.max_queued_per_tenant)
         .lease_ttl(std::time::Duration::from_secs(args.lease_ttl))
         .staging_dir(&staging)
         .distributor(Arc::new(exportcore_gateway::HttpDistributor))

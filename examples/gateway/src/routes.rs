@@ -981,7 +981,7 @@ pub(crate) async fn readyz(St(st): St<Arc<State>>) -> Response {
     if st.draining.load(Ordering::SeqCst) {
         return with_status(StatusCode::SERVICE_UNAVAILABLE, json(&Health { status: "draining".into() }));
     }
-    match st.exporter.store().queued_count().await {
+    match st.exporter.store().queued_count(None).await {
         Ok(_) => json(&Health { status: "ok".into() }),
         Err(_) => with_status(StatusCode::SERVICE_UNAVAILABLE, json(&Health { status: "store unavailable".into() })),
     }

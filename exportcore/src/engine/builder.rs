@@ -30,6 +30,7 @@ pub struct ExporterBuilder {
     pub(super) limits: Limits,
     pub(super) concurrency: usize,
     pub(super) max_queued: u64,
+    pub(super) max_queued_per_tenant: u64,
     pub(super) default_timeout: Duration,
     pub(super) profile_timeouts: HashMap<ProfileId, Duration>,
     pub(super) idempotency_ttl: Duration,
@@ -63,6 +64,7 @@ impl Default for ExporterBuilder {
             limits: Limits::default(),
             concurrency: 2,
             max_queued: 1000,
+            max_queued_per_tenant: u64::MAX,
             default_timeout: Limits::default().default_timeout,
             profile_timeouts: HashMap::new(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
@@ -145,6 +147,14 @@ impl ExporterBuilder {
     /// Queued runs accepted before submissions get `ERR_EXPORT_RATE_LIMIT` (default 1000).
     pub fn max_queued(mut self, n: u64) -> Self {
         self.max_queued = n.max(1);
+        self
+    }
+    /// The most queued runs one tenant may have (default: no limit but [`Self::max_queued`]):
+    /// past it that tenant's submissions are refused (`ERR_EXPORT_RATE_LIMIT`, 429) while the
+    /// others' go on, so no tenant fills the whole queue. A server of several tenants sets it
+    /// (`exportctl serve --max-queued-per-tenant`, default 250).
+    pub fn max_queued_per_tenant(mut self, n: u64) -> Self {
+        self.max_queued_per_tenant = n.max(1);
         self
     }
     /// Timeout of runs whose request and profile set none (default 60 minutes).

@@ -218,10 +218,14 @@ impl Exporter {
             return Err(ExportError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
         }
         let now = self.now();
-        let queued = cfg.store.queued_count().await?;
+        let queued = cfg.store.queued_count(None).await?;
         let avg = self.average_duration(&request).await?;
+        let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
         if queued >= cfg.max_queued {
-            let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
+            return Err(ExportError::RateLimit { retry_after_secs: retry_after });
+        }
+        // One tenant may hold only its share of the queue: the others still get in.
+        if cfg.store.queued_count(Some(&tenant)).await? >= cfg.max_queued_per_tenant {
             return Err(ExportError::RateLimit { retry_after_secs: retry_after });
         }
         let mut run = Run::queued(RunId::generate(&tenant), tenant, project, request.profile_id.clone(), now);

@@ -315,8 +315,10 @@ impl RunStore for MemoryStore {
             .collect())
     }
 
-    async fn queued_count(&self) -> Result<u64> {
-        Ok(self.lock().queue.len() as u64)
+    async fn queued_count(&self, tenant: Option<&TenantId>) -> Result<u64> {
+        let st = self.lock();
+        let Some(tenant) = tenant else { return Ok(st.queue.len() as u64) };
+        Ok(st.queue.iter().filter(|(_, _, id)| st.runs.get(id).is_some_and(|e| e.run.tenant == *tenant)).count() as u64)
     }
 
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {

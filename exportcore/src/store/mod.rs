@@ -237,8 +237,8 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn running(&self) -> Result<Vec<Run>>;
     /// Durations in seconds of the latest succeeded runs of a profile, newest first.
     async fn recent_durations(&self, profile_id: &ProfileId, limit: usize) -> Result<Vec<f64>>;
-    /// Number of queued runs.
-    async fn queued_count(&self) -> Result<u64>;
+    /// Number of queued runs: of `tenant`, or of every tenant.
+    async fn queued_count(&self, tenant: Option<&TenantId>) -> Result<u64>;
     /// Drops idempotency keys that lapsed before `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
     /// Stores a distribution record (replacing one with the same id and tenant).

@@ -859,11 +859,16 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn queued_count(&self) -> Result<u64> {
+    async fn queued_count(&self, tenant: Option<&TenantId>) -> Result<u64> {
+        let tenant = tenant.map(|t| t.as_str().to_owned());
         self.with(move |conn, path| {
-            conn.query_row("SELECT count(*) FROM runs WHERE status = 'queued'", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(|e| store_err(path, e))
+            conn.query_row(
+                "SELECT count(*) FROM runs WHERE status = 'queued' AND (?1 IS NULL OR tenant = ?1)",
+                params![tenant],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| store_err(path, e))
         })
         .await
     }
