@@ -43,7 +43,7 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "3de6c1614cae970a9f9e3571a7d4380b3e7ab97d07e9ddad59c2f365783af2df"
+        "f1acdc870ffb670ef0fe235069e69ffe6f1e48d4089da893f6167c4b6348ac63"
     );
-    assert_eq!(digest(&out, "manifest.json"), "46f4ee453888feed9a4f4e4baee95d147e9cd91fd0c03bc820ee401d2f974ca3");
+    assert_eq!(digest(&out, "manifest.json"), "b7070489350dfd05ccf8198104a7e0befd08c9789afe415cf646d71c7687be8d");
 }

@@ -241,6 +241,12 @@ if [ -n "$EXPECTED_ROOT" ] && [ "$EXPECTED_ROOT" != "$ROOT" ]; then
 fi
 
 # --- Missing and extra files -----------------------------------------------------------
+# The lists below are line by line: a name with a line break could pass for listed names.
+NL='
+'
+if [ -n "$(find . -name "*$NL*" | head -c 1)" ]; then
+  fail "a file or directory name holds a line break (no bundle file does; it could hide an extra file)"
+fi
 find . ! -type f ! -type d | sed 's|^\./||' > "$W/special"
 while IFS= read -r p; do fail "$p: not a regular file or directory"; done < "$W/special"
 find . -type f | sed 's|^\./||' | sort > "$W/present"

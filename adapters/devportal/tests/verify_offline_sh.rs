@@ -653,4 +653,14 @@ fn forged_sizes_fail_before_extraction_and_names_cannot_rewrite_the_terminal() {
         assert!(!all.contains(&0x1b) && !all.contains(&b'\r'), "control characters reached the terminal: {}", text(&o));
         assert!(text(&o).contains("FAIL: portal/a[2KOK: bundle verified: extra file"), "{}", text(&o));
     }
+    // Extra files whose names hold a line break, shaped so that their lines read as listed
+    // names ("manifest.json", "portal/index.html"): the script and verify_bundle both fail.
+    let d = f.copy("newline");
+    std::fs::write(d.join("manifest.json\nverify-offline.sh"), b"EVIL").unwrap();
+    std::fs::create_dir_all(d.join("portal/index.html\nportal")).unwrap();
+    std::fs::write(d.join("portal/index.html\nportal/index.html"), b"EVIL").unwrap();
+    for shell in shells() {
+        let t = agree(shell, &f.script, &d, &["--key", &key], std::slice::from_ref(&f.key.verifier), false);
+        assert!(t.contains("line break"), "{shell}: {t}");
+    }
 }
