@@ -139,10 +139,34 @@ impl From<ExportError> for ApiError {
     }
 }
 
+/// What a tenant sees of a run's error: the message, unless it is one of the failures whose
+/// detail is the server's own (paths, internal state), which stays in the run record and the
+/// log, as the API's own replies do.
+pub(crate) fn run_error_message(code: &str, message: &str) -> String {
+    match code {
+        "ERR_EXPORT_IO" | "ERR_EXPORT_INTERNAL" | "ERR_EXPORT_STORE_INVALID" => {
+            "the export center could not complete the run; see its log".to_owned()
+        }
+        _ => message.to_owned(),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // Handlers answer through `crate::Reply`, which sets the real trace id; this is the
         // fallback for extractor rejections.
         self.into_response_with(&crate::trace::current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A run's server-side failure shows its code to the tenant, not the server's paths.
+    #[test]
+    fn run_errors_keep_server_detail_out_of_replies() {
+        let io = super::run_error_message("ERR_EXPORT_IO", "io error at /srv/exports/data/runs/x: disk full");
+        assert!(!io.contains("/srv"), "{io}");
+        let bad = super::run_error_message("ERR_EXPORT_EVIDENCE_INVALID", "advisories/a.json line 3: no id");
+        assert_eq!(bad, "advisories/a.json line 3: no id", "the tenant's own input problems are shown");
     }
 }

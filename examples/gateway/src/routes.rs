@@ -300,7 +300,12 @@ impl State {
     pub(crate) fn run_view(&self, run: &Run) -> RunView {
         let links = links(&run.run_id);
         let problems = |v: &[exportcore::RunError]| {
-            v.iter().map(|e| ProblemView { code: e.code.clone(), message: e.message.clone() }).collect()
+            v.iter()
+                .map(|e| ProblemView {
+                    code: e.code.clone(),
+                    message: crate::error::run_error_message(&e.code, &e.message),
+                })
+                .collect()
         };
         let outputs = if run.status == RunStatus::Succeeded {
             run.outputs

@@ -53,7 +53,7 @@ fn view(st: &State, tenant: &exportcore::TenantId, e: &StoredEvent) -> EventView
         RunEvent::Completed { status, .. } => v.status = Some(status.to_string()),
         RunEvent::Failed { code, message, .. } => {
             v.code = Some(code.clone());
-            v.message = Some(message.clone());
+            v.message = Some(crate::error::run_error_message(code, message));
         }
         _ => {}
     }
