@@ -140,6 +140,48 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent).at(parent)
 }
 
+/// Moves a tree built in `staging` (from [`staging_beside`]) to `out`, durably: every file and
+/// directory of the tree is flushed first, so the rename can only publish whole files, then
+/// the rename, then the directory holding `out` is flushed, so the rename itself survives a
+/// power cut. `out` may exist if empty.
+///
+/// # Errors
+/// `ERR_EXPORT_REQUEST_INVALID` naming `--out` when another process filled it meanwhile;
+/// `ERR_EXPORT_IO`.
+pub fn publish_dir(staging: tempfile::TempDir, out: &Path) -> Result<()> {
+    sync_tree(staging.path())?;
+    if out.exists() {
+        std::fs::remove_dir(out).at(out)?;
+    }
+    std::fs::rename(staging.path(), out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
+            ExportError::invalid("--out", format!("{} was filled by another process meanwhile", out.display()))
+        }
+        _ => ExportError::io(out, e),
+    })?;
+    let _ = staging.keep();
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(parent).and_then(|d| d.sync_all()).at(parent)
+}
+
+/// Flushes every regular file and directory under `root` (symlinks are not followed).
+fn sync_tree(root: &Path) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let kind = entry.file_type().at(entry.path())?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                File::open(entry.path()).and_then(|f| f.sync_all()).at(entry.path())?;
+            }
+        }
+        File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+    }
+    Ok(())
+}
+
 /// Removes this process's staging directories of `prefix` beside `out` (a signal handler's
 /// cleanup before exiting).
 pub fn remove_own_staging(out: &Path, prefix: &str) {

@@ -186,9 +186,12 @@ pub struct CancelFlag(Arc<FlagState>);
 
 #[derive(Debug, Default)]
 struct FlagState {
-    /// 0: not cancelled; 1: cancelled; `TIMEOUT_BIT | secs`; `LEASE_BIT`.
+    /// 0: not cancelled; 1: cancelled; `TIMEOUT_BIT | secs`; `LEASE_BIT`: the first reason.
     reason: AtomicU64,
-    /// Milliseconds after [`flag_epoch`] at which the flag trips (0: no deadline).
+    /// The lease is lost, whatever stopped the run first: a cancelled or timed-out run that
+    /// then loses its lease must stop writing too (retries, cleanup).
+    lease_lost: std::sync::atomic::AtomicBool,
+    /// Milliseconds after [`flag_epoch`] at which the lease is lost (0: no deadline).
     deadline_ms: AtomicU64,
 }
 
@@ -220,6 +223,7 @@ impl CancelFlag {
     /// Stops the run because its worker no longer holds the run's lease: it must not write
     /// or publish anything more (`ERR_EXPORT_INTERRUPTED`).
     pub fn lose_lease(&self) {
+        self.0.lease_lost.store(true, Ordering::SeqCst);
         self.trip(LEASE_BIT);
     }
     /// Trips the flag as [`CancelFlag::lose_lease`] at `deadline` (moved by each call).
@@ -227,22 +231,30 @@ impl CancelFlag {
         let ms = deadline.saturating_duration_since(flag_epoch()).as_millis().max(1);
         self.0.deadline_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
+    /// The reason reported: a lost lease before anything else (a worker without the lease
+    /// must write nothing, whatever stopped the run first).
     fn reason(&self) -> u64 {
-        let r = self.0.reason.load(Ordering::SeqCst);
-        let deadline = self.0.deadline_ms.load(Ordering::SeqCst);
-        if r == 0 && deadline != 0 && flag_epoch().elapsed().as_millis() >= u128::from(deadline) {
-            self.lose_lease();
-            return self.0.reason.load(Ordering::SeqCst);
+        if self.lease_lost() {
+            return LEASE_BIT;
         }
-        r
+        self.0.reason.load(Ordering::SeqCst)
     }
     /// True once cancelled (for any reason).
     pub fn is_cancelled(&self) -> bool {
         self.reason() != 0
     }
-    /// True once the run's lease was lost (or its deadline passed).
+    /// True once the run's lease was lost (or its deadline passed), also after a cancel or a
+    /// timeout.
     pub fn lease_lost(&self) -> bool {
-        self.reason() == LEASE_BIT
+        if self.0.lease_lost.load(Ordering::SeqCst) {
+            return true;
+        }
+        let deadline = self.0.deadline_ms.load(Ordering::SeqCst);
+        if deadline != 0 && flag_epoch().elapsed().as_millis() >= u128::from(deadline) {
+            self.lose_lease();
+            return true;
+        }
+        false
     }
     /// `Err(Cancelled)`, `Err(Timeout)` or `Err(Interrupted)` (lease lost) once cancelled.
     pub fn check(&self) -> Result<()> {
@@ -654,4 +666,33 @@ pub fn export_detached(
     ctx.anchor = Some(anchor);
     profile.export(&mut ctx)?;
     Ok(ctx.artifacts)
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    /// A run stopped by a cancel or a timeout that then loses its lease reports the lost
+    /// lease (so retries stop and its cleanup spares what another worker published).
+    #[test]
+    fn a_lost_lease_shows_through_an_earlier_cancel_or_timeout() {
+        let cancelled = CancelFlag::new();
+        cancelled.cancel();
+        assert!(!cancelled.lease_lost());
+        assert!(matches!(cancelled.check(), Err(ExportError::Cancelled)));
+        cancelled.lose_lease();
+        assert!(cancelled.lease_lost());
+        assert!(matches!(cancelled.check(), Err(ExportError::Interrupted { .. })));
+
+        let timed_out = CancelFlag::new();
+        timed_out.time_out(5);
+        timed_out.set_deadline(std::time::Instant::now() + std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(timed_out.lease_lost(), "the lease deadline passed after the timeout");
+        assert!(matches!(timed_out.check(), Err(ExportError::Interrupted { .. })));
+
+        let running = CancelFlag::new();
+        running.set_deadline(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+        assert!(!running.is_cancelled() && !running.lease_lost());
+    }
 }

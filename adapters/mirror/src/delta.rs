@@ -856,17 +856,9 @@ pub fn apply(
     let mut log = base.applied;
     log.push(export_id.clone());
     write_new(&staging.path().join(APPLIED_LOG), (log.join("\n") + "\n").as_bytes())?;
-    // Into place; on any error the staging directory is dropped (removed).
-    if out.exists() {
-        std::fs::remove_dir(out).map_err(|e| ExportError::io(out, e))?;
-    }
-    std::fs::rename(staging.path(), out).map_err(|e| match e.kind() {
-        std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
-            ExportError::invalid("--out", format!("{} was filled by another process meanwhile", out.display()))
-        }
-        _ => ExportError::io(out, e),
-    })?;
-    let _ = staging.keep();
+    // Into place, durably (files, directories, the rename); on any error the staging
+    // directory is dropped (removed).
+    exportcore::files::publish_dir(staging, out)?;
     Ok(Applied { export_id, kept, written, removed: removed.len() })
 }
 

@@ -468,16 +468,7 @@ pub fn decrypt(
             reason: format!("lists {} encrypted files, the run manifest {}", sealed.len(), opened),
         });
     }
-    if plain.exists() {
-        std::fs::remove_dir(plain).map_err(|e| ExportError::io(plain, e))?;
-    }
-    std::fs::rename(staging.path(), plain).map_err(|e| match e.kind() {
-        std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
-            ExportError::invalid("--out", format!("{} was filled by another process meanwhile", plain.display()))
-        }
-        _ => ExportError::io(plain, e),
-    })?;
-    let _ = staging.keep();
+    exportcore::files::publish_dir(staging, plain)?;
     Ok(opened)
 }
 

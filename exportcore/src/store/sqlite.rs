@@ -81,9 +81,9 @@ CREATE INDEX runs_running ON runs(seq) WHERE status = 'running';
 "#,
 ];
 
-/// A run store in a SQLite file (WAL journal, `synchronous=NORMAL`: a committed change
-/// survives a crash of the process; a power loss may lose the last commits but never corrupts
-/// the file). The schema is versioned with `PRAGMA user_version` and migrated forward on open;
+/// A run store in a SQLite file (WAL journal, `synchronous=FULL`: a committed change survives
+/// a crash of the process and a power loss; recovery must never take a finished run for an
+/// interrupted one and delete its outputs). The schema is versioned with `PRAGMA user_version` and migrated forward on open;
 /// a corrupt file, a foreign database or a store from a newer version is refused with
 /// `ERR_EXPORT_STORE_INVALID` and left untouched.
 ///
@@ -130,9 +130,13 @@ type Job = Box<dyn FnOnce(&mut Connection, &str) + Send>;
 
 fn store_err(path: &str, e: rusqlite::Error) -> ExportError {
     use rusqlite::ErrorCode::{
-        CannotOpen, DatabaseCorrupt, DiskFull, NotADatabase, PermissionDenied, ReadOnly, SystemIoFailure,
+        CannotOpen, DatabaseBusy, DatabaseCorrupt, DatabaseLocked, DiskFull, NotADatabase, PermissionDenied, ReadOnly,
+        SystemIoFailure,
     };
     match e.sqlite_error_code() {
+        // Another process held the write lock past the busy timeout: transient, so the engine
+        // retries (it must not take a finished run's record for lost).
+        Some(DatabaseBusy | DatabaseLocked) => ExportError::io(path, std::io::Error::other(e)),
         Some(DatabaseCorrupt | NotADatabase) => ExportError::StoreInvalid {
             path: path.to_owned(),
             reason: format!("corrupt or not a SQLite database: {e}"),
@@ -160,8 +164,9 @@ id_to_sql!(TenantId, RunId, ProfileId);
 fn is_busy(e: &ExportError) -> bool {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
     match e {
-        ExportError::Internal { source: Some(s), .. } => s
-            .downcast_ref::<rusqlite::Error>()
+        ExportError::Io { source, .. } => source
+            .get_ref()
+            .and_then(|s| s.downcast_ref::<rusqlite::Error>())
             .and_then(rusqlite::Error::sqlite_error_code)
             .is_some_and(|c| matches!(c, DatabaseBusy | DatabaseLocked)),
         _ => false,
@@ -249,7 +254,7 @@ impl SqliteStore {
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         if version < SCHEMA_VERSION {
             // IMMEDIATE: one process migrates at a time; the others wait (busy timeout), then
             // read the version again and find nothing left to do.
