@@ -317,21 +317,23 @@ fn counts_in_parts(scratch: &Path, old: &Path, new: &Path, parts: usize) -> Resu
     };
     let (mut added, mut changed, mut removed) = (0u64, 0u64, 0u64);
     for (o, n) in olds.iter().zip(&news) {
-        let mut map: std::collections::HashMap<[u8; 32], [u8; 32]> = std::collections::HashMap::new();
+        // An id may be listed more than once (records are kept as they are): each id keeps
+        // the count of its old entries, and each new entry of it takes one of them.
+        let mut map: std::collections::HashMap<[u8; 32], ([u8; 32], u64)> = std::collections::HashMap::new();
         read_pairs(o, &mut |id, d| {
-            map.insert(id, d);
+            let e = map.entry(id).or_insert((d, 0));
+            *e = (d, e.1 + 1);
         })?;
-        let mut seen = 0u64;
-        read_pairs(n, &mut |id, d| match map.get(&id) {
-            None => added += 1,
-            Some(old) => {
-                seen += 1;
+        read_pairs(n, &mut |id, d| match map.get_mut(&id) {
+            Some((old, left)) if *left > 0 => {
+                *left -= 1;
                 if *old != d {
                     changed += 1;
                 }
             }
+            _ => added += 1,
         })?;
-        removed += map.len() as u64 - seen;
+        removed += map.values().map(|(_, left)| left).sum::<u64>();
         for p in [o, n] {
             let _ = std::fs::remove_file(p);
         }
@@ -513,7 +515,13 @@ impl Profile for MirrorDelta {
                 .collect();
             subjects
                 .push(exportcore::sign::provenance::Resource { name: MANIFEST_FILE.into(), sha256: manifest.sha256 });
-            let request = ctx.request().clone();
+            // Only what shapes the tree: this statement describes the new tree whoever built
+            // it and however it was delivered (no key path as typed, no priority or timeout).
+            let mut request = ctx.request().clone();
+            request.distribution = None;
+            request.priority = exportcore::Priority::default();
+            request.timeout_seconds = None;
+            request.retention_days = None;
             let statement = exportcore::sign::provenance::statement(&exportcore::sign::provenance::ProvenanceInput {
                 run_id: &export_id,
                 request: &request,
@@ -909,5 +917,19 @@ mod tests {
         std::fs::write(dir.path().join("bad.json"), b"{\"entries\":[{\"id\":1}]}").unwrap();
         let err = counts_in_parts(&dir.path().join("s"), &dir.path().join("bad.json"), &n, 3).unwrap_err();
         assert!(err.to_string().contains("bad.json"), "{err}");
+    }
+
+    /// Ids listed more than once (records are kept as they are) count one old entry per new
+    /// one: no wrap-around of `removed` (a panic in a debug build, 2^64 - 1 in a release one).
+    #[test]
+    fn repeated_ids_count_entry_by_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = vec![("A".to_owned(), "x"), ("B".to_owned(), "y"), ("B".to_owned(), "y")];
+        let new = vec![("A".to_owned(), "x"), ("A".to_owned(), "x"), ("A".to_owned(), "q"), ("B".to_owned(), "y")];
+        let (o, n) = (index(dir.path(), "old.json", &old), index(dir.path(), "new.json", &new));
+        for parts in [1, 3] {
+            let got = counts_in_parts(&dir.path().join(format!("d{parts}")), &o, &n, parts).unwrap();
+            assert_eq!(got, json!({"added": 2, "changed": 0, "removed": 1}), "{parts} partitions");
+        }
     }
 }
