@@ -119,7 +119,9 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), too many
 /// connections (53300), serialization failure and deadlock (40001, 40P01).
 fn transient(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+    // 57014: a statement ended by `statement_timeout` (waiting on a lock): try again.
+    sqlstate.starts_with("08")
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "57014" | "53300" | "40001" | "40P01")
 }
 
 /// The session advisory lock a retention sweep holds (see [`RunStore::sweep_guard`]).
@@ -193,6 +195,17 @@ impl PostgresStore {
             }
         }
         cfg.application_name("exportcore");
+        // A server that vanishes mid-call (a half-open connection) is noticed in under a
+        // minute, not after the TCP retransmission timeout; a statement stuck behind a lock
+        // ends in one (the engine retries I/O errors until the run's lease deadline).
+        cfg.keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(15))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(std::time::Duration::from_secs(45));
+        if cfg.get_options().is_none() {
+            cfg.options("-c statement_timeout=60000");
+        }
         let host = cfg
             .get_hosts()
             .first()

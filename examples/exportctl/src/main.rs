@@ -775,6 +775,33 @@ fn serve_signers(specs: &[String]) -> Result<Option<exportcore::engine::SignerRe
     })))
 }
 
+/// `$TMPDIR/{prefix}-{uid}`: a directory of this user alone, created 0700, or refused when
+/// it exists as something else (a symlink, another owner's, open to others): on a shared
+/// host another user could otherwise read or swap what runs stage there.
+fn private_temp_dir(prefix: &str) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let tmp = std::env::temp_dir();
+    let me = tempfile::tempfile_in(&tmp).and_then(|f| f.metadata()).map_err(|e| ExportError::io(&tmp, e))?.uid();
+    let dir = tmp.join(format!("{prefix}-{me}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(ExportError::io(&dir, e).into()),
+    }
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| ExportError::io(&dir, e))?;
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
+        return Err(ExportError::invalid(
+            "--data",
+            format!(
+                "{} is not a private directory of this user (a symlink, another owner's, or open to others): remove it",
+                dir.display()
+            ),
+        )
+        .into());
+    }
+    Ok(dir)
+}
+
 /// Where a run into `out` stages its files: the directory that holds `out`.
 fn staging_root(out: &Path) -> PathBuf {
     match out.parent() {
@@ -1075,8 +1102,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let (sink, staging): (Arc<dyn exportcore::Sink>, PathBuf) = match data.to_str().filter(|d| d.starts_with("s3://")) {
         Some(uri) => {
             let config = exportcore_distribution::s3::S3Config::from_env();
-            let staging = std::env::temp_dir().join("exportcore-staging");
-            std::fs::create_dir_all(&staging).map_err(|e| ExportError::io(&staging, e))?;
+            let staging = private_temp_dir("exportcore-staging")?;
             (Arc::new(exportcore_distribution::ObjectSink::s3(uri, &config)?), staging)
         }
         None => {
@@ -1616,5 +1642,28 @@ impl ProgressDisplay {
         if let Some(more) = seen.checked_sub(ARTIFACT_LINES).filter(|n| *n > 0) {
             errln!("artifact_ready … and {more} more (`exportctl runs events {run_id}` lists every one)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staging directory is this user's alone: created 0700, taken again as it is,
+    /// refused once it is open to others or is a symlink.
+    #[test]
+    fn the_private_temp_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let prefix = format!("exportcore-test-staging-{}", std::process::id());
+        let dir = private_temp_dir(&prefix).unwrap_or_else(|_| panic!("created"));
+        assert_eq!(std::fs::metadata(&dir).map(|m| m.permissions().mode() & 0o777).ok(), Some(0o700));
+        assert!(private_temp_dir(&prefix).is_ok(), "taken again");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).ok();
+        assert!(private_temp_dir(&prefix).is_err(), "open to others");
+        std::fs::remove_dir(&dir).ok();
+        let target = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(target.path(), &dir).ok();
+        assert!(private_temp_dir(&prefix).is_err(), "a symlink");
+        std::fs::remove_file(&dir).ok();
     }
 }

@@ -34,7 +34,9 @@ impl Exporter {
                 break;
             }
             for mut run in due {
-                for o in &run.outputs {
+                // The run manifest first (outputs list it last): a sweep stopped half-way
+                // never leaves a manifest naming files that are gone.
+                for o in run.outputs.iter().rev() {
                     let path = self.artifact_path(&run.run_id, &o.path)?;
                     self.inner.sink.delete(&path).await?;
                     report.artifacts_deleted += 1;
@@ -76,5 +78,56 @@ mod tests {
         assert_eq!((report.expired, report.artifacts_deleted), (1, 2));
         assert!(sink.snapshot().is_empty());
         assert_eq!(ex.get(&tenant(), &id).await.unwrap().status, crate::RunStatus::Expired);
+    }
+
+    /// A sink that refuses to delete anything but a run manifest.
+    #[derive(Debug, Default)]
+    struct StickySink(crate::InMemorySink);
+
+    #[async_trait::async_trait]
+    impl crate::Sink for StickySink {
+        fn name(&self) -> &str {
+            "sticky"
+        }
+        fn url(&self, path: &crate::ArtifactPath) -> String {
+            self.0.url(path)
+        }
+        async fn put(&self, path: &crate::ArtifactPath, body: crate::ByteStream) -> crate::Result<crate::PutReceipt> {
+            self.0.put(path, body).await
+        }
+        async fn get(&self, path: &crate::ArtifactPath) -> crate::Result<crate::ByteStream> {
+            self.0.get(path).await
+        }
+        async fn list(&self, prefix: Option<&crate::ArtifactPath>) -> crate::Result<Vec<crate::ObjectMeta>> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, path: &crate::ArtifactPath) -> crate::Result<()> {
+            if !path.as_str().ends_with("manifest.json") {
+                return Err(crate::ExportError::io(path.as_str(), std::io::Error::other("refused")));
+            }
+            self.0.delete(path).await
+        }
+    }
+
+    /// A sweep stopped half-way has deleted the run manifest first: no manifest is left
+    /// naming files that are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_deletes_the_run_manifest_first() {
+        let clock = ManualClock::new(t0());
+        let sink = std::sync::Arc::new(StickySink::default());
+        let ex = crate::engine::Exporter::builder()
+            .profiles(crate::Profiles::new().with(crate::engine::test_support::Hello))
+            .sink_arc(sink.clone())
+            .evidence(crate::MemoryEvidence::new())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let id = ex.submit(Submission::new(tenant(), request(Some(1)))).await.unwrap().run_id;
+        ex.execute_now(&tenant(), &id).await.unwrap();
+        clock.advance(Duration::from_secs(86_400));
+        assert!(ex.sweep_now().await.is_err(), "the sink refused the second delete");
+        let left: Vec<String> = sink.0.snapshot().into_iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].ends_with("hello.txt"), "the manifest went first: {left:?}");
     }
 }

@@ -138,6 +138,11 @@ impl FsSink {
                     std::fs::create_dir(&dir)
                         .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
                         .at(&dir)?;
+                    // The new directory's entry must survive a power cut too, or the files
+                    // renamed into it (each flushed) could vanish with it.
+                    if let Some(parent) = dir.parent() {
+                        sync_dir(parent)?;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ExportError::NotFound { path: path.to_string() })
@@ -439,7 +444,16 @@ impl Sink for FsSink {
         }
         let local = self.local_path(path);
         match tokio::fs::remove_file(&local).await {
-            Ok(()) => Ok(()),
+            // Durable: a deleted manifest of a failed or expired run must not come back.
+            Ok(()) => match local.parent() {
+                Some(dir) => {
+                    let dir = dir.to_path_buf();
+                    tokio::task::spawn_blocking(move || sync_dir(&dir))
+                        .await
+                        .map_err(|e| ExportError::internal_caused("fs sink", "a blocking file task stopped", e))?
+                }
+                None => Ok(()),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(ExportError::io(&local, e)),
         }
