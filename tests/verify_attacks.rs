@@ -352,3 +352,25 @@ async fn a_file_swapped_after_verification_is_not_read_as_verified() {
     let e = report.read_verified(&out, "late.json").unwrap_err();
     assert!(e.to_string().contains("not among the files"), "{e}");
 }
+
+/// A `file://` push builds beside its target and renames it into place: two pushes to one
+/// target at once leave one whole, verifying copy (the other fails), and no staging behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_pushes_to_one_target_never_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    json_raw_gzip(&out).await;
+    let target = tmp.path().join("deliveries/run-1");
+    let (a, b) = tokio::join!(
+        exportcore_distribution::push_dir(&out, &target),
+        exportcore_distribution::push_dir(&out, &target)
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one push wins: {:?} / {:?}", a.as_ref().err(), b.as_ref().err());
+    let report = exportcore::verify::verify_path_with(&target, &VerifyOptions::default()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    let left: Vec<String> = std::fs::read_dir(tmp.path().join("deliveries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["run-1"], "no staging directory left");
+}

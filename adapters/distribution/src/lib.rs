@@ -762,12 +762,17 @@ pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)
     if std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
         return Err(ExportError::distribution_failed(&name, "the directory is not empty"));
     }
-    let sink = exportcore::FsSink::new(target).map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
-    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
-        &dir.join(MANIFEST_FILE),
-        exportcore::files::MAX_MANIFEST_BYTES,
-    )?)
-    .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
+    // Built beside the target and renamed onto it once whole and flushed: a failure leaves
+    // nothing at the target (a retry finds it empty), and two pushes to one target cannot
+    // mix their files (the second rename fails).
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| ExportError::distribution_failed(&name, e.to_string()))?;
+    }
+    let staging = exportcore::files::staging_beside(target, PUSH_STAGING_PREFIX)?;
+    let sink =
+        exportcore::FsSink::new(staging.path()).map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
+    let manifest = exportcore::Manifest::parse(&report.read_verified(dir, MANIFEST_FILE)?)
+        .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
     let mut paths: Vec<String> = manifest.entries.iter().map(|e| e.path.to_string()).collect();
     for side in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE, MANIFEST_FILE] {
         if dir.join(side).is_file() {
@@ -793,8 +798,12 @@ pub async fn push_dir(dir: &Path, target: &Path) -> Result<Vec<(String, PathBuf)
         }
         out.push((p, target.join(receipt.path.as_str())));
     }
+    exportcore::files::publish_dir(staging, target).map_err(|e| ExportError::distribution_failed(&name, e.report()))?;
     Ok(out)
 }
+
+/// Prefix of the staging directory a `file://` push builds beside its target.
+const PUSH_STAGING_PREFIX: &str = ".exportcore-push-";
 
 #[async_trait::async_trait]
 impl exportcore::run::Distributor for ObjectDistributor {
