@@ -347,6 +347,20 @@ async fn s3_uploads_check_digests_and_presigned_urls_serve_and_expire() {
     let pushed = push_s3(&big, &S3Target::parse("s3://exports/big", "t").unwrap(), &config).await.unwrap();
     let blob = pushed.objects.iter().find(|o| o.path == "blob.bin").unwrap();
     assert_eq!(blob.size, 200 << 20);
+    // An unsigned run pushed over the signed one: the earlier signatures went first (none is
+    // left beside a manifest it does not sign), the new manifest last.
+    let before = presign(&config, "exports", "acme/run-1/manifest.dsse.json", std::time::Duration::from_secs(60));
+    let o = Command::new("curl").args(["-fsS", "-o", "/dev/null", &before.await.unwrap()]).output().unwrap();
+    assert!(o.status.success(), "the signed push left its envelope: {}", text(&o));
+    push_s3(&big, &target, &config).await.unwrap();
+    let after = presign(&config, "exports", "acme/run-1/manifest.dsse.json", std::time::Duration::from_secs(60));
+    let o = Command::new("curl").args(["-fsS", "-o", "/dev/null", &after.await.unwrap()]).output().unwrap();
+    assert!(!o.status.success(), "the old envelope still stands beside the new manifest");
+    let manifest = presign(&config, "exports", "acme/run-1/manifest.json", std::time::Duration::from_secs(60));
+    let got = tmp.path().join("manifest-after");
+    let o = Command::new("curl").args(["-fsS", "-o"]).arg(&got).arg(manifest.await.unwrap()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(big.join("manifest.json")).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

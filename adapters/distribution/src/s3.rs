@@ -193,11 +193,8 @@ pub async fn push_s3(dir: &Path, target: &S3Target, config: &S3Config) -> Result
             reason: format!("not pushed: the output does not verify: {}", f.problem),
         });
     }
-    let manifest = exportcore::Manifest::parse(&exportcore::files::read_capped(
-        &dir.join(MANIFEST_FILE),
-        exportcore::files::MAX_MANIFEST_BYTES,
-    )?)
-    .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
+    let manifest = exportcore::Manifest::parse(&report.read_verified(dir, MANIFEST_FILE)?)
+        .map_err(|e| ExportError::VerificationFailed { path: MANIFEST_FILE.into(), reason: e })?;
     let mut files: Vec<(String, u64, Sha256Digest)> =
         manifest.entries.iter().map(|e| (e.path.to_string(), e.size, e.sha256)).collect();
     for side in [SIGNED_MANIFEST_FILE, PROVENANCE_FILE, MANIFEST_FILE] {
@@ -210,6 +207,14 @@ pub async fn push_s3(dir: &Path, target: &S3Target, config: &S3Config) -> Result
     }
     let name = target.url();
     let store: Arc<dyn ObjectStore> = Arc::new(config.store(&target.bucket)?);
+    // A push over an earlier one: its manifest and signatures go first, so no reader sees an
+    // old manifest over objects this push is replacing (the new manifest goes up last).
+    for side in [MANIFEST_FILE, SIGNED_MANIFEST_FILE, PROVENANCE_FILE] {
+        match store.delete(&target.key(side)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed(&name, e)),
+        }
+    }
     let mut objects = Vec::new();
     let mut bytes = 0;
     for (path, size, sha256) in files {
@@ -245,6 +250,10 @@ pub async fn push_s3(dir: &Path, target: &S3Target, config: &S3Config) -> Result
         }
         let (got_size, got_sha) = hasher.finish();
         if got_size != size || got_sha != sha256 {
+            if path == MANIFEST_FILE {
+                // A manifest that did not arrive whole must not stand for the push.
+                let _ = store.delete(&key).await;
+            }
             return Err(failed(
                 &name,
                 format!("{key}: stored {got_size} bytes sha256 {got_sha}, sent {size} bytes sha256 {sha256}"),
