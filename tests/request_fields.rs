@@ -272,14 +272,20 @@ async fn priority_and_timeout_are_used_by_the_engine() {
     assert_eq!(run.errors.first().map(|e| e.code.as_str()), Some("ERR_EXPORT_TIMEOUT"), "{:?}", run.errors);
 }
 
-/// A `compression` a profile does not write is refused, never silently replaced by the one it
-/// writes: each profile of the workspace, each compression.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compression_the_profile_does_not_write_is_refused() {
+/// Every profile of the workspace.
+fn workspace_profiles() -> exportcore::Profiles {
     let mut all = exportcore_json::profiles();
     all.extend(exportcore_trivy::profiles());
     all.extend(exportcore_devportal::profiles());
     all.extend(exportcore_mirror::profiles());
+    all
+}
+
+/// A `compression` a profile does not write is refused, never silently replaced by the one it
+/// writes: each profile of the workspace, each compression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compression_the_profile_does_not_write_is_refused() {
+    let all = workspace_profiles();
     let writes = |id: &str| -> Vec<Compression> {
         match id {
             "json:raw" | "json:policy" => Compression::ALL.to_vec(),
@@ -318,10 +324,7 @@ async fn a_compression_the_profile_does_not_write_is_refused() {
 /// be, and is refused naming `createdAt`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_representable_time_is_handled_by_every_profile() {
-    let mut all = exportcore_json::profiles();
-    all.extend(exportcore_trivy::profiles());
-    all.extend(exportcore_devportal::profiles());
-    all.extend(exportcore_mirror::profiles());
+    let all = workspace_profiles();
     let ids: Vec<ProfileId> = all.ids().cloned().collect();
     for id in ids {
         let mut r = base();

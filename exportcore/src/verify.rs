@@ -693,6 +693,11 @@ mod tests {
 
     /// A tar.zst of `entries` (name, declared size, bytes streamed), in the given order.
     fn tar_zst(entries: Vec<(&str, u64, Box<dyn Read>)>) -> Vec<u8> {
+        tar_zst_then(entries, Vec::new())
+    }
+
+    /// [`tar_zst`], then `raw` entries appended with their headers as given (finished here).
+    fn tar_zst_then(entries: Vec<(&str, u64, Box<dyn Read>)>, raw: Vec<(tar::Header, Box<dyn Read>)>) -> Vec<u8> {
         let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
         let mut b = tar::Builder::new(enc);
         for (name, size, body) in entries {
@@ -701,6 +706,10 @@ mod tests {
             h.set_mode(0o644);
             h.set_cksum();
             b.append_data(&mut h, name, body).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (mut h, body) in raw {
+            h.set_cksum();
+            b.append(&h, body).unwrap_or_else(|e| panic!("{e}"));
         }
         b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -775,26 +784,18 @@ mod tests {
         smuggled.extend_from_slice(b"evil");
         smuggled.resize(1024, 0);
         let manifest = manifest_listing("a.bin", 0);
-        let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
-        let mut b = tar::Builder::new(enc);
-        let mut h = tar::Header::new_ustar();
-        h.set_size(manifest.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap_or_else(|e| panic!("{e}"));
-        let mut h = tar::Header::new_ustar();
-        h.set_size(0);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "a.bin", &b""[..]).unwrap_or_else(|e| panic!("{e}"));
         let mut dir = tar::Header::new_ustar();
         dir.set_entry_type(tar::EntryType::Directory);
         dir.set_path("d/").unwrap_or_else(|e| panic!("{e}"));
         dir.set_size(smuggled.len() as u64);
         dir.set_mode(0o755);
-        dir.set_cksum();
-        b.append(&dir, &smuggled[..]).unwrap_or_else(|e| panic!("{e}"));
-        let bytes = b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = tar_zst_then(
+            vec![
+                ("manifest.json", manifest.len() as u64, Box::new(std::io::Cursor::new(manifest))),
+                ("a.bin", 0, zeros(0)),
+            ],
+            vec![(dir, Box::new(std::io::Cursor::new(smuggled)))],
+        );
         let report = verify_bytes(bytes);
         assert!(
             report.failures.iter().any(|f| f.path == "d/" && f.problem.contains("declares 1024 bytes")),
@@ -809,19 +810,13 @@ mod tests {
     #[test]
     fn after_the_manifest_an_oversized_long_name_header_is_not_read() {
         let manifest = manifest_listing("z.bin", 10);
-        let enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap_or_else(|e| panic!("{e}"));
-        let mut b = tar::Builder::new(enc);
-        let mut h = tar::Header::new_ustar();
-        h.set_size(manifest.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap_or_else(|e| panic!("{e}"));
         let mut long = tar::Header::new_gnu();
         long.set_entry_type(tar::EntryType::GNULongName);
         long.set_size(256 << 20);
-        long.set_cksum();
-        b.append(&long, std::io::repeat(b'a').take(256 << 20)).unwrap_or_else(|e| panic!("{e}"));
-        let bytes = b.into_inner().and_then(|e| e.finish()).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = tar_zst_then(
+            vec![("manifest.json", manifest.len() as u64, Box::new(std::io::Cursor::new(manifest)))],
+            vec![(long, Box::new(std::io::repeat(b'a').take(256 << 20)))],
+        );
         let report = verify_bytes(bytes);
         assert!(
             report.failures.iter().any(|f| f.problem.contains("more than its manifest declares")),

@@ -565,7 +565,7 @@ pub struct OciDistributor {
 /// send the server's registry credentials to a host of its own, or overwrite, squat on and
 /// read back another tenant's deliveries).
 ///
-/// A prefix is for every tenant (`s3://exports/shared/`), for one (`acme=s3://exports/acme/`),
+/// A prefix is for every tenant (`s3://exports/common/`), for one (`acme=s3://exports/acme/`),
 /// or for each under its own name (`s3://exports/{tenant}/`, `{tenant}` replaced by the
 /// tenant of the run). A prefix every tenant may use is shared: what one tenant delivers
 /// there another may overwrite; give each tenant its own.

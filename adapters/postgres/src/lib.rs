@@ -40,12 +40,12 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use exportcore::saved::SavedProfile;
 use exportcore::store::{
-    check_lease, lease_lost, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent, SweepGuard,
-    UnreadableRun,
+    check_lease, lease_lost, read_request, read_run, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore,
+    StoredEvent, SweepGuard, UnreadableRun,
 };
 use exportcore::{
-    DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunRequest, RunStatus,
-    TenantId, Timestamp,
+    DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunStatus, TenantId,
+    Timestamp,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
@@ -153,18 +153,6 @@ fn not_found(run_id: &RunId) -> ExportError {
 
 fn json_err(label: &str, e: serde_json::Error) -> ExportError {
     ExportError::StoreInvalid { path: label.to_owned(), reason: format!("a stored record does not parse: {e}") }
-}
-
-fn read_run(label: &str, run_id: &str, record: &str) -> Result<Run> {
-    serde_json::from_str(record).map_err(|e| unreadable(label, run_id, "record", e))
-}
-
-fn read_request(label: &str, run_id: &str, request: &str) -> Result<RunRequest> {
-    serde_json::from_str(request).map_err(|e| unreadable(label, run_id, "request", e))
-}
-
-fn unreadable(label: &str, run_id: &str, what: &str, e: serde_json::Error) -> ExportError {
-    ExportError::StoreInvalid { path: label.to_owned(), reason: format!("run {run_id}: unreadable {what}: {e}") }
 }
 
 /// How many unreadable queue heads one claim sets aside before it gives up (and is retried).

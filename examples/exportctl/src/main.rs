@@ -207,7 +207,7 @@ struct ServeArgs {
     listen: String,
     /// A destination prefix requests may name in `distribution.ref` (repeatable),
     /// `[TENANT=]PREFIX`: `oci://registry.internal/{tenant}/` (each tenant under its own name),
-    /// `acme=s3://exports/acme/` (that tenant only), `file:///srv/exports/shared/` (every
+    /// `acme=s3://exports/acme/` (that tenant only), `file:///srv/exports/common/` (every
     /// tenant: shared, so one may overwrite another's deliveries there). Without any, requests
     /// asking for an `oci` or `object` distribution are refused: the server never writes, or
     /// sends its registry credentials, where a tenant alone chose.

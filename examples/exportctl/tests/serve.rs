@@ -103,6 +103,27 @@ fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl").args(["-sS", "--max-time", "60"]).args(args).output().expect("curl (apt-get install curl)")
 }
 
+/// `POST /export-center/runs` with a dev token for `tenant`; the reply body, a line break and
+/// the HTTP status.
+fn post_run(serve: &Serve, token: &str, tenant: &str, body: &str) -> String {
+    let o = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        &format!("X-StellaOps-Tenant: {tenant}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        "-w",
+        "\n%{http_code}",
+        &format!("{}/export-center/runs", serve.base()),
+    ]);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
 }
@@ -632,42 +653,13 @@ fn serve_delivers_only_where_its_operator_allows() {
         (format!("file://{}/each/globex/mine", tmp.path().display()), "202"),
     ] {
         let body = format!(r#"{{"profileId":"json:raw","distribution":{{"type":"object","ref":"{reference}"}}}}"#);
-        let o = curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "Authorization: Bearer tok-globex",
-            "-H",
-            "X-StellaOps-Tenant: globex",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            &format!("{}/export-center/runs", serve.base()),
-        ]);
-        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let t = post_run(&serve, "tok-globex", "globex", &body);
         assert!(t.ends_with(&format!("\n{code}")), "globex to {reference}: {t}");
     }
     assert!(!allowed.join("squat").exists() && !tmp.path().join("each/acme").exists());
     let post = |distribution: &str| {
         let body = format!(r#"{{"profileId":"json:raw","distribution":{distribution}}}"#);
-        curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "Authorization: Bearer tok-acme-1",
-            "-H",
-            "X-StellaOps-Tenant: acme",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            &format!("{}/export-center/runs", serve.base()),
-        ])
+        post_run(&serve, "tok-acme-1", "acme", &body)
     };
     let outside = tmp.path().join("pwned");
     for refused in [
@@ -675,13 +667,11 @@ fn serve_delivers_only_where_its_operator_allows() {
         format!(r#"{{"type":"object","ref":"{prefix}../pwned"}}"#),
         r#"{"type":"oci","ref":"oci://127.0.0.1:1/x/y:1"}"#.to_owned(),
     ] {
-        let o = post(&refused);
-        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let t = post(&refused);
         assert!(t.ends_with("\n400") && t.contains("distribution.ref"), "{refused}: {t}");
     }
     assert!(!outside.exists());
-    let o = post(&format!(r#"{{"type":"object","ref":"{prefix}run-1"}}"#));
-    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    let t = post(&format!(r#"{{"type":"object","ref":"{prefix}run-1"}}"#));
     assert!(t.ends_with("\n202"), "{t}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !allowed.join("run-1/manifest.json").is_file() {
@@ -733,22 +723,7 @@ fn serve_signs_with_the_keys_its_operator_names_for_each_tenant() {
         let body = format!(
             r#"{{"profileId":"{profile}","createdAt":"2030-01-01T00:00:00Z","distribution":{{"type":"object","ref":"{prefix}{dest}","signing":{{"enabled":true,"keyRef":"{key_ref}"}}}}}}"#
         );
-        let o = curl(&[
-            "-X",
-            "POST",
-            "-H",
-            &format!("Authorization: Bearer tok-{tenant}"),
-            "-H",
-            &format!("X-StellaOps-Tenant: {tenant}"),
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            &format!("{}/export-center/runs", serve.base()),
-        ]);
-        String::from_utf8_lossy(&o.stdout).to_string()
+        post_run(&serve, &format!("tok-{tenant}"), tenant, &body)
     };
     for (tenant, key_ref) in [("globex", "release"), ("acme", "nope"), ("acme", "file:/etc/passwd")] {
         let t = post(tenant, "json:raw", key_ref, "refused");

@@ -314,6 +314,21 @@ pub fn check_lease(run_id: &RunId, stored: Option<&str>, writer: Option<&Lease>)
     }
 }
 
+/// A stored run record, parsed; one that does not parse is `ERR_EXPORT_STORE_INVALID` naming
+/// the store and the run (for store implementations, which then set the run aside).
+pub fn read_run(store: &str, run_id: &str, record: &str) -> Result<Run> {
+    serde_json::from_str(record).map_err(|e| unreadable(store, run_id, "record", e))
+}
+
+/// A stored run request, parsed, as [`read_run`].
+pub fn read_request(store: &str, run_id: &str, request: &str) -> Result<RunRequest> {
+    serde_json::from_str(request).map_err(|e| unreadable(store, run_id, "request", e))
+}
+
+fn unreadable(store: &str, run_id: &str, what: &str, e: serde_json::Error) -> crate::ExportError {
+    crate::ExportError::StoreInvalid { path: store.to_owned(), reason: format!("run {run_id}: unreadable {what}: {e}") }
+}
+
 /// The error a store returns for an absent saved profile (for store implementations).
 pub fn profile_not_found(tenant: &TenantId, name: &str, revision: Option<u32>) -> crate::ExportError {
     crate::ExportError::ProfileNotFound {

@@ -1,10 +1,10 @@
 use super::{
-    check_lease, lease_lost, seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter, RunStore, StoredEvent,
-    UnreadableRun,
+    check_lease, lease_lost, read_request, read_run, seconds_between, ClaimedRun, Created, NewRun, Page, RunFilter,
+    RunStore, StoredEvent, UnreadableRun,
 };
 use crate::error::{ExportError, Result};
 use crate::id::{ProfileId, RunId, TenantId};
-use crate::model::{Lease, Run, RunError, RunEvent, RunRequest, RunStatus, Timestamp};
+use crate::model::{Lease, Run, RunError, RunEvent, RunStatus, Timestamp};
 use crate::saved::SavedProfile;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -372,18 +372,6 @@ fn write_lease(conn: &Connection, path: &str, seq: i64, lease: &Lease) -> Result
         .and_then(|mut st| st.execute(params![lease.lease_id, millis(lease.lease_until), seq]))
         .map_err(|e| store_err(path, e))?;
     Ok(())
-}
-
-fn read_run(path: &str, run_id: &str, record: &str) -> Result<Run> {
-    serde_json::from_str(record).map_err(|e| unreadable(path, run_id, "record", e))
-}
-
-fn read_request(path: &str, run_id: &str, request: &str) -> Result<RunRequest> {
-    serde_json::from_str(request).map_err(|e| unreadable(path, run_id, "request", e))
-}
-
-fn unreadable(path: &str, run_id: &str, what: &str, e: serde_json::Error) -> ExportError {
-    ExportError::StoreInvalid { path: path.to_owned(), reason: format!("run {run_id}: unreadable {what}: {e}") }
 }
 
 /// Sets aside a run whose record or request does not parse (edited by hand, written by a
