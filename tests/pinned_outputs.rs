@@ -1,21 +1,39 @@
-//! Same inputs, same bytes, across releases: the sha256 of one json:raw, one trivy:db and one
-//! devportal:offline output of the bundled samples is pinned here. A change to any of them is
-//! a change to what users verify and must be deliberate: update the digest in the same commit
-//! and say why in its message.
+//! Same inputs, same bytes, across releases: the sha256 of the outputs of every profile on the
+//! bundled samples is pinned here (json:raw, json:policy, trivy:db, trivy:java-db,
+//! devportal:offline, and mirror:full signed with a fixed Ed25519 test key, whose signatures
+//! are deterministic). A change to any of them is a change to what users verify and must be
+//! deliberate: update the digest in the same commit and say why in its message. These pins
+//! are also what catches a dependency update that changes compressed bytes (zstd, zlib-rs):
+//! the lock file pins the versions, this test notices when a bump changes the output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use exportcore::{DirEvidence, InMemorySink, Profile, ProfileId, RunBuilder, RunRequest, Timestamp};
 use std::path::Path;
 
+/// A fixed Ed25519 key, for this test only (Ed25519 signatures are deterministic, RFC 8032).
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MFECAQEwBQYDK2VwBCIEILAaljfFYVRB4DSSt5PIgd5VENO7sehIj/OJwvtFUgdi
+gSEAKXaEZEhJI4XBXL9WABMr+DBuugQJQX732L3MHfsgggc=
+-----END PRIVATE KEY-----
+";
+
 async fn digests_of(profile: impl Profile, id: &'static str) -> Vec<(String, String)> {
+    digests_with(profile, id, false).await
+}
+
+async fn digests_with(profile: impl Profile, id: &'static str, signed: bool) -> Vec<(String, String)> {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/evidence");
     let mut request = RunRequest::new(ProfileId::from_static(id));
     request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    let outcome = RunBuilder::new(profile, DirEvidence::new(samples).unwrap(), InMemorySink::new())
-        .execute(request)
-        .await
-        .unwrap_or_else(|e| panic!("{id}: {}", e.report()));
+    let mut builder = RunBuilder::new(profile, DirEvidence::new(samples).unwrap(), InMemorySink::new())
+        .run_id(exportcore::RunId::parse("pinned-run").unwrap());
+    if signed {
+        request.distribution =
+            Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("pinned"));
+        builder = builder.signer(exportcore_crypto::signer_from_pem(TEST_KEY).unwrap());
+    }
+    let outcome = builder.execute(request).await.unwrap_or_else(|e| panic!("{id}: {}", e.report()));
     outcome.run.outputs.iter().map(|o| (o.path.to_string(), o.sha256.to_hex())).collect()
 }
 
@@ -46,4 +64,35 @@ async fn devportal_bytes_are_pinned() {
         "f1acdc870ffb670ef0fe235069e69ffe6f1e48d4089da893f6167c4b6348ac63"
     );
     assert_eq!(digest(&out, "manifest.json"), "b7070489350dfd05ccf8198104a7e0befd08c9789afe415cf646d71c7687be8d");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_policy_bytes_are_pinned() {
+    let out = digests_of(exportcore_json::JsonPolicy, "json:policy").await;
+    assert_eq!(digest(&out, "json-policy.tar.zst"), "5eb3b482846ddefd43042285a2de40d849ee6c187a646a1cb0312b4d0c7edfc3");
+    assert_eq!(digest(&out, "manifest.json"), "857efc171a82d50517cf06063a65c4d7eca8eb120ae506edf339803b88405ce4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trivy_java_db_bytes_are_pinned() {
+    let out = digests_of(exportcore_trivy::TrivyJavaDb, "trivy:java-db").await;
+    assert_eq!(digest(&out, "javadb.tar.gz"), "cbbcc38d42c5ec24446a038cc5a3cf464e59cd876487dab9501a401ff61075b0");
+    assert_eq!(digest(&out, "manifest.json"), "b708c4a2f280c546250cc628b223dd38adfd098732cc1ed65bce2b10c582a73b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_full_bytes_are_pinned() {
+    let out = digests_with(exportcore_mirror::MirrorFull::default(), "mirror:full", true).await;
+    assert_eq!(digest(&out, "mirror/export.json"), "d5e1b764c6144f3108095b8ac76a75d863bcffe8a9b3100b554bd7a4800b4557");
+    // The mirror's Trivy DB is the trivy:db output of the same evidence, byte for byte.
+    assert_eq!(
+        digest(&out, "mirror/trivy/db.tar.gz"),
+        "e65dc37c7a517c8958b544611b0e225593d17de8922d1bba5f44e64c04ae6418"
+    );
+    assert_eq!(digest(&out, "oci/index.json"), "4b0dadafd74d8997da1c05dc10a4fcc30428796f5c1fb3076b1c342a27e67cdc");
+    assert_eq!(
+        digest(&out, "tuf/metadata/timestamp.json"),
+        "f1b9caa143628c986c9fdeb2bd806885eaeec27f4d3e99baa01142c3b6346001"
+    );
+    assert_eq!(digest(&out, "manifest.json"), "5a2618e9d79d0263051e125415a262323553ec8e53c128d29c1171406f47aea1");
 }

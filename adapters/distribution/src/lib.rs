@@ -495,8 +495,8 @@ pub async fn push_oci(
 }
 
 /// Pushes one image and its blobs to `target`: each blob `HEAD`ed, mounted or uploaded, then
-/// its part manifests by digest, then the manifest (or index) by digest, then the tag, then
-/// the signature. Returns the manifest's digest and the signature's tag.
+/// its part manifests by digest, then the manifest (or index) by digest, then the signature,
+/// then the tag. Returns the manifest's digest and the signature's tag.
 async fn push_image(
     target: &OciTarget,
     credentials: Option<Credentials>,
@@ -540,11 +540,14 @@ async fn push_image(
     let (top, media_type) = (&image.top, image.media_type);
     let digest = Sha256Digest::of(top);
     registry.put_manifest(&format!("sha256:{digest}"), media_type, top).await.map_err(|e| e.at(&name))?;
-    registry.put_manifest(&target.tag, media_type, top).await.map_err(|e| e.at(&name))?;
+    // The signature names the manifest by digest, so it goes before the tag: a reader who
+    // checks signatures never finds the tag on an unsigned manifest, and a failed signing
+    // leaves the tag where it was.
     let signature_tag = match &options.signer {
         None => None,
         Some(s) => Some(cosign::push_signature(&registry, target, &digest, &**s).await.map_err(|e| e.at(&name))?),
     };
+    registry.put_manifest(&target.tag, media_type, top).await.map_err(|e| e.at(&name))?;
     Ok((digest, signature_tag))
 }
 
