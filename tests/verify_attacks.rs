@@ -374,3 +374,64 @@ async fn file_pushes_to_one_target_never_mix() {
         .collect();
     assert_eq!(left, ["run-1"], "no staging directory left");
 }
+
+/// A source that changes while it is verified (a FUSE or NFS mount the attacker serves): the
+/// manifest is swapped between a genuine signed one and a forged one as fast as the attacker
+/// can. Whenever `verify --key` says OK, the manifest it vouches for (what `read_verified`
+/// hands `decrypt` and `mirror apply`) is the genuine one: the bytes whose signature was
+/// checked are the bytes whose digest was recorded. Before, the tree walk's read and the
+/// signature check's read were two reads, so OK could vouch for the forged bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_swapped_during_verification_is_never_vouched_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let pair = exportcore_crypto::generate(exportcore_crypto::Algorithm::Ed25519).unwrap();
+    let mut request = RunRequest::new(ProfileId::from_static("json:raw"));
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    request.distribution =
+        Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"));
+    RunBuilder::new(exportcore_json::JsonRaw, DirEvidence::new(samples()).unwrap(), FsSink::new(&out).unwrap())
+        .signer(exportcore_crypto::signer_from_pem(&pair.private_pem).unwrap())
+        .execute(request)
+        .await
+        .unwrap();
+    let options = VerifyOptions {
+        verifiers: vec![exportcore_crypto::verifier_from_pem(&pair.public_pem).unwrap()],
+        ..Default::default()
+    };
+    let genuine = std::fs::read(out.join("manifest.json")).unwrap();
+    let genuine_sha = exportcore::Sha256Digest::of(&genuine);
+    let mut forged = genuine.clone();
+    forged.extend_from_slice(b"\n");
+    let (g, f) = (tmp.path().join("genuine.json"), tmp.path().join("forged.json"));
+    std::fs::write(&g, &genuine).unwrap();
+    std::fs::write(&f, &forged).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, target, tmp) = (std::sync::Arc::clone(&stop), out.join("manifest.json"), tmp.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (src, next) = (tmp.join(if n % 2 == 0 { "forged.json" } else { "genuine.json" }), tmp.join("next"));
+                std::fs::copy(&src, &next).unwrap();
+                std::fs::rename(&next, &target).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..400 {
+        match exportcore::verify::verify_path_with(&out, &options) {
+            Ok(report) if report.is_ok() => {
+                ok += 1;
+                let (_, sha) = report.digests["manifest.json"];
+                assert_eq!(sha, genuine_sha, "verify said OK and vouched for the forged manifest");
+            }
+            _ => refused += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    eprintln!("{ok} verified, {refused} refused while the manifest was being swapped");
+    assert!(refused > 0, "the swapper never won a race: the test checked nothing");
+}

@@ -373,12 +373,13 @@ fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) ->
     for local in &options.local_files {
         found.remove(local.as_str());
     }
-    let manifest_path = dir.join(MANIFEST_FILE);
     if !found.contains_key(MANIFEST_FILE) {
         report.fail(MANIFEST_FILE, "missing");
         return Ok(());
     }
-    let bytes = crate::files::read_capped(&manifest_path, crate::files::MAX_MANIFEST_BYTES)?;
+    // The bytes the tree walk hashed, or an error if the file changed since: everything
+    // below (entries, signatures) and every later `read_verified` must see one manifest.
+    let bytes = report.read_verified(dir, MANIFEST_FILE)?;
     let Some(manifest) = read_manifest(&bytes, MANIFEST_FILE, report) else { return Ok(()) };
     if let Some(selection) = manifest.metadata.get("selection") {
         match serde_json::from_value(selection.clone()) {
