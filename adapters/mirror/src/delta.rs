@@ -550,7 +550,27 @@ fn make_parent(dst: &Path) -> Result<()> {
     }
 }
 
-/// Puts `src`'s bytes at `dst` (creating its directory): a hard link, else a copy.
+/// Copies the input file `src` (of the base or the delta) to the new file `dst`, at most
+/// `size + 1` bytes, and returns what was copied. Never a hard link: whoever can write an
+/// input could otherwise change the applied mirror after its check, in place (`rsync
+/// --inplace` into the base does it by accident). `dst` is checked as written, not re-read.
+fn copy_in(src: &Path, dst: &Path, size: u64) -> Result<(u64, Sha256Digest)> {
+    make_parent(dst)?;
+    let from = exportcore::files::open_regular(src)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+    let to = options.open(dst).map_err(|e| ExportError::io(dst, e))?;
+    let mut w = exportcore::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, to));
+    std::io::copy(&mut std::io::Read::take(from, size.saturating_add(1)), &mut w)
+        .map_err(|e| ExportError::io(src, e))?;
+    let (buffered, len, sha) = w.finish();
+    buffered.into_inner().map_err(|e| ExportError::io(dst, e.into_error()))?;
+    Ok((len, sha))
+}
+
+/// Puts `src`'s bytes (a file already in staging) at `dst`: a hard link, else a copy.
 fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     make_parent(dst)?;
     if std::fs::hard_link(src, dst).is_err() {
@@ -830,8 +850,12 @@ pub fn apply(
             kept += 1;
             (base_dir.join(path), "the base's copy")
         };
-        link_or_copy(&src, &dst)?;
-        check(&dst, &src, who, (size, sha))?;
+        if src.starts_with(staging.path()) {
+            link_or_copy(&src, &dst)?;
+            check(&dst, &src, who, (size, sha))?;
+        } else if copy_in(&src, &dst, size)? != (size, sha) {
+            return Err(delta_err(&src.display().to_string(), format!("{who} is not the file the new tree lists")));
+        }
     }
     if diff.get("derived").is_some() {
         for (path, dst) in derive(&diff, &d, staging.path(), &want)? {
@@ -853,12 +877,9 @@ pub fn apply(
     for (from, to) in
         [(FULL_MANIFEST, MANIFEST_FILE), (FULL_MANIFEST_DSSE, SIGNED_MANIFEST_FILE), (FULL_PROVENANCE, PROVENANCE_FILE)]
     {
-        let src = delta_dir.join(from);
-        if src.exists() {
-            write_new(
-                &staging.path().join(to),
-                &exportcore::files::read_capped(&src, exportcore::files::MAX_MANIFEST_BYTES)?,
-            )?;
+        // The bytes the delta's verification read (a file swapped since is an error).
+        if delta_dir.join(from).exists() {
+            write_new(&staging.path().join(to), &report.read_verified(delta_dir, from)?)?;
         }
     }
     let mut log = base.applied;

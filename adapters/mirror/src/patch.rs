@@ -35,6 +35,16 @@ pub(crate) enum Units {
 /// Marks the start of an index entry (entries' keys are sorted: `file` comes first).
 const ENTRY: &[u8] = b"{\"file\":";
 
+/// The longest unit a reader accepts: twice the longest record evidence may hold (a shard
+/// line is one canonical record, an index entry far less). A file whose units are longer —
+/// a base swapped after its check for a zstd bomb with no line break, or a sparse file with
+/// no entry marker — is an error, not a buffer of gigabytes.
+const MAX_UNIT: u64 = 2 * exportcore::evidence::MAX_RECORD_BYTES;
+
+fn unit_too_long() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("a line or entry longer than {MAX_UNIT} bytes"))
+}
+
 impl Units {
     /// The kind of units of a `mirror/` path that patches apply to.
     pub(crate) fn of(path: &str) -> Option<Self> {
@@ -81,7 +91,13 @@ impl UnitReader {
     fn next_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         out.clear();
         match self.units {
-            Units::Shard => Ok(self.inner.read_until(b'\n', out)? > 0),
+            Units::Shard => {
+                let n = self.inner.by_ref().take(MAX_UNIT + 1).read_until(b'\n', out)?;
+                if n as u64 > MAX_UNIT {
+                    return Err(unit_too_long());
+                }
+                Ok(n > 0)
+            }
             Units::Index => {
                 // A unit ends just before the next entry marker that is not at its start. The
                 // consumed front of `pending` is dropped only when more is read (linear time).
@@ -97,6 +113,9 @@ impl UnitReader {
                         out.extend_from_slice(hay);
                         self.start = self.pending.len();
                         return Ok(!out.is_empty());
+                    }
+                    if hay.len() as u64 > MAX_UNIT {
+                        return Err(unit_too_long());
                     }
                     from = hay.len().saturating_sub(ENTRY.len() - 1).max(1);
                     self.pending.drain(..self.start);
@@ -247,6 +266,17 @@ fn io_at(p: &Path) -> impl Fn(io::Error) -> ExportError + '_ {
     move |e| ExportError::io(p, e)
 }
 
+/// A read error of the base at `p`: a unit over [`MAX_UNIT`] says so (the base is not the
+/// file it was checked as), anything else is an I/O error.
+fn base_err(p: &Path) -> impl Fn(io::Error) -> ExportError + '_ {
+    move |e| match e.kind() {
+        io::ErrorKind::InvalidData => {
+            ExportError::VerificationFailed { path: p.display().to_string(), reason: e.to_string() }
+        }
+        _ => ExportError::io(p, e),
+    }
+}
+
 /// Reads a decimal count.
 fn count(text: &str, what: &str) -> std::result::Result<u64, String> {
     text.parse().map_err(|_| format!("{what}: {text:?} is not a count"))
@@ -340,7 +370,7 @@ fn run_ops(ops: &mut dyn BufRead, a: &mut UnitReader, sink: &mut dyn Write, patc
         match tag {
             "C" | "S" => {
                 for _ in 0..n {
-                    if !a.next_into(&mut unit).map_err(io_at(base))? {
+                    if !a.next_into(&mut unit).map_err(base_err(base))? {
                         return Err(bad("runs past the end of its base".into()));
                     }
                     if tag == "C" {
@@ -357,7 +387,7 @@ fn run_ops(ops: &mut dyn BufRead, a: &mut UnitReader, sink: &mut dyn Write, patc
             other => return Err(bad(format!("unknown operation {other:?}"))),
         }
     }
-    if a.next_into(&mut unit).map_err(io_at(base))? {
+    if a.next_into(&mut unit).map_err(base_err(base))? {
         return Err(bad("leaves units of its base unaccounted for".into()));
     }
     Ok(())
@@ -410,6 +440,32 @@ mod tests {
         let empty = shard(tmp.path(), "empty.jsonl.zst", &[]);
         round_trip(Units::Shard, &empty, &new, tmp.path());
         round_trip(Units::Shard, &new, &empty, tmp.path());
+    }
+
+    /// A base swapped after its check for a file of one endless unit (a zstd bomb with no
+    /// line break, a sparse index with no entry marker) fails at the unit limit instead of
+    /// buffering it whole.
+    #[test]
+    fn a_unit_over_the_limit_is_an_error_not_a_buffer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bomb = tmp.path().join("bomb.jsonl.zst");
+        let mut enc = crate::tree::shard_encoder(std::fs::File::create(&bomb).unwrap()).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..=(MAX_UNIT >> 20) {
+            enc.write_all(&chunk).unwrap();
+        }
+        enc.finish().unwrap();
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20, "a small file");
+        let sparse = tmp.path().join("sparse.index.json");
+        std::fs::File::create(&sparse).unwrap().set_len(MAX_UNIT + 4096).unwrap();
+        let patch = tmp.path().join("p");
+        let mut enc = zstd::Encoder::new(std::fs::File::create(&patch).unwrap(), 3).unwrap();
+        writeln!(enc, "{PATCH_MAGIC}\nC 1").unwrap();
+        enc.finish().unwrap();
+        for (units, base) in [(Units::Shard, &bomb), (Units::Index, &sparse)] {
+            let e = apply(units, base, &patch, 100, &mut Vec::new()).unwrap_err();
+            assert!(e.to_string().contains("longer than"), "{units:?}: {e}");
+        }
     }
 
     #[test]
