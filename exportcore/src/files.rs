@@ -150,6 +150,12 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
 /// `ERR_EXPORT_IO`.
 pub fn publish_dir(staging: tempfile::TempDir, out: &Path) -> Result<()> {
     sync_tree(staging.path())?;
+    // The rename is a critical section shared with `cancel_publishing` (a signal handler):
+    // either it happens whole, with the parent flushed, before a cancel, or not at all.
+    let mut state = PUBLISHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if state.cancelled {
+        return Err(ExportError::Cancelled);
+    }
     if out.exists() {
         std::fs::remove_dir(out).at(out)?;
     }
@@ -160,8 +166,29 @@ pub fn publish_dir(staging: tempfile::TempDir, out: &Path) -> Result<()> {
         _ => ExportError::io(out, e),
     })?;
     let _ = staging.keep();
+    state.published += 1;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(parent).and_then(|d| d.sync_all()).at(parent)
+}
+
+/// Whether this process may still publish, and how many trees it published.
+struct Publishing {
+    cancelled: bool,
+    published: u64,
+}
+
+static PUBLISHING: std::sync::Mutex<Publishing> = std::sync::Mutex::new(Publishing { cancelled: false, published: 0 });
+
+/// For a command that exits on a signal while a worker thread may be in [`publish_dir`]:
+/// waits for a rename in progress to finish, then makes every later `publish_dir` of this
+/// process fail with `ERR_EXPORT_CANCELLED`. Returns true when a tree was already published
+/// (the command's work is done: it should finish and report it, not claim it was
+/// cancelled); false when nothing was, and the caller may remove its staging
+/// ([`remove_own_staging`]) and exit, knowing no rename can follow.
+pub fn cancel_publishing() -> bool {
+    let mut state = PUBLISHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    state.cancelled = true;
+    state.published > 0
 }
 
 /// Flushes every regular file and directory under `root` (symlinks are not followed).
@@ -183,7 +210,7 @@ fn sync_tree(root: &Path) -> Result<()> {
 }
 
 /// Removes this process's staging directories of `prefix` beside `out` (a signal handler's
-/// cleanup before exiting).
+/// cleanup before exiting; call [`cancel_publishing`] first, so no rename races it).
 pub fn remove_own_staging(out: &Path, prefix: &str) {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let own = format!("{prefix}{}-", std::process::id());

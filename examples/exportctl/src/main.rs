@@ -706,27 +706,43 @@ fn key_error(flag: &str, file: &Path, e: ExportError) -> ExportError {
     ExportError::invalid(flag, format!("{}: {what} ({detail})", file.display()))
 }
 
-/// Runs `work` (which writes `out` through a staging directory named `prefix…` beside it) on
-/// a blocking thread; SIGINT or SIGTERM removes this process's staging directory and fails
-/// with `ERR_EXPORT_CANCELLED`, leaving `out` as it was.
+/// Runs `work` (which writes `out` through a staging directory named `prefix…` beside it and
+/// publishes it with `files::publish_dir`) on a blocking thread; SIGINT or SIGTERM before the
+/// publish removes this process's staging directory and fails with `ERR_EXPORT_CANCELLED`,
+/// leaving `out` as it was. A signal during the publish waits for it; one after it lets the
+/// command finish (`out` is whole and durable: saying "cancelled" would be wrong).
 async fn until_signal<T: Send + 'static>(
     out: &Path,
     prefix: &'static str,
     work: impl FnOnce() -> exportcore::Result<T> + Send + 'static,
 ) -> exportcore::Result<T> {
-    let task = tokio::task::spawn_blocking(work);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ExportError::internal_caused("exportctl", "installing the SIGTERM handler", e))?;
-    tokio::select! {
-        done = task => done.map_err(|e| ExportError::internal_caused("exportctl", "the worker thread", e))?,
-        _ = tokio::signal::ctrl_c() => cancelled(out, prefix),
-        _ = term.recv() => cancelled(out, prefix),
-    }
+    // The handlers first: a signal once the work has started must reach them.
+    let handler = |kind: tokio::signal::unix::SignalKind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| ExportError::internal_caused("exportctl", "installing a signal handler", e))
+    };
+    let mut term = handler(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = handler(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut task = tokio::task::spawn_blocking(work);
+    let done = tokio::select! {
+        done = &mut task => done,
+        _ = int.recv() => cancelled(out, prefix, task).await,
+        _ = term.recv() => cancelled(out, prefix, task).await,
+    };
+    done.map_err(|e| ExportError::internal_caused("exportctl", "the worker thread", e))?
 }
 
-/// Exits at once (the worker thread would otherwise run on to the end, the runtime waiting
+/// Cancels the publish to come; if one already happened, waits for the work to finish.
+/// Otherwise exits at once (the worker thread would run on to the end, the runtime waiting
 /// for it): the staging directory removed, `ERR_EXPORT_CANCELLED`, exit code 1.
-fn cancelled<T>(out: &Path, prefix: &str) -> exportcore::Result<T> {
+async fn cancelled<T>(
+    out: &Path,
+    prefix: &str,
+    task: tokio::task::JoinHandle<exportcore::Result<T>>,
+) -> std::result::Result<exportcore::Result<T>, tokio::task::JoinError> {
+    if exportcore::files::cancel_publishing() {
+        return task.await;
+    }
     exportcore::files::remove_own_staging(out, prefix);
     let e = ExportError::Cancelled;
     errln!("error: {}: {}", e.code(), printable(&e.report()));

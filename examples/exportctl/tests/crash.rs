@@ -210,3 +210,79 @@ fn signals_clean_up_and_killed_staging_is_swept() {
         assert!(staging_dirs(&work).is_empty(), "stale staging not swept: {:?}", staging_dirs(&work));
     }
 }
+
+/// SIGINT at any point of `mirror apply` leaves `--out` absent (exit 1,
+/// `ERR_EXPORT_CANCELLED`) or whole (exit 0: a signal during the final rename waits for it,
+/// one after it lets the command finish): never part of a tree, never a whole tree reported
+/// as cancelled. The signals are spread from the start to past the end of an apply.
+#[test]
+fn a_signal_at_any_point_of_mirror_apply_leaves_out_absent_or_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/evidence");
+    let prefix = tmp.path().join("signer");
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(exportctl().args(["keygen", "--algorithm", "ed25519", "--out"]).arg(&prefix));
+    let (key, public) = (tmp.path().join("signer.key"), tmp.path().join("signer.pub"));
+    let (old, delta, ev2) = (tmp.path().join("old"), tmp.path().join("delta"), tmp.path().join("ev2"));
+    let mirror = |profile: &str, ev: &Path, out: &Path, extra: &[&Path]| {
+        let mut c = exportctl();
+        c.args(["run", "--profile", profile, "--evidence"]).arg(ev).arg("--out").arg(out).arg("--sign-key").arg(&key);
+        c.args(["--created-at", "2025-06-01T00:00:00Z", "--store"]).arg(tmp.path().join("runs.sqlite"));
+        if let Some(base) = extra.first() {
+            c.arg("--base").arg(base);
+        }
+        ok(&mut c);
+    };
+    mirror("mirror:full", &samples, &old, &[]);
+    assert!(Command::new("cp").arg("-r").arg(&samples).arg(&ev2).status().unwrap().success());
+    std::fs::remove_file(ev2.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
+    mirror("mirror:delta", &ev2, &delta, &[&old]);
+    let apply = |out: &Path| {
+        let mut c = exportctl();
+        c.args(["mirror", "apply", "--base"]).arg(&old).arg("--delta").arg(&delta).arg("--out").arg(out);
+        c.arg("--key").arg(&public).stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let start = Instant::now();
+    ok(&mut apply(&tmp.path().join("timed")));
+    let took = start.elapsed();
+    let (mut cancelled, mut finished) = (0, 0);
+    // From a fifth of an apply to past its end; then, if the machine is so busy that none
+    // finished, later and later (doubling) until one does.
+    for i in 0..50u32 {
+        if i >= 40 && finished > 0 {
+            break;
+        }
+        let delay = if i < 40 { took * (i + 8) / 36 } else { took * (2 << (i - 40)) };
+        let out = tmp.path().join(format!("new-{i}"));
+        let child = apply(&out).spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(0) => {
+                finished += 1;
+                let v = exportctl()
+                    .args(["verify", out.to_str().unwrap(), "--key", public.to_str().unwrap()])
+                    .args(["--now", "2025-06-02T00:00:00Z"])
+                    .output()
+                    .unwrap();
+                assert!(v.status.success(), "signal {i}: exit 0 but --out does not verify: {v:?}");
+            }
+            Some(1) => {
+                cancelled += 1;
+                assert!(stderr.contains("ERR_EXPORT_CANCELLED"), "signal {i}: {stderr}");
+                assert!(!out.exists(), "signal {i}: cancelled, but --out exists (part of a tree?)");
+            }
+            // Killed before the process installed its handlers: nothing was published.
+            None => assert!(!out.exists(), "signal {i}: killed by the signal, but --out exists"),
+            Some(c) => panic!("signal {i}: exit {c}: {stderr}"),
+        }
+    }
+    eprintln!("apply takes {took:?}: {cancelled} cancelled, {finished} finished");
+    assert!(cancelled > 0 && finished > 0, "the signals did not span an apply");
+}
