@@ -168,7 +168,19 @@ async fn python_tuf_takes_an_applied_delta_as_an_update_and_refuses_a_rollback()
     if !interop_enabled() {
         return;
     }
-    delta_as_an_update(exportcore_mirror::TufOptions::default()).await;
+    delta_as_an_update(exportcore_mirror::TufOptions::default(), "2025-06-11T00:00:00Z", "2025-06-12T00:00:00Z", 1)
+        .await;
+}
+
+/// A delta made after the base's root expired renews the root (2.root.json, same keys):
+/// python-tuf, trusting the base's root, follows the rotation and takes the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tuf_follows_the_root_a_late_delta_renews() {
+    if !interop_enabled() {
+        return;
+    }
+    delta_as_an_update(exportcore_mirror::TufOptions::default(), "2026-06-15T00:00:00Z", "2026-06-15T12:00:00Z", 2)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,12 +204,13 @@ async fn python_tuf_walks_the_hashed_bins_of_a_large_mirror_and_of_its_delta() {
     assert!(text(&o).contains("OK: TUF repository verified (25 targets)"), "{}", text(&o));
     // A target reached through its bin.
     python_tuf_refuses_a_changed_target(&out);
-    delta_as_an_update(tuf).await;
+    delta_as_an_update(tuf, "2025-06-11T00:00:00Z", "2025-06-12T00:00:00Z", 1).await;
 }
 
-/// A delta of the samples less one advisory, applied, is an update python-tuf takes from the
-/// base it trusted; the base served after it is a rollback.
-async fn delta_as_an_update(tuf_options: exportcore_mirror::TufOptions) {
+/// A delta of the samples less one advisory made at `created`, applied, is an update
+/// python-tuf takes at `now` from the base it trusted (ending at root version `root`); the
+/// base served after it is a rollback.
+async fn delta_as_an_update(tuf_options: exportcore_mirror::TufOptions, created: &str, now: &str, root: u32) {
     let tmp = tempfile::tempdir().unwrap();
     let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
     let old = tmp.path().join("old");
@@ -207,7 +220,7 @@ async fn delta_as_an_update(tuf_options: exportcore_mirror::TufOptions) {
     std::fs::remove_file(ev2.join("advisories/pypi/GHSA-r3xc-prgr-mg9p.json")).unwrap();
     let delta = tmp.path().join("delta");
     let req = RunRequest::builder("mirror:delta")
-        .created_at(Timestamp::parse("2025-06-11T00:00:00Z").unwrap())
+        .created_at(Timestamp::parse(created).unwrap())
         .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
         .build()
         .unwrap();
@@ -235,18 +248,21 @@ async fn delta_as_an_update(tuf_options: exportcore_mirror::TufOptions) {
             Path::new("--trusted-metadata"),
             &trusted,
             Path::new("--reference-time"),
-            Path::new("2025-06-12T00:00:00Z"),
+            Path::new(now),
         ];
         interop_py("verify_tuf.py", &args)
     };
     // The new mirror, for a client that trusted the old one: an update (versions 2).
     let o = tuf(&new, &old);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("root v{root} ")), "{}", text(&o));
     assert!(text(&o).contains("timestamp v2, snapshot v2, targets v2"), "{}", text(&o));
-    // The old mirror served to a client that has seen the new one: a rollback.
+    // The old mirror served to a client that has seen the new one: a rollback (after a
+    // renewal, the old mirror's only root has expired, which the client sees first).
     let o = tuf(&old, &new);
     assert!(!o.status.success(), "a rollback passed: {}", text(&o));
-    assert!(text(&o).contains("must be >= 2"), "{}", text(&o));
+    let why = if root == 1 { "must be >= 2" } else { "Final root.json is expired" };
+    assert!(text(&o).contains(why), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

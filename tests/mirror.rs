@@ -1135,3 +1135,111 @@ async fn evidence_of_too_many_ecosystems_is_refused_by_name() {
     assert!(err.report().contains("at most 256"), "{}", err.report());
     assert!(std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_none()), "nothing published");
 }
+
+/// The base's TUF metadata are checked before a delta's key signs the versions after
+/// them: a base whose timestamp was edited (its version pushed to the end of the range, so
+/// the key holder would sign a version clients can never move past), with its unsigned run
+/// manifest rewritten to match and its signatures dropped, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_with_edited_tuf_versions_is_refused_before_anything_is_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-v").await;
+    let ts_path = old.join("tuf/metadata/timestamp.json");
+    let mut ts: Value = serde_json::from_slice(&std::fs::read(&ts_path).unwrap()).unwrap();
+    ts["signed"]["version"] = serde_json::json!(u64::MAX - 1);
+    let edited = exportcore::canonical::to_vec(&ts).unwrap();
+    let old_size = std::fs::metadata(&ts_path).unwrap().len();
+    std::fs::write(&ts_path, &edited).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(old.join("manifest.json")).unwrap()).unwrap();
+    for e in manifest["entries"].as_array_mut().unwrap() {
+        if e["path"] == "tuf/metadata/timestamp.json" {
+            e["size"] = serde_json::json!(edited.len());
+            e["sha256"] = serde_json::json!(exportcore::Sha256Digest::of(&edited).to_hex());
+        }
+    }
+    let bytes = manifest["totals"]["bytes"].as_u64().unwrap() + edited.len() as u64 - old_size;
+    manifest["totals"]["bytes"] = serde_json::json!(bytes);
+    std::fs::write(old.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
+    for f in ["manifest.dsse.json", "provenance.dsse.json"] {
+        std::fs::remove_file(old.join(f)).unwrap();
+    }
+    let out = tmp.path().join("delta");
+    let e = try_delta(old, &changed_samples(tmp.path()), &out, &k, "2025-06-11T00:00:00Z").await.unwrap_err();
+    assert_eq!(e.code(), "ERR_EXPORT_BASE_MISSING", "{}", e.report());
+    assert!(e.to_string().contains("TUF metadata do not verify") && e.to_string().contains("timestamp.json"), "{e}");
+    assert!(!out.join("tuf").exists(), "a delta was written");
+}
+
+/// A root that would expire before the new timestamp is renewed by the delta (same keys,
+/// version 2, signed by them), and so is a root whose other roles change keys: a client that
+/// trusts version 1 follows to version 2. The root role's own keys cannot change (that needs
+/// the old keys' signatures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tuf_root_is_renewed_before_it_expires_and_when_role_keys_change() {
+    use exportcore_mirror::{Role, TufOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "k");
+    let old = tmp.path().join("old");
+    build_mirror(&old, &k, "mirror-run-r").await;
+    let root1: Value = serde_json::from_slice(&std::fs::read(old.join("tuf/metadata/root.json")).unwrap()).unwrap();
+    assert_eq!(root1["signed"]["expires"], "2026-06-01T00:00:00Z");
+    let ev2 = changed_samples(tmp.path());
+    // A year and two weeks later: the base's root has expired.
+    let late = "2026-06-15T00:00:00Z";
+    let delta = tmp.path().join("delta");
+    run_profile(exportcore_mirror::MirrorDelta::new(&old), &ev2, &delta, Some(&k), late).await;
+    let root2: Value = serde_json::from_slice(&std::fs::read(delta.join("tuf/metadata/2.root.json")).unwrap()).unwrap();
+    assert_eq!(root2["signed"]["version"], 2);
+    assert_eq!(root2["signed"]["expires"], "2027-06-15T00:00:00Z");
+    assert_eq!(root2["signed"]["keys"], root1["signed"]["keys"]);
+    assert_eq!(
+        std::fs::read(delta.join("tuf/metadata/root.json")).unwrap(),
+        std::fs::read(delta.join("tuf/metadata/2.root.json")).unwrap()
+    );
+    let new = tmp.path().join("new");
+    exportcore_mirror::apply(&old, &delta, &new, &with_key(&k)).unwrap();
+    assert!(new.join("tuf/metadata/1.root.json").is_file(), "the chain starts at the first root");
+    let r = verify(&new, &k, "2026-06-15T12:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    // root.json must be the newest root.
+    let stale = tmp.path().join("stale");
+    copy(&new, &stale);
+    std::fs::copy(stale.join("tuf/metadata/1.root.json"), stale.join("tuf/metadata/root.json")).unwrap();
+    let r = verify(&stale, &k, "2026-06-15T12:00:00Z");
+    assert!(r.failures.iter().any(|f| f.problem.contains("differs from the newest")), "{}", failures(&r));
+
+    // Within the root's life, new timestamp keys make a new root version too.
+    let other = keys(exportcore_crypto::Algorithm::Ed25519, tmp.path(), "other");
+    let tuf = TufOptions::default().role_keys(Role::Timestamp, vec![Arc::clone(&other.signer)], 1);
+    let rotated = tmp.path().join("rotated");
+    run_profile(exportcore_mirror::MirrorDelta::new(&old).tuf(tuf), &ev2, &rotated, Some(&k), "2025-06-11T00:00:00Z")
+        .await;
+    let root2: Value =
+        serde_json::from_slice(&std::fs::read(rotated.join("tuf/metadata/2.root.json")).unwrap()).unwrap();
+    assert_ne!(root2["signed"]["roles"]["timestamp"], root1["signed"]["roles"]["timestamp"]);
+    assert_eq!(root2["signed"]["expires"], "2026-06-11T00:00:00Z");
+    let new2 = tmp.path().join("new2");
+    exportcore_mirror::apply(&old, &rotated, &new2, &with_key(&k)).unwrap();
+    let r = verify(&new2, &k, "2025-06-11T12:00:00Z");
+    assert!(r.is_ok(), "{}", failures(&r));
+    // Another root key: refused, naming root key rotation.
+    let tuf = TufOptions::default().role_keys(Role::Root, vec![Arc::clone(&other.signer)], 1);
+    let refused = tmp.path().join("refused");
+    let req = RunRequest::builder("mirror:delta")
+        .created_at(t("2025-06-11T00:00:00Z"))
+        .distribution(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"))
+        .build()
+        .unwrap();
+    let e = RunBuilder::new(
+        exportcore_mirror::MirrorDelta::new(&old).tuf(tuf),
+        DirEvidence::new(&ev2).unwrap(),
+        FsSink::new(&refused).unwrap(),
+    )
+    .signer(Arc::clone(&k.signer))
+    .execute(req)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("root key rotation"), "{}", e.report());
+}

@@ -79,8 +79,18 @@ impl Base {
             return Err(base_err(dir.display().to_string(), "missing or not a directory"));
         }
         let mp = dir.join(MANIFEST_FILE);
-        let bytes = exportcore::files::read_capped(&mp, exportcore::files::MAX_MANIFEST_BYTES)
-            .map_err(|e| base_err(mp.display().to_string(), e.to_string()))?;
+        if !mp.is_file() {
+            return Err(base_err(mp.display().to_string(), "missing: not a run output"));
+        }
+        // Everything below is read through the verification's report: the bytes it checked,
+        // never a second read a changing directory could answer differently.
+        let options =
+            exportcore::verify::VerifyOptions { local_files: vec![APPLIED_LOG.to_owned()], ..Default::default() };
+        let report = exportcore::verify::verify_path_with(dir, &options)?;
+        let verified = |rel: &str| {
+            report.read_verified(dir, rel).map_err(|e| base_err(dir.join(rel).display().to_string(), e.to_string()))
+        };
+        let bytes = verified(MANIFEST_FILE)?;
         let manifest = exportcore::Manifest::parse(&bytes).map_err(|e| base_err(mp.display().to_string(), e))?;
         if !manifest.profile_id.starts_with("mirror:") {
             return Err(base_err(
@@ -88,35 +98,37 @@ impl Base {
                 format!("not a mirror: made by profile {}", manifest.profile_id),
             ));
         }
-        // The export id: the SHA-256 of `mirror/export.json`, read once.
+        let log = dir.join(APPLIED_LOG);
+        if let Some(f) = report.failures.first() {
+            return Err(base_err(dir.join(&f.path).display().to_string(), format!("corrupted: {}", f.problem)));
+        }
+        // The export id: the SHA-256 of `mirror/export.json`.
         let export_path = dir.join("mirror/export.json");
-        let export_bytes = exportcore::files::read_capped(&export_path, exportcore::files::MAX_MANIFEST_BYTES)
+        let export_bytes = verified("mirror/export.json")
             .map_err(|e| base_err(export_path.display().to_string(), format!("not a mirror: {e}")))?;
         let export_id = format!("sha256:{}", Sha256Digest::of(&export_bytes));
         let export = serde_json::from_slice::<Value>(&export_bytes).unwrap_or(Value::Null);
         let tenant = export["tenant"].as_str().map(str::to_owned);
         let encrypted = !export["encryption"].is_null();
-        let options =
-            exportcore::verify::VerifyOptions { local_files: vec![APPLIED_LOG.to_owned()], ..Default::default() };
-        let report = exportcore::verify::verify_path_with(dir, &options)?;
-        let log = dir.join(APPLIED_LOG);
-        if let Some(f) = report.failures.first() {
-            return Err(base_err(dir.join(&f.path).display().to_string(), format!("corrupted: {}", f.problem)));
-        }
         let known = |rel: &str| report.digests.get(&format!("oci/{rel}")).copied();
         if let Some(p) = crate::oci::check_layout_with(&dir.join("oci"), &known).first() {
             return Err(base_err(dir.display().to_string(), format!("corrupted: {p}")));
         }
         let meta = dir.join("tuf/metadata");
         let fetch = |name: &str| -> std::result::Result<Option<Vec<u8>>, String> {
-            let p = meta.join(name);
-            if !p.exists() {
+            let rel = format!("tuf/metadata/{name}");
+            if !report.digests.contains_key(&rel) {
                 return Ok(None);
             }
-            exportcore::files::read_capped(&p, exportcore::files::MAX_MANIFEST_BYTES)
-                .map(Some)
-                .map_err(|e| e.to_string())
+            report.read_verified(dir, &rel).map(Some).map_err(|e| e.to_string())
         };
+        // The chain must hold as it did when the base was made (signatures, thresholds,
+        // versions; expiry at its own time): a delta signs the versions after the base's, so
+        // a base whose unsigned metadata were edited (a version pushed to the end of the
+        // range, to freeze its clients) is refused here, before our key signs anything.
+        tuf::verify(&fetch, manifest.created_at).map_err(|p| {
+            base_err(meta.join(&p.file).display().to_string(), format!("TUF metadata do not verify: {}", p.message))
+        })?;
         let previous = tuf::Previous::read(&fetch)
             .map_err(|e| base_err(meta.display().to_string(), format!("TUF metadata: {e}")))?;
         let applied: Vec<String> = match std::fs::symlink_metadata(&log) {

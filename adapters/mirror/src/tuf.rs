@@ -326,8 +326,14 @@ impl Previous {
 /// after `previous`, the next versions of targets, snapshot and timestamp under its root.
 ///
 /// # Errors
-/// `ERR_EXPORT_NOT_SUPPORTED` for keys TUF cannot use, or for signers other than the keys
-/// `previous`'s root names (key rotation); signing errors.
+/// `ERR_EXPORT_NOT_SUPPORTED` for keys TUF cannot use, or for root signers other than the
+/// keys `previous`'s root names (root key rotation); `ERR_EXPORT_REQUEST_INVALID` when a
+/// version of `previous` has no successor; signing errors.
+///
+/// After `previous`, a new root version (`N+1.root.json`, and `root.json`) is written when
+/// the other roles' keys or thresholds changed, or when the previous root would expire before
+/// the new timestamp: same root keys, signed by them, so a client that trusts the old root
+/// accepts it.
 pub fn build(
     targets: &[Target],
     anchor: Timestamp,
@@ -358,40 +364,54 @@ pub fn build(
         ids.dedup();
         roles.insert(role.as_str().into(), json!({"keyids": ids, "threshold": options.role(role).threshold}));
     }
+    // After a base: the root role keeps its keys (a root key rotation needs the old keys'
+    // signatures, which the build does not have); other roles may change keys or threshold,
+    // which a new root version records.
+    let mut new_root = previous.is_none();
     if let Some(prev) = previous {
-        for role in Role::ALL {
-            let want: Vec<&str> = prev.root["roles"][role.as_str()]["keyids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let have: Vec<&str> =
-                roles[role.as_str()]["keyids"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            if want != have {
-                return Err(ExportError::NotSupported {
-                    feature: format!(
-                        "signing {} metadata with other keys than the base's TUF root names (key rotation)",
-                        role.as_str()
-                    ),
-                });
-            }
+        if prev.root["roles"]["root"]["keyids"] != roles["root"]["keyids"] {
+            return Err(ExportError::NotSupported {
+                feature: "signing root metadata with other keys than the base's TUF root names (root key rotation)"
+                    .into(),
+            });
         }
+        new_root = Role::ALL.iter().any(|r| prev.root["roles"][r.as_str()] != roles[r.as_str()]);
     }
-    let version_of = |role: Role| match (previous, role) {
-        (None, _) | (_, Role::Root) => 1,
-        (Some(p), Role::Targets) => p.targets + 1,
-        (Some(p), Role::Snapshot) => p.snapshot + 1,
-        (Some(p), Role::Timestamp) => p.timestamp + 1,
+    let next = |v: u64, what: &str| {
+        v.checked_add(1).ok_or_else(|| {
+            ExportError::invalid("base", format!("the base's {what} version is {v}: there is no next version"))
+        })
+    };
+    let (tv, sv, tsv) = match previous {
+        None => (1, 1, 1),
+        Some(p) => (next(p.targets, "targets")?, next(p.snapshot, "snapshot")?, next(p.timestamp, "timestamp")?),
     };
     let mut expiries = Vec::new();
     for role in Role::ALL {
         expiries.push((role, expiry(anchor, role, options.role(role).expires_days)?));
     }
+    let expires_of = |role: Role| expiries.iter().find(|(r, _)| *r == role).map(|(_, e)| e.clone()).unwrap_or_default();
+    // A root that would expire before the new timestamp does is renewed (same keys, next
+    // version): clients must be able to use the repository for as long as it says.
+    if let Some(prev) = previous {
+        let root_expires = prev.root["expires"].as_str().and_then(|e| Timestamp::parse(e).ok());
+        let ts_expires = Timestamp::parse(&expires_of(Role::Timestamp)).ok();
+        new_root |= root_expires.is_none() || root_expires < ts_expires;
+    }
+    let root_version = match previous {
+        Some(p) if new_root => next(p.root["version"].as_u64().unwrap_or(0), "root")?,
+        Some(p) => p.root["version"].as_u64().unwrap_or(1),
+        None => 1,
+    };
     let common = |role: Role| {
-        let expires = expiries.iter().find(|(r, _)| *r == role).map(|(_, e)| e.as_str());
-        json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": version_of(role),
-               "expires": expires})
+        let version = match role {
+            Role::Root => root_version,
+            Role::Targets => tv,
+            Role::Snapshot => sv,
+            Role::Timestamp => tsv,
+        };
+        json!({"_type": role.as_str(), "spec_version": SPEC_VERSION, "version": version,
+               "expires": expires_of(role)})
     };
     let mut root = common(Role::Root);
     root["consistent_snapshot"] = json!(true);
@@ -445,7 +465,6 @@ pub fn build(
     };
     let meta = |version: u64, bytes: &[u8]| json!({"version": version, "length": bytes.len(), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
 
-    let (tv, sv) = (version_of(Role::Targets), version_of(Role::Snapshot));
     let targets_bytes = sign(Role::Targets, targets_md)?;
     let mut snapshot_meta = Map::new();
     snapshot_meta.insert("targets.json".into(), meta(tv, &targets_bytes));
@@ -466,13 +485,15 @@ pub fn build(
     let mut timestamp = common(Role::Timestamp);
     timestamp["meta"] = json!({"snapshot.json": meta(sv, &snapshot_bytes)});
     let timestamp_bytes = sign(Role::Timestamp, timestamp)?;
-    let mut files = match previous {
-        Some(p) => p.root_files.clone(),
-        None => {
-            let root_bytes = sign(Role::Root, root)?;
-            vec![("1.root.json".into(), root_bytes.clone()), ("root.json".into(), root_bytes)]
-        }
+    let mut files: MetadataFiles = match previous {
+        Some(p) => p.root_files.iter().filter(|(name, _)| !(new_root && name == "root.json")).cloned().collect(),
+        None => Vec::new(),
     };
+    if new_root {
+        let root_bytes = sign(Role::Root, root)?;
+        files.push((format!("{root_version}.root.json"), root_bytes.clone()));
+        files.push(("root.json".into(), root_bytes));
+    }
     files.push((format!("{sv}.snapshot.json"), snapshot_bytes));
     files.push((format!("{tv}.targets.json"), targets_bytes));
     files.extend(bin_files);
@@ -691,6 +712,7 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
     if root["version"].as_u64() != Some(1) {
         return Err(fail("1.root.json", "version is not 1".into()));
     }
+    let mut newest = first;
     // Rotation: N+1 must be signed by the old root's threshold and its own.
     for n in 2.. {
         let file = format!("{n}.root.json");
@@ -705,6 +727,13 @@ pub fn verify(fetch: &Fetch<'_>, now: Timestamp) -> std::result::Result<Verified
             return Err(fail(&file, format!("version is not {n}")));
         }
         trust = next;
+        newest = bytes;
+    }
+    // `root.json`, where a person bootstraps trust by hand, is the newest root.
+    if let Some(bytes) = fetch("root.json").map_err(|e| fail("root.json", e))? {
+        if bytes != newest {
+            return Err(fail("root.json", "differs from the newest N.root.json".into()));
+        }
     }
     let expired = |signed: &Value, file: &str| {
         check_expiry(signed, now, file).map_err(|(stale, message)| Problem { file: file.to_owned(), message, stale })
