@@ -412,7 +412,8 @@ async fn a_manifest_swapped_during_verification_is_never_vouched_for() {
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (src, next) = (tmp.join(if n % 2 == 0 { "forged.json" } else { "genuine.json" }), tmp.join("next"));
+                let (src, next) =
+                    (tmp.join(if n.is_multiple_of(2) { "forged.json" } else { "genuine.json" }), tmp.join("next"));
                 std::fs::copy(&src, &next).unwrap();
                 std::fs::rename(&next, &target).unwrap();
                 n += 1;
