@@ -113,13 +113,31 @@ pub fn lies_inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
+/// A staging directory (from [`staging_beside`]): removed when dropped, held locked (`flock`)
+/// for its whole life, so no other process — on this host or, over NFS, another — sweeps it
+/// as stale while it is in use.
+#[derive(Debug)]
+pub struct Staging {
+    dir: tempfile::TempDir,
+    lock: File,
+}
+
+impl Staging {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// A staging directory beside `out` (in its parent) named `{prefix}{pid}-…`, removed when
-/// dropped. Staging directories of the same prefix left by processes that no longer run (a
-/// `kill -9`, a power cut) are removed first, so a crash leaves nothing for good.
+/// dropped and locked while it lives. Staging directories of the same prefix left by
+/// processes that no longer run (a `kill -9`, a power cut) are removed first — only those
+/// whose process is gone from this host *and* whose lock is free — so a crash leaves nothing
+/// for good and a live one elsewhere is never touched.
 ///
 /// # Errors
 /// `ERR_EXPORT_IO` naming the parent directory.
-pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+pub fn staging_beside(out: &Path, prefix: &str) -> Result<Staging> {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Ok(entries) = std::fs::read_dir(parent) {
         for entry in entries.flatten() {
@@ -132,12 +150,16 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
             else {
                 continue;
             };
-            if !process_alive(pid) {
+            let unlocked = File::open(entry.path()).is_ok_and(|d| d.try_lock().is_ok());
+            if !process_alive(pid) && unlocked {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
-    tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent).at(parent)
+    let dir =
+        tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent).at(parent)?;
+    let lock = File::open(dir.path()).and_then(|d| d.lock().map(|()| d)).at(dir.path())?;
+    Ok(Staging { dir, lock })
 }
 
 /// Moves a tree built in `staging` (from [`staging_beside`]) to `out`, durably: every file and
@@ -148,7 +170,20 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<tempfile::TempDir> {
 /// # Errors
 /// `ERR_EXPORT_REQUEST_INVALID` naming `--out` when another process filled it meanwhile;
 /// `ERR_EXPORT_IO`.
-pub fn publish_dir(staging: tempfile::TempDir, out: &Path) -> Result<()> {
+pub fn publish_dir(staging: Staging, out: &Path) -> Result<()> {
+    // Still the directory this process created and locked: had it been removed meanwhile
+    // (swept by a process that took it for a leftover), writing into its path would have made
+    // a new one holding only part of the tree.
+    let same = match (std::fs::symlink_metadata(staging.path()), staging.lock.metadata()) {
+        (Ok(a), Ok(b)) => file_identity(&a) == file_identity(&b),
+        _ => false,
+    };
+    if !same {
+        return Err(ExportError::io(
+            staging.path(),
+            std::io::Error::other("the staging directory was removed or replaced while in use"),
+        ));
+    }
     sync_tree(staging.path())?;
     // The rename is a critical section shared with `cancel_publishing` (a signal handler):
     // either it happens whole, with the parent flushed, before a cancel, or not at all.
@@ -165,7 +200,7 @@ pub fn publish_dir(staging: tempfile::TempDir, out: &Path) -> Result<()> {
         }
         _ => ExportError::io(out, e),
     })?;
-    let _ = staging.keep();
+    let _ = staging.dir.keep();
     state.published += 1;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(parent).and_then(|d| d.sync_all()).at(parent)
@@ -218,6 +253,20 @@ pub fn remove_own_staging(out: &Path, prefix: &str) {
         if entry.file_name().to_str().is_some_and(|n| n.starts_with(&own)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// A file's (device, inode) where the platform has them.
+fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
     }
 }
 
@@ -299,5 +348,32 @@ mod staging_tests {
             .starts_with(&format!(".x-staging-{}-", std::process::id())));
         remove_own_staging(&out, ".x-staging-");
         assert!(!alive.exists() && !s.path().exists() && other.exists());
+    }
+
+    /// A staging directory in use by a process this host cannot see (another host sharing
+    /// the directory over NFS: its PID means nothing here) is locked, and not swept; once its
+    /// lock is released it is. One swept anyway (or replaced) is never published: the rename
+    /// checks it is still the directory that was locked.
+    #[test]
+    fn locked_staging_is_kept_and_a_replaced_one_is_not_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let remote = tmp.path().join(".y-staging-4194999-abc");
+        std::fs::create_dir_all(remote.join("inner")).unwrap();
+        let held = File::open(&remote).unwrap();
+        held.lock().unwrap();
+        drop(staging_beside(&out, ".y-staging-").unwrap());
+        assert!(remote.exists(), "a locked staging directory was swept");
+        drop(held);
+        drop(staging_beside(&out, ".y-staging-").unwrap());
+        assert!(!remote.exists(), "an unlocked leftover was kept");
+
+        let s = staging_beside(&out, ".y-staging-").unwrap();
+        std::fs::write(s.path().join("whole"), b"1").unwrap();
+        std::fs::remove_dir_all(s.path()).unwrap();
+        std::fs::create_dir_all(s.path().join("part")).unwrap();
+        let e = publish_dir(s, &out).unwrap_err();
+        assert!(e.report().contains("removed or replaced"), "{}", e.report());
+        assert!(!out.exists(), "a replaced staging directory was published");
     }
 }
