@@ -255,12 +255,12 @@ async fn lifecycle_events_and_tenancy() {
         let run = ex.get(&t("t-a"), &accepted.run_id).await.unwrap();
         assert_eq!((run.status, run.progress.percent, run.attempts), (RunStatus::Succeeded, 100, 1));
         assert!(run.started_at.is_some() && run.finished_at.is_some());
-        // Artifacts live under the run's prefix.
-        let prefix = run.run_id.sink_prefix().unwrap();
+        // Artifacts live under the prefix of the run's attempt.
+        let prefix = run.run_id.attempt_prefix(1).unwrap();
         let stored = sink.list(Some(&prefix)).await.unwrap();
         assert_eq!(stored.len(), 2, "{name}");
         for o in &run.outputs {
-            let path = ex.artifact_path(&run.run_id, &o.path).unwrap();
+            let path = ex.artifact_path(&run, &o.path).unwrap();
             assert!(stored.iter().any(|m| m.path == path), "{name}: {path} not in the sink");
         }
         // Tenancy: another tenant sees nothing of it.
@@ -707,7 +707,7 @@ async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent(
     let dead = |clock: &ManualClock| exportcore::Lease::new(Timestamp::from_unix(clock.now().unix() + 10).unwrap());
     use exportcore::engine::Clock as _;
     store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
-    let part = id.sink_prefix().unwrap().join("part.json").unwrap();
+    let part = id.attempt_prefix(1).unwrap().join("part.json").unwrap();
     sink.put_bytes(&part, "{}".into()).await.unwrap();
     assert!(ex.reclaim_expired().await.unwrap().is_empty(), "the lease has not lapsed yet");
     assert_eq!(sink.snapshot().len(), 1, "a live worker's output stays");
@@ -715,13 +715,20 @@ async fn runs_of_a_dead_worker_are_requeued_then_failed_when_attempts_are_spent(
     assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
     assert_eq!(ex.get(&t("t"), &id).await.unwrap().status, RunStatus::Queued, "attempt 1 of 2: back to the queue");
     assert!(sink.snapshot().is_empty(), "the next attempt starts from an empty prefix");
-    // Claimed again, dies again: its attempts are spent.
+    // Claimed again (attempt 2, under its own prefix); the worker of attempt 1, still alive
+    // somewhere, lands a late file under its own prefix: neither touches the other's.
     store.claim_next(clock.now(), &dead(&clock)).await.unwrap().unwrap();
+    let second = id.attempt_prefix(2).unwrap().join("part.json").unwrap();
+    sink.put_bytes(&second, "{}".into()).await.unwrap();
+    sink.put_bytes(&part, "late".into()).await.unwrap();
     clock.advance(Duration::from_secs(11));
     assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
     let run = ex.get(&t("t"), &id).await.unwrap();
     assert_eq!((run.status, run.attempts), (RunStatus::Failed, 2));
     assert_eq!(run.errors[0].code, "ERR_EXPORT_INTERRUPTED");
+    // The takeover of attempt 2 deleted attempt 2's files only.
+    let left: Vec<String> = sink.snapshot().into_iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(left, [part.to_string()]);
     let names: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
     assert_eq!(names, ["failed"]);
 }

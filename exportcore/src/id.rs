@@ -149,6 +149,14 @@ impl RunId {
             self.0.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
         crate::ArtifactPath::parse(format!("runs/{safe}"))
     }
+
+    /// The sink prefix of one attempt's artifacts: `runs/<id>/attempt-<n>` (under
+    /// [`RunId::sink_prefix`]). Each attempt of a run publishes under its own prefix, so a
+    /// worker that lost its lease — still writing, or rolling back its failed attempt — can
+    /// only touch its own attempt's files, never those of the attempt that took over.
+    pub fn attempt_prefix(&self, attempt: u32) -> Result<crate::ArtifactPath> {
+        self.sink_prefix()?.join(&format!("attempt-{attempt}"))
+    }
 }
 
 /// A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 bits that are unique
@@ -211,5 +219,6 @@ mod tests {
     fn run_prefix_is_a_safe_path() {
         let r = RunId::parse("export-run::t::0190-ab").unwrap();
         assert_eq!(r.sink_prefix().unwrap().as_str(), "runs/export-run__t__0190-ab");
+        assert_eq!(r.attempt_prefix(2).unwrap().as_str(), "runs/export-run__t__0190-ab/attempt-2");
     }
 }

@@ -452,8 +452,13 @@ fn a_node_killed_mid_run_loses_its_lease_and_another_node_finishes_the_run_once(
     assert_eq!(names.iter().filter(|n| *n == "completed" || *n == "failed").count(), 1, "{names:?}");
     assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
     // What B published is whole: the run directory verifies, every byte of it.
-    let prefix = exportcore::RunId::parse(&id).unwrap().sink_prefix().unwrap();
+    // Under the prefix of the attempt that succeeded (B's, the second).
+    let attempts = u32::try_from(view["attempts"].as_u64().unwrap()).unwrap();
+    assert_eq!(attempts, 2, "{view}");
+    let prefix = exportcore::RunId::parse(&id).unwrap().attempt_prefix(attempts).unwrap();
     let dir = tmp.path().join("data").join(prefix.as_str());
+    let dead = exportcore::RunId::parse(&id).unwrap().attempt_prefix(1).unwrap();
+    assert!(!tmp.path().join("data").join(dead.as_str()).exists(), "the killed attempt's files were not deleted");
     let o = Command::new(env!("CARGO_BIN_EXE_exportctl")).arg("verify").arg(&dir).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = &view["outputs"][0];
@@ -551,7 +556,7 @@ fn serve_nodes_share_postgres_and_s3_object_storage() {
     use exportcore::Sink;
     let listed = rt.block_on(sink.list(None)).unwrap();
     for id in &ids {
-        let prefix = exportcore::RunId::parse(id).unwrap().sink_prefix().unwrap();
+        let prefix = exportcore::RunId::parse(id).unwrap().attempt_prefix(1).unwrap();
         let manifest = format!("{prefix}/manifest.json");
         assert!(listed.iter().any(|m| m.path.as_str() == manifest), "{manifest} in {listed:?}");
     }

@@ -916,7 +916,7 @@ pub(crate) async fn download(
             e.retry_after = Some(1);
             e
         })?;
-        let sink_path = st.exporter.artifact_path(&id, &ArtifactPath::parse(&path)?)?;
+        let sink_path = st.exporter.artifact_path(&run, &ArtifactPath::parse(&path)?)?;
         let stream = st.exporter.sink().get(&sink_path).await.map_err(not_found_as_404(what.clone()))?;
         let (status, start, len) = match range {
             Some((a, b)) => {

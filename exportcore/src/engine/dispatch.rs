@@ -169,8 +169,9 @@ impl Exporter {
             let now = self.now();
             let lease = Lease::new(super::clock::plus(now, cfg.lease_ttl));
             let Some(mut run) = cfg.store.reclaim_expired(now, &lease).await? else { break };
-            // Requeued or failed, the run starts over or ends: what its dead worker left goes.
-            self.discard_partial_outputs(&run.run_id).await;
+            // Requeued or failed, the run starts over or ends: what its dead worker left goes
+            // (its attempt's prefix only: the next attempt publishes under its own).
+            self.discard_partial_outputs(&run.run_id, Some(run.attempts)).await;
             let attempts = run.attempts;
             if attempts < cfg.max_attempts && !run.local {
                 tracing::warn!(run_id = %run.run_id, attempts, "lease lapsed: run requeued");
@@ -393,7 +394,7 @@ impl Exporter {
             builder = builder.distributor(Arc::clone(d));
         }
         if cfg.per_run_prefix {
-            builder = builder.prefix(run.run_id.sink_prefix()?);
+            builder = builder.prefix(run.run_id.attempt_prefix(run.attempts)?);
         }
         if request.signing_enabled() {
             builder = builder.signer(super::resolve_signer(cfg.signers.as_ref(), &run.tenant, request)?);

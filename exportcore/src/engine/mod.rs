@@ -2,9 +2,11 @@
 //! a bounded worker pool in priority order, streams their events, retries transient failures,
 //! enforces timeouts and retention, and never lets one tenant see another's runs.
 //!
-//! A run's artifacts are published under `runs/<run id>/` of the sink ([`RunId::sink_prefix`];
-//! turn it off with [`ExporterBuilder::per_run_prefix`]); [`Exporter::artifact_path`] maps an
-//! output to its sink path.
+//! A run's artifacts are published under `runs/<run id>/attempt-<n>/` of the sink
+//! ([`RunId::attempt_prefix`]: each attempt its own, so a worker that lost its lease never
+//! touches the files of the attempt that took over; turn prefixes off with
+//! [`ExporterBuilder::per_run_prefix`]); [`Exporter::artifact_path`] maps an output to its
+//! sink path.
 //!
 //! ```
 //! use exportcore::engine::{Exporter, Submission};
@@ -366,21 +368,28 @@ impl Exporter {
     pub async fn recover_interrupted(&self) -> Result<Vec<RunId>> {
         let ids = recover_interrupted(&*self.inner.cfg.store, &*self.inner.cfg.clock).await?;
         for id in &ids {
-            self.discard_partial_outputs(id).await;
+            // No other engine runs now: every attempt's leftovers go.
+            self.discard_partial_outputs(id, None).await;
             let _ = self.inner.events_tx.send(id.clone());
         }
         Ok(ids)
     }
 
-    /// Deletes what a run whose worker died left under its sink prefix. Nothing without
+    /// Deletes what a run whose worker died left under its sink prefix: attempt `attempt`'s
+    /// prefix (a takeover: that worker may still be writing there, and only there), or the
+    /// whole run's (`None`, recovery at start-up, when no other engine runs). Nothing without
     /// per-run prefixes: runs then share the sink's root, which its owner clears (`exportctl
     /// run` refuses a non-empty `--out`). A failure is logged, not returned: the run's record
     /// matters more than its leftovers.
-    pub(crate) async fn discard_partial_outputs(&self, run_id: &RunId) {
+    pub(crate) async fn discard_partial_outputs(&self, run_id: &RunId, attempt: Option<u32>) {
         if !self.inner.cfg.per_run_prefix {
             return;
         }
-        let Ok(prefix) = run_id.sink_prefix() else { return };
+        let prefix = match attempt {
+            Some(n) => run_id.attempt_prefix(n),
+            None => run_id.sink_prefix(),
+        };
+        let Ok(prefix) = prefix else { return };
         match self.inner.sink.delete_prefix(&prefix).await {
             Ok(0) => {}
             Ok(files) => tracing::warn!(%run_id, files, "deleted the partial outputs of an interrupted run"),
@@ -388,10 +397,11 @@ impl Exporter {
         }
     }
 
-    /// Where the output `rel` of run `run_id` lives in the sink.
-    pub fn artifact_path(&self, run_id: &RunId, rel: &ArtifactPath) -> Result<ArtifactPath> {
+    /// Where the output `rel` of `run` (its last attempt, the one that published its
+    /// outputs) lives in the sink.
+    pub fn artifact_path(&self, run: &Run, rel: &ArtifactPath) -> Result<ArtifactPath> {
         if self.inner.cfg.per_run_prefix {
-            run_id.sink_prefix()?.join(rel.as_str())
+            run.run_id.attempt_prefix(run.attempts)?.join(rel.as_str())
         } else {
             Ok(rel.clone())
         }

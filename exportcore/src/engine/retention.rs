@@ -37,7 +37,7 @@ impl Exporter {
                 // The run manifest first (outputs list it last): a sweep stopped half-way
                 // never leaves a manifest naming files that are gone.
                 for o in run.outputs.iter().rev() {
-                    let path = self.artifact_path(&run.run_id, &o.path)?;
+                    let path = self.artifact_path(&run, &o.path)?;
                     self.inner.sink.delete(&path).await?;
                     report.artifacts_deleted += 1;
                 }
