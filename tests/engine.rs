@@ -424,11 +424,23 @@ async fn timeout_and_cancel() {
     }
 }
 
-/// A sink that fails the first `fail_puts` puts, then delegates.
+/// A sink that fails the first `fail_puts` puts, and the first `fail_manifests` puts of a
+/// run manifest, then delegates.
 #[derive(Debug)]
 struct Flaky {
     inner: InMemorySink,
     fail_puts: AtomicUsize,
+    fail_manifests: AtomicUsize,
+}
+
+impl Flaky {
+    fn new(fail_puts: usize, fail_manifests: usize) -> Self {
+        Self {
+            inner: InMemorySink::new(),
+            fail_puts: AtomicUsize::new(fail_puts),
+            fail_manifests: AtomicUsize::new(fail_manifests),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -440,8 +452,13 @@ impl Sink for Flaky {
         self.inner.url(p)
     }
     async fn put(&self, p: &exportcore::ArtifactPath, body: ByteStream) -> exportcore::Result<PutReceipt> {
-        if self.fail_puts.load(Ordering::SeqCst) > 0 {
-            self.fail_puts.fetch_sub(1, Ordering::SeqCst);
+        let counter = if p.as_str().ends_with("manifest.json") && self.fail_manifests.load(Ordering::SeqCst) > 0 {
+            &self.fail_manifests
+        } else {
+            &self.fail_puts
+        };
+        if counter.load(Ordering::SeqCst) > 0 {
+            counter.fetch_sub(1, Ordering::SeqCst);
             return Err(ExportError::DistributionFailed { target: "flaky".into(), source: "connection reset".into() });
         }
         self.inner.put(p, body).await
@@ -460,7 +477,7 @@ impl Sink for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transient_failures_retry_with_backoff() {
     for (name, store, _dir) in stores() {
-        let flaky = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(2) });
+        let flaky = Arc::new(Flaky::new(2, 0));
         let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), flaky.clone(), 1);
         let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         ex.run_until_idle().await;
@@ -468,8 +485,8 @@ async fn transient_failures_retry_with_backoff() {
         assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 3), "{name}: {:?}", run.errors);
         assert_eq!(flaky.inner.snapshot().len(), 2);
         // Always failing: gives up after the attempts, with the distribution code.
-        let broken = Arc::new(Flaky { inner: InMemorySink::new(), fail_puts: AtomicUsize::new(usize::MAX) });
-        let ex = exporter(Arc::new(Sleepy::default()), store, broken.clone(), 1);
+        let broken = Arc::new(Flaky::new(usize::MAX, 0));
+        let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), broken.clone(), 1);
         let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
         ex.run_until_idle().await;
         let run = ex.get(&t("t"), &id).await.unwrap();
@@ -480,6 +497,21 @@ async fn transient_failures_retry_with_backoff() {
         let events: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
         assert_eq!(events.iter().filter(|n| **n == "failed").count(), 1, "{events:?}");
         assert_eq!(events.iter().filter(|n| **n == "started").count(), 3, "{events:?}");
+        assert!(!events.contains(&"artifact_ready"), "a failed run announced downloads: {events:?}");
+        // The first attempt publishes its data, then its manifest fails: it rolls back, and
+        // only the attempt that commits announces its artifacts (`artifact_ready` means
+        // downloadable), all of them just before `completed`.
+        let late = Arc::new(Flaky::new(0, 1));
+        let ex = exporter(Arc::new(Sleepy::default()), Arc::clone(&store), late.clone(), 1);
+        let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
+        ex.run_until_idle().await;
+        let run = ex.get(&t("t"), &id).await.unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 2), "{name}: {:?}", run.errors);
+        let events: Vec<_> = ex.events(&t("t"), &id, 0).map(|e| e.unwrap().event.name()).collect().await;
+        let ready = events.iter().filter(|n| **n == "artifact_ready").count();
+        assert_eq!(ready, run.outputs.len(), "{name}: one announcement per output: {events:?}");
+        let tail = &events[events.len() - ready - 1..];
+        assert!(tail[..ready].iter().all(|n| *n == "artifact_ready") && tail[ready] == "completed", "{events:?}");
     }
 }
 

@@ -221,7 +221,7 @@ impl RunBuilder {
         run.status = RunStatus::Running;
         run.started_at = Some(now);
         run.attempts = 1;
-        let emit = Emitter(self.events.clone());
+        let emit = Emitter::new(self.events.clone());
         emit.send(RunEvent::Started { run_id: run_id.clone(), profile_id: request.profile_id.clone() });
         let progress = Arc::new(Mutex::new(Progress::default()));
         let mut published = Vec::new();
@@ -248,6 +248,7 @@ impl RunBuilder {
                 }
                 run.status = RunStatus::Succeeded;
                 run.progress = Progress { percent: 100, ..run.progress };
+                emit.release();
                 emit.send(RunEvent::Completed { run_id, status: RunStatus::Succeeded });
                 Ok(RunOutcome { run, distributions })
             }
@@ -331,11 +332,30 @@ fn name_the_output(e: ExportError, options: &RunBuilder) -> ExportError {
 
 /// Sends events to an optional channel; a closed receiver is not an error.
 #[derive(Clone)]
-struct Emitter(Option<EventSender>);
+/// Sends a run's events; `artifact_ready` events are held back until the run commits
+/// ([`Emitter::release`], just before `completed`) and dropped when it fails: the event means
+/// "downloadable", which no file of a failed or retried attempt is.
+struct Emitter {
+    tx: Option<EventSender>,
+    held: Arc<Mutex<Vec<RunEvent>>>,
+}
 
 impl Emitter {
+    fn new(tx: Option<EventSender>) -> Self {
+        Self { tx, held: Arc::new(Mutex::new(Vec::new())) }
+    }
     fn send(&self, e: RunEvent) {
-        if let Some(tx) = &self.0 {
+        let Some(tx) = &self.tx else { return };
+        if matches!(e, RunEvent::ArtifactReady { .. }) {
+            self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e);
+        } else {
+            let _ = tx.send(e);
+        }
+    }
+    /// Sends the held `artifact_ready` events (the run committed).
+    fn release(&self) {
+        let Some(tx) = &self.tx else { return };
+        for e in std::mem::take(&mut *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
             let _ = tx.send(e);
         }
     }
