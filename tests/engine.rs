@@ -814,3 +814,38 @@ async fn a_cancel_sent_to_another_engine_reaches_the_worker_at_its_next_renewal(
     assert_eq!(err.code(), "ERR_EXPORT_REQUEST_INVALID", "a finished run: {err}");
     w.shutdown().await;
 }
+
+/// A cancel asked while no worker holds the run (its worker died; the run is between a
+/// takeover and its requeue) is kept by the store, and the next attempt honours it at its
+/// claim, not a third of the lease TTL later: a short run cannot finish `succeeded` after the
+/// cancel was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_asked_during_a_takeover_stops_the_next_attempt() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    let ex = builder(
+        Arc::new(Sleepy { sleep_ms: 50, ..Default::default() }),
+        Arc::clone(&store),
+        Arc::new(InMemorySink::new()),
+        1,
+    )
+    .clock(clock.clone())
+    .retries(3, Duration::from_millis(10))
+    .lease_ttl(Duration::from_secs(60))
+    .build()
+    .unwrap();
+    let id = submit(&ex, "t", req(Priority::Normal)).await.unwrap().run_id;
+    use exportcore::engine::Clock as _;
+    let dead = exportcore::Lease::new(Timestamp::from_unix(clock.now().unix() + 10).unwrap());
+    store.claim_next(clock.now(), &dead).await.unwrap().unwrap();
+    // Asked through this engine, which does not run it: recorded in the store (202).
+    let asked = ex.cancel(&t("t"), &id).await.unwrap();
+    assert_eq!(asked.status, RunStatus::Running);
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(ex.reclaim_expired().await.unwrap(), vec![id.clone()]);
+    assert_eq!(ex.get(&t("t"), &id).await.unwrap().status, RunStatus::Queued);
+    ex.run_until_idle().await;
+    let run = ex.get(&t("t"), &id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert_eq!(run.errors.last().unwrap().code, "ERR_EXPORT_CANCELLED");
+}

@@ -111,12 +111,19 @@ impl Exporter {
             Some(id) => store.claim_run(id, now, &lease).await?,
             None => store.claim_next(now, &lease).await?,
         };
-        Ok(claimed.map(|c| {
-            let flag = CancelFlag::new();
-            flag.set_deadline(self.lease_deadline(sent));
-            cancels.insert(c.run.run_id.clone(), flag.clone());
-            (c, flag)
-        }))
+        let Some(c) = claimed else { return Ok(None) };
+        let flag = CancelFlag::new();
+        flag.set_deadline(self.lease_deadline(sent));
+        // A cancel asked of the run while no worker held it (during a takeover or a requeue)
+        // stays in the store: read it now, not at the first renewal a third of the TTL away
+        // (a short run would finish first).
+        match store.renew_lease(&c.run.run_id, &lease).await {
+            Ok(true) => flag.cancel(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(run_id = %c.run.run_id, error = %e.report(), "reading a pending cancel failed"),
+        }
+        cancels.insert(c.run.run_id.clone(), flag.clone());
+        Ok(Some((c, flag)))
     }
 
     /// When a worker must stop trusting a lease it asked for at `sent`: a sixth of the TTL
@@ -348,8 +355,10 @@ impl Exporter {
         };
         // A database restarting is waited out (until the lease's deadline), not taken for the
         // end of the run: the final record and its terminal event must land.
-        let stored = retry_io(cancel, || cfg.store.finish(&run, now, &terminal)).await;
+        // Under the cancel lock: a cancel either comes first (and finds the run running) or
+        // after the final record (and finds it finished, a 409), never between the two.
         let mut cancels = self.inner.cancels.lock().await;
+        let stored = retry_io(cancel, || cfg.store.finish(&run, now, &terminal)).await;
         match stored {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run.run_id.clone());
