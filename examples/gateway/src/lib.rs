@@ -41,7 +41,7 @@ pub mod views;
 
 pub use error::{ApiError, ErrorBody};
 pub use limits::RateLimit;
-pub use serve::{serve, shutdown_signal, ServeOptions, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+pub use serve::{serve, shutdown_signal, ServeOptions, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;

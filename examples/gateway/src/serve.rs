@@ -18,12 +18,27 @@ pub struct ServeOptions {
     pub workers: bool,
     /// How long a client has to send a request's headers (default [`HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: std::time::Duration,
+    /// How long shutdown waits for open connections to finish (default [`DRAIN_TIMEOUT`]);
+    /// then they are dropped (a client that stopped reading a download cannot hold the
+    /// process).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl ServeOptions {
     /// Options with `auth` and the default settings.
     pub fn new(auth: Arc<dyn Authenticator>) -> Self {
-        Self { auth, config: GatewayConfig::default(), workers: true, header_read_timeout: HEADER_READ_TIMEOUT }
+        Self {
+            auth,
+            config: GatewayConfig::default(),
+            workers: true,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
+        }
+    }
+    /// Sets [`ServeOptions::drain_timeout`].
+    pub fn drain_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
     }
     /// Sets [`ServeOptions::header_read_timeout`].
     pub fn header_read_timeout(mut self, timeout: std::time::Duration) -> Self {
@@ -43,9 +58,10 @@ impl ServeOptions {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, running `exporter`'s workers
-/// meanwhile. On shutdown it stops accepting connections, marks itself not ready, ends every
-/// event stream, lets in-flight requests finish, then waits for running exports to finish;
-/// queued runs stay queued in the store for the next start.
+/// meanwhile. On shutdown it stops accepting connections and claiming runs, marks itself not
+/// ready, ends every event stream, lets in-flight requests finish (for at most
+/// [`ServeOptions::drain_timeout`]), then waits for running exports to finish; queued runs
+/// stay queued in the store for the next start.
 ///
 /// # Errors
 /// `ERR_EXPORT_IO` when the listener fails.
@@ -94,13 +110,21 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining streams and requests");
+    if let Some(w) = &workers {
+        w.stop();
+    }
     gateway.drain();
-    graceful.shutdown().await;
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?options.drain_timeout, "connections still open after the drain timeout: dropped");
+    }
     if let Some(w) = workers {
         w.shutdown().await;
     }
     Ok(())
 }
+
+/// How long [`serve`] waits for open connections at shutdown by default.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a client has to send a request's headers, from when the connection is ready for
 /// the next request (a connection that sends half a request line and waits is closed).

@@ -723,3 +723,96 @@ async fn signed_downloads_count_against_the_quota() {
     r.expect_error(429, "ERR_EXPORT_RATE_LIMIT");
     server.stop().await;
 }
+
+/// A sink whose downloads send their first bytes and then never end (as a client that
+/// stopped reading holds one).
+#[derive(Debug, Clone)]
+struct Stalling(exportcore::InMemorySink);
+
+#[async_trait::async_trait]
+impl exportcore::Sink for Stalling {
+    fn name(&self) -> &str {
+        "stalling"
+    }
+    fn url(&self, p: &exportcore::ArtifactPath) -> String {
+        self.0.url(p)
+    }
+    async fn put(
+        &self,
+        p: &exportcore::ArtifactPath,
+        body: exportcore::sink::ByteStream,
+    ) -> exportcore::Result<exportcore::sink::PutReceipt> {
+        self.0.put(p, body).await
+    }
+    async fn get(&self, p: &exportcore::ArtifactPath) -> exportcore::Result<exportcore::sink::ByteStream> {
+        use futures::StreamExt;
+        // One byte of the first chunk, then nothing: the body never reaches its length.
+        let first = self.0.get(p).await?.take(1).map(|c| c.map(|b| b.slice(..1.min(b.len()))));
+        Ok(Box::pin(first.chain(futures::stream::pending())))
+    }
+    async fn list(
+        &self,
+        p: Option<&exportcore::ArtifactPath>,
+    ) -> exportcore::Result<Vec<exportcore::sink::ObjectMeta>> {
+        self.0.list(p).await
+    }
+    async fn delete(&self, p: &exportcore::ArtifactPath) -> exportcore::Result<()> {
+        self.0.delete(p).await
+    }
+}
+
+/// Shutdown is bounded: a download whose body never ends (a client that stopped reading)
+/// cannot keep `serve` from returning once the drain timeout passed, and the node stops
+/// claiming runs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_by_the_drain_timeout() {
+    let evidence = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/evidence");
+    let exporter = exportcore::engine::Exporter::builder()
+        .profiles(exportcore_json::profiles())
+        .sink(Stalling(exportcore::InMemorySink::new()))
+        .evidence(exportcore::DirEvidence::new(evidence).unwrap())
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/export-center", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = exportcore_gateway::ServeOptions::new(dev_auth()).drain_timeout(Duration::from_secs(1));
+    let served = tokio::spawn(exportcore_gateway::serve(exporter, listener, options, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let auth = |r: reqwest::RequestBuilder| {
+        r.header("authorization", "Bearer tok-acme-1").header("x-stellaops-tenant", "acme")
+    };
+    let r = auth(http.post(format!("{base}/runs")))
+        .header("content-type", "application/json")
+        .body(json!({"profileId": "json:raw"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["runId"].as_str().unwrap().to_owned();
+    let mut view = Value::Null;
+    for _ in 0..500 {
+        view = serde_json::from_slice(
+            &auth(http.get(format!("{base}/runs/{id}"))).send().await.unwrap().bytes().await.unwrap(),
+        )
+        .unwrap();
+        if view["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(view["status"], "succeeded", "{view}");
+    // The download starts (headers and the first bytes) and never ends.
+    let path = view["outputs"][0]["path"].as_str().unwrap();
+    let download = auth(http.get(format!("{base}/runs/{id}/artifacts/{path}"))).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    let started = std::time::Instant::now();
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), served).await;
+    assert!(result.is_ok(), "serve did not return within 20 s of shutdown with a stalled download open");
+    assert!(started.elapsed() >= Duration::from_millis(900), "serve did not wait for the drain");
+    drop(download);
+}

@@ -25,6 +25,11 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Stops taking new runs (running ones go on); [`WorkerHandle::shutdown`] then waits for
+    /// them.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
     /// Stops the dispatcher and waits for running runs to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
