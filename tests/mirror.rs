@@ -622,6 +622,23 @@ async fn an_encrypted_mirror_verifies_sealed_and_decrypts_to_the_plain_one() {
         assert!(e.to_string().contains("does not verify"), "{name}: {e}");
         assert!(!plain.exists(), "{name}");
     }
+    // Whoever carries the mirror rewrites what is unsigned without a key: a sealed shard
+    // replaced by plaintext and struck from export.json's encrypted files, the run manifest
+    // made to match, the signatures dropped. It verifies without a key, but decrypt refuses a
+    // file of mirror/data/ in the clear.
+    let m = copy(&a, &tmp.path().join("tampered-unsealed"));
+    std::fs::write(m.join(pypi), "{\"id\":\"EVIL\"}\n").unwrap();
+    let export_path = m.join("mirror/export.json");
+    let mut export: Value = serde_json::from_slice(&std::fs::read(&export_path).unwrap()).unwrap();
+    let rel = pypi.strip_prefix("mirror/").unwrap();
+    export["encryption"]["files"].as_array_mut().unwrap().retain(|f| f != rel);
+    std::fs::write(&export_path, exportcore::canonical::to_vec(&export).unwrap()).unwrap();
+    rewrite_unsigned_manifest(&m);
+    assert!(verify_unsigned(&m).is_ok(), "{}", failures(&verify_unsigned(&m)));
+    let plain = tmp.path().join("plain-unsealed");
+    let e = exportcore_mirror::encryption::decrypt(&m, &identities(), &plain, &no_keys()).unwrap_err();
+    assert!(e.to_string().contains("not among export.json's encrypted files"), "{e}");
+    assert!(!plain.exists());
     // An output inside the mirror is refused.
     let e = exportcore_mirror::encryption::decrypt(&a, &identities(), &a.join("plain"), &no_keys()).unwrap_err();
     assert!(e.to_string().contains("lies inside"), "{e}");
@@ -1149,22 +1166,8 @@ async fn a_base_with_edited_tuf_versions_is_refused_before_anything_is_signed() 
     let ts_path = old.join("tuf/metadata/timestamp.json");
     let mut ts: Value = serde_json::from_slice(&std::fs::read(&ts_path).unwrap()).unwrap();
     ts["signed"]["version"] = serde_json::json!(u64::MAX - 1);
-    let edited = exportcore::canonical::to_vec(&ts).unwrap();
-    let old_size = std::fs::metadata(&ts_path).unwrap().len();
-    std::fs::write(&ts_path, &edited).unwrap();
-    let mut manifest: Value = serde_json::from_slice(&std::fs::read(old.join("manifest.json")).unwrap()).unwrap();
-    for e in manifest["entries"].as_array_mut().unwrap() {
-        if e["path"] == "tuf/metadata/timestamp.json" {
-            e["size"] = serde_json::json!(edited.len());
-            e["sha256"] = serde_json::json!(exportcore::Sha256Digest::of(&edited).to_hex());
-        }
-    }
-    let bytes = manifest["totals"]["bytes"].as_u64().unwrap() + edited.len() as u64 - old_size;
-    manifest["totals"]["bytes"] = serde_json::json!(bytes);
-    std::fs::write(old.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
-    for f in ["manifest.dsse.json", "provenance.dsse.json"] {
-        std::fs::remove_file(old.join(f)).unwrap();
-    }
+    std::fs::write(&ts_path, exportcore::canonical::to_vec(&ts).unwrap()).unwrap();
+    rewrite_unsigned_manifest(&old);
     let out = tmp.path().join("delta");
     let e = try_delta(old, &changed_samples(tmp.path()), &out, &k, "2025-06-11T00:00:00Z").await.unwrap_err();
     assert_eq!(e.code(), "ERR_EXPORT_BASE_MISSING", "{}", e.report());
@@ -1242,4 +1245,27 @@ async fn the_tuf_root_is_renewed_before_it_expires_and_when_role_keys_change() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("root key rotation"), "{}", e.report());
+}
+
+/// Rewrites a run manifest to match the files now in `dir` (sizes, digests, total) and drops
+/// its signatures: what an attacker without the key can do to a mirror.
+fn rewrite_unsigned_manifest(dir: &Path) {
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut total = 0u64;
+    for e in manifest["entries"].as_array_mut().unwrap() {
+        let bytes = std::fs::read(dir.join(e["path"].as_str().unwrap())).unwrap();
+        total += bytes.len() as u64;
+        e["size"] = serde_json::json!(bytes.len());
+        e["sha256"] = serde_json::json!(exportcore::Sha256Digest::of(&bytes).to_hex());
+    }
+    manifest["totals"]["bytes"] = serde_json::json!(total);
+    std::fs::write(dir.join("manifest.json"), exportcore::canonical::to_vec(&manifest).unwrap()).unwrap();
+    for f in ["manifest.dsse.json", "provenance.dsse.json"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+/// The run manifest of `dir` checked without keys (no TUF chain: an attacker cannot re-sign it).
+fn verify_unsigned(dir: &Path) -> VerifyReport {
+    exportcore::verify::verify_path_with(dir, &no_keys()).unwrap()
 }

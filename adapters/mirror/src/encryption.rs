@@ -47,11 +47,18 @@ impl Entropy for OsEntropy {
 }
 
 /// A deterministic stream (SHA-256 of a seed and a counter), **for tests and reproducibility
-/// checks only**: with it, two runs produce the same data key and nonces.
-#[derive(Debug)]
+/// checks only**: with it, two runs produce the same data key and nonces, so two runs of
+/// different evidence with one seed reuse a GCM key and nonce (which breaks it). Its `Debug`
+/// does not show the seed (the whole secret state).
 pub struct SeededEntropy {
     seed: [u8; 32],
     counter: Mutex<u64>,
+}
+
+impl std::fmt::Debug for SeededEntropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeededEntropy").field("seed", &"<redacted>").finish_non_exhaustive()
+    }
 }
 
 impl SeededEntropy {
@@ -459,6 +466,14 @@ pub fn decrypt(
         }
         let aad = format!("{run_id}:{rel}");
         let is_sealed = sealed.contains(rel);
+        // An encrypted mirror seals every file of `data/`: one there in the clear was put
+        // there (and listed as unsealed) by someone else, and would come out as if decrypted.
+        if rel.starts_with("data/") && !is_sealed {
+            return Err(ExportError::VerificationFailed {
+                path: src.display().to_string(),
+                reason: "is under mirror/data/ but not among export.json's encrypted files: an encrypted mirror seals all of mirror/data/".into(),
+            });
+        }
         restore(&aes, is_sealed.then_some(aad.as_bytes()), &src, &dst, (entry.size, entry.sha256))?;
         opened += usize::from(is_sealed);
     }

@@ -555,6 +555,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Decrypt { out_dir, identity, out, key } => {
             let options = trusted_keys(&key)?;
+            if key.is_empty() {
+                errln!(
+                    "note: no --key: the mirror is checked to be whole, not who made it (anyone can encrypt to a public age recipient)"
+                );
+            }
             let target = out.clone();
             let n = until_signal(&out, exportcore_mirror::encryption::DECRYPT_STAGING_PREFIX, move || {
                 let identities = exportcore_mirror::encryption::read_identities(&identity)?;
