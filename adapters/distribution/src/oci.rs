@@ -123,7 +123,11 @@ pub struct PushStats {
 /// A registry session for one repository.
 pub(crate) struct Registry {
     http: reqwest::Client,
+    /// For token realms: follows no redirect (a realm answering with one is refused).
+    token_http: reqwest::Client,
     base: String,
+    /// `base` parsed: the origin (scheme, host, port) credentials may be sent to.
+    origin: reqwest::Url,
     repository: String,
     registry: String,
     credentials: Option<Credentials>,
@@ -158,15 +162,25 @@ fn challenge_params(header: &str) -> (String, Vec<(String, String)>) {
 
 impl Registry {
     pub(crate) fn new(target: &OciTarget, credentials: Option<Credentials>) -> Result<Self, DistributionError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| DistributionError::fatal(format!("HTTP client: {e}")))?;
+        let client = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(300))
+                .redirect(redirects)
+                .build()
+                .map_err(|e| DistributionError::fatal(format!("HTTP client: {e}")))
+        };
+        let (http, token_http) =
+            (client(reqwest::redirect::Policy::limited(10))?, client(reqwest::redirect::Policy::none())?);
         let scheme = if target.insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{}", target.registry);
+        let origin = reqwest::Url::parse(&base)
+            .map_err(|e| DistributionError::fatal(format!("registry {}: {e}", target.registry)))?;
         Ok(Self {
             http,
-            base: format!("{scheme}://{}", target.registry),
+            token_http,
+            origin,
+            base,
             repository: target.repository.clone(),
             registry: target.registry.clone(),
             credentials,
@@ -180,13 +194,30 @@ impl Registry {
         format!("{}/v2/{}/{path}", self.base, self.repository)
     }
 
-    /// An absolute URL for a `Location` header (which may be relative).
-    fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
-        } else {
-            format!("{}{}", self.base, location)
+    /// An absolute URL for a `Location` header (which may be relative), resolved against the
+    /// registry. One that leaves HTTPS for plain HTTP is refused; one on another host is
+    /// followed without credentials (see [`Registry::send`]).
+    fn absolute(&self, location: &str) -> Result<String, DistributionError> {
+        let url = self
+            .origin
+            .join(location)
+            .map_err(|e| DistributionError::fatal(format!("upload Location {location:?}: {e}")))?;
+        if self.origin.scheme() == "https" && url.scheme() != "https" {
+            return Err(DistributionError::fatal(format!(
+                "the registry sent an upload Location that leaves HTTPS ({}://{})",
+                url.scheme(),
+                url.host_str().unwrap_or_default()
+            )));
         }
+        Ok(url.into())
+    }
+
+    /// Whether `url` is on the registry's own origin (scheme, host and port): only there do
+    /// credentials go.
+    fn same_origin(&self, url: &reqwest::Url) -> bool {
+        url.scheme() == self.origin.scheme()
+            && url.host_str() == self.origin.host_str()
+            && url.port_or_known_default() == self.origin.port_or_known_default()
     }
 
     /// Obtains the `Authorization` a challenge asks for.
@@ -211,7 +242,22 @@ impl Registry {
             "bearer" => {
                 let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
                 let realm = get("realm").ok_or_else(|| DistributionError::fatal("Bearer challenge without a realm"))?;
-                let mut req = self.http.get(&realm);
+                let realm_url = reqwest::Url::parse(&realm)
+                    .map_err(|e| DistributionError::fatal(format!("Bearer challenge: realm {realm:?}: {e}")))?;
+                // A realm on plain HTTP only for a registry reached on plain HTTP (loopback or
+                // named insecure): credentials never cross the network in the clear because a
+                // challenge asked for it.
+                if realm_url.scheme() != "https" && self.origin.scheme() == "https" {
+                    return Err(DistributionError::fatal(format!(
+                        "{} names a token realm on plain HTTP ({}): refused",
+                        self.registry,
+                        realm_url.host_str().unwrap_or_default()
+                    )));
+                }
+                if !matches!(realm_url.scheme(), "https" | "http") {
+                    return Err(DistributionError::fatal(format!("token realm {realm:?}: not an HTTP URL")));
+                }
+                let mut req = self.token_http.get(realm_url);
                 let mut query = Vec::new();
                 if let Some(s) = get("service") {
                     query.push(("service", s));
@@ -224,14 +270,18 @@ impl Registry {
                 if let Some(b) = &basic {
                     req = req.header(AUTHORIZATION, b);
                 }
-                let resp = req.send().await.map_err(|e| DistributionError::transient(format!("token realm: {e}")))?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| DistributionError::transient(format!("token realm: {}", chain(&e.without_url()))))?;
                 if !resp.status().is_success() {
                     return Err(DistributionError::fatal(format!("token realm answered {}", resp.status())));
                 }
-                let v: serde_json::Value = serde_json::from_slice(
-                    &resp.bytes().await.map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?,
-                )
-                .map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?;
+                let body = read_capped(resp, MAX_TOKEN_REPLY, false)
+                    .await
+                    .map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| DistributionError::fatal(format!("token realm: {e}")))?;
                 let token = v["token"]
                     .as_str()
                     .or_else(|| v["access_token"].as_str())
@@ -249,13 +299,20 @@ impl Registry {
         let mut attempt = 0;
         let mut challenged = false;
         loop {
-            let mut req = build();
-            if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                req = req.header(AUTHORIZATION, a);
+            let mut req = build()
+                .build()
+                .map_err(|e| DistributionError::fatal(format!("{what}: {}", chain(&e.without_url()))))?;
+            let ours = self.same_origin(req.url());
+            if ours {
+                if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    req.headers_mut().insert(AUTHORIZATION, a);
+                }
             }
-            let result = req.send().await;
+            let result = self.http.execute(req).await;
             let retry = match result {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+                // Only the registry's own challenges are answered: another host (an upload
+                // Location elsewhere) never gets the credentials.
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged && ours => {
                     challenged = true;
                     let challenge = resp
                         .headers()
@@ -276,8 +333,10 @@ impl Registry {
                 }
                 Ok(resp) if transient(resp.status()) => format!("{what}: {}", resp.status()),
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => format!("{what}: {}", chain(&e)),
-                Err(e) => return Err(DistributionError::fatal(format!("{what}: {}", chain(&e)))),
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    format!("{what}: {}", chain(&e.without_url()))
+                }
+                Err(e) => return Err(DistributionError::fatal(format!("{what}: {}", chain(&e.without_url())))),
             };
             attempt += 1;
             if attempt > self.retries {
@@ -292,7 +351,8 @@ impl Registry {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+        let body = read_capped(resp, MAX_ERROR_REPLY, true).await.unwrap_or_default();
+        let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
         let msg = format!("{what}: {status}: {}", body.trim());
         Err(if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             DistributionError::fatal(format!("{msg} (credentials refused)"))
@@ -410,16 +470,20 @@ impl Registry {
             .header(CONTENT_TYPE, "application/octet-stream")
             .header("Content-Range", format!("0-{}", size.saturating_sub(1)))
             .header(CONTENT_LENGTH, size)
-            .body(body);
-        if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            req = req.header(AUTHORIZATION, a);
+            .body(body)
+            .build()
+            .map_err(|e| DistributionError::fatal(format!("blob PATCH: {}", chain(&e.without_url()))))?;
+        if self.same_origin(req.url()) {
+            if let Some(a) = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                req.headers_mut().insert(AUTHORIZATION, a);
+            }
         }
-        let resp = match req.send().await {
+        let resp = match self.http.execute(req).await {
             Ok(r) if transient(r.status()) => {
                 return Err(DistributionError::transient(format!("blob PATCH: {}", r.status())))
             }
             Ok(r) => r,
-            Err(e) => return Err(DistributionError::transient(format!("blob PATCH: {e}"))),
+            Err(e) => return Err(DistributionError::transient(format!("blob PATCH: {}", chain(&e.without_url())))),
         };
         let resp = Self::expect(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], "blob PATCH").await?;
         self.location(&resp)
@@ -429,8 +493,8 @@ impl Registry {
         resp.headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|l| self.absolute(l))
             .ok_or_else(|| DistributionError::fatal("upload answer without a Location"))
+            .and_then(|l| self.absolute(l))
     }
 
     /// Puts a manifest under `reference` (a tag or digest); checks the registry's digest.
@@ -459,6 +523,28 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The most of a token realm's reply read (tokens are a few KiB).
+const MAX_TOKEN_REPLY: usize = 1 << 20;
+/// The most of an error reply's body read (300 characters of it are quoted).
+const MAX_ERROR_REPLY: usize = 64 << 10;
+
+/// A response body, at most `cap` bytes: more is an error, or (`truncate`) cut there. A
+/// hostile endpoint cannot make the pusher hold gigabytes.
+async fn read_capped(mut resp: Response, cap: usize, truncate: bool) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e.without_url()))? {
+        if out.len() + chunk.len() > cap {
+            if truncate {
+                out.extend_from_slice(&chunk[..cap - out.len()]);
+                break;
+            }
+            return Err(format!("reply over {cap} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// An error with its causes, `: `-separated (reqwest's own message omits them: "error sending
@@ -605,6 +691,77 @@ mod tests {
         assert!(log[1].starts_with("GET /token?service=reg&scope=repository%3Ar%3Apull%2Cpush"), "{log:?}");
         assert!(log[1].ends_with("| "), "anonymous: no credentials sent to the realm: {log:?}");
         assert!(log[2].contains("Bearer t0k") && log[3].contains("Bearer t0k"), "{log:?}");
+    }
+
+    /// A server recording the `Authorization` header of each request and answering each
+    /// connection with the next of `replies` (the last repeating).
+    fn recording(replies: Vec<String>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut first, mut auth, mut line, mut length) = (String::new(), String::new(), String::new(), 0usize);
+                reader.read_line(&mut first).unwrap();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    let lower = line.to_ascii_lowercase();
+                    if lower.starts_with("authorization:") {
+                        auth = line.trim().to_owned();
+                    }
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                log.lock().unwrap().push(format!("{} | {auth}", first.trim()));
+                let _ = stream.write_all(replies[n.min(replies.len() - 1)].as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    /// An upload `Location` on another origin (here another port) gets the upload, never the
+    /// registry's credentials, and its challenge is not answered with them; a realm or
+    /// `Location` that leaves HTTPS is refused.
+    #[tokio::test]
+    async fn credentials_never_leave_the_registry_origin() {
+        let reply = |status: &str, extra: &str| {
+            format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        let (elsewhere, elsewhere_seen) =
+            recording(vec![reply("401 Unauthorized", "WWW-Authenticate: Basic realm=\"x\"\r\n")]);
+        let (addr, seen) = recording(vec![
+            reply("401 Unauthorized", "WWW-Authenticate: Basic realm=\"reg\"\r\n"),
+            reply("202 Accepted", &format!("Location: http://{elsewhere}/upload/u1\r\n")),
+        ]);
+        let target = OciTarget::parse(&format!("oci://{addr}/r:1"), "t").unwrap();
+        let credentials = Credentials { username: "u".into(), password: crate::Secret("hunter2".into()) };
+        let mut r = Registry::new(&target, Some(credentials)).unwrap();
+        r.backoff = Duration::from_millis(1);
+        let body = Bytes::from_static(b"{}");
+        let e = r.upload_bytes(body.clone(), &Sha256Digest::of(&body)).await.unwrap_err();
+        assert!(e.message.contains("401"), "{}", e.message);
+        let ours = seen.lock().unwrap().clone();
+        assert!(ours[1].contains("Basic "), "the registry's own challenge is answered: {ours:?}");
+        let theirs = elsewhere_seen.lock().unwrap().clone();
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        assert!(theirs[0].starts_with("PUT /upload/u1?digest=sha256:") && theirs[0].ends_with("| "), "{theirs:?}");
+        assert!(!e.message.contains("hunter2"));
+
+        // An HTTPS registry whose realm or Location is plain HTTP: refused before anything is
+        // sent there.
+        let https = Registry::new(&OciTarget::parse("oci://registry.example/r:1", "t").unwrap(), None).unwrap();
+        let e = https.authorize("Bearer realm=\"http://auth.example/token\"").await.unwrap_err();
+        assert!(e.message.contains("plain HTTP"), "{}", e.message);
+        let e = https.absolute("http://elsewhere.example/upload").unwrap_err();
+        assert!(e.message.contains("leaves HTTPS"), "{}", e.message);
+        assert_eq!(https.absolute("/v2/r/blobs/uploads/x").unwrap(), "https://registry.example/v2/r/blobs/uploads/x");
     }
 
     #[tokio::test]
