@@ -354,6 +354,16 @@ pub(crate) fn build_tree(
         export["tenant"] = json!(ctx.tenant().as_str());
         if let Some(s) = &sealer {
             export["encryption"] = s.record();
+            // Said at every encrypted build, since it is easy to assume more is sealed.
+            let dbs = if trivy.is_empty() {
+                ""
+            } else {
+                "the Trivy DBs (the advisories' content, under mirror/trivy/ and oci/), "
+            };
+            ctx.warn(
+                "WARN_MIRROR_PARTLY_CLEAR",
+                format!("only mirror/data/ is encrypted: {dbs}the indexes (each record's id, time and plaintext digest) and export.json are in the clear"),
+            );
         }
         let export_file = stage_json(ctx, "mirror/export.json", ArtifactType::Manifest, &export)?;
         let provenance = json!({

@@ -560,6 +560,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                     "note: no --key: the mirror is checked to be whole, not who made it (anyone can encrypt to a public age recipient)"
                 );
             }
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if std::fs::metadata(&identity).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    errln!(
+                        "warning: {} holds a secret key and is readable by others: chmod 600 it",
+                        printable(&identity.display().to_string())
+                    );
+                }
+            }
             let target = out.clone();
             let n = until_signal(&out, exportcore_mirror::encryption::DECRYPT_STAGING_PREFIX, move || {
                 let identities = exportcore_mirror::encryption::read_identities(&identity)?;

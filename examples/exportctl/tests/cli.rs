@@ -1061,14 +1061,24 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
         run(&args)
     };
     let plain = tmp.path().join("plain");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let o = decrypt(&plain, &["--key", &public]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(plain.join("data/raw/advisories/pypi.jsonl.zst").is_file());
+    assert!(text(&o).contains("readable by others") && !text(&o).contains("no --key"), "{}", text(&o));
     // A file added to the mirror: nothing is decrypted.
     std::fs::write(enc.join("mirror/data/raw/advisories/evil.jsonl.zst"), b"x").unwrap();
     let refused = tmp.path().join("refused");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let o = decrypt(&refused, &[]);
     assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_VERIFY_FAILED"), "{}", text(&o));
+    assert!(text(&o).contains("no --key") && !text(&o).contains("readable by others"), "{}", text(&o));
     assert!(text(&o).contains("evil.jsonl.zst") && !refused.exists(), "{}", text(&o));
     let o = export("mirror:full", &samples(), &tmp.path().join("z"), &["--encrypt-to", "age1nope"]);
     assert!(!o.status.success() && text(&o).contains("--encrypt-to"), "{}", text(&o));
