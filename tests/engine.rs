@@ -577,6 +577,10 @@ async fn retention_expires_runs_and_deletes_artifacts() {
         assert_eq!(exp, start.plus_days(1), "{name}: retention counts from the engine clock at finish");
         assert!(run.outputs.iter().all(|o| o.expires_at == Some(exp)));
         assert_eq!(sink.snapshot().len(), 4);
+        // A late file of a dead attempt (a worker that lost its lease, after the takeover
+        // cleared its directory): not an output, gone with the run all the same.
+        let orphan = id.attempt_prefix(7).unwrap().join("late.json").unwrap();
+        sink.put_bytes(&orphan, "{}".into()).await.unwrap();
         // Not yet due, one second before.
         clock.advance(Duration::from_secs(24 * 3600 - 1));
         let report = ex.sweep_now().await.unwrap();

@@ -16,7 +16,7 @@
 use crate::error::{ExportError, IoContext, Result};
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The size and SHA-256 of the regular file at `path` ([`open_regular`], then streamed).
 ///
@@ -113,19 +113,57 @@ pub fn lies_inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// A staging directory (from [`staging_beside`]): removed when dropped, held locked (`flock`)
-/// for its whole life, so no other process — on this host or, over NFS, another — sweeps it
+/// A staging directory (from [`staging_beside`]): removed when dropped, and held locked for
+/// its whole life through `NAME.lock` beside it (an `flock` on a regular file opened for
+/// writing, which NFS clients turn into a byte-range lock the server sees; directories
+/// cannot be locked over NFSv4), so no other process — on this host or another — sweeps it
 /// as stale while it is in use.
 #[derive(Debug)]
 pub struct Staging {
-    dir: tempfile::TempDir,
-    lock: File,
+    dir: Option<tempfile::TempDir>,
+    /// The directory's (device, inode) when it was made.
+    id: Option<(u64, u64)>,
+    lock_path: PathBuf,
+    _lock: File,
 }
 
 impl Staging {
     /// The directory.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map_or(Path::new(""), tempfile::TempDir::path)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The directory goes right after (the `TempDir`), unless it was published.
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// A leftover the sweep may remove: a staging directory or lock file of a process gone from
+/// this host, whose lock nobody holds (a lock that cannot be taken for another reason, e.g.
+/// `ENOLCK`, counts as held). A directory without its lock file (a process killed between the
+/// two) goes once it is a minute old.
+fn stale(path: &Path, pid: u32) -> bool {
+    if process_alive(pid) {
+        return false;
+    }
+    let lock_path = if path.extension().is_some_and(|e| e == "lock") {
+        path.to_path_buf()
+    } else {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".lock");
+        PathBuf::from(p)
+    };
+    match std::fs::OpenOptions::new().read(true).write(true).open(&lock_path) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+        Err(_) => false,
     }
 }
 
@@ -150,16 +188,35 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<Staging> {
             else {
                 continue;
             };
-            let unlocked = File::open(entry.path()).is_ok_and(|d| d.try_lock().is_ok());
-            if !process_alive(pid) && unlocked {
-                let _ = std::fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if stale(&path, pid) {
+                    let _ = std::fs::remove_dir_all(&path);
+                    let mut lock = path.into_os_string();
+                    lock.push(".lock");
+                    let _ = std::fs::remove_file(lock);
+                }
+            } else if path.extension().is_some_and(|e| e == "lock")
+                && !path.with_extension("").exists()
+                && stale(&path, pid)
+            {
+                // A lock file whose directory is gone (its process died between the two).
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
     let dir =
         tempfile::Builder::new().prefix(&format!("{prefix}{}-", std::process::id())).tempdir_in(parent).at(parent)?;
-    let lock = File::open(dir.path()).and_then(|d| d.lock().map(|()| d)).at(dir.path())?;
-    Ok(Staging { dir, lock })
+    let mut lock_path = dir.path().as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options.open(&lock_path).and_then(|f| f.lock().map(|()| f)).at(&lock_path)?;
+    let id = std::fs::symlink_metadata(dir.path()).ok().and_then(|m| file_identity(&m));
+    Ok(Staging { dir: Some(dir), id, lock_path, _lock: lock })
 }
 
 /// Moves a tree built in `staging` (from [`staging_beside`]) to `out`, durably: every file and
@@ -170,14 +227,11 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<Staging> {
 /// # Errors
 /// `ERR_EXPORT_REQUEST_INVALID` naming `--out` when another process filled it meanwhile;
 /// `ERR_EXPORT_IO`.
-pub fn publish_dir(staging: Staging, out: &Path) -> Result<()> {
+pub fn publish_dir(mut staging: Staging, out: &Path) -> Result<()> {
     // Still the directory this process created and locked: had it been removed meanwhile
     // (swept by a process that took it for a leftover), writing into its path would have made
     // a new one holding only part of the tree.
-    let same = match (std::fs::symlink_metadata(staging.path()), staging.lock.metadata()) {
-        (Ok(a), Ok(b)) => file_identity(&a) == file_identity(&b),
-        _ => false,
-    };
+    let same = std::fs::symlink_metadata(staging.path()).is_ok_and(|m| file_identity(&m) == staging.id);
     if !same {
         return Err(ExportError::io(
             staging.path(),
@@ -200,7 +254,9 @@ pub fn publish_dir(staging: Staging, out: &Path) -> Result<()> {
         }
         _ => ExportError::io(out, e),
     })?;
-    let _ = staging.dir.keep();
+    if let Some(dir) = staging.dir.take() {
+        let _ = dir.keep();
+    }
     state.published += 1;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(parent).and_then(|d| d.sync_all()).at(parent)
@@ -251,7 +307,8 @@ pub fn remove_own_staging(out: &Path, prefix: &str) {
     let own = format!("{prefix}{}-", std::process::id());
     for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         if entry.file_name().to_str().is_some_and(|n| n.starts_with(&own)) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let _ = if is_dir { std::fs::remove_dir_all(entry.path()) } else { std::fs::remove_file(entry.path()) };
         }
     }
 }
@@ -337,8 +394,18 @@ mod staging_tests {
         for d in [&dead, &alive, &other] {
             std::fs::create_dir_all(d.join("inner")).unwrap();
         }
+        // Each with its lock file, as staging_beside makes them (unlocked: their process died).
+        for d in [&dead, &alive] {
+            std::fs::write(format!("{}.lock", d.display()), b"").unwrap();
+        }
+        // A dead process's directory that never got its lock file: young, so kept (it may be
+        // another host's, between the two).
+        let young = tmp.path().join(".x-staging-4194998-abc");
+        std::fs::create_dir_all(&young).unwrap();
         let s = staging_beside(&out, ".x-staging-").unwrap();
-        assert!(!dead.exists() && alive.exists() && other.exists());
+        assert!(!dead.exists() && alive.exists() && other.exists() && young.exists());
+        assert!(!tmp.path().join(".x-staging-4194999-abc.lock").exists(), "its lock file went with it");
+        assert!(Path::new(&format!("{}.lock", s.path().display())).is_file(), "a lock file beside the new one");
         assert!(s
             .path()
             .file_name()
@@ -360,7 +427,13 @@ mod staging_tests {
         let out = tmp.path().join("out");
         let remote = tmp.path().join(".y-staging-4194999-abc");
         std::fs::create_dir_all(remote.join("inner")).unwrap();
-        let held = File::open(&remote).unwrap();
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(tmp.path().join(".y-staging-4194999-abc.lock"))
+            .unwrap();
         held.lock().unwrap();
         drop(staging_beside(&out, ".y-staging-").unwrap());
         assert!(remote.exists(), "a locked staging directory was swept");

@@ -122,11 +122,12 @@ impl Base {
             }
             report.read_verified(dir, &rel).map(Some).map_err(|e| e.to_string())
         };
-        // The chain must hold as it did when the base was made (signatures, thresholds,
-        // versions; expiry at its own time): a delta signs the versions after the base's, so
-        // a base whose unsigned metadata were edited (a version pushed to the end of the
-        // range, to freeze its clients) is refused here, before our key signs anything.
-        tuf::verify(&fetch, manifest.created_at).map_err(|p| {
+        // The chain's signatures must hold (thresholds, versions, hashes; not expiry: a base
+        // whose root has expired is one whose next delta renews it): a delta signs the
+        // versions after the base's, so a base whose unsigned metadata were edited (a version
+        // pushed to the end of the range, to freeze its clients) is refused here, before our
+        // key signs anything.
+        tuf::verify_signatures(&fetch).map_err(|p| {
             base_err(meta.join(&p.file).display().to_string(), format!("TUF metadata do not verify: {}", p.message))
         })?;
         let previous = tuf::Previous::read(&fetch)

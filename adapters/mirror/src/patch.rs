@@ -35,11 +35,13 @@ pub(crate) enum Units {
 /// Marks the start of an index entry (entries' keys are sorted: `file` comes first).
 const ENTRY: &[u8] = b"{\"file\":";
 
-/// The longest unit a reader accepts: twice the longest record evidence may hold (a shard
-/// line is one canonical record, an index entry far less). A file whose units are longer —
-/// a base swapped after its check for a zstd bomb with no line break, or a sparse file with
-/// no entry marker — is an error, not a buffer of gigabytes.
-const MAX_UNIT: u64 = 2 * exportcore::evidence::MAX_RECORD_BYTES;
+/// The longest unit a reader accepts: six times the longest record evidence may hold. A
+/// shard line is one record in canonical form, which can be longer than the record as given
+/// (`9e20`, 4 bytes, is written `900000000000000000000`, 21: about 5.25 times at worst); an
+/// index entry is far shorter. A file whose units are longer — a base swapped after its check
+/// for a zstd bomb with no line break, or a sparse file with no entry marker — is an error,
+/// not a buffer of gigabytes.
+const MAX_UNIT: u64 = 6 * exportcore::evidence::MAX_RECORD_BYTES;
 
 fn unit_too_long() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("a line or entry longer than {MAX_UNIT} bytes"))

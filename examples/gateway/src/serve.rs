@@ -77,7 +77,10 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
+    // The connections' tasks, so the ones still open after the drain timeout can be dropped.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut shutdown => break,
@@ -103,7 +106,7 @@ pub async fn serve(
             .header_read_timeout(options.header_read_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let watched = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = watched.await;
             drop(slot);
         });
@@ -116,6 +119,7 @@ pub async fn serve(
     gateway.drain();
     if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?options.drain_timeout, "connections still open after the drain timeout: dropped");
+        connections.abort_all();
     }
     if let Some(w) = workers {
         w.shutdown().await;

@@ -360,10 +360,16 @@ impl Exporter {
         };
         // A database restarting is waited out (until the lease's deadline), not taken for the
         // end of the run: the final record and its terminal event must land.
-        // Under the cancel lock: a cancel either comes first (and finds the run running) or
-        // after the final record (and finds it finished, a 409), never between the two.
+        // Each write under the cancel lock: a cancel either comes before it (and finds the run
+        // running) or after the final record (and finds it finished, a 409). The lock is not
+        // held across retries: a store that keeps failing must not stall every claim and
+        // cancel of the engine.
+        let stored = retry_io(cancel, || async {
+            let _order = self.inner.cancels.lock().await;
+            cfg.store.finish(&run, now, &terminal).await
+        })
+        .await;
         let mut cancels = self.inner.cancels.lock().await;
-        let stored = retry_io(cancel, || cfg.store.finish(&run, now, &terminal)).await;
         match stored {
             Ok(_) => {
                 let _ = self.inner.events_tx.send(run.run_id.clone());

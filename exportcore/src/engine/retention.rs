@@ -41,6 +41,11 @@ impl Exporter {
                     self.inner.sink.delete(&path).await?;
                     report.artifacts_deleted += 1;
                 }
+                // Then whatever else is under the run's prefix: files a worker that lost its
+                // lease landed in its own attempt's directory after the takeover cleared it.
+                if cfg.per_run_prefix {
+                    self.inner.sink.delete_prefix(&run.run_id.sink_prefix()?).await?;
+                }
                 run.status = RunStatus::Expired;
                 cfg.store.save(&run).await?;
                 metrics::counter!("exporter_runs_expired_total", "profile_kind" => run.profile_id.to_string())
