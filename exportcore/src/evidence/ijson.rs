@@ -58,6 +58,16 @@ pub fn check(text: &[u8]) -> Result<(), Violation> {
             b'"' => {
                 let start = i;
                 let Some((end, name)) = string_at(text, i) else { return Ok(()) };
+                // An escape that decodes to no Unicode text (a lone surrogate, `"\ud800"`):
+                // I-JSON forbids it, and skipping it would leave the rest of the document
+                // unchecked.
+                let Some(name) = name else {
+                    return Err(Violation {
+                        offset: start,
+                        reason: "a string whose escapes are not Unicode text (a lone surrogate; I-JSON, RFC 7493 §2.1)"
+                            .into(),
+                    });
+                };
                 if expect_key {
                     if let Some(Some(names)) = stack.last_mut() {
                         if names.contains(&name) {
@@ -101,7 +111,7 @@ pub fn check(text: &[u8]) -> Result<(), Violation> {
 /// The end of the string starting at `text[start] == '"'` and its content, with escapes
 /// decoded when there are any (so `"a"` and `"\u0061"` compare equal). `None` when
 /// unterminated.
-fn string_at(text: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
+fn string_at(text: &[u8], start: usize) -> Option<(usize, Option<Vec<u8>>)> {
     let mut i = start + 1;
     let mut escaped = false;
     while i < text.len() {
@@ -110,9 +120,9 @@ fn string_at(text: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
                 let raw = &text[start + 1..i];
                 let name = if escaped {
                     // Decode through the JSON parser itself: exactly its notion of equality.
-                    serde_json::from_slice::<String>(&text[start..=i]).ok()?.into_bytes()
+                    serde_json::from_slice::<String>(&text[start..=i]).ok().map(String::into_bytes)
                 } else {
-                    raw.to_vec()
+                    Some(raw.to_vec())
                 };
                 return Some((i + 1, name));
             }
@@ -193,6 +203,13 @@ mod tests {
         for ok in ["0", "-0", "9007199254740992", "-9007199254740992", "7.5", "1e10", "0.0", "0e-400", "1.5E-300"] {
             check(format!(r#"{{"n":{ok},"m":[{ok}]}}"#).as_bytes()).unwrap_or_else(|v| panic!("{ok}: {v:?}"));
         }
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_refused_and_does_not_end_the_check() {
+        assert!(reason(r#"{"a":"\ud800","id":"X","id":"Y"}"#).contains("lone surrogate"));
+        assert!(reason(r#"{"\udc00":1}"#).contains("lone surrogate"));
+        check(br#"{"a":"\ud83d\ude00","b":"\u00e9"}"#).unwrap();
     }
 
     #[test]
