@@ -563,10 +563,10 @@ fn make_parent(dst: &Path) -> Result<()> {
     }
 }
 
-/// Copies the input file `src` (of the base or the delta) to the new file `dst`, at most
-/// `size + 1` bytes, and returns what was copied. Never a hard link: whoever can write an
-/// input could otherwise change the applied mirror after its check, in place (`rsync
-/// --inplace` into the base does it by accident). `dst` is checked as written, not re-read.
+/// Copies the delta's file `src` to the new file `dst`, at most `size + 1` bytes, and returns
+/// what was copied. Never a hard link: whoever can still write the delta (it came from
+/// outside) could otherwise change the applied mirror after its check, in place. `dst` is
+/// checked as written, not re-read.
 fn copy_in(src: &Path, dst: &Path, size: u64) -> Result<(u64, Sha256Digest)> {
     make_parent(dst)?;
     let from = exportcore::files::open_regular(src)?;
@@ -863,7 +863,10 @@ pub fn apply(
             kept += 1;
             (base_dir.join(path), "the base's copy")
         };
-        if src.starts_with(staging.path()) {
+        // The base's unchanged files are linked (the bulk of a mirror: blobs; the base is the
+        // operator's own tree, in the same hands as NEW); what came with the delta, from
+        // outside, is copied, so whoever can still write the delta cannot change NEW.
+        if src.starts_with(staging.path()) || src.starts_with(base_dir) {
             link_or_copy(&src, &dst)?;
             check(&dst, &src, who, (size, sha))?;
         } else if copy_in(&src, &dst, size)? != (size, sha) {
