@@ -185,6 +185,14 @@ impl RunStore for ArcStore {
     async fn purge_idempotency(&self, now: Timestamp) -> exportcore::Result<u64> {
         self.0.purge_idempotency(now).await
     }
+    async fn find_idempotent(
+        &self,
+        t: &TenantId,
+        key: &str,
+        now: Timestamp,
+    ) -> exportcore::Result<Option<(exportcore::Sha256Digest, exportcore::Run)>> {
+        self.0.find_idempotent(t, key, now).await
+    }
     async fn put_distribution(&self, d: &exportcore::DistributionRecord) -> exportcore::Result<()> {
         self.0.put_distribution(d).await
     }
@@ -541,20 +549,31 @@ async fn estimates_and_rate_limit() {
 /// One tenant at its share of the queue is refused while another still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_at_its_queue_share_does_not_keep_others_out() {
-    let ex = Exporter::builder()
-        .profiles(Profiles::new().with(Sleepy::default()))
-        .sink(InMemorySink::new())
-        .evidence(MemoryEvidence::new())
-        .max_queued(10)
-        .max_queued_per_tenant(3)
-        .build()
-        .unwrap();
-    for _ in 0..3 {
-        submit(&ex, "greedy", req(Priority::High)).await.unwrap();
+    for (name, store, _dir) in stores() {
+        let ex = Exporter::builder()
+            .profiles(Profiles::new().with(Sleepy::default()))
+            .sink(InMemorySink::new())
+            .evidence(MemoryEvidence::new())
+            .store_arc(store)
+            .max_queued(10)
+            .max_queued_per_tenant(3)
+            .build()
+            .unwrap();
+        let keyed = || Submission::new(t("greedy"), req(Priority::High)).idempotency_key("retry-me");
+        let first = ex.submit(keyed()).await.unwrap();
+        for _ in 0..2 {
+            submit(&ex, "greedy", req(Priority::High)).await.unwrap();
+        }
+        let err = submit(&ex, "greedy", req(Priority::High)).await.unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_RATE_LIMIT", "{name}");
+        // A retry of an accepted request gets its run, though its tenant's queue is full.
+        let again = ex.submit(keyed()).await.unwrap_or_else(|e| panic!("{name}: {}", e.report()));
+        assert_eq!(again.run_id, first.run_id, "{name}");
+        // The same key with another request is still a conflict.
+        let other = Submission::new(t("greedy"), req(Priority::Low)).idempotency_key("retry-me");
+        assert_eq!(ex.submit(other).await.unwrap_err().code(), "ERR_EXPORT_CONFLICT", "{name}");
+        submit(&ex, "polite", req(Priority::Normal)).await.expect("another tenant still gets in");
     }
-    let err = submit(&ex, "greedy", req(Priority::High)).await.unwrap_err();
-    assert_eq!(err.code(), "ERR_EXPORT_RATE_LIMIT");
-    submit(&ex, "polite", req(Priority::Normal)).await.expect("another tenant still gets in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

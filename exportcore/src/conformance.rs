@@ -806,6 +806,13 @@ mod stores {
         let err =
             store.create(new_run("t-i", "i3", "json:raw", 0, Some("k1"), "vex"), at(20)).await.expect_err("conflict");
         assert!(matches!(err, ExportError::Conflict { .. }), "{err:?}");
+        // The key can be looked up (the engine does, before its queue limits): the run and
+        // the hash of its request; not for another tenant, not once it lapsed.
+        let (hash, run) =
+            store.find_idempotent(&t("t-i"), "k1", at(20)).await.expect("find").expect("the key is known");
+        assert_eq!((hash, &run.run_id), (new_run("t-i", "i1", "json:raw", 0, None, "adv").request_hash, &r("i1")));
+        assert!(store.find_idempotent(&t("t-x"), "k1", at(20)).await.expect("find").is_none(), "another tenant's key");
+        assert!(store.find_idempotent(&t("t-i"), "k1", at(4000)).await.expect("find").is_none(), "a lapsed key");
         // Keys are per tenant.
         let other = store.create(new_run("t-j", "j1", "json:raw", 0, Some("k1"), "adv"), at(20)).await.expect("create");
         assert!(matches!(other, Created::New(_)));

@@ -121,8 +121,9 @@ pub fn lies_inside(path: &Path, dir: &Path) -> bool {
 #[derive(Debug)]
 pub struct Staging {
     dir: Option<tempfile::TempDir>,
-    /// The directory's (device, inode) when it was made.
-    id: Option<(u64, u64)>,
+    /// The directory, held open: its inode cannot be reused while this lives, so a directory
+    /// made at the same path after it was removed never passes for it.
+    handle: File,
     lock_path: PathBuf,
     _lock: File,
 }
@@ -215,8 +216,8 @@ pub fn staging_beside(out: &Path, prefix: &str) -> Result<Staging> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let lock = options.open(&lock_path).and_then(|f| f.lock().map(|()| f)).at(&lock_path)?;
-    let id = std::fs::symlink_metadata(dir.path()).ok().and_then(|m| file_identity(&m));
-    Ok(Staging { dir: Some(dir), id, lock_path, _lock: lock })
+    let handle = File::open(dir.path()).at(dir.path())?;
+    Ok(Staging { dir: Some(dir), handle, lock_path, _lock: lock })
 }
 
 /// Moves a tree built in `staging` (from [`staging_beside`]) to `out`, durably: every file and
@@ -231,7 +232,10 @@ pub fn publish_dir(mut staging: Staging, out: &Path) -> Result<()> {
     // Still the directory this process created and locked: had it been removed meanwhile
     // (swept by a process that took it for a leftover), writing into its path would have made
     // a new one holding only part of the tree.
-    let same = std::fs::symlink_metadata(staging.path()).is_ok_and(|m| file_identity(&m) == staging.id);
+    let same = match (std::fs::symlink_metadata(staging.path()), staging.handle.metadata()) {
+        (Ok(a), Ok(b)) => file_identity(&a) == file_identity(&b),
+        _ => false,
+    };
     if !same {
         return Err(ExportError::io(
             staging.path(),

@@ -44,8 +44,8 @@ use exportcore::store::{
     StoredEvent, SweepGuard, UnreadableRun,
 };
 use exportcore::{
-    DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunStatus, TenantId,
-    Timestamp,
+    DistributionRecord, ExportError, Lease, ProfileId, Result, Run, RunError, RunEvent, RunId, RunStatus, Sha256Digest,
+    TenantId, Timestamp,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
@@ -839,6 +839,32 @@ impl RunStore for PostgresStore {
         let sql = "SELECT count(*) FROM runs WHERE status = 'queued' AND ($1::TEXT IS NULL OR tenant = $1)";
         let row = self.query_one(&client, sql, &[&tenant.map(|t| t.as_str())]).await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Sha256Digest, Run)>> {
+        let client = self.client().await?;
+        let row = self
+            .query_opt(
+                &client,
+                "SELECT i.request_hash, i.run_id, r.record FROM idempotency i JOIN runs r ON r.run_id = i.run_id
+                 WHERE i.tenant = $1 AND i.key = $2 AND i.expires_ms > $3",
+                &[&tenant.as_str(), &key, &millis(now)],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (hash, run_id, record): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let hash = hash.parse().map_err(|_| {
+            ExportError::internal(
+                "postgres",
+                format!("{}: idempotency key of run {run_id}: a malformed hash", self.label),
+            )
+        })?;
+        Ok(Some((hash, read_run(&self.label, &run_id, &record)?)))
     }
 
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {

@@ -222,6 +222,27 @@ impl Exporter {
         let now = self.now();
         let queued = cfg.store.queued_count(None).await?;
         let avg = self.average_duration(&request).await?;
+        let estimate = |run: &Run| {
+            if run.status.is_terminal() {
+                0
+            } else {
+                (avg * (1.0 + queued as f64 / cfg.concurrency as f64)).ceil() as u64
+            }
+        };
+        // A retry of an accepted request gets its run before any queue limit applies (its own
+        // first submission may be what fills the queue).
+        if let Some(key) = idempotency_key.as_deref() {
+            if let Some((hash, run)) = cfg.store.find_idempotent(&tenant, key, now).await? {
+                if hash != request_hash {
+                    return Err(ExportError::Conflict {
+                        what: "Idempotency-Key".into(),
+                        reason: format!("key {key:?} was used for a different request (run {})", run.run_id),
+                    });
+                }
+                let estimate_seconds = estimate(&run);
+                return Ok(Submitted { run_id: run.run_id, status: run.status, estimate_seconds, retry_after: None });
+            }
+        }
         let retry_after = (avg / cfg.concurrency as f64).ceil().max(1.0) as u64;
         if queued >= cfg.max_queued {
             return Err(ExportError::RateLimit { retry_after_secs: retry_after });
@@ -245,12 +266,12 @@ impl Exporter {
             self.inner.wake.notify_one();
         }
         let run = created.run();
-        let estimate = if run.status.is_terminal() {
-            0
-        } else {
-            (avg * (1.0 + queued as f64 / cfg.concurrency as f64)).ceil() as u64
-        };
-        Ok(Submitted { run_id: run.run_id.clone(), status: run.status, estimate_seconds: estimate, retry_after: None })
+        Ok(Submitted {
+            run_id: run.run_id.clone(),
+            status: run.status,
+            estimate_seconds: estimate(run),
+            retry_after: None,
+        })
     }
 
     async fn average_duration(&self, request: &RunRequest) -> Result<f64> {

@@ -321,6 +321,20 @@ impl RunStore for MemoryStore {
         Ok(st.queue.iter().filter(|(_, _, id)| st.runs.get(id).is_some_and(|e| e.run.tenant == *tenant)).count() as u64)
     }
 
+    async fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Sha256Digest, Run)>> {
+        let st = self.lock();
+        Ok(st
+            .idempotency
+            .get(&(tenant.clone(), key.to_owned()))
+            .filter(|(_, _, expires)| *expires > now)
+            .and_then(|(hash, run_id, _)| st.runs.get(run_id).map(|e| (*hash, e.run.clone()))))
+    }
+
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64> {
         let mut st = self.lock();
         let before = st.idempotency.len();

@@ -241,6 +241,20 @@ pub trait RunStore: Debug + Send + Sync + 'static {
     async fn queued_count(&self, tenant: Option<&TenantId>) -> Result<u64>;
     /// Drops idempotency keys that lapsed before `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64>;
+    /// The run an unexpired idempotency key of `tenant` names, with the hash of the request it
+    /// was made for. The engine asks before applying its queue limits, so a client retrying
+    /// an accepted request gets its run, not a 429 (`create` stays the authority: two submits
+    /// at once are still settled there). The default knows no keys (the limits then apply
+    /// first, as before this method existed).
+    async fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Sha256Digest, Run)>> {
+        let _ = (tenant, key, now);
+        Ok(None)
+    }
     /// Stores a distribution record (replacing one with the same id and tenant).
     async fn put_distribution(&self, record: &crate::model::DistributionRecord) -> Result<()>;
     /// One distribution record of `tenant` ([`crate::ExportError::NotFound`] for another

@@ -3,6 +3,7 @@ use super::{
     RunStore, StoredEvent, UnreadableRun,
 };
 use crate::error::{ExportError, Result};
+use crate::hashing::Sha256Digest;
 use crate::id::{ProfileId, RunId, TenantId};
 use crate::model::{Lease, Run, RunError, RunEvent, RunStatus, Timestamp};
 use crate::saved::SavedProfile;
@@ -862,6 +863,32 @@ impl RunStore for SqliteStore {
             )
             .map(|n| n as u64)
             .map_err(|e| store_err(path, e))
+        })
+        .await
+    }
+
+    async fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Sha256Digest, Run)>> {
+        let (tenant, key) = (tenant.as_str().to_owned(), key.to_owned());
+        self.with(move |conn, path| {
+            let row: Option<(String, String, String)> = conn
+                .query_row(
+                    "SELECT i.request_hash, i.run_id, r.record FROM idempotency i JOIN runs r ON r.run_id = i.run_id
+                     WHERE i.tenant = ?1 AND i.key = ?2 AND i.expires_ms > ?3",
+                    params![tenant, key, millis(now)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| store_err(path, e))?;
+            let Some((hash, run_id, record)) = row else { return Ok(None) };
+            let hash = hash.parse().map_err(|_| {
+                ExportError::internal("sqlite", format!("{path}: idempotency key of run {run_id}: a malformed hash"))
+            })?;
+            Ok(Some((hash, read_run(path, &run_id, &record)?)))
         })
         .await
     }
