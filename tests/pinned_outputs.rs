@@ -61,9 +61,9 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "f1acdc870ffb670ef0fe235069e69ffe6f1e48d4089da893f6167c4b6348ac63"
+        "2a1f00c007bcbb6cd0c2c1540135e361546adeb42e94aca4f6409d09b40e1641"
     );
-    assert_eq!(digest(&out, "manifest.json"), "b7070489350dfd05ccf8198104a7e0befd08c9789afe415cf646d71c7687be8d");
+    assert_eq!(digest(&out, "manifest.json"), "bdd11b83e16940442c5b0f7ddd731cdc256122fc952f6eacb58b925f3cc347ba");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

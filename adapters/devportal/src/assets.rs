@@ -28,6 +28,9 @@ pub(crate) struct Asset {
 /// (`ERR_EXPORT_PATH_UNSAFE`), as is a file directly under `sdks/` (`ERR_EXPORT_EVIDENCE_INVALID`).
 pub(crate) fn collect(evidence: &dyn EvidenceSource) -> Result<Vec<Asset>> {
     let mut by_path: BTreeMap<ArtifactPath, Asset> = BTreeMap::new();
+    // Names that differ only in case are one file on macOS and Windows: unpacked there, one
+    // would overwrite the other.
+    let mut folded: BTreeMap<String, String> = BTreeMap::new();
     for item in evidence.list(EvidenceKind::Portal)? {
         let raw = item.path.as_str();
         let nfc: String = raw.nfc().collect();
@@ -48,6 +51,14 @@ pub(crate) fn collect(evidence: &dyn EvidenceSource) -> Result<Vec<Asset>> {
                 reason: format!(
                     "its Unicode NFC form {path:?} is also the NFC form of {:?}; two files would share one name",
                     prev.source.as_str()
+                ),
+            });
+        }
+        if let Some(prev) = folded.insert(path.as_str().to_lowercase(), raw.to_owned()) {
+            return Err(ExportError::PathUnsafe {
+                path: raw.to_owned(),
+                reason: format!(
+                    "differs from {prev:?} only in case; on a case-insensitive file system (macOS, Windows) one would overwrite the other"
                 ),
             });
         }
@@ -73,6 +84,13 @@ mod tests {
         ev.insert("portal/caf\u{e9}.html", "nfc").unwrap();
         let err = collect(&ev).unwrap_err();
         assert_eq!(err.code(), "ERR_EXPORT_PATH_UNSAFE", "{err}");
+
+        let mut ev = MemoryEvidence::new();
+        ev.insert("portal/README.md", "a").unwrap();
+        ev.insert("portal/readme.md", "b").unwrap();
+        let err = collect(&ev).unwrap_err();
+        assert_eq!(err.code(), "ERR_EXPORT_PATH_UNSAFE", "{err}");
+        assert!(err.to_string().contains("only in case"), "{err}");
 
         let mut ev = MemoryEvidence::new();
         ev.insert("sdks/README.md", "x").unwrap();

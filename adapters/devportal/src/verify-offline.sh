@@ -91,6 +91,31 @@ b64d() {
   else base64 -D
   fi
 }
+# HMAC-SHA256 (RFC 2104) of file $2 under the key in file $1, as lowercase hex, by two
+# SHA-256 passes: the key never appears on a command line (where `ps` would show it).
+hex2bin() { # hex on stdin -> bytes
+  h=$(tr -d ' \n'); o=
+  while [ -n "$h" ]; do o="$o$(printf '\\%03o' "$((0x$(printf '%.2s' "$h")))")"; h=${h#??}; done
+  printf "$o"
+}
+hmac_pad() { # $1: 54 (ipad) or 92 (opad); the key's bytes (decimal) follow
+  x=$1; shift; n=0; o=
+  for b in "$@"; do o="$o$(printf '\\%03o' "$((b ^ x))")"; n=$((n + 1)); done
+  while [ "$n" -lt 64 ]; do o="$o$(printf '\\%03o' "$x")"; n=$((n + 1)); done
+  printf "$o"
+}
+hmac_sha256() {
+  hm_msg=$2
+  if [ "$(wc -c < "$1" | tr -d ' ')" -gt 64 ]; then
+    hm_key=$($SHA < "$1" | cut -c1-64 | hex2bin | od -An -v -tu1)
+  else
+    hm_key=$(od -An -v -tu1 "$1")
+  fi
+  # shellcheck disable=SC2086 # the key's bytes, one word each
+  { hmac_pad 54 $hm_key; cat "$hm_msg"; } | $SHA | cut -c1-64 > "$W/hmac.inner"
+  # shellcheck disable=SC2086
+  { hmac_pad 92 $hm_key; hex2bin < "$W/hmac.inner"; } | $SHA | cut -c1-64
+}
 check_signature() {
 # $1: manifest.json, $2: manifest.dsse.json
 SIGNED=
@@ -104,7 +129,7 @@ if [ -f "$2" ]; then
   elif ! b64d < "$W/payload.b64" > "$W/payload" 2>/dev/null || ! cmp -s "$W/payload" "$1"; then
     sigfail "manifest.dsse.json: the signed payload is not this manifest.json"
   elif [ -n "$KEY" ] || [ -n "$HMAC_KEY" ]; then
-    need openssl
+    [ -z "$KEY" ] || need openssl
     PLEN=$(wc -c < "$W/payload" | tr -d ' ')
     { printf 'DSSEv1 %s %s %s ' "${#PTYPE}" "$PTYPE" "$PLEN"; cat "$W/payload"; } > "$W/pae"
     if [ -n "$KEY" ]; then
@@ -117,7 +142,7 @@ if [ -f "$2" ]; then
       esac
     else
       ALG=hmac
-      HEXKEY=$(od -An -v -tx1 "$HMAC_KEY" | tr -d ' \n')
+      MAC=$(hmac_sha256 "$HMAC_KEY" "$W/pae")
     fi
     N=0
     while IFS= read -r s; do
@@ -128,8 +153,7 @@ if [ -f "$2" ]; then
         p256) openssl dgst -sha256 -verify "$KEY" -signature "$W/sig.$N" "$W/pae" ;;
         sm2) openssl pkeyutl -verify -pubin -inkey "$KEY" -rawin -digest sm3 \
                -pkeyopt distid:1234567812345678 -in "$W/pae" -sigfile "$W/sig.$N" ;;
-        hmac) openssl dgst -sha256 -mac HMAC -macopt "hexkey:$HEXKEY" -binary "$W/pae" > "$W/mac.$N" \
-                && cmp -s "$W/mac.$N" "$W/sig.$N" ;;
+        hmac) [ "$(od -An -v -tx1 "$W/sig.$N" | tr -d ' \n')" = "$MAC" ] ;;
       esac > /dev/null 2>&1 && { SIGNED=$ALG; break; }
     done < "$W/sigs.b64"
     [ -n "$SIGNED" ] || sigfail "manifest.dsse.json: no signature verifies with ${KEY:-the HMAC key} ($ALG)"
@@ -258,7 +282,13 @@ while IFS= read -r p; do fail "$p: extra file (not listed in checksums.txt)"; do
 
 # --- Digests (sha256sum -c on the lines of the files that exist) -------------------------
 awk -v M="$W/missing" "$OK_LINE"' BEGIN { while ((getline l < M) > 0) miss[l] = 1 }
-  ok($0) { if (!(substr($0, 67) in miss)) print }' "$W/sums" > "$W/sums-present"
+  ok($0) { if (!(substr($0, 67) in miss)) print }' "$W/sums" > "$W/sums-present" \
+  || fail "$W/sums-present: could not be written (a full temporary directory?)"
+# Every listed file that exists is hashed: a short list (a write error in the temporary
+# directory) must not pass as fewer files to check.
+WANT=$(awk -v M="$W/missing" "$OK_LINE"' BEGIN { while ((getline l < M) > 0) miss[l] = 1 }
+  ok($0) && !(substr($0, 67) in miss) { n++ } END { print n + 0 }' "$W/sums")
+[ "$(wc -l < "$W/sums-present" | tr -d ' ')" = "$WANT" ] || fail "checksums.txt: not every listed file could be checked"
 if [ -s "$W/sums-present" ]; then
   $SHA -c "$W/sums-present" > "$W/sha.out" 2>&1
   SHA_STATUS=$?

@@ -471,10 +471,24 @@ fn every_algorithm_verifies_with_openssl() {
         good: vec!["--hmac-key".to_owned(), secret_file.display().to_string()],
         bad: vec!["--hmac-key".to_owned(), wrong_secret.display().to_string()],
     });
-    for Case { name, signer, verifier, good, bad } in cases {
-        let out = tmp.path().join(format!("out-{name}"));
+    // A key longer than SHA-256's block (hashed first, RFC 2104), with bytes of every value,
+    // NUL and high bytes included: the script's HMAC is computed in shell arithmetic.
+    let long: Vec<u8> = (0..=255u8).rev().chain(0..=40u8).collect();
+    let (long_file, long_wrong) = (tmp.path().join("long.key"), tmp.path().join("long-wrong.key"));
+    std::fs::write(&long_file, &long).unwrap();
+    std::fs::write(&long_wrong, &long[1..]).unwrap();
+    let long_key = exportcore_crypto::hmac_key(&long).unwrap();
+    cases.push(Case {
+        name: "hmac",
+        signer: long_key.clone(),
+        verifier: long_key,
+        good: vec!["--hmac-key".to_owned(), long_file.display().to_string()],
+        bad: vec!["--hmac-key".to_owned(), long_wrong.display().to_string()],
+    });
+    for (i, Case { name, signer, verifier, good, bad }) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("out-{name}-{i}"));
         let tgz = build_samples(&out, Some(signer));
-        let dir = tmp.path().join(format!("x-{name}"));
+        let dir = tmp.path().join(format!("x-{name}-{i}"));
         extract(&tgz, &dir);
         let good: Vec<&str> = good.iter().map(String::as_str).collect();
         let bad: Vec<&str> = bad.iter().map(String::as_str).collect();

@@ -129,6 +129,14 @@ impl AgeRecipient {
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` naming `field` when it is not an age X25519 recipient.
     pub fn parse(s: &str, field: &str) -> Result<Self> {
+        // An identity given where its recipient belongs (`age-keygen` output as the recipients
+        // file is an easy mistake) is never quoted back: it is a secret key.
+        if s.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+            return Err(ExportError::invalid(
+                field,
+                "an age identity (a secret key) was given, not a recipient: give its public key (`age-keygen -y FILE`), and keep the identity out of this command",
+            ));
+        }
         age::x25519::Recipient::from_str(s.trim())
             .map(Self)
             .map_err(|e| ExportError::invalid(field, format!("{s:?} is not an age X25519 recipient (age1…): {e}")))

@@ -53,9 +53,19 @@ fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The exit status of a command whose stdout closes early: 0 (the reader had enough), unless
+/// the command already knows it fails (`verify` printing its `FAIL` lines, a failed run's
+/// summary): a closed pipe must not turn a failure into a success under `pipefail`.
+static EXIT_ON_CLOSED_PIPE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// From here on a closed stdout exits with `code`.
+fn failing(code: u8) {
+    EXIT_ON_CLOSED_PIPE.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn exit_on_write_error(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        std::process::exit(i32::from(EXIT_ON_CLOSED_PIPE.load(std::sync::atomic::Ordering::Relaxed)));
     }
     errln!("error: ERR_EXPORT_IO: writing to stdout: {e}");
     std::process::exit(2);
@@ -419,8 +429,14 @@ struct Failure {
 }
 
 impl From<ExportError> for Failure {
+    /// Exit 1 for what says the input does not verify (a file changed while it was checked,
+    /// metadata past its time), 2 for everything else (usage, I/O, not supported).
     fn from(err: ExportError) -> Self {
-        Failure { err, exit: 2 }
+        let exit = match err {
+            ExportError::VerificationFailed { .. } | ExportError::Stale { .. } => 1,
+            _ => 2,
+        };
+        Failure { err, exit }
     }
 }
 
@@ -680,6 +696,13 @@ fn encrypt_to(values: &[String]) -> Result<Vec<String>, Failure> {
         } else {
             let text =
                 exportcore::files::read_capped_string(Path::new(v), exportcore::files::MAX_KEY_BYTES).map_err(|e| {
+                    if v.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+                        // A secret key pasted as the value: never echoed.
+                        return match exportcore_mirror::encryption::AgeRecipient::parse(v, "--encrypt-to") {
+                            Err(e) => e,
+                            Ok(_) => ExportError::invalid("--encrypt-to", "not a recipient"),
+                        };
+                    }
                     ExportError::invalid(
                         "--encrypt-to",
                         format!("{v:?} is neither an age recipient nor a readable file: {e}"),
@@ -1029,7 +1052,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let mut events = exporter.events(&tenant, &accepted.run_id, 0);
     let show = |ev: Option<exportcore::Result<exportcore::store::StoredEvent>>| match ev {
         Some(Ok(ev)) => progress.event(&ev.event),
-        Some(Err(e)) => errln!("warning: event stream: {}", e.report()),
+        Some(Err(e)) => errln!("warning: event stream: {}", printable(&e.report())),
         None => {}
     };
     let mut exec = exec;
@@ -1061,7 +1084,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             format!(
                 "run {} ended, but the store {} did not save its final state (it still says {}); see the log above",
                 run.run_id,
-                store_path.display(),
+                store_label(&store_path),
                 run.status
             ),
         )
@@ -1070,6 +1093,10 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     progress.finish(&run.run_id);
     if run.status == RunStatus::Succeeded {
         out_dir.keep();
+    } else {
+        // Removed now, before anything is printed: a closed stdout exits at once.
+        drop(out_dir);
+        failing(1);
     }
     drop(lock);
     if args.json {
@@ -1086,7 +1113,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     match run.errors.first() {
         None => Ok(ExitCode::SUCCESS),
         Some(e) => {
-            errln!("error: {}: {}", e.code, e.message);
+            errln!("error: {}: {}", e.code, printable(&e.message));
             Ok(ExitCode::from(1))
         }
     }
@@ -1208,13 +1235,18 @@ fn postgres_url(store: &Path) -> Option<&str> {
     store.to_str().filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
-/// `--store` for messages: the path, or the URL without its password.
+/// `--store` for messages: the path, or the URL without its password and without its query
+/// (where libpq-style URLs may carry `password=`).
 fn store_label(store: &Path) -> String {
     match postgres_url(store) {
-        Some(url) => match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
-            Some((user, host)) => format!("postgres://{}@{host}", user.split(':').next().unwrap_or("")),
-            None => url.to_owned(),
-        },
+        Some(url) => {
+            let rest = url.split_once("://").map_or("", |(_, r)| r);
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
+            match rest.rsplit_once('@') {
+                Some((user, host)) => format!("postgres://{}@{host}", user.split(':').next().unwrap_or("")),
+                None => format!("postgres://{rest}"),
+            }
+        }
         None => store.display().to_string(),
     }
 }
@@ -1489,7 +1521,7 @@ async fn runs(command: RunsCommand, store: Option<PathBuf>, json: bool, tenant: 
                     outln!("  {:<28} {:>12} sha256:{}", o.path, o.size, o.sha256);
                 }
                 for e in &run.errors {
-                    outln!("  error {}: {}", e.code, e.message);
+                    outln!("  error {}: {}", e.code, printable(&e.message));
                 }
             }
         }
@@ -1529,6 +1561,7 @@ fn verify_report(report: exportcore::verify::VerifyReport) -> Result<ExitCode, F
         }
         return Ok(ExitCode::SUCCESS);
     }
+    failing(1);
     for f in &report.failures {
         outln!("FAIL {} {}: {}", f.code, printable(&f.path), printable(&f.problem));
     }

@@ -626,6 +626,29 @@ fn a_closed_stdout_is_a_quiet_exit_not_a_panic() {
         assert!(!t.contains("panicked"), "{args:?}: {t}");
         assert_eq!(o.status.code(), Some(0), "{args:?}: {t}");
     }
+    // But a command that already knows it fails keeps failing: `verify` of a tampered run
+    // writing its FAIL lines into a closed pipe exits 1 (under `pipefail` a check must not
+    // pass because its reader stopped early).
+    std::fs::write(out.join("json-raw.tar.zst"), b"tampered").unwrap();
+    let mut child = exportctl()
+        .args(["verify", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// `--store` URLs are never printed with their password, in the userinfo or in the query.
+#[test]
+fn a_postgres_password_never_reaches_the_output() {
+    for url in ["postgres://u:hunter2@127.0.0.1:1/db", "postgresql://127.0.0.1:1/db?user=u&password=hunter2"] {
+        let o = run(&["runs", "list", "--store", url, "--tenant", "t"]);
+        assert!(!o.status.success());
+        assert!(!text(&o).contains("hunter2"), "{url}: {}", text(&o));
+    }
 }
 
 /// Runs `exportctl args` and fails the test (instead of hanging it) after 60 s.
@@ -1082,6 +1105,14 @@ fn mirror_delta_apply_decrypt_through_the_cli() {
     assert!(text(&o).contains("evil.jsonl.zst") && !refused.exists(), "{}", text(&o));
     let o = export("mirror:full", &samples(), &tmp.path().join("z"), &["--encrypt-to", "age1nope"]);
     assert!(!o.status.success() && text(&o).contains("--encrypt-to"), "{}", text(&o));
+    // The identity file given as the recipients (an easy mistake), or its key pasted: refused
+    // without echoing the secret key.
+    let secret = std::fs::read_to_string(&identity).unwrap().trim().to_owned();
+    for value in [identity.to_str().unwrap(), secret.as_str()] {
+        let o = export("mirror:full", &samples(), &tmp.path().join("z2"), &["--encrypt-to", value]);
+        assert!(!o.status.success() && text(&o).contains("an age identity (a secret key)"), "{}", text(&o));
+        assert!(!text(&o).contains(&secret[15..]), "the secret key was echoed: {}", text(&o));
+    }
     let o = export("json:raw", &samples(), &tmp.path().join("w"), &["--encrypt-to", &id.to_public().to_string()]);
     assert!(!o.status.success() && text(&o).contains("ERR_EXPORT_NOT_SUPPORTED"), "{}", text(&o));
 }

@@ -108,6 +108,20 @@ impl EvidenceSource for DirEvidence {
         local.extend(path.as_str().split('/'));
         let canon = self.contained(&local)?;
         let f = crate::files::open_regular(&canon)?;
+        // What was opened is what was checked: a directory on the way swapped for a link to
+        // elsewhere between the check and the open is caught on the descriptor (Linux).
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            if let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) {
+                if !real.starts_with(&self.root) {
+                    return Err(self.unsafe_path(
+                        &local,
+                        &format!("resolved to {} when opened, outside the evidence directory", real.display()),
+                    ));
+                }
+            }
+        }
         Ok(Box::new(f))
     }
 }
@@ -167,5 +181,48 @@ mod tests {
         assert!(status.success());
         let err = DirEvidence::new(dir.path()).unwrap().list(EvidenceKind::Vex).unwrap_err();
         assert_eq!(err.code(), "ERR_EXPORT_PATH_UNSAFE");
+    }
+
+    /// A writer to the evidence tree swaps a directory for a link to a secret elsewhere, as
+    /// fast as it can, while the files under it are opened: every open either fails or reads
+    /// the evidence, never the secret.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_swapped_for_a_link_while_opening_never_reads_outside() {
+        use std::io::Read as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("ev"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("advisories/x")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("advisories/x/a.json"), "evidence").unwrap();
+        std::fs::write(outside.join("a.json"), "SECRET").unwrap();
+        let ev = DirEvidence::new(&root).unwrap();
+        let path = ArtifactPath::parse("advisories/x/a.json").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, adv, outside) = (std::sync::Arc::clone(&stop), root.join("advisories"), outside);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The directory moved aside and a link to the secret put in its place, then back.
+                    std::fs::rename(adv.join("x"), adv.join("stash")).unwrap();
+                    std::os::unix::fs::symlink(&outside, adv.join("x")).unwrap();
+                    std::thread::yield_now();
+                    std::fs::remove_file(adv.join("x")).unwrap();
+                    std::fs::rename(adv.join("stash"), adv.join("x")).unwrap();
+                }
+            })
+        };
+        let mut read = 0;
+        for _ in 0..3000 {
+            if let Ok(mut r) = ev.open(&path) {
+                let mut s = String::new();
+                r.read_to_string(&mut s).unwrap();
+                assert_eq!(s, "evidence", "an open read outside the evidence directory");
+                read += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(read > 0, "no open succeeded: the test checked nothing");
     }
 }

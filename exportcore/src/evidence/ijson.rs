@@ -17,6 +17,9 @@ pub struct Violation {
     pub reason: String,
 }
 
+/// Nesting past which the check stops (the JSON parser refuses it: serde_json's limit is 128).
+const MAX_DEPTH: usize = 128;
+
 /// The largest integer every IEEE double represents exactly, and its neighbours.
 const MAX_SAFE: u64 = 1 << 53;
 
@@ -32,6 +35,10 @@ pub fn check(text: &[u8]) -> Result<(), Violation> {
     let mut last_key: Vec<u8> = Vec::new();
     while i < text.len() {
         match text[i] {
+            // Deeper than any JSON parser here takes (serde_json stops at 128): the parser
+            // reports it; holding a stack entry per level would let a 64 MiB line of `[` take
+            // gigabytes first.
+            b'{' | b'[' if stack.len() >= MAX_DEPTH => return Ok(()),
             b'{' => {
                 stack.push(Some(std::collections::HashSet::new()));
                 expect_key = true;
@@ -152,7 +159,45 @@ fn number_problem(token: &[u8]) -> Option<&'static str> {
     if v == 0.0 && mantissa.bytes().any(|b| matches!(b, b'1'..=b'9')) {
         return Some("underflows to zero");
     }
+    // An integer written with a fraction or an exponent (`9007199254740993.0`, `…e0`) must
+    // survive too: beyond 2^53 the double may be another integer.
+    if v.abs() >= MAX_SAFE as f64 && v.fract() == 0.0 {
+        if let Some(exact) = exact_integer(digits) {
+            if v.abs() < 2f64.powi(128) && exact != v.abs() as u128 {
+                return Some("is an integer beyond ±2^53");
+            }
+        }
+    }
     None
+}
+
+/// The exact value of an unsigned decimal token when it is an integer below 2^128 (`None` for
+/// a fraction or anything larger).
+fn exact_integer(token: &str) -> Option<u128> {
+    let (mantissa, exp) = match token.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i32>().ok()?),
+        None => (token, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{int}{frac}");
+    let mut exp = exp.checked_sub(i32::try_from(frac.len()).ok()?)?;
+    while exp < 0 {
+        // Only trailing zeros may be shifted off: anything else is a fraction.
+        if !digits.ends_with('0') {
+            return None;
+        }
+        digits.pop();
+        exp += 1;
+    }
+    let digits = digits.trim_start_matches('0');
+    if digits.len() + usize::try_from(exp).ok()? > 38 {
+        return None;
+    }
+    let mut n: u128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    for _ in 0..exp {
+        n = n.checked_mul(10)?;
+    }
+    Some(n)
 }
 
 #[cfg(test)]
@@ -200,7 +245,26 @@ mod tests {
             let r = reason(&format!(r#"{{"cvss":{n}}}"#));
             assert!(r.contains(why) && r.contains(r#"member "cvss""#), "{n}: {r}");
         }
-        for ok in ["0", "-0", "9007199254740992", "-9007199254740992", "7.5", "1e10", "0.0", "0e-400", "1.5E-300"] {
+        // Written with a fraction or an exponent, the same integers.
+        for n in ["9007199254740993.0", "9007199254740993e0", "-90071992547409930e-1", "1.8446744073709551617e19"] {
+            let r = reason(&format!(r#"{{"cvss":{n}}}"#));
+            assert!(r.contains("beyond ±2^53"), "{n}: {r}");
+        }
+        for ok in [
+            "0",
+            "-0",
+            "9007199254740992",
+            "-9007199254740992",
+            "7.5",
+            "1e10",
+            "0.0",
+            "0e-400",
+            "1.5E-300",
+            "9007199254740992.0",
+            "1e20",
+            "1.0e300",
+            "123.456e2",
+        ] {
             check(format!(r#"{{"n":{ok},"m":[{ok}]}}"#).as_bytes()).unwrap_or_else(|v| panic!("{ok}: {v:?}"));
         }
     }
@@ -210,6 +274,17 @@ mod tests {
         assert!(reason(r#"{"a":"\ud800","id":"X","id":"Y"}"#).contains("lone surrogate"));
         assert!(reason(r#"{"\udc00":1}"#).contains("lone surrogate"));
         check(br#"{"a":"\ud83d\ude00","b":"\u00e9"}"#).unwrap();
+    }
+
+    #[test]
+    fn nesting_past_the_parser_limit_is_left_to_the_parser_in_constant_memory() {
+        // 16 MiB of `[`: the parser refuses it; the check returns at the limit.
+        let deep = vec![b'['; 16 << 20];
+        check(&deep).unwrap();
+        assert!(serde_json::from_slice::<serde_json::Value>(&deep).is_err());
+        // Within the limit duplicates are still found.
+        let nested = format!("{}{{\"a\":1,\"a\":2}}{}", "[".repeat(100), "]".repeat(100));
+        assert!(reason(&nested).contains("duplicate"));
     }
 
     #[test]
