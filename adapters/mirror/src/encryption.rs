@@ -227,7 +227,7 @@ impl Sealer {
             (a.kind != "age", &a.recipient, &a.kms_key_id).cmp(&(b.kind != "age", &b.recipient, &b.kms_key_id))
         });
         let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
-        key.fill(0);
+        zeroize::Zeroize::zeroize(&mut key);
         Ok(Self { aes, entropy, run_id: run_id.to_string(), recipients, files: Mutex::new(Vec::new()) })
     }
 
@@ -364,7 +364,7 @@ pub fn unwrap_key(export: &serde_json::Value, identities: &[Box<dyn age::Identit
         let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&r.wrapped_key) else { continue };
         let Ok(dec) = age::Decryptor::new_buffered(&bytes[..]) else { continue };
         let Ok(mut reader) = dec.decrypt(identities.iter().map(|i| &**i as &dyn age::Identity)) else { continue };
-        let mut key = Vec::new();
+        let mut key = zeroize::Zeroizing::new(Vec::new());
         if reader.read_to_end(&mut key).is_ok() && key.len() == 32 {
             let mut out = [0u8; 32];
             out.copy_from_slice(&key);
@@ -382,7 +382,7 @@ pub fn unwrap_key(export: &serde_json::Value, identities: &[Box<dyn age::Identit
 /// # Errors
 /// `ERR_EXPORT_REQUEST_INVALID` naming `--identity` for a file without identities.
 pub fn read_identities(path: &std::path::Path) -> Result<Vec<Box<dyn age::Identity>>> {
-    let text = exportcore::files::read_capped_string(path, exportcore::files::MAX_KEY_BYTES)?;
+    let text = zeroize::Zeroizing::new(exportcore::files::read_capped_string(path, exportcore::files::MAX_KEY_BYTES)?);
     age::IdentityFile::from_buffer(text.as_bytes())
         .and_then(|f| f.into_identities().map_err(std::io::Error::other))
         .map_err(|e| ExportError::invalid("--identity", format!("{}: not an age identity file: {e}", path.display())))
@@ -456,7 +456,7 @@ pub fn decrypt(
         .map_err(|e| ExportError::VerificationFailed { path: manifest_path.display().to_string(), reason: e })?;
     let mut key = unwrap_key(&export, identities)?;
     let aes = aes::Aes256::new_from_slice(&key).map_err(|e| ExportError::internal("aes-gcm", e.to_string()))?;
-    key.fill(0);
+    zeroize::Zeroize::zeroize(&mut key);
     let run_id = export["encryption"]["runId"].as_str().unwrap_or_default().to_owned();
     let sealed: std::collections::BTreeSet<String> = export["encryption"]["files"]
         .as_array()

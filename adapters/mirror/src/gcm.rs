@@ -41,6 +41,7 @@ impl Gcm {
         let mut h = ghash::Block::default();
         aes.encrypt_block(&mut h);
         let mut ghash = GHash::new(&h);
+        zeroize::Zeroize::zeroize(h.as_mut_slice());
         ghash.update_padded(aad);
         let mut j0 = [0u8; 16];
         j0[..NONCE_LEN].copy_from_slice(nonce);
