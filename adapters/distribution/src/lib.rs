@@ -112,16 +112,16 @@ pub struct Credentials {
 
 impl Credentials {
     /// Credentials for `registry` (`host[:port]`): `EXPORTCORE_OCI_USERNAME` and
-    /// `EXPORTCORE_OCI_PASSWORD` when set, else the docker `config.json` entry (`auth` or
-    /// `username`/`password`); `None` for anonymous access.
+    /// `EXPORTCORE_OCI_PASSWORD` when set — for every registry, or, with
+    /// `EXPORTCORE_OCI_REGISTRY` (comma-separated `host[:port]`), only for those — else the
+    /// docker `config.json` entry (`auth` or `username`/`password`); `None` for anonymous
+    /// access.
     ///
     /// # Errors
     /// `ERR_EXPORT_REQUEST_INVALID` for a malformed `config.json` entry (never showing it).
     pub fn lookup(registry: &str) -> Result<Option<Self>> {
-        if let (Ok(username), Ok(password)) =
-            (std::env::var("EXPORTCORE_OCI_USERNAME"), std::env::var("EXPORTCORE_OCI_PASSWORD"))
-        {
-            return Ok(Some(Self { username, password: Secret(password) }));
+        if let Some(c) = Self::from_env(registry, &|name| std::env::var(name).ok()) {
+            return Ok(Some(c));
         }
         let dir = std::env::var_os("DOCKER_CONFIG")
             .map(PathBuf::from)
@@ -153,6 +153,16 @@ impl Credentials {
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let (u, p) = raw.split_once(':').ok_or_else(bad)?;
         Ok(Some(Self { username: u.to_owned(), password: Secret(p.to_owned()) }))
+    }
+
+    /// The environment's credentials for `registry`, read through `var`.
+    fn from_env(registry: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Self> {
+        let scoped = var("EXPORTCORE_OCI_REGISTRY")
+            .is_none_or(|list| list.split(',').map(str::trim).any(|r| r.eq_ignore_ascii_case(registry)));
+        match (scoped, var("EXPORTCORE_OCI_USERNAME"), var("EXPORTCORE_OCI_PASSWORD")) {
+            (true, Some(username), Some(password)) => Some(Self { username, password: Secret(password) }),
+            _ => None,
+        }
     }
 }
 
@@ -935,6 +945,26 @@ pub async fn reader_urls(
 mod tests {
     use super::*;
     use exportcore::{DistributedArtifact, DistributionRecord, DistributionType, RunId, TenantId, Timestamp};
+
+    /// The environment's credentials go to every registry, or with `EXPORTCORE_OCI_REGISTRY`
+    /// only to the ones it lists.
+    #[test]
+    fn environment_credentials_can_be_scoped_to_registries() {
+        let env = |scope: Option<&'static str>| {
+            move |name: &str| match name {
+                "EXPORTCORE_OCI_USERNAME" => Some("u".to_owned()),
+                "EXPORTCORE_OCI_PASSWORD" => Some("p".to_owned()),
+                "EXPORTCORE_OCI_REGISTRY" => scope.map(str::to_owned),
+                _ => None,
+            }
+        };
+        assert!(Credentials::from_env("any.example", &env(None)).is_some());
+        let scoped = env(Some("registry.example:5000, other.example"));
+        assert!(Credentials::from_env("registry.example:5000", &scoped).is_some());
+        assert!(Credentials::from_env("OTHER.example", &scoped).is_some());
+        assert!(Credentials::from_env("evil.example", &scoped).is_none());
+        assert!(Credentials::from_env("registry.example", &scoped).is_none(), "the port is part of the name");
+    }
 
     fn record(kind: DistributionType, location: &str) -> DistributionRecord {
         let a = DistributedArtifact::new(
