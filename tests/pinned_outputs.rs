@@ -61,9 +61,9 @@ async fn devportal_bytes_are_pinned() {
     let out = digests_of(exportcore_devportal::DevportalOffline::new(), "devportal:offline").await;
     assert_eq!(
         digest(&out, "devportal-offline-bundle.tgz"),
-        "2a1f00c007bcbb6cd0c2c1540135e361546adeb42e94aca4f6409d09b40e1641"
+        "fbe06acb4a564c6118e59e59c7f95ea03728df1b2312317924ad0c2ea57a3c3a"
     );
-    assert_eq!(digest(&out, "manifest.json"), "bdd11b83e16940442c5b0f7ddd731cdc256122fc952f6eacb58b925f3cc347ba");
+    assert_eq!(digest(&out, "manifest.json"), "edc2f3534029078de1033a758c71f2135c472b38da4685f6edca8974779a9d80");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

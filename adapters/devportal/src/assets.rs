@@ -54,13 +54,28 @@ pub(crate) fn collect(evidence: &dyn EvidenceSource) -> Result<Vec<Asset>> {
                 ),
             });
         }
-        if let Some(prev) = folded.insert(path.as_str().to_lowercase(), raw.to_owned()) {
-            return Err(ExportError::PathUnsafe {
-                path: raw.to_owned(),
-                reason: format!(
-                    "differs from {prev:?} only in case; on a case-insensitive file system (macOS, Windows) one would overwrite the other"
-                ),
-            });
+        // The path and every directory on it: `portal/Docs/a` and `portal/docs/b` would share
+        // one directory there.
+        let mut prefix = String::new();
+        for part in path.as_str().split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match folded.get(&prefix.to_lowercase()) {
+                Some(prev) if *prev != prefix || prefix == path.as_str() => {
+                    return Err(ExportError::PathUnsafe {
+                        path: raw.to_owned(),
+                        reason: format!(
+                            "{prefix:?} differs from {prev:?} only in case; on a case-insensitive file system (macOS, Windows) they would be one"
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    folded.insert(prefix.to_lowercase(), prefix.clone());
+                }
+            }
         }
         by_path.insert(path.clone(), Asset { source: item.path, path, category, listed_size: item.size });
     }
@@ -91,6 +106,17 @@ mod tests {
         let err = collect(&ev).unwrap_err();
         assert_eq!(err.code(), "ERR_EXPORT_PATH_UNSAFE", "{err}");
         assert!(err.to_string().contains("only in case"), "{err}");
+        // Directories too.
+        let mut ev = MemoryEvidence::new();
+        ev.insert("portal/Docs/a.md", "a").unwrap();
+        ev.insert("portal/docs/b.md", "b").unwrap();
+        let err = collect(&ev).unwrap_err();
+        assert!(err.to_string().contains("only in case"), "{err}");
+        // Same directory, different files: fine.
+        let mut ev = MemoryEvidence::new();
+        ev.insert("portal/docs/a.md", "a").unwrap();
+        ev.insert("portal/docs/b.md", "b").unwrap();
+        collect(&ev).unwrap();
 
         let mut ev = MemoryEvidence::new();
         ev.insert("sdks/README.md", "x").unwrap();

@@ -79,6 +79,15 @@ elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else die "sha256sum or shasum is needed"
 fi
 for t in sed awk sort find cmp od tr cut wc; do need "$t"; done
+count_words() { echo $#; }
+# The HMAC key, read once (a FIFO or /dev/stdin gives its bytes only once): at least 16 bytes,
+# as the signer requires; an empty or short key would let anyone sign.
+if [ -n "$HMAC_KEY" ]; then
+  HM_BYTES=$(od -An -v -tu1 "$HMAC_KEY") || die "cannot read HMAC key $HMAC_KEY"
+  # shellcheck disable=SC2086
+  HM_LEN=$(count_words $HM_BYTES)
+  [ "$HM_LEN" -ge 16 ] || die "HMAC key $HMAC_KEY holds $HM_LEN bytes: at least 16 are needed"
+fi
 
 TMP=$(mktemp -d 2>/dev/null || mktemp -d -t devportal-verify) || die "cannot create a temporary directory"
 W=$TMP/work
@@ -104,15 +113,16 @@ hmac_pad() { # $1: 54 (ipad) or 92 (opad); the key's bytes (decimal) follow
   while [ "$n" -lt 64 ]; do o="$o$(printf '\\%03o' "$x")"; n=$((n + 1)); done
   printf "$o"
 }
-hmac_sha256() {
-  hm_msg=$2
-  if [ "$(wc -c < "$1" | tr -d ' ')" -gt 64 ]; then
-    hm_key=$($SHA < "$1" | cut -c1-64 | hex2bin | od -An -v -tu1)
+hmac_sha256() { # $1: the message file; the key is $HM_BYTES (read once, at the start)
+  if [ "$HM_LEN" -gt 64 ]; then
+    hm_o=
+    for b in $HM_BYTES; do hm_o="$hm_o$(printf '\\%03o' "$b")"; done
+    hm_key=$(printf "$hm_o" | $SHA | cut -c1-64 | hex2bin | od -An -v -tu1)
   else
-    hm_key=$(od -An -v -tu1 "$1")
+    hm_key=$HM_BYTES
   fi
   # shellcheck disable=SC2086 # the key's bytes, one word each
-  { hmac_pad 54 $hm_key; cat "$hm_msg"; } | $SHA | cut -c1-64 > "$W/hmac.inner"
+  { hmac_pad 54 $hm_key; cat "$1"; } | $SHA | cut -c1-64 > "$W/hmac.inner"
   # shellcheck disable=SC2086
   { hmac_pad 92 $hm_key; hex2bin < "$W/hmac.inner"; } | $SHA | cut -c1-64
 }
@@ -142,7 +152,7 @@ if [ -f "$2" ]; then
       esac
     else
       ALG=hmac
-      MAC=$(hmac_sha256 "$HMAC_KEY" "$W/pae")
+      MAC=$(hmac_sha256 "$W/pae")
     fi
     N=0
     while IFS= read -r s; do

@@ -497,6 +497,24 @@ fn every_algorithm_verifies_with_openssl() {
             assert!(t.contains(&format!("signature ({name}) valid")), "{shell} {name}: {t}");
             let o = sh(shell, &script, &dir, &bad);
             assert_eq!(o.status.code(), Some(3), "{shell} {name} wrong key: {}", text(&o));
+            if name == "hmac" && i == 3 {
+                // An empty or short key (a secret not mounted yet) is refused, never a key
+                // anyone can sign with; a key from a FIFO (read once) still verifies.
+                let empty = tmp.path().join("empty.key");
+                std::fs::write(&empty, b"").unwrap();
+                let o = sh(shell, &script, &dir, &["--hmac-key", empty.to_str().unwrap()]);
+                assert_eq!(o.status.code(), Some(5), "{shell} empty key: {}", text(&o));
+                assert!(text(&o).contains("at least 16"), "{}", text(&o));
+                let fifo = tmp.path().join(format!("key-{shell}.fifo"));
+                assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+                let writer = {
+                    let (fifo, key) = (fifo.clone(), std::fs::read(&good[1]).unwrap());
+                    std::thread::spawn(move || std::fs::write(fifo, key).unwrap())
+                };
+                let o = sh(shell, &script, &dir, &["--hmac-key", fifo.to_str().unwrap()]);
+                writer.join().unwrap();
+                assert!(o.status.success(), "{shell} key from a FIFO: {}", text(&o));
+            }
         }
     }
 }

@@ -364,7 +364,8 @@ pub fn unwrap_key(export: &serde_json::Value, identities: &[Box<dyn age::Identit
         let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&r.wrapped_key) else { continue };
         let Ok(dec) = age::Decryptor::new_buffered(&bytes[..]) else { continue };
         let Ok(mut reader) = dec.decrypt(identities.iter().map(|i| &**i as &dyn age::Identity)) else { continue };
-        let mut key = zeroize::Zeroizing::new(Vec::new());
+        // Room for more than the key: no probe buffer on the stack, no reallocation left unwiped.
+        let mut key = zeroize::Zeroizing::new(Vec::with_capacity(64));
         if reader.read_to_end(&mut key).is_ok() && key.len() == 32 {
             let mut out = [0u8; 32];
             out.copy_from_slice(&key);

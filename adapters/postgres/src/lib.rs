@@ -151,6 +151,26 @@ fn not_found(run_id: &RunId) -> ExportError {
     ExportError::NotFound { path: format!("run {run_id}") }
 }
 
+/// `postgres://USER@HOST:PORT/DB` of a parsed configuration (never its password).
+fn config_label(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        cfg.get_user().unwrap_or(""),
+        host,
+        cfg.get_ports().first().copied().unwrap_or(5432),
+        cfg.get_dbname().unwrap_or("")
+    )
+}
+
 fn json_err(label: &str, e: serde_json::Error) -> ExportError {
     ExportError::StoreInvalid { path: label.to_owned(), reason: format!("a stored record does not parse: {e}") }
 }
@@ -167,6 +187,13 @@ fn duration(run: &Run) -> Option<f64> {
 }
 
 impl PostgresStore {
+    /// How `url` is named in messages: `postgres://USER@HOST:PORT/DB`, read the way the
+    /// connection reads it, so no part of a password (which may hold `?`, `#` or `/`) or of
+    /// the query (`?password=`) is ever shown; `postgres://…` for a URL that does not parse.
+    pub fn label_of(url: &str) -> String {
+        url.parse::<tokio_postgres::Config>().map_or_else(|_| "postgres://…".to_owned(), |cfg| config_label(&cfg))
+    }
+
     /// Connects to `url` (`postgres://USER[:PASS]@HOST:PORT/DB`; without a password in the URL,
     /// `PGPASSWORD` is used) and applies the migrations this build knows.
     ///
@@ -194,22 +221,7 @@ impl PostgresStore {
         if cfg.get_options().is_none() {
             cfg.options("-c statement_timeout=60000");
         }
-        let host = cfg
-            .get_hosts()
-            .first()
-            .map(|h| match h {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                #[cfg(unix)]
-                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-            })
-            .unwrap_or_default();
-        let label = format!(
-            "postgres://{}@{}:{}/{}",
-            cfg.get_user().unwrap_or(""),
-            host,
-            cfg.get_ports().first().copied().unwrap_or(5432),
-            cfg.get_dbname().unwrap_or("")
-        );
+        let label = config_label(&cfg);
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr)
             .max_size(16)

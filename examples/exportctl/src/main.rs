@@ -1235,18 +1235,11 @@ fn postgres_url(store: &Path) -> Option<&str> {
     store.to_str().filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
-/// `--store` for messages: the path, or the URL without its password and without its query
-/// (where libpq-style URLs may carry `password=`).
+/// `--store` for messages: the path, or the URL as the connection reads it, without its
+/// password (`PostgresStore::label_of`).
 fn store_label(store: &Path) -> String {
     match postgres_url(store) {
-        Some(url) => {
-            let rest = url.split_once("://").map_or("", |(_, r)| r);
-            let rest = rest.split(['?', '#']).next().unwrap_or("");
-            match rest.rsplit_once('@') {
-                Some((user, host)) => format!("postgres://{}@{host}", user.split(':').next().unwrap_or("")),
-                None => format!("postgres://{rest}"),
-            }
-        }
+        Some(url) => exportcore_postgres::PostgresStore::label_of(url),
         None => store.display().to_string(),
     }
 }

@@ -17,7 +17,7 @@ pub struct Violation {
     pub reason: String,
 }
 
-/// Nesting past which the check stops (the JSON parser refuses it: serde_json's limit is 128).
+/// Nesting past which a record is refused (serde_json's own limit for a `Value`).
 const MAX_DEPTH: usize = 128;
 
 /// The largest integer every IEEE double represents exactly, and its neighbours.
@@ -35,10 +35,15 @@ pub fn check(text: &[u8]) -> Result<(), Violation> {
     let mut last_key: Vec<u8> = Vec::new();
     while i < text.len() {
         match text[i] {
-            // Deeper than any JSON parser here takes (serde_json stops at 128): the parser
-            // reports it; holding a stack entry per level would let a 64 MiB line of `[` take
-            // gigabytes first.
-            b'{' | b'[' if stack.len() >= MAX_DEPTH => return Ok(()),
+            // Deeper than serde_json parses a `Value` (128): refused here, in constant memory
+            // (a stack entry per level would let a 64 MiB line of `[` take gigabytes), and not
+            // left to a parser — a typed one skipping unknown fields has no depth limit.
+            b'{' | b'[' if stack.len() >= MAX_DEPTH => {
+                return Err(Violation {
+                    offset: i,
+                    reason: format!("nested deeper than {MAX_DEPTH} arrays and objects"),
+                })
+            }
             b'{' => {
                 stack.push(Some(std::collections::HashSet::new()));
                 expect_key = true;
@@ -277,11 +282,13 @@ mod tests {
     }
 
     #[test]
-    fn nesting_past_the_parser_limit_is_left_to_the_parser_in_constant_memory() {
-        // 16 MiB of `[`: the parser refuses it; the check returns at the limit.
+    fn nesting_past_the_parser_limit_is_refused_in_constant_memory() {
+        // 16 MiB of `[`: refused at the limit, before a stack of millions of entries.
         let deep = vec![b'['; 16 << 20];
-        check(&deep).unwrap();
-        assert!(serde_json::from_slice::<serde_json::Value>(&deep).is_err());
+        assert!(check(&deep).unwrap_err().reason.contains("nested deeper than 128"));
+        // Deep inside a member a typed parser would skip, before a duplicate: still refused.
+        let skipped = format!("{{\"zz\":{}1{},\"a\":1,\"a\":2}}", "[".repeat(129), "]".repeat(129));
+        assert!(check(skipped.as_bytes()).is_err());
         // Within the limit duplicates are still found.
         let nested = format!("{}{{\"a\":1,\"a\":2}}{}", "[".repeat(100), "]".repeat(100));
         assert!(reason(&nested).contains("duplicate"));
