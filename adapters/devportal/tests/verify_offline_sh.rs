@@ -508,7 +508,7 @@ fn every_algorithm_verifies_with_openssl() {
                 let fifo = tmp.path().join(format!("key-{shell}.fifo"));
                 assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
                 let writer = {
-                    let (fifo, key) = (fifo.clone(), std::fs::read(&good[1]).unwrap());
+                    let (fifo, key) = (fifo.clone(), std::fs::read(good[1]).unwrap());
                     std::thread::spawn(move || std::fs::write(fifo, key).unwrap())
                 };
                 let o = sh(shell, &script, &dir, &["--hmac-key", fifo.to_str().unwrap()]);
