@@ -8,15 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::{DirEvidence, InMemorySink, Profile, ProfileId, RunBuilder, RunRequest, Timestamp};
-use std::path::Path;
+mod common;
 
-/// A fixed Ed25519 key, for this test only (Ed25519 signatures are deterministic, RFC 8032).
-const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MFECAQEwBQYDK2VwBCIEILAaljfFYVRB4DSSt5PIgd5VENO7sehIj/OJwvtFUgdi
-gSEAKXaEZEhJI4XBXL9WABMr+DBuugQJQX732L3MHfsgggc=
------END PRIVATE KEY-----
-";
+use exportcore::Profile;
+use std::path::Path;
 
 async fn digests_of(profile: impl Profile, id: &'static str) -> Vec<(String, String)> {
     digests_with(profile, id, false).await
@@ -24,17 +19,7 @@ async fn digests_of(profile: impl Profile, id: &'static str) -> Vec<(String, Str
 
 async fn digests_with(profile: impl Profile, id: &'static str, signed: bool) -> Vec<(String, String)> {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/evidence");
-    let mut request = RunRequest::new(ProfileId::from_static(id));
-    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    let mut builder = RunBuilder::new(profile, DirEvidence::new(samples).unwrap(), InMemorySink::new())
-        .run_id(exportcore::RunId::parse("pinned-run").unwrap());
-    if signed {
-        request.distribution =
-            Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("pinned"));
-        builder = builder.signer(exportcore_crypto::signer_from_pem(TEST_KEY).unwrap());
-    }
-    let outcome = builder.execute(request).await.unwrap_or_else(|e| panic!("{id}: {}", e.report()));
-    outcome.run.outputs.iter().map(|o| (o.path.to_string(), o.sha256.to_hex())).collect()
+    common::output_digests(&samples, profile, id, signed).await
 }
 
 fn digest<'a>(outputs: &'a [(String, String)], path: &str) -> &'a str {

@@ -7,27 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use exportcore::{DirEvidence, InMemorySink, Profile, ProfileId, RunBuilder, RunRequest, Timestamp};
+mod common;
+
+use exportcore::Profile;
 use std::path::Path;
 
-const KEY: &str = "-----BEGIN PRIVATE KEY-----
-MFECAQEwBQYDK2VwBCIEILAaljfFYVRB4DSSt5PIgd5VENO7sehIj/OJwvtFUgdi
-gSEAKXaEZEhJI4XBXL9WABMr+DBuugQJQX732L3MHfsgggc=
------END PRIVATE KEY-----
-";
-
 async fn outputs(evidence: &Path, profile: impl Profile, id: &'static str) -> Vec<(String, String)> {
-    let mut request = RunRequest::new(ProfileId::from_static(id));
-    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
-    request.distribution =
-        Some(exportcore::Distribution::new(exportcore::DistributionType::Filesystem, None).signed("k"));
-    let outcome = RunBuilder::new(profile, DirEvidence::new(evidence).unwrap(), InMemorySink::new())
-        .run_id(exportcore::RunId::parse("workers-run").unwrap())
-        .signer(exportcore_crypto::signer_from_pem(KEY).unwrap())
-        .execute(request)
-        .await
-        .unwrap_or_else(|e| panic!("{id}: {}", e.report()));
-    let mut out: Vec<_> = outcome.run.outputs.iter().map(|o| (o.path.to_string(), o.sha256.to_hex())).collect();
+    let mut out = common::output_digests(evidence, profile, id, true).await;
     out.sort();
     out
 }

@@ -318,7 +318,7 @@ pub fn remove_own_staging(out: &Path, prefix: &str) {
 }
 
 /// A file's (device, inode) where the platform has them.
-fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+pub(crate) fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

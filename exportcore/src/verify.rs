@@ -290,7 +290,7 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
             if ft.is_dir() {
                 stack.push((entry.path(), rel_child));
             } else if ft.is_file() {
-                let id = file_id(&entry.metadata().at(entry.path())?);
+                let id = crate::files::file_identity(&entry.metadata().at(entry.path())?);
                 files.push((rel_child, entry.path(), id));
             } else {
                 report.fail(rel_child, "not a regular file");
@@ -315,7 +315,7 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
     let mut hashed: BTreeMap<usize, Hashed> = BTreeMap::new();
     let read_one = |(i, path): (usize, std::path::PathBuf)| -> Result<(usize, Hashed)> {
         let f = crate::files::open_regular(&path)?;
-        let id = f.metadata().ok().as_ref().and_then(file_id);
+        let id = f.metadata().ok().as_ref().and_then(crate::files::file_identity);
         let (size, digest) = hash_reader(f).at(&path)?;
         Ok((i, (size, digest, id)))
     };
@@ -330,7 +330,7 @@ fn hash_tree(dir: &Path, report: &mut VerifyReport) -> Result<BTreeMap<String, (
             None => {
                 let leader = id.and_then(|id| first.get(&id)).and_then(|j| hashed.get(j));
                 // The file read under the first name must be the one this name still is.
-                let now = std::fs::symlink_metadata(path).ok().as_ref().and_then(file_id);
+                let now = std::fs::symlink_metadata(path).ok().as_ref().and_then(crate::files::file_identity);
                 match leader {
                     Some(&(size, digest, Some(read_id))) if now == Some(read_id) && *id == Some(read_id) => {
                         (size, digest)
@@ -352,20 +352,6 @@ type FileId = (u64, u64);
 
 /// Size and digest of a file as read, and the identity of the file read.
 type Hashed = (u64, Sha256Digest, Option<FileId>);
-
-/// A file's (device, inode), where the platform has them.
-fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Some((meta.dev(), meta.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        None
-    }
-}
 
 fn verify_dir(dir: &Path, options: &VerifyOptions, report: &mut VerifyReport) -> Result<()> {
     let mut found = hash_tree(dir, report)?;

@@ -348,3 +348,31 @@ pub fn trivy_rootfs_findings(cache: &Path, args: &[String]) -> Vec<(String, Stri
     found.sort();
     found
 }
+
+/// A fixed Ed25519 key, for tests that compare or pin signed bytes (Ed25519 signatures are
+/// deterministic, RFC 8032).
+pub const FIXED_TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MFECAQEwBQYDK2VwBCIEILAaljfFYVRB4DSSt5PIgd5VENO7sehIj/OJwvtFUgdi
+gSEAKXaEZEhJI4XBXL9WABMr+DBuugQJQX732L3MHfsgggc=
+-----END PRIVATE KEY-----
+";
+
+/// One run of `profile` on `evidence` into memory at a pinned time and run id (signed with
+/// [`FIXED_TEST_KEY`] when `signed`): each output's path and sha256, in output order.
+pub async fn output_digests(
+    evidence: &Path,
+    profile: impl exportcore::Profile,
+    id: &'static str,
+    signed: bool,
+) -> Vec<(String, String)> {
+    let mut request = RunRequest::new(ProfileId::from_static(id));
+    request.created_at = Some(Timestamp::parse("2025-01-01T00:00:00Z").unwrap());
+    let mut builder = RunBuilder::new(profile, DirEvidence::new(evidence).unwrap(), exportcore::InMemorySink::new())
+        .run_id(exportcore::RunId::parse("pinned-run").unwrap());
+    if signed {
+        request.distribution = Some(Distribution::new(DistributionType::Filesystem, None).signed("pinned"));
+        builder = builder.signer(exportcore_crypto::signer_from_pem(FIXED_TEST_KEY).unwrap());
+    }
+    let outcome = builder.execute(request).await.unwrap_or_else(|e| panic!("{id}: {}", e.report()));
+    outcome.run.outputs.iter().map(|o| (o.path.to_string(), o.sha256.to_hex())).collect()
+}
